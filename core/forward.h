@@ -1,0 +1,62 @@
+/*
+ * forward.h: the one forward pass, with TransformerLens's hook points.
+ *
+ * A run takes a batch of token ids and a plan: which hook points fire (a
+ * per-model table of slots, hooks.h) and the callback that receives each
+ * activation. The callback may read the activation (a cache) or overwrite it
+ * in place (an intervention); points that are not enabled cost nothing.
+ */
+#ifndef LENS_FORWARD_H
+#define LENS_FORWARD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/hooks.h"
+#include "core/model.h"
+
+/* A view of one activation at a hook point, in TL's shape and memory order. */
+typedef struct lens_tensor {
+    void *data;
+    lens_dtype dtype; /* LENS_F32, or LENS_I32 for hook_tokens */
+    int ndim;
+    int64_t shape[LENS_MAX_DIMS];
+} lens_tensor;
+
+/* Receives the activation at an enabled hook point. It may change the values
+ * in place. Returning -1 (with err filled) stops the run with that error. */
+typedef int (*lens_hook_fn)(void *user, lens_hook hook, lens_tensor *act, lens_err *err);
+
+typedef struct lens_batch {
+    int B, T;
+    const int32_t *tokens;    /* [B, T] */
+    const uint8_t *attn_mask; /* [B, T], 1 = a real token; NULL = none (as TL with right
+                                 padding: pads are attended to, real positions unaffected) */
+} lens_batch;
+
+typedef struct lens_run {
+    const uint8_t *hooks_enabled; /* [lens_hook_slots(cfg)], or NULL for none */
+    lens_hook_fn on_hook;
+    void *user;
+    float *logits; /* out: [B, T, d_vocab_out], or [B, d_vocab_out] at logit_positions;
+                      NULL to skip the unembedding */
+    const int32_t *logit_positions; /* [B] or NULL for every position */
+} lens_run;
+
+/* Scratch memory for activations, grown as needed and reused between runs
+ * so that nothing is allocated per token. Zero-initialise before first use. */
+typedef struct lens_workspace {
+    float *buf;
+    size_t cap; /* floats */
+} lens_workspace;
+
+/* Frees the workspace's memory. */
+void lens_workspace_free(lens_workspace *ws);
+
+/* Runs the model on the batch. Returns 0, or -1 with a message for a token
+ * outside the vocabulary, a batch longer than n_ctx, a failed allocation, or
+ * an error returned by the hook callback. */
+int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batch,
+                 const lens_run *run, lens_err *err);
+
+#endif

@@ -1,0 +1,251 @@
+/*
+ * hooks.c: names, gating and shapes of TransformerLens's hook points.
+ */
+#include "core/hooks.h"
+
+#include <fnmatch.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Name of each kind; per-layer names take the layer for %d. */
+static const char *const hook_formats[LENS_HOOK_KIND_COUNT] = {
+    [LENS_HOOK_TOKENS] = "hook_tokens",
+    [LENS_HOOK_EMBED] = "hook_embed",
+    [LENS_HOOK_POS_EMBED] = "hook_pos_embed",
+    [LENS_HOOK_RESID_PRE] = "blocks.%d.hook_resid_pre",
+    [LENS_HOOK_ATTN_IN] = "blocks.%d.hook_attn_in",
+    [LENS_HOOK_Q_INPUT] = "blocks.%d.hook_q_input",
+    [LENS_HOOK_K_INPUT] = "blocks.%d.hook_k_input",
+    [LENS_HOOK_V_INPUT] = "blocks.%d.hook_v_input",
+    [LENS_HOOK_LN1_SCALE] = "blocks.%d.ln1.hook_scale",
+    [LENS_HOOK_LN1_NORMALIZED] = "blocks.%d.ln1.hook_normalized",
+    [LENS_HOOK_Q] = "blocks.%d.attn.hook_q",
+    [LENS_HOOK_K] = "blocks.%d.attn.hook_k",
+    [LENS_HOOK_V] = "blocks.%d.attn.hook_v",
+    [LENS_HOOK_ATTN_SCORES] = "blocks.%d.attn.hook_attn_scores",
+    [LENS_HOOK_PATTERN] = "blocks.%d.attn.hook_pattern",
+    [LENS_HOOK_Z] = "blocks.%d.attn.hook_z",
+    [LENS_HOOK_RESULT] = "blocks.%d.attn.hook_result",
+    [LENS_HOOK_ATTN_OUT] = "blocks.%d.hook_attn_out",
+    [LENS_HOOK_RESID_MID] = "blocks.%d.hook_resid_mid",
+    [LENS_HOOK_MLP_IN] = "blocks.%d.hook_mlp_in",
+    [LENS_HOOK_LN2_SCALE] = "blocks.%d.ln2.hook_scale",
+    [LENS_HOOK_LN2_NORMALIZED] = "blocks.%d.ln2.hook_normalized",
+    [LENS_HOOK_MLP_PRE] = "blocks.%d.mlp.hook_pre",
+    [LENS_HOOK_MLP_MID] = "blocks.%d.mlp.hook_mid",
+    [LENS_HOOK_MLP_LN_SCALE] = "blocks.%d.mlp.ln.hook_scale",
+    [LENS_HOOK_MLP_LN_NORMALIZED] = "blocks.%d.mlp.ln.hook_normalized",
+    [LENS_HOOK_MLP_POST] = "blocks.%d.mlp.hook_post",
+    [LENS_HOOK_MLP_OUT] = "blocks.%d.hook_mlp_out",
+    [LENS_HOOK_RESID_POST] = "blocks.%d.hook_resid_post",
+    [LENS_HOOK_LN_FINAL_SCALE] = "ln_final.hook_scale",
+    [LENS_HOOK_LN_FINAL_NORMALIZED] = "ln_final.hook_normalized",
+    [LENS_HOOK_UNEMBED_IN] = "unembed.hook_in",
+    [LENS_HOOK_UNEMBED_OUT] = "unembed.hook_out",
+};
+
+bool lens_hook_is_per_layer(lens_hook_kind kind) {
+    return kind >= LENS_HOOK_RESID_PRE && kind <= LENS_HOOK_RESID_POST;
+}
+
+bool lens_hook_exists(const lens_config *cfg, lens_hook_kind kind) {
+    const bool norm = cfg->normalization != LENS_NORM_NONE;
+    const bool mlp = !cfg->attn_only;
+    switch (kind) {
+    case LENS_HOOK_TOKENS: return cfg->use_hook_tokens;
+    case LENS_HOOK_ATTN_IN: return cfg->use_attn_in;
+    case LENS_HOOK_Q_INPUT:
+    case LENS_HOOK_K_INPUT:
+    case LENS_HOOK_V_INPUT: return cfg->use_split_qkv_input;
+    case LENS_HOOK_LN1_SCALE:
+    case LENS_HOOK_LN1_NORMALIZED:
+    case LENS_HOOK_LN_FINAL_SCALE:
+    case LENS_HOOK_LN_FINAL_NORMALIZED: return norm;
+    case LENS_HOOK_RESULT: return cfg->use_attn_result;
+    case LENS_HOOK_RESID_MID:
+    case LENS_HOOK_MLP_PRE:
+    case LENS_HOOK_MLP_POST:
+    case LENS_HOOK_MLP_OUT: return mlp;
+    case LENS_HOOK_MLP_IN: return mlp && cfg->use_hook_mlp_in;
+    case LENS_HOOK_LN2_SCALE:
+    case LENS_HOOK_LN2_NORMALIZED: return mlp && norm;
+    case LENS_HOOK_MLP_MID:
+    case LENS_HOOK_MLP_LN_SCALE:
+    case LENS_HOOK_MLP_LN_NORMALIZED: return mlp && cfg->act_fn == LENS_ACT_SOLU_LN;
+    default: return kind < LENS_HOOK_KIND_COUNT;
+    }
+}
+
+size_t lens_hook_slots(const lens_config *cfg) {
+    return (size_t)LENS_HOOK_KIND_COUNT * (size_t)cfg->n_layers;
+}
+
+size_t lens_hook_slot(const lens_config *cfg, lens_hook hook) {
+    return (size_t)hook.kind * (size_t)cfg->n_layers + (size_t)hook.layer;
+}
+
+void lens_hook_name(lens_hook hook, char *buf, size_t buflen) {
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+    snprintf(buf, buflen, hook_formats[hook.kind], hook.layer);
+#pragma GCC diagnostic pop
+}
+
+void lens_hook_foreach(const lens_config *cfg, void (*fn)(void *user, lens_hook hook),
+                       void *user) {
+    for (int kind = LENS_HOOK_TOKENS; kind < LENS_HOOK_RESID_PRE; kind++)
+        if (lens_hook_exists(cfg, (lens_hook_kind)kind)) fn(user, (lens_hook){kind, 0});
+    for (int l = 0; l < cfg->n_layers; l++)
+        for (int kind = LENS_HOOK_RESID_PRE; kind <= LENS_HOOK_RESID_POST; kind++)
+            if (lens_hook_exists(cfg, (lens_hook_kind)kind)) fn(user, (lens_hook){kind, l});
+    for (int kind = LENS_HOOK_RESID_POST + 1; kind < LENS_HOOK_KIND_COUNT; kind++)
+        if (lens_hook_exists(cfg, (lens_hook_kind)kind)) fn(user, (lens_hook){kind, 0});
+}
+
+lens_dtype lens_hook_dtype(lens_hook_kind kind) {
+    return kind == LENS_HOOK_TOKENS ? LENS_I64 : LENS_F32;
+}
+
+static bool heads_in_attn_input(const lens_config *cfg) {
+    return cfg->use_split_qkv_input || cfg->use_attn_in;
+}
+
+int lens_hook_shape(const lens_config *cfg, lens_hook hook, int B, int T,
+                    int64_t shape[LENS_MAX_DIMS]) {
+    const int64_t d = cfg->d_model, h = cfg->n_heads, dh = cfg->d_head, m = cfg->d_mlp;
+    shape[0] = B;
+    shape[1] = T;
+    switch (hook.kind) {
+    case LENS_HOOK_TOKENS: return 2;
+    case LENS_HOOK_ATTN_IN:
+    case LENS_HOOK_Q_INPUT:
+    case LENS_HOOK_K_INPUT:
+    case LENS_HOOK_V_INPUT:
+    case LENS_HOOK_RESULT:
+        shape[2] = h;
+        shape[3] = d;
+        return 4;
+    case LENS_HOOK_LN1_SCALE:
+    case LENS_HOOK_LN1_NORMALIZED:
+        if (heads_in_attn_input(cfg)) {
+            shape[2] = h;
+            shape[3] = hook.kind == LENS_HOOK_LN1_SCALE ? 1 : d;
+            return 4;
+        }
+        shape[2] = hook.kind == LENS_HOOK_LN1_SCALE ? 1 : d;
+        return 3;
+    case LENS_HOOK_LN2_SCALE:
+    case LENS_HOOK_MLP_LN_SCALE:
+    case LENS_HOOK_LN_FINAL_SCALE: shape[2] = 1; return 3;
+    case LENS_HOOK_Q:
+    case LENS_HOOK_K:
+    case LENS_HOOK_V:
+    case LENS_HOOK_Z:
+        shape[2] = h;
+        shape[3] = dh;
+        return 4;
+    case LENS_HOOK_ATTN_SCORES:
+    case LENS_HOOK_PATTERN:
+        shape[1] = h;
+        shape[2] = T;
+        shape[3] = T;
+        return 4;
+    case LENS_HOOK_MLP_PRE:
+    case LENS_HOOK_MLP_MID:
+    case LENS_HOOK_MLP_LN_NORMALIZED:
+    case LENS_HOOK_MLP_POST: shape[2] = m; return 3;
+    case LENS_HOOK_UNEMBED_OUT: shape[2] = cfg->d_vocab_out; return 3;
+    default: shape[2] = d; return 3;
+    }
+}
+
+/* Edit distance between two short strings, for "did you mean". */
+static size_t edit_distance(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    size_t *row = malloc((lb + 1) * sizeof *row);
+    if (!row) return (size_t)-1;
+    for (size_t j = 0; j <= lb; j++) row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j];
+            size_t best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best) best = up + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    size_t result = row[lb];
+    free(row);
+    return result;
+}
+
+typedef struct parse_state {
+    const char *wanted;
+    bool found;
+    lens_hook hook;
+    char near[3][96];
+    size_t near_dist[3];
+} parse_state;
+
+static void parse_visit(void *user, lens_hook hook) {
+    parse_state *st = user;
+    char name[96];
+    lens_hook_name(hook, name, sizeof name);
+    if (strcmp(name, st->wanted) == 0) {
+        st->found = true;
+        st->hook = hook;
+        return;
+    }
+    size_t dist = edit_distance(name, st->wanted);
+    for (int i = 0; i < 3; i++) {
+        if (dist < st->near_dist[i]) {
+            for (int j = 2; j > i; j--) {
+                st->near_dist[j] = st->near_dist[j - 1];
+                memcpy(st->near[j], st->near[j - 1], sizeof st->near[j]);
+            }
+            st->near_dist[i] = dist;
+            snprintf(st->near[i], sizeof st->near[i], "%s", name);
+            break;
+        }
+    }
+}
+
+int lens_hook_parse(const lens_config *cfg, const char *name, lens_hook *out, lens_err *err) {
+    parse_state st = {.wanted = name, .near_dist = {(size_t)-1, (size_t)-1, (size_t)-1}};
+    lens_hook_foreach(cfg, parse_visit, &st);
+    if (st.found) {
+        *out = st.hook;
+        return 0;
+    }
+    lens_err_set(err, "\"%s\" is not a hook point of this model; nearest: %s%s%s%s%s", name,
+                 st.near[0], st.near[1][0] ? ", " : "", st.near[1], st.near[2][0] ? ", " : "",
+                 st.near[2]);
+    return -1;
+}
+
+typedef struct glob_state {
+    const lens_config *cfg;
+    const char *pattern;
+    uint8_t *enabled;
+    size_t matched;
+} glob_state;
+
+static void glob_visit(void *user, lens_hook hook) {
+    glob_state *st = user;
+    char name[96];
+    lens_hook_name(hook, name, sizeof name);
+    if (fnmatch(st->pattern, name, 0) == 0) {
+        st->enabled[lens_hook_slot(st->cfg, hook)] = 1;
+        st->matched++;
+    }
+}
+
+size_t lens_hook_select_glob(const lens_config *cfg, const char *pattern, uint8_t *enabled) {
+    glob_state st = {cfg, pattern, enabled, 0};
+    lens_hook_foreach(cfg, glob_visit, &st);
+    return st.matched;
+}

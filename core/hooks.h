@@ -1,0 +1,95 @@
+/*
+ * hooks.h: TransformerLens's hook points as lensd names them internally.
+ *
+ * A hook point is (kind, layer): an enum and an int, never a string on the
+ * hot path. Names ("blocks.3.attn.hook_pattern") are parsed once, when a
+ * request is validated. Which points exist depends on the config exactly as
+ * in TransformerLens (use_attn_result adds attn.hook_result, attn_only
+ * removes the MLP's, normalization None removes the LN's, ...).
+ */
+#ifndef LENS_HOOKS_H
+#define LENS_HOOKS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/model.h"
+#include "core/safetensors.h"
+
+/* In the order TransformerLens fires them within a forward pass. */
+typedef enum lens_hook_kind {
+    LENS_HOOK_TOKENS,
+    LENS_HOOK_EMBED,
+    LENS_HOOK_POS_EMBED,
+    LENS_HOOK_RESID_PRE,     /* first per-layer kind */
+    LENS_HOOK_ATTN_IN,
+    LENS_HOOK_Q_INPUT,
+    LENS_HOOK_K_INPUT,
+    LENS_HOOK_V_INPUT,
+    LENS_HOOK_LN1_SCALE,
+    LENS_HOOK_LN1_NORMALIZED,
+    LENS_HOOK_Q,
+    LENS_HOOK_K,
+    LENS_HOOK_V,
+    LENS_HOOK_ATTN_SCORES,
+    LENS_HOOK_PATTERN,
+    LENS_HOOK_Z,
+    LENS_HOOK_RESULT,
+    LENS_HOOK_ATTN_OUT,
+    LENS_HOOK_RESID_MID,
+    LENS_HOOK_MLP_IN,
+    LENS_HOOK_LN2_SCALE,
+    LENS_HOOK_LN2_NORMALIZED,
+    LENS_HOOK_MLP_PRE,
+    LENS_HOOK_MLP_MID,
+    LENS_HOOK_MLP_LN_SCALE,
+    LENS_HOOK_MLP_LN_NORMALIZED,
+    LENS_HOOK_MLP_POST,
+    LENS_HOOK_MLP_OUT,
+    LENS_HOOK_RESID_POST,    /* last per-layer kind */
+    LENS_HOOK_LN_FINAL_SCALE,
+    LENS_HOOK_LN_FINAL_NORMALIZED,
+    LENS_HOOK_UNEMBED_IN,
+    LENS_HOOK_UNEMBED_OUT,
+    LENS_HOOK_KIND_COUNT,
+} lens_hook_kind;
+
+typedef struct lens_hook {
+    lens_hook_kind kind;
+    int layer; /* 0 for the kinds outside the blocks */
+} lens_hook;
+
+/* True for kinds that exist once per block. */
+bool lens_hook_is_per_layer(lens_hook_kind kind);
+
+/* True when the hook point exists for this config (TL's gating). */
+bool lens_hook_exists(const lens_config *cfg, lens_hook_kind kind);
+
+/* Number of slots in a per-model hook table, and the slot of a hook. */
+size_t lens_hook_slots(const lens_config *cfg);
+size_t lens_hook_slot(const lens_config *cfg, lens_hook hook);
+
+/* Writes TL's name for hook into buf ("blocks.0.attn.hook_q"). */
+void lens_hook_name(lens_hook hook, char *buf, size_t buflen);
+
+/* Parses a full TL hook name. Returns -1 with a message listing the nearest
+ * names when it is not a hook point of this model. */
+int lens_hook_parse(const lens_config *cfg, const char *name, lens_hook *out, lens_err *err);
+
+/* TL's shape of the activation at hook for a batch of B prompts of T
+ * positions; returns ndim and fills shape. hook_tokens is int64, all others
+ * float32 (see lens_hook_dtype). */
+int lens_hook_shape(const lens_config *cfg, lens_hook hook, int B, int T,
+                    int64_t shape[LENS_MAX_DIMS]);
+lens_dtype lens_hook_dtype(lens_hook_kind kind);
+
+/* Calls fn(user, hook) for every hook point of the model in firing order. */
+void lens_hook_foreach(const lens_config *cfg, void (*fn)(void *user, lens_hook hook),
+                       void *user);
+
+/* Sets enabled[slot] = 1 for every hook point whose name matches the shell
+ * glob pattern (fnmatch). Returns the number of points matched. */
+size_t lens_hook_select_glob(const lens_config *cfg, const char *pattern, uint8_t *enabled);
+
+#endif

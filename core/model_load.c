@@ -1,0 +1,1073 @@
+/*
+ * model_load.c: finding a model, reading its configuration and turning its
+ * checkpoint into lensd's internal weight layout (model.h).
+ *
+ * Three sources, one result:
+ *  - Hugging Face directories (config.json + model.safetensors or a sharded
+ *    index): GPT2LMHeadModel and GPTNeoForCausalLM, mapped the way
+ *    TransformerLens's convert_gpt2_weights / convert_neo_weights map them;
+ *  - TransformerLens-native models (tl_config.json with
+ *    HookedTransformerConfig fields plus a "lensd" entry, and a state dict in
+ *    TL naming);
+ *  - Hugging Face ids in the local hub cache, and TL's aliases for them.
+ * Every tensor's dtype and shape is checked against the configuration before
+ * a byte is converted; weight processing (process.c) runs last.
+ */
+#include "core/model.h"
+
+#include <dirent.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core/process.h"
+#include "core/safetensors.h"
+
+/* The safetensors files of one checkpoint, searched by tensor name. */
+typedef struct tensor_source {
+    lens_st_file **files;
+    size_t n_files;
+} tensor_source;
+
+static void source_close(tensor_source *src) {
+    for (size_t i = 0; i < src->n_files; i++) lens_st_close(src->files[i]);
+    free(src->files);
+    src->files = NULL;
+    src->n_files = 0;
+}
+
+static int source_add(tensor_source *src, const char *path, lens_err *err) {
+    lens_st_file *file = lens_st_open(path, err);
+    if (!file) return -1;
+    lens_st_file **grown = realloc(src->files, (src->n_files + 1) * sizeof *grown);
+    if (!grown) {
+        lens_st_close(file);
+        lens_err_set(err, "%s: out of memory", path);
+        return -1;
+    }
+    src->files = grown;
+    src->files[src->n_files++] = file;
+    return 0;
+}
+
+static const lens_st_tensor *source_find(const tensor_source *src, const char *name,
+                                         const lens_st_file **owner) {
+    for (size_t i = 0; i < src->n_files; i++) {
+        const lens_st_tensor *t = lens_st_find(src->files[i], name);
+        if (t) {
+            if (owner) *owner = src->files[i];
+            return t;
+        }
+    }
+    return NULL;
+}
+
+static bool path_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+static bool is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static char *path_join(const char *dir, const char *name) {
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *out = malloc(n);
+    if (out) snprintf(out, n, "%s/%s", dir, name);
+    return out;
+}
+
+static char *dir_of(const char *path) {
+    const char *slash = strrchr(path, '/');
+    if (!slash) return strdup(".");
+    return strndup(path, (size_t)(slash - path == 0 ? 1 : slash - path));
+}
+
+/* Opens model.safetensors, or every shard named by model.safetensors.index.json. */
+static int source_open_dir(tensor_source *src, const char *dir, lens_err *err) {
+    char *single = path_join(dir, "model.safetensors");
+    char *index = path_join(dir, "model.safetensors.index.json");
+    int rc = -1;
+    if (!single || !index) {
+        lens_err_set(err, "out of memory");
+    } else if (path_exists(single)) {
+        rc = source_add(src, single, err);
+    } else if (path_exists(index)) {
+        json_error_t jerr;
+        json_t *root = json_load_file(index, 0, &jerr);
+        json_t *map = root ? json_object_get(root, "weight_map") : NULL;
+        if (!json_is_object(map)) {
+            lens_err_set(err, "%s: no \"weight_map\" object (%s)", index,
+                         root ? "missing" : jerr.text);
+        } else {
+            rc = 0;
+            const char *key;
+            json_t *value;
+            json_object_foreach(map, key, value) {
+                const char *shard = json_string_value(value);
+                if (!shard || strchr(shard, '/')) {
+                    lens_err_set(err, "%s: weight_map[\"%s\"] is not a file name in %s", index,
+                                 key, dir);
+                    rc = -1;
+                    break;
+                }
+                bool seen = false;
+                for (size_t i = 0; i < src->n_files && !seen; i++) {
+                    const char *p = lens_st_path(src->files[i]);
+                    const char *base = strrchr(p, '/');
+                    seen = strcmp(base ? base + 1 : p, shard) == 0;
+                }
+                if (seen) continue;
+                char *shard_path = path_join(dir, shard);
+                rc = shard_path ? source_add(src, shard_path, err) : -1;
+                free(shard_path);
+                if (rc) break;
+            }
+        }
+        json_decref(root);
+    } else {
+        lens_err_set(err, "%s: no model.safetensors or model.safetensors.index.json", dir);
+    }
+    free(single);
+    free(index);
+    return rc;
+}
+
+/* ---- allocation and tensor reading -------------------------------------- */
+
+static float *model_alloc(lens_model *m, size_t n, lens_err *err) {
+    if (m->n_blocks == m->cap_blocks) {
+        size_t cap = m->cap_blocks ? 2 * m->cap_blocks : 64;
+        float **grown = realloc(m->blocks, cap * sizeof *grown);
+        if (!grown) goto oom;
+        m->blocks = grown;
+        m->cap_blocks = cap;
+    }
+    float *p = calloc(n ? n : 1, sizeof(float));
+    if (!p) goto oom;
+    m->blocks[m->n_blocks++] = p;
+    m->n_weight_floats += n;
+    return p;
+oom:
+    lens_err_set(err, "out of memory allocating %zu floats of weights", n);
+    return NULL;
+}
+
+static void format_shape(char *buf, size_t len, int ndim, const int64_t *shape) {
+    size_t used = (size_t)snprintf(buf, len, "[");
+    for (int i = 0; i < ndim && used < len; i++)
+        used += (size_t)snprintf(buf + used, len - used, "%s%lld", i ? ", " : "",
+                                 (long long)shape[i]);
+    if (used < len) snprintf(buf + used, len - used, "]");
+}
+
+/* Reads tensor `name` into a new float buffer after checking that its shape
+ * is exactly `shape`. Counts non-finite values into m->n_nonfinite_weights. */
+static float *read_tensor(lens_model *m, const tensor_source *src, const char *name, int ndim,
+                          const int64_t *shape, lens_err *err) {
+    const lens_st_file *file = NULL;
+    const lens_st_tensor *t = source_find(src, name, &file);
+    if (!t) {
+        lens_err_set(err, "%s: missing tensor \"%s\"",
+                     src->n_files ? lens_st_path(src->files[0]) : "checkpoint", name);
+        return NULL;
+    }
+    bool same = t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    if (!same) {
+        char want[128], got[128];
+        format_shape(want, sizeof want, ndim, shape);
+        format_shape(got, sizeof got, t->ndim, t->shape);
+        lens_err_set(err, "%s: tensor \"%s\" has shape %s but the config needs %s",
+                     lens_st_path(file), name, got, want);
+        return NULL;
+    }
+    float *out = model_alloc(m, (size_t)t->numel, err);
+    if (!out) return NULL;
+    if (lens_st_to_f32(file, t, out, err)) return NULL;
+    for (int64_t i = 0; i < t->numel; i++)
+        if (!isfinite(out[i])) m->n_nonfinite_weights++;
+    return out;
+}
+
+static float *read_tensor_1d(lens_model *m, const tensor_source *src, const char *name,
+                             int64_t n0, lens_err *err) {
+    int64_t shape[1] = {n0};
+    return read_tensor(m, src, name, 1, shape, err);
+}
+
+static float *read_tensor_2d(lens_model *m, const tensor_source *src, const char *name,
+                             int64_t n0, int64_t n1, lens_err *err) {
+    int64_t shape[2] = {n0, n1};
+    return read_tensor(m, src, name, 2, shape, err);
+}
+
+/* Returns a new [cols, rows] buffer holding the transpose of a[rows, cols]. */
+static float *transposed(lens_model *m, const float *a, int rows, int cols, lens_err *err) {
+    float *out = model_alloc(m, (size_t)rows * cols, err);
+    if (!out) return NULL;
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) out[(size_t)c * rows + r] = a[(size_t)r * cols + c];
+    return out;
+}
+
+static float *read_transposed(lens_model *m, const tensor_source *src, const char *name,
+                              int rows, int cols, lens_err *err) {
+    float *raw = read_tensor_2d(m, src, name, rows, cols, err);
+    return raw ? transposed(m, raw, rows, cols, err) : NULL;
+}
+
+/* ---- configuration ------------------------------------------------------ */
+
+static int json_get_int(json_t *obj, const char *key, int fallback, bool required, int *out,
+                        const char *file, lens_err *err) {
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v)) {
+        if (required) {
+            lens_err_set(err, "%s: missing field \"%s\"", file, key);
+            return -1;
+        }
+        *out = fallback;
+        return 0;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT_MAX) {
+        lens_err_set(err, "%s: field \"%s\" must be a non-negative integer", file, key);
+        return -1;
+    }
+    *out = (int)json_integer_value(v);
+    return 0;
+}
+
+static int json_get_bool(json_t *obj, const char *key, bool fallback, bool *out,
+                         const char *file, lens_err *err) {
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v)) {
+        *out = fallback;
+        return 0;
+    }
+    if (!json_is_boolean(v)) {
+        lens_err_set(err, "%s: field \"%s\" must be true or false", file, key);
+        return -1;
+    }
+    *out = json_is_true(v);
+    return 0;
+}
+
+static int json_get_float(json_t *obj, const char *key, float fallback, float *out,
+                          const char *file, lens_err *err) {
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v)) {
+        *out = fallback;
+        return 0;
+    }
+    if (!json_is_number(v)) {
+        lens_err_set(err, "%s: field \"%s\" must be a number", file, key);
+        return -1;
+    }
+    *out = (float)json_number_value(v);
+    return 0;
+}
+
+static const char *json_get_str(json_t *obj, const char *key, const char *fallback) {
+    const char *s = json_string_value(json_object_get(obj, key));
+    return s ? s : fallback;
+}
+
+static const struct {
+    const char *name;
+    lens_act act;
+} act_names[] = {
+    {"relu", LENS_ACT_RELU},           {"gelu", LENS_ACT_GELU},
+    {"gelu_new", LENS_ACT_GELU_NEW},   {"gelu_fast", LENS_ACT_GELU_FAST},
+    {"silu", LENS_ACT_SILU},           {"solu_ln", LENS_ACT_SOLU_LN},
+    {"gelu_pytorch_tanh", LENS_ACT_GELU_NEW},
+};
+
+const char *lens_act_name(lens_act act) {
+    for (size_t i = 0; i < sizeof act_names / sizeof act_names[0]; i++)
+        if (act_names[i].act == act) return act_names[i].name;
+    return "?";
+}
+
+const char *lens_norm_name(lens_norm norm) {
+    switch (norm) {
+    case LENS_NORM_LN: return "LN";
+    case LENS_NORM_LNPRE: return "LNPre";
+    case LENS_NORM_NONE: return "None";
+    }
+    return "?";
+}
+
+static int parse_act(const char *name, lens_act *out, const char *file, lens_err *err) {
+    for (size_t i = 0; i < sizeof act_names / sizeof act_names[0]; i++) {
+        if (strcmp(act_names[i].name, name) == 0) {
+            *out = act_names[i].act;
+            return 0;
+        }
+    }
+    lens_err_set(err, "%s: act_fn \"%s\" is not supported (relu, gelu, gelu_new, gelu_fast, "
+                      "silu, solu_ln)", file, name);
+    return -1;
+}
+
+static int check_dims(const lens_config *c, const char *file, lens_err *err) {
+    if (c->n_layers < 1 || c->d_model < 1 || c->n_heads < 1 || c->d_head < 1 || c->n_ctx < 1 ||
+        c->d_vocab < 1 || c->d_vocab_out < 1 || (!c->attn_only && c->d_mlp < 1)) {
+        lens_err_set(err, "%s: every dimension (n_layers, d_model, n_heads, d_head, d_mlp, "
+                          "n_ctx, d_vocab) must be positive", file);
+        return -1;
+    }
+    return 0;
+}
+
+static int alloc_local_layers(lens_config *c, lens_err *err) {
+    c->layer_is_local = calloc((size_t)c->n_layers, sizeof(bool));
+    if (!c->layer_is_local) {
+        lens_err_set(err, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* Expands GPT-Neo's attention_types [[["global","local"], 6]] (or TL's
+ * already expanded attn_types ["global", "local", ...]) into layer_is_local. */
+static int parse_attention_types(lens_config *c, json_t *types, bool nested, const char *file,
+                                 lens_err *err) {
+    int layer = 0;
+    size_t i;
+    json_t *entry;
+    json_array_foreach(types, i, entry) {
+        json_t *kinds = nested ? json_array_get(entry, 0) : NULL;
+        int repeat = nested ? (int)json_integer_value(json_array_get(entry, 1)) : 1;
+        size_t n_kinds = nested ? json_array_size(kinds) : 1;
+        if (nested && (!json_is_array(kinds) || repeat < 0)) goto bad;
+        for (int r = 0; r < repeat; r++) {
+            for (size_t k = 0; k < n_kinds; k++) {
+                const char *kind = json_string_value(nested ? json_array_get(kinds, k) : entry);
+                if (!kind || (strcmp(kind, "global") && strcmp(kind, "local"))) goto bad;
+                if (layer >= c->n_layers) goto bad;
+                c->layer_is_local[layer++] = strcmp(kind, "local") == 0;
+            }
+        }
+    }
+    if (layer != c->n_layers) goto bad;
+    return 0;
+bad:
+    lens_err_set(err, "%s: attention types must name \"global\" or \"local\" for each of the %d "
+                      "layers", file, c->n_layers);
+    return -1;
+}
+
+static void set_attn_scale(lens_config *c) {
+    c->attn_scale = c->use_attn_scale ? sqrtf((float)c->d_head) : 1.0f;
+}
+
+static int read_hf_config(lens_config *c, json_t *root, const char *file, lens_err *err) {
+    json_t *archs = json_object_get(root, "architectures");
+    const char *arch = json_string_value(json_array_get(archs, 0));
+    const char *model_type = json_get_str(root, "model_type", "");
+    if (!arch) arch = strcmp(model_type, "gpt_neo") == 0 ? "GPTNeoForCausalLM"
+                      : strcmp(model_type, "gpt2") == 0  ? "GPT2LMHeadModel"
+                                                         : "";
+    snprintf(c->architecture, sizeof c->architecture, "%s", arch);
+    c->normalization = LENS_NORM_LN;
+    c->causal = true;
+    c->default_prepend_bos = true;
+    const char *act = json_get_str(root, "activation_function", "gelu_new");
+    if (parse_act(act, &c->act_fn, file, err)) return -1;
+    if (json_get_float(root, "layer_norm_epsilon", 1e-5f, &c->eps, file, err)) return -1;
+    if (json_get_int(root, "vocab_size", 0, true, &c->d_vocab, file, err)) return -1;
+    c->d_vocab_out = c->d_vocab;
+
+    if (strcmp(arch, "GPT2LMHeadModel") == 0 || strcmp(arch, "GPT2Model") == 0) {
+        snprintf(c->architecture, sizeof c->architecture, "GPT2LMHeadModel");
+        if (json_get_int(root, "n_embd", 0, true, &c->d_model, file, err) ||
+            json_get_int(root, "n_head", 0, true, &c->n_heads, file, err) ||
+            json_get_int(root, "n_layer", 0, true, &c->n_layers, file, err) ||
+            json_get_int(root, "n_positions", 1024, false, &c->n_ctx, file, err) ||
+            json_get_int(root, "n_ctx", c->n_ctx, false, &c->n_ctx, file, err) ||
+            json_get_int(root, "n_inner", 0, false, &c->d_mlp, file, err) ||
+            json_get_bool(root, "scale_attn_weights", true, &c->use_attn_scale, file, err) ||
+            json_get_bool(root, "scale_attn_by_inverse_layer_idx", false,
+                          &c->scale_attn_by_inverse_layer_idx, file, err))
+            return -1;
+        if (c->n_heads == 0 || c->d_model % c->n_heads) goto bad_heads;
+        if (c->d_mlp == 0) c->d_mlp = 4 * c->d_model;
+        c->d_head = c->d_model / c->n_heads;
+        if (alloc_local_layers(c, err)) return -1;
+    } else if (strcmp(arch, "GPTNeoForCausalLM") == 0) {
+        if (json_get_int(root, "hidden_size", 0, true, &c->d_model, file, err) ||
+            json_get_int(root, "num_heads", 0, true, &c->n_heads, file, err) ||
+            json_get_int(root, "num_layers", 0, true, &c->n_layers, file, err) ||
+            json_get_int(root, "max_position_embeddings", 2048, false, &c->n_ctx, file, err) ||
+            json_get_int(root, "intermediate_size", 0, false, &c->d_mlp, file, err) ||
+            json_get_int(root, "window_size", 256, false, &c->window_size, file, err))
+            return -1;
+        if (c->n_heads == 0 || c->d_model % c->n_heads) goto bad_heads;
+        if (c->d_mlp == 0) c->d_mlp = 4 * c->d_model;
+        c->d_head = c->d_model / c->n_heads;
+        c->use_attn_scale = false; /* GPT-Neo does not scale q.k by 1/sqrt(d_head) */
+        c->use_local_attn = true;
+        if (alloc_local_layers(c, err)) return -1;
+        json_t *types = json_object_get(root, "attention_types");
+        if (!json_is_array(types)) {
+            lens_err_set(err, "%s: GPT-Neo config needs \"attention_types\"", file);
+            return -1;
+        }
+        if (parse_attention_types(c, types, true, file, err)) return -1;
+    } else {
+        lens_err_set(err, "%s: architecture \"%s\" is not supported (GPT2LMHeadModel, "
+                          "GPTNeoForCausalLM)", file, arch);
+        return -1;
+    }
+    set_attn_scale(c);
+    return check_dims(c, file, err);
+bad_heads:
+    lens_err_set(err, "%s: the model width must be a multiple of the number of heads", file);
+    return -1;
+}
+
+/* Refuses HookedTransformerConfig values that lensd does not implement, so a
+ * model is never silently run with different semantics. */
+static int check_native_unsupported(json_t *root, const char *file, lens_err *err) {
+    static const char *must_be_false[] = {"parallel_attn_mlp", "gated_mlp", "final_rms",
+                                          "use_normalization_before_and_after"};
+    for (size_t i = 0; i < sizeof must_be_false / sizeof must_be_false[0]; i++) {
+        if (json_is_true(json_object_get(root, must_be_false[i]))) {
+            lens_err_set(err, "%s: \"%s\": true is not supported yet", file, must_be_false[i]);
+            return -1;
+        }
+    }
+    const char *pos = json_get_str(root, "positional_embedding_type", "standard");
+    if (strcmp(pos, "standard")) {
+        lens_err_set(err, "%s: positional_embedding_type \"%s\" is not supported yet "
+                          "(standard)", file, pos);
+        return -1;
+    }
+    json_t *kv = json_object_get(root, "n_key_value_heads");
+    if (kv && !json_is_null(kv) &&
+        json_integer_value(kv) != json_integer_value(json_object_get(root, "n_heads"))) {
+        lens_err_set(err, "%s: grouped-query attention (n_key_value_heads) is not supported yet",
+                     file);
+        return -1;
+    }
+    json_t *cap = json_object_get(root, "output_logits_soft_cap");
+    json_t *acap = json_object_get(root, "attn_scores_soft_cap");
+    if ((json_is_number(cap) && json_number_value(cap) > 0) ||
+        (json_is_number(acap) && json_number_value(acap) > 0)) {
+        lens_err_set(err, "%s: soft caps are not supported yet", file);
+        return -1;
+    }
+    return 0;
+}
+
+static int read_native_config(lens_config *c, json_t *root, const char *file, lens_err *err) {
+    if (check_native_unsupported(root, file, err)) return -1;
+    snprintf(c->architecture, sizeof c->architecture, "%s",
+             json_get_str(root, "original_architecture", "HookedTransformer"));
+    if (json_get_int(root, "n_layers", 0, true, &c->n_layers, file, err) ||
+        json_get_int(root, "d_model", 0, true, &c->d_model, file, err) ||
+        json_get_int(root, "n_ctx", 0, true, &c->n_ctx, file, err) ||
+        json_get_int(root, "d_head", 0, true, &c->d_head, file, err) ||
+        json_get_int(root, "n_heads", -1, false, &c->n_heads, file, err) ||
+        json_get_int(root, "d_vocab", 0, true, &c->d_vocab, file, err) ||
+        json_get_bool(root, "attn_only", false, &c->attn_only, file, err))
+        return -1;
+    json_t *n_heads = json_object_get(root, "n_heads");
+    if (json_is_integer(n_heads) && json_integer_value(n_heads) == -1) c->n_heads = -1;
+    if (c->n_heads <= 0) c->n_heads = c->d_head ? c->d_model / c->d_head : 0;
+    json_t *d_mlp = json_object_get(root, "d_mlp");
+    if (!d_mlp || json_is_null(d_mlp)) {
+        c->d_mlp = c->attn_only ? 0 : 4 * c->d_model;
+    } else if (json_get_int(root, "d_mlp", 0, false, &c->d_mlp, file, err)) {
+        return -1;
+    }
+    json_t *vout = json_object_get(root, "d_vocab_out");
+    if (json_is_integer(vout) && json_integer_value(vout) > 0)
+        c->d_vocab_out = (int)json_integer_value(vout);
+    else
+        c->d_vocab_out = c->d_vocab;
+
+    json_t *act = json_object_get(root, "act_fn");
+    if (!c->attn_only || json_is_string(act)) {
+        if (!json_is_string(act)) {
+            lens_err_set(err, "%s: missing field \"act_fn\"", file);
+            return -1;
+        }
+        if (parse_act(json_string_value(act), &c->act_fn, file, err)) return -1;
+    }
+    json_t *norm = json_object_get(root, "normalization_type");
+    const char *norm_name = json_is_null(norm) ? "None" : json_get_str(root, "normalization_type",
+                                                                      "LN");
+    if (strcmp(norm_name, "LN") == 0) c->normalization = LENS_NORM_LN;
+    else if (strcmp(norm_name, "LNPre") == 0) c->normalization = LENS_NORM_LNPRE;
+    else if (strcmp(norm_name, "None") == 0) c->normalization = LENS_NORM_NONE;
+    else {
+        lens_err_set(err, "%s: normalization_type \"%s\" is not supported (LN, LNPre, None)", file,
+                     norm_name);
+        return -1;
+    }
+    const char *dir = json_get_str(root, "attention_dir", "causal");
+    if (strcmp(dir, "causal") && strcmp(dir, "bidirectional")) {
+        lens_err_set(err, "%s: attention_dir must be \"causal\" or \"bidirectional\"", file);
+        return -1;
+    }
+    c->causal = strcmp(dir, "causal") == 0;
+    if (json_get_float(root, "eps", 1e-5f, &c->eps, file, err) ||
+        json_get_bool(root, "use_attn_scale", true, &c->use_attn_scale, file, err) ||
+        json_get_bool(root, "scale_attn_by_inverse_layer_idx", false,
+                      &c->scale_attn_by_inverse_layer_idx, file, err) ||
+        json_get_bool(root, "use_local_attn", false, &c->use_local_attn, file, err) ||
+        json_get_int(root, "window_size", 0, false, &c->window_size, file, err) ||
+        json_get_bool(root, "use_attn_result", false, &c->use_attn_result, file, err) ||
+        json_get_bool(root, "use_split_qkv_input", false, &c->use_split_qkv_input, file, err) ||
+        json_get_bool(root, "use_hook_mlp_in", false, &c->use_hook_mlp_in, file, err) ||
+        json_get_bool(root, "use_attn_in", false, &c->use_attn_in, file, err) ||
+        json_get_bool(root, "use_hook_tokens", false, &c->use_hook_tokens, file, err) ||
+        json_get_bool(root, "default_prepend_bos", true, &c->default_prepend_bos, file, err))
+        return -1;
+    if (check_dims(c, file, err)) return -1;
+    set_attn_scale(c);
+    float attn_scale;
+    if (json_get_float(root, "attn_scale", -1.0f, &attn_scale, file, err)) return -1;
+    if (c->use_attn_scale && attn_scale > 0) c->attn_scale = attn_scale;
+    if (alloc_local_layers(c, err)) return -1;
+    if (c->use_local_attn) {
+        json_t *types = json_object_get(root, "attn_types");
+        if (!json_is_array(types) || c->window_size < 1) {
+            lens_err_set(err, "%s: use_local_attn needs \"attn_types\" and \"window_size\"", file);
+            return -1;
+        }
+        if (parse_attention_types(c, types, false, file, err)) return -1;
+    }
+    return 0;
+}
+
+/* ---- weights ------------------------------------------------------------ */
+
+/* Loads the weights of a GPT-2 checkpoint the way TL's convert_gpt2_weights
+ * does: c_attn [d, 3d] splits into W_Q|W_K|W_V, Conv1D weights are already
+ * [in, out]. */
+static int load_gpt2_weights(lens_model *m, const tensor_source *src, lens_err *err) {
+    const lens_config *c = &m->cfg;
+    lens_weights *w = &m->w;
+    const int d = c->d_model, mlp = c->d_mlp, V = c->d_vocab;
+    const char *p = source_find(src, "transformer.wte.weight", NULL) ? "transformer." : "";
+    char name[256];
+#define NAME(...) (snprintf(name, sizeof name, __VA_ARGS__), name)
+    if (!(w->W_E = read_tensor_2d(m, src, NAME("%swte.weight", p), V, d, err)) ||
+        !(w->W_pos = read_tensor_2d(m, src, NAME("%swpe.weight", p), c->n_ctx, d, err)))
+        return -1;
+    for (int l = 0; l < c->n_layers; l++) {
+        lens_layer_weights *lw = &w->layers[l];
+        float *qkv, *qkv_b;
+        if (!(lw->ln1_w = read_tensor_1d(m, src, NAME("%sh.%d.ln_1.weight", p, l), d, err)) ||
+            !(lw->ln1_b = read_tensor_1d(m, src, NAME("%sh.%d.ln_1.bias", p, l), d, err)) ||
+            !(qkv = read_tensor_2d(m, src, NAME("%sh.%d.attn.c_attn.weight", p, l), d, 3 * d,
+                                   err)) ||
+            !(qkv_b = read_tensor_1d(m, src, NAME("%sh.%d.attn.c_attn.bias", p, l), 3 * d,
+                                     err)) ||
+            !(lw->W_O = read_tensor_2d(m, src, NAME("%sh.%d.attn.c_proj.weight", p, l), d, d,
+                                       err)) ||
+            !(lw->b_O = read_tensor_1d(m, src, NAME("%sh.%d.attn.c_proj.bias", p, l), d, err)) ||
+            !(lw->ln2_w = read_tensor_1d(m, src, NAME("%sh.%d.ln_2.weight", p, l), d, err)) ||
+            !(lw->ln2_b = read_tensor_1d(m, src, NAME("%sh.%d.ln_2.bias", p, l), d, err)) ||
+            !(lw->W_in = read_tensor_2d(m, src, NAME("%sh.%d.mlp.c_fc.weight", p, l), d, mlp,
+                                        err)) ||
+            !(lw->b_in = read_tensor_1d(m, src, NAME("%sh.%d.mlp.c_fc.bias", p, l), mlp, err)) ||
+            !(lw->W_out = read_tensor_2d(m, src, NAME("%sh.%d.mlp.c_proj.weight", p, l), mlp, d,
+                                         err)) ||
+            !(lw->b_out = read_tensor_1d(m, src, NAME("%sh.%d.mlp.c_proj.bias", p, l), d, err)))
+            return -1;
+        float **parts[3] = {&lw->W_Q, &lw->W_K, &lw->W_V};
+        float **biases[3] = {&lw->b_Q, &lw->b_K, &lw->b_V};
+        for (int k = 0; k < 3; k++) {
+            float *part = model_alloc(m, (size_t)d * d, err);
+            float *bias = model_alloc(m, (size_t)d, err);
+            if (!part || !bias) return -1;
+            for (int r = 0; r < d; r++)
+                memcpy(part + (size_t)r * d, qkv + (size_t)r * 3 * d + (size_t)k * d,
+                       (size_t)d * sizeof(float));
+            memcpy(bias, qkv_b + (size_t)k * d, (size_t)d * sizeof(float));
+            *parts[k] = part;
+            *biases[k] = bias;
+        }
+    }
+    if (!(w->ln_final_w = read_tensor_1d(m, src, NAME("%sln_f.weight", p), d, err)) ||
+        !(w->ln_final_b = read_tensor_1d(m, src, NAME("%sln_f.bias", p), d, err)))
+        return -1;
+    const char *unembed = source_find(src, "lm_head.weight", NULL) ? "lm_head.weight" : NULL;
+    float *lm = unembed ? read_tensor_2d(m, src, unembed, V, d, err) : w->W_E;
+    if (!lm || !(w->W_U = transposed(m, lm, V, d, err))) return -1;
+    if (!(w->b_U = model_alloc(m, (size_t)V, err))) return -1;
+#undef NAME
+    return 0;
+}
+
+/* Loads a GPT-Neo checkpoint as TL's convert_neo_weights does: nn.Linear
+ * weights are [out, in] and get transposed; Q, K and V have no bias. */
+static int load_neo_weights(lens_model *m, const tensor_source *src, lens_err *err) {
+    const lens_config *c = &m->cfg;
+    lens_weights *w = &m->w;
+    const int d = c->d_model, mlp = c->d_mlp, V = c->d_vocab;
+    const char *p = source_find(src, "transformer.wte.weight", NULL) ? "transformer." : "";
+    char name[256];
+#define NAME(...) (snprintf(name, sizeof name, __VA_ARGS__), name)
+    if (!(w->W_E = read_tensor_2d(m, src, NAME("%swte.weight", p), V, d, err))) return -1;
+    if (!(w->W_pos = read_tensor_2d(m, src, NAME("%swpe.weight", p), c->n_ctx, d, err)))
+        return -1;
+    for (int l = 0; l < c->n_layers; l++) {
+        lens_layer_weights *lw = &w->layers[l];
+        if (!(lw->ln1_w = read_tensor_1d(m, src, NAME("%sh.%d.ln_1.weight", p, l), d, err)) ||
+            !(lw->ln1_b = read_tensor_1d(m, src, NAME("%sh.%d.ln_1.bias", p, l), d, err)) ||
+            !(lw->W_Q = read_transposed(m, src, NAME("%sh.%d.attn.attention.q_proj.weight", p, l),
+                                        d, d, err)) ||
+            !(lw->W_K = read_transposed(m, src, NAME("%sh.%d.attn.attention.k_proj.weight", p, l),
+                                        d, d, err)) ||
+            !(lw->W_V = read_transposed(m, src, NAME("%sh.%d.attn.attention.v_proj.weight", p, l),
+                                        d, d, err)) ||
+            !(lw->W_O = read_transposed(
+                  m, src, NAME("%sh.%d.attn.attention.out_proj.weight", p, l), d, d, err)) ||
+            !(lw->b_O = read_tensor_1d(m, src, NAME("%sh.%d.attn.attention.out_proj.bias", p, l),
+                                       d, err)) ||
+            !(lw->ln2_w = read_tensor_1d(m, src, NAME("%sh.%d.ln_2.weight", p, l), d, err)) ||
+            !(lw->ln2_b = read_tensor_1d(m, src, NAME("%sh.%d.ln_2.bias", p, l), d, err)) ||
+            !(lw->W_in = read_transposed(m, src, NAME("%sh.%d.mlp.c_fc.weight", p, l), mlp, d,
+                                         err)) ||
+            !(lw->b_in = read_tensor_1d(m, src, NAME("%sh.%d.mlp.c_fc.bias", p, l), mlp, err)) ||
+            !(lw->W_out = read_transposed(m, src, NAME("%sh.%d.mlp.c_proj.weight", p, l), d, mlp,
+                                          err)) ||
+            !(lw->b_out = read_tensor_1d(m, src, NAME("%sh.%d.mlp.c_proj.bias", p, l), d, err)) ||
+            !(lw->b_Q = model_alloc(m, (size_t)d, err)) ||
+            !(lw->b_K = model_alloc(m, (size_t)d, err)) ||
+            !(lw->b_V = model_alloc(m, (size_t)d, err)))
+            return -1;
+    }
+    if (!(w->ln_final_w = read_tensor_1d(m, src, NAME("%sln_f.weight", p), d, err)) ||
+        !(w->ln_final_b = read_tensor_1d(m, src, NAME("%sln_f.bias", p), d, err)))
+        return -1;
+    const char *unembed = source_find(src, "lm_head.weight", NULL) ? "lm_head.weight" : NULL;
+    float *lm = unembed ? read_tensor_2d(m, src, unembed, V, d, err) : w->W_E;
+    if (!lm || !(w->W_U = transposed(m, lm, V, d, err))) return -1;
+    if (!(w->b_U = model_alloc(m, (size_t)V, err))) return -1;
+#undef NAME
+    return 0;
+}
+
+/* Reads TL's [h, d, dh] W_Q/W_K/W_V into the internal [d, h*dh]. */
+static float *read_tl_qkv(lens_model *m, const tensor_source *src, const char *name,
+                          lens_err *err) {
+    const lens_config *c = &m->cfg;
+    int64_t shape[3] = {c->n_heads, c->d_model, c->d_head};
+    float *raw = read_tensor(m, src, name, 3, shape, err);
+    if (!raw) return NULL;
+    const int h = c->n_heads, d = c->d_model, dh = c->d_head;
+    float *out = model_alloc(m, (size_t)h * d * dh, err);
+    if (!out) return NULL;
+    for (int i = 0; i < h; i++)
+        for (int r = 0; r < d; r++)
+            memcpy(out + (size_t)r * h * dh + (size_t)i * dh, raw + ((size_t)i * d + r) * dh,
+                   (size_t)dh * sizeof(float));
+    return out;
+}
+
+/* A tensor that TL fills with zeros when a state dict lacks it (biases). */
+static float *read_optional(lens_model *m, const tensor_source *src, const char *name, int ndim,
+                            const int64_t *shape, lens_err *err) {
+    if (source_find(src, name, NULL)) return read_tensor(m, src, name, ndim, shape, err);
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= (size_t)shape[i];
+    return model_alloc(m, n, err);
+}
+
+static int load_native_weights(lens_model *m, const tensor_source *src, lens_err *err) {
+    const lens_config *c = &m->cfg;
+    lens_weights *w = &m->w;
+    const int d = c->d_model, mlp = c->d_mlp, h = c->n_heads, dh = c->d_head;
+    const bool has_ln = c->normalization == LENS_NORM_LN;
+    char name[256];
+#define NAME(...) (snprintf(name, sizeof name, __VA_ARGS__), name)
+    int64_t s_d[1] = {d}, s_m[1] = {mlp}, s_hdh[2] = {h, dh}, s_vout[1] = {c->d_vocab_out};
+    if (!(w->W_E = read_tensor_2d(m, src, "embed.W_E", c->d_vocab, d, err)) ||
+        !(w->W_pos = read_tensor_2d(m, src, "pos_embed.W_pos", c->n_ctx, d, err)))
+        return -1;
+    for (int l = 0; l < c->n_layers; l++) {
+        lens_layer_weights *lw = &w->layers[l];
+        if (has_ln &&
+            (!(lw->ln1_w = read_tensor_1d(m, src, NAME("blocks.%d.ln1.w", l), d, err)) ||
+             !(lw->ln1_b = read_tensor_1d(m, src, NAME("blocks.%d.ln1.b", l), d, err))))
+            return -1;
+        int64_t s_o[3] = {h, dh, d};
+        if (!(lw->W_Q = read_tl_qkv(m, src, NAME("blocks.%d.attn.W_Q", l), err)) ||
+            !(lw->W_K = read_tl_qkv(m, src, NAME("blocks.%d.attn.W_K", l), err)) ||
+            !(lw->W_V = read_tl_qkv(m, src, NAME("blocks.%d.attn.W_V", l), err)) ||
+            !(lw->b_Q = read_optional(m, src, NAME("blocks.%d.attn.b_Q", l), 2, s_hdh, err)) ||
+            !(lw->b_K = read_optional(m, src, NAME("blocks.%d.attn.b_K", l), 2, s_hdh, err)) ||
+            !(lw->b_V = read_optional(m, src, NAME("blocks.%d.attn.b_V", l), 2, s_hdh, err)) ||
+            !(lw->W_O = read_tensor(m, src, NAME("blocks.%d.attn.W_O", l), 3, s_o, err)) ||
+            !(lw->b_O = read_optional(m, src, NAME("blocks.%d.attn.b_O", l), 1, s_d, err)))
+            return -1;
+        if (c->attn_only) continue;
+        if (has_ln &&
+            (!(lw->ln2_w = read_tensor_1d(m, src, NAME("blocks.%d.ln2.w", l), d, err)) ||
+             !(lw->ln2_b = read_tensor_1d(m, src, NAME("blocks.%d.ln2.b", l), d, err))))
+            return -1;
+        if (!(lw->W_in = read_tensor_2d(m, src, NAME("blocks.%d.mlp.W_in", l), d, mlp, err)) ||
+            !(lw->b_in = read_optional(m, src, NAME("blocks.%d.mlp.b_in", l), 1, s_m, err)) ||
+            !(lw->W_out = read_tensor_2d(m, src, NAME("blocks.%d.mlp.W_out", l), mlp, d, err)) ||
+            !(lw->b_out = read_optional(m, src, NAME("blocks.%d.mlp.b_out", l), 1, s_d, err)))
+            return -1;
+        if (c->act_fn == LENS_ACT_SOLU_LN && has_ln &&
+            (!(lw->mlp_ln_w = read_tensor_1d(m, src, NAME("blocks.%d.mlp.ln.w", l), mlp, err)) ||
+             !(lw->mlp_ln_b = read_tensor_1d(m, src, NAME("blocks.%d.mlp.ln.b", l), mlp, err))))
+            return -1;
+    }
+    if (has_ln && (!(w->ln_final_w = read_tensor_1d(m, src, "ln_final.w", d, err)) ||
+                   !(w->ln_final_b = read_tensor_1d(m, src, "ln_final.b", d, err))))
+        return -1;
+    if (!(w->W_U = read_tensor_2d(m, src, "unembed.W_U", d, c->d_vocab_out, err)) ||
+        !(w->b_U = read_optional(m, src, "unembed.b_U", 1, s_vout, err)))
+        return -1;
+#undef NAME
+    return 0;
+}
+
+/* ---- tokenizers and token rules ---------------------------------------- */
+
+static int32_t lookup_or_fail(const lens_tokenizer *tok, const char *entry, const char *what,
+                              const char *file, lens_err *err) {
+    int32_t id = lens_tok_lookup(tok, entry);
+    if (id < 0) lens_err_set(err, "%s: %s \"%s\" is not in the vocabulary", file, what, entry);
+    return id;
+}
+
+/* GPT-2 and GPT-Neo: BOS = EOS = PAD = <|endoftext|>, as TL sets them. */
+static int load_hf_tokenizer(lens_model *m, const char *dir, lens_err *err) {
+    char *json_path = path_join(dir, "tokenizer.json");
+    char *vocab = path_join(dir, "vocab.json");
+    char *merges = path_join(dir, "merges.txt");
+    int rc = -1;
+    if (!json_path || !vocab || !merges) {
+        lens_err_set(err, "out of memory");
+    } else if (path_exists(vocab) && path_exists(merges)) {
+        m->tok = lens_tok_load_bpe(vocab, merges, err);
+    } else if (path_exists(json_path)) {
+        m->tok = lens_tok_load_hf_json(json_path, err);
+    } else {
+        lens_err_set(err, "%s: no tokenizer (vocab.json + merges.txt, or tokenizer.json)", dir);
+    }
+    if (m->tok) {
+        int32_t eot = lookup_or_fail(m->tok, "<|endoftext|>", "end-of-text token", dir, err);
+        if (eot >= 0) {
+            m->rules.bos_id = m->rules.eos_id = m->rules.pad_id = eot;
+            rc = 0;
+        }
+        if ((size_t)m->cfg.d_vocab < lens_tok_vocab_size(m->tok)) {
+            lens_err_set(err, "%s: the tokenizer has %zu tokens but the model only %d", dir,
+                         lens_tok_vocab_size(m->tok), m->cfg.d_vocab);
+            rc = -1;
+        }
+    }
+    free(json_path);
+    free(vocab);
+    free(merges);
+    return rc;
+}
+
+static int load_native_tokenizer(lens_model *m, json_t *lensd, const char *dir,
+                                 const char *file, lens_err *err) {
+    json_t *spec = json_object_get(lensd, "tokenizer");
+    if (spec && !json_is_null(spec)) {
+        const char *type = json_get_str(spec, "type", "");
+        if (strcmp(type, "list") == 0) {
+            json_t *tokens = json_object_get(spec, "tokens");
+            const char *split = json_get_str(spec, "split", "chars");
+            size_t n = json_array_size(tokens);
+            const char **list = calloc(n ? n : 1, sizeof *list);
+            if (!list) {
+                lens_err_set(err, "out of memory");
+                return -1;
+            }
+            for (size_t i = 0; i < n; i++) list[i] = json_string_value(json_array_get(tokens, i));
+            for (size_t i = 0; i < n; i++) {
+                if (!list[i]) {
+                    lens_err_set(err, "%s: lensd.tokenizer.tokens[%zu] is not a string", file, i);
+                    free(list);
+                    return -1;
+                }
+            }
+            if (strcmp(split, "chars") && strcmp(split, "whitespace")) {
+                lens_err_set(err, "%s: lensd.tokenizer.split must be \"chars\" or \"whitespace\"",
+                             file);
+                free(list);
+                return -1;
+            }
+            m->tok = lens_tok_from_list(
+                list, n, strcmp(split, "chars") == 0 ? LENS_SPLIT_CHARS : LENS_SPLIT_WHITESPACE,
+                err);
+            free(list);
+        } else if (strcmp(type, "bpe") == 0) {
+            char *vocab = path_join(dir, json_get_str(spec, "vocab", "vocab.json"));
+            char *merges = path_join(dir, json_get_str(spec, "merges", "merges.txt"));
+            m->tok = vocab && merges ? lens_tok_load_bpe(vocab, merges, err) : NULL;
+            free(vocab);
+            free(merges);
+        } else if (strcmp(type, "hf") == 0) {
+            char *path = path_join(dir, json_get_str(spec, "file", "tokenizer.json"));
+            m->tok = path ? lens_tok_load_hf_json(path, err) : NULL;
+            free(path);
+        } else {
+            lens_err_set(err, "%s: lensd.tokenizer.type must be \"list\", \"bpe\" or \"hf\"", file);
+            return -1;
+        }
+        if (!m->tok) return -1;
+        if (lens_tok_vocab_size(m->tok) > (size_t)m->cfg.d_vocab) {
+            lens_err_set(err, "%s: the tokenizer has %zu tokens but d_vocab is %d", file,
+                         lens_tok_vocab_size(m->tok), m->cfg.d_vocab);
+            return -1;
+        }
+    }
+    static const char *keys[3] = {"bos_token", "eos_token", "pad_token"};
+    int32_t *ids[3] = {&m->rules.bos_id, &m->rules.eos_id, &m->rules.pad_id};
+    for (int i = 0; i < 3; i++) {
+        json_t *v = json_object_get(lensd, keys[i]);
+        if (!v || json_is_null(v)) continue;
+        if (json_is_integer(v)) {
+            *ids[i] = (int32_t)json_integer_value(v);
+        } else if (json_is_string(v) && m->tok) {
+            *ids[i] = lookup_or_fail(m->tok, json_string_value(v), keys[i], file, err);
+        } else {
+            lens_err_set(err, "%s: lensd.%s must be a token id, or a token when a tokenizer is "
+                              "given", file, keys[i]);
+            return -1;
+        }
+        if (*ids[i] < 0 || *ids[i] >= m->cfg.d_vocab) {
+            if (*ids[i] >= 0)
+                lens_err_set(err, "%s: lensd.%s is outside the vocabulary", file, keys[i]);
+            return -1;
+        }
+    }
+    if (json_get_bool(lensd, "append_eos", false, &m->rules.append_eos, file, err) ||
+        json_get_bool(lensd, "mask_pad_keys", false, &m->rules.mask_pad_keys, file, err))
+        return -1;
+    if ((m->rules.append_eos && m->rules.eos_id < 0) ||
+        (m->rules.mask_pad_keys && m->rules.pad_id < 0)) {
+        lens_err_set(err, "%s: append_eos needs eos_token and mask_pad_keys needs pad_token",
+                     file);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- finding models ---------------------------------------------------- */
+
+static const struct {
+    const char *alias, *hf_id;
+} tl_aliases[] = {
+    {"gpt2-small", "gpt2"},          {"gpt2-medium", "gpt2-medium"},
+    {"gpt2-large", "gpt2-large"},    {"gpt2-xl", "gpt2-xl"},
+    {"distillgpt2", "distilgpt2"},   {"distil-gpt2", "distilgpt2"},
+    {"gpt-neo-125M", "EleutherAI/gpt-neo-125M"}, {"gpt-neo-1.3B", "EleutherAI/gpt-neo-1.3B"},
+    {"gpt-neo-2.7B", "EleutherAI/gpt-neo-2.7B"}, {"neo-125M", "EleutherAI/gpt-neo-125M"},
+};
+
+/* Resolves a Hugging Face id to its snapshot directory in the local hub
+ * cache: refs/main names the revision; otherwise the only snapshot. */
+static char *find_in_hf_cache(const char *id) {
+    for (size_t i = 0; i < sizeof tl_aliases / sizeof tl_aliases[0]; i++)
+        if (strcmp(id, tl_aliases[i].alias) == 0) id = tl_aliases[i].hf_id;
+    char hub[PATH_MAX];
+    const char *hf_home = getenv("HF_HOME");
+    const char *hub_cache = getenv("HF_HUB_CACHE");
+    const char *home = getenv("HOME");
+    if (hub_cache) snprintf(hub, sizeof hub, "%s", hub_cache);
+    else if (hf_home) snprintf(hub, sizeof hub, "%s/hub", hf_home);
+    else if (home) snprintf(hub, sizeof hub, "%s/.cache/huggingface/hub", home);
+    else return NULL;
+    char repo[PATH_MAX];
+    int n = snprintf(repo, sizeof repo, "%s/models--", hub);
+    for (const char *s = id; *s && n < (int)sizeof repo - 2; s++) {
+        if (*s == '/') {
+            repo[n++] = '-';
+            repo[n++] = '-';
+        } else {
+            repo[n++] = *s;
+        }
+    }
+    repo[n] = '\0';
+    char ref_path[PATH_MAX + 16], rev[128] = "";
+    snprintf(ref_path, sizeof ref_path, "%s/refs/main", repo);
+    FILE *f = fopen(ref_path, "r");
+    if (f) {
+        if (!fgets(rev, sizeof rev, f)) rev[0] = '\0';
+        fclose(f);
+        rev[strcspn(rev, "\r\n")] = '\0';
+    }
+    char snap[PATH_MAX * 2];
+    if (rev[0]) {
+        snprintf(snap, sizeof snap, "%s/snapshots/%s", repo, rev);
+        return is_dir(snap) ? strdup(snap) : NULL;
+    }
+    snprintf(snap, sizeof snap, "%s/snapshots", repo);
+    DIR *snapshots = opendir(snap);
+    if (!snapshots) return NULL;
+    char *only = NULL;
+    int count = 0;
+    for (struct dirent *e; (e = readdir(snapshots));) {
+        if (e->d_name[0] == '.') continue;
+        count++;
+        free(only);
+        only = path_join(snap, e->d_name);
+    }
+    closedir(snapshots);
+    if (count != 1) {
+        free(only);
+        return NULL;
+    }
+    return only;
+}
+
+static json_t *load_json(const char *path, lens_err *err) {
+    json_error_t jerr;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) lens_err_set(err, "%s: line %d: %s", path, jerr.line, jerr.text);
+    else if (!json_is_object(root)) {
+        lens_err_set(err, "%s: not a JSON object", path);
+        json_decref(root);
+        root = NULL;
+    }
+    return root;
+}
+
+void lens_model_free(lens_model *m) {
+    if (!m) return;
+    for (size_t i = 0; i < m->n_blocks; i++) free(m->blocks[i]);
+    free(m->blocks);
+    free(m->w.layers);
+    free(m->cfg.layer_is_local);
+    lens_tok_free(m->tok);
+    free(m->name);
+    free(m->source);
+    free(m);
+}
+
+static int load_hf_dir(lens_model *m, const char *dir, lens_err *err) {
+    char *config_path = path_join(dir, "config.json");
+    json_t *root = config_path ? load_json(config_path, err) : NULL;
+    tensor_source src = {0};
+    int rc = -1;
+    if (root && read_hf_config(&m->cfg, root, config_path, err) == 0 &&
+        (m->w.layers = calloc((size_t)m->cfg.n_layers, sizeof *m->w.layers)) &&
+        source_open_dir(&src, dir, err) == 0) {
+        rc = strcmp(m->cfg.architecture, "GPTNeoForCausalLM") == 0
+                 ? load_neo_weights(m, &src, err)
+                 : load_gpt2_weights(m, &src, err);
+        if (rc == 0) rc = load_hf_tokenizer(m, dir, err);
+    }
+    source_close(&src);
+    json_decref(root);
+    free(config_path);
+    return rc;
+}
+
+static int load_native(lens_model *m, const char *config_path, unsigned *processing,
+                       lens_err *err) {
+    json_t *root = load_json(config_path, err);
+    if (!root) return -1;
+    char *dir = dir_of(config_path);
+    json_t *lensd = json_object_get(root, "lensd");
+    tensor_source src = {0};
+    int rc = -1;
+    if (lensd && !json_is_object(lensd)) {
+        lens_err_set(err, "%s: \"lensd\" must be an object", config_path);
+    } else if (read_native_config(&m->cfg, root, config_path, err) == 0 &&
+               (m->w.layers = calloc((size_t)m->cfg.n_layers, sizeof *m->w.layers))) {
+        char *weights = path_join(dir, json_get_str(lensd, "weights", "model.safetensors"));
+        json_t *proc = json_object_get(lensd, "processing");
+        rc = weights ? source_add(&src, weights, err) : -1;
+        if (rc == 0) rc = load_native_weights(m, &src, err);
+        if (rc == 0) rc = load_native_tokenizer(m, lensd, dir, config_path, err);
+        if (rc == 0 && json_is_string(proc))
+            rc = lens_processing_parse(json_string_value(proc), processing, err);
+        else if (rc == 0 && json_is_array(proc)) {
+            size_t i;
+            json_t *flag;
+            *processing = 0;
+            json_array_foreach(proc, i, flag) {
+                unsigned one;
+                const char *s = json_string_value(flag);
+                if (!s || (rc = lens_processing_parse(s, &one, err))) {
+                    if (!s) lens_err_set(err, "%s: lensd.processing[%zu] is not a string",
+                                         config_path, i);
+                    rc = -1;
+                    break;
+                }
+                *processing |= one;
+            }
+        }
+        if (rc) lens_err_prefix(err, "loading %s", config_path);
+        free(weights);
+    }
+    source_close(&src);
+    free(dir);
+    json_decref(root);
+    return rc;
+}
+
+lens_model *lens_model_load(const char *spec, const lens_load_opts *opts, lens_err *err) {
+    lens_model *m = calloc(1, sizeof *m);
+    if (!m || !(m->name = strdup(spec))) {
+        free(m);
+        lens_err_set(err, "out of memory");
+        return NULL;
+    }
+    m->rules.bos_id = m->rules.eos_id = m->rules.pad_id = -1;
+    char *native_config = NULL;
+    char *hf_dir = NULL;
+    if (is_dir(spec)) {
+        char *tl = path_join(spec, "tl_config.json");
+        char *hf = path_join(spec, "config.json");
+        if (tl && path_exists(tl)) native_config = tl, tl = NULL;
+        else if (hf && path_exists(hf)) hf_dir = strdup(spec);
+        free(tl);
+        free(hf);
+        if (!native_config && !hf_dir) {
+            lens_err_set(err, "%s: neither tl_config.json nor config.json is in this directory",
+                         spec);
+            goto fail;
+        }
+    } else if (path_exists(spec)) {
+        native_config = strdup(spec);
+    } else if (!(hf_dir = find_in_hf_cache(spec))) {
+        lens_err_set(err, "model \"%s\": no such file or directory, and no snapshot of it in the "
+                          "local Hugging Face cache (set HF_HOME, or pass a path)", spec);
+        goto fail;
+    }
+    unsigned processing = native_config ? LENS_PROC_NONE : LENS_PROC_DEFAULT;
+    m->source = strdup(native_config ? native_config : hf_dir);
+    int rc = native_config ? load_native(m, native_config, &processing, err)
+                           : load_hf_dir(m, hf_dir, err);
+    if (rc) goto fail;
+    if (opts) {
+        if (opts->processing >= 0) processing = (unsigned)opts->processing;
+        m->cfg.use_attn_result |= opts->use_attn_result;
+        m->cfg.use_split_qkv_input |= opts->use_split_qkv_input;
+        m->cfg.use_hook_mlp_in |= opts->use_hook_mlp_in;
+        m->cfg.use_attn_in |= opts->use_attn_in;
+    }
+    if (lens_process_weights(m, processing, err)) goto fail;
+    free(native_config);
+    free(hf_dir);
+    return m;
+fail:
+    free(native_config);
+    free(hf_dir);
+    lens_model_free(m);
+    return NULL;
+}

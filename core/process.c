@@ -1,0 +1,199 @@
+/*
+ * process.c: weight processing exactly as TransformerLens's
+ * ProcessWeights.process_weights does it (weight_processing.py), on the
+ * internal layout of model.h: reading matrices are [d_model, n_out], so
+ * "centre over d_model" means subtracting each column's mean, and writing
+ * matrices are [n_in, d_model], so it means subtracting each row's mean.
+ * Sums accumulate in double; TL's float32 sums differ from them by rounding.
+ */
+#include "core/process.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* b[n] += ln_b[r] @ W[r, n] over rows r < R (W is [R, N]): an LN bias moved
+ * into the bias of the layer that reads the LN's output. */
+static void fold_bias(float *b, const float *W, const float *ln_b, int R, int N) {
+    for (int n = 0; n < N; n++) {
+        double sum = 0.0;
+        for (int r = 0; r < R; r++) sum += (double)W[(size_t)r * N + n] * ln_b[r];
+        b[n] += (float)sum;
+    }
+}
+
+/* W[r, n] *= ln_w[r]: an LN weight moved into the reading matrix. */
+static void scale_rows(float *W, const float *ln_w, int R, int N) {
+    for (int r = 0; r < R; r++)
+        for (int n = 0; n < N; n++) W[(size_t)r * N + n] *= ln_w[r];
+}
+
+/* Subtracts from each column of W[R, N] its mean over the R rows. */
+static void center_columns(float *W, int R, int N) {
+    for (int n = 0; n < N; n++) {
+        double sum = 0.0;
+        for (int r = 0; r < R; r++) sum += W[(size_t)r * N + n];
+        float mean = (float)(sum / R);
+        for (int r = 0; r < R; r++) W[(size_t)r * N + n] -= mean;
+    }
+}
+
+/* Subtracts from each row of W[R, N] its mean over the N columns. */
+static void center_rows(float *W, int R, int N) {
+    for (int r = 0; r < R; r++) {
+        float *row = W + (size_t)r * N;
+        double sum = 0.0;
+        for (int n = 0; n < N; n++) sum += row[n];
+        float mean = (float)(sum / N);
+        for (int n = 0; n < N; n++) row[n] -= mean;
+    }
+}
+
+/* Folds the LN that precedes a reading matrix into it: bias, then weight,
+ * then centring over the LN's width (the rows). */
+static void fold_norm_into(float *W, float *b, const float *ln_w, const float *ln_b, int R,
+                           int N) {
+    fold_bias(b, W, ln_b, R, N);
+    scale_rows(W, ln_w, R, N);
+    center_columns(W, R, N);
+}
+
+static void fold_layer_norm(lens_model *m) {
+    lens_config *c = &m->cfg;
+    const int d = c->d_model, hd = c->n_heads * c->d_head, mlp = c->d_mlp;
+    for (int l = 0; l < c->n_layers; l++) {
+        lens_layer_weights *lw = &m->w.layers[l];
+        fold_norm_into(lw->W_Q, lw->b_Q, lw->ln1_w, lw->ln1_b, d, hd);
+        fold_norm_into(lw->W_K, lw->b_K, lw->ln1_w, lw->ln1_b, d, hd);
+        fold_norm_into(lw->W_V, lw->b_V, lw->ln1_w, lw->ln1_b, d, hd);
+        lw->ln1_w = lw->ln1_b = NULL;
+        if (c->attn_only) continue;
+        fold_norm_into(lw->W_in, lw->b_in, lw->ln2_w, lw->ln2_b, d, mlp);
+        lw->ln2_w = lw->ln2_b = NULL;
+        if (lw->mlp_ln_w) {
+            /* SoLU's LN over d_mlp is read by W_out [d_mlp, d_model]. */
+            fold_norm_into(lw->W_out, lw->b_out, lw->mlp_ln_w, lw->mlp_ln_b, mlp, d);
+            lw->mlp_ln_w = lw->mlp_ln_b = NULL;
+        }
+    }
+    fold_norm_into(m->w.W_U, m->w.b_U, m->w.ln_final_w, m->w.ln_final_b, d, c->d_vocab_out);
+    m->w.ln_final_w = m->w.ln_final_b = NULL;
+    c->normalization = LENS_NORM_LNPRE;
+}
+
+static void center_vector(float *v, int n) {
+    center_rows(v, 1, n);
+}
+
+static void center_writing_weights(lens_model *m) {
+    lens_config *c = &m->cfg;
+    const int d = c->d_model, hd = c->n_heads * c->d_head;
+    center_rows(m->w.W_E, c->d_vocab, d);
+    center_rows(m->w.W_pos, c->n_ctx, d);
+    for (int l = 0; l < c->n_layers; l++) {
+        lens_layer_weights *lw = &m->w.layers[l];
+        center_rows(lw->W_O, hd, d);
+        center_vector(lw->b_O, d);
+        if (c->attn_only) continue;
+        center_rows(lw->W_out, c->d_mlp, d);
+        center_vector(lw->b_out, d);
+    }
+}
+
+static void center_unembed(lens_model *m) {
+    center_rows(m->w.W_U, m->cfg.d_model, m->cfg.d_vocab_out);
+    center_vector(m->w.b_U, m->cfg.d_vocab_out);
+}
+
+/* b_O += sum over heads of b_V[h] @ W_O[h]; b_V = 0. Exact because every
+ * row of an attention pattern sums to 1 (or the row is all zeros, where TL
+ * gives the same answer only up to this bias; so does lensd). */
+static void fold_value_biases(lens_model *m, bool recenter) {
+    lens_config *c = &m->cfg;
+    const int d = c->d_model, hd = c->n_heads * c->d_head;
+    for (int l = 0; l < c->n_layers; l++) {
+        lens_layer_weights *lw = &m->w.layers[l];
+        fold_bias(lw->b_O, lw->W_O, lw->b_V, hd, d);
+        memset(lw->b_V, 0, (size_t)hd * sizeof(float));
+        if (recenter) center_vector(lw->b_O, d);
+    }
+}
+
+int lens_process_weights(lens_model *m, unsigned flags, lens_err *err) {
+    lens_config *c = &m->cfg;
+    unsigned applied = 0;
+    if (flags & LENS_PROC_REFACTOR_FACTORED_ATTN_MATRICES) {
+        lens_err_set(err, "refactor_factored_attn_matrices is not supported yet");
+        return -1;
+    }
+    if ((flags & LENS_PROC_FOLD_LN) && c->normalization == LENS_NORM_LN) {
+        fold_layer_norm(m);
+        applied |= LENS_PROC_FOLD_LN;
+    }
+    bool ln_like = c->normalization == LENS_NORM_LN || c->normalization == LENS_NORM_LNPRE;
+    if ((flags & LENS_PROC_CENTER_WRITING_WEIGHTS) && ln_like) {
+        center_writing_weights(m);
+        applied |= LENS_PROC_CENTER_WRITING_WEIGHTS;
+    }
+    if (flags & LENS_PROC_CENTER_UNEMBED) {
+        center_unembed(m);
+        applied |= LENS_PROC_CENTER_UNEMBED;
+    }
+    if (flags & LENS_PROC_FOLD_VALUE_BIASES) {
+        fold_value_biases(m, (flags & LENS_PROC_CENTER_WRITING_WEIGHTS) && ln_like);
+        applied |= LENS_PROC_FOLD_VALUE_BIASES;
+    }
+    m->processing = applied;
+    return 0;
+}
+
+static const struct {
+    const char *name;
+    unsigned flag;
+} proc_names[] = {
+    {"fold_ln", LENS_PROC_FOLD_LN},
+    {"center_writing_weights", LENS_PROC_CENTER_WRITING_WEIGHTS},
+    {"center_unembed", LENS_PROC_CENTER_UNEMBED},
+    {"fold_value_biases", LENS_PROC_FOLD_VALUE_BIASES},
+    {"refactor_factored_attn_matrices", LENS_PROC_REFACTOR_FACTORED_ATTN_MATRICES},
+};
+
+void lens_processing_names(unsigned flags, char *buf, size_t buflen) {
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < sizeof proc_names / sizeof proc_names[0]; i++) {
+        if (!(flags & proc_names[i].flag) || used >= buflen) continue;
+        used += (size_t)snprintf(buf + used, buflen - used, "%s%s", used ? "," : "",
+                                 proc_names[i].name);
+    }
+    if (!flags) snprintf(buf, buflen, "none");
+}
+
+int lens_processing_parse(const char *spec, unsigned *flags, lens_err *err) {
+    if (strcmp(spec, "default") == 0) {
+        *flags = LENS_PROC_DEFAULT;
+        return 0;
+    }
+    *flags = 0;
+    if (strcmp(spec, "none") == 0 || spec[0] == '\0') return 0;
+    const char *p = spec;
+    while (*p) {
+        size_t len = strcspn(p, ",");
+        bool found = false;
+        for (size_t i = 0; i < sizeof proc_names / sizeof proc_names[0]; i++) {
+            if (strlen(proc_names[i].name) == len && strncmp(proc_names[i].name, p, len) == 0) {
+                *flags |= proc_names[i].flag;
+                found = true;
+            }
+        }
+        if (!found) {
+            lens_err_set(err, "unknown weight processing step \"%.*s\" (fold_ln, "
+                              "center_writing_weights, center_unembed, fold_value_biases, "
+                              "refactor_factored_attn_matrices, default, none)", (int)len, p);
+            return -1;
+        }
+        p += len;
+        if (*p == ',') p++;
+    }
+    return 0;
+}

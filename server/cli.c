@@ -1,0 +1,687 @@
+/*
+ * cli.c: lensd's command-line tools over the engine: `info` (a model's
+ * config and hook points as JSON), `run` (TransformerLens's
+ * utils.test_prompt, printed as TL prints it) and `cache` (run_with_cache
+ * written to a safetensors file).
+ */
+#include "server/cli.h"
+
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/forward.h"
+#include "core/hooks.h"
+#include "core/prompt.h"
+#include "core/safetensors.h"
+#include "server/pyrepr.h"
+
+/* ---- options shared by the commands ------------------------------------- */
+
+typedef struct prompt_row {
+    const char *text; /* NULL when ids are given */
+    int32_t *ids;
+    int n_ids;
+} prompt_row;
+
+typedef struct cli_opts {
+    const char *model;
+    lens_load_opts load;
+    bool no_bos;
+    bool pad_left;
+    prompt_row *rows;
+    int n_rows;
+    json_t *prompts_file; /* keeps the strings of --prompts-file alive */
+    const char **names;
+    int n_names;
+    const char **answers;
+    int n_answers;
+    int top_k;
+    bool logits_only;
+    const char *out;
+} cli_opts;
+
+enum {
+    OPT_PROCESSING = 1000,
+    OPT_NO_PROCESSING,
+    OPT_NO_BOS,
+    OPT_PADDING_SIDE,
+    OPT_USE_ATTN_RESULT,
+    OPT_USE_SPLIT_QKV,
+    OPT_USE_MLP_IN,
+    OPT_USE_ATTN_IN,
+    OPT_TOKENS,
+    OPT_PROMPTS_FILE,
+    OPT_LOGITS_ONLY,
+    OPT_TOP_K,
+};
+
+static const struct option long_options[] = {
+    {"model", required_argument, NULL, 'm'},
+    {"prompt", required_argument, NULL, 'p'},
+    {"tokens", required_argument, NULL, OPT_TOKENS},
+    {"prompts-file", required_argument, NULL, OPT_PROMPTS_FILE},
+    {"names", required_argument, NULL, 'n'},
+    {"answer", required_argument, NULL, 'a'},
+    {"top-k", required_argument, NULL, OPT_TOP_K},
+    {"out", required_argument, NULL, 'o'},
+    {"processing", required_argument, NULL, OPT_PROCESSING},
+    {"no-processing", no_argument, NULL, OPT_NO_PROCESSING},
+    {"no-bos", no_argument, NULL, OPT_NO_BOS},
+    {"padding-side", required_argument, NULL, OPT_PADDING_SIDE},
+    {"use-attn-result", no_argument, NULL, OPT_USE_ATTN_RESULT},
+    {"use-split-qkv-input", no_argument, NULL, OPT_USE_SPLIT_QKV},
+    {"use-hook-mlp-in", no_argument, NULL, OPT_USE_MLP_IN},
+    {"use-attn-in", no_argument, NULL, OPT_USE_ATTN_IN},
+    {"logits-only", no_argument, NULL, OPT_LOGITS_ONLY},
+    {NULL, 0, NULL, 0},
+};
+
+static void opts_free(cli_opts *o) {
+    for (int i = 0; i < o->n_rows; i++) free(o->rows[i].ids);
+    free(o->rows);
+    free(o->names);
+    free(o->answers);
+    json_decref(o->prompts_file);
+}
+
+static int add_row(cli_opts *o, const char *text, int32_t *ids, int n_ids) {
+    prompt_row *grown = realloc(o->rows, (size_t)(o->n_rows + 1) * sizeof *grown);
+    if (!grown) return -1;
+    o->rows = grown;
+    o->rows[o->n_rows++] = (prompt_row){text, ids, n_ids};
+    return 0;
+}
+
+static int append_str(const char ***list, int *n, const char *s) {
+    const char **grown = realloc(*list, (size_t)(*n + 1) * sizeof *grown);
+    if (!grown) return -1;
+    *list = grown;
+    (*list)[(*n)++] = s;
+    return 0;
+}
+
+/* Parses "1,2,3" into a new id array. */
+static int parse_ids(const char *s, int32_t **ids, int *n, lens_err *err) {
+    int cap = 16, count = 0;
+    int32_t *out = malloc((size_t)cap * sizeof *out);
+    const char *p = s;
+    while (out && *p) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 0 || v > INT32_MAX || (*end && *end != ',')) {
+            lens_err_set(err, "--tokens \"%s\": expected comma-separated token ids", s);
+            free(out);
+            return -1;
+        }
+        if (count == cap) {
+            int32_t *grown = realloc(out, (size_t)(cap *= 2) * sizeof *grown);
+            if (!grown) break;
+            out = grown;
+        }
+        out[count++] = (int32_t)v;
+        p = *end ? end + 1 : end;
+    }
+    if (!out || count == 0) {
+        lens_err_set(err, "--tokens \"%s\": %s", s, out ? "no ids" : "out of memory");
+        free(out);
+        return -1;
+    }
+    *ids = out;
+    *n = count;
+    return 0;
+}
+
+static int load_prompts_file(cli_opts *o, const char *path, lens_err *err) {
+    json_error_t jerr;
+    json_t *list = json_load_file(path, 0, &jerr);
+    if (!json_is_array(list)) {
+        lens_err_set(err, "--prompts-file %s: %s", path,
+                     list ? "expected a JSON list of strings" : jerr.text);
+        json_decref(list);
+        return -1;
+    }
+    size_t i;
+    json_t *item;
+    json_array_foreach(list, i, item) {
+        if (!json_is_string(item)) {
+            lens_err_set(err, "--prompts-file %s: item %zu is not a string", path, i);
+            json_decref(list);
+            return -1;
+        }
+        if (add_row(o, json_string_value(item), NULL, 0)) {
+            lens_err_set(err, "out of memory");
+            json_decref(list);
+            return -1;
+        }
+    }
+    json_decref(o->prompts_file);
+    o->prompts_file = list;
+    return 0;
+}
+
+static int parse_opts(int argc, char **argv, cli_opts *o, lens_err *err) {
+    memset(o, 0, sizeof *o);
+    o->load.processing = -1;
+    o->top_k = 10;
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "m:p:n:a:o:", long_options, NULL)) != -1) {
+        int32_t *ids;
+        int n_ids;
+        unsigned flags;
+        int rc = 0;
+        switch (c) {
+        case 'm': o->model = optarg; break;
+        case 'p': rc = add_row(o, optarg, NULL, 0); break;
+        case OPT_TOKENS:
+            if (parse_ids(optarg, &ids, &n_ids, err)) return -1;
+            rc = add_row(o, NULL, ids, n_ids);
+            break;
+        case OPT_PROMPTS_FILE:
+            if (load_prompts_file(o, optarg, err)) return -1;
+            break;
+        case 'n': rc = append_str(&o->names, &o->n_names, optarg); break;
+        case 'a': rc = append_str(&o->answers, &o->n_answers, optarg); break;
+        case 'o': o->out = optarg; break;
+        case OPT_TOP_K:
+            o->top_k = atoi(optarg);
+            if (o->top_k < 0) {
+                lens_err_set(err, "--top-k must be 0 or more");
+                return -1;
+            }
+            break;
+        case OPT_PROCESSING:
+            if (lens_processing_parse(optarg, &flags, err)) return -1;
+            o->load.processing = (int)flags;
+            break;
+        case OPT_NO_PROCESSING: o->load.processing = LENS_PROC_NONE; break;
+        case OPT_NO_BOS: o->no_bos = true; break;
+        case OPT_PADDING_SIDE:
+            if (strcmp(optarg, "left") && strcmp(optarg, "right")) {
+                lens_err_set(err, "--padding-side must be left or right");
+                return -1;
+            }
+            o->pad_left = strcmp(optarg, "left") == 0;
+            break;
+        case OPT_USE_ATTN_RESULT: o->load.use_attn_result = true; break;
+        case OPT_USE_SPLIT_QKV: o->load.use_split_qkv_input = true; break;
+        case OPT_USE_MLP_IN: o->load.use_hook_mlp_in = true; break;
+        case OPT_USE_ATTN_IN: o->load.use_attn_in = true; break;
+        case OPT_LOGITS_ONLY: o->logits_only = true; break;
+        default: lens_err_set(err, "unknown or incomplete option (see lensd --help)"); return -1;
+        }
+        if (rc) {
+            lens_err_set(err, "out of memory");
+            return -1;
+        }
+    }
+    if (optind < argc) {
+        lens_err_set(err, "unexpected argument \"%s\"", argv[optind]);
+        return -1;
+    }
+    if (!o->model) {
+        lens_err_set(err, "--model is required");
+        return -1;
+    }
+    return 0;
+}
+
+/* Tokenizes every row (text rows as to_tokens does) and pads them into a batch. */
+static int build_batch(const lens_model *m, cli_opts *o, lens_token_batch *batch,
+                       lens_err *err) {
+    bool prepend_bos = m->cfg.default_prepend_bos && !o->no_bos;
+    for (int i = 0; i < o->n_rows; i++) {
+        prompt_row *r = &o->rows[i];
+        if (r->text && lens_prompt_tokens(m, r->text, prepend_bos, &r->ids, &r->n_ids, err)) {
+            lens_err_prefix(err, "prompt %d", i);
+            return -1;
+        }
+    }
+    int32_t **ids = malloc((size_t)o->n_rows * sizeof *ids);
+    int *lens = malloc((size_t)o->n_rows * sizeof *lens);
+    int rc = -1;
+    if (!ids || !lens) {
+        lens_err_set(err, "out of memory");
+    } else {
+        for (int i = 0; i < o->n_rows; i++) {
+            ids[i] = o->rows[i].ids;
+            lens[i] = o->rows[i].n_ids;
+        }
+        lens_pad_opts pad = {.prepend_bos = prepend_bos, .pad_left = o->pad_left};
+        rc = lens_pad_rows(m, ids, lens, o->n_rows, &pad, batch, err);
+    }
+    free(ids);
+    free(lens);
+    return rc;
+}
+
+static lens_model *load_model(const cli_opts *o, lens_err *err) {
+    lens_model *m = lens_model_load(o->model, &o->load, err);
+    if (m && m->n_nonfinite_weights)
+        fprintf(stderr, "lensd: warning: %s has %zu NaN or infinite weights\n", o->model,
+                m->n_nonfinite_weights);
+    return m;
+}
+
+/* ---- info --------------------------------------------------------------- */
+
+static void add_hook_json(void *user, lens_hook hook) {
+    json_t *hooks = ((json_t **)user)[0];
+    const lens_config *cfg = (const lens_config *)((json_t **)user)[1];
+    char name[96];
+    lens_hook_name(hook, name, sizeof name);
+    int64_t shape[LENS_MAX_DIMS];
+    int ndim = lens_hook_shape(cfg, hook, 1, 1, shape);
+    json_t *dims = json_array();
+    for (int i = 0; i < ndim; i++) {
+        /* batch and pos (and the query/key axes of patterns) vary per run */
+        bool attn = hook.kind == LENS_HOOK_ATTN_SCORES || hook.kind == LENS_HOOK_PATTERN;
+        const char *sym = i == 0                  ? "batch"
+                          : attn && i >= 2        ? (i == 2 ? "query_pos" : "key_pos")
+                          : !attn && i == 1       ? "pos"
+                                                  : NULL;
+        json_array_append_new(dims, sym ? json_string(sym) : json_integer(shape[i]));
+    }
+    json_array_append_new(hooks, json_pack("{s:s, s:o, s:s}", "name", name, "shape", dims,
+                                           "dtype", lens_dtype_name(lens_hook_dtype(hook.kind))));
+}
+
+json_t *srv_model_info_json(const lens_model *m) {
+    const lens_config *c = &m->cfg;
+    char processing[256];
+    lens_processing_names(m->processing, processing, sizeof processing);
+    json_t *local = json_array();
+    for (int l = 0; l < c->n_layers; l++)
+        json_array_append_new(local, json_string(c->layer_is_local[l] ? "local" : "global"));
+    json_t *cfg = json_pack(
+        "{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:s, s:f, s:b, s:f, s:b, s:b, s:s, "
+        "s:b, s:i, s:o, s:b, s:b, s:b, s:b, s:b, s:b}",
+        "original_architecture", c->architecture, "n_layers", c->n_layers, "d_model", c->d_model,
+        "n_heads", c->n_heads, "d_head", c->d_head, "d_mlp", c->d_mlp, "n_ctx", c->n_ctx,
+        "d_vocab", c->d_vocab, "d_vocab_out", c->d_vocab_out, "act_fn", lens_act_name(c->act_fn),
+        "normalization_type", lens_norm_name(c->normalization), "eps", (double)c->eps,
+        "use_attn_scale", c->use_attn_scale, "attn_scale", (double)c->attn_scale,
+        "scale_attn_by_inverse_layer_idx", c->scale_attn_by_inverse_layer_idx, "attn_only",
+        c->attn_only, "attention_dir", c->causal ? "causal" : "bidirectional", "use_local_attn",
+        c->use_local_attn, "window_size", c->window_size, "attn_types", local,
+        "use_attn_result", c->use_attn_result, "use_split_qkv_input", c->use_split_qkv_input,
+        "use_hook_mlp_in", c->use_hook_mlp_in, "use_attn_in", c->use_attn_in, "use_hook_tokens",
+        c->use_hook_tokens, "default_prepend_bos", c->default_prepend_bos);
+    json_t *hooks = json_array();
+    void *visit[2] = {hooks, (void *)c};
+    lens_hook_foreach(c, add_hook_json, visit);
+    return json_pack("{s:s, s:s, s:o, s:s, s:{s:i, s:i, s:i, s:b, s:b}, s:I, s:I, s:o}", "name",
+                     m->name, "source", m->source, "config", cfg, "processing", processing,
+                     "tokens", "bos_id", m->rules.bos_id, "eos_id", m->rules.eos_id, "pad_id",
+                     m->rules.pad_id, "append_eos", m->rules.append_eos, "mask_pad_keys",
+                     m->rules.mask_pad_keys, "n_params", (json_int_t)m->n_weight_floats,
+                     "nonfinite_weights", (json_int_t)m->n_nonfinite_weights, "hook_points",
+                     hooks);
+}
+
+static int cmd_info(cli_opts *o, lens_err *err) {
+    lens_model *m = load_model(o, err);
+    if (!m) return -1;
+    json_t *info = srv_model_info_json(m);
+    json_dumpf(info, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    fputc('\n', stdout);
+    json_decref(info);
+    lens_model_free(m);
+    return 0;
+}
+
+/* ---- run: utils.test_prompt --------------------------------------------- */
+
+static void softmax_double(const float *logits, double *probs, int V) {
+    float maxval = -INFINITY;
+    for (int v = 0; v < V; v++) maxval = logits[v] > maxval ? logits[v] : maxval;
+    double sum = 0.0;
+    for (int v = 0; v < V; v++) sum += (probs[v] = exp((double)logits[v] - maxval));
+    for (int v = 0; v < V; v++) probs[v] /= sum;
+}
+
+/* Rank of token among V probabilities in descending order (0 = top). */
+static int rank_of(const double *probs, int V, int token) {
+    int rank = 0;
+    for (int v = 0; v < V; v++)
+        rank += probs[v] > probs[token] || (probs[v] == probs[token] && v < token);
+    return rank;
+}
+
+static void print_str_token(const lens_model *m, int32_t id) {
+    char *s = lens_str_token(m, id, NULL);
+    fputs(s ? s : "?", stdout);
+    free(s);
+}
+
+static void print_top_k(const lens_model *m, const float *logits, const double *probs, int V,
+                        int k) {
+    int *order = malloc((size_t)V * sizeof *order);
+    if (!order) return;
+    for (int v = 0; v < V; v++) order[v] = v;
+    for (int i = 0; i < k && i < V; i++) {
+        int best = i;
+        for (int j = i + 1; j < V; j++)
+            if (probs[order[j]] > probs[order[best]]) best = j;
+        int tmp = order[i];
+        order[i] = order[best];
+        order[best] = tmp;
+        printf("Top %dth token. Logit: %5.2f Prob: %5.2f%% Token: |", i, logits[order[i]],
+               100.0 * probs[order[i]]);
+        print_str_token(m, order[i]);
+        printf("|\n");
+    }
+    free(order);
+}
+
+static char **str_tokens(const lens_model *m, const int32_t *ids, int n) {
+    char **out = calloc((size_t)n + 1, sizeof *out);
+    for (int i = 0; out && i < n; i++) {
+        out[i] = lens_str_token(m, ids[i], NULL);
+        if (!out[i]) out[i] = strdup("?");
+    }
+    return out;
+}
+
+static void free_strs(char **strs, int n) {
+    for (int i = 0; strs && i < n; i++) free(strs[i]);
+    free(strs);
+}
+
+/* Runs rows [prompt + answer] and prints test_prompt's report. */
+static int cmd_run(cli_opts *o, lens_err *err) {
+    if (o->n_rows != 1 || !o->rows[0].text) {
+        lens_err_set(err, "run needs exactly one --prompt");
+        return -1;
+    }
+    lens_model *m = load_model(o, err);
+    if (!m) return -1;
+    const int V = m->cfg.d_vocab_out;
+    bool prepend_bos = m->cfg.default_prepend_bos && !o->no_bos;
+    int32_t *prompt = NULL;
+    int n_prompt = 0;
+    int rc = -1;
+    int n_ans = o->n_answers;
+    int32_t **answer_ids = calloc((size_t)(n_ans ? n_ans : 1), sizeof *answer_ids);
+    int *answer_len = calloc((size_t)(n_ans ? n_ans : 1), sizeof *answer_len);
+    char *spaced = NULL;
+    float *logits = NULL;
+    double *probs = malloc((size_t)V * sizeof *probs);
+    int32_t *tokens = NULL;
+    lens_workspace ws = {0};
+    if (!answer_ids || !answer_len || !probs) goto oom;
+    if (lens_prompt_tokens(m, o->rows[0].text, prepend_bos, &prompt, &n_prompt, err)) goto out;
+    for (int a = 0; a < n_ans; a++) {
+        /* prepend_space_to_answer=True */
+        const char *ans = o->answers[a];
+        free(spaced);
+        if (!(spaced = malloc(strlen(ans) + 2))) goto oom;
+        sprintf(spaced, "%s%s", ans[0] == ' ' ? "" : " ", ans);
+        if (lens_prompt_tokens(m, spaced, false, &answer_ids[a], &answer_len[a], err)) goto out;
+        if (answer_len[a] == 0) {
+            lens_err_set(err, "answer \"%s\" has no tokens", ans);
+            goto out;
+        }
+    }
+    /* One answer: all its tokens, teacher-forced. Several: the first token of each. */
+    int n_answer_tokens = n_ans == 1 ? answer_len[0] : (n_ans ? 1 : 0);
+    int B = n_ans ? n_ans : 1, T = n_prompt + n_answer_tokens;
+    if (T > m->cfg.n_ctx) {
+        lens_err_set(err, "prompt and answer are %d tokens, more than n_ctx %d", T, m->cfg.n_ctx);
+        goto out;
+    }
+    tokens = malloc((size_t)B * T * sizeof *tokens);
+    logits = malloc((size_t)B * T * V * sizeof *logits);
+    if (!tokens || !logits) goto oom;
+    for (int bi = 0; bi < B; bi++) {
+        memcpy(tokens + (size_t)bi * T, prompt, (size_t)n_prompt * sizeof *tokens);
+        if (n_ans)
+            memcpy(tokens + (size_t)bi * T + n_prompt, answer_ids[bi],
+                   (size_t)n_answer_tokens * sizeof *tokens);
+    }
+    lens_batch batch = {.B = B, .T = T, .tokens = tokens};
+    lens_run run = {.logits = logits};
+    if (lens_forward(m, &ws, &batch, &run, err)) goto out;
+
+    char **prompt_strs = str_tokens(m, prompt, n_prompt);
+    printf("Tokenized prompt: ");
+    srv_py_repr_list(stdout, prompt_strs, (size_t)n_prompt);
+    printf("\n");
+    free_strs(prompt_strs, n_prompt);
+    char ***answer_strs = calloc((size_t)B, sizeof *answer_strs);
+    for (int a = 0; answer_strs && a < n_ans; a++)
+        answer_strs[a] = str_tokens(m, answer_ids[a], answer_len[a]);
+    if (n_ans == 1) {
+        printf("Tokenized answer: ");
+        srv_py_repr_list(stdout, answer_strs[0], (size_t)answer_len[0]);
+        printf("\n");
+    } else if (n_ans > 1) {
+        printf("Tokenized answers: [");
+        for (int a = 0; a < n_ans; a++) {
+            if (a) printf(", ");
+            srv_py_repr_list(stdout, answer_strs[a], (size_t)answer_len[a]);
+        }
+        printf("]\n");
+    }
+    if (n_ans == 0) {
+        const float *last = logits + (size_t)(T - 1) * V;
+        softmax_double(last, probs, V);
+        print_top_k(m, last, probs, V, o->top_k);
+    }
+    int *ranks = calloc((size_t)B * (n_answer_tokens ? n_answer_tokens : 1), sizeof *ranks);
+    for (int i = 0; ranks && i < n_answer_tokens; i++) {
+        int index = n_prompt + i;
+        printf("Performance on answer token%s:\n", n_ans > 1 ? "s" : "");
+        for (int a = 0; a < B; a++) {
+            const float *row = logits + ((size_t)a * T + index - 1) * V;
+            int32_t tok = tokens[(size_t)a * T + index];
+            softmax_double(row, probs, V);
+            ranks[i * B + a] = rank_of(probs, V, tok);
+            printf("Rank: %-8d Logit: %5.2f Prob: %5.2f%% Token: |%s|\n", ranks[i * B + a],
+                   row[tok], 100.0 * probs[tok], answer_strs[a][i]);
+        }
+        const float *row0 = logits + ((size_t)index - 1) * V;
+        softmax_double(row0, probs, V);
+        print_top_k(m, row0, probs, V, o->top_k);
+    }
+    if (n_ans) {
+        printf("Ranks of the answer tokens: [");
+        for (int i = 0; ranks && i < n_answer_tokens; i++) {
+            if (i) printf(", ");
+            if (n_ans > 1) printf("[");
+            for (int a = 0; a < B; a++) {
+                if (a) printf(", ");
+                printf("(");
+                srv_py_repr_str(stdout, answer_strs[a][i], strlen(answer_strs[a][i]));
+                printf(", %d)", ranks[i * B + a]);
+            }
+            if (n_ans > 1) printf("]");
+        }
+        printf("]\n");
+    }
+    free(ranks);
+    for (int a = 0; answer_strs && a < n_ans; a++) free_strs(answer_strs[a], answer_len[a]);
+    free(answer_strs);
+    rc = 0;
+    goto out;
+oom:
+    lens_err_set(err, "out of memory");
+out:
+    for (int a = 0; answer_ids && a < n_ans; a++) free(answer_ids[a]);
+    free(answer_ids);
+    free(answer_len);
+    free(spaced);
+    free(prompt);
+    free(probs);
+    free(tokens);
+    free(logits);
+    lens_workspace_free(&ws);
+    lens_model_free(m);
+    return rc;
+}
+
+/* ---- cache: run_with_cache to safetensors ------------------------------- */
+
+typedef struct capture {
+    const lens_config *cfg;
+    int B, T;   /* of the whole batch */
+    int row0;   /* first row of the chunk being run */
+    int chunk_B;
+    void **data; /* [slots] whole-batch buffer per enabled hook */
+} capture;
+
+static int capture_hook(void *user, lens_hook hook, lens_tensor *act, lens_err *err) {
+    capture *cap = user;
+    size_t slot = lens_hook_slot(cap->cfg, hook);
+    size_t per_row = 1;
+    for (int i = 1; i < act->ndim; i++) per_row *= (size_t)act->shape[i];
+    size_t n = per_row * (size_t)cap->chunk_B;
+    if (act->dtype == LENS_I32) {
+        int64_t *dst = (int64_t *)cap->data[slot] + per_row * (size_t)cap->row0;
+        const int32_t *src = act->data;
+        for (size_t i = 0; i < n; i++) dst[i] = src[i];
+    } else {
+        memcpy((float *)cap->data[slot] + per_row * (size_t)cap->row0, act->data,
+               n * sizeof(float));
+    }
+    (void)err;
+    return 0;
+}
+
+/* Rows per forward: bounded so that activations (attention patterns grow
+ * with T^2) stay within a few hundred MB whatever the batch. */
+static int chunk_rows(const lens_config *c, int B, int T) {
+    size_t per_row = (size_t)T * (size_t)(6 * c->d_model + 2 * c->d_mlp + 4 * c->n_heads *
+                                                                               c->d_head) +
+                     2 * (size_t)c->n_heads * T * T;
+    size_t rows = ((size_t)64 << 20) / (per_row ? per_row : 1);
+    if (rows < 1) rows = 1;
+    return rows > (size_t)B ? B : (int)rows;
+}
+
+typedef struct collect_state {
+    const lens_config *cfg;
+    const uint8_t *enabled;
+    lens_st_out *outs;
+    size_t n;
+    void **data;
+    int B, T;
+    int failed;
+} collect_state;
+
+static void collect_enabled(void *user, lens_hook hook) {
+    collect_state *st = user;
+    size_t slot = lens_hook_slot(st->cfg, hook);
+    if (!st->enabled[slot] || st->failed) return;
+    lens_st_out *o = &st->outs[st->n];
+    char name[96];
+    lens_hook_name(hook, name, sizeof name);
+    o->name = strdup(name);
+    o->dtype = lens_hook_dtype(hook.kind);
+    o->ndim = lens_hook_shape(st->cfg, hook, st->B, st->T, o->shape);
+    size_t numel = 1;
+    for (int i = 0; i < o->ndim; i++) numel *= (size_t)o->shape[i];
+    st->data[slot] = malloc(numel * lens_dtype_size(o->dtype) + 1);
+    o->data = st->data[slot];
+    if (!o->name || !o->data) st->failed = 1;
+    st->n++;
+}
+
+static int cmd_cache(cli_opts *o, lens_err *err) {
+    if (!o->out || o->n_rows == 0) {
+        lens_err_set(err, "cache needs --out FILE and at least one --prompt, --tokens or "
+                          "--prompts-file");
+        return -1;
+    }
+    lens_model *m = load_model(o, err);
+    if (!m) return -1;
+    const lens_config *c = &m->cfg;
+    lens_token_batch batch = {0};
+    size_t slots = lens_hook_slots(c);
+    uint8_t *enabled = calloc(slots, 1);
+    void **data = calloc(slots, sizeof *data);
+    lens_st_out *outs = calloc(slots + 2, sizeof *outs);
+    int64_t *tokens64 = NULL;
+    float *logits = NULL;
+    lens_workspace ws = {0};
+    int rc = -1;
+    collect_state st = {0};
+    if (!enabled || !data || !outs) goto oom;
+    if (build_batch(m, o, &batch, err)) goto out;
+    const int B = batch.B, T = batch.T, V = c->d_vocab_out;
+    if (!o->logits_only) {
+        if (o->n_names == 0) {
+            lens_hook_select_glob(c, "*", enabled);
+        }
+        for (int i = 0; i < o->n_names; i++) {
+            if (lens_hook_select_glob(c, o->names[i], enabled) == 0) {
+                lens_hook hook;
+                if (lens_hook_parse(c, o->names[i], &hook, err) == 0)
+                    lens_err_set(err, "--names %s matched nothing", o->names[i]);
+                goto out;
+            }
+        }
+    }
+    tokens64 = malloc((size_t)B * T * sizeof *tokens64);
+    logits = malloc((size_t)B * T * V * sizeof *logits);
+    if (!tokens64 || !logits) goto oom;
+    for (size_t i = 0; i < (size_t)B * T; i++) tokens64[i] = batch.tokens[i];
+    outs[0] = (lens_st_out){"tokens", LENS_I64, 2, {B, T}, tokens64};
+    outs[1] = (lens_st_out){"logits", LENS_F32, 3, {B, T, V}, logits};
+    st = (collect_state){c, enabled, outs + 2, 0, data, B, T, 0};
+    lens_hook_foreach(c, collect_enabled, &st);
+    if (st.failed) goto oom;
+
+    capture cap = {c, B, T, 0, 0, data};
+    int step = chunk_rows(c, B, T);
+    for (int row0 = 0; row0 < B; row0 += step) {
+        int rows = B - row0 < step ? B - row0 : step;
+        cap.row0 = row0;
+        cap.chunk_B = rows;
+        lens_batch chunk = {.B = rows,
+                            .T = T,
+                            .tokens = batch.tokens + (size_t)row0 * T,
+                            .attn_mask = batch.attn_mask ? batch.attn_mask + (size_t)row0 * T
+                                                         : NULL};
+        lens_run run = {.hooks_enabled = enabled,
+                        .on_hook = capture_hook,
+                        .user = &cap,
+                        .logits = logits + (size_t)row0 * T * V};
+        if (lens_forward(m, &ws, &chunk, &run, err)) goto out;
+    }
+    if (lens_st_write(o->out, outs, st.n + 2, err)) goto out;
+    rc = 0;
+    goto out;
+oom:
+    lens_err_set(err, "out of memory");
+out:
+    for (size_t i = 0; i < st.n; i++) free((char *)outs[2 + i].name);
+    for (size_t i = 0; data && i < slots; i++) free(data[i]);
+    free(data);
+    free(outs);
+    free(enabled);
+    free(tokens64);
+    free(logits);
+    lens_token_batch_free(&batch);
+    lens_workspace_free(&ws);
+    lens_model_free(m);
+    return rc;
+}
+
+int srv_cli_main(const char *command, int argc, char **argv) {
+    cli_opts o;
+    lens_err err = {{0}};
+    int rc = parse_opts(argc, argv, &o, &err);
+    if (rc == 0) {
+        if (strcmp(command, "info") == 0) rc = cmd_info(&o, &err);
+        else if (strcmp(command, "run") == 0) rc = cmd_run(&o, &err);
+        else rc = cmd_cache(&o, &err);
+    }
+    opts_free(&o);
+    if (rc) fprintf(stderr, "lensd %s: %s\n", command, err.msg);
+    return rc ? 1 : 0;
+}

@@ -1,0 +1,526 @@
+/*
+ * test_tokenizer.c: unit tests for core/tokenizer.c.
+ *
+ * Expected GPT-2 ids were produced by transformers' GPT2TokenizerFast from the
+ * same vocab.json and merges.txt (the broad parity check over a 1 MB corpus
+ * lives in tests/tokenizer/test_hf_tokenizer_parity.py). The GPT-2 files are
+ * read from $LENSD_SHARED/data/gpt2-tokenizer (default: ../shared beside the
+ * repository root); the tests fail, not skip, when they are missing.
+ */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "core/tokenizer.h"
+
+/* ---- helpers ------------------------------------------------------------ */
+
+/* The shared directory: $LENSD_SHARED, else ../shared from the repository
+ * root, found from the working directory or from this file's path (meson
+ * compiles it as "../tests/unit/test_tokenizer.c" from the build dir). */
+static const char *shared_dir(void) {
+    static char dir[4096];
+    const char *env = getenv("LENSD_SHARED");
+    if (env) return env;
+    static const char self[] = "tests/unit/test_tokenizer.c";
+    size_t file_len = strlen(__FILE__), self_len = strlen(self);
+    if (file_len >= self_len && strcmp(__FILE__ + file_len - self_len, self) == 0) {
+        snprintf(dir, sizeof dir, "%.*s../shared", (int)(file_len - self_len), __FILE__);
+        if (access(dir, F_OK) == 0) return dir;
+    }
+    return "../shared";
+}
+
+static void gpt2_paths(char *vocab, char *merges, size_t size) {
+    int vocab_len = snprintf(vocab, size, "%s/data/gpt2-tokenizer/vocab.json", shared_dir());
+    int merges_len = snprintf(merges, size, "%s/data/gpt2-tokenizer/merges.txt", shared_dir());
+    cr_assert((size_t)vocab_len < size && (size_t)merges_len < size, "path too long");
+    cr_assert(access(vocab, R_OK) == 0 && access(merges, R_OK) == 0,
+              "GPT-2 tokenizer files not found at %s (set LENSD_SHARED)", vocab);
+}
+
+static lens_tokenizer *gpt2;
+
+static void load_gpt2(void) {
+    char vocab[4096], merges[4096];
+    gpt2_paths(vocab, merges, sizeof vocab);
+    lens_err err = {{0}};
+    gpt2 = lens_tok_load_bpe(vocab, merges, &err);
+    cr_assert_not_null(gpt2, "loading GPT-2: %s", err.msg);
+}
+
+static void free_gpt2(void) {
+    lens_tok_free(gpt2);
+}
+
+static void assert_ids(const lens_tokenizer *tok, const char *text, size_t len,
+                       const int32_t *expected, size_t n_expected) {
+    int32_t *ids;
+    size_t n;
+    lens_err err = {{0}};
+    cr_assert_eq(lens_tok_encode(tok, text, len, &ids, &n, &err), 0, "encode: %s", err.msg);
+    cr_assert_eq(n, n_expected, "\"%s\": %zu ids, expected %zu", text, n, n_expected);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(ids[i], expected[i], "\"%s\": id %zu is %d, expected %d", text, i, ids[i],
+                     expected[i]);
+    free(ids);
+}
+
+#define ASSERT_IDS(tok, text, ...)                                                               \
+    do {                                                                                         \
+        const int32_t expected_[] = {__VA_ARGS__};                                               \
+        assert_ids(tok, text, sizeof(text) - 1, expected_, sizeof expected_ / sizeof(int32_t));  \
+    } while (0)
+
+/* Asserts that encoding fails with a message containing `needle`. */
+static void assert_encode_error(const lens_tokenizer *tok, const char *text, size_t len,
+                                const char *needle) {
+    int32_t *ids = (int32_t *)1;
+    size_t n = 99;
+    lens_err err = {{0}};
+    cr_assert_eq(lens_tok_encode(tok, text, len, &ids, &n, &err), -1);
+    cr_assert_null(ids);
+    cr_assert_eq(n, 0);
+    cr_assert(strstr(err.msg, needle), "message \"%s\" lacks \"%s\"", err.msg, needle);
+}
+
+static char *decode(const lens_tokenizer *tok, const int32_t *ids, size_t n, size_t *len) {
+    lens_err err = {{0}};
+    char *text = lens_tok_decode(tok, ids, n, len, &err);
+    cr_assert_not_null(text, "decode: %s", err.msg);
+    cr_assert_eq(strlen(text), *len);
+    return text;
+}
+
+static char *write_temp(const char *contents) {
+    char *path = strdup("/tmp/lens_tok_test_XXXXXX");
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    size_t len = strlen(contents);
+    cr_assert_eq(write(fd, contents, len), (ssize_t)len);
+    close(fd);
+    return path;
+}
+
+/* ---- GPT-2 from vocab.json + merges.txt --------------------------------- */
+
+TestSuite(gpt2, .init = load_gpt2, .fini = free_gpt2);
+
+Test(gpt2, vocab_size_and_lookup) {
+    cr_assert_eq(lens_tok_vocab_size(gpt2), 50257);
+    cr_assert_eq(lens_tok_lookup(gpt2, "<|endoftext|>"), 50256);
+    cr_assert_eq(lens_tok_lookup(gpt2, "\xc4\xa0the"), 262); /* "\u0120the" */
+    cr_assert_eq(lens_tok_lookup(gpt2, "\xc4\xa0"), 220);
+    cr_assert_eq(lens_tok_lookup(gpt2, " the"), -1); /* spelled with a real space */
+    cr_assert_eq(lens_tok_lookup(gpt2, ""), -1);
+}
+
+Test(gpt2, words_and_leading_space) {
+    ASSERT_IDS(gpt2, "Hello world", 15496, 995);
+    ASSERT_IDS(gpt2, " Hello world", 18435, 995);
+    ASSERT_IDS(gpt2, " ", 220);
+}
+
+Test(gpt2, empty_text_gives_no_ids) {
+    int32_t *ids = (int32_t *)1;
+    size_t n = 99;
+    cr_assert_eq(lens_tok_encode(gpt2, "", 0, &ids, &n, NULL), 0);
+    cr_assert_eq(n, 0);
+    cr_assert_null(ids);
+}
+
+Test(gpt2, special_token_is_matched_literally) {
+    ASSERT_IDS(gpt2, "a<|endoftext|>b", 64, 50256, 65);
+    ASSERT_IDS(gpt2, "<|endoftext|><|endoftext|>", 50256, 50256);
+    ASSERT_IDS(gpt2, "<|endoftext|", 27, 91, 437, 1659, 5239, 91);
+}
+
+Test(gpt2, contractions_are_lowercase_only) {
+    ASSERT_IDS(gpt2, "it's I'M we'll", 270, 338, 314, 6, 44, 356, 1183);
+}
+
+Test(gpt2, whitespace_runs) {
+    ASSERT_IDS(gpt2, "x  \n\n  y   ", 87, 220, 220, 628, 220, 331, 220, 220, 220);
+    /* U+0085 is white space to HF's regex engine (not to PCRE2's \s). */
+    ASSERT_IDS(gpt2, "a  \xc2\x85x", 64, 220, 220, 126, 227, 87);
+}
+
+Test(gpt2, numbers_accents_emoji_cjk) {
+    ASSERT_IDS(gpt2, "3.14159 1,000,000", 18, 13, 1415, 19707, 352, 11, 830, 11, 830);
+    ASSERT_IDS(gpt2, "caf\xc3\xa9 e\xcc\x81", 66, 1878, 2634, 304, 136, 223);
+    ASSERT_IDS(gpt2, "\xf0\x9f\x91\xa9\xe2\x80\x8d\xf0\x9f\x92\xbb\xf0\x9f\x91\x8d\xf0\x9f\x8f\xbd",
+               41840, 102, 447, 235, 8582, 240, 119, 41840, 235, 8582, 237, 121);
+    ASSERT_IDS(gpt2, "\xe4\xbd\xa0\xe5\xa5\xbd\xe4\xb8\x96\xe7\x95\x8c", 19526, 254, 25001, 121,
+               10310, 244, 45911, 234);
+}
+
+Test(gpt2, nul_bytes_are_text) {
+    static const char text[] = "a\0b";
+    const int32_t expected[] = {64, 188, 65}; /* 188 is byte 0x00, spelled U+0100 */
+    assert_ids(gpt2, text, 3, expected, 3);
+    size_t len;
+    char *back = lens_tok_decode(gpt2, expected, 3, &len, NULL);
+    cr_assert_not_null(back);
+    cr_assert_eq(len, 3);
+    cr_assert(memcmp(back, text, 3) == 0);
+    free(back);
+}
+
+Test(gpt2, invalid_utf8_is_refused_with_offset) {
+    assert_encode_error(gpt2, "abc\xff", 4, "invalid UTF-8 at byte 3");
+    assert_encode_error(gpt2, "\xc0\xaf", 2, "invalid UTF-8 at byte 0");         /* overlong */
+    assert_encode_error(gpt2, "x\xe0\x80\xaf", 4, "invalid UTF-8 at byte 1");    /* overlong */
+    assert_encode_error(gpt2, "ab\xed\xa0\x80", 5, "invalid UTF-8 at byte 2");   /* surrogate */
+    assert_encode_error(gpt2, "\xf4\x90\x80\x80", 4, "invalid UTF-8 at byte 0"); /* > 10FFFF */
+    assert_encode_error(gpt2, "\xf5\x80\x80\x80", 4, "invalid UTF-8 at byte 0");
+    assert_encode_error(gpt2, "x\xe2\x82", 3, "invalid UTF-8 at byte 1");        /* truncated */
+    assert_encode_error(gpt2, "0123456789abcdef\x80", 17, "invalid UTF-8 at byte 16");
+    assert_encode_error(gpt2, "0123456789abcdefg\x80", 18, "invalid UTF-8 at byte 17");
+}
+
+Test(gpt2, decode_round_trips_text) {
+    static const char text[] = "Hello <|endoftext|> w\xc3\xb6rld \xe2\x82\xac 12,345\r\n\t ok";
+    int32_t *ids;
+    size_t n, len;
+    cr_assert_eq(lens_tok_encode(gpt2, text, sizeof text - 1, &ids, &n, NULL), 0);
+    char *back = decode(gpt2, ids, n, &len);
+    cr_assert_str_eq(back, text);
+    free(back);
+    free(ids);
+}
+
+Test(gpt2, decode_special_token_is_its_text) {
+    const int32_t ids[] = {50256};
+    size_t len;
+    char *text = decode(gpt2, ids, 1, &len);
+    cr_assert_str_eq(text, "<|endoftext|>");
+    free(text);
+}
+
+Test(gpt2, decode_partial_utf8_is_replaced_like_rust) {
+    size_t len;
+    /* 158 is byte 0xE2, 224 is 0x82, 105 is 0xAC: E2 82 AC is the euro sign. */
+    const int32_t euro[] = {158, 224, 105};
+    char *text = decode(gpt2, euro, 3, &len);
+    cr_assert_str_eq(text, "\xe2\x82\xac");
+    free(text);
+    /* E2 82 then 'a': E2 82 is one maximal subpart, so one U+FFFD. */
+    const int32_t cut[] = {158, 224, 64};
+    text = decode(gpt2, cut, 3, &len);
+    cr_assert_str_eq(text, "\xef\xbf\xbd" "a");
+    free(text);
+    /* 0x82 alone, then 0xFF: each its own U+FFFD. */
+    const int32_t stray[] = {224, 187};
+    text = decode(gpt2, stray, 2, &len);
+    cr_assert_str_eq(text, "\xef\xbf\xbd\xef\xbf\xbd");
+    free(text);
+}
+
+Test(gpt2, decode_empty_and_out_of_range) {
+    size_t len = 99;
+    char *text = decode(gpt2, NULL, 0, &len);
+    cr_assert_str_eq(text, "");
+    cr_assert_eq(len, 0);
+    free(text);
+    lens_err err = {{0}};
+    const int32_t bad[] = {15496, 50257};
+    cr_assert_null(lens_tok_decode(gpt2, bad, 2, &len, &err));
+    cr_assert(strstr(err.msg, "50257"), "%s", err.msg);
+    const int32_t negative[] = {-1};
+    cr_assert_null(lens_tok_decode(gpt2, negative, 1, &len, NULL));
+}
+
+/* Long runs of one character class must not exhaust the regex JIT stack. */
+Test(gpt2, long_runs) {
+    const size_t len = 1 << 20;
+    char *text = malloc(len + 1);
+    static const char fills[] = {' ', 'a', '7', '!', '\n'};
+    for (size_t f = 0; f < sizeof fills; f++) {
+        memset(text, fills[f], len);
+        text[len - 1] = 'x';
+        int32_t *ids;
+        size_t n, out_len;
+        lens_err err = {{0}};
+        cr_assert_eq(lens_tok_encode(gpt2, text, len, &ids, &n, &err), 0, "fill '%c': %s",
+                     fills[f], err.msg);
+        char *back = lens_tok_decode(gpt2, ids, n, &out_len, &err);
+        cr_assert_not_null(back);
+        cr_assert_eq(out_len, len);
+        cr_assert(memcmp(back, text, len) == 0);
+        free(back);
+        free(ids);
+    }
+    free(text);
+}
+
+typedef struct thread_job {
+    const char *text;
+    int32_t *ids;
+    size_t n;
+    int ok;
+} thread_job;
+
+static void *encode_many(void *arg) {
+    thread_job *job = arg;
+    job->ok = 1;
+    for (int round = 0; round < 50; round++) {
+        int32_t *ids;
+        size_t n;
+        if (lens_tok_encode(gpt2, job->text, strlen(job->text), &ids, &n, NULL) < 0 ||
+            n != job->n || memcmp(ids, job->ids, n * sizeof *ids) != 0)
+            job->ok = 0;
+        free(ids);
+    }
+    return NULL;
+}
+
+Test(gpt2, shared_across_threads) {
+    static const char text[] = "The quick brown fox's 12,345 d\xc3\xa9j\xc3\xa0 vu "
+                               "\xe4\xbd\xa0\xe5\xa5\xbd <|endoftext|>   \n\n\tend";
+    int32_t *ids;
+    size_t n;
+    cr_assert_eq(lens_tok_encode(gpt2, text, sizeof text - 1, &ids, &n, NULL), 0);
+    pthread_t threads[4];
+    thread_job jobs[4];
+    for (int i = 0; i < 4; i++) {
+        jobs[i] = (thread_job){text, ids, n, 0};
+        cr_assert_eq(pthread_create(&threads[i], NULL, encode_many, &jobs[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(threads[i], NULL);
+        cr_assert(jobs[i].ok, "thread %d got different ids", i);
+    }
+    free(ids);
+}
+
+/* ---- load errors --------------------------------------------------------- */
+
+Test(load_errors, missing_files_are_named) {
+    lens_err err = {{0}};
+    cr_assert_null(lens_tok_load_bpe("/nonexistent/vocab.json", "/nonexistent/merges.txt", &err));
+    cr_assert(strstr(err.msg, "/nonexistent/vocab.json"), "%s", err.msg);
+    cr_assert_null(lens_tok_load_hf_json("/nonexistent/tokenizer.json", &err));
+    cr_assert(strstr(err.msg, "/nonexistent/tokenizer.json"), "%s", err.msg);
+}
+
+Test(load_errors, malformed_vocab_json) {
+    char vocab[4096], merges[4096];
+    gpt2_paths(vocab, merges, sizeof vocab);
+    lens_err err = {{0}};
+    char *path = write_temp("{\"a\": 0, ");
+    cr_assert_null(lens_tok_load_bpe(path, merges, &err));
+    cr_assert(strstr(err.msg, path) && strstr(err.msg, "line 1"), "%s", err.msg);
+    unlink(path);
+    free(path);
+    path = write_temp("{\"a\": \"zero\"}");
+    cr_assert_null(lens_tok_load_bpe(path, merges, &err));
+    cr_assert(strstr(err.msg, "\"a\" is not an integer"), "%s", err.msg);
+    unlink(path);
+    free(path);
+    path = write_temp("{\"a\": 0, \"b\": 0}");
+    cr_assert_null(lens_tok_load_bpe(path, merges, &err));
+    cr_assert(strstr(err.msg, "id 0 is given to both"), "%s", err.msg);
+    unlink(path);
+    free(path);
+    path = write_temp("{\"a\": 0}");
+    cr_assert_null(lens_tok_load_bpe(path, merges, &err));
+    cr_assert(strstr(err.msg, "for byte 0x"), "%s", err.msg);
+    unlink(path);
+    free(path);
+}
+
+Test(load_errors, malformed_merges_txt) {
+    char vocab[4096], merges[4096];
+    gpt2_paths(vocab, merges, sizeof vocab);
+    lens_err err = {{0}};
+    char *path = write_temp("#version: 0.2\n\xc4\xa0 t\nonlyone\n");
+    cr_assert_null(lens_tok_load_bpe(vocab, path, &err));
+    cr_assert(strstr(err.msg, "line 3 is not two tokens"), "%s", err.msg);
+    unlink(path);
+    free(path);
+    path = write_temp("#version: 0.2\nqqqq zzzz\n");
+    cr_assert_null(lens_tok_load_bpe(vocab, path, &err));
+    cr_assert(strstr(err.msg, "line 2") && strstr(err.msg, "\"qqqq\" is not in the vocabulary"),
+              "%s", err.msg);
+    unlink(path);
+    free(path);
+}
+
+/* ---- tokenizer.json ------------------------------------------------------ */
+
+/* A tiny byte-level BPE tokenizer.json: ids 0..255 are the bytes (GPT-2's
+ * spelling), then "he", "ll", "hell", "hello"; merges in both file formats;
+ * added tokens "<mask>" (lstrip, rstrip) and "<|endoftext|>". */
+static json_t *tiny_tokenizer_json(void) {
+    json_t *vocab = json_object();
+    int next_extra = 256;
+    for (int b = 0; b < 256; b++) {
+        int printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+        int cp = printable ? b : next_extra++;
+        char spelled[3] = {0};
+        if (cp < 0x80) {
+            spelled[0] = (char)cp;
+        } else {
+            spelled[0] = (char)(0xC0 | cp >> 6);
+            spelled[1] = (char)(0x80 | (cp & 0x3F));
+        }
+        json_object_set_new(vocab, spelled, json_integer(b));
+    }
+    const char *words[] = {"he", "ll", "hell", "hello"};
+    for (int i = 0; i < 4; i++) json_object_set_new(vocab, words[i], json_integer(256 + i));
+    json_t *merges = json_pack("[s, [s, s], s, [s, s]]", "h e", "l", "l", "he ll", "hell", "o");
+    json_t *added = json_pack(
+        "[{s:i, s:s, s:b, s:b, s:b, s:b, s:b}, {s:i, s:s, s:b, s:b, s:b, s:b, s:b}]", "id", 260,
+        "content", "<mask>", "single_word", 0, "lstrip", 1, "rstrip", 1, "normalized", 0,
+        "special", 1, "id", 261, "content", "<|endoftext|>", "single_word", 0, "lstrip", 0,
+        "rstrip", 0, "normalized", 1, "special", 1);
+    return json_pack("{s:o, s:n, s:{s:s, s:b, s:b, s:b}, s:{s:s}, s:{s:s, s:o, s:o}}",
+                     "added_tokens", added, "normalizer", "pre_tokenizer", "type", "ByteLevel",
+                     "add_prefix_space", 0, "trim_offsets", 1, "use_regex", 1, "decoder", "type",
+                     "ByteLevel", "model", "type", "BPE", "vocab", vocab, "merges", merges);
+}
+
+static lens_tokenizer *load_json(json_t *root, lens_err *err) {
+    char *path = write_temp("");
+    cr_assert_eq(json_dump_file(root, path, 0), 0);
+    json_decref(root);
+    lens_tokenizer *tok = lens_tok_load_hf_json(path, err);
+    unlink(path);
+    free(path);
+    return tok;
+}
+
+Test(hf_json, loads_and_encodes) {
+    lens_err err = {{0}};
+    lens_tokenizer *tok = load_json(tiny_tokenizer_json(), &err);
+    cr_assert_not_null(tok, "%s", err.msg);
+    cr_assert_eq(lens_tok_vocab_size(tok), 262);
+    cr_assert_eq(lens_tok_lookup(tok, "hello"), 259);
+    ASSERT_IDS(tok, "hello", 259);
+    ASSERT_IDS(tok, "hell", 258);
+    ASSERT_IDS(tok, "shell", 's', 258);
+    /* lstrip and rstrip swallow the white space around <mask>. */
+    ASSERT_IDS(tok, "hello <mask>  lo", 259, 260, 'l', 'o');
+    ASSERT_IDS(tok, "a<|endoftext|> ", 'a', 261, ' '); /* id b is byte b */
+    lens_tok_free(tok);
+}
+
+Test(hf_json, decode_uses_byte_level_and_literal_added_tokens) {
+    lens_err err = {{0}};
+    lens_tokenizer *tok = load_json(tiny_tokenizer_json(), &err);
+    cr_assert_not_null(tok, "%s", err.msg);
+    const int32_t ids[] = {259, 32, 260, 261};
+    size_t len;
+    char *text = decode(tok, ids, 4, &len);
+    cr_assert_str_eq(text, "hello <mask><|endoftext|>");
+    free(text);
+    lens_tok_free(tok);
+}
+
+static void assert_json_refused(json_t *root, const char *needle) {
+    lens_err err = {{0}};
+    lens_tokenizer *tok = load_json(root, &err);
+    cr_assert_null(tok);
+    cr_assert(strstr(err.msg, needle), "message \"%s\" lacks \"%s\"", err.msg, needle);
+}
+
+Test(hf_json, refuses_other_models) {
+    json_t *root = tiny_tokenizer_json();
+    json_object_set_new(json_object_get(root, "model"), "type", json_string("WordPiece"));
+    assert_json_refused(root, "model type \"WordPiece\" is not supported");
+}
+
+Test(hf_json, refuses_normalizers) {
+    json_t *root = tiny_tokenizer_json();
+    json_object_set_new(root, "normalizer", json_pack("{s:s}", "type", "NFC"));
+    assert_json_refused(root, "normalizer \"NFC\" is not supported");
+}
+
+Test(hf_json, refuses_other_pre_tokenizers) {
+    json_t *root = tiny_tokenizer_json();
+    json_object_set_new(root, "pre_tokenizer", json_pack("{s:s}", "type", "Whitespace"));
+    assert_json_refused(root, "pre_tokenizer \"Whitespace\" is not supported");
+    root = tiny_tokenizer_json();
+    json_object_set_new(json_object_get(root, "pre_tokenizer"), "add_prefix_space", json_true());
+    assert_json_refused(root, "add_prefix_space");
+}
+
+Test(hf_json, refuses_single_word_added_tokens) {
+    json_t *root = tiny_tokenizer_json();
+    json_object_set_new(json_array_get(json_object_get(root, "added_tokens"), 0), "single_word",
+                        json_true());
+    assert_json_refused(root, "single_word is not supported");
+}
+
+Test(hf_json, refuses_bad_merges) {
+    json_t *root = tiny_tokenizer_json();
+    json_array_append_new(json_object_get(json_object_get(root, "model"), "merges"),
+                          json_string("nospace"));
+    assert_json_refused(root, "model.merges[4]");
+    root = tiny_tokenizer_json();
+    json_array_append_new(json_object_get(json_object_get(root, "model"), "merges"),
+                          json_string("o o"));
+    assert_json_refused(root, "\"oo\" is not in the vocabulary");
+}
+
+/* ---- plain token lists --------------------------------------------------- */
+
+Test(token_list, chars_with_multichar_entries) {
+    const char *tokens[] = {"[start]", "(", ")", "[pad]", "a", "\xc3\xa9"};
+    lens_err err = {{0}};
+    lens_tokenizer *tok = lens_tok_from_list(tokens, 6, LENS_SPLIT_CHARS, &err);
+    cr_assert_not_null(tok, "%s", err.msg);
+    cr_assert_eq(lens_tok_vocab_size(tok), 6);
+    cr_assert_eq(lens_tok_lookup(tok, "[pad]"), 3);
+    ASSERT_IDS(tok, "[start](()", 0, 1, 1, 2);
+    ASSERT_IDS(tok, "a\xc3\xa9[pad][pad]", 4, 5, 3, 3);
+    assert_encode_error(tok, "a[b", 3, "\"[\" (at byte 1) is not in the token list");
+    assert_encode_error(tok, "a \xff", 3, "invalid UTF-8 at byte 2");
+    const int32_t ids[] = {0, 1, 5, 2};
+    size_t len;
+    char *text = decode(tok, ids, 4, &len);
+    cr_assert_str_eq(text, "[start](\xc3\xa9)");
+    free(text);
+    lens_tok_free(tok);
+}
+
+Test(token_list, whitespace_split) {
+    const char *tokens[] = {"BOS", "1", "+", "12", "="};
+    lens_err err = {{0}};
+    lens_tokenizer *tok = lens_tok_from_list(tokens, 5, LENS_SPLIT_WHITESPACE, &err);
+    cr_assert_not_null(tok, "%s", err.msg);
+    ASSERT_IDS(tok, "BOS 1 + 12  =\n\t1 ", 0, 1, 2, 3, 4, 1);
+    assert_ids(tok, "   ", 3, NULL, 0);
+    assert_encode_error(tok, "1 + 13", 6, "\"13\" (at byte 4) is not in the token list");
+    const int32_t ids[] = {1, 2, 3};
+    size_t len;
+    char *text = decode(tok, ids, 3, &len);
+    cr_assert_str_eq(text, "1 + 12");
+    free(text);
+    cr_assert_null(lens_tok_decode(tok, (const int32_t[]){5}, 1, &len, &err));
+    lens_tok_free(tok);
+}
+
+Test(token_list, refuses_bad_lists) {
+    lens_err err = {{0}};
+    cr_assert_null(lens_tok_from_list(NULL, 0, LENS_SPLIT_CHARS, &err));
+    cr_assert(strstr(err.msg, "empty"), "%s", err.msg);
+    const char *dup[] = {"a", "b", "a"};
+    cr_assert_null(lens_tok_from_list(dup, 3, LENS_SPLIT_CHARS, &err));
+    cr_assert(strstr(err.msg, "token 2 (\"a\") duplicates token 0"), "%s", err.msg);
+    const char *blank[] = {"a", ""};
+    cr_assert_null(lens_tok_from_list(blank, 2, LENS_SPLIT_WHITESPACE, &err));
+    cr_assert(strstr(err.msg, "token 1 is empty"), "%s", err.msg);
+    const char *invalid[] = {"a", "\xc0\xaf"};
+    cr_assert_null(lens_tok_from_list(invalid, 2, LENS_SPLIT_CHARS, &err));
+    cr_assert(strstr(err.msg, "token 1: invalid UTF-8 at byte 0"), "%s", err.msg);
+}
+
+Test(token_list, free_accepts_null) {
+    lens_tok_free(NULL);
+}

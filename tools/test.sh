@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# lensd's whole test suite, from a fresh machine: installs what is missing
+# (tools/setup.sh), builds with warnings as errors, runs the Criterion unit
+# tests and the Python suites (tokenizer parity with Hugging Face, hook-point
+# parity with TransformerLens), and ends with one line of counts.
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+venv=$("$repo/tools/setup.sh" | tail -n 1) || { echo "setup failed" >&2; exit 1; }
+build=${LENSD_BUILD:-$repo/build}
+shared=${LENSD_SHARED:-$repo/../shared}
+if [ ! -d "$shared/data" ]; then
+  echo "test: $shared/data not found (set LENSD_SHARED to the shared/ folder)" >&2
+  exit 1
+fi
+
+if [ ! -f "$build/build.ninja" ]; then
+  meson setup "$build" -Dwerror=true || exit 1
+fi
+ninja -C "$build" || exit 1
+
+status=0
+echo "== unit tests (Criterion)"
+meson test -C "$build" --suite unit --print-errorlogs || status=1
+
+echo "== Python suites (pytest)"
+export LENSD_BIN="$build/server/lensd"
+export LENSD_TOK_DRIVER="$build/tests/tokenizer/tok_driver"
+export LENSD_FIXTURES="${LENSD_FIXTURES:-$build/fixtures}"
+export LENSD_SHARED="$shared"
+export LENSD_BUILD="$build"
+"$venv/bin/python" -m pytest -q -p no:cacheprovider --junitxml="$build/pytest.xml" \
+  tests/tokenizer tests/parity || status=1
+
+"$venv/bin/python" tools/test_summary.py "$build/meson-logs/testlog.json" "$build/pytest.xml" \
+  || status=1
+exit $status

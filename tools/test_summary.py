@@ -1,0 +1,52 @@
+"""Prints one closing line of test counts for tools/test.sh.
+
+Counts Criterion test cases from meson's testlog.json (each test binary's
+"Synthesis: Tested: N | Passing: N | Failing: N | Crashing: N" line; a binary
+that crashed before printing it counts as one failure) and pytest cases from
+its JUnit XML. Exits 1 if anything failed or nothing ran.
+"""
+import json
+import re
+import sys
+import xml.etree.ElementTree as ET
+
+SYNTHESIS = re.compile(r"Tested: (\d+) \| Passing: (\d+) \| Failing: (\d+) \| Crashing: (\d+)")
+
+
+def criterion_counts(testlog_path):
+    passed = failed = 0
+    with open(testlog_path) as f:
+        for line in f:
+            entry = json.loads(line)
+            found = SYNTHESIS.findall(entry.get("stdout", "") + entry.get("stderr", ""))
+            if not found:
+                failed += 1
+                print(f"unit test binary {entry['name']} printed no synthesis ({entry['result']})")
+                continue
+            _, ok, fail, crash = map(int, found[-1])
+            passed += ok
+            failed += fail + crash
+    return passed, failed
+
+
+def pytest_counts(junit_path):
+    root = ET.parse(junit_path).getroot()
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    total = sum(int(s.get("tests", 0)) for s in suites)
+    failed = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
+    skipped = sum(int(s.get("skipped", 0)) for s in suites)
+    return total - failed - skipped, failed, skipped
+
+
+def main():
+    c_passed, c_failed = criterion_counts(sys.argv[1])
+    p_passed, p_failed, p_skipped = pytest_counts(sys.argv[2])
+    passed, failed = c_passed + p_passed, c_failed + p_failed
+    print(f"unit: {c_passed} passed, {c_failed} failed; python: {p_passed} passed, "
+          f"{p_failed} failed, {p_skipped} skipped")
+    print(f"{passed} passed, {failed} failed, {p_skipped} skipped")
+    sys.exit(1 if failed or passed == 0 else 0)
+
+
+if __name__ == "__main__":
+    main()
