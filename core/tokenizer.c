@@ -1055,19 +1055,25 @@ static size_t find_added(const added_token *t, const char *text, size_t from, si
 /* Encodes text[start .. end). Pass 0 cuts out the added tokens that match
  * the raw text (normalized false), pass 1 those that match normalized text
  * (no normalizer is supported, so the same text), then the rest goes to the
- * pre-tokenizer. Matches are leftmost-longest like HF's Aho-Corasick. */
+ * pre-tokenizer. Matches are leftmost-longest and non-overlapping like HF's
+ * Aho-Corasick search, which resumes after the matched text even when rstrip
+ * took white space beyond it: a token that starts with white space can then
+ * match again inside that white space, and HF emits both. */
 static int encode_segment(const lens_tokenizer *tok, const char *text, size_t start, size_t end,
                           int pass, encode_state *st, lens_err *err) {
     if (pass == 2) return encode_plain(tok, text + start, end - start, st, err);
     size_t *next = st->next_match + pass * tok->n_added;
     for (size_t k = 0; k < tok->n_added; k++)
-        next[k] = tok->added[k].normalized == (pass == 1) ? find_added(&tok->added[k], text, start, end)
-                                                          : NO_MATCH;
-    size_t pos = start;
+        next[k] = tok->added[k].normalized == (pass == 1)
+                      ? find_added(&tok->added[k], text, start, end)
+                      : NO_MATCH;
+    size_t pos = start;         /* end of the text consumed so far */
+    size_t search_from = start; /* end of the last match, before rstrip */
     for (;;) {
         size_t best = NO_MATCH;
         for (size_t k = 0; k < tok->n_added; k++) {
-            if (next[k] != NO_MATCH && next[k] < pos) next[k] = find_added(&tok->added[k], text, pos, end);
+            if (next[k] != NO_MATCH && next[k] < search_from)
+                next[k] = find_added(&tok->added[k], text, search_from, end);
             if (next[k] == NO_MATCH) continue;
             if (best == NO_MATCH || next[k] < next[best] ||
                 (next[k] == next[best] && tok->added[k].len > tok->added[best].len))
@@ -1076,6 +1082,7 @@ static int encode_segment(const lens_tokenizer *tok, const char *text, size_t st
         if (best == NO_MATCH) break;
         const added_token *t = &tok->added[best];
         size_t match_start = next[best], match_end = next[best] + t->len;
+        search_from = match_end;
         if (t->lstrip) match_start = space_run_start(text, pos, match_start);
         if (t->rstrip) match_end = space_run_end(text, match_end, end);
         if (pos < match_start && encode_segment(tok, text, pos, match_start, pass + 1, st, err) < 0)

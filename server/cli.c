@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/forward.h"
 #include "core/hooks.h"
@@ -42,6 +43,8 @@ typedef struct cli_opts {
     int top_k;
     bool logits_only;
     const char *out;
+    int repeat;   /* cache: forward passes to time */
+    bool timings; /* cache: print load/forward/write times as JSON on stderr */
 } cli_opts;
 
 enum {
@@ -57,6 +60,8 @@ enum {
     OPT_PROMPTS_FILE,
     OPT_LOGITS_ONLY,
     OPT_TOP_K,
+    OPT_REPEAT,
+    OPT_TIMINGS,
 };
 
 static const struct option long_options[] = {
@@ -77,6 +82,8 @@ static const struct option long_options[] = {
     {"use-hook-mlp-in", no_argument, NULL, OPT_USE_MLP_IN},
     {"use-attn-in", no_argument, NULL, OPT_USE_ATTN_IN},
     {"logits-only", no_argument, NULL, OPT_LOGITS_ONLY},
+    {"repeat", required_argument, NULL, OPT_REPEAT},
+    {"timings", no_argument, NULL, OPT_TIMINGS},
     {NULL, 0, NULL, 0},
 };
 
@@ -167,6 +174,7 @@ static int parse_opts(int argc, char **argv, cli_opts *o, lens_err *err) {
     memset(o, 0, sizeof *o);
     o->load.processing = -1;
     o->top_k = 10;
+    o->repeat = 1;
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, "m:p:n:a:o:", long_options, NULL)) != -1) {
@@ -212,6 +220,14 @@ static int parse_opts(int argc, char **argv, cli_opts *o, lens_err *err) {
         case OPT_USE_MLP_IN: o->load.use_hook_mlp_in = true; break;
         case OPT_USE_ATTN_IN: o->load.use_attn_in = true; break;
         case OPT_LOGITS_ONLY: o->logits_only = true; break;
+        case OPT_REPEAT:
+            o->repeat = atoi(optarg);
+            if (o->repeat < 1) {
+                lens_err_set(err, "--repeat must be 1 or more");
+                return -1;
+            }
+            break;
+        case OPT_TIMINGS: o->timings = true; break;
         default: lens_err_set(err, "unknown or incomplete option (see lensd --help)"); return -1;
         }
         if (rc) {
@@ -591,12 +607,24 @@ static void collect_enabled(void *user, lens_hook hook) {
     st->n++;
 }
 
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int compare_doubles(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
 static int cmd_cache(cli_opts *o, lens_err *err) {
     if (!o->out || o->n_rows == 0) {
         lens_err_set(err, "cache needs --out FILE and at least one --prompt, --tokens or "
                           "--prompts-file");
         return -1;
     }
+    double t_start = now_ms();
     lens_model *m = load_model(o, err);
     if (!m) return -1;
     const lens_config *c = &m->cfg;
@@ -638,6 +666,11 @@ static int cmd_cache(cli_opts *o, lens_err *err) {
 
     capture cap = {c, B, T, 0, 0, data};
     int step = chunk_rows(c, B, T);
+    double t_loaded = now_ms();
+    double *forward_ms = malloc((size_t)o->repeat * sizeof *forward_ms);
+    if (!forward_ms) goto oom;
+    for (int r = 0; r < o->repeat; r++) {
+    double t0 = now_ms();
     for (int row0 = 0; row0 < B; row0 += step) {
         int rows = B - row0 < step ? B - row0 : step;
         cap.row0 = row0;
@@ -651,10 +684,27 @@ static int cmd_cache(cli_opts *o, lens_err *err) {
                         .on_hook = capture_hook,
                         .user = &cap,
                         .logits = logits + (size_t)row0 * T * V};
-        if (lens_forward(m, &ws, &chunk, &run, err)) goto out;
+        if (lens_forward(m, &ws, &chunk, &run, err)) {
+            free(forward_ms);
+            goto out;
+        }
     }
-    if (lens_st_write(o->out, outs, st.n + 2, err)) goto out;
-    rc = 0;
+    forward_ms[r] = now_ms() - t0;
+    }
+    double t_written = now_ms();
+    rc = lens_st_write(o->out, outs, st.n + 2, err);
+    if (rc == 0 && o->timings) {
+        double total = now_ms() - t_start;
+        double write = now_ms() - t_written;
+        qsort(forward_ms, (size_t)o->repeat, sizeof *forward_ms, compare_doubles);
+        fprintf(stderr,
+                "{\"load_ms\": %.3f, \"forward_ms_median\": %.3f, \"forward_ms_min\": %.3f, "
+                "\"write_ms\": %.3f, \"total_ms\": %.3f, \"repeat\": %d}\n",
+                t_loaded - t_start, forward_ms[o->repeat / 2], forward_ms[0], write, total,
+                o->repeat);
+    }
+    free(forward_ms);
+    if (rc) goto out;
     goto out;
 oom:
     lens_err_set(err, "out of memory");

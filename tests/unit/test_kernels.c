@@ -1,0 +1,1106 @@
+/*
+ * test_kernels.c: tests of kernels/lk.h, run against the CPU backend.
+ *
+ * Every kernel is compared with a reference written here from the
+ * mathematical definition: plain loops in double precision, no BLAS, nothing
+ * shared with kernels/cpu/. Inputs come from a seeded generator, so a failure
+ * reproduces exactly. Shapes cover the odd sizes (1, 3, 17, 64, 129), row
+ * strides wider than the rows (heads side by side in a [T, n_heads * d_head]
+ * buffer, as core/forward.c addresses them), accumulation, bias or none, and
+ * the special values each contract names (-INFINITY in softmax, constant
+ * LayerNorm rows, aliasing).
+ *
+ * Output buffers are filled with a sentinel and the cells a call must write
+ * with NaN (or, when accumulating, with the values it adds to), so a kernel
+ * that writes outside its rows or reads what it should only write fails.
+ * Unused padding of inputs is NaN too, so a wrong row stride shows.
+ *
+ * Not here: speed, and the CUDA backend (these tests should run unchanged
+ * against it once it exists).
+ *
+ * Tolerances. u = 2^-24 is float32's unit roundoff. Each check is an error
+ * bound per element, worked out from the float32 computation the definition
+ * implies, with about a factor 2 to spare; a wrong formula, index or stride
+ * misses them by orders of magnitude.
+ *
+ * - Matrix products: a K-term float32 dot product in any summation order,
+ *   FMA or not, is off by at most about K*u*sum_k |a_ik * b_kj| (Higham,
+ *   "Accuracy and Stability of Numerical Algorithms", 3.1); the bias, the
+ *   accumulated value and beta add a few more roundings. The check is
+ *   |got - ref| <= (K + 4) * u * (sum_k |a_ik b_kj| + |bias_j| + |prev_ij|):
+ *   rigorous, per element, and for the shapes here (K <= 520) about as tight
+ *   as the usual 1e-5 * sqrt(K) * max|ref| rule of thumb.
+ * - lk_add is correctly rounded (one float addition): within half an ulp.
+ *   lk_relu is exact.
+ * - lk_affine: x*w + b rounds twice: 4u * (|x*w| + |b|).
+ * - GELUs and SiLU: 1e-6 * |ref| (about 8 to 16 ulps) plus FLT_MIN, below
+ *   which float32 has no relative precision (silu(-100) is -3.7e-42). The
+ *   GELUs compute 0.5*x*(1 + t) with t = erf or tanh in [-1, 1] rounded to
+ *   float32: t carries an absolute error of an ulp of 1 or two, and for x < 0
+ *   the sum 1 + t cancels, so the error there is up to about 0.5*|x|*2^-22
+ *   whatever |ref| is; those get another 2^-21 * |x|. TransformerLens
+ *   evaluates the same float32 formulas, so this is the accuracy parity
+ *   with it needs.
+ * - Softmax: rounding x_c - max in float32 costs u*d_c in the exponent
+ *   (d_c = max - x_c), so exp(x_c - max) is off by about (d_c + 1)*u
+ *   relative; the row sum inherits the p-weighted mean of those, which is at
+ *   most (1 + entropy)*u <= (1 + ln C)*u; 1/sum and the product round twice.
+ *   The check is 2u * (d_c + ln C + 5) * p_c, plus 2^-147 for results that
+ *   fall among the subnormals. Masked (-INFINITY) entries must be exactly 0.
+ *   SoLU multiplies that by |x_c|.
+ * - LayerNorm: the mean rounded to float32 shifts every centred value by up
+ *   to u*|mean|, i.e. u*max|x|/scale after scaling; no float32 algorithm
+ *   does better, since the inputs themselves are only that precise. The
+ *   variance does not see that shift to first order (the centred values sum
+ *   to zero), so scale is good to a few u: 8u, plus (u*max|x|/scale)^2.
+ *   normalized gets 4u*max|x|/scale + (4u + 2*scale's tolerance)*|ref|.
+ */
+#include <criterion/criterion.h>
+
+#include <float.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/lk.h"
+
+/* float32's unit roundoff */
+#define U 0x1p-24
+
+/* Outputs are prefilled with this where a call must not write. */
+#define SENTINEL (-1234.5f)
+
+/* Cells past the end of every output buffer, which must stay SENTINEL. */
+#define TAIL 8
+
+static const int SIZES[] = {1, 3, 17, 64, 129};
+#define N_SIZES ((int)(sizeof SIZES / sizeof SIZES[0]))
+
+/* ---- inputs ------------------------------------------------------------ */
+
+/* splitmix64: small, seedable, good enough for test data. */
+typedef struct {
+    uint64_t s;
+} rng;
+
+static uint64_t rng_next(rng *r) {
+    uint64_t z = (r->s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* Uniform in [0, 1). */
+static double rng_uniform(rng *r) {
+    return (double)(rng_next(r) >> 11) * 0x1p-53;
+}
+
+/* Standard normal (Box-Muller). */
+static double rng_normal(rng *r) {
+    double u1 = 1.0 - rng_uniform(r), u2 = rng_uniform(r);
+    return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
+}
+
+static void fill_uniform(rng *r, float *x, size_t n, double lo, double hi) {
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)(lo + (hi - lo) * rng_uniform(r));
+}
+
+static void fill_normal(rng *r, float *x, size_t n, double mean, double std) {
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)(mean + std * rng_normal(r));
+}
+
+static void fill_value(float *x, size_t n, float v) {
+    for (size_t i = 0; i < n; i++)
+        x[i] = v;
+}
+
+static float *new_floats(size_t n) {
+    float *p = malloc((n ? n : 1) * sizeof *p);
+    cr_assert_not_null(p, "out of memory for %zu floats", n);
+    return p;
+}
+
+static double *new_doubles(size_t n) {
+    double *p = malloc((n ? n : 1) * sizeof *p);
+    cr_assert_not_null(p, "out of memory for %zu doubles", n);
+    return p;
+}
+
+/* An output buffer of n cells plus TAIL, all SENTINEL, and the reference
+ * and tolerance arrays for it, saying SENTINEL exactly until a reference
+ * fills them in. */
+typedef struct {
+    size_t n;
+    float *out;
+    double *want, *tol;
+} expected;
+
+static expected expect_new(size_t n) {
+    expected e = {n + TAIL, new_floats(n + TAIL), new_doubles(n + TAIL), new_doubles(n + TAIL)};
+    fill_value(e.out, e.n, SENTINEL);
+    for (size_t i = 0; i < e.n; i++) {
+        e.want[i] = SENTINEL;
+        e.tol[i] = 0.0;
+    }
+    return e;
+}
+
+static void expect_free(expected *e) {
+    free(e->out);
+    free(e->want);
+    free(e->tol);
+}
+
+/* Sets the [rows, cols] block at out (row stride ld) to v: NaN for cells a
+ * call must overwrite without reading. */
+static void fill_block(float *out, int ld, int rows, int cols, float v) {
+    for (int i = 0; i < rows; i++)
+        fill_value(out + (size_t)i * ld, (size_t)cols, v);
+}
+
+/* Asserts |got[i] - want[i]| <= tol[i] for i < n, where equal values
+ * (infinities included) pass and NaN never does; on failure names the
+ * element furthest out of tolerance. */
+static void assert_close(const char *what, const float *got, const double *want, const double *tol,
+                         size_t n) {
+    size_t n_bad = 0, worst = 0;
+    double worst_ratio = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double err = fabs((double)got[i] - want[i]);
+        if ((double)got[i] == want[i] || err <= tol[i]) continue;
+        double ratio = isnan(err) || tol[i] == 0.0 ? INFINITY : err / tol[i];
+        if (n_bad++ == 0 || ratio > worst_ratio) {
+            worst = i;
+            worst_ratio = ratio;
+        }
+    }
+    if (n_bad)
+        cr_assert_fail("%s: %zu of %zu values out of tolerance; worst [%zu]: got %.9g, want "
+                       "%.9g, tol %.3g",
+                       what, n_bad, n, worst, (double)got[worst], want[worst], tol[worst]);
+}
+
+static void assert_expected(const char *what, const expected *e) {
+    assert_close(what, e->out, e->want, e->tol, e->n);
+}
+
+/* ---- references -------------------------------------------------------- */
+
+/* One product from its definition: want[i,j] = prev[i,j] + sum_k a[i,k] *
+ * b[k,j] + bias[j] for i < M, j < N, where b[k,j] is b[j*ldb + k] when
+ * b_transposed, prev is out before an accumulating call (else NULL) and
+ * bias may be NULL. want, tol and prev are laid out like out (stride ldo).
+ * tol is the dot-product bound described at the top. */
+static void ref_matmul(double *want, double *tol, int ldo, const float *prev, const float *a,
+                       int lda, const float *b, int ldb, bool b_transposed, const float *bias,
+                       int M, int K, int N) {
+    for (int i = 0; i < M; i++) {
+        for (int j = 0; j < N; j++) {
+            double sum = 0.0, mag = 0.0;
+            for (int k = 0; k < K; k++) {
+                double bkj = b_transposed ? b[(size_t)j * ldb + k] : b[(size_t)k * ldb + j];
+                double term = (double)a[(size_t)i * lda + k] * bkj;
+                sum += term;
+                mag += fabs(term);
+            }
+            if (bias) {
+                sum += bias[j];
+                mag += fabs(bias[j]);
+            }
+            size_t o = (size_t)i * ldo + j;
+            if (prev) {
+                sum += prev[o];
+                mag += fabs(prev[o]);
+            }
+            want[o] = sum;
+            tol[o] = (K + 4) * U * mag;
+        }
+    }
+}
+
+/* softmax(x)_c = exp(x_c) / sum_j exp(x_j) over a row of C values, with its
+ * tolerance (see the top). -INFINITY entries are exactly 0, and so is a row
+ * of them (the contract's choice where the definition gives 0/0). */
+static void ref_softmax_row(double *p, double *tol, const float *x, int C) {
+    double max = -INFINITY;
+    for (int c = 0; c < C; c++)
+        max = fmax(max, x[c]);
+    if (max == -INFINITY) {
+        for (int c = 0; c < C; c++)
+            p[c] = tol[c] = 0.0;
+        return;
+    }
+    double sum = 0.0;
+    for (int c = 0; c < C; c++)
+        sum += exp((double)x[c] - max);
+    for (int c = 0; c < C; c++) {
+        p[c] = exp((double)x[c] - max) / sum;
+        double d = max - x[c];
+        tol[c] = x[c] == -INFINITY ? 0.0 : 2 * U * (d + log(C) + 5) * p[c] + 0x1p-147;
+    }
+}
+
+/* LayerNorm's centring and scaling of one row of C values: normalized_c =
+ * (x_c - mean) / scale, scale = sqrt(mean((x - mean)^2) + eps); tolerances
+ * as described at the top. */
+static void ref_layernorm_row(double *norm, double *norm_tol, double *scale, double *scale_tol,
+                              const float *x, int C, float eps) {
+    double mean = 0.0, var = 0.0, xmax = 0.0;
+    for (int c = 0; c < C; c++)
+        mean += x[c];
+    mean /= C;
+    for (int c = 0; c < C; c++)
+        var += (x[c] - mean) * (x[c] - mean);
+    var /= C;
+    for (int c = 0; c < C; c++)
+        xmax = fmax(xmax, fabs(x[c]));
+    double s = sqrt(var + (double)eps);
+    double shift = U * xmax / s; /* the float32 mean's error, in units of scale */
+    double rel_s = 8 * U + shift * shift;
+    *scale = s;
+    *scale_tol = rel_s * s;
+    for (int c = 0; c < C; c++) {
+        norm[c] = (x[c] - mean) / s;
+        norm_tol[c] = 4 * shift + (4 * U + 2 * rel_s) * fabs(norm[c]);
+    }
+}
+
+static double ref_relu(double x) {
+    return x > 0.0 ? x : 0.0;
+}
+
+static double ref_gelu(double x) {
+    return 0.5 * x * (1.0 + erf(x / sqrt(2.0)));
+}
+
+static double ref_gelu_new(double x) {
+    return 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+}
+
+static double ref_gelu_fast(double x) {
+    return 0.5 * x * (1.0 + tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)));
+}
+
+static double ref_silu(double x) {
+    return x / (1.0 + exp(-x));
+}
+
+/* ---- lk_matmul --------------------------------------------------------- */
+
+/* One lk_matmul call: a is [M, lda], b is [K, ldb], out is [M, ldo], the
+ * columns past K, N and N NaN or SENTINEL. */
+typedef struct {
+    int M, K, N, lda, ldb, ldo;
+    bool bias, accumulate;
+} mm_case;
+
+static void check_matmul(rng *r, mm_case c) {
+    char what[128];
+    snprintf(what, sizeof what, "matmul M=%d K=%d N=%d lda=%d ldb=%d ldo=%d bias=%d acc=%d", c.M,
+             c.K, c.N, c.lda, c.ldb, c.ldo, c.bias, c.accumulate);
+    float *a = new_floats((size_t)c.M * c.lda), *b = new_floats((size_t)c.K * c.ldb);
+    float *bias = c.bias ? new_floats((size_t)c.N) : NULL;
+    fill_value(a, (size_t)c.M * c.lda, NAN);
+    fill_value(b, (size_t)c.K * c.ldb, NAN);
+    for (int i = 0; i < c.M; i++)
+        fill_uniform(r, a + (size_t)i * c.lda, (size_t)c.K, -1, 1);
+    for (int k = 0; k < c.K; k++)
+        fill_uniform(r, b + (size_t)k * c.ldb, (size_t)c.N, -1, 1);
+    if (bias) fill_uniform(r, bias, (size_t)c.N, -1, 1);
+
+    expected e = expect_new((size_t)c.M * c.ldo);
+    float *prev = NULL;
+    if (c.accumulate) {
+        for (int i = 0; i < c.M; i++)
+            fill_uniform(r, e.out + (size_t)i * c.ldo, (size_t)c.N, -2, 2);
+        prev = new_floats(e.n);
+        memcpy(prev, e.out, e.n * sizeof *prev);
+    } else {
+        fill_block(e.out, c.ldo, c.M, c.N, NAN);
+    }
+    ref_matmul(e.want, e.tol, c.ldo, prev, a, c.lda, b, c.ldb, false, bias, c.M, c.K, c.N);
+    lk_matmul(e.out, c.ldo, a, c.lda, b, c.ldb, bias, c.M, c.K, c.N, c.accumulate);
+    assert_expected(what, &e);
+
+    expect_free(&e);
+    free(prev);
+    free(a);
+    free(b);
+    free(bias);
+}
+
+Test(matmul, contiguous_every_shape) {
+    rng r = {1};
+    for (int mi = 0; mi < N_SIZES; mi++)
+        for (int ki = 0; ki < N_SIZES; ki++)
+            for (int ni = 0; ni < N_SIZES; ni++)
+                for (int v = 0; v < 4; v++) {
+                    int M = SIZES[mi], K = SIZES[ki], N = SIZES[ni];
+                    check_matmul(&r, (mm_case){M, K, N, K, N, N, v & 1, v & 2});
+                }
+}
+
+Test(matmul, strided_operands) {
+    rng r = {2};
+    for (int mi = 0; mi < N_SIZES; mi++)
+        for (int ki = 0; ki < N_SIZES; ki++)
+            for (int ni = 0; ni < N_SIZES; ni++)
+                for (int v = 0; v < 4; v++) {
+                    int M = SIZES[mi], K = SIZES[ki], N = SIZES[ni];
+                    check_matmul(&r, (mm_case){M, K, N, K + 3, N + 1, N + 5, v & 1, v & 2});
+                }
+}
+
+/* Big enough for OpenBLAS to split the product across threads. */
+Test(matmul, large_every_thread_count) {
+    rng r = {3};
+    static const int threads[] = {1, 0, 3};
+    for (int t = 0; t < 3; t++) {
+        lk_set_threads(threads[t]);
+        check_matmul(&r, (mm_case){300, 257, 520, 257, 520, 520, true, false});
+        check_matmul(&r, (mm_case){129, 520, 301, 530, 301, 310, true, true});
+    }
+}
+
+/* q/k/v per head when TL splits the input by head (core/forward.c,
+ * project_qkv): inputs [N, h, d], W [d, h*dh] with head hi's columns at
+ * hi*dh, bias [h*dh], out [N, h*dh], one call per head. */
+Test(matmul, heads_split_input) {
+    static const int shapes[][4] = {{1, 3, 1, 3}, {3, 17, 3, 5}, {17, 64, 4, 16}, {5, 129, 12, 64}};
+    rng r = {4};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int N = shapes[si][0], d = shapes[si][1], h = shapes[si][2], dh = shapes[si][3];
+        const int hd = h * dh;
+        float *inp = new_floats((size_t)N * h * d), *W = new_floats((size_t)d * hd);
+        float *bias = new_floats((size_t)hd);
+        fill_normal(&r, inp, (size_t)N * h * d, 0, 1);
+        fill_normal(&r, W, (size_t)d * hd, 0, 0.2);
+        fill_normal(&r, bias, (size_t)hd, 0, 0.1);
+        expected e = expect_new((size_t)N * hd);
+        fill_block(e.out, hd, N, hd, NAN);
+        for (int hi = 0; hi < h; hi++)
+            ref_matmul(e.want + (size_t)hi * dh, e.tol + (size_t)hi * dh, hd, NULL,
+                       inp + (size_t)hi * d, h * d, W + (size_t)hi * dh, hd, false,
+                       bias + (size_t)hi * dh, N, d, dh);
+        for (int hi = 0; hi < h; hi++)
+            lk_matmul(e.out + (size_t)hi * dh, hd, inp + (size_t)hi * d, h * d, W + (size_t)hi * dh,
+                      hd, bias + (size_t)hi * dh, N, d, dh, false);
+        char what[64];
+        snprintf(what, sizeof what, "N=%d d=%d h=%d dh=%d", N, d, h, dh);
+        assert_expected(what, &e);
+        expect_free(&e);
+        free(inp);
+        free(W);
+        free(bias);
+    }
+}
+
+/* Per-head attention results (core/forward.c, use_attn_result): z [N, h*dh]
+ * read per head, W_O [h, dh, d], result [N, h, d], no bias. */
+Test(matmul, heads_result_no_bias) {
+    static const int shapes[][4] = {{1, 3, 1, 3}, {3, 17, 3, 5}, {17, 64, 4, 16}, {5, 129, 12, 64}};
+    rng r = {5};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int N = shapes[si][0], d = shapes[si][1], h = shapes[si][2], dh = shapes[si][3];
+        const int hd = h * dh;
+        float *z = new_floats((size_t)N * hd), *W_O = new_floats((size_t)hd * d);
+        fill_normal(&r, z, (size_t)N * hd, 0, 1);
+        fill_normal(&r, W_O, (size_t)hd * d, 0, 0.2);
+        expected e = expect_new((size_t)N * h * d);
+        fill_block(e.out, h * d, N, h * d, NAN);
+        for (int hi = 0; hi < h; hi++)
+            ref_matmul(e.want + (size_t)hi * d, e.tol + (size_t)hi * d, h * d, NULL,
+                       z + (size_t)hi * dh, hd, W_O + (size_t)hi * dh * d, d, false, NULL, N, dh,
+                       d);
+        for (int hi = 0; hi < h; hi++)
+            lk_matmul(e.out + (size_t)hi * d, h * d, z + (size_t)hi * dh, hd,
+                      W_O + (size_t)hi * dh * d, d, NULL, N, dh, d, false);
+        char what[64];
+        snprintf(what, sizeof what, "N=%d d=%d h=%d dh=%d", N, d, h, dh);
+        assert_expected(what, &e);
+        expect_free(&e);
+        free(z);
+        free(W_O);
+    }
+}
+
+/* An empty sum is 0: out becomes bias (or 0), or gains bias when
+ * accumulating. */
+Test(matmul, k_zero) {
+    rng r = {6};
+    for (int ni = 0; ni < N_SIZES; ni++)
+        for (int v = 0; v < 4; v++)
+            check_matmul(&r, (mm_case){3, 0, SIZES[ni], 1, SIZES[ni], SIZES[ni] + 2, v & 1, v & 2});
+}
+
+Test(matmul, empty_output_writes_nothing) {
+    rng r = {7};
+    float a[16], b[16], bias[4];
+    fill_uniform(&r, a, 16, -1, 1);
+    fill_uniform(&r, b, 16, -1, 1);
+    fill_uniform(&r, bias, 4, -1, 1);
+    for (int v = 0; v < 4; v++) {
+        expected e = expect_new(16);
+        lk_matmul(e.out, 4, a, 4, b, 4, v & 1 ? bias : NULL, 0, 4, 4, v & 2);
+        lk_matmul(e.out, 4, a, 4, b, 4, v & 1 ? bias : NULL, 4, 4, 0, v & 2);
+        lk_matmul(e.out, 4, a, 4, b, 4, v & 1 ? bias : NULL, 0, 0, 0, v & 2);
+        assert_expected("M or N = 0", &e);
+        expect_free(&e);
+    }
+}
+
+/* ---- lk_matmul_batched ------------------------------------------------- */
+
+/* One lk_matmul_batched call; product i reads a + i*a_step ([M, K], stride
+ * lda), b + i*b_step ([K, N], or [N, K] when trans, stride ldb) and writes
+ * out + i*out_step ([M, N], stride ldo). */
+typedef struct {
+    int M, K, N, count;
+    int lda, ldb, ldo;
+    size_t a_step, b_step, out_step;
+    bool trans;
+} bm_case;
+
+static size_t span(int count, size_t step, int rows, int ld) {
+    return count && rows ? (size_t)(count - 1) * step + (size_t)rows * ld : 0;
+}
+
+/* Runs c on inputs drawn from seed and checks it; when result is not NULL
+ * it receives the output buffer (span + TAIL floats) for the caller to free. */
+static void check_batched(uint64_t seed, bm_case c, float **result) {
+    char what[192];
+    snprintf(what, sizeof what,
+             "batched M=%d K=%d N=%d count=%d lda=%d ldb=%d ldo=%d steps=%zu,%zu,%zu trans=%d", c.M,
+             c.K, c.N, c.count, c.lda, c.ldb, c.ldo, c.a_step, c.b_step, c.out_step, c.trans);
+    rng r = {seed};
+    const int b_rows = c.trans ? c.N : c.K, b_cols = c.trans ? c.K : c.N;
+    const size_t a_len = span(c.count, c.a_step, c.M, c.lda);
+    const size_t b_len = span(c.count, c.b_step, b_rows, c.ldb);
+    float *a = new_floats(a_len), *b = new_floats(b_len);
+    fill_value(a, a_len, NAN);
+    fill_value(b, b_len, NAN);
+    for (int i = 0; i < c.count; i++) {
+        for (int m = 0; m < c.M; m++)
+            fill_uniform(&r, a + i * c.a_step + (size_t)m * c.lda, (size_t)c.K, -1, 1);
+        for (int k = 0; k < b_rows; k++)
+            fill_uniform(&r, b + i * c.b_step + (size_t)k * c.ldb, (size_t)b_cols, -1, 1);
+    }
+    expected e = expect_new(span(c.count, c.out_step, c.M, c.ldo));
+    for (int i = 0; i < c.count; i++) {
+        fill_block(e.out + i * c.out_step, c.ldo, c.M, c.N, NAN);
+        ref_matmul(e.want + i * c.out_step, e.tol + i * c.out_step, c.ldo, NULL, a + i * c.a_step,
+                   c.lda, b + i * c.b_step, c.ldb, c.trans, NULL, c.M, c.K, c.N);
+    }
+    lk_matmul_batched(e.out, c.ldo, c.out_step, a, c.lda, c.a_step, b, c.ldb, c.b_step, c.trans,
+                      c.M, c.K, c.N, c.count);
+    assert_expected(what, &e);
+    if (result) {
+        *result = e.out;
+        e.out = NULL;
+    }
+    expect_free(&e);
+    free(a);
+    free(b);
+}
+
+/* scores[hi] (T,T) = q[:, hi, :] (T,dh) @ k[:, hi, :]^T with q and k
+ * [T, h*dh], as core/forward.c's attention_scores calls it. */
+static bm_case scores_case(int T, int h, int dh) {
+    return (bm_case){T, dh, T, h, h * dh, h * dh, T, (size_t)dh, (size_t)dh, (size_t)T * T, true};
+}
+
+/* z[:, hi, :] (T,dh) = pattern[hi] (T,T) @ v[:, hi, :] (T,dh) with v and z
+ * [T, h*dh]: the output is strided too. */
+static bm_case z_case(int T, int h, int dh) {
+    return (bm_case){T, T, dh, h, T, h * dh, h * dh, (size_t)T * T, (size_t)dh, (size_t)dh, false};
+}
+
+Test(batched, attention_scores) {
+    static const int heads[] = {1, 3, 12};
+    for (int ti = 0; ti < N_SIZES; ti++)
+        for (int di = 0; di < N_SIZES; di++)
+            for (int hi = 0; hi < 3; hi++)
+                check_batched(100 + ti * 100 + di * 10 + hi,
+                              scores_case(SIZES[ti], heads[hi], SIZES[di]), NULL);
+}
+
+Test(batched, attention_z) {
+    static const int heads[] = {1, 3, 12};
+    for (int ti = 0; ti < N_SIZES; ti++)
+        for (int di = 0; di < N_SIZES; di++)
+            for (int hi = 0; hi < 3; hi++)
+                check_batched(200 + ti * 100 + di * 10 + hi,
+                              z_case(SIZES[ti], heads[hi], SIZES[di]), NULL);
+}
+
+/* Padded rows, gaps between products, and a b shared by every product
+ * (b_step 0), with and without b_transposed. */
+Test(batched, strided_every_shape) {
+    static const int counts[] = {1, 3, 8};
+    uint64_t seed = 300;
+    for (int mi = 0; mi < N_SIZES; mi++)
+        for (int ki = 0; ki < N_SIZES; ki++)
+            for (int ni = 0; ni < N_SIZES; ni++)
+                for (int v = 0; v < 4; v++) {
+                    const int M = SIZES[mi], K = SIZES[ki], N = SIZES[ni];
+                    const int count = counts[(mi + ki + ni) % 3];
+                    const bool trans = v & 1, shared_b = v & 2;
+                    const int lda = K + 2, ldb = (trans ? K : N) + 3, ldo = N + 1;
+                    const size_t b_rows = (size_t)(trans ? N : K);
+                    const size_t a_step = (size_t)M * lda + 5, out_step = (size_t)M * ldo + 2;
+                    const size_t b_step = shared_b ? 0 : b_rows * ldb + 7;
+                    bm_case c = {M, K, N, count, lda, ldb, ldo, a_step, b_step, out_step, trans};
+                    check_batched(seed++, c, NULL);
+                }
+}
+
+/* Products run in parallel; each is one single-threaded GEMM, so the thread
+ * count must not change a bit of the result. */
+Test(batched, same_result_any_thread_count) {
+    static const int threads[] = {1, 0, 5};
+    const bm_case cases[] = {scores_case(129, 12, 64), z_case(129, 12, 64), scores_case(17, 3, 5)};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const bm_case c = cases[ci];
+        const size_t n = span(c.count, c.out_step, c.M, c.ldo) + TAIL;
+        float *first = NULL;
+        for (int t = 0; t < 3; t++) {
+            float *out;
+            lk_set_threads(threads[t]);
+            check_batched(400 + ci, c, &out);
+            if (!first) {
+                first = out;
+                continue;
+            }
+            cr_assert(memcmp(first, out, n * sizeof *out) == 0,
+                      "case %zu: lk_set_threads(%d) changed the result", ci, threads[t]);
+            free(out);
+        }
+        free(first);
+    }
+}
+
+Test(batched, k_zero_gives_zeros) {
+    check_batched(500, (bm_case){3, 0, 4, 3, 1, 4, 5, 3, 0, 15, false}, NULL);
+    check_batched(501, (bm_case){3, 0, 4, 3, 1, 1, 5, 3, 4, 15, true}, NULL);
+}
+
+Test(batched, empty_writes_nothing) {
+    const bm_case cases[] = {
+        {0, 4, 4, 3, 4, 4, 4, 16, 16, 16, false},
+        {4, 4, 0, 3, 4, 4, 4, 16, 16, 16, true},
+        {4, 4, 4, 0, 4, 4, 4, 16, 16, 16, false},
+    };
+    rng r = {600};
+    float a[64], b[64];
+    fill_uniform(&r, a, 64, -1, 1);
+    fill_uniform(&r, b, 64, -1, 1);
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const bm_case c = cases[ci];
+        expected e = expect_new(64);
+        lk_matmul_batched(e.out, c.ldo, c.out_step, a, c.lda, c.a_step, b, c.ldb, c.b_step, c.trans,
+                          c.M, c.K, c.N, c.count);
+        assert_expected("M, N or count = 0", &e);
+        expect_free(&e);
+    }
+}
+
+/* ---- lk_layernorm_pre -------------------------------------------------- */
+
+/* Runs lk_layernorm_pre on inp [N, C] (in place when in_place) and checks
+ * both outputs. */
+static void check_layernorm(const char *what, const float *inp, int N, int C, float eps,
+                            bool in_place) {
+    const size_t n = (size_t)N * C;
+    expected norm = expect_new(n), scale = expect_new((size_t)N);
+    for (int i = 0; i < N; i++)
+        ref_layernorm_row(norm.want + (size_t)i * C, norm.tol + (size_t)i * C, &scale.want[i],
+                          &scale.tol[i], inp + (size_t)i * C, C, eps);
+    fill_value(scale.out, (size_t)N, NAN);
+    if (in_place) {
+        memcpy(norm.out, inp, n * sizeof *inp);
+        lk_layernorm_pre(norm.out, scale.out, norm.out, N, C, eps);
+    } else {
+        fill_value(norm.out, n, NAN);
+        lk_layernorm_pre(norm.out, scale.out, inp, N, C, eps);
+    }
+    char buf[160];
+    snprintf(buf, sizeof buf, "%s N=%d C=%d eps=%g in_place=%d: normalized", what, N, C, eps,
+             in_place);
+    assert_expected(buf, &norm);
+    snprintf(buf, sizeof buf, "%s N=%d C=%d eps=%g in_place=%d: scale", what, N, C, eps, in_place);
+    assert_expected(buf, &scale);
+    expect_free(&norm);
+    expect_free(&scale);
+}
+
+/* Rows with means from 0 to 1000 and spreads from 1e-3 (where eps
+ * dominates) to 30. */
+static float *layernorm_rows(rng *r, int N, int C) {
+    static const double means[] = {0.0, 0.5, -3.0, 20.0, 1000.0};
+    static const double stds[] = {1.0, 1e-3, 30.0, 0.1};
+    float *x = new_floats((size_t)N * C);
+    for (int i = 0; i < N; i++)
+        fill_normal(r, x + (size_t)i * C, (size_t)C, means[i % 5], stds[i % 4]);
+    return x;
+}
+
+Test(layernorm_pre, matches_definition) {
+    static const int rows[] = {1, 3, 17, 20};
+    static const int widths[] = {1, 3, 17, 64, 129, 768};
+    static const float eps[] = {1e-5f, 1e-12f};
+    rng r = {700};
+    for (int ni = 0; ni < 4; ni++)
+        for (int ci = 0; ci < 6; ci++)
+            for (int ei = 0; ei < 2; ei++) {
+                float *x = layernorm_rows(&r, rows[ni], widths[ci]);
+                check_layernorm("random", x, rows[ni], widths[ci], eps[ei], false);
+                free(x);
+            }
+}
+
+/* core/forward.c normalises in place. */
+Test(layernorm_pre, in_place) {
+    rng r = {701};
+    for (int ci = 0; ci < N_SIZES; ci++) {
+        float *x = layernorm_rows(&r, 20, SIZES[ci]);
+        check_layernorm("random", x, 20, SIZES[ci], 1e-5f, true);
+        free(x);
+    }
+}
+
+/* A constant row has variance 0: normalized is 0 and scale sqrt(eps), with
+ * no 0/0 on the way. */
+Test(layernorm_pre, constant_rows) {
+    static const float values[] = {0.0f, 1.0f, 0.1f, -123.456f, 3e4f};
+    static const int widths[] = {1, 3, 17, 64, 129, 768};
+    for (int ci = 0; ci < 6; ci++) {
+        const int N = 5, C = widths[ci];
+        float *x = new_floats((size_t)N * C);
+        for (int i = 0; i < N; i++)
+            fill_value(x + (size_t)i * C, (size_t)C, values[i]);
+        check_layernorm("constant", x, N, C, 1e-5f, false);
+        check_layernorm("constant", x, N, C, 1e-12f, false);
+        free(x);
+    }
+}
+
+/* ---- lk_affine --------------------------------------------------------- */
+
+static void check_affine(rng *r, int N, int C, bool with_bias, bool in_place) {
+    const size_t n = (size_t)N * C;
+    float *x = new_floats(n), *w = new_floats((size_t)C);
+    float *b = with_bias ? new_floats((size_t)C) : NULL;
+    fill_normal(r, x, n, 0, 1);
+    fill_normal(r, w, (size_t)C, 1, 0.3);
+    if (b) fill_normal(r, b, (size_t)C, 0, 0.5);
+    expected e = expect_new(n);
+    for (int i = 0; i < N; i++)
+        for (int c = 0; c < C; c++) {
+            const size_t o = (size_t)i * C + c;
+            const double xw = (double)x[o] * w[c], bc = b ? b[c] : 0.0;
+            e.want[o] = xw + bc;
+            e.tol[o] = 4 * U * (fabs(xw) + fabs(bc));
+        }
+    if (in_place) {
+        memcpy(e.out, x, n * sizeof *x);
+        lk_affine(e.out, e.out, w, b, N, C);
+    } else {
+        fill_value(e.out, n, NAN);
+        lk_affine(e.out, x, w, b, N, C);
+    }
+    char what[96];
+    snprintf(what, sizeof what, "affine N=%d C=%d bias=%d in_place=%d", N, C, with_bias, in_place);
+    assert_expected(what, &e);
+    expect_free(&e);
+    free(x);
+    free(w);
+    free(b);
+}
+
+Test(affine, with_bias) {
+    rng r = {800};
+    for (int ni = 0; ni < N_SIZES; ni++)
+        for (int ci = 0; ci < N_SIZES; ci++)
+            check_affine(&r, SIZES[ni], SIZES[ci], true, false);
+}
+
+Test(affine, null_bias) {
+    rng r = {801};
+    for (int ni = 0; ni < N_SIZES; ni++)
+        for (int ci = 0; ci < N_SIZES; ci++)
+            check_affine(&r, SIZES[ni], SIZES[ci], false, false);
+}
+
+/* core/forward.c applies the LayerNorm weight in place. */
+Test(affine, in_place) {
+    rng r = {802};
+    for (int ci = 0; ci < N_SIZES; ci++) {
+        check_affine(&r, 17, SIZES[ci], true, true);
+        check_affine(&r, 17, SIZES[ci], false, true);
+    }
+}
+
+/* ---- lk_add ------------------------------------------------------------ */
+
+/* The spacing of float32 values around |x|. */
+static double ulp_f(double x) {
+    int e;
+    if (fabs(x) < FLT_MIN) return 0x1p-149;
+    frexp(x, &e);
+    return ldexp(1.0, e - 24);
+}
+
+static const size_t LENGTHS[] = {0, 1, 3, 17, 64, 129, 4099, 200003};
+#define N_LENGTHS (sizeof LENGTHS / sizeof LENGTHS[0])
+
+Test(add, correctly_rounded) {
+    rng r = {900};
+    for (size_t li = 0; li < N_LENGTHS; li++) {
+        const size_t n = LENGTHS[li];
+        float *a = new_floats(n), *b = new_floats(n);
+        fill_normal(&r, a, n, 0, 10);
+        fill_normal(&r, b, n, 0, 1);
+        expected e = expect_new(n);
+        for (size_t i = 0; i < n; i++) {
+            e.want[i] = (double)a[i] + b[i];
+            e.tol[i] = 0.5 * ulp_f(e.want[i]);
+        }
+        fill_value(e.out, n, NAN);
+        lk_add(e.out, a, b, n);
+        char what[32];
+        snprintf(what, sizeof what, "add n=%zu", n);
+        assert_expected(what, &e);
+        expect_free(&e);
+        free(a);
+        free(b);
+    }
+}
+
+/* out may alias a, b, or both. */
+Test(add, aliasing) {
+    rng r = {901};
+    const size_t n = 200003;
+    float *a = new_floats(n), *b = new_floats(n);
+    fill_normal(&r, a, n, 0, 10);
+    fill_normal(&r, b, n, 0, 1);
+    for (int v = 0; v < 3; v++) {
+        expected e = expect_new(n);
+        memcpy(e.out, v == 1 ? b : a, n * sizeof *a);
+        for (size_t i = 0; i < n; i++) {
+            e.want[i] = (double)a[i] + (v == 2 ? a[i] : b[i]);
+            e.tol[i] = 0.5 * ulp_f(e.want[i]);
+        }
+        if (v == 0) lk_add(e.out, e.out, b, n);
+        if (v == 1) lk_add(e.out, a, e.out, n);
+        if (v == 2) lk_add(e.out, e.out, e.out, n);
+        static const char *const names[] = {"out = a", "out = b", "out = a = b"};
+        assert_expected(names[v], &e);
+        expect_free(&e);
+    }
+    free(a);
+    free(b);
+}
+
+/* ---- activations ------------------------------------------------------- */
+
+typedef void (*act_fn)(float *out, const float *inp, size_t n);
+
+/* Besides the random values, every activation sees zeros of both signs,
+ * tiny values, and magnitudes where exp, erf and tanh saturate or overflow
+ * in float32. */
+static const float EXTREMES[] = {0.0f,   -0.0f,  1e-30f,  -1e-30f, 1e-3f, -1e-3f, 0.5f,
+                                 -0.5f,  1.0f,   -1.0f,   3.0f,    -3.0f, 5.0f,   -5.0f,
+                                 10.0f,  -10.0f, 20.0f,   -20.0f,  50.0f, -50.0f, 87.0f,
+                                 -87.0f, 100.0f, -100.0f, 1e4f,    -1e4f, 1e30f,  -1e30f};
+#define N_EXTREMES (sizeof EXTREMES / sizeof EXTREMES[0])
+
+/* Random values (sd 4, so mostly the curved part of each activation), with
+ * EXTREMES at the start when they fit. */
+static float *activation_inputs(rng *r, size_t n) {
+    float *x = new_floats(n);
+    fill_normal(r, x, n, 0, 4);
+    if (n >= N_EXTREMES) memcpy(x, EXTREMES, sizeof EXTREMES);
+    return x;
+}
+
+/* Checks f against ref for every length, out of place and in place; exact
+ * demands equality, cancels adds the GELUs' 2^-21*|x| for x < 0. */
+static void check_activation(const char *name, act_fn f, double (*ref)(double), bool exact,
+                             bool cancels) {
+    rng r = {1000};
+    for (size_t li = 0; li < N_LENGTHS; li++) {
+        const size_t n = LENGTHS[li];
+        float *x = activation_inputs(&r, n);
+        expected e = expect_new(n);
+        for (size_t i = 0; i < n; i++) {
+            e.want[i] = ref(x[i]);
+            e.tol[i] = exact ? 0.0 : 1e-6 * fabs(e.want[i]) + FLT_MIN;
+            if (cancels && x[i] < 0) e.tol[i] += 0x1p-21 * fabs(x[i]);
+        }
+        char what[64];
+        fill_value(e.out, n, NAN);
+        f(e.out, x, n);
+        snprintf(what, sizeof what, "%s n=%zu", name, n);
+        assert_expected(what, &e);
+        memcpy(e.out, x, n * sizeof *x);
+        f(e.out, e.out, n);
+        snprintf(what, sizeof what, "%s n=%zu in place", name, n);
+        assert_expected(what, &e);
+        expect_free(&e);
+        free(x);
+    }
+}
+
+Test(activation, relu) {
+    check_activation("relu", lk_relu, ref_relu, true, false);
+}
+
+Test(activation, gelu_erf) {
+    check_activation("gelu", lk_gelu, ref_gelu, false, true);
+}
+
+Test(activation, gelu_new) {
+    check_activation("gelu_new", lk_gelu_new, ref_gelu_new, false, true);
+}
+
+Test(activation, gelu_fast) {
+    check_activation("gelu_fast", lk_gelu_fast, ref_gelu_fast, false, true);
+}
+
+Test(activation, silu) {
+    check_activation("silu", lk_silu, ref_silu, false, false);
+}
+
+/* ---- lk_softmax_rows and lk_solu --------------------------------------- */
+
+/* Runs lk_softmax_rows on inp [N, C] (in place when in_place) and checks
+ * it, asserting also that nothing came out NaN. */
+static void check_softmax(const char *what, const float *inp, int N, int C, bool in_place) {
+    const size_t n = (size_t)N * C;
+    expected e = expect_new(n);
+    for (int i = 0; i < N; i++)
+        ref_softmax_row(e.want + (size_t)i * C, e.tol + (size_t)i * C, inp + (size_t)i * C, C);
+    if (in_place) {
+        memcpy(e.out, inp, n * sizeof *inp);
+        lk_softmax_rows(e.out, e.out, N, C);
+    } else {
+        fill_value(e.out, n, NAN);
+        lk_softmax_rows(e.out, inp, N, C);
+    }
+    char buf[128];
+    snprintf(buf, sizeof buf, "softmax %s N=%d C=%d in_place=%d", what, N, C, in_place);
+    assert_expected(buf, &e);
+    expect_free(&e);
+}
+
+/* The same for lk_solu: out = x * softmax(x). */
+static void check_solu(const char *what, const float *inp, int N, int C, bool in_place) {
+    const size_t n = (size_t)N * C;
+    expected e = expect_new(n);
+    for (int i = 0; i < N; i++) {
+        const float *x = inp + (size_t)i * C;
+        double *want = e.want + (size_t)i * C, *tol = e.tol + (size_t)i * C;
+        ref_softmax_row(want, tol, x, C);
+        for (int c = 0; c < C; c++) {
+            want[c] *= x[c];
+            tol[c] = tol[c] * fabs(x[c]) + 2 * U * fabs(want[c]);
+        }
+    }
+    if (in_place) {
+        memcpy(e.out, inp, n * sizeof *inp);
+        lk_solu(e.out, e.out, N, C);
+    } else {
+        fill_value(e.out, n, NAN);
+        lk_solu(e.out, inp, N, C);
+    }
+    char buf[128];
+    snprintf(buf, sizeof buf, "solu %s N=%d C=%d in_place=%d", what, N, C, in_place);
+    assert_expected(buf, &e);
+    expect_free(&e);
+}
+
+static const int ROWS[] = {1, 3, 17};
+static const int WIDTHS[] = {1, 3, 17, 64, 129, 1024};
+
+Test(softmax, matches_definition) {
+    rng r = {1100};
+    for (int ni = 0; ni < 3; ni++)
+        for (int ci = 0; ci < 6; ci++) {
+            const int N = ROWS[ni], C = WIDTHS[ci];
+            float *x = new_floats((size_t)N * C);
+            fill_normal(&r, x, (size_t)N * C, 0, 3);
+            check_softmax("random", x, N, C, false);
+            check_softmax("random", x, N, C, true);
+            free(x);
+        }
+}
+
+/* Attention's masks as core/forward.c applies them: -INFINITY above the
+ * diagonal (those must come out exactly 0) and -1e5 for padded keys, which
+ * take all the weight in a row with nothing else left. */
+Test(softmax, masked_entries_are_zero) {
+    rng r = {1101};
+    for (int ti = 0; ti < N_SIZES; ti++) {
+        const int T = SIZES[ti];
+        float *s = new_floats((size_t)T * T);
+        fill_normal(&r, s, (size_t)T * T, 0, 3);
+        for (int q = 0; q < T; q++)
+            for (int k = 0; k < T; k++) {
+                if (k > q)
+                    s[(size_t)q * T + k] = -INFINITY;
+                else if (k % 3 == 0)
+                    s[(size_t)q * T + k] = -1e5f;
+            }
+        check_softmax("causal", s, T, T, false);
+        check_softmax("causal", s, T, T, true);
+        free(s);
+    }
+}
+
+/* A row with every entry -INFINITY becomes zeros, among ordinary rows. */
+Test(softmax, fully_masked_row_is_zero) {
+    rng r = {1102};
+    for (int ci = 0; ci < 6; ci++) {
+        const int N = 4, C = WIDTHS[ci];
+        float *x = new_floats((size_t)N * C);
+        fill_normal(&r, x, (size_t)N * C, 0, 3);
+        fill_value(x + C, (size_t)C, -INFINITY);
+        fill_value(x + 3 * (size_t)C, (size_t)C, -INFINITY);
+        check_softmax("masked rows", x, N, C, false);
+        check_softmax("masked rows", x, N, C, true);
+        free(x);
+    }
+}
+
+/* Logits of size 1e4 must not overflow exp: rows spread over [-1e4, 1e4],
+ * rows packed just under 1e4 and -1e4 (offsets exact in float32 there), and
+ * a row of equal 1e4 (uniform). */
+static float *large_rows(rng *r, int C) {
+    float *x = new_floats(4 * (size_t)C);
+    fill_uniform(r, x, (size_t)C, -1e4, 1e4);
+    for (int c = 0; c < C; c++) {
+        x[(size_t)C + c] = 1e4f - (float)(rng_next(r) % 512) / 64.0f;
+        x[2 * (size_t)C + c] = -1e4f + (float)(rng_next(r) % 512) / 64.0f;
+    }
+    fill_value(x + 3 * (size_t)C, (size_t)C, 1e4f);
+    return x;
+}
+
+Test(softmax, large_magnitudes) {
+    rng r = {1103};
+    for (int ci = 0; ci < 6; ci++) {
+        float *x = large_rows(&r, WIDTHS[ci]);
+        check_softmax("large", x, 4, WIDTHS[ci], false);
+        free(x);
+    }
+}
+
+Test(solu, matches_definition) {
+    rng r = {1200};
+    for (int ni = 0; ni < 3; ni++)
+        for (int ci = 0; ci < 6; ci++) {
+            const int N = ROWS[ni], C = WIDTHS[ci];
+            float *x = new_floats((size_t)N * C);
+            fill_normal(&r, x, (size_t)N * C, 0, 3);
+            check_solu("random", x, N, C, false);
+            check_solu("random", x, N, C, true);
+            free(x);
+        }
+}
+
+Test(solu, large_magnitudes) {
+    rng r = {1201};
+    for (int ci = 0; ci < 6; ci++) {
+        float *x = large_rows(&r, WIDTHS[ci]);
+        check_solu("large", x, 4, WIDTHS[ci], false);
+        check_solu("large", x, 4, WIDTHS[ci], true);
+        free(x);
+    }
+}
+
+/* ---- lk_set_threads ---------------------------------------------------- */
+
+/* Element-wise and row-wise kernels compute each value the same way
+ * whichever thread does it, so one thread and all cores must agree bit for
+ * bit. Sizes are well past the point where the loops go parallel. */
+static void assert_same_bits(const char *what, const float *one, const float *all, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&one[i], &all[i], sizeof *one) != 0)
+            cr_assert_fail("%s: [%zu] is %a with 1 thread, %a with all", what, i, (double)one[i],
+                           (double)all[i]);
+}
+
+Test(threads, elementwise_kernels_agree) {
+    static const struct {
+        const char *name;
+        act_fn f;
+    } acts[] = {{"relu", lk_relu},
+                {"gelu", lk_gelu},
+                {"gelu_new", lk_gelu_new},
+                {"gelu_fast", lk_gelu_fast},
+                {"silu", lk_silu}};
+    const size_t n = 300007;
+    rng r = {1300};
+    float *x = activation_inputs(&r, n), *y = new_floats(n);
+    float *one = new_floats(n), *all = new_floats(n);
+    fill_normal(&r, y, n, 0, 1);
+    for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++) {
+        lk_set_threads(1);
+        acts[i].f(one, x, n);
+        lk_set_threads(0);
+        acts[i].f(all, x, n);
+        assert_same_bits(acts[i].name, one, all, n);
+    }
+    lk_set_threads(1);
+    lk_add(one, x, y, n);
+    lk_set_threads(0);
+    lk_add(all, x, y, n);
+    assert_same_bits("add", one, all, n);
+    free(x);
+    free(y);
+    free(one);
+    free(all);
+}
+
+Test(threads, row_kernels_agree) {
+    const int N = 64, C = 1027;
+    const size_t n = (size_t)N * C;
+    rng r = {1301};
+    float *x = new_floats(n), *w = new_floats((size_t)C), *b = new_floats((size_t)C);
+    float *one = new_floats(n), *all = new_floats(n);
+    float scale_one[64], scale_all[64];
+    fill_normal(&r, x, n, 0.5, 3);
+    fill_normal(&r, w, (size_t)C, 1, 0.3);
+    fill_normal(&r, b, (size_t)C, 0, 0.5);
+    lk_set_threads(1);
+    lk_softmax_rows(one, x, N, C);
+    lk_set_threads(0);
+    lk_softmax_rows(all, x, N, C);
+    assert_same_bits("softmax", one, all, n);
+    lk_set_threads(1);
+    lk_solu(one, x, N, C);
+    lk_set_threads(0);
+    lk_solu(all, x, N, C);
+    assert_same_bits("solu", one, all, n);
+    lk_set_threads(1);
+    lk_affine(one, x, w, b, N, C);
+    lk_set_threads(0);
+    lk_affine(all, x, w, b, N, C);
+    assert_same_bits("affine", one, all, n);
+    lk_set_threads(1);
+    lk_layernorm_pre(one, scale_one, x, N, C, 1e-5f);
+    lk_set_threads(0);
+    lk_layernorm_pre(all, scale_all, x, N, C, 1e-5f);
+    assert_same_bits("layernorm_pre normalized", one, all, n);
+    assert_same_bits("layernorm_pre scale", scale_one, scale_all, (size_t)N);
+    free(x);
+    free(w);
+    free(b);
+    free(one);
+    free(all);
+}

@@ -1,0 +1,404 @@
+/*
+ * test_model_load.c: model discovery, config readers, checkpoint layouts and
+ * their errors, weight processing invariants, and hook-point naming.
+ *
+ * Each test writes a tiny checkpoint (d_model 8, 2 heads, 1 layer, 6 tokens)
+ * into a fresh temporary directory with lens_st_write; numbers checked here
+ * are properties (two layouts of one checkpoint load to the same weights,
+ * processing leaves centred matrices), never values copied from the code.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/hooks.h"
+#include "core/model.h"
+#include "core/safetensors.h"
+
+#define D 8
+#define H 2
+#define M 32
+#define V 257 /* GPT-2's 256 byte tokens and <|endoftext|> */
+#define CTX 16
+
+static char dir[384];
+
+static void make_dir(void) {
+    snprintf(dir, sizeof dir, "/tmp/lensd-test-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+}
+
+static void write_text(const char *name, const char *text) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void remove_dir(void) {
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+/* Deterministic pseudo-random values in [-1, 1). */
+static float *random_floats(size_t n, unsigned seed) {
+    float *p = malloc(n * sizeof *p);
+    unsigned s = seed * 2654435761u + 1;
+    for (size_t i = 0; i < n; i++) {
+        s = s * 1103515245u + 12345u;
+        p[i] = (float)((s >> 8) & 0xffff) / 32768.0f - 1.0f;
+    }
+    return p;
+}
+
+typedef struct gpt2_opts {
+    const char *prefix;
+    bool lm_head;
+    bool mask_buffers;
+    const char *skip;      /* a tensor to leave out */
+    const char *bad_shape; /* a tensor to write with a wrong shape */
+    bool nan;              /* put a NaN into the token embedding */
+} gpt2_opts;
+
+/* Writes vocab.json with GPT-2's byte-level alphabet: bytes that are
+ * printable Latin-1 ('!'..'~', 0xA1..0xAC, 0xAE..0xFF) stand for themselves,
+ * the others for U+0100 upwards in byte order; <|endoftext|> is id 256. */
+static void write_byte_vocab(void) {
+    char json[8192];
+    size_t used = (size_t)snprintf(json, sizeof json, "{");
+    int next_extra = 0;
+    for (int b = 0; b < 256; b++) {
+        bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+        unsigned cp = printable ? (unsigned)b : 256u + (unsigned)next_extra++;
+        used += (size_t)snprintf(json + used, sizeof json - used, "\"\\u%04x\": %d, ", cp, b);
+    }
+    snprintf(json + used, sizeof json - used, "\"<|endoftext|>\": 256}");
+    write_text("vocab.json", json);
+}
+
+/* Writes a GPT-2 checkpoint (config.json, model.safetensors, tokenizer). */
+static void write_gpt2(const gpt2_opts *o) {
+    write_text("config.json", "{\"architectures\": [\"GPT2LMHeadModel\"], \"n_embd\": 8, "
+                              "\"n_head\": 2, \"n_layer\": 1, \"n_positions\": 16, "
+                              "\"vocab_size\": 257, \"layer_norm_epsilon\": 1e-5, "
+                              "\"activation_function\": \"gelu_new\"}");
+    write_byte_vocab();
+    write_text("merges.txt", "#version: 0.2\n");
+    struct {
+        const char *name;
+        int ndim;
+        int64_t shape[2];
+    } spec[] = {
+        {"wte.weight", 2, {V, D}},         {"wpe.weight", 2, {CTX, D}},
+        {"h.0.ln_1.weight", 1, {D}},       {"h.0.ln_1.bias", 1, {D}},
+        {"h.0.attn.c_attn.weight", 2, {D, 3 * D}}, {"h.0.attn.c_attn.bias", 1, {3 * D}},
+        {"h.0.attn.c_proj.weight", 2, {D, D}},     {"h.0.attn.c_proj.bias", 1, {D}},
+        {"h.0.ln_2.weight", 1, {D}},       {"h.0.ln_2.bias", 1, {D}},
+        {"h.0.mlp.c_fc.weight", 2, {D, M}}, {"h.0.mlp.c_fc.bias", 1, {M}},
+        {"h.0.mlp.c_proj.weight", 2, {M, D}}, {"h.0.mlp.c_proj.bias", 1, {D}},
+        {"ln_f.weight", 1, {D}},           {"ln_f.bias", 1, {D}},
+        {"lm_head.weight", 2, {V, D}},     {"h.0.attn.bias", 2, {CTX, CTX}},
+    };
+    const size_t n_spec = sizeof spec / sizeof spec[0];
+    lens_st_out outs[32];
+    char names[32][64];
+    float *bufs[32];
+    size_t n = 0;
+    for (size_t i = 0; i < n_spec; i++) {
+        bool is_lm = strcmp(spec[i].name, "lm_head.weight") == 0;
+        bool is_mask = strcmp(spec[i].name, "h.0.attn.bias") == 0;
+        if ((is_lm && !o->lm_head) || (is_mask && !o->mask_buffers)) continue;
+        if (o->skip && strcmp(o->skip, spec[i].name) == 0) continue;
+        size_t numel = 1;
+        for (int k = 0; k < spec[i].ndim; k++) numel *= (size_t)spec[i].shape[k];
+        /* the tied head is the embedding itself: same seed */
+        bufs[n] = random_floats(numel, is_lm ? 0 : (unsigned)i);
+        if (o->nan && i == 0) bufs[n][3] = NAN;
+        snprintf(names[n], sizeof names[n], "%s%s", is_lm ? "" : o->prefix, spec[i].name);
+        outs[n] = (lens_st_out){names[n], LENS_F32, spec[i].ndim, {0}, bufs[n]};
+        memcpy(outs[n].shape, spec[i].shape, sizeof spec[i].shape);
+        if (o->bad_shape && strcmp(o->bad_shape, spec[i].name) == 0) outs[n].shape[0] += 1;
+        if (o->bad_shape && strcmp(o->bad_shape, spec[i].name) == 0) {
+            free(bufs[n]);
+            bufs[n] = random_floats(numel + (size_t)(numel / spec[i].shape[0]), 1);
+            outs[n].data = bufs[n];
+        }
+        n++;
+    }
+    char path[1024];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    lens_err err;
+    cr_assert_eq(lens_st_write(path, outs, n, &err), 0, "%s", err.msg);
+    for (size_t i = 0; i < n; i++) free(bufs[i]);
+}
+
+static lens_model *load(int processing, lens_err *err) {
+    lens_load_opts opts = {.processing = processing};
+    return lens_model_load(dir, &opts, err);
+}
+
+TestSuite(model_load, .init = make_dir, .fini = remove_dir);
+
+Test(model_load, gpt2_layouts_agree) {
+    /* Without prefix, tied head, with mask buffers ... */
+    write_gpt2(&(gpt2_opts){.prefix = "", .mask_buffers = true});
+    lens_err err;
+    lens_model *a = load(LENS_PROC_NONE, &err);
+    cr_assert_not_null(a, "%s", err.msg);
+    /* ... and with "transformer." prefix, an explicit lm_head, no buffers. */
+    write_gpt2(&(gpt2_opts){.prefix = "transformer.", .lm_head = true});
+    lens_model *b = load(LENS_PROC_NONE, &err);
+    cr_assert_not_null(b, "%s", err.msg);
+    cr_assert_eq(a->cfg.d_head, D / H);
+    cr_assert_eq(a->cfg.d_mlp, M);
+    cr_assert_float_eq(a->cfg.attn_scale, sqrtf(D / H), 1e-6);
+    cr_assert_eq(memcmp(a->w.W_U, b->w.W_U, sizeof(float) * D * V), 0);
+    cr_assert_eq(memcmp(a->w.layers[0].W_K, b->w.layers[0].W_K, sizeof(float) * D * D), 0);
+    /* W_U is the transpose of the (tied) embedding */
+    cr_assert_eq(a->w.W_U[1 * V + 4], a->w.W_E[4 * D + 1]);
+    cr_assert_eq(a->rules.bos_id, 256);
+    cr_assert_eq(a->rules.pad_id, 256);
+    lens_model_free(a);
+    lens_model_free(b);
+}
+
+Test(model_load, missing_tensor_is_named) {
+    write_gpt2(&(gpt2_opts){.prefix = "", .skip = "h.0.mlp.c_fc.bias"});
+    lens_err err;
+    cr_assert_null(load(-1, &err));
+    cr_assert(strstr(err.msg, "h.0.mlp.c_fc.bias") && strstr(err.msg, "model.safetensors"),
+              "%s", err.msg);
+}
+
+Test(model_load, wrong_shape_is_named) {
+    write_gpt2(&(gpt2_opts){.prefix = "", .bad_shape = "h.0.attn.c_proj.weight"});
+    lens_err err;
+    cr_assert_null(load(-1, &err));
+    cr_assert(strstr(err.msg, "h.0.attn.c_proj.weight") && strstr(err.msg, "[9, 8]") &&
+                  strstr(err.msg, "[8, 8]"),
+              "%s", err.msg);
+}
+
+Test(model_load, nan_weights_are_counted_not_fatal) {
+    write_gpt2(&(gpt2_opts){.prefix = "", .nan = true});
+    lens_err err;
+    lens_model *m = load(LENS_PROC_NONE, &err);
+    cr_assert_not_null(m, "%s", err.msg);
+    cr_assert_eq(m->n_nonfinite_weights, 1); /* counted where read; the tied head is a copy */
+    lens_model_free(m);
+}
+
+Test(model_load, bad_config_json_names_file) {
+    write_gpt2(&(gpt2_opts){.prefix = ""});
+    write_text("config.json", "{\"n_embd\": 8,,}");
+    lens_err err;
+    cr_assert_null(load(-1, &err));
+    cr_assert(strstr(err.msg, "config.json") && strstr(err.msg, "line 1"), "%s", err.msg);
+}
+
+Test(model_load, unsupported_architecture_is_named) {
+    write_gpt2(&(gpt2_opts){.prefix = ""});
+    write_text("config.json", "{\"architectures\": [\"LlamaForCausalLM\"], \"vocab_size\": 257}");
+    lens_err err;
+    cr_assert_null(load(-1, &err));
+    cr_assert(strstr(err.msg, "LlamaForCausalLM"), "%s", err.msg);
+}
+
+Test(model_load, missing_directory_contents) {
+    lens_err err;
+    cr_assert_null(load(-1, &err));
+    cr_assert(strstr(err.msg, "tl_config.json") && strstr(err.msg, "config.json"), "%s",
+              err.msg);
+}
+
+Test(model_load, unknown_name_suggests_hf_cache) {
+    lens_err err;
+    setenv("HF_HOME", dir, 1);
+    cr_assert_null(lens_model_load("no-such-org/no-such-model", NULL, &err));
+    cr_assert(strstr(err.msg, "no-such-org/no-such-model") && strstr(err.msg, "cache"), "%s",
+              err.msg);
+}
+
+Test(model_load, hf_cache_by_id_and_alias) {
+    char snap[384], refs[384], cmd[1400];
+    snprintf(snap, sizeof snap, "%.300s/hub/models--gpt2/snapshots/abc123", dir);
+    snprintf(refs, sizeof refs, "%.300s/hub/models--gpt2/refs", dir);
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' '%s' && printf abc123 > '%s/main'", snap, refs,
+             refs);
+    cr_assert_eq(system(cmd), 0);
+    char saved[384];
+    snprintf(saved, sizeof saved, "%s", dir);
+    snprintf(dir, sizeof dir, "%s", snap);
+    write_gpt2(&(gpt2_opts){.prefix = ""});
+    snprintf(dir, sizeof dir, "%s", saved);
+    setenv("HF_HOME", dir, 1);
+    lens_err err;
+    const char *names[] = {"gpt2", "gpt2-small"};
+    for (int i = 0; i < 2; i++) {
+        lens_model *m = lens_model_load(names[i], NULL, &err);
+        cr_assert_not_null(m, "%s: %s", names[i], err.msg);
+        cr_assert_str_eq(m->source, snap);
+        lens_model_free(m);
+    }
+}
+
+#define RELU ", \"act_fn\": \"relu\""
+
+static void write_native(const char *config_extra, bool with_ln) {
+    char config[2048];
+    snprintf(config, sizeof config,
+             "{\"n_layers\": 1, \"d_model\": 8, \"n_ctx\": 16, \"d_head\": 4, \"n_heads\": 2, "
+             "\"d_mlp\": 32, \"d_vocab\": 6, \"d_vocab_out\": 2, "
+             "\"normalization_type\": \"%s\"%s, \"lensd\": {\"tokenizer\": {\"type\": \"list\", "
+             "\"tokens\": [\"<s>\", \"<pad>\", \"(\", \")\", \"x\", \"y\"]}, \"bos_token\": "
+             "\"<s>\", \"pad_token\": \"<pad>\"}}",
+             with_ln ? "LN" : "LNPre", config_extra);
+    write_text("tl_config.json", config);
+    const char *names[] = {"embed.W_E", "pos_embed.W_pos", "blocks.0.attn.W_Q",
+                           "blocks.0.attn.W_K", "blocks.0.attn.W_V", "blocks.0.attn.W_O",
+                           "blocks.0.mlp.W_in", "blocks.0.mlp.W_out", "unembed.W_U",
+                           "blocks.0.ln1.w", "blocks.0.ln1.b", "blocks.0.ln2.w",
+                           "blocks.0.ln2.b", "ln_final.w", "ln_final.b"};
+    int64_t shapes[][3] = {{6, D}, {CTX, D}, {H, D, 4}, {H, D, 4}, {H, D, 4}, {H, 4, D},
+                           {D, M}, {M, D},   {D, 2},    {D},       {D},       {D},
+                           {D},    {D},      {D}};
+    int ndims[] = {2, 2, 3, 3, 3, 3, 2, 2, 2, 1, 1, 1, 1, 1, 1};
+    size_t n = with_ln ? 15 : 9;
+    lens_st_out outs[15];
+    float *bufs[15];
+    for (size_t i = 0; i < n; i++) {
+        size_t numel = 1;
+        for (int k = 0; k < ndims[i]; k++) numel *= (size_t)shapes[i][k];
+        bufs[i] = random_floats(numel, (unsigned)i + 7);
+        outs[i] = (lens_st_out){names[i], LENS_F32, ndims[i], {0}, bufs[i]};
+        memcpy(outs[i].shape, shapes[i], sizeof shapes[i]);
+    }
+    char path[1024];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    lens_err err;
+    cr_assert_eq(lens_st_write(path, outs, n, &err), 0, "%s", err.msg);
+    for (size_t i = 0; i < n; i++) free(bufs[i]);
+}
+
+Test(model_load, native_model_and_its_tokens) {
+    write_native(RELU, true);
+    lens_err err;
+    lens_model *m = load(-1, &err);
+    cr_assert_not_null(m, "%s", err.msg);
+    cr_assert_eq(m->processing, LENS_PROC_NONE, "native models default to no processing");
+    cr_assert_eq(m->cfg.d_vocab_out, 2);
+    cr_assert_eq(m->rules.bos_id, 0);
+    cr_assert_eq(m->rules.pad_id, 1);
+    cr_assert_eq(m->rules.eos_id, -1);
+    lens_model_free(m);
+}
+
+Test(model_load, native_config_file_path_works_too) {
+    write_native(RELU, false);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tl_config.json", dir);
+    lens_err err;
+    lens_model *m = lens_model_load(path, NULL, &err);
+    cr_assert_not_null(m, "%s", err.msg);
+    cr_assert_eq(m->cfg.normalization, LENS_NORM_LNPRE);
+    lens_model_free(m);
+}
+
+Test(model_load, native_unsupported_fields_refused) {
+    const char *cases[][2] = {
+        {RELU ", \"positional_embedding_type\": \"rotary\"", "rotary"},
+        {RELU ", \"gated_mlp\": true", "gated_mlp"},
+        {RELU ", \"attention_dir\": \"sideways\"", "attention_dir"},
+        {", \"act_fn\": \"swish\"", "swish"},
+        {RELU ", \"n_key_value_heads\": 1", "n_key_value_heads"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        write_native(cases[i][0], true);
+        lens_err err;
+        cr_assert_null(load(-1, &err), "case %zu loaded", i);
+        cr_assert(strstr(err.msg, cases[i][1]) && strstr(err.msg, "tl_config.json"), "%s",
+                  err.msg);
+    }
+}
+
+Test(model_load, native_missing_field_named) {
+    write_native(RELU, true);
+    write_text("tl_config.json", "{\"n_layers\": 1, \"d_model\": 8}");
+    lens_err err;
+    cr_assert_null(load(-1, &err));
+    cr_assert(strstr(err.msg, "n_ctx"), "%s", err.msg);
+}
+
+/* Column means over d_model of a [d, n] reading matrix are ~0 after fold_ln;
+ * row means of writing matrices are ~0 after center_writing_weights; W_U's
+ * rows sum to ~0 after center_unembed. */
+Test(model_load, processing_centres_what_tl_centres) {
+    write_gpt2(&(gpt2_opts){.prefix = ""});
+    lens_err err;
+    lens_model *m = load(LENS_PROC_DEFAULT, &err);
+    cr_assert_not_null(m, "%s", err.msg);
+    cr_assert_eq(m->processing, LENS_PROC_DEFAULT);
+    cr_assert_eq(m->cfg.normalization, LENS_NORM_LNPRE);
+    cr_assert_null(m->w.layers[0].ln1_w);
+    for (int col = 0; col < D; col++) {
+        double sum = 0;
+        for (int r = 0; r < D; r++) sum += m->w.layers[0].W_Q[r * D + col];
+        cr_assert(fabs(sum) < 1e-5, "W_Q column %d sums to %g", col, sum);
+    }
+    for (int r = 0; r < V; r++) {
+        double e = 0, u = 0;
+        for (int c = 0; c < D; c++) e += m->w.W_E[r * D + c];
+        cr_assert(fabs(e) < 1e-5, "W_E row %d sums to %g", r, e);
+        (void)u;
+    }
+    for (int r = 0; r < D; r++) {
+        double u = 0;
+        for (int v = 0; v < V; v++) u += m->w.W_U[r * V + v];
+        cr_assert(fabs(u) < 1e-5, "W_U row %d sums to %g", r, u);
+    }
+    for (int i = 0; i < D; i++) cr_assert_eq(m->w.layers[0].b_V[i], 0.0f);
+    lens_model_free(m);
+}
+
+Test(model_load, processing_names_round_trip) {
+    unsigned flags;
+    lens_err err;
+    cr_assert_eq(lens_processing_parse("fold_ln,center_unembed", &flags, &err), 0);
+    cr_assert_eq(flags, LENS_PROC_FOLD_LN | LENS_PROC_CENTER_UNEMBED);
+    char buf[256];
+    lens_processing_names(flags, buf, sizeof buf);
+    cr_assert_str_eq(buf, "fold_ln,center_unembed");
+    cr_assert_eq(lens_processing_parse("default", &flags, &err), 0);
+    cr_assert_eq(flags, LENS_PROC_DEFAULT);
+    cr_assert_eq(lens_processing_parse("fold_ln,bogus", &flags, &err), -1);
+    cr_assert(strstr(err.msg, "bogus"), "%s", err.msg);
+}
+
+Test(model_load, hook_names_shapes_and_gating) {
+    write_gpt2(&(gpt2_opts){.prefix = ""});
+    lens_err err;
+    lens_model *m = load(-1, &err);
+    cr_assert_not_null(m, "%s", err.msg);
+    lens_hook hook;
+    cr_assert_eq(lens_hook_parse(&m->cfg, "blocks.0.attn.hook_pattern", &hook, &err), 0);
+    cr_assert_eq(hook.kind, LENS_HOOK_PATTERN);
+    int64_t shape[LENS_MAX_DIMS];
+    cr_assert_eq(lens_hook_shape(&m->cfg, hook, 3, 5, shape), 4);
+    cr_assert(shape[0] == 3 && shape[1] == H && shape[2] == 5 && shape[3] == 5);
+    cr_assert_eq(lens_hook_parse(&m->cfg, "blocks.0.attn.hook_patern", &hook, &err), -1);
+    cr_assert(strstr(err.msg, "blocks.0.attn.hook_pattern"), "%s", err.msg);
+    /* gated: attn.hook_result only with use_attn_result */
+    cr_assert_eq(lens_hook_parse(&m->cfg, "blocks.0.attn.hook_result", &hook, &err), -1);
+    uint8_t *enabled = calloc(lens_hook_slots(&m->cfg), 1);
+    /* GPT-2 has 17 per block + embed, pos_embed, ln_final x2, unembed x2 (TL 3.9) */
+    cr_assert_eq(lens_hook_select_glob(&m->cfg, "*", enabled), 17 + 6);
+    free(enabled);
+    lens_model_free(m);
+}
