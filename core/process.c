@@ -5,8 +5,12 @@
  * "centre over d_model" means subtracting each column's mean, and writing
  * matrices are [n_in, d_model], so it means subtracting each row's mean.
  * Sums accumulate in double; TL's float32 sums differ from them by rounding.
+ * refactor_factored_attn_matrices needs SVDs: LAPACK's dgesdd, in double.
  */
 #include "core/process.h"
+
+#include <lapacke.h>
+#include <math.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,13 +123,133 @@ static void fold_value_biases(lens_model *m, bool recenter) {
     }
 }
 
+/* Thin SVD of a[rows, cols] (row-major, destroyed): u [rows, k], s [k],
+ * vt [k, cols] with k = min(rows, cols). Returns LAPACK's info (0 = ok). */
+static int thin_svd(double *a, int rows, int cols, double *u, double *s, double *vt) {
+    return LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'S', rows, cols, a, cols, s, u,
+                          rows < cols ? rows : cols, vt, cols);
+}
+
+/* out[m, n] = a[m, k] @ b[k, n], in double. */
+static void matmul_d(double *out, const double *a, const double *b, int m, int k, int n) {
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            double sum = 0.0;
+            for (int t = 0; t < k; t++) sum += a[(size_t)i * k + t] * b[(size_t)t * n + j];
+            out[(size_t)i * n + j] = sum;
+        }
+}
+
+/* The SVD of the low-rank product A @ B (A [m, r], B [r, n], r <= m, n)
+ * computed from its factors as TL's FactoredMatrix.svd does: svd(A) =
+ * Ua Sa Va^T, svd(B) = Ub Sb Vb^T, then svd(Sa Va^T Ub Sb) = Um S Vm^T and
+ * A @ B = (Ua Um) S (Vb Vm)^T. Fills u [m, r], s [r], v [n, r]. A and B are
+ * destroyed. Returns -1 if LAPACK fails. */
+static int factored_svd(double *A, double *B, int m, int r, int n, double *u, double *s,
+                        double *v) {
+    size_t rr = (size_t)r * r;
+    double *ua = malloc((size_t)m * r * sizeof *ua), *sa = malloc(r * sizeof *sa);
+    double *vat = malloc(rr * sizeof *vat), *ub = malloc(rr * sizeof *ub);
+    double *sb = malloc(r * sizeof *sb), *vbt = malloc((size_t)r * n * sizeof *vbt);
+    double *mid = malloc(rr * sizeof *mid), *tmp = malloc(rr * sizeof *tmp);
+    double *um = malloc(rr * sizeof *um), *vmt = malloc(rr * sizeof *vmt);
+    int rc = -1;
+    if (!ua || !sa || !vat || !ub || !sb || !vbt || !mid || !tmp || !um || !vmt) goto out;
+    if (thin_svd(A, m, r, ua, sa, vat) || thin_svd(B, r, n, ub, sb, vbt)) goto out;
+    matmul_d(tmp, vat, ub, r, r, r);
+    for (int i = 0; i < r; i++)
+        for (int j = 0; j < r; j++) mid[(size_t)i * r + j] = sa[i] * tmp[(size_t)i * r + j] * sb[j];
+    if (thin_svd(mid, r, r, um, s, vmt)) goto out;
+    matmul_d(u, ua, um, m, r, r);
+    /* v = Vb @ Vm = vbt^T @ vmt^T */
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < r; j++) {
+            double sum = 0.0;
+            for (int t = 0; t < r; t++) sum += vbt[(size_t)t * n + i] * vmt[(size_t)j * r + t];
+            v[(size_t)i * r + j] = sum;
+        }
+    rc = 0;
+out:
+    free(ua), free(sa), free(vat), free(ub), free(sb), free(vbt);
+    free(mid), free(tmp), free(um), free(vmt);
+    return rc;
+}
+
+/* TL's refactor_factored_attn_matrices for one head: W_QK (with the biases
+ * as an extra input row) = U S V^T becomes W_Q = U sqrt(S), W_K = V sqrt(S);
+ * W_OV = U S V^T becomes W_V = U S, W_O = V^T, with b_V folded into b_O.
+ * Each singular vector's sign is LAPACK's choice, so q, k, v and z are
+ * defined up to the sign of each d_head component (TL's are MKL's). */
+static int refactor_head(lens_model *m, lens_layer_weights *lw, int hi) {
+    const int d = m->cfg.d_model, dh = m->cfg.d_head, hd = m->cfg.n_heads * dh;
+    const int d1 = d + 1;
+    double *A = malloc((size_t)d1 * dh * sizeof *A), *B = malloc((size_t)dh * d1 * sizeof *B);
+    double *u = malloc((size_t)d1 * dh * sizeof *u), *s = malloc((size_t)dh * sizeof *s);
+    double *v = malloc((size_t)d1 * dh * sizeof *v);
+    int rc = -1;
+    if (!A || !B || !u || !s || !v) goto out;
+    /* QK: A = [W_Q; b_Q] [d+1, dh], B = [W_K; b_K]^T [dh, d+1] */
+    for (int r = 0; r < d1; r++)
+        for (int e = 0; e < dh; e++) {
+            size_t col = (size_t)hi * dh + e;
+            A[(size_t)r * dh + e] = r < d ? lw->W_Q[(size_t)r * hd + col] : lw->b_Q[col];
+            B[(size_t)e * d1 + r] = r < d ? lw->W_K[(size_t)r * hd + col] : lw->b_K[col];
+        }
+    if (factored_svd(A, B, d1, dh, d1, u, s, v)) goto out;
+    for (int r = 0; r < d1; r++)
+        for (int e = 0; e < dh; e++) {
+            size_t col = (size_t)hi * dh + e;
+            float q = (float)(u[(size_t)r * dh + e] * sqrt(s[e]));
+            float k = (float)(v[(size_t)r * dh + e] * sqrt(s[e]));
+            if (r < d) {
+                lw->W_Q[(size_t)r * hd + col] = q;
+                lw->W_K[(size_t)r * hd + col] = k;
+            } else {
+                lw->b_Q[col] = q;
+                lw->b_K[col] = k;
+            }
+        }
+    /* OV: A = W_V[h] [d, dh], B = W_O[h] [dh, d] */
+    for (int r = 0; r < d; r++)
+        for (int e = 0; e < dh; e++)
+            A[(size_t)r * dh + e] = lw->W_V[(size_t)r * hd + (size_t)hi * dh + e];
+    for (int e = 0; e < dh; e++)
+        for (int c = 0; c < d; c++)
+            B[(size_t)e * d + c] = lw->W_O[((size_t)hi * dh + e) * d + c];
+    if (factored_svd(A, B, d, dh, d, u, s, v)) goto out;
+    for (int r = 0; r < d; r++)
+        for (int e = 0; e < dh; e++)
+            lw->W_V[(size_t)r * hd + (size_t)hi * dh + e] = (float)(u[(size_t)r * dh + e] * s[e]);
+    for (int e = 0; e < dh; e++)
+        for (int c = 0; c < d; c++)
+            lw->W_O[((size_t)hi * dh + e) * d + c] = (float)v[(size_t)c * dh + e];
+    rc = 0;
+out:
+    free(A), free(B), free(u), free(s), free(v);
+    return rc;
+}
+
+static int refactor_factored_attn_matrices(lens_model *m, lens_err *err) {
+    const lens_config *c = &m->cfg;
+    for (int l = 0; l < c->n_layers; l++) {
+        lens_layer_weights *lw = &m->w.layers[l];
+        /* b_V @ W_O moves into b_O before W_V and W_O are replaced */
+        fold_bias(lw->b_O, lw->W_O, lw->b_V, c->n_heads * c->d_head, c->d_model);
+        memset(lw->b_V, 0, (size_t)c->n_heads * c->d_head * sizeof(float));
+        for (int hi = 0; hi < c->n_heads; hi++) {
+            if (refactor_head(m, lw, hi)) {
+                lens_err_set(err, "refactor_factored_attn_matrices: the SVD of layer %d head %d "
+                                  "failed", l, hi);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
 int lens_process_weights(lens_model *m, unsigned flags, lens_err *err) {
     lens_config *c = &m->cfg;
     unsigned applied = 0;
-    if (flags & LENS_PROC_REFACTOR_FACTORED_ATTN_MATRICES) {
-        lens_err_set(err, "refactor_factored_attn_matrices is not supported yet");
-        return -1;
-    }
     if ((flags & LENS_PROC_FOLD_LN) && c->normalization == LENS_NORM_LN) {
         fold_layer_norm(m);
         applied |= LENS_PROC_FOLD_LN;
@@ -142,6 +266,10 @@ int lens_process_weights(lens_model *m, unsigned flags, lens_err *err) {
     if (flags & LENS_PROC_FOLD_VALUE_BIASES) {
         fold_value_biases(m, (flags & LENS_PROC_CENTER_WRITING_WEIGHTS) && ln_like);
         applied |= LENS_PROC_FOLD_VALUE_BIASES;
+    }
+    if (flags & LENS_PROC_REFACTOR_FACTORED_ATTN_MATRICES) {
+        if (refactor_factored_attn_matrices(m, err)) return -1;
+        applied |= LENS_PROC_REFACTOR_FACTORED_ATTN_MATRICES;
     }
     m->processing = applied;
     return 0;
