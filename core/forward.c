@@ -95,7 +95,8 @@ static int carve(forward_ctx *x, lens_workspace *ws, buffers *b) {
     };
     const size_t n_plan = sizeof plan / sizeof plan[0];
     size_t total = 0;
-    for (size_t i = 0; i < n_plan; i++) total += (plan[i].n + 15) & ~(size_t)15;
+    for (size_t i = 0; i < n_plan; i++)
+        total += (plan[i].n + 15) & ~(size_t)15;
     if (total > ws->cap) {
         float *grown = realloc(ws->buf, total * sizeof(float));
         if (!grown) {
@@ -153,9 +154,9 @@ static int embed(forward_ctx *x, buffers *b) {
 /* A LayerNorm as TL runs it on rows of width C: hook_scale and
  * hook_normalized fire on (x - mean) / scale, then the weight and bias apply
  * (LN) or not (LNPre). out may alias inp. */
-static int layer_norm(forward_ctx *x, lens_norm norm, const float *w, const float *bias,
-                      float *out, float *scale, const float *inp, size_t rows, int C,
-                      lens_hook_kind scale_hook, lens_hook_kind normalized_hook, int layer) {
+static int layer_norm(forward_ctx *x, lens_norm norm, const float *w, const float *bias, float *out,
+                      float *scale, const float *inp, size_t rows, int C, lens_hook_kind scale_hook,
+                      lens_hook_kind normalized_hook, int layer) {
     lk_layernorm_pre(out, scale, inp, (int)rows, C, x->c->eps);
     if (fire(x, scale_hook, layer, scale) || fire(x, normalized_hook, layer, out)) return -1;
     if (norm == LENS_NORM_LN) lk_affine(out, out, w, bias, (int)rows, C);
@@ -172,8 +173,8 @@ static void attention_scores(const forward_ctx *x, const buffers *b, int layer) 
     // scores[bi, hi] (T,T) = q[bi, :, hi, :] (T,dh) @ k[bi, :, hi, :]^T; heads sit side by side
     for (int bi = 0; bi < B; bi++)
         lk_matmul_batched(b->scores + (size_t)bi * h * T * T, T, (size_t)T * T,
-                          b->q + (size_t)bi * T * hd, hd, (size_t)dh,
-                          b->k + (size_t)bi * T * hd, hd, (size_t)dh, true, T, dh, T, h);
+                          b->q + (size_t)bi * T * hd, hd, (size_t)dh, b->k + (size_t)bi * T * hd,
+                          hd, (size_t)dh, true, T, dh, T, h);
     const bool local = c->use_local_attn && c->layer_is_local[layer];
     const uint8_t *mask = x->batch->attn_mask;
     const int32_t *tokens = x->batch->tokens;
@@ -188,8 +189,7 @@ static void attention_scores(const forward_ctx *x, const buffers *b, int layer) 
             for (int qi = 0; qi < T; qi++) {
                 float *sq = s + (size_t)qi * T;
                 for (int ki = 0; ki < T; ki++) {
-                    bool masked = (c->causal && ki > qi) ||
-                                  (local && ki <= qi - c->window_size) ||
+                    bool masked = (c->causal && ki > qi) || (local && ki <= qi - c->window_size) ||
                                   (row_mask && !row_mask[ki]);
                     sq[ki] = masked ? -INFINITY : sq[ki] / attn_scale;
                     if (mask_pads && row_tokens[ki] == pad) sq[ki] = PAD_KEY_SCORE;
@@ -237,8 +237,7 @@ static int attention(forward_ctx *x, buffers *b, int layer) {
         static const lens_hook_kind split_hooks[3] = {LENS_HOOK_Q_INPUT, LENS_HOOK_K_INPUT,
                                                       LENS_HOOK_V_INPUT};
         for (int i = 0; i < 3; i++) {
-            if (i > 0)
-                memcpy(b->head_inputs[i], b->head_inputs[0], N * h * d * sizeof(float));
+            if (i > 0) memcpy(b->head_inputs[i], b->head_inputs[0], N * h * d * sizeof(float));
             inputs[i] = b->head_inputs[i];
         }
         if (c->use_split_qkv_input)
@@ -250,8 +249,8 @@ static int attention(forward_ctx *x, buffers *b, int layer) {
                            layer))
                 return -1;
     } else if (c->normalization != LENS_NORM_NONE) {
-        if (layer_norm(x, c->normalization, lw->ln1_w, lw->ln1_b, b->normed, b->scale, b->resid,
-                       N, d, LENS_HOOK_LN1_SCALE, LENS_HOOK_LN1_NORMALIZED, layer))
+        if (layer_norm(x, c->normalization, lw->ln1_w, lw->ln1_b, b->normed, b->scale, b->resid, N,
+                       d, LENS_HOOK_LN1_SCALE, LENS_HOOK_LN1_NORMALIZED, layer))
             return -1;
     } else {
         memcpy(b->normed, b->resid, N * d * sizeof(float));
@@ -279,7 +278,8 @@ static int attention(forward_ctx *x, buffers *b, int layer) {
         for (size_t n = 0; n < N; n++) {
             float *out = b->attn_out + n * d;
             memcpy(out, lw->b_O, (size_t)d * sizeof(float));
-            for (int hi = 0; hi < h; hi++) lk_add(out, out, b->result + (n * h + hi) * d, d);
+            for (int hi = 0; hi < h; hi++)
+                lk_add(out, out, b->result + (n * h + hi) * d, d);
         }
     } else {
         lk_matmul(b->attn_out, d, b->z, hd, lw->W_O, d, lw->b_O, (int)N, hd, d, false);
@@ -289,12 +289,23 @@ static int attention(forward_ctx *x, buffers *b, int layer) {
 
 static void activation(const lens_config *c, float *out, const float *inp, size_t n) {
     switch (c->act_fn) {
-    case LENS_ACT_RELU: lk_relu(out, inp, n); break;
-    case LENS_ACT_GELU: lk_gelu(out, inp, n); break;
-    case LENS_ACT_GELU_NEW: lk_gelu_new(out, inp, n); break;
-    case LENS_ACT_GELU_FAST: lk_gelu_fast(out, inp, n); break;
-    case LENS_ACT_SILU: lk_silu(out, inp, n); break;
-    case LENS_ACT_SOLU_LN: break; /* handled by mlp(): it has hook points of its own */
+    case LENS_ACT_RELU:
+        lk_relu(out, inp, n);
+        break;
+    case LENS_ACT_GELU:
+        lk_gelu(out, inp, n);
+        break;
+    case LENS_ACT_GELU_NEW:
+        lk_gelu_new(out, inp, n);
+        break;
+    case LENS_ACT_GELU_FAST:
+        lk_gelu_fast(out, inp, n);
+        break;
+    case LENS_ACT_SILU:
+        lk_silu(out, inp, n);
+        break;
+    case LENS_ACT_SOLU_LN:
+        break; /* handled by mlp(): it has hook points of its own */
     }
 }
 
@@ -353,8 +364,8 @@ static int unembed(forward_ctx *x, buffers *b) {
     float *final = b->resid;
     if (c->normalization != LENS_NORM_NONE) {
         if (layer_norm(x, c->normalization, w->ln_final_w, w->ln_final_b, b->normed, b->scale,
-                       b->resid, x->N, d, LENS_HOOK_LN_FINAL_SCALE,
-                       LENS_HOOK_LN_FINAL_NORMALIZED, 0))
+                       b->resid, x->N, d, LENS_HOOK_LN_FINAL_SCALE, LENS_HOOK_LN_FINAL_NORMALIZED,
+                       0))
             return -1;
         final = b->normed;
     }
@@ -388,14 +399,15 @@ int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batc
         return -1;
     }
     if (batch->T > c->n_ctx) {
-        lens_err_set(err, "%d tokens is more than the model's context of %d", batch->T,
-                     c->n_ctx);
+        lens_err_set(err, "%d tokens is more than the model's context of %d", batch->T, c->n_ctx);
         return -1;
     }
     for (size_t n = 0; n < x.N; n++) {
         if (batch->tokens[n] < 0 || batch->tokens[n] >= c->d_vocab) {
-            lens_err_set(err, "token id %d at prompt %zu position %zu is outside the vocabulary "
-                              "of %d", batch->tokens[n], n / batch->T, n % batch->T, c->d_vocab);
+            lens_err_set(err,
+                         "token id %d at prompt %zu position %zu is outside the vocabulary "
+                         "of %d",
+                         batch->tokens[n], n / batch->T, n % batch->T, c->d_vocab);
             return -1;
         }
     }

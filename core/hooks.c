@@ -53,27 +53,37 @@ bool lens_hook_exists(const lens_config *cfg, lens_hook_kind kind) {
     const bool norm = cfg->normalization != LENS_NORM_NONE;
     const bool mlp = !cfg->attn_only;
     switch (kind) {
-    case LENS_HOOK_TOKENS: return cfg->use_hook_tokens;
-    case LENS_HOOK_ATTN_IN: return cfg->use_attn_in;
+    case LENS_HOOK_TOKENS:
+        return cfg->use_hook_tokens;
+    case LENS_HOOK_ATTN_IN:
+        return cfg->use_attn_in;
     case LENS_HOOK_Q_INPUT:
     case LENS_HOOK_K_INPUT:
-    case LENS_HOOK_V_INPUT: return cfg->use_split_qkv_input;
+    case LENS_HOOK_V_INPUT:
+        return cfg->use_split_qkv_input;
     case LENS_HOOK_LN1_SCALE:
     case LENS_HOOK_LN1_NORMALIZED:
     case LENS_HOOK_LN_FINAL_SCALE:
-    case LENS_HOOK_LN_FINAL_NORMALIZED: return norm;
-    case LENS_HOOK_RESULT: return cfg->use_attn_result;
+    case LENS_HOOK_LN_FINAL_NORMALIZED:
+        return norm;
+    case LENS_HOOK_RESULT:
+        return cfg->use_attn_result;
     case LENS_HOOK_RESID_MID:
     case LENS_HOOK_MLP_PRE:
     case LENS_HOOK_MLP_POST:
-    case LENS_HOOK_MLP_OUT: return mlp;
-    case LENS_HOOK_MLP_IN: return mlp && cfg->use_hook_mlp_in;
+    case LENS_HOOK_MLP_OUT:
+        return mlp;
+    case LENS_HOOK_MLP_IN:
+        return mlp && cfg->use_hook_mlp_in;
     case LENS_HOOK_LN2_SCALE:
-    case LENS_HOOK_LN2_NORMALIZED: return mlp && norm;
+    case LENS_HOOK_LN2_NORMALIZED:
+        return mlp && norm;
     case LENS_HOOK_MLP_MID:
     case LENS_HOOK_MLP_LN_SCALE:
-    case LENS_HOOK_MLP_LN_NORMALIZED: return mlp && cfg->act_fn == LENS_ACT_SOLU_LN;
-    default: return kind < LENS_HOOK_KIND_COUNT;
+    case LENS_HOOK_MLP_LN_NORMALIZED:
+        return mlp && cfg->act_fn == LENS_ACT_SOLU_LN;
+    default:
+        return kind < LENS_HOOK_KIND_COUNT;
     }
 }
 
@@ -92,8 +102,7 @@ void lens_hook_name(lens_hook hook, char *buf, size_t buflen) {
 #pragma GCC diagnostic pop
 }
 
-void lens_hook_foreach(const lens_config *cfg, void (*fn)(void *user, lens_hook hook),
-                       void *user) {
+void lens_hook_foreach(const lens_config *cfg, void (*fn)(void *user, lens_hook hook), void *user) {
     for (int kind = LENS_HOOK_TOKENS; kind < LENS_HOOK_RESID_PRE; kind++)
         if (lens_hook_exists(cfg, (lens_hook_kind)kind)) fn(user, (lens_hook){kind, 0});
     for (int l = 0; l < cfg->n_layers; l++)
@@ -117,7 +126,8 @@ int lens_hook_shape(const lens_config *cfg, lens_hook hook, int B, int T,
     shape[0] = B;
     shape[1] = T;
     switch (hook.kind) {
-    case LENS_HOOK_TOKENS: return 2;
+    case LENS_HOOK_TOKENS:
+        return 2;
     case LENS_HOOK_ATTN_IN:
     case LENS_HOOK_Q_INPUT:
     case LENS_HOOK_K_INPUT:
@@ -137,7 +147,9 @@ int lens_hook_shape(const lens_config *cfg, lens_hook hook, int B, int T,
         return 3;
     case LENS_HOOK_LN2_SCALE:
     case LENS_HOOK_MLP_LN_SCALE:
-    case LENS_HOOK_LN_FINAL_SCALE: shape[2] = 1; return 3;
+    case LENS_HOOK_LN_FINAL_SCALE:
+        shape[2] = 1;
+        return 3;
     case LENS_HOOK_Q:
     case LENS_HOOK_K:
     case LENS_HOOK_V:
@@ -154,9 +166,15 @@ int lens_hook_shape(const lens_config *cfg, lens_hook hook, int B, int T,
     case LENS_HOOK_MLP_PRE:
     case LENS_HOOK_MLP_MID:
     case LENS_HOOK_MLP_LN_NORMALIZED:
-    case LENS_HOOK_MLP_POST: shape[2] = m; return 3;
-    case LENS_HOOK_UNEMBED_OUT: shape[2] = cfg->d_vocab_out; return 3;
-    default: shape[2] = d; return 3;
+    case LENS_HOOK_MLP_POST:
+        shape[2] = m;
+        return 3;
+    case LENS_HOOK_UNEMBED_OUT:
+        shape[2] = cfg->d_vocab_out;
+        return 3;
+    default:
+        shape[2] = d;
+        return 3;
     }
 }
 
@@ -165,7 +183,8 @@ static size_t edit_distance(const char *a, const char *b) {
     size_t la = strlen(a), lb = strlen(b);
     size_t *row = malloc((lb + 1) * sizeof *row);
     if (!row) return (size_t)-1;
-    for (size_t j = 0; j <= lb; j++) row[j] = j;
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = j;
     for (size_t i = 1; i <= la; i++) {
         size_t diag = row[0];
         row[0] = i;

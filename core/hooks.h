@@ -22,7 +22,7 @@ typedef enum lens_hook_kind {
     LENS_HOOK_TOKENS,
     LENS_HOOK_EMBED,
     LENS_HOOK_POS_EMBED,
-    LENS_HOOK_RESID_PRE,     /* first per-layer kind */
+    LENS_HOOK_RESID_PRE, /* first per-layer kind */
     LENS_HOOK_ATTN_IN,
     LENS_HOOK_Q_INPUT,
     LENS_HOOK_K_INPUT,
@@ -47,7 +47,7 @@ typedef enum lens_hook_kind {
     LENS_HOOK_MLP_LN_NORMALIZED,
     LENS_HOOK_MLP_POST,
     LENS_HOOK_MLP_OUT,
-    LENS_HOOK_RESID_POST,    /* last per-layer kind */
+    LENS_HOOK_RESID_POST, /* last per-layer kind */
     LENS_HOOK_LN_FINAL_SCALE,
     LENS_HOOK_LN_FINAL_NORMALIZED,
     LENS_HOOK_UNEMBED_IN,
@@ -85,8 +85,7 @@ int lens_hook_shape(const lens_config *cfg, lens_hook hook, int B, int T,
 lens_dtype lens_hook_dtype(lens_hook_kind kind);
 
 /* Calls fn(user, hook) for every hook point of the model in firing order. */
-void lens_hook_foreach(const lens_config *cfg, void (*fn)(void *user, lens_hook hook),
-                       void *user);
+void lens_hook_foreach(const lens_config *cfg, void (*fn)(void *user, lens_hook hook), void *user);
 
 /* Sets enabled[slot] = 1 for every hook point whose name matches the shell
  * glob pattern (fnmatch). Returns the number of points matched. */

@@ -51,8 +51,8 @@ enum {
     LENS_PROC_FOLD_VALUE_BIASES = 1 << 3,
     LENS_PROC_REFACTOR_FACTORED_ATTN_MATRICES = 1 << 4,
 };
-#define LENS_PROC_DEFAULT                                                                      \
-    (LENS_PROC_FOLD_LN | LENS_PROC_CENTER_WRITING_WEIGHTS | LENS_PROC_CENTER_UNEMBED |         \
+#define LENS_PROC_DEFAULT                                                                          \
+    (LENS_PROC_FOLD_LN | LENS_PROC_CENTER_WRITING_WEIGHTS | LENS_PROC_CENTER_UNEMBED |             \
      LENS_PROC_FOLD_VALUE_BIASES)
 #define LENS_PROC_NONE 0
 

@@ -34,7 +34,8 @@ typedef struct tensor_source {
 } tensor_source;
 
 static void source_close(tensor_source *src) {
-    for (size_t i = 0; i < src->n_files; i++) lens_st_close(src->files[i]);
+    for (size_t i = 0; i < src->n_files; i++)
+        lens_st_close(src->files[i]);
     free(src->files);
     src->files = NULL;
     src->n_files = 0;
@@ -112,8 +113,8 @@ static int source_open_dir(tensor_source *src, const char *dir, lens_err *err) {
             json_object_foreach(map, key, value) {
                 const char *shard = json_string_value(value);
                 if (!shard || strchr(shard, '/')) {
-                    lens_err_set(err, "%s: weight_map[\"%s\"] is not a file name in %s", index,
-                                 key, dir);
+                    lens_err_set(err, "%s: weight_map[\"%s\"] is not a file name in %s", index, key,
+                                 dir);
                     rc = -1;
                     break;
                 }
@@ -162,8 +163,8 @@ oom:
 static void format_shape(char *buf, size_t len, int ndim, const int64_t *shape) {
     size_t used = (size_t)snprintf(buf, len, "[");
     for (int i = 0; i < ndim && used < len; i++)
-        used += (size_t)snprintf(buf + used, len - used, "%s%lld", i ? ", " : "",
-                                 (long long)shape[i]);
+        used +=
+            (size_t)snprintf(buf + used, len - used, "%s%lld", i ? ", " : "", (long long)shape[i]);
     if (used < len) snprintf(buf + used, len - used, "]");
 }
 
@@ -179,7 +180,8 @@ static float *read_tensor(lens_model *m, const tensor_source *src, const char *n
         return NULL;
     }
     bool same = t->ndim == ndim;
-    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    for (int i = 0; same && i < ndim; i++)
+        same = t->shape[i] == shape[i];
     if (!same) {
         char want[128], got[128];
         format_shape(want, sizeof want, ndim, shape);
@@ -196,14 +198,14 @@ static float *read_tensor(lens_model *m, const tensor_source *src, const char *n
     return out;
 }
 
-static float *read_tensor_1d(lens_model *m, const tensor_source *src, const char *name,
-                             int64_t n0, lens_err *err) {
+static float *read_tensor_1d(lens_model *m, const tensor_source *src, const char *name, int64_t n0,
+                             lens_err *err) {
     int64_t shape[1] = {n0};
     return read_tensor(m, src, name, 1, shape, err);
 }
 
-static float *read_tensor_2d(lens_model *m, const tensor_source *src, const char *name,
-                             int64_t n0, int64_t n1, lens_err *err) {
+static float *read_tensor_2d(lens_model *m, const tensor_source *src, const char *name, int64_t n0,
+                             int64_t n1, lens_err *err) {
     int64_t shape[2] = {n0, n1};
     return read_tensor(m, src, name, 2, shape, err);
 }
@@ -213,12 +215,13 @@ static float *transposed(lens_model *m, const float *a, int rows, int cols, lens
     float *out = model_alloc(m, (size_t)rows * cols, err);
     if (!out) return NULL;
     for (int r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++) out[(size_t)c * rows + r] = a[(size_t)r * cols + c];
+        for (int c = 0; c < cols; c++)
+            out[(size_t)c * rows + r] = a[(size_t)r * cols + c];
     return out;
 }
 
-static float *read_transposed(lens_model *m, const tensor_source *src, const char *name,
-                              int rows, int cols, lens_err *err) {
+static float *read_transposed(lens_model *m, const tensor_source *src, const char *name, int rows,
+                              int cols, lens_err *err) {
     float *raw = read_tensor_2d(m, src, name, rows, cols, err);
     return raw ? transposed(m, raw, rows, cols, err) : NULL;
 }
@@ -244,8 +247,8 @@ static int json_get_int(json_t *obj, const char *key, int fallback, bool require
     return 0;
 }
 
-static int json_get_bool(json_t *obj, const char *key, bool fallback, bool *out,
-                         const char *file, lens_err *err) {
+static int json_get_bool(json_t *obj, const char *key, bool fallback, bool *out, const char *file,
+                         lens_err *err) {
     json_t *v = json_object_get(obj, key);
     if (!v || json_is_null(v)) {
         *out = fallback;
@@ -283,9 +286,12 @@ static const struct {
     const char *name;
     lens_act act;
 } act_names[] = {
-    {"relu", LENS_ACT_RELU},           {"gelu", LENS_ACT_GELU},
-    {"gelu_new", LENS_ACT_GELU_NEW},   {"gelu_fast", LENS_ACT_GELU_FAST},
-    {"silu", LENS_ACT_SILU},           {"solu_ln", LENS_ACT_SOLU_LN},
+    {"relu", LENS_ACT_RELU},
+    {"gelu", LENS_ACT_GELU},
+    {"gelu_new", LENS_ACT_GELU_NEW},
+    {"gelu_fast", LENS_ACT_GELU_FAST},
+    {"silu", LENS_ACT_SILU},
+    {"solu_ln", LENS_ACT_SOLU_LN},
     {"gelu_pytorch_tanh", LENS_ACT_GELU_NEW},
 };
 
@@ -297,9 +303,12 @@ const char *lens_act_name(lens_act act) {
 
 const char *lens_norm_name(lens_norm norm) {
     switch (norm) {
-    case LENS_NORM_LN: return "LN";
-    case LENS_NORM_LNPRE: return "LNPre";
-    case LENS_NORM_NONE: return "None";
+    case LENS_NORM_LN:
+        return "LN";
+    case LENS_NORM_LNPRE:
+        return "LNPre";
+    case LENS_NORM_NONE:
+        return "None";
     }
     return "?";
 }
@@ -311,16 +320,20 @@ static int parse_act(const char *name, lens_act *out, const char *file, lens_err
             return 0;
         }
     }
-    lens_err_set(err, "%s: act_fn \"%s\" is not supported (relu, gelu, gelu_new, gelu_fast, "
-                      "silu, solu_ln)", file, name);
+    lens_err_set(err,
+                 "%s: act_fn \"%s\" is not supported (relu, gelu, gelu_new, gelu_fast, "
+                 "silu, solu_ln)",
+                 file, name);
     return -1;
 }
 
 static int check_dims(const lens_config *c, const char *file, lens_err *err) {
     if (c->n_layers < 1 || c->d_model < 1 || c->n_heads < 1 || c->d_head < 1 || c->n_ctx < 1 ||
         c->d_vocab < 1 || c->d_vocab_out < 1 || (!c->attn_only && c->d_mlp < 1)) {
-        lens_err_set(err, "%s: every dimension (n_layers, d_model, n_heads, d_head, d_mlp, "
-                          "n_ctx, d_vocab) must be positive", file);
+        lens_err_set(err,
+                     "%s: every dimension (n_layers, d_model, n_heads, d_head, d_mlp, "
+                     "n_ctx, d_vocab) must be positive",
+                     file);
         return -1;
     }
     return 0;
@@ -359,8 +372,10 @@ static int parse_attention_types(lens_config *c, json_t *types, bool nested, con
     if (layer != c->n_layers) goto bad;
     return 0;
 bad:
-    lens_err_set(err, "%s: attention types must name \"global\" or \"local\" for each of the %d "
-                      "layers", file, c->n_layers);
+    lens_err_set(err,
+                 "%s: attention types must name \"global\" or \"local\" for each of the %d "
+                 "layers",
+                 file, c->n_layers);
     return -1;
 }
 
@@ -372,9 +387,10 @@ static int read_hf_config(lens_config *c, json_t *root, const char *file, lens_e
     json_t *archs = json_object_get(root, "architectures");
     const char *arch = json_string_value(json_array_get(archs, 0));
     const char *model_type = json_get_str(root, "model_type", "");
-    if (!arch) arch = strcmp(model_type, "gpt_neo") == 0 ? "GPTNeoForCausalLM"
-                      : strcmp(model_type, "gpt2") == 0  ? "GPT2LMHeadModel"
-                                                         : "";
+    if (!arch)
+        arch = strcmp(model_type, "gpt_neo") == 0 ? "GPTNeoForCausalLM"
+               : strcmp(model_type, "gpt2") == 0  ? "GPT2LMHeadModel"
+                                                  : "";
     snprintf(c->architecture, sizeof c->architecture, "%s", arch);
     c->normalization = LENS_NORM_LN;
     c->causal = true;
@@ -422,8 +438,10 @@ static int read_hf_config(lens_config *c, json_t *root, const char *file, lens_e
         }
         if (parse_attention_types(c, types, true, file, err)) return -1;
     } else {
-        lens_err_set(err, "%s: architecture \"%s\" is not supported (GPT2LMHeadModel, "
-                          "GPTNeoForCausalLM)", file, arch);
+        lens_err_set(err,
+                     "%s: architecture \"%s\" is not supported (GPT2LMHeadModel, "
+                     "GPTNeoForCausalLM)",
+                     file, arch);
         return -1;
     }
     set_attn_scale(c);
@@ -446,8 +464,10 @@ static int check_native_unsupported(json_t *root, const char *file, lens_err *er
     }
     const char *pos = json_get_str(root, "positional_embedding_type", "standard");
     if (strcmp(pos, "standard")) {
-        lens_err_set(err, "%s: positional_embedding_type \"%s\" is not supported yet "
-                          "(standard)", file, pos);
+        lens_err_set(err,
+                     "%s: positional_embedding_type \"%s\" is not supported yet "
+                     "(standard)",
+                     file, pos);
         return -1;
     }
     json_t *kv = json_object_get(root, "n_key_value_heads");
@@ -503,11 +523,14 @@ static int read_native_config(lens_config *c, json_t *root, const char *file, le
         if (parse_act(json_string_value(act), &c->act_fn, file, err)) return -1;
     }
     json_t *norm = json_object_get(root, "normalization_type");
-    const char *norm_name = json_is_null(norm) ? "None" : json_get_str(root, "normalization_type",
-                                                                      "LN");
-    if (strcmp(norm_name, "LN") == 0) c->normalization = LENS_NORM_LN;
-    else if (strcmp(norm_name, "LNPre") == 0) c->normalization = LENS_NORM_LNPRE;
-    else if (strcmp(norm_name, "None") == 0) c->normalization = LENS_NORM_NONE;
+    const char *norm_name =
+        json_is_null(norm) ? "None" : json_get_str(root, "normalization_type", "LN");
+    if (strcmp(norm_name, "LN") == 0)
+        c->normalization = LENS_NORM_LN;
+    else if (strcmp(norm_name, "LNPre") == 0)
+        c->normalization = LENS_NORM_LNPRE;
+    else if (strcmp(norm_name, "None") == 0)
+        c->normalization = LENS_NORM_NONE;
     else {
         lens_err_set(err, "%s: normalization_type \"%s\" is not supported (LN, LNPre, None)", file,
                      norm_name);
@@ -569,20 +592,19 @@ static int load_gpt2_weights(lens_model *m, const tensor_source *src, lens_err *
         float *qkv, *qkv_b;
         if (!(lw->ln1_w = read_tensor_1d(m, src, NAME("%sh.%d.ln_1.weight", p, l), d, err)) ||
             !(lw->ln1_b = read_tensor_1d(m, src, NAME("%sh.%d.ln_1.bias", p, l), d, err)) ||
-            !(qkv = read_tensor_2d(m, src, NAME("%sh.%d.attn.c_attn.weight", p, l), d, 3 * d,
-                                   err)) ||
-            !(qkv_b = read_tensor_1d(m, src, NAME("%sh.%d.attn.c_attn.bias", p, l), 3 * d,
-                                     err)) ||
-            !(lw->W_O = read_tensor_2d(m, src, NAME("%sh.%d.attn.c_proj.weight", p, l), d, d,
-                                       err)) ||
+            !(qkv =
+                  read_tensor_2d(m, src, NAME("%sh.%d.attn.c_attn.weight", p, l), d, 3 * d, err)) ||
+            !(qkv_b = read_tensor_1d(m, src, NAME("%sh.%d.attn.c_attn.bias", p, l), 3 * d, err)) ||
+            !(lw->W_O =
+                  read_tensor_2d(m, src, NAME("%sh.%d.attn.c_proj.weight", p, l), d, d, err)) ||
             !(lw->b_O = read_tensor_1d(m, src, NAME("%sh.%d.attn.c_proj.bias", p, l), d, err)) ||
             !(lw->ln2_w = read_tensor_1d(m, src, NAME("%sh.%d.ln_2.weight", p, l), d, err)) ||
             !(lw->ln2_b = read_tensor_1d(m, src, NAME("%sh.%d.ln_2.bias", p, l), d, err)) ||
-            !(lw->W_in = read_tensor_2d(m, src, NAME("%sh.%d.mlp.c_fc.weight", p, l), d, mlp,
-                                        err)) ||
+            !(lw->W_in =
+                  read_tensor_2d(m, src, NAME("%sh.%d.mlp.c_fc.weight", p, l), d, mlp, err)) ||
             !(lw->b_in = read_tensor_1d(m, src, NAME("%sh.%d.mlp.c_fc.bias", p, l), mlp, err)) ||
-            !(lw->W_out = read_tensor_2d(m, src, NAME("%sh.%d.mlp.c_proj.weight", p, l), mlp, d,
-                                         err)) ||
+            !(lw->W_out =
+                  read_tensor_2d(m, src, NAME("%sh.%d.mlp.c_proj.weight", p, l), mlp, d, err)) ||
             !(lw->b_out = read_tensor_1d(m, src, NAME("%sh.%d.mlp.c_proj.bias", p, l), d, err)))
             return -1;
         float **parts[3] = {&lw->W_Q, &lw->W_K, &lw->W_V};
@@ -620,8 +642,7 @@ static int load_neo_weights(lens_model *m, const tensor_source *src, lens_err *e
     char name[256];
 #define NAME(...) (snprintf(name, sizeof name, __VA_ARGS__), name)
     if (!(w->W_E = read_tensor_2d(m, src, NAME("%swte.weight", p), V, d, err))) return -1;
-    if (!(w->W_pos = read_tensor_2d(m, src, NAME("%swpe.weight", p), c->n_ctx, d, err)))
-        return -1;
+    if (!(w->W_pos = read_tensor_2d(m, src, NAME("%swpe.weight", p), c->n_ctx, d, err))) return -1;
     for (int l = 0; l < c->n_layers; l++) {
         lens_layer_weights *lw = &w->layers[l];
         if (!(lw->ln1_w = read_tensor_1d(m, src, NAME("%sh.%d.ln_1.weight", p, l), d, err)) ||
@@ -632,17 +653,17 @@ static int load_neo_weights(lens_model *m, const tensor_source *src, lens_err *e
                                         d, d, err)) ||
             !(lw->W_V = read_transposed(m, src, NAME("%sh.%d.attn.attention.v_proj.weight", p, l),
                                         d, d, err)) ||
-            !(lw->W_O = read_transposed(
-                  m, src, NAME("%sh.%d.attn.attention.out_proj.weight", p, l), d, d, err)) ||
-            !(lw->b_O = read_tensor_1d(m, src, NAME("%sh.%d.attn.attention.out_proj.bias", p, l),
-                                       d, err)) ||
+            !(lw->W_O = read_transposed(m, src, NAME("%sh.%d.attn.attention.out_proj.weight", p, l),
+                                        d, d, err)) ||
+            !(lw->b_O = read_tensor_1d(m, src, NAME("%sh.%d.attn.attention.out_proj.bias", p, l), d,
+                                       err)) ||
             !(lw->ln2_w = read_tensor_1d(m, src, NAME("%sh.%d.ln_2.weight", p, l), d, err)) ||
             !(lw->ln2_b = read_tensor_1d(m, src, NAME("%sh.%d.ln_2.bias", p, l), d, err)) ||
-            !(lw->W_in = read_transposed(m, src, NAME("%sh.%d.mlp.c_fc.weight", p, l), mlp, d,
-                                         err)) ||
+            !(lw->W_in =
+                  read_transposed(m, src, NAME("%sh.%d.mlp.c_fc.weight", p, l), mlp, d, err)) ||
             !(lw->b_in = read_tensor_1d(m, src, NAME("%sh.%d.mlp.c_fc.bias", p, l), mlp, err)) ||
-            !(lw->W_out = read_transposed(m, src, NAME("%sh.%d.mlp.c_proj.weight", p, l), d, mlp,
-                                          err)) ||
+            !(lw->W_out =
+                  read_transposed(m, src, NAME("%sh.%d.mlp.c_proj.weight", p, l), d, mlp, err)) ||
             !(lw->b_out = read_tensor_1d(m, src, NAME("%sh.%d.mlp.c_proj.bias", p, l), d, err)) ||
             !(lw->b_Q = model_alloc(m, (size_t)d, err)) ||
             !(lw->b_K = model_alloc(m, (size_t)d, err)) ||
@@ -682,7 +703,8 @@ static float *read_optional(lens_model *m, const tensor_source *src, const char 
                             const int64_t *shape, lens_err *err) {
     if (source_find(src, name, NULL)) return read_tensor(m, src, name, ndim, shape, err);
     size_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= (size_t)shape[i];
+    for (int i = 0; i < ndim; i++)
+        n *= (size_t)shape[i];
     return model_alloc(m, n, err);
 }
 
@@ -699,9 +721,8 @@ static int load_native_weights(lens_model *m, const tensor_source *src, lens_err
         return -1;
     for (int l = 0; l < c->n_layers; l++) {
         lens_layer_weights *lw = &w->layers[l];
-        if (has_ln &&
-            (!(lw->ln1_w = read_tensor_1d(m, src, NAME("blocks.%d.ln1.w", l), d, err)) ||
-             !(lw->ln1_b = read_tensor_1d(m, src, NAME("blocks.%d.ln1.b", l), d, err))))
+        if (has_ln && (!(lw->ln1_w = read_tensor_1d(m, src, NAME("blocks.%d.ln1.w", l), d, err)) ||
+                       !(lw->ln1_b = read_tensor_1d(m, src, NAME("blocks.%d.ln1.b", l), d, err))))
             return -1;
         int64_t s_o[3] = {h, dh, d};
         if (!(lw->W_Q = read_tl_qkv(m, src, NAME("blocks.%d.attn.W_Q", l), err)) ||
@@ -714,9 +735,8 @@ static int load_native_weights(lens_model *m, const tensor_source *src, lens_err
             !(lw->b_O = read_optional(m, src, NAME("blocks.%d.attn.b_O", l), 1, s_d, err)))
             return -1;
         if (c->attn_only) continue;
-        if (has_ln &&
-            (!(lw->ln2_w = read_tensor_1d(m, src, NAME("blocks.%d.ln2.w", l), d, err)) ||
-             !(lw->ln2_b = read_tensor_1d(m, src, NAME("blocks.%d.ln2.b", l), d, err))))
+        if (has_ln && (!(lw->ln2_w = read_tensor_1d(m, src, NAME("blocks.%d.ln2.w", l), d, err)) ||
+                       !(lw->ln2_b = read_tensor_1d(m, src, NAME("blocks.%d.ln2.b", l), d, err))))
             return -1;
         if (!(lw->W_in = read_tensor_2d(m, src, NAME("blocks.%d.mlp.W_in", l), d, mlp, err)) ||
             !(lw->b_in = read_optional(m, src, NAME("blocks.%d.mlp.b_in", l), 1, s_m, err)) ||
@@ -780,8 +800,8 @@ static int load_hf_tokenizer(lens_model *m, const char *dir, lens_err *err) {
     return rc;
 }
 
-static int load_native_tokenizer(lens_model *m, json_t *lensd, const char *dir,
-                                 const char *file, lens_err *err) {
+static int load_native_tokenizer(lens_model *m, json_t *lensd, const char *dir, const char *file,
+                                 lens_err *err) {
     json_t *spec = json_object_get(lensd, "tokenizer");
     if (spec && !json_is_null(spec)) {
         const char *type = json_get_str(spec, "type", "");
@@ -794,7 +814,8 @@ static int load_native_tokenizer(lens_model *m, json_t *lensd, const char *dir,
                 lens_err_set(err, "out of memory");
                 return -1;
             }
-            for (size_t i = 0; i < n; i++) list[i] = json_string_value(json_array_get(tokens, i));
+            for (size_t i = 0; i < n; i++)
+                list[i] = json_string_value(json_array_get(tokens, i));
             for (size_t i = 0; i < n; i++) {
                 if (!list[i]) {
                     lens_err_set(err, "%s: lensd.tokenizer.tokens[%zu] is not a string", file, i);
@@ -843,8 +864,10 @@ static int load_native_tokenizer(lens_model *m, json_t *lensd, const char *dir,
         } else if (json_is_string(v) && m->tok) {
             *ids[i] = lookup_or_fail(m->tok, json_string_value(v), keys[i], file, err);
         } else {
-            lens_err_set(err, "%s: lensd.%s must be a token id, or a token when a tokenizer is "
-                              "given", file, keys[i]);
+            lens_err_set(err,
+                         "%s: lensd.%s must be a token id, or a token when a tokenizer is "
+                         "given",
+                         file, keys[i]);
             return -1;
         }
         if (*ids[i] < 0 || *ids[i] >= m->cfg.d_vocab) {
@@ -858,8 +881,7 @@ static int load_native_tokenizer(lens_model *m, json_t *lensd, const char *dir,
         return -1;
     if ((m->rules.append_eos && m->rules.eos_id < 0) ||
         (m->rules.mask_pad_keys && m->rules.pad_id < 0)) {
-        lens_err_set(err, "%s: append_eos needs eos_token and mask_pad_keys needs pad_token",
-                     file);
+        lens_err_set(err, "%s: append_eos needs eos_token and mask_pad_keys needs pad_token", file);
         return -1;
     }
     return 0;
@@ -870,11 +892,16 @@ static int load_native_tokenizer(lens_model *m, json_t *lensd, const char *dir,
 static const struct {
     const char *alias, *hf_id;
 } tl_aliases[] = {
-    {"gpt2-small", "gpt2"},          {"gpt2-medium", "gpt2-medium"},
-    {"gpt2-large", "gpt2-large"},    {"gpt2-xl", "gpt2-xl"},
-    {"distillgpt2", "distilgpt2"},   {"distil-gpt2", "distilgpt2"},
-    {"gpt-neo-125M", "EleutherAI/gpt-neo-125M"}, {"gpt-neo-1.3B", "EleutherAI/gpt-neo-1.3B"},
-    {"gpt-neo-2.7B", "EleutherAI/gpt-neo-2.7B"}, {"neo-125M", "EleutherAI/gpt-neo-125M"},
+    {"gpt2-small", "gpt2"},
+    {"gpt2-medium", "gpt2-medium"},
+    {"gpt2-large", "gpt2-large"},
+    {"gpt2-xl", "gpt2-xl"},
+    {"distillgpt2", "distilgpt2"},
+    {"distil-gpt2", "distilgpt2"},
+    {"gpt-neo-125M", "EleutherAI/gpt-neo-125M"},
+    {"gpt-neo-1.3B", "EleutherAI/gpt-neo-1.3B"},
+    {"gpt-neo-2.7B", "EleutherAI/gpt-neo-2.7B"},
+    {"neo-125M", "EleutherAI/gpt-neo-125M"},
 };
 
 /* Resolves a Hugging Face id to its snapshot directory in the local hub
@@ -886,10 +913,14 @@ static char *find_in_hf_cache(const char *id) {
     const char *hf_home = getenv("HF_HOME");
     const char *hub_cache = getenv("HF_HUB_CACHE");
     const char *home = getenv("HOME");
-    if (hub_cache) snprintf(hub, sizeof hub, "%s", hub_cache);
-    else if (hf_home) snprintf(hub, sizeof hub, "%s/hub", hf_home);
-    else if (home) snprintf(hub, sizeof hub, "%s/.cache/huggingface/hub", home);
-    else return NULL;
+    if (hub_cache)
+        snprintf(hub, sizeof hub, "%s", hub_cache);
+    else if (hf_home)
+        snprintf(hub, sizeof hub, "%s/hub", hf_home);
+    else if (home)
+        snprintf(hub, sizeof hub, "%s/.cache/huggingface/hub", home);
+    else
+        return NULL;
     char repo[PATH_MAX];
     int n = snprintf(repo, sizeof repo, "%s/models--", hub);
     for (const char *s = id; *s && n < (int)sizeof repo - 2; s++) {
@@ -936,7 +967,8 @@ static char *find_in_hf_cache(const char *id) {
 static json_t *load_json(const char *path, lens_err *err) {
     json_error_t jerr;
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root) lens_err_set(err, "%s: line %d: %s", path, jerr.line, jerr.text);
+    if (!root)
+        lens_err_set(err, "%s: line %d: %s", path, jerr.line, jerr.text);
     else if (!json_is_object(root)) {
         lens_err_set(err, "%s: not a JSON object", path);
         json_decref(root);
@@ -947,7 +979,8 @@ static json_t *load_json(const char *path, lens_err *err) {
 
 void lens_model_free(lens_model *m) {
     if (!m) return;
-    for (size_t i = 0; i < m->n_blocks; i++) free(m->blocks[i]);
+    for (size_t i = 0; i < m->n_blocks; i++)
+        free(m->blocks[i]);
     free(m->blocks);
     free(m->w.layers);
     free(m->cfg.layer_is_local);
@@ -1003,8 +1036,9 @@ static int load_native(lens_model *m, const char *config_path, unsigned *process
                 unsigned one;
                 const char *s = json_string_value(flag);
                 if (!s || (rc = lens_processing_parse(s, &one, err))) {
-                    if (!s) lens_err_set(err, "%s: lensd.processing[%zu] is not a string",
-                                         config_path, i);
+                    if (!s)
+                        lens_err_set(err, "%s: lensd.processing[%zu] is not a string", config_path,
+                                     i);
                     rc = -1;
                     break;
                 }
@@ -1033,8 +1067,10 @@ lens_model *lens_model_load(const char *spec, const lens_load_opts *opts, lens_e
     if (is_dir(spec)) {
         char *tl = path_join(spec, "tl_config.json");
         char *hf = path_join(spec, "config.json");
-        if (tl && path_exists(tl)) native_config = tl, tl = NULL;
-        else if (hf && path_exists(hf)) hf_dir = strdup(spec);
+        if (tl && path_exists(tl))
+            native_config = tl, tl = NULL;
+        else if (hf && path_exists(hf))
+            hf_dir = strdup(spec);
         free(tl);
         free(hf);
         if (!native_config && !hf_dir) {
@@ -1045,8 +1081,10 @@ lens_model *lens_model_load(const char *spec, const lens_load_opts *opts, lens_e
     } else if (path_exists(spec)) {
         native_config = strdup(spec);
     } else if (!(hf_dir = find_in_hf_cache(spec))) {
-        lens_err_set(err, "model \"%s\": no such file or directory, and no snapshot of it in the "
-                          "local Hugging Face cache (set HF_HOME, or pass a path)", spec);
+        lens_err_set(err,
+                     "model \"%s\": no such file or directory, and no snapshot of it in the "
+                     "local Hugging Face cache (set HF_HOME, or pass a path)",
+                     spec);
         goto fail;
     }
     unsigned processing = native_config ? LENS_PROC_NONE : LENS_PROC_DEFAULT;

@@ -21,7 +21,8 @@
 static void fold_bias(float *b, const float *W, const float *ln_b, int R, int N) {
     for (int n = 0; n < N; n++) {
         double sum = 0.0;
-        for (int r = 0; r < R; r++) sum += (double)W[(size_t)r * N + n] * ln_b[r];
+        for (int r = 0; r < R; r++)
+            sum += (double)W[(size_t)r * N + n] * ln_b[r];
         b[n] += (float)sum;
     }
 }
@@ -29,16 +30,19 @@ static void fold_bias(float *b, const float *W, const float *ln_b, int R, int N)
 /* W[r, n] *= ln_w[r]: an LN weight moved into the reading matrix. */
 static void scale_rows(float *W, const float *ln_w, int R, int N) {
     for (int r = 0; r < R; r++)
-        for (int n = 0; n < N; n++) W[(size_t)r * N + n] *= ln_w[r];
+        for (int n = 0; n < N; n++)
+            W[(size_t)r * N + n] *= ln_w[r];
 }
 
 /* Subtracts from each column of W[R, N] its mean over the R rows. */
 static void center_columns(float *W, int R, int N) {
     for (int n = 0; n < N; n++) {
         double sum = 0.0;
-        for (int r = 0; r < R; r++) sum += W[(size_t)r * N + n];
+        for (int r = 0; r < R; r++)
+            sum += W[(size_t)r * N + n];
         float mean = (float)(sum / R);
-        for (int r = 0; r < R; r++) W[(size_t)r * N + n] -= mean;
+        for (int r = 0; r < R; r++)
+            W[(size_t)r * N + n] -= mean;
     }
 }
 
@@ -47,16 +51,17 @@ static void center_rows(float *W, int R, int N) {
     for (int r = 0; r < R; r++) {
         float *row = W + (size_t)r * N;
         double sum = 0.0;
-        for (int n = 0; n < N; n++) sum += row[n];
+        for (int n = 0; n < N; n++)
+            sum += row[n];
         float mean = (float)(sum / N);
-        for (int n = 0; n < N; n++) row[n] -= mean;
+        for (int n = 0; n < N; n++)
+            row[n] -= mean;
     }
 }
 
 /* Folds the LN that precedes a reading matrix into it: bias, then weight,
  * then centring over the LN's width (the rows). */
-static void fold_norm_into(float *W, float *b, const float *ln_w, const float *ln_b, int R,
-                           int N) {
+static void fold_norm_into(float *W, float *b, const float *ln_w, const float *ln_b, int R, int N) {
     fold_bias(b, W, ln_b, R, N);
     scale_rows(W, ln_w, R, N);
     center_columns(W, R, N);
@@ -135,7 +140,8 @@ static void matmul_d(double *out, const double *a, const double *b, int m, int k
     for (int i = 0; i < m; i++)
         for (int j = 0; j < n; j++) {
             double sum = 0.0;
-            for (int t = 0; t < k; t++) sum += a[(size_t)i * k + t] * b[(size_t)t * n + j];
+            for (int t = 0; t < k; t++)
+                sum += a[(size_t)i * k + t] * b[(size_t)t * n + j];
             out[(size_t)i * n + j] = sum;
         }
 }
@@ -158,14 +164,16 @@ static int factored_svd(double *A, double *B, int m, int r, int n, double *u, do
     if (thin_svd(A, m, r, ua, sa, vat) || thin_svd(B, r, n, ub, sb, vbt)) goto out;
     matmul_d(tmp, vat, ub, r, r, r);
     for (int i = 0; i < r; i++)
-        for (int j = 0; j < r; j++) mid[(size_t)i * r + j] = sa[i] * tmp[(size_t)i * r + j] * sb[j];
+        for (int j = 0; j < r; j++)
+            mid[(size_t)i * r + j] = sa[i] * tmp[(size_t)i * r + j] * sb[j];
     if (thin_svd(mid, r, r, um, s, vmt)) goto out;
     matmul_d(u, ua, um, m, r, r);
     /* v = Vb @ Vm = vbt^T @ vmt^T */
     for (int i = 0; i < n; i++)
         for (int j = 0; j < r; j++) {
             double sum = 0.0;
-            for (int t = 0; t < r; t++) sum += vbt[(size_t)t * n + i] * vmt[(size_t)j * r + t];
+            for (int t = 0; t < r; t++)
+                sum += vbt[(size_t)t * n + i] * vmt[(size_t)j * r + t];
             v[(size_t)i * r + j] = sum;
         }
     rc = 0;
@@ -238,8 +246,10 @@ static int refactor_factored_attn_matrices(lens_model *m, lens_err *err) {
         memset(lw->b_V, 0, (size_t)c->n_heads * c->d_head * sizeof(float));
         for (int hi = 0; hi < c->n_heads; hi++) {
             if (refactor_head(m, lw, hi)) {
-                lens_err_set(err, "refactor_factored_attn_matrices: the SVD of layer %d head %d "
-                                  "failed", l, hi);
+                lens_err_set(err,
+                             "refactor_factored_attn_matrices: the SVD of layer %d head %d "
+                             "failed",
+                             l, hi);
                 return -1;
             }
         }
@@ -315,9 +325,11 @@ int lens_processing_parse(const char *spec, unsigned *flags, lens_err *err) {
             }
         }
         if (!found) {
-            lens_err_set(err, "unknown weight processing step \"%.*s\" (fold_ln, "
-                              "center_writing_weights, center_unembed, fold_value_biases, "
-                              "refactor_factored_attn_matrices, default, none)", (int)len, p);
+            lens_err_set(err,
+                         "unknown weight processing step \"%.*s\" (fold_ln, "
+                         "center_writing_weights, center_unembed, fold_value_biases, "
+                         "refactor_factored_attn_matrices, default, none)",
+                         (int)len, p);
             return -1;
         }
         p += len;

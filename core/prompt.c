@@ -51,7 +51,8 @@ int lens_pad_rows(const lens_model *m, int32_t *const *rows, const int *lens, in
         if (lens[i] > T) T = lens[i];
     }
     bool ragged = false;
-    for (int i = 0; i < n_rows; i++) ragged |= lens[i] != T;
+    for (int i = 0; i < n_rows; i++)
+        ragged |= lens[i] != T;
     const int32_t pad = m->rules.pad_id;
     if (ragged && pad < 0) {
         lens_err_set(err, "model %s has no pad token, so its prompts must have equal lengths",
@@ -72,7 +73,8 @@ int lens_pad_rows(const lens_model *m, int32_t *const *rows, const int *lens, in
         int32_t *row = out->tokens + (size_t)i * T;
         int n_pad = T - lens[i];
         int start = opts->pad_left ? n_pad : 0;
-        for (int t = 0; t < T; t++) row[t] = pad;
+        for (int t = 0; t < T; t++)
+            row[t] = pad;
         memcpy(row + start, rows[i], (size_t)lens[i] * sizeof *row);
         out->lengths[i] = lens[i];
         if (!opts->pad_left) continue;
@@ -80,8 +82,10 @@ int lens_pad_rows(const lens_model *m, int32_t *const *rows, const int *lens, in
          * that a BOS equal to the pad id (GPT-2) is attended to again. */
         uint8_t *mask = out->attn_mask + (size_t)i * T;
         int leading = 0;
-        while (leading < T && row[leading] == pad) leading++;
-        for (int t = 0; t < T; t++) mask[t] = t >= leading;
+        while (leading < T && row[leading] == pad)
+            leading++;
+        for (int t = 0; t < T; t++)
+            mask[t] = t >= leading;
         if (opts->prepend_bos && m->rules.bos_id == pad && leading > 0) mask[leading - 1] = 1;
     }
     return 0;

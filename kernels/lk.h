@@ -27,15 +27,14 @@ void lk_matmul(float *out, int ldo, const float *a, int lda, const float *b, int
  * i < count, out_i[M,N] = a_i[M,K] @ b_i with out_i = out + i*out_step (and
  * so on), where b_i is [K,N], or [N,K] used transposed when b_transposed
  * (q @ k^T). The steps locate one attention head of one prompt. */
-void lk_matmul_batched(float *out, int ldo, size_t out_step, const float *a, int lda,
-                       size_t a_step, const float *b, int ldb, size_t b_step, bool b_transposed,
-                       int M, int K, int N, int count);
+void lk_matmul_batched(float *out, int ldo, size_t out_step, const float *a, int lda, size_t a_step,
+                       const float *b, int ldb, size_t b_step, bool b_transposed, int M, int K,
+                       int N, int count);
 
 /* The centring and scaling half of LayerNorm, as TransformerLens splits it:
  * for each row of inp[N,C], normalized = (x - mean(x)) / scale with
  * scale = sqrt(mean((x - mean(x))^2) + eps). scale is [N]. */
-void lk_layernorm_pre(float *normalized, float *scale, const float *inp, int N, int C,
-                      float eps);
+void lk_layernorm_pre(float *normalized, float *scale, const float *inp, int N, int C, float eps);
 
 /* out[N,C] = inp * w[C] + b[C] (b may be NULL). */
 void lk_affine(float *out, const float *inp, const float *w, const float *b, int N, int C);

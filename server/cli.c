@@ -88,7 +88,8 @@ static const struct option long_options[] = {
 };
 
 static void opts_free(cli_opts *o) {
-    for (int i = 0; i < o->n_rows; i++) free(o->rows[i].ids);
+    for (int i = 0; i < o->n_rows; i++)
+        free(o->rows[i].ids);
     free(o->rows);
     free(o->names);
     free(o->answers);
@@ -183,8 +184,12 @@ static int parse_opts(int argc, char **argv, cli_opts *o, lens_err *err) {
         unsigned flags;
         int rc = 0;
         switch (c) {
-        case 'm': o->model = optarg; break;
-        case 'p': rc = add_row(o, optarg, NULL, 0); break;
+        case 'm':
+            o->model = optarg;
+            break;
+        case 'p':
+            rc = add_row(o, optarg, NULL, 0);
+            break;
         case OPT_TOKENS:
             if (parse_ids(optarg, &ids, &n_ids, err)) return -1;
             rc = add_row(o, NULL, ids, n_ids);
@@ -192,9 +197,15 @@ static int parse_opts(int argc, char **argv, cli_opts *o, lens_err *err) {
         case OPT_PROMPTS_FILE:
             if (load_prompts_file(o, optarg, err)) return -1;
             break;
-        case 'n': rc = append_str(&o->names, &o->n_names, optarg); break;
-        case 'a': rc = append_str(&o->answers, &o->n_answers, optarg); break;
-        case 'o': o->out = optarg; break;
+        case 'n':
+            rc = append_str(&o->names, &o->n_names, optarg);
+            break;
+        case 'a':
+            rc = append_str(&o->answers, &o->n_answers, optarg);
+            break;
+        case 'o':
+            o->out = optarg;
+            break;
         case OPT_TOP_K:
             o->top_k = atoi(optarg);
             if (o->top_k < 0) {
@@ -206,8 +217,12 @@ static int parse_opts(int argc, char **argv, cli_opts *o, lens_err *err) {
             if (lens_processing_parse(optarg, &flags, err)) return -1;
             o->load.processing = (int)flags;
             break;
-        case OPT_NO_PROCESSING: o->load.processing = LENS_PROC_NONE; break;
-        case OPT_NO_BOS: o->no_bos = true; break;
+        case OPT_NO_PROCESSING:
+            o->load.processing = LENS_PROC_NONE;
+            break;
+        case OPT_NO_BOS:
+            o->no_bos = true;
+            break;
         case OPT_PADDING_SIDE:
             if (strcmp(optarg, "left") && strcmp(optarg, "right")) {
                 lens_err_set(err, "--padding-side must be left or right");
@@ -215,11 +230,21 @@ static int parse_opts(int argc, char **argv, cli_opts *o, lens_err *err) {
             }
             o->pad_left = strcmp(optarg, "left") == 0;
             break;
-        case OPT_USE_ATTN_RESULT: o->load.use_attn_result = true; break;
-        case OPT_USE_SPLIT_QKV: o->load.use_split_qkv_input = true; break;
-        case OPT_USE_MLP_IN: o->load.use_hook_mlp_in = true; break;
-        case OPT_USE_ATTN_IN: o->load.use_attn_in = true; break;
-        case OPT_LOGITS_ONLY: o->logits_only = true; break;
+        case OPT_USE_ATTN_RESULT:
+            o->load.use_attn_result = true;
+            break;
+        case OPT_USE_SPLIT_QKV:
+            o->load.use_split_qkv_input = true;
+            break;
+        case OPT_USE_MLP_IN:
+            o->load.use_hook_mlp_in = true;
+            break;
+        case OPT_USE_ATTN_IN:
+            o->load.use_attn_in = true;
+            break;
+        case OPT_LOGITS_ONLY:
+            o->logits_only = true;
+            break;
         case OPT_REPEAT:
             o->repeat = atoi(optarg);
             if (o->repeat < 1) {
@@ -227,8 +252,12 @@ static int parse_opts(int argc, char **argv, cli_opts *o, lens_err *err) {
                 return -1;
             }
             break;
-        case OPT_TIMINGS: o->timings = true; break;
-        default: lens_err_set(err, "unknown or incomplete option (see lensd --help)"); return -1;
+        case OPT_TIMINGS:
+            o->timings = true;
+            break;
+        default:
+            lens_err_set(err, "unknown or incomplete option (see lensd --help)");
+            return -1;
         }
         if (rc) {
             lens_err_set(err, "out of memory");
@@ -247,8 +276,7 @@ static int parse_opts(int argc, char **argv, cli_opts *o, lens_err *err) {
 }
 
 /* Tokenizes every row (text rows as to_tokens does) and pads them into a batch. */
-static int build_batch(const lens_model *m, cli_opts *o, lens_token_batch *batch,
-                       lens_err *err) {
+static int build_batch(const lens_model *m, cli_opts *o, lens_token_batch *batch, lens_err *err) {
     bool prepend_bos = m->cfg.default_prepend_bos && !o->no_bos;
     for (int i = 0; i < o->n_rows; i++) {
         prompt_row *r = &o->rows[i];
@@ -296,14 +324,14 @@ static void add_hook_json(void *user, lens_hook hook) {
     for (int i = 0; i < ndim; i++) {
         /* batch and pos (and the query/key axes of patterns) vary per run */
         bool attn = hook.kind == LENS_HOOK_ATTN_SCORES || hook.kind == LENS_HOOK_PATTERN;
-        const char *sym = i == 0                  ? "batch"
-                          : attn && i >= 2        ? (i == 2 ? "query_pos" : "key_pos")
-                          : !attn && i == 1       ? "pos"
-                                                  : NULL;
+        const char *sym = i == 0            ? "batch"
+                          : attn && i >= 2  ? (i == 2 ? "query_pos" : "key_pos")
+                          : !attn && i == 1 ? "pos"
+                                            : NULL;
         json_array_append_new(dims, sym ? json_string(sym) : json_integer(shape[i]));
     }
-    json_array_append_new(hooks, json_pack("{s:s, s:o, s:s}", "name", name, "shape", dims,
-                                           "dtype", lens_dtype_name(lens_hook_dtype(hook.kind))));
+    json_array_append_new(hooks, json_pack("{s:s, s:o, s:s}", "name", name, "shape", dims, "dtype",
+                                           lens_dtype_name(lens_hook_dtype(hook.kind))));
 }
 
 json_t *srv_model_info_json(const lens_model *m) {
@@ -317,16 +345,16 @@ json_t *srv_model_info_json(const lens_model *m) {
         "{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:s, s:f, s:b, s:f, s:b, s:b, s:s, "
         "s:b, s:i, s:o, s:b, s:b, s:b, s:b, s:b, s:b}",
         "original_architecture", c->architecture, "n_layers", c->n_layers, "d_model", c->d_model,
-        "n_heads", c->n_heads, "d_head", c->d_head, "d_mlp", c->d_mlp, "n_ctx", c->n_ctx,
-        "d_vocab", c->d_vocab, "d_vocab_out", c->d_vocab_out, "act_fn", lens_act_name(c->act_fn),
+        "n_heads", c->n_heads, "d_head", c->d_head, "d_mlp", c->d_mlp, "n_ctx", c->n_ctx, "d_vocab",
+        c->d_vocab, "d_vocab_out", c->d_vocab_out, "act_fn", lens_act_name(c->act_fn),
         "normalization_type", lens_norm_name(c->normalization), "eps", (double)c->eps,
         "use_attn_scale", c->use_attn_scale, "attn_scale", (double)c->attn_scale,
         "scale_attn_by_inverse_layer_idx", c->scale_attn_by_inverse_layer_idx, "attn_only",
         c->attn_only, "attention_dir", c->causal ? "causal" : "bidirectional", "use_local_attn",
-        c->use_local_attn, "window_size", c->window_size, "attn_types", local,
-        "use_attn_result", c->use_attn_result, "use_split_qkv_input", c->use_split_qkv_input,
-        "use_hook_mlp_in", c->use_hook_mlp_in, "use_attn_in", c->use_attn_in, "use_hook_tokens",
-        c->use_hook_tokens, "default_prepend_bos", c->default_prepend_bos);
+        c->use_local_attn, "window_size", c->window_size, "attn_types", local, "use_attn_result",
+        c->use_attn_result, "use_split_qkv_input", c->use_split_qkv_input, "use_hook_mlp_in",
+        c->use_hook_mlp_in, "use_attn_in", c->use_attn_in, "use_hook_tokens", c->use_hook_tokens,
+        "default_prepend_bos", c->default_prepend_bos);
     json_t *hooks = json_array();
     void *visit[2] = {hooks, (void *)c};
     lens_hook_foreach(c, add_hook_json, visit);
@@ -335,8 +363,7 @@ json_t *srv_model_info_json(const lens_model *m) {
                      "tokens", "bos_id", m->rules.bos_id, "eos_id", m->rules.eos_id, "pad_id",
                      m->rules.pad_id, "append_eos", m->rules.append_eos, "mask_pad_keys",
                      m->rules.mask_pad_keys, "n_params", (json_int_t)m->n_weight_floats,
-                     "nonfinite_weights", (json_int_t)m->n_nonfinite_weights, "hook_points",
-                     hooks);
+                     "nonfinite_weights", (json_int_t)m->n_nonfinite_weights, "hook_points", hooks);
 }
 
 static int cmd_info(cli_opts *o, lens_err *err) {
@@ -354,10 +381,13 @@ static int cmd_info(cli_opts *o, lens_err *err) {
 
 static void softmax_double(const float *logits, double *probs, int V) {
     float maxval = -INFINITY;
-    for (int v = 0; v < V; v++) maxval = logits[v] > maxval ? logits[v] : maxval;
+    for (int v = 0; v < V; v++)
+        maxval = logits[v] > maxval ? logits[v] : maxval;
     double sum = 0.0;
-    for (int v = 0; v < V; v++) sum += (probs[v] = exp((double)logits[v] - maxval));
-    for (int v = 0; v < V; v++) probs[v] /= sum;
+    for (int v = 0; v < V; v++)
+        sum += (probs[v] = exp((double)logits[v] - maxval));
+    for (int v = 0; v < V; v++)
+        probs[v] /= sum;
 }
 
 /* Rank of token among V probabilities in descending order (0 = top). */
@@ -378,7 +408,8 @@ static void print_top_k(const lens_model *m, const float *logits, const double *
                         int k) {
     int *order = malloc((size_t)V * sizeof *order);
     if (!order) return;
-    for (int v = 0; v < V; v++) order[v] = v;
+    for (int v = 0; v < V; v++)
+        order[v] = v;
     for (int i = 0; i < k && i < V; i++) {
         int best = i;
         for (int j = i + 1; j < V; j++)
@@ -404,7 +435,8 @@ static char **str_tokens(const lens_model *m, const int32_t *ids, int n) {
 }
 
 static void free_strs(char **strs, int n) {
-    for (int i = 0; strs && i < n; i++) free(strs[i]);
+    for (int i = 0; strs && i < n; i++)
+        free(strs[i]);
     free(strs);
 }
 
@@ -520,14 +552,16 @@ static int cmd_run(cli_opts *o, lens_err *err) {
         printf("]\n");
     }
     free(ranks);
-    for (int a = 0; answer_strs && a < n_ans; a++) free_strs(answer_strs[a], answer_len[a]);
+    for (int a = 0; answer_strs && a < n_ans; a++)
+        free_strs(answer_strs[a], answer_len[a]);
     free(answer_strs);
     rc = 0;
     goto out;
 oom:
     lens_err_set(err, "out of memory");
 out:
-    for (int a = 0; answer_ids && a < n_ans; a++) free(answer_ids[a]);
+    for (int a = 0; answer_ids && a < n_ans; a++)
+        free(answer_ids[a]);
     free(answer_ids);
     free(answer_len);
     free(spaced);
@@ -544,8 +578,8 @@ out:
 
 typedef struct capture {
     const lens_config *cfg;
-    int B, T;   /* of the whole batch */
-    int row0;   /* first row of the chunk being run */
+    int B, T; /* of the whole batch */
+    int row0; /* first row of the chunk being run */
     int chunk_B;
     void **data; /* [slots] whole-batch buffer per enabled hook */
 } capture;
@@ -554,12 +588,14 @@ static int capture_hook(void *user, lens_hook hook, lens_tensor *act, lens_err *
     capture *cap = user;
     size_t slot = lens_hook_slot(cap->cfg, hook);
     size_t per_row = 1;
-    for (int i = 1; i < act->ndim; i++) per_row *= (size_t)act->shape[i];
+    for (int i = 1; i < act->ndim; i++)
+        per_row *= (size_t)act->shape[i];
     size_t n = per_row * (size_t)cap->chunk_B;
     if (act->dtype == LENS_I32) {
         int64_t *dst = (int64_t *)cap->data[slot] + per_row * (size_t)cap->row0;
         const int32_t *src = act->data;
-        for (size_t i = 0; i < n; i++) dst[i] = src[i];
+        for (size_t i = 0; i < n; i++)
+            dst[i] = src[i];
     } else {
         memcpy((float *)cap->data[slot] + per_row * (size_t)cap->row0, act->data,
                n * sizeof(float));
@@ -571,9 +607,9 @@ static int capture_hook(void *user, lens_hook hook, lens_tensor *act, lens_err *
 /* Rows per forward: bounded so that activations (attention patterns grow
  * with T^2) stay within a few hundred MB whatever the batch. */
 static int chunk_rows(const lens_config *c, int B, int T) {
-    size_t per_row = (size_t)T * (size_t)(6 * c->d_model + 2 * c->d_mlp + 4 * c->n_heads *
-                                                                               c->d_head) +
-                     2 * (size_t)c->n_heads * T * T;
+    size_t per_row =
+        (size_t)T * (size_t)(6 * c->d_model + 2 * c->d_mlp + 4 * c->n_heads * c->d_head) +
+        2 * (size_t)c->n_heads * T * T;
     size_t rows = ((size_t)64 << 20) / (per_row ? per_row : 1);
     if (rows < 1) rows = 1;
     return rows > (size_t)B ? B : (int)rows;
@@ -600,7 +636,8 @@ static void collect_enabled(void *user, lens_hook hook) {
     o->dtype = lens_hook_dtype(hook.kind);
     o->ndim = lens_hook_shape(st->cfg, hook, st->B, st->T, o->shape);
     size_t numel = 1;
-    for (int i = 0; i < o->ndim; i++) numel *= (size_t)o->shape[i];
+    for (int i = 0; i < o->ndim; i++)
+        numel *= (size_t)o->shape[i];
     st->data[slot] = malloc(numel * lens_dtype_size(o->dtype) + 1);
     o->data = st->data[slot];
     if (!o->name || !o->data) st->failed = 1;
@@ -657,7 +694,8 @@ static int cmd_cache(cli_opts *o, lens_err *err) {
     tokens64 = malloc((size_t)B * T * sizeof *tokens64);
     logits = malloc((size_t)B * T * V * sizeof *logits);
     if (!tokens64 || !logits) goto oom;
-    for (size_t i = 0; i < (size_t)B * T; i++) tokens64[i] = batch.tokens[i];
+    for (size_t i = 0; i < (size_t)B * T; i++)
+        tokens64[i] = batch.tokens[i];
     outs[0] = (lens_st_out){"tokens", LENS_I64, 2, {B, T}, tokens64};
     outs[1] = (lens_st_out){"logits", LENS_F32, 3, {B, T, V}, logits};
     st = (collect_state){c, enabled, outs + 2, 0, data, B, T, 0};
@@ -670,26 +708,26 @@ static int cmd_cache(cli_opts *o, lens_err *err) {
     double *forward_ms = malloc((size_t)o->repeat * sizeof *forward_ms);
     if (!forward_ms) goto oom;
     for (int r = 0; r < o->repeat; r++) {
-    double t0 = now_ms();
-    for (int row0 = 0; row0 < B; row0 += step) {
-        int rows = B - row0 < step ? B - row0 : step;
-        cap.row0 = row0;
-        cap.chunk_B = rows;
-        lens_batch chunk = {.B = rows,
-                            .T = T,
-                            .tokens = batch.tokens + (size_t)row0 * T,
-                            .attn_mask = batch.attn_mask ? batch.attn_mask + (size_t)row0 * T
-                                                         : NULL};
-        lens_run run = {.hooks_enabled = enabled,
-                        .on_hook = capture_hook,
-                        .user = &cap,
-                        .logits = logits + (size_t)row0 * T * V};
-        if (lens_forward(m, &ws, &chunk, &run, err)) {
-            free(forward_ms);
-            goto out;
+        double t0 = now_ms();
+        for (int row0 = 0; row0 < B; row0 += step) {
+            int rows = B - row0 < step ? B - row0 : step;
+            cap.row0 = row0;
+            cap.chunk_B = rows;
+            lens_batch chunk = {.B = rows,
+                                .T = T,
+                                .tokens = batch.tokens + (size_t)row0 * T,
+                                .attn_mask =
+                                    batch.attn_mask ? batch.attn_mask + (size_t)row0 * T : NULL};
+            lens_run run = {.hooks_enabled = enabled,
+                            .on_hook = capture_hook,
+                            .user = &cap,
+                            .logits = logits + (size_t)row0 * T * V};
+            if (lens_forward(m, &ws, &chunk, &run, err)) {
+                free(forward_ms);
+                goto out;
+            }
         }
-    }
-    forward_ms[r] = now_ms() - t0;
+        forward_ms[r] = now_ms() - t0;
     }
     double t_written = now_ms();
     rc = lens_st_write(o->out, outs, st.n + 2, err);
@@ -709,8 +747,10 @@ static int cmd_cache(cli_opts *o, lens_err *err) {
 oom:
     lens_err_set(err, "out of memory");
 out:
-    for (size_t i = 0; i < st.n; i++) free((char *)outs[2 + i].name);
-    for (size_t i = 0; data && i < slots; i++) free(data[i]);
+    for (size_t i = 0; i < st.n; i++)
+        free((char *)outs[2 + i].name);
+    for (size_t i = 0; data && i < slots; i++)
+        free(data[i]);
     free(data);
     free(outs);
     free(enabled);
@@ -727,9 +767,12 @@ int srv_cli_main(const char *command, int argc, char **argv) {
     lens_err err = {{0}};
     int rc = parse_opts(argc, argv, &o, &err);
     if (rc == 0) {
-        if (strcmp(command, "info") == 0) rc = cmd_info(&o, &err);
-        else if (strcmp(command, "run") == 0) rc = cmd_run(&o, &err);
-        else rc = cmd_cache(&o, &err);
+        if (strcmp(command, "info") == 0)
+            rc = cmd_info(&o, &err);
+        else if (strcmp(command, "run") == 0)
+            rc = cmd_run(&o, &err);
+        else
+            rc = cmd_cache(&o, &err);
     }
     opts_free(&o);
     if (rc) fprintf(stderr, "lensd %s: %s\n", command, err.msg);

@@ -15,8 +15,10 @@ static bool py_printable(utf8proc_int32_t cp) {
     case UTF8PROC_CATEGORY_CN:
     case UTF8PROC_CATEGORY_ZS:
     case UTF8PROC_CATEGORY_ZL:
-    case UTF8PROC_CATEGORY_ZP: return false;
-    default: return true;
+    case UTF8PROC_CATEGORY_ZP:
+        return false;
+    default:
+        return true;
     }
 }
 
@@ -36,14 +38,21 @@ void srv_py_repr_str(FILE *out, const char *s, size_t len) {
             left--;
             continue;
         }
-        if (cp == '\\' || cp == quote) fprintf(out, "\\%c", (char)cp);
-        else if (cp == '\n') fputs("\\n", out);
-        else if (cp == '\r') fputs("\\r", out);
-        else if (cp == '\t') fputs("\\t", out);
+        if (cp == '\\' || cp == quote)
+            fprintf(out, "\\%c", (char)cp);
+        else if (cp == '\n')
+            fputs("\\n", out);
+        else if (cp == '\r')
+            fputs("\\r", out);
+        else if (cp == '\t')
+            fputs("\\t", out);
         else if (!py_printable(cp)) {
-            if (cp < 0x100) fprintf(out, "\\x%02x", (unsigned)cp);
-            else if (cp < 0x10000) fprintf(out, "\\u%04x", (unsigned)cp);
-            else fprintf(out, "\\U%08x", (unsigned)cp);
+            if (cp < 0x100)
+                fprintf(out, "\\x%02x", (unsigned)cp);
+            else if (cp < 0x10000)
+                fprintf(out, "\\u%04x", (unsigned)cp);
+            else
+                fprintf(out, "\\U%08x", (unsigned)cp);
         } else {
             fwrite(p, 1, (size_t)n, out);
         }

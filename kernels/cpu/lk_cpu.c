@@ -25,24 +25,26 @@ void lk_matmul(float *out, int ldo, const float *a, int lda, const float *b, int
     if (M == 0 || N == 0) return;
     float beta = accumulate ? 1.0f : 0.0f;
     if (K > 0) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a, lda, b, ldb,
-                    beta, out, ldo);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a, lda, b, ldb, beta,
+                    out, ldo);
     } else if (!accumulate) {
         for (int i = 0; i < M; i++)
-            for (int j = 0; j < N; j++) out[(size_t)i * ldo + j] = 0.0f;
+            for (int j = 0; j < N; j++)
+                out[(size_t)i * ldo + j] = 0.0f;
     }
     if (bias) {
 #pragma omp parallel for if ((size_t)M * N > 65536)
         for (int i = 0; i < M; i++) {
             float *row = out + (size_t)i * ldo;
-            for (int j = 0; j < N; j++) row[j] += bias[j];
+            for (int j = 0; j < N; j++)
+                row[j] += bias[j];
         }
     }
 }
 
-void lk_matmul_batched(float *out, int ldo, size_t out_step, const float *a, int lda,
-                       size_t a_step, const float *b, int ldb, size_t b_step, bool b_transposed,
-                       int M, int K, int N, int count) {
+void lk_matmul_batched(float *out, int ldo, size_t out_step, const float *a, int lda, size_t a_step,
+                       const float *b, int ldb, size_t b_step, bool b_transposed, int M, int K,
+                       int N, int count) {
     if (M == 0 || N == 0 || count == 0) return;
     const enum CBLAS_TRANSPOSE trans_b = b_transposed ? CblasTrans : CblasNoTrans;
     // Each product is small (one attention head of one prompt), so the
@@ -57,15 +59,15 @@ void lk_matmul_batched(float *out, int ldo, size_t out_step, const float *a, int
     openblas_set_num_threads(blas_threads);
 }
 
-void lk_layernorm_pre(float *normalized, float *scale, const float *inp, int N, int C,
-                      float eps) {
+void lk_layernorm_pre(float *normalized, float *scale, const float *inp, int N, int C, float eps) {
     // inp, normalized are (N,C); scale is (N)
 #pragma omp parallel for if ((size_t)N * C > 16384)
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * C;
         float *y = normalized + (size_t)i * C;
         double sum = 0.0;
-        for (int c = 0; c < C; c++) sum += x[c];
+        for (int c = 0; c < C; c++)
+            sum += x[c];
         float mean = (float)(sum / C);
         double sq = 0.0;
         for (int c = 0; c < C; c++) {
@@ -74,7 +76,8 @@ void lk_layernorm_pre(float *normalized, float *scale, const float *inp, int N, 
         }
         float s = sqrtf((float)(sq / C) + eps);
         scale[i] = s;
-        for (int c = 0; c < C; c++) y[c] = (x[c] - mean) / s;
+        for (int c = 0; c < C; c++)
+            y[c] = (x[c] - mean) / s;
     }
 }
 
@@ -83,18 +86,21 @@ void lk_affine(float *out, const float *inp, const float *w, const float *b, int
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * C;
         float *y = out + (size_t)i * C;
-        for (int c = 0; c < C; c++) y[c] = x[c] * w[c] + (b ? b[c] : 0.0f);
+        for (int c = 0; c < C; c++)
+            y[c] = x[c] * w[c] + (b ? b[c] : 0.0f);
     }
 }
 
 void lk_add(float *out, const float *a, const float *b, size_t n) {
 #pragma omp parallel for if (n > 65536)
-    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+    for (size_t i = 0; i < n; i++)
+        out[i] = a[i] + b[i];
 }
 
 void lk_relu(float *out, const float *inp, size_t n) {
 #pragma omp parallel for if (n > 65536)
-    for (size_t i = 0; i < n; i++) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
+    for (size_t i = 0; i < n; i++)
+        out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
 }
 
 void lk_gelu(float *out, const float *inp, size_t n) {
@@ -133,9 +139,11 @@ void lk_silu(float *out, const float *inp, size_t n) {
 /* Softmax of one row; see lk_softmax_rows. */
 static void softmax_row(float *y, const float *x, int C) {
     float maxval = -INFINITY;
-    for (int c = 0; c < C; c++) maxval = x[c] > maxval ? x[c] : maxval;
+    for (int c = 0; c < C; c++)
+        maxval = x[c] > maxval ? x[c] : maxval;
     if (maxval == -INFINITY) {
-        for (int c = 0; c < C; c++) y[c] = 0.0f;
+        for (int c = 0; c < C; c++)
+            y[c] = 0.0f;
         return;
     }
     // maxval is subtracted only for numerical stability
@@ -145,12 +153,14 @@ static void softmax_row(float *y, const float *x, int C) {
         sum += y[c];
     }
     float inv = (float)(1.0 / sum);
-    for (int c = 0; c < C; c++) y[c] *= inv;
+    for (int c = 0; c < C; c++)
+        y[c] *= inv;
 }
 
 void lk_softmax_rows(float *out, const float *inp, int N, int C) {
 #pragma omp parallel for if ((size_t)N * C > 16384)
-    for (int i = 0; i < N; i++) softmax_row(out + (size_t)i * C, inp + (size_t)i * C, C);
+    for (int i = 0; i < N; i++)
+        softmax_row(out + (size_t)i * C, inp + (size_t)i * C, C);
 }
 
 void lk_solu(float *out, const float *inp, int N, int C) {
@@ -159,9 +169,12 @@ void lk_solu(float *out, const float *inp, int N, int C) {
         const float *x = inp + (size_t)i * C;
         float *y = out + (size_t)i * C;
         float maxval = -INFINITY;
-        for (int c = 0; c < C; c++) maxval = x[c] > maxval ? x[c] : maxval;
+        for (int c = 0; c < C; c++)
+            maxval = x[c] > maxval ? x[c] : maxval;
         double sum = 0.0;
-        for (int c = 0; c < C; c++) sum += expf(x[c] - maxval);
-        for (int c = 0; c < C; c++) y[c] = x[c] * (float)(expf(x[c] - maxval) / sum);
+        for (int c = 0; c < C; c++)
+            sum += expf(x[c] - maxval);
+        for (int c = 0; c < C; c++)
+            y[c] = x[c] * (float)(expf(x[c] - maxval) / sum);
     }
 }

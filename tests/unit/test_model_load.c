@@ -96,15 +96,24 @@ static void write_gpt2(const gpt2_opts *o) {
         int ndim;
         int64_t shape[2];
     } spec[] = {
-        {"wte.weight", 2, {V, D}},         {"wpe.weight", 2, {CTX, D}},
-        {"h.0.ln_1.weight", 1, {D}},       {"h.0.ln_1.bias", 1, {D}},
-        {"h.0.attn.c_attn.weight", 2, {D, 3 * D}}, {"h.0.attn.c_attn.bias", 1, {3 * D}},
-        {"h.0.attn.c_proj.weight", 2, {D, D}},     {"h.0.attn.c_proj.bias", 1, {D}},
-        {"h.0.ln_2.weight", 1, {D}},       {"h.0.ln_2.bias", 1, {D}},
-        {"h.0.mlp.c_fc.weight", 2, {D, M}}, {"h.0.mlp.c_fc.bias", 1, {M}},
-        {"h.0.mlp.c_proj.weight", 2, {M, D}}, {"h.0.mlp.c_proj.bias", 1, {D}},
-        {"ln_f.weight", 1, {D}},           {"ln_f.bias", 1, {D}},
-        {"lm_head.weight", 2, {V, D}},     {"h.0.attn.bias", 2, {CTX, CTX}},
+        {"wte.weight", 2, {V, D}},
+        {"wpe.weight", 2, {CTX, D}},
+        {"h.0.ln_1.weight", 1, {D}},
+        {"h.0.ln_1.bias", 1, {D}},
+        {"h.0.attn.c_attn.weight", 2, {D, 3 * D}},
+        {"h.0.attn.c_attn.bias", 1, {3 * D}},
+        {"h.0.attn.c_proj.weight", 2, {D, D}},
+        {"h.0.attn.c_proj.bias", 1, {D}},
+        {"h.0.ln_2.weight", 1, {D}},
+        {"h.0.ln_2.bias", 1, {D}},
+        {"h.0.mlp.c_fc.weight", 2, {D, M}},
+        {"h.0.mlp.c_fc.bias", 1, {M}},
+        {"h.0.mlp.c_proj.weight", 2, {M, D}},
+        {"h.0.mlp.c_proj.bias", 1, {D}},
+        {"ln_f.weight", 1, {D}},
+        {"ln_f.bias", 1, {D}},
+        {"lm_head.weight", 2, {V, D}},
+        {"h.0.attn.bias", 2, {CTX, CTX}},
     };
     const size_t n_spec = sizeof spec / sizeof spec[0];
     lens_st_out outs[32];
@@ -117,7 +126,8 @@ static void write_gpt2(const gpt2_opts *o) {
         if ((is_lm && !o->lm_head) || (is_mask && !o->mask_buffers)) continue;
         if (o->skip && strcmp(o->skip, spec[i].name) == 0) continue;
         size_t numel = 1;
-        for (int k = 0; k < spec[i].ndim; k++) numel *= (size_t)spec[i].shape[k];
+        for (int k = 0; k < spec[i].ndim; k++)
+            numel *= (size_t)spec[i].shape[k];
         /* the tied head is the embedding itself: same seed */
         bufs[n] = random_floats(numel, is_lm ? 0 : (unsigned)i);
         if (o->nan && i == 0) bufs[n][3] = NAN;
@@ -136,7 +146,8 @@ static void write_gpt2(const gpt2_opts *o) {
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     lens_err err;
     cr_assert_eq(lens_st_write(path, outs, n, &err), 0, "%s", err.msg);
-    for (size_t i = 0; i < n; i++) free(bufs[i]);
+    for (size_t i = 0; i < n; i++)
+        free(bufs[i]);
 }
 
 static lens_model *load(int processing, lens_err *err) {
@@ -173,8 +184,8 @@ Test(model_load, missing_tensor_is_named) {
     write_gpt2(&(gpt2_opts){.prefix = "", .skip = "h.0.mlp.c_fc.bias"});
     lens_err err;
     cr_assert_null(load(-1, &err));
-    cr_assert(strstr(err.msg, "h.0.mlp.c_fc.bias") && strstr(err.msg, "model.safetensors"),
-              "%s", err.msg);
+    cr_assert(strstr(err.msg, "h.0.mlp.c_fc.bias") && strstr(err.msg, "model.safetensors"), "%s",
+              err.msg);
 }
 
 Test(model_load, wrong_shape_is_named) {
@@ -214,8 +225,7 @@ Test(model_load, unsupported_architecture_is_named) {
 Test(model_load, missing_directory_contents) {
     lens_err err;
     cr_assert_null(load(-1, &err));
-    cr_assert(strstr(err.msg, "tl_config.json") && strstr(err.msg, "config.json"), "%s",
-              err.msg);
+    cr_assert(strstr(err.msg, "tl_config.json") && strstr(err.msg, "config.json"), "%s", err.msg);
 }
 
 Test(model_load, unknown_name_suggests_hf_cache) {
@@ -230,8 +240,7 @@ Test(model_load, hf_cache_by_id_and_alias) {
     char snap[384], refs[384], cmd[1400];
     snprintf(snap, sizeof snap, "%.300s/hub/models--gpt2/snapshots/abc123", dir);
     snprintf(refs, sizeof refs, "%.300s/hub/models--gpt2/refs", dir);
-    snprintf(cmd, sizeof cmd, "mkdir -p '%s' '%s' && printf abc123 > '%s/main'", snap, refs,
-             refs);
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' '%s' && printf abc123 > '%s/main'", snap, refs, refs);
     cr_assert_eq(system(cmd), 0);
     char saved[384];
     snprintf(saved, sizeof saved, "%s", dir);
@@ -261,21 +270,22 @@ static void write_native(const char *config_extra, bool with_ln) {
              "\"<s>\", \"pad_token\": \"<pad>\"}}",
              with_ln ? "LN" : "LNPre", config_extra);
     write_text("tl_config.json", config);
-    const char *names[] = {"embed.W_E", "pos_embed.W_pos", "blocks.0.attn.W_Q",
-                           "blocks.0.attn.W_K", "blocks.0.attn.W_V", "blocks.0.attn.W_O",
+    const char *names[] = {"embed.W_E",         "pos_embed.W_pos",    "blocks.0.attn.W_Q",
+                           "blocks.0.attn.W_K", "blocks.0.attn.W_V",  "blocks.0.attn.W_O",
                            "blocks.0.mlp.W_in", "blocks.0.mlp.W_out", "unembed.W_U",
-                           "blocks.0.ln1.w", "blocks.0.ln1.b", "blocks.0.ln2.w",
-                           "blocks.0.ln2.b", "ln_final.w", "ln_final.b"};
-    int64_t shapes[][3] = {{6, D}, {CTX, D}, {H, D, 4}, {H, D, 4}, {H, D, 4}, {H, 4, D},
-                           {D, M}, {M, D},   {D, 2},    {D},       {D},       {D},
-                           {D},    {D},      {D}};
+                           "blocks.0.ln1.w",    "blocks.0.ln1.b",     "blocks.0.ln2.w",
+                           "blocks.0.ln2.b",    "ln_final.w",         "ln_final.b"};
+    int64_t shapes[][3] = {{6, D},    {CTX, D}, {H, D, 4}, {H, D, 4}, {H, D, 4},
+                           {H, 4, D}, {D, M},   {M, D},    {D, 2},    {D},
+                           {D},       {D},      {D},       {D},       {D}};
     int ndims[] = {2, 2, 3, 3, 3, 3, 2, 2, 2, 1, 1, 1, 1, 1, 1};
     size_t n = with_ln ? 15 : 9;
     lens_st_out outs[15];
     float *bufs[15];
     for (size_t i = 0; i < n; i++) {
         size_t numel = 1;
-        for (int k = 0; k < ndims[i]; k++) numel *= (size_t)shapes[i][k];
+        for (int k = 0; k < ndims[i]; k++)
+            numel *= (size_t)shapes[i][k];
         bufs[i] = random_floats(numel, (unsigned)i + 7);
         outs[i] = (lens_st_out){names[i], LENS_F32, ndims[i], {0}, bufs[i]};
         memcpy(outs[i].shape, shapes[i], sizeof shapes[i]);
@@ -284,7 +294,8 @@ static void write_native(const char *config_extra, bool with_ln) {
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     lens_err err;
     cr_assert_eq(lens_st_write(path, outs, n, &err), 0, "%s", err.msg);
-    for (size_t i = 0; i < n; i++) free(bufs[i]);
+    for (size_t i = 0; i < n; i++)
+        free(bufs[i]);
 }
 
 Test(model_load, native_model_and_its_tokens) {
@@ -323,8 +334,7 @@ Test(model_load, native_unsupported_fields_refused) {
         write_native(cases[i][0], true);
         lens_err err;
         cr_assert_null(load(-1, &err), "case %zu loaded", i);
-        cr_assert(strstr(err.msg, cases[i][1]) && strstr(err.msg, "tl_config.json"), "%s",
-                  err.msg);
+        cr_assert(strstr(err.msg, cases[i][1]) && strstr(err.msg, "tl_config.json"), "%s", err.msg);
     }
 }
 
@@ -349,21 +359,25 @@ Test(model_load, processing_centres_what_tl_centres) {
     cr_assert_null(m->w.layers[0].ln1_w);
     for (int col = 0; col < D; col++) {
         double sum = 0;
-        for (int r = 0; r < D; r++) sum += m->w.layers[0].W_Q[r * D + col];
+        for (int r = 0; r < D; r++)
+            sum += m->w.layers[0].W_Q[r * D + col];
         cr_assert(fabs(sum) < 1e-5, "W_Q column %d sums to %g", col, sum);
     }
     for (int r = 0; r < V; r++) {
         double e = 0, u = 0;
-        for (int c = 0; c < D; c++) e += m->w.W_E[r * D + c];
+        for (int c = 0; c < D; c++)
+            e += m->w.W_E[r * D + c];
         cr_assert(fabs(e) < 1e-5, "W_E row %d sums to %g", r, e);
         (void)u;
     }
     for (int r = 0; r < D; r++) {
         double u = 0;
-        for (int v = 0; v < V; v++) u += m->w.W_U[r * V + v];
+        for (int v = 0; v < V; v++)
+            u += m->w.W_U[r * V + v];
         cr_assert(fabs(u) < 1e-5, "W_U row %d sums to %g", r, u);
     }
-    for (int i = 0; i < D; i++) cr_assert_eq(m->w.layers[0].b_V[i], 0.0f);
+    for (int i = 0; i < D; i++)
+        cr_assert_eq(m->w.layers[0].b_V[i], 0.0f);
     lens_model_free(m);
 }
 
