@@ -557,11 +557,26 @@ static json_t *lens_st_entry(const lens_st_out *out, int64_t begin, int64_t end)
                      "data_offsets", (json_int_t)begin, (json_int_t)end);
 }
 
-char *lens_st_encode_header(const lens_st_out *tensors, size_t n, size_t *len, lens_err *err) {
+char *lens_st_encode_header(const lens_st_out *tensors, size_t n, const lens_st_meta *meta,
+                            size_t n_meta, size_t *len, lens_err *err) {
     json_t *root = json_object();
     if (!root) {
         lens_err_set(err, "out of memory building the safetensors header");
         return NULL;
+    }
+    if (n_meta > 0) {
+        json_t *metadata = json_object();
+        if (!metadata || json_object_set_new(root, "__metadata__", metadata) != 0) {
+            lens_err_set(err, "out of memory building the safetensors header");
+            goto fail;
+        }
+        for (size_t i = 0; i < n_meta; i++) {
+            json_t *value = meta[i].value ? json_string(meta[i].value) : NULL;
+            if (!meta[i].key || !value || json_object_set_new(metadata, meta[i].key, value)) {
+                lens_err_set(err, "metadata entry %zu is not a pair of UTF-8 strings", i);
+                goto fail;
+            }
+        }
     }
     int64_t offset = 0;
     for (size_t i = 0; i < n; i++) {
@@ -637,9 +652,10 @@ static size_t lens_st_out_nbytes(const lens_st_out *out) {
     return nbytes;
 }
 
-int lens_st_write(const char *path, const lens_st_out *tensors, size_t n, lens_err *err) {
+int lens_st_write(const char *path, const lens_st_out *tensors, size_t n,
+                  const lens_st_meta *meta, size_t n_meta, lens_err *err) {
     size_t hlen;
-    char *header = lens_st_encode_header(tensors, n, &hlen, err);
+    char *header = lens_st_encode_header(tensors, n, meta, n_meta, &hlen, err);
     if (!header) {
         lens_err_prefix(err, "%s", path);
         return -1;

@@ -89,15 +89,23 @@ typedef struct lens_st_out {
     const void *data;
 } lens_st_out;
 
+/* One "__metadata__" entry to write. */
+typedef struct lens_st_meta {
+    const char *key, *value;
+} lens_st_meta;
+
 /* Builds the bytes that precede the tensor data: the 8-byte length and the
  * JSON header (padded with spaces to a multiple of 8), for tensors laid out
- * one after the other in the given order. Returns a malloc'd buffer of
- * *len bytes (caller frees), or NULL on error (a duplicate or empty name,
- * a bad shape). This is what a streaming writer sends first. */
-char *lens_st_encode_header(const lens_st_out *tensors, size_t n, size_t *len, lens_err *err);
+ * one after the other in the given order, with n_meta "__metadata__"
+ * entries (none when n_meta is 0). Returns a malloc'd buffer of *len bytes
+ * (caller frees), or NULL on error (a duplicate or empty name, a bad shape).
+ * This is what a streaming writer sends first. */
+char *lens_st_encode_header(const lens_st_out *tensors, size_t n, const lens_st_meta *meta,
+                            size_t n_meta, size_t *len, lens_err *err);
 
-/* Writes the tensors (in order) to path, replacing it. Returns 0, or -1 on
- * error naming the path. */
-int lens_st_write(const char *path, const lens_st_out *tensors, size_t n, lens_err *err);
+/* Writes the tensors (in order) and metadata to path, replacing it. Returns
+ * 0, or -1 on error naming the path. */
+int lens_st_write(const char *path, const lens_st_out *tensors, size_t n,
+                  const lens_st_meta *meta, size_t n_meta, lens_err *err);
 
 #endif

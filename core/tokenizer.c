@@ -33,12 +33,14 @@
 
 /*
  * The GPT-2 pre-tokenizer regex. HF runs it on Oniguruma, whose \s is the
- * Unicode White_Space property; PCRE2's \s with UCP also takes U+180E and
- * differs elsewhere, so the class is spelled out. (?![^WS]) is (?!\S).
+ * Unicode White_Space property; PCRE2's \s with UCP also takes U+180E (the
+ * Mongolian vowel separator, White_Space until Unicode 6.3), so the class is
+ * spelled out. (?![^WS]) is (?!\S).
  * Every character matches some alternative, so the matches tile the text.
  */
-#define WS "\\t\\n\\x{0B}\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}" \
-           "\\x{202F}\\x{205F}\\x{3000}"
+#define WS                                                                                         \
+    "\\t\\n\\x{0B}\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}"             \
+    "\\x{202F}\\x{205F}\\x{3000}"
 static const char GPT2_PATTERN[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+"
                                    "| ?[^" WS "\\p{L}\\p{N}]+|[" WS "]+(?![^" WS "])|[" WS "]+";
 
@@ -87,7 +89,8 @@ static int str_table_grow(str_table *t) {
     if (!slots) return -1;
     str_table bigger = {slots, cap, t->count};
     for (size_t i = 0; i < t->cap; i++)
-        if (t->slots[i].key) *str_table_find(&bigger, t->slots[i].key, t->slots[i].len) = t->slots[i];
+        if (t->slots[i].key)
+            *str_table_find(&bigger, t->slots[i].key, t->slots[i].len) = t->slots[i];
     free(t->slots);
     *t = bigger;
     return 0;
@@ -116,7 +119,8 @@ static int32_t str_table_get(const str_table *t, const char *key, size_t len) {
 }
 
 static void str_table_free(str_table *t) {
-    for (size_t i = 0; i < t->cap; i++) free(t->slots[i].key);
+    for (size_t i = 0; i < t->cap; i++)
+        free(t->slots[i].key);
     free(t->slots);
 }
 
@@ -152,11 +156,11 @@ static int merge_table_grow(merge_table *t) {
     size_t cap = t->cap ? t->cap * 2 : 1024;
     merge_slot *slots = malloc(cap * sizeof *slots);
     if (!slots) return -1;
-    for (size_t i = 0; i < cap; i++) slots[i].pair = NO_PAIR;
+    for (size_t i = 0; i < cap; i++)
+        slots[i].pair = NO_PAIR;
     merge_table bigger = {slots, cap, t->count};
     for (size_t i = 0; i < t->cap; i++)
-        if (t->slots[i].pair != NO_PAIR)
-            *merge_table_find(&bigger, t->slots[i].pair) = t->slots[i];
+        if (t->slots[i].pair != NO_PAIR) *merge_table_find(&bigger, t->slots[i].pair) = t->slots[i];
     free(t->slots);
     *t = bigger;
     return 0;
@@ -189,9 +193,9 @@ typedef struct added_token {
 
 struct lens_tokenizer {
     tok_kind kind;
-    lens_split split;  /* KIND_LIST only */
-    size_t n_ids;      /* largest id + 1 */
-    str_table entries; /* entry text -> id; added tokens win over the model vocab */
+    lens_split split;   /* KIND_LIST only */
+    size_t n_ids;       /* largest id + 1 */
+    str_table entries;  /* entry text -> id; added tokens win over the model vocab */
     uint32_t *text_off; /* [n_ids + 1]: id i decodes to text_bytes[text_off[i] .. text_off[i+1]) */
     char *text_bytes;
 
@@ -270,7 +274,8 @@ static int utf8_validate(const char *text, size_t len, lens_err *err) {
 static uint32_t utf8_code_point(const uint8_t *s, size_t n) {
     static const uint8_t lead_mask[5] = {0, 0x7F, 0x1F, 0x0F, 0x07};
     uint32_t cp = s[0] & lead_mask[n];
-    for (size_t i = 1; i < n; i++) cp = cp << 6 | (s[i] & 0x3F);
+    for (size_t i = 1; i < n; i++)
+        cp = cp << 6 | (s[i] & 0x3F);
     return cp;
 }
 
@@ -300,9 +305,9 @@ static size_t utf8_put(uint32_t cp, char *out) {
 /* Rust's char::is_whitespace, i.e. the Unicode White_Space property: what HF
  * strips beside an added token with lstrip or rstrip. */
 static bool is_unicode_space(uint32_t cp) {
-    return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 ||
-           cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
-           cp == 0x202F || cp == 0x205F || cp == 0x3000;
+    return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+           (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
+           cp == 0x205F || cp == 0x3000;
 }
 
 /* ---- GPT-2's byte <-> printable character mapping ----------------------- */
@@ -321,16 +326,17 @@ static void byte_alphabet_init(byte_alphabet *a) {
         bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
         a->code_point[b] = printable ? b : next_extra++;
     }
-    for (size_t cp = 0; cp < sizeof a->byte / sizeof a->byte[0]; cp++) a->byte[cp] = -1;
-    for (unsigned b = 0; b < 256; b++) a->byte[a->code_point[b]] = (int16_t)b;
+    for (size_t cp = 0; cp < sizeof a->byte / sizeof a->byte[0]; cp++)
+        a->byte[cp] = -1;
+    for (unsigned b = 0; b < 256; b++)
+        a->byte[a->code_point[b]] = (int16_t)b;
 }
 
 /* The bytes a vocabulary entry stands for: its characters mapped back to
  * bytes if every one of them spells a byte, else its own UTF-8 text (HF's
  * ByteLevel decoder does the same, e.g. for "<|endoftext|>"'s literal text).
  * Writes at most len bytes to out and returns how many. */
-static size_t entry_bytes(const byte_alphabet *alphabet, const char *text, size_t len,
-                          char *out) {
+static size_t entry_bytes(const byte_alphabet *alphabet, const char *text, size_t len, char *out) {
     const uint8_t *s = (const uint8_t *)text;
     size_t n_out = 0, invalid_len;
     for (size_t i = 0; i < len;) {
@@ -351,8 +357,11 @@ static size_t entry_bytes(const byte_alphabet *alphabet, const char *text, size_
 
 static lens_tokenizer *tok_new(tok_kind kind, lens_err *err) {
     lens_tokenizer *tok = calloc(1, sizeof *tok);
-    if (!tok) lens_err_set(err, "out of memory");
-    if (tok) tok->kind = kind;
+    if (!tok) {
+        lens_err_set(err, "out of memory");
+        return NULL;
+    }
+    tok->kind = kind;
     return tok;
 }
 
@@ -368,7 +377,8 @@ static int set_entry(lens_tokenizer *tok, const char *text, size_t len, int64_t 
     }
     if ((size_t)id >= tok->id_text_cap) {
         size_t cap = tok->id_text_cap ? tok->id_text_cap : 1024;
-        while (cap <= (size_t)id) cap *= 2;
+        while (cap <= (size_t)id)
+            cap *= 2;
         const char **texts = realloc(tok->id_text, cap * sizeof *texts);
         if (texts) tok->id_text = texts;
         size_t *lens = realloc(tok->id_text_len, cap * sizeof *lens);
@@ -400,7 +410,8 @@ static int set_entry(lens_tokenizer *tok, const char *text, size_t len, int64_t 
  * spell nothing (gaps) decode to nothing, as in HF. */
 static int finish_texts(lens_tokenizer *tok, lens_err *err) {
     size_t total = 0;
-    for (size_t i = 0; i < tok->n_ids; i++) total += tok->id_text[i] ? tok->id_text_len[i] : 0;
+    for (size_t i = 0; i < tok->n_ids; i++)
+        total += tok->id_text[i] ? tok->id_text_len[i] : 0;
     if (total > UINT32_MAX) {
         lens_err_set(err, "vocabulary text is too large (%zu bytes)", total);
         return -1;
@@ -446,8 +457,7 @@ static int load_vocab_object(lens_tokenizer *tok, const json_t *vocab, lens_err 
             lens_err_set(err, "the id of \"%.64s\" is not an integer", key);
             return -1;
         }
-        if (set_entry(tok, key, strlen(key), json_integer_value(value), false, err) < 0)
-            return -1;
+        if (set_entry(tok, key, strlen(key), json_integer_value(value), false, err) < 0) return -1;
     }
     return 0;
 }
@@ -776,8 +786,7 @@ static int load_added_tokens(lens_tokenizer *tok, const json_t *added, lens_err 
             return -1;
         }
         if (add_added_token(tok, json_string_value(content), json_string_length(content),
-                            json_integer_value(id),
-                            json_is_true(json_object_get(entry, "lstrip")),
+                            json_integer_value(id), json_is_true(json_object_get(entry, "lstrip")),
                             json_is_true(json_object_get(entry, "rstrip")),
                             !json_is_false(json_object_get(entry, "normalized")), err) < 0)
             return -1;
@@ -791,8 +800,8 @@ lens_tokenizer *lens_tok_load_hf_json(const char *tokenizer_json_path, lens_err 
     json_error_t jerr;
     json_t *root = json_load_file(tokenizer_json_path, 0, &jerr);
     if (!root) {
-        lens_err_set(err, "%s: %s (line %d, column %d)", tokenizer_json_path, jerr.text,
-                     jerr.line, jerr.column);
+        lens_err_set(err, "%s: %s (line %d, column %d)", tokenizer_json_path, jerr.text, jerr.line,
+                     jerr.column);
         lens_tok_free(tok);
         return NULL;
     }
@@ -858,7 +867,8 @@ void lens_tok_free(lens_tokenizer *tok) {
     if (!tok) return;
     str_table_free(&tok->entries);
     free(tok->merges.slots);
-    for (size_t i = 0; i < tok->n_added; i++) free(tok->added[i].content);
+    for (size_t i = 0; i < tok->n_added; i++)
+        free(tok->added[i].content);
     free(tok->added);
     pcre2_code_free(tok->pretokenizer);
     free(tok->text_off);
@@ -881,7 +891,7 @@ int32_t lens_tok_lookup(const lens_tokenizer *tok, const char *entry) {
 /* A symbol of the word being merged: a token id spanning some bytes, linked
  * to its neighbours. A symbol merged into its left neighbour is dead. */
 typedef struct symbol {
-    int32_t id; /* -1 once dead */
+    int32_t id;         /* -1 once dead */
     int32_t prev, next; /* indices, -1 at the ends */
 } symbol;
 
@@ -899,7 +909,7 @@ typedef struct encode_state {
     size_t n_ids, cap_ids;
     symbol *syms;
     merge_candidate *heap;
-    size_t cap_word; /* capacity of syms and heap, in bytes of word */
+    size_t cap_word;    /* capacity of syms and heap, in bytes of word */
     size_t *next_match; /* [2 * n_added]: per pass, where each added token next occurs */
     pcre2_match_data *match;
 } encode_state;
@@ -956,8 +966,8 @@ static void push_candidate(const lens_tokenizer *tok, encode_state *st, size_t *
 
 /* BPE on one pre-tokenized piece. Each merge can add at most two candidates
  * and removes a symbol, so the heap never holds more than 3 * len entries. */
-static int encode_word(const lens_tokenizer *tok, const uint8_t *word, size_t len,
-                       encode_state *st, lens_err *err) {
+static int encode_word(const lens_tokenizer *tok, const uint8_t *word, size_t len, encode_state *st,
+                       lens_err *err) {
     if (len == 1) return push_id(st, tok->byte_id[word[0]], err);
     if (len > INT32_MAX / 4) {
         lens_err_set(err, "a pre-tokenized piece of %zu bytes is too long", len);
@@ -976,9 +986,11 @@ static int encode_word(const lens_tokenizer *tok, const uint8_t *word, size_t le
     }
     symbol *syms = st->syms;
     for (size_t i = 0; i < len; i++)
-        syms[i] = (symbol){tok->byte_id[word[i]], (int32_t)i - 1, i + 1 < len ? (int32_t)i + 1 : -1};
+        syms[i] =
+            (symbol){tok->byte_id[word[i]], (int32_t)i - 1, i + 1 < len ? (int32_t)i + 1 : -1};
     size_t n_heap = 0;
-    for (size_t i = 0; i + 1 < len; i++) push_candidate(tok, st, &n_heap, (int32_t)i);
+    for (size_t i = 0; i + 1 < len; i++)
+        push_candidate(tok, st, &n_heap, (int32_t)i);
     while (n_heap > 0) {
         merge_candidate c = heap_pop(st->heap, &n_heap);
         symbol *left = &syms[c.pos];
@@ -1025,7 +1037,8 @@ static size_t space_run_start(const char *text, size_t lo, size_t at) {
     const uint8_t *s = (const uint8_t *)text;
     while (at > lo) {
         size_t start = at - 1, invalid_len;
-        while (start > lo && (s[start] & 0xC0) == 0x80) start--;
+        while (start > lo && (s[start] & 0xC0) == 0x80)
+            start--;
         size_t n = utf8_sequence(s + start, at - start, &invalid_len);
         if (!is_unicode_space(utf8_code_point(s + start, n))) break;
         at = start;
@@ -1129,7 +1142,8 @@ static int encode_list(const lens_tokenizer *tok, const char *text, size_t len, 
                 continue;
             }
             size_t end = pos;
-            while (end < len && !is_ascii_space(text[end])) end++;
+            while (end < len && !is_ascii_space(text[end]))
+                end++;
             if (encode_piece(tok, text + pos, end - pos, pos, st, err) < 0) return -1;
             pos = end;
             continue;

@@ -730,7 +730,17 @@ static int cmd_cache(cli_opts *o, lens_err *err) {
         forward_ms[r] = now_ms() - t0;
     }
     double t_written = now_ms();
-    rc = lens_st_write(o->out, outs, st.n + 2, err);
+    char processing[256];
+    lens_processing_names(m->processing, processing, sizeof processing);
+    const lens_st_meta meta[] = {
+        {"lensd_version", LENS_VERSION},
+        {"model", m->name},
+        {"source", m->source},
+        {"processing", processing},
+        {"prepend_bos", m->cfg.default_prepend_bos && !o->no_bos ? "true" : "false"},
+        {"padding_side", o->pad_left ? "left" : "right"},
+    };
+    rc = lens_st_write(o->out, outs, st.n + 2, meta, sizeof meta / sizeof meta[0], err);
     if (rc == 0 && o->timings) {
         double total = now_ms() - t_start;
         double write = now_ms() - t_written;

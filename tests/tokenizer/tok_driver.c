@@ -54,7 +54,8 @@ static char *document_bytes(const json_t *doc, size_t *len) {
     if (!json_is_array(doc)) die("input", "a document is neither a string nor a byte list");
     *len = json_array_size(doc);
     char *bytes = malloc(*len + 1);
-    for (size_t i = 0; i < *len; i++) bytes[i] = (char)json_integer_value(json_array_get(doc, i));
+    for (size_t i = 0; i < *len; i++)
+        bytes[i] = (char)json_integer_value(json_array_get(doc, i));
     return bytes;
 }
 
@@ -75,7 +76,8 @@ static json_t *encode_all(const lens_tokenizer *tok, const json_t *docs) {
             json_array_append_new(results, error_object(&err));
         } else {
             json_t *list = json_array();
-            for (size_t k = 0; k < n; k++) json_array_append_new(list, json_integer(ids[k]));
+            for (size_t k = 0; k < n; k++)
+                json_array_append_new(list, json_integer(ids[k]));
             json_array_append_new(results, json_pack("{s:o}", "ids", list));
             free(ids);
         }
@@ -102,9 +104,11 @@ static json_t *decode_all(const lens_tokenizer *tok, const json_t *lists) {
     json_array_foreach(lists, i, list) {
         size_t n = json_array_size(list);
         int32_t *ids = malloc((n + 1) * sizeof *ids);
-        for (size_t k = 0; k < n; k++) ids[k] = (int32_t)json_integer_value(json_array_get(list, k));
+        for (size_t k = 0; k < n; k++)
+            ids[k] = (int32_t)json_integer_value(json_array_get(list, k));
         json_t *text = decode_one(tok, ids, n);
-        json_array_append_new(results, json_is_string(text) ? json_pack("{s:o}", "text", text) : text);
+        json_array_append_new(results,
+                              json_is_string(text) ? json_pack("{s:o}", "text", text) : text);
         free(ids);
     }
     return results;
@@ -168,10 +172,14 @@ int main(int argc, char **argv) {
     } else if (argc == arg + 3) {
         const char *mode = argv[arg];
         json_t *in = load_json(argv[arg + 1]), *out = NULL;
-        if (strcmp(mode, "encode") == 0) out = encode_all(tok, in);
-        else if (strcmp(mode, "decode") == 0) out = decode_all(tok, in);
-        else if (strcmp(mode, "bench") == 0) out = bench(tok, in);
-        else die("usage", usage);
+        if (strcmp(mode, "encode") == 0)
+            out = encode_all(tok, in);
+        else if (strcmp(mode, "decode") == 0)
+            out = decode_all(tok, in);
+        else if (strcmp(mode, "bench") == 0)
+            out = bench(tok, in);
+        else
+            die("usage", usage);
         json_decref(in);
         save_json(out, argv[arg + 2]);
     } else {

@@ -74,7 +74,7 @@ static void roundtrip(const lens_st_file *f) {
     }
     lens_err err;
     size_t hlen;
-    char *header = lens_st_encode_header(outs, n, &hlen, &err);
+    char *header = lens_st_encode_header(outs, n, NULL, 0, &hlen, &err);
     if (!header) {
         fprintf(stderr, "re-encoding an opened file failed: %s\n", err.msg);
         abort();

@@ -145,7 +145,7 @@ static void write_gpt2(const gpt2_opts *o) {
     char path[1024];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     lens_err err;
-    cr_assert_eq(lens_st_write(path, outs, n, &err), 0, "%s", err.msg);
+    cr_assert_eq(lens_st_write(path, outs, n, NULL, 0, &err), 0, "%s", err.msg);
     for (size_t i = 0; i < n; i++)
         free(bufs[i]);
 }
@@ -293,7 +293,7 @@ static void write_native(const char *config_extra, bool with_ln) {
     char path[1024];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     lens_err err;
-    cr_assert_eq(lens_st_write(path, outs, n, &err), 0, "%s", err.msg);
+    cr_assert_eq(lens_st_write(path, outs, n, NULL, 0, &err), 0, "%s", err.msg);
     for (size_t i = 0; i < n; i++)
         free(bufs[i]);
 }

@@ -190,7 +190,7 @@ Test(roundtrip, every_dtype_scalar_and_empty) {
     const size_t n = sizeof out / sizeof out[0];
     path_buf p = scratch("all.safetensors");
     lens_err err = {{0}};
-    cr_assert_eq(lens_st_write(p.s, out, n, &err), 0, "%s", err.msg);
+    cr_assert_eq(lens_st_write(p.s, out, n, NULL, 0, &err), 0, "%s", err.msg);
 
     lens_st_file *f = lens_st_open(p.s, &err);
     cr_assert_not_null(f, "%s", err.msg);
@@ -232,12 +232,30 @@ Test(roundtrip, every_dtype_scalar_and_empty) {
 Test(roundtrip, no_tensors) {
     path_buf p = scratch("none.safetensors");
     lens_err err = {{0}};
-    cr_assert_eq(lens_st_write(p.s, NULL, 0, &err), 0, "%s", err.msg);
+    cr_assert_eq(lens_st_write(p.s, NULL, 0, NULL, 0, &err), 0, "%s", err.msg);
     lens_st_file *f = lens_st_open(p.s, &err);
     cr_assert_not_null(f, "%s", err.msg);
     cr_assert_eq(lens_st_count(f), 0);
     cr_assert_null(lens_st_find(f, "x"));
     lens_st_close(f);
+}
+
+Test(roundtrip, metadata) {
+    path_buf p = scratch("meta.safetensors");
+    lens_err err = {{0}};
+    const float x[2] = {1.0f, -2.0f};
+    const lens_st_out out = {"x", LENS_F32, 1, {2}, x};
+    const lens_st_meta meta[] = {{"processing", "fold_ln,center_unembed"}, {"model", "gpt2"}};
+    cr_assert_eq(lens_st_write(p.s, &out, 1, meta, 2, &err), 0, "%s", err.msg);
+    lens_st_file *f = lens_st_open(p.s, &err);
+    cr_assert_not_null(f, "%s", err.msg);
+    cr_assert_str_eq(lens_st_metadata(f, "processing"), "fold_ln,center_unembed");
+    cr_assert_str_eq(lens_st_metadata(f, "model"), "gpt2");
+    cr_assert_null(lens_st_metadata(f, "absent"));
+    cr_assert_eq(lens_st_count(f), 1);
+    lens_st_close(f);
+    const lens_st_meta bad[] = {{"k", NULL}};
+    cr_assert_eq(lens_st_write(p.s, &out, 1, bad, 1, &err), -1);
 }
 
 Test(roundtrip, write_replaces_existing_file) {
@@ -247,8 +265,8 @@ Test(roundtrip, write_replaces_existing_file) {
     lens_err err = {{0}};
     const lens_st_out first = {"a", LENS_F32, 1, {4}, a};
     const lens_st_out second = {"b", LENS_I8, 1, {1}, b};
-    cr_assert_eq(lens_st_write(p.s, &first, 1, &err), 0, "%s", err.msg);
-    cr_assert_eq(lens_st_write(p.s, &second, 1, &err), 0, "%s", err.msg);
+    cr_assert_eq(lens_st_write(p.s, &first, 1, NULL, 0, &err), 0, "%s", err.msg);
+    cr_assert_eq(lens_st_write(p.s, &second, 1, NULL, 0, &err), 0, "%s", err.msg);
     lens_st_file *f = lens_st_open(p.s, &err);
     cr_assert_not_null(f, "%s", err.msg);
     cr_assert_eq(lens_st_count(f), 1);
@@ -267,7 +285,7 @@ Test(encode, exact_bytes) {
                        "\"b\":{\"dtype\":\"I8\",\"shape\":[],\"data_offsets\":[24,25]}}";
     size_t jlen = strlen(json), len = 0;
     lens_err err = {{0}};
-    char *h = lens_st_encode_header(out, 2, &len, &err);
+    char *h = lens_st_encode_header(out, 2, NULL, 0, &len, &err);
     cr_assert_not_null(h, "%s", err.msg);
     cr_assert_eq(len % 8, 0);
     cr_assert(len >= 8 + jlen && len < 16 + jlen);
@@ -285,7 +303,7 @@ Test(encode, padding_keeps_data_aligned) {
         name[k] = '\0';
         const lens_st_out out = {name, LENS_F64, 1, {3}, NULL};
         size_t len;
-        char *h = lens_st_encode_header(&out, 1, &len, NULL);
+        char *h = lens_st_encode_header(&out, 1, NULL, 0, &len, NULL);
         cr_assert_not_null(h);
         cr_assert_eq(len % 8, 0, "name of %zu chars: header of %zu bytes", k, len);
         cr_assert_eq(load_le64((const unsigned char *)h), len - 8);
@@ -297,7 +315,7 @@ Test(encode, padding_keeps_data_aligned) {
 static void expect_encode_fails(const lens_st_out *out, size_t n, const char *want) {
     lens_err err = {{0}};
     size_t len;
-    cr_assert_null(lens_st_encode_header(out, n, &len, &err));
+    cr_assert_null(lens_st_encode_header(out, n, NULL, 0, &len, &err));
     cr_assert_not_null(strstr(err.msg, want), "message lacks '%s': %s", want, err.msg);
 }
 
@@ -365,7 +383,7 @@ Test(write, rejects_null_data) {
     path_buf p = scratch("null.safetensors");
     const lens_st_out out = {"w", LENS_F32, 1, {2}, NULL};
     lens_err err = {{0}};
-    cr_assert_eq(lens_st_write(p.s, &out, 1, &err), -1);
+    cr_assert_eq(lens_st_write(p.s, &out, 1, NULL, 0, &err), -1);
     cr_assert_not_null(strstr(err.msg, p.s), "%s", err.msg);
     cr_assert_not_null(strstr(err.msg, "tensor \"w\": data is NULL"), "%s", err.msg);
     cr_assert_neq(access(p.s, F_OK), 0);
@@ -375,7 +393,7 @@ Test(write, encode_error_names_path) {
     path_buf p = scratch("dup.safetensors");
     const lens_st_out out[] = {{"w", LENS_F32, 0, {0}, NULL}, {"w", LENS_F32, 0, {0}, NULL}};
     lens_err err = {{0}};
-    cr_assert_eq(lens_st_write(p.s, out, 2, &err), -1);
+    cr_assert_eq(lens_st_write(p.s, out, 2, NULL, 0, &err), -1);
     cr_assert_not_null(strstr(err.msg, p.s), "%s", err.msg);
     cr_assert_not_null(strstr(err.msg, "tensor \"w\""), "%s", err.msg);
 }
@@ -385,7 +403,7 @@ Test(write, missing_directory) {
     static const float x = 1;
     const lens_st_out out = {"x", LENS_F32, 0, {0}, &x};
     lens_err err = {{0}};
-    cr_assert_eq(lens_st_write(p.s, &out, 1, &err), -1);
+    cr_assert_eq(lens_st_write(p.s, &out, 1, NULL, 0, &err), -1);
     cr_assert_not_null(strstr(err.msg, p.s), "%s", err.msg);
 }
 
@@ -430,7 +448,7 @@ static void convert_all_patterns(lens_dtype dtype, double (*reference)(uint16_t)
     path_buf p = scratch("patterns.safetensors");
     const lens_st_out out = {"all", dtype, 1, {65536}, bits};
     lens_err err = {{0}};
-    cr_assert_eq(lens_st_write(p.s, &out, 1, &err), 0, "%s", err.msg);
+    cr_assert_eq(lens_st_write(p.s, &out, 1, NULL, 0, &err), 0, "%s", err.msg);
     lens_st_file *f = lens_st_open(p.s, &err);
     cr_assert_not_null(f, "%s", err.msg);
     cr_assert_eq(lens_st_to_f32(f, lens_st_at(f, 0), got, &err), 0, "%s", err.msg);
@@ -502,7 +520,7 @@ Test(convert, f64_rounds_to_nearest_even) {
     path_buf p = scratch("f64.safetensors");
     const lens_st_out out = {"d", LENS_F64, 1, {(int64_t)n}, in};
     lens_err err = {{0}};
-    cr_assert_eq(lens_st_write(p.s, &out, 1, &err), 0, "%s", err.msg);
+    cr_assert_eq(lens_st_write(p.s, &out, 1, NULL, 0, &err), 0, "%s", err.msg);
     lens_st_file *f = lens_st_open(p.s, &err);
     cr_assert_not_null(f, "%s", err.msg);
     float got[sizeof cases / sizeof cases[0]];
@@ -555,7 +573,7 @@ Test(convert, integer_dtype_is_an_error) {
     path_buf p = scratch("int.safetensors");
     const lens_st_out out = {"ids", LENS_I32, 1, {2}, v};
     lens_err err = {{0}};
-    cr_assert_eq(lens_st_write(p.s, &out, 1, &err), 0, "%s", err.msg);
+    cr_assert_eq(lens_st_write(p.s, &out, 1, NULL, 0, &err), 0, "%s", err.msg);
     lens_st_file *f = lens_st_open(p.s, &err);
     cr_assert_not_null(f, "%s", err.msg);
     float got[2];
