@@ -494,6 +494,9 @@ static int cmd_run(cli_opts *o, lens_err *err) {
     lens_batch batch = {.B = B, .T = T, .tokens = tokens};
     lens_run run = {.logits = logits};
     if (lens_forward(m, &ws, &batch, &run, err)) goto out;
+    char processing[256];
+    lens_processing_names(m->processing, processing, sizeof processing);
+    fprintf(stderr, "lensd: model %s, weight processing: %s\n", m->name, processing);
 
     char **prompt_strs = str_tokens(m, prompt, n_prompt);
     printf("Tokenized prompt: ");
