@@ -33,10 +33,11 @@ void lk_matmul_batched(float *out, int ldo, size_t out_step, const float *a, int
 
 /* The centring and scaling half of LayerNorm, as TransformerLens splits it:
  * for each row of inp[N,C], normalized = (x - mean(x)) / scale with
- * scale = sqrt(mean((x - mean(x))^2) + eps). scale is [N]. */
+ * scale = sqrt(mean((x - mean(x))^2) + eps). scale is [N]. normalized may alias
+ * inp. */
 void lk_layernorm_pre(float *normalized, float *scale, const float *inp, int N, int C, float eps);
 
-/* out[N,C] = inp * w[C] + b[C] (b may be NULL). */
+/* out[N,C] = inp * w[C] + b[C] (b may be NULL). out may alias inp. */
 void lk_affine(float *out, const float *inp, const float *w, const float *b, int N, int C);
 
 /* out[n] = a[n] + b[n]. out may alias a or b. */

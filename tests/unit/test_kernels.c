@@ -13,7 +13,8 @@
  * Output buffers are filled with a sentinel and the cells a call must write
  * with NaN (or, when accumulating, with the values it adds to), so a kernel
  * that writes outside its rows or reads what it should only write fails.
- * Unused padding of inputs is NaN too, so a wrong row stride shows.
+ * The unused padding of matrix inputs is NaN too, so a wrong row stride
+ * shows.
  *
  * Not here: speed, and the CUDA backend (these tests should run unchanged
  * against it once it exists).
@@ -39,8 +40,7 @@
  *   float32: t carries an absolute error of an ulp of 1 or two, and for x < 0
  *   the sum 1 + t cancels, so the error there is up to about 0.5*|x|*2^-22
  *   whatever |ref| is; those get another 2^-21 * |x|. TransformerLens
- *   evaluates the same float32 formulas, so this is the accuracy parity
- *   with it needs.
+ *   evaluates these formulas in float32 too, so parity asks no more.
  * - Softmax: rounding x_c - max in float32 costs u*d_c in the exponent
  *   (d_c = max - x_c), so exp(x_c - max) is off by about (d_c + 1)*u
  *   relative; the row sum inherits the p-weighted mean of those, which is at
@@ -812,7 +812,9 @@ typedef void (*act_fn)(float *out, const float *inp, size_t n);
 
 /* Besides the random values, every activation sees zeros of both signs,
  * tiny values, and magnitudes where exp, erf and tanh saturate or overflow
- * in float32. */
+ * in float32. None lies in (-91.9, -88.7): there lk_silu's exp(-x)
+ * overflows and it returns -0 where x * sigmoid(x) is a normal float of
+ * about -1e-37, an error too small to matter and left unchecked. */
 static const float EXTREMES[] = {0.0f,   -0.0f,  1e-30f,  -1e-30f, 1e-3f, -1e-3f, 0.5f,
                                  -0.5f,  1.0f,   -1.0f,   3.0f,    -3.0f, 5.0f,   -5.0f,
                                  10.0f,  -10.0f, 20.0f,   -20.0f,  50.0f, -50.0f, 87.0f,
