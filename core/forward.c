@@ -163,8 +163,10 @@ static int layer_norm(forward_ctx *x, lens_norm norm, const float *w, const floa
     return 0;
 }
 
-/* Scores of one layer: q.k / attn_scale, then TL's masks (causal, local
- * window, attention mask: -inf) and the pad-key mask (-1e5). */
+/* Scores of one layer: q.k / attn_scale, then TL's masks and the pad-key
+ * mask (-1e5). TL applies the causal, local-window and attention masks
+ * (-inf) together, and only to causal attention: a bidirectional model
+ * attends to left-padding pads unless the model masks pad keys itself. */
 static void attention_scores(const forward_ctx *x, const buffers *b, int layer) {
     const lens_config *c = x->c;
     const int B = x->B, T = x->T, h = c->n_heads, dh = c->d_head, hd = h * dh;
@@ -189,8 +191,8 @@ static void attention_scores(const forward_ctx *x, const buffers *b, int layer) 
             for (int qi = 0; qi < T; qi++) {
                 float *sq = s + (size_t)qi * T;
                 for (int ki = 0; ki < T; ki++) {
-                    bool masked = (c->causal && ki > qi) || (local && ki <= qi - c->window_size) ||
-                                  (row_mask && !row_mask[ki]);
+                    bool masked = c->causal && (ki > qi || (local && ki <= qi - c->window_size) ||
+                                                (row_mask && !row_mask[ki]));
                     sq[ki] = masked ? -INFINITY : sq[ki] / attn_scale;
                     if (mask_pads && row_tokens[ki] == pad) sq[ki] = PAD_KEY_SCORE;
                 }
