@@ -17,14 +17,18 @@
 #include <string.h>
 
 /* b[n] += ln_b[r] @ W[r, n] over rows r < R (W is [R, N]): an LN bias moved
- * into the bias of the layer that reads the LN's output. */
-static void fold_bias(float *b, const float *W, const float *ln_b, int R, int N) {
-    for (int n = 0; n < N; n++) {
-        double sum = 0.0;
-        for (int r = 0; r < R; r++)
-            sum += (double)W[(size_t)r * N + n] * ln_b[r];
-        b[n] += (float)sum;
+ * into the bias of the layer that reads the LN's output. Walks W row by row
+ * (W_U is [d_model, d_vocab]: column walks would miss the cache); sum is
+ * scratch of N doubles. */
+static void fold_bias(float *b, const float *W, const float *ln_b, int R, int N, double *sum) {
+    memset(sum, 0, (size_t)N * sizeof *sum);
+    for (int r = 0; r < R; r++) {
+        const float *row = W + (size_t)r * N;
+        for (int n = 0; n < N; n++)
+            sum[n] += (double)row[n] * ln_b[r];
     }
+    for (int n = 0; n < N; n++)
+        b[n] += (float)sum[n];
 }
 
 /* W[r, n] *= ln_w[r]: an LN weight moved into the reading matrix. */
@@ -34,15 +38,19 @@ static void scale_rows(float *W, const float *ln_w, int R, int N) {
             W[(size_t)r * N + n] *= ln_w[r];
 }
 
-/* Subtracts from each column of W[R, N] its mean over the R rows. */
-static void center_columns(float *W, int R, int N) {
-    for (int n = 0; n < N; n++) {
-        double sum = 0.0;
-        for (int r = 0; r < R; r++)
-            sum += W[(size_t)r * N + n];
-        float mean = (float)(sum / R);
-        for (int r = 0; r < R; r++)
-            W[(size_t)r * N + n] -= mean;
+/* Subtracts from each column of W[R, N] its mean over the R rows; sum is
+ * scratch of N doubles. */
+static void center_columns(float *W, int R, int N, double *sum) {
+    memset(sum, 0, (size_t)N * sizeof *sum);
+    for (int r = 0; r < R; r++) {
+        const float *row = W + (size_t)r * N;
+        for (int n = 0; n < N; n++)
+            sum[n] += row[n];
+    }
+    for (int r = 0; r < R; r++) {
+        float *row = W + (size_t)r * N;
+        for (int n = 0; n < N; n++)
+            row[n] -= (float)(sum[n] / R);
     }
 }
 
@@ -61,31 +69,32 @@ static void center_rows(float *W, int R, int N) {
 
 /* Folds the LN that precedes a reading matrix into it: bias, then weight,
  * then centring over the LN's width (the rows). */
-static void fold_norm_into(float *W, float *b, const float *ln_w, const float *ln_b, int R, int N) {
-    fold_bias(b, W, ln_b, R, N);
+static void fold_norm_into(float *W, float *b, const float *ln_w, const float *ln_b, int R, int N,
+                           double *sums) {
+    fold_bias(b, W, ln_b, R, N, sums);
     scale_rows(W, ln_w, R, N);
-    center_columns(W, R, N);
+    center_columns(W, R, N, sums);
 }
 
-static void fold_layer_norm(lens_model *m) {
+static void fold_layer_norm(lens_model *m, double *sums) {
     lens_config *c = &m->cfg;
     const int d = c->d_model, hd = c->n_heads * c->d_head, mlp = c->d_mlp;
     for (int l = 0; l < c->n_layers; l++) {
         lens_layer_weights *lw = &m->w.layers[l];
-        fold_norm_into(lw->W_Q, lw->b_Q, lw->ln1_w, lw->ln1_b, d, hd);
-        fold_norm_into(lw->W_K, lw->b_K, lw->ln1_w, lw->ln1_b, d, hd);
-        fold_norm_into(lw->W_V, lw->b_V, lw->ln1_w, lw->ln1_b, d, hd);
+        fold_norm_into(lw->W_Q, lw->b_Q, lw->ln1_w, lw->ln1_b, d, hd, sums);
+        fold_norm_into(lw->W_K, lw->b_K, lw->ln1_w, lw->ln1_b, d, hd, sums);
+        fold_norm_into(lw->W_V, lw->b_V, lw->ln1_w, lw->ln1_b, d, hd, sums);
         lw->ln1_w = lw->ln1_b = NULL;
         if (c->attn_only) continue;
-        fold_norm_into(lw->W_in, lw->b_in, lw->ln2_w, lw->ln2_b, d, mlp);
+        fold_norm_into(lw->W_in, lw->b_in, lw->ln2_w, lw->ln2_b, d, mlp, sums);
         lw->ln2_w = lw->ln2_b = NULL;
         if (lw->mlp_ln_w) {
             /* SoLU's LN over d_mlp is read by W_out [d_mlp, d_model]. */
-            fold_norm_into(lw->W_out, lw->b_out, lw->mlp_ln_w, lw->mlp_ln_b, mlp, d);
+            fold_norm_into(lw->W_out, lw->b_out, lw->mlp_ln_w, lw->mlp_ln_b, mlp, d, sums);
             lw->mlp_ln_w = lw->mlp_ln_b = NULL;
         }
     }
-    fold_norm_into(m->w.W_U, m->w.b_U, m->w.ln_final_w, m->w.ln_final_b, d, c->d_vocab_out);
+    fold_norm_into(m->w.W_U, m->w.b_U, m->w.ln_final_w, m->w.ln_final_b, d, c->d_vocab_out, sums);
     m->w.ln_final_w = m->w.ln_final_b = NULL;
     c->normalization = LENS_NORM_LNPRE;
 }
@@ -117,12 +126,12 @@ static void center_unembed(lens_model *m) {
 /* b_O += sum over heads of b_V[h] @ W_O[h]; b_V = 0. Exact because every
  * row of an attention pattern sums to 1 (or the row is all zeros, where TL
  * gives the same answer only up to this bias; so does lensd). */
-static void fold_value_biases(lens_model *m, bool recenter) {
+static void fold_value_biases(lens_model *m, bool recenter, double *sums) {
     lens_config *c = &m->cfg;
     const int d = c->d_model, hd = c->n_heads * c->d_head;
     for (int l = 0; l < c->n_layers; l++) {
         lens_layer_weights *lw = &m->w.layers[l];
-        fold_bias(lw->b_O, lw->W_O, lw->b_V, hd, d);
+        fold_bias(lw->b_O, lw->W_O, lw->b_V, hd, d, sums);
         memset(lw->b_V, 0, (size_t)hd * sizeof(float));
         if (recenter) center_vector(lw->b_O, d);
     }
@@ -237,12 +246,12 @@ out:
     return rc;
 }
 
-static int refactor_factored_attn_matrices(lens_model *m, lens_err *err) {
+static int refactor_factored_attn_matrices(lens_model *m, double *sums, lens_err *err) {
     const lens_config *c = &m->cfg;
     for (int l = 0; l < c->n_layers; l++) {
         lens_layer_weights *lw = &m->w.layers[l];
         /* b_V @ W_O moves into b_O before W_V and W_O are replaced */
-        fold_bias(lw->b_O, lw->W_O, lw->b_V, c->n_heads * c->d_head, c->d_model);
+        fold_bias(lw->b_O, lw->W_O, lw->b_V, c->n_heads * c->d_head, c->d_model, sums);
         memset(lw->b_V, 0, (size_t)c->n_heads * c->d_head * sizeof(float));
         for (int hi = 0; hi < c->n_heads; hi++) {
             if (refactor_head(m, lw, hi)) {
@@ -260,8 +269,18 @@ static int refactor_factored_attn_matrices(lens_model *m, lens_err *err) {
 int lens_process_weights(lens_model *m, unsigned flags, lens_err *err) {
     lens_config *c = &m->cfg;
     unsigned applied = 0;
+    /* scratch for column sums: as wide as the widest matrix */
+    int widest = c->d_vocab_out;
+    const int widths[] = {c->d_model, c->n_heads * c->d_head, c->d_mlp};
+    for (size_t i = 0; i < sizeof widths / sizeof widths[0]; i++)
+        if (widths[i] > widest) widest = widths[i];
+    double *sums = malloc((size_t)widest * sizeof *sums);
+    if (!sums) {
+        lens_err_set(err, "out of memory processing weights");
+        return -1;
+    }
     if ((flags & LENS_PROC_FOLD_LN) && c->normalization == LENS_NORM_LN) {
-        fold_layer_norm(m);
+        fold_layer_norm(m, sums);
         applied |= LENS_PROC_FOLD_LN;
     }
     bool ln_like = c->normalization == LENS_NORM_LN || c->normalization == LENS_NORM_LNPRE;
@@ -274,15 +293,17 @@ int lens_process_weights(lens_model *m, unsigned flags, lens_err *err) {
         applied |= LENS_PROC_CENTER_UNEMBED;
     }
     if (flags & LENS_PROC_FOLD_VALUE_BIASES) {
-        fold_value_biases(m, (flags & LENS_PROC_CENTER_WRITING_WEIGHTS) && ln_like);
+        fold_value_biases(m, (flags & LENS_PROC_CENTER_WRITING_WEIGHTS) && ln_like, sums);
         applied |= LENS_PROC_FOLD_VALUE_BIASES;
     }
+    int rc = 0;
     if (flags & LENS_PROC_REFACTOR_FACTORED_ATTN_MATRICES) {
-        if (refactor_factored_attn_matrices(m, err)) return -1;
+        rc = refactor_factored_attn_matrices(m, sums, err);
         applied |= LENS_PROC_REFACTOR_FACTORED_ATTN_MATRICES;
     }
+    free(sums);
     m->processing = applied;
-    return 0;
+    return rc;
 }
 
 static const struct {
