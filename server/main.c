@@ -2,7 +2,9 @@
  * main.c: the lensd executable's entry point: picks the command.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "kernels/lk.h"
 #include "server/cli.h"
@@ -29,7 +31,19 @@ static const char usage[] =
     "\n"
     "  lensd --version          print the version\n";
 
+/* OpenMP workers that spin while waiting take the cores that BLAS and other
+ * processes need: on a shared 2-core machine a forward pass ran 5x slower
+ * with libgomp's default spinning than with OMP_WAIT_POLICY=PASSIVE. libgomp
+ * reads the variable before main() runs, so lensd sets it and restarts
+ * itself once; a value the user set is kept. */
+static void prefer_passive_openmp(char **argv) {
+    if (getenv("OMP_WAIT_POLICY")) return;
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    execv("/proc/self/exe", argv); /* on failure, run on with the default policy */
+}
+
 int main(int argc, char **argv) {
+    prefer_passive_openmp(argv);
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

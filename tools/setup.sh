@@ -7,7 +7,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 venv=${LENSD_VENV:-$HOME/.cache/lensd/venv}
 
-debian_packages=(build-essential pkg-config meson ninja-build libopenblas-dev liblapacke-dev libjansson-dev
+debian_packages=(build-essential pkg-config meson ninja-build libopenblas-dev libopenblas-openmp-dev liblapacke-dev libjansson-dev
   libpcre2-dev libutf8proc-dev libmicrohttpd-dev libuv1-dev libcriterion-dev python3-venv)
 missing=()
 for p in "${debian_packages[@]}"; do
