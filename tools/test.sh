@@ -23,6 +23,16 @@ status=0
 echo "== unit tests (Criterion)"
 meson test -C "$build" --suite unit --print-errorlogs || status=1
 
+echo "== unit tests again under AddressSanitizer and UndefinedBehaviorSanitizer"
+asan="$build-sanitize"
+if [ ! -f "$asan/build.ninja" ]; then
+  meson setup "$asan" -Dbuildtype=debug -Db_sanitize=address,undefined -Dwerror=true \
+    -Dcuda=disabled >/dev/null || exit 1
+fi
+ninja -C "$asan" >/dev/null || exit 1
+UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  meson test -C "$asan" --suite unit --print-errorlogs || status=1
+
 echo "== Python suites (pytest)"
 export LENSD_BIN="$build/server/lensd"
 export LENSD_TOK_DRIVER="$build/tests/tokenizer/tok_driver"
@@ -32,6 +42,6 @@ export LENSD_BUILD="$build"
 "$venv/bin/python" -m pytest -q -p no:cacheprovider --junitxml="$build/pytest.xml" \
   tests/tokenizer tests/parity || status=1
 
-"$venv/bin/python" tools/test_summary.py "$build/meson-logs/testlog.json" "$build/pytest.xml" \
-  || status=1
+"$venv/bin/python" tools/test_summary.py "$build/meson-logs/testlog.json" \
+  "$asan/meson-logs/testlog.json" "$build/pytest.xml" || status=1
 exit $status

@@ -1,6 +1,8 @@
 """Prints one closing line of test counts for tools/test.sh.
 
-Counts Criterion test cases from meson's testlog.json (each test binary's
+    test_summary.py TESTLOG.json... PYTEST.xml...
+
+Counts Criterion test cases from meson's testlog.json files (each test binary's
 "Synthesis: Tested: N | Passing: N | Failing: N | Crashing: N" line; a binary
 that crashed before printing it counts as one failure) and pytest cases from
 its JUnit XML. Exits 1 if anything failed or nothing ran.
@@ -39,8 +41,14 @@ def pytest_counts(junit_path):
 
 
 def main():
-    c_passed, c_failed = criterion_counts(sys.argv[1])
-    p_passed, p_failed, p_skipped = pytest_counts(sys.argv[2])
+    c_passed = c_failed = p_passed = p_failed = p_skipped = 0
+    for path in sys.argv[1:]:
+        if path.endswith(".json"):
+            ok, bad = criterion_counts(path)
+            c_passed, c_failed = c_passed + ok, c_failed + bad
+        else:
+            ok, bad, skipped = pytest_counts(path)
+            p_passed, p_failed, p_skipped = p_passed + ok, p_failed + bad, p_skipped + skipped
     passed, failed = c_passed + p_passed, c_failed + p_failed
     print(f"unit: {c_passed} passed, {c_failed} failed; python: {p_passed} passed, "
           f"{p_failed} failed, {p_skipped} skipped")
