@@ -162,12 +162,23 @@ class ParityTable:
     def write(self, path: Path) -> None:
         if not self.rows and not self.notes:
             return
+        by_model: dict[tuple[str, str], dict] = {}
+        for (case, kind), r in self.rows.items():
+            agg = by_model.setdefault((case.split("/")[0], kind), {"err": 0.0, "ratio": 0.0, "cases": 0})
+            agg["err"] = max(agg["err"], r["err"])
+            agg["ratio"] = max(agg["ratio"], r["ratio"])
+            agg["cases"] += 1
         lines = ["# lensd vs TransformerLens parity", "",
                  "max abs err: max |lensd - TL| over finite entries of every tensor of that kind "
                  "(all layers); err/tol: the largest ratio to that tensor's bound "
                  "1e-4 * max(1, max|TL|) (must be <= 1).", "",
-                 "| case | hook kind | max abs err | max abs TL | err/tol |",
-                 "|---|---|---:|---:|---:|"]
+                 "## By model (all cases of the model: processing modes, padding, flags)", "",
+                 "| model | hook kind | cases | max abs err | err/tol |", "|---|---|---:|---:|---:|"]
+        for (model, kind), r in sorted(by_model.items()):
+            lines.append(f"| {model} | {kind} | {r['cases']} | {r['err']:.3g} | {r['ratio']:.3g} |")
+        lines += ["", "## By case", "",
+                  "| case | hook kind | max abs err | max abs TL | err/tol |",
+                  "|---|---|---:|---:|---:|"]
         for (case, kind), r in sorted(self.rows.items()):
             lines.append(f"| {case} | {kind} | {r['err']:.3g} | {r['ref_max']:.3g} | {r['ratio']:.3g} |")
         if self.notes:
