@@ -578,6 +578,24 @@ static int read_native_config(lens_config *c, json_t *root, const char *file, le
 
 /* ---- weights ------------------------------------------------------------ */
 
+/* The final LayerNorm and the unembedding of a GPT-2 or GPT-Neo checkpoint:
+ * W_U is lm_head.weight transposed, or the embedding's when they are tied;
+ * b_U is zeros, as TL's conversions make it. */
+static int load_hf_final(lens_model *m, const tensor_source *src, const char *prefix,
+                         lens_err *err) {
+    const int d = m->cfg.d_model, V = m->cfg.d_vocab;
+    lens_weights *w = &m->w;
+    char name[256];
+    snprintf(name, sizeof name, "%sln_f.weight", prefix);
+    if (!(w->ln_final_w = read_tensor_1d(m, src, name, d, err))) return -1;
+    snprintf(name, sizeof name, "%sln_f.bias", prefix);
+    if (!(w->ln_final_b = read_tensor_1d(m, src, name, d, err))) return -1;
+    bool tied = !source_find(src, "lm_head.weight", NULL);
+    float *lm = tied ? w->W_E : read_tensor_2d(m, src, "lm_head.weight", V, d, err);
+    if (!lm || !(w->W_U = transposed(m, lm, V, d, err))) return -1;
+    return (w->b_U = model_alloc(m, (size_t)V, err)) ? 0 : -1;
+}
+
 /* Loads the weights of a GPT-2 checkpoint the way TL's convert_gpt2_weights
  * does: c_attn [d, 3d] splits into W_Q|W_K|W_V, Conv1D weights are already
  * [in, out]. */
@@ -625,15 +643,8 @@ static int load_gpt2_weights(lens_model *m, const tensor_source *src, lens_err *
             *biases[k] = bias;
         }
     }
-    if (!(w->ln_final_w = read_tensor_1d(m, src, NAME("%sln_f.weight", p), d, err)) ||
-        !(w->ln_final_b = read_tensor_1d(m, src, NAME("%sln_f.bias", p), d, err)))
-        return -1;
-    const char *unembed = source_find(src, "lm_head.weight", NULL) ? "lm_head.weight" : NULL;
-    float *lm = unembed ? read_tensor_2d(m, src, unembed, V, d, err) : w->W_E;
-    if (!lm || !(w->W_U = transposed(m, lm, V, d, err))) return -1;
-    if (!(w->b_U = model_alloc(m, (size_t)V, err))) return -1;
 #undef NAME
-    return 0;
+    return load_hf_final(m, src, p, err);
 }
 
 /* Loads a GPT-Neo checkpoint as TL's convert_neo_weights does: nn.Linear
@@ -674,15 +685,8 @@ static int load_neo_weights(lens_model *m, const tensor_source *src, lens_err *e
             !(lw->b_V = model_alloc(m, (size_t)d, err)))
             return -1;
     }
-    if (!(w->ln_final_w = read_tensor_1d(m, src, NAME("%sln_f.weight", p), d, err)) ||
-        !(w->ln_final_b = read_tensor_1d(m, src, NAME("%sln_f.bias", p), d, err)))
-        return -1;
-    const char *unembed = source_find(src, "lm_head.weight", NULL) ? "lm_head.weight" : NULL;
-    float *lm = unembed ? read_tensor_2d(m, src, unembed, V, d, err) : w->W_E;
-    if (!lm || !(w->W_U = transposed(m, lm, V, d, err))) return -1;
-    if (!(w->b_U = model_alloc(m, (size_t)V, err))) return -1;
 #undef NAME
-    return 0;
+    return load_hf_final(m, src, p, err);
 }
 
 /* Reads TL's [h, d, dh] W_Q/W_K/W_V into the internal [d, h*dh]. */
