@@ -43,8 +43,11 @@ typedef struct cli_opts {
     int top_k;
     bool logits_only;
     const char *out;
-    int repeat;   /* cache: forward passes to time */
-    bool timings; /* cache: print load/forward/write times as JSON on stderr */
+    int *positions; /* cache: positions to keep (TL's pos_slice), as given */
+    int n_positions;
+    bool last_logits; /* cache: logits at each prompt's last real token only */
+    int repeat;       /* cache: forward passes to time */
+    bool timings;     /* cache: print load/forward/write times as JSON on stderr */
 } cli_opts;
 
 enum {
@@ -62,6 +65,8 @@ enum {
     OPT_TOP_K,
     OPT_REPEAT,
     OPT_TIMINGS,
+    OPT_POSITIONS,
+    OPT_LAST_LOGITS,
 };
 
 static const struct option long_options[] = {
@@ -83,6 +88,8 @@ static const struct option long_options[] = {
     {"use-attn-in", no_argument, NULL, OPT_USE_ATTN_IN},
     {"logits-only", no_argument, NULL, OPT_LOGITS_ONLY},
     {"repeat", required_argument, NULL, OPT_REPEAT},
+    {"positions", required_argument, NULL, OPT_POSITIONS},
+    {"last-logits", no_argument, NULL, OPT_LAST_LOGITS},
     {"timings", no_argument, NULL, OPT_TIMINGS},
     {NULL, 0, NULL, 0},
 };
@@ -93,6 +100,7 @@ static void opts_free(cli_opts *o) {
     free(o->rows);
     free(o->names);
     free(o->answers);
+    free(o->positions);
     json_decref(o->prompts_file);
 }
 
@@ -139,6 +147,34 @@ static int parse_ids(const char *s, int32_t **ids, int *n, lens_err *err) {
         return -1;
     }
     *ids = out;
+    *n = count;
+    return 0;
+}
+
+/* Parses "0,-1,3" (negative positions count from the end). */
+static int parse_positions(const char *s, int **out, int *n, lens_err *err) {
+    int count = 1;
+    for (const char *p = s; *p; p++)
+        count += *p == ',';
+    int *pos = malloc((size_t)count * sizeof *pos);
+    if (!pos) {
+        lens_err_set(err, "out of memory");
+        return -1;
+    }
+    const char *p = s;
+    for (int i = 0; i < count; i++) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < INT32_MIN || v > INT32_MAX || (*end && *end != ',')) {
+            lens_err_set(err, "--positions \"%s\": expected comma-separated integers", s);
+            free(pos);
+            return -1;
+        }
+        pos[i] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    free(*out);
+    *out = pos;
     *n = count;
     return 0;
 }
@@ -254,6 +290,12 @@ static int parse_opts(int argc, char **argv, cli_opts *o, lens_err *err) {
             break;
         case OPT_TIMINGS:
             o->timings = true;
+            break;
+        case OPT_LAST_LOGITS:
+            o->last_logits = true;
+            break;
+        case OPT_POSITIONS:
+            if (parse_positions(optarg, &o->positions, &o->n_positions, err)) return -1;
             break;
         default:
             lens_err_set(err, "unknown or incomplete option (see lensd --help)");
@@ -584,12 +626,54 @@ typedef struct capture {
     int B, T; /* of the whole batch */
     int row0; /* first row of the chunk being run */
     int chunk_B;
-    void **data; /* [slots] whole-batch buffer per enabled hook */
+    void **data;          /* [slots] whole-batch buffer per enabled hook */
+    const int *positions; /* kept positions (resolved), or NULL for all */
+    int n_positions;
 } capture;
+
+/* The position axis that --positions slices: the query axis (2) of
+ * attention scores and patterns, axis 1 of everything else. This is the axis
+ * TL's run_with_cache(pos_slice=...) slices, except where TL's rule (third
+ * from last for q, k, v, z, result; else second from last) lands on another
+ * axis: the head axis of the [batch, pos, head, d] split-input hooks and of
+ * ln1 under split inputs, the batch axis of hook_tokens. */
+static int pos_axis(lens_hook_kind kind) {
+    return kind == LENS_HOOK_ATTN_SCORES || kind == LENS_HOOK_PATTERN ? 2 : 1;
+}
+
+/* Copies the kept positions of act (the chunk's rows) into dst, the
+ * whole-batch buffer whose pos axis has n_positions entries (int32 token ids
+ * become int64, as TL stores them). */
+static void copy_positions(void *dst, const lens_tensor *act, int axis, const capture *cap) {
+    size_t outer = 1, inner = 1;
+    for (int i = 1; i < axis; i++)
+        outer *= (size_t)act->shape[i];
+    for (int i = axis + 1; i < act->ndim; i++)
+        inner *= (size_t)act->shape[i];
+    const size_t len = (size_t)act->shape[axis], P = (size_t)cap->n_positions;
+    for (size_t b = 0; b < (size_t)cap->chunk_B; b++)
+        for (size_t o = 0; o < outer; o++)
+            for (size_t pi = 0; pi < P; pi++) {
+                size_t to = (((size_t)cap->row0 + b) * outer + o) * P * inner + pi * inner;
+                size_t from = ((b * outer + o) * len + (size_t)cap->positions[pi]) * inner;
+                if (act->dtype == LENS_I32) {
+                    for (size_t i = 0; i < inner; i++)
+                        ((int64_t *)dst)[to + i] = ((const int32_t *)act->data)[from + i];
+                } else {
+                    memcpy((float *)dst + to, (const float *)act->data + from,
+                           inner * sizeof(float));
+                }
+            }
+}
 
 static int capture_hook(void *user, lens_hook hook, lens_tensor *act, lens_err *err) {
     capture *cap = user;
     size_t slot = lens_hook_slot(cap->cfg, hook);
+    int axis = pos_axis(hook.kind);
+    if (cap->positions) {
+        copy_positions(cap->data[slot], act, axis, cap);
+        return 0;
+    }
     size_t per_row = 1;
     for (int i = 1; i < act->ndim; i++)
         per_row *= (size_t)act->shape[i];
@@ -625,6 +709,7 @@ typedef struct collect_state {
     size_t n;
     void **data;
     int B, T;
+    int n_positions; /* 0: all positions */
     int failed;
 } collect_state;
 
@@ -638,6 +723,7 @@ static void collect_enabled(void *user, lens_hook hook) {
     o->name = strdup(name);
     o->dtype = lens_hook_dtype(hook.kind);
     o->ndim = lens_hook_shape(st->cfg, hook, st->B, st->T, o->shape);
+    if (st->n_positions) o->shape[pos_axis(hook.kind)] = st->n_positions;
     size_t numel = 1;
     for (int i = 0; i < o->ndim; i++)
         numel *= (size_t)o->shape[i];
@@ -675,6 +761,7 @@ static int cmd_cache(cli_opts *o, lens_err *err) {
     lens_st_out *outs = calloc(slots + 2, sizeof *outs);
     int64_t *tokens64 = NULL;
     float *logits = NULL;
+    int32_t *last_pos = NULL;
     lens_workspace ws = {0};
     int rc = -1;
     collect_state st = {0};
@@ -694,18 +781,37 @@ static int cmd_cache(cli_opts *o, lens_err *err) {
             }
         }
     }
+    /* Logits at each prompt's last real token: unembed.hook_out (all
+     * positions) is then not computed. */
+    const int logit_T = o->last_logits ? 1 : T;
+    if (o->last_logits) {
+        enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_UNEMBED_OUT, 0})] = 0;
+        if (!(last_pos = malloc((size_t)B * sizeof *last_pos))) goto oom;
+        for (int i = 0; i < B; i++)
+            last_pos[i] = o->pad_left ? T - 1 : batch.lengths[i] - 1;
+    }
+    for (int i = 0; i < o->n_positions; i++) {
+        int p = o->positions[i] < 0 ? T + o->positions[i] : o->positions[i];
+        if (p < 0 || p >= T) {
+            lens_err_set(err, "--positions: %d is outside the batch's %d positions",
+                         o->positions[i], T);
+            goto out;
+        }
+        o->positions[i] = p;
+    }
     tokens64 = malloc((size_t)B * T * sizeof *tokens64);
-    logits = malloc((size_t)B * T * V * sizeof *logits);
+    logits = malloc((size_t)B * logit_T * V * sizeof *logits);
     if (!tokens64 || !logits) goto oom;
     for (size_t i = 0; i < (size_t)B * T; i++)
         tokens64[i] = batch.tokens[i];
     outs[0] = (lens_st_out){"tokens", LENS_I64, 2, {B, T}, tokens64};
-    outs[1] = (lens_st_out){"logits", LENS_F32, 3, {B, T, V}, logits};
-    st = (collect_state){c, enabled, outs + 2, 0, data, B, T, 0};
+    outs[1] = o->last_logits ? (lens_st_out){"logits", LENS_F32, 2, {B, V}, logits}
+                             : (lens_st_out){"logits", LENS_F32, 3, {B, T, V}, logits};
+    st = (collect_state){c, enabled, outs + 2, 0, data, B, T, o->n_positions, 0};
     lens_hook_foreach(c, collect_enabled, &st);
     if (st.failed) goto oom;
 
-    capture cap = {c, B, T, 0, 0, data};
+    capture cap = {c, B, T, 0, 0, data, o->positions, o->n_positions};
     int step = chunk_rows(c, B, T);
     double t_loaded = now_ms();
     double *forward_ms = malloc((size_t)o->repeat * sizeof *forward_ms);
@@ -724,7 +830,8 @@ static int cmd_cache(cli_opts *o, lens_err *err) {
             lens_run run = {.hooks_enabled = enabled,
                             .on_hook = capture_hook,
                             .user = &cap,
-                            .logits = logits + (size_t)row0 * T * V};
+                            .logits = logits + (size_t)row0 * logit_T * V,
+                            .logit_positions = last_pos ? last_pos + row0 : NULL};
             if (lens_forward(m, &ws, &chunk, &run, err)) {
                 free(forward_ms);
                 goto out;
@@ -769,6 +876,7 @@ out:
     free(enabled);
     free(tokens64);
     free(logits);
+    free(last_pos);
     lens_token_batch_free(&batch);
     lens_workspace_free(&ws);
     lens_model_free(m);
