@@ -65,6 +65,7 @@ typedef struct gpt2_opts {
     const char *skip;      /* a tensor to leave out */
     const char *bad_shape; /* a tensor to write with a wrong shape */
     bool nan;              /* put a NaN into the token embedding */
+    bool sharded;          /* two shards and model.safetensors.index.json */
 } gpt2_opts;
 
 /* Writes vocab.json with GPT-2's byte-level alphabet: bytes that are
@@ -143,9 +144,26 @@ static void write_gpt2(const gpt2_opts *o) {
         n++;
     }
     char path[1024];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
     lens_err err;
-    cr_assert_eq(lens_st_write(path, outs, n, NULL, 0, &err), 0, "%s", err.msg);
+    if (o->sharded) {
+        /* the first half of the tensors in one shard, the rest in another */
+        size_t half = n / 2;
+        char index[8192];
+        size_t used = (size_t)snprintf(index, sizeof index, "{\"weight_map\": {");
+        for (size_t i = 0; i < n; i++)
+            used += (size_t)snprintf(index + used, sizeof index - used,
+                                     "%s\"%s\": \"shard-%d.safetensors\"", i ? ", " : "",
+                                     outs[i].name, i < half ? 1 : 2);
+        snprintf(index + used, sizeof index - used, "}}");
+        write_text("model.safetensors.index.json", index);
+        snprintf(path, sizeof path, "%s/shard-1.safetensors", dir);
+        cr_assert_eq(lens_st_write(path, outs, half, NULL, 0, &err), 0, "%s", err.msg);
+        snprintf(path, sizeof path, "%s/shard-2.safetensors", dir);
+        cr_assert_eq(lens_st_write(path, outs + half, n - half, NULL, 0, &err), 0, "%s", err.msg);
+    } else {
+        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        cr_assert_eq(lens_st_write(path, outs, n, NULL, 0, &err), 0, "%s", err.msg);
+    }
     for (size_t i = 0; i < n; i++)
         free(bufs[i]);
 }
@@ -178,6 +196,24 @@ Test(model_load, gpt2_layouts_agree) {
     cr_assert_eq(a->rules.pad_id, 256);
     lens_model_free(a);
     lens_model_free(b);
+}
+
+Test(model_load, sharded_checkpoint_equals_single_file) {
+    write_gpt2(&(gpt2_opts){.prefix = "transformer.", .lm_head = true});
+    lens_err err;
+    lens_model *one = load(LENS_PROC_NONE, &err);
+    cr_assert_not_null(one, "%s", err.msg);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    cr_assert_eq(unlink(path), 0);
+    write_gpt2(&(gpt2_opts){.prefix = "transformer.", .lm_head = true, .sharded = true});
+    lens_model *two = load(LENS_PROC_NONE, &err);
+    cr_assert_not_null(two, "%s", err.msg);
+    cr_assert_eq(memcmp(one->w.W_U, two->w.W_U, sizeof(float) * D * V), 0);
+    cr_assert_eq(memcmp(one->w.layers[0].W_out, two->w.layers[0].W_out, sizeof(float) * M * D), 0);
+    cr_assert_eq(memcmp(one->w.ln_final_b, two->w.ln_final_b, sizeof(float) * D), 0);
+    lens_model_free(one);
+    lens_model_free(two);
 }
 
 Test(model_load, missing_tensor_is_named) {
