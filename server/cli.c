@@ -43,7 +43,7 @@ typedef struct cli_opts {
     int top_k;
     bool logits_only;
     const char *out;
-    int *positions; /* cache: positions to keep (TL's pos_slice), as given */
+    int32_t *positions; /* cache: positions to keep (TL's pos_slice), as given */
     int n_positions;
     bool last_logits; /* cache: logits at each prompt's last real token only */
     int repeat;       /* cache: forward passes to time */
@@ -120,44 +120,15 @@ static int append_str(const char ***list, int *n, const char *s) {
     return 0;
 }
 
-/* Parses "1,2,3" into a new id array. */
-static int parse_ids(const char *s, int32_t **ids, int *n, lens_err *err) {
-    int cap = 16, count = 0;
-    int32_t *out = malloc((size_t)cap * sizeof *out);
-    const char *p = s;
-    while (out && *p) {
-        char *end;
-        long v = strtol(p, &end, 10);
-        if (end == p || v < 0 || v > INT32_MAX || (*end && *end != ',')) {
-            lens_err_set(err, "--tokens \"%s\": expected comma-separated token ids", s);
-            free(out);
-            return -1;
-        }
-        if (count == cap) {
-            int32_t *grown = realloc(out, (size_t)(cap *= 2) * sizeof *grown);
-            if (!grown) break;
-            out = grown;
-        }
-        out[count++] = (int32_t)v;
-        p = *end ? end + 1 : end;
-    }
-    if (!out || count == 0) {
-        lens_err_set(err, "--tokens \"%s\": %s", s, out ? "no ids" : "out of memory");
-        free(out);
-        return -1;
-    }
-    *ids = out;
-    *n = count;
-    return 0;
-}
-
-/* Parses "0,-1,3" (negative positions count from the end). */
-static int parse_positions(const char *s, int **out, int *n, lens_err *err) {
+/* Parses a comma-separated list of integers >= min ("1,2,3"; "0,-1") into
+ * a new array of *n values. option names the flag in error messages. */
+static int parse_int_list(const char *s, const char *option, long min, int32_t **out, int *n,
+                          lens_err *err) {
     int count = 1;
     for (const char *p = s; *p; p++)
         count += *p == ',';
-    int *pos = malloc((size_t)count * sizeof *pos);
-    if (!pos) {
+    int32_t *values = malloc((size_t)count * sizeof *values);
+    if (!values) {
         lens_err_set(err, "out of memory");
         return -1;
     }
@@ -165,16 +136,17 @@ static int parse_positions(const char *s, int **out, int *n, lens_err *err) {
     for (int i = 0; i < count; i++) {
         char *end;
         long v = strtol(p, &end, 10);
-        if (end == p || v < INT32_MIN || v > INT32_MAX || (*end && *end != ',')) {
-            lens_err_set(err, "--positions \"%s\": expected comma-separated integers", s);
-            free(pos);
+        if (end == p || v < min || v > INT32_MAX || (*end && *end != ',')) {
+            lens_err_set(err, "%s \"%s\": expected comma-separated integers%s", option, s,
+                         min >= 0 ? " of 0 or more" : "");
+            free(values);
             return -1;
         }
-        pos[i] = (int)v;
+        values[i] = (int32_t)v;
         p = *end ? end + 1 : end;
     }
     free(*out);
-    *out = pos;
+    *out = values;
     *n = count;
     return 0;
 }
@@ -227,7 +199,8 @@ static int parse_opts(int argc, char **argv, cli_opts *o, lens_err *err) {
             rc = add_row(o, optarg, NULL, 0);
             break;
         case OPT_TOKENS:
-            if (parse_ids(optarg, &ids, &n_ids, err)) return -1;
+            ids = NULL;
+            if (parse_int_list(optarg, "--tokens", 0, &ids, &n_ids, err)) return -1;
             rc = add_row(o, NULL, ids, n_ids);
             break;
         case OPT_PROMPTS_FILE:
@@ -295,7 +268,9 @@ static int parse_opts(int argc, char **argv, cli_opts *o, lens_err *err) {
             o->last_logits = true;
             break;
         case OPT_POSITIONS:
-            if (parse_positions(optarg, &o->positions, &o->n_positions, err)) return -1;
+            if (parse_int_list(optarg, "--positions", INT32_MIN, &o->positions, &o->n_positions,
+                               err))
+                return -1;
             break;
         default:
             lens_err_set(err, "unknown or incomplete option (see lensd --help)");
@@ -626,8 +601,8 @@ typedef struct capture {
     int B, T; /* of the whole batch */
     int row0; /* first row of the chunk being run */
     int chunk_B;
-    void **data;          /* [slots] whole-batch buffer per enabled hook */
-    const int *positions; /* kept positions (resolved), or NULL for all */
+    void **data;              /* [slots] whole-batch buffer per enabled hook */
+    const int32_t *positions; /* kept positions (resolved), or NULL for all */
     int n_positions;
 } capture;
 
