@@ -5,7 +5,7 @@
 # run on every test run. Prints the venv's path as its last line.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-venv=${LENSD_VENV:-$HOME/.cache/lensd/venv}
+venv=${LENSD_VENV:-${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}/.cache/lensd/venv}
 
 debian_packages=(build-essential pkg-config meson ninja-build libopenblas-dev libopenblas-openmp-dev liblapacke-dev libjansson-dev
   libpcre2-dev libutf8proc-dev libmicrohttpd-dev libuv1-dev libcriterion-dev python3-venv)
