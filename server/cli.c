@@ -151,6 +151,18 @@ static int parse_int_list(const char *s, const char *option, long min, int32_t *
     return 0;
 }
 
+/* Parses a whole decimal integer >= min for option into *out. */
+static int parse_count(const char *s, const char *option, int min, int *out, lens_err *err) {
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end || v < min || v > INT32_MAX) {
+        lens_err_set(err, "%s \"%s\": expected an integer of %d or more", option, s, min);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
 static int load_prompts_file(cli_opts *o, const char *path, lens_err *err) {
     json_error_t jerr;
     json_t *list = json_load_file(path, 0, &jerr);
@@ -216,11 +228,7 @@ static int parse_opts(int argc, char **argv, cli_opts *o, lens_err *err) {
             o->out = optarg;
             break;
         case OPT_TOP_K:
-            o->top_k = atoi(optarg);
-            if (o->top_k < 0) {
-                lens_err_set(err, "--top-k must be 0 or more");
-                return -1;
-            }
+            if (parse_count(optarg, "--top-k", 0, &o->top_k, err)) return -1;
             break;
         case OPT_PROCESSING:
             if (lens_processing_parse(optarg, &flags, err)) return -1;
@@ -255,11 +263,7 @@ static int parse_opts(int argc, char **argv, cli_opts *o, lens_err *err) {
             o->logits_only = true;
             break;
         case OPT_REPEAT:
-            o->repeat = atoi(optarg);
-            if (o->repeat < 1) {
-                lens_err_set(err, "--repeat must be 1 or more");
-                return -1;
-            }
+            if (parse_count(optarg, "--repeat", 1, &o->repeat, err)) return -1;
             break;
         case OPT_TIMINGS:
             o->timings = true;

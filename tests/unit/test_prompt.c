@@ -17,15 +17,21 @@ static lens_model model_with(int32_t bos, int32_t pad) {
     return m;
 }
 
-Test(prompt, right_padding_has_no_mask) {
+/* Pads a GPT-2-like pair of rows ([BOS 1 2 3], [BOS 4]; BOS = pad = 9). */
+static lens_token_batch pad_gpt2_pair(bool pad_left) {
     lens_model m = model_with(9, 9);
     int32_t a[] = {9, 1, 2, 3}, b[] = {9, 4};
     int32_t *rows[] = {a, b};
     int lens[] = {4, 2};
     lens_token_batch batch;
     lens_err err;
-    lens_pad_opts opts = {.prepend_bos = true, .pad_left = false};
+    lens_pad_opts opts = {.prepend_bos = true, .pad_left = pad_left};
     cr_assert_eq(lens_pad_rows(&m, rows, lens, 2, &opts, &batch, &err), 0, "%s", err.msg);
+    return batch;
+}
+
+Test(prompt, right_padding_has_no_mask) {
+    lens_token_batch batch = pad_gpt2_pair(false);
     int32_t want[] = {9, 1, 2, 3, 9, 4, 9, 9};
     cr_assert_eq(batch.T, 4);
     cr_assert_arr_eq(batch.tokens, want, sizeof want);
@@ -35,14 +41,7 @@ Test(prompt, right_padding_has_no_mask) {
 }
 
 Test(prompt, left_padding_unmasks_bos_equal_to_pad) {
-    lens_model m = model_with(9, 9);
-    int32_t a[] = {9, 1, 2, 3}, b[] = {9, 4};
-    int32_t *rows[] = {a, b};
-    int lens[] = {4, 2};
-    lens_token_batch batch;
-    lens_err err;
-    lens_pad_opts opts = {.prepend_bos = true, .pad_left = true};
-    cr_assert_eq(lens_pad_rows(&m, rows, lens, 2, &opts, &batch, &err), 0, "%s", err.msg);
+    lens_token_batch batch = pad_gpt2_pair(true);
     int32_t want[] = {9, 1, 2, 3, 9, 9, 9, 4};
     uint8_t want_mask[] = {1, 1, 1, 1, 0, 0, 1, 1};
     cr_assert_arr_eq(batch.tokens, want, sizeof want);
