@@ -19,19 +19,35 @@
  * bracket-classifier code writes into hook_attn_scores. */
 #define PAD_KEY_SCORE (-100000.0f)
 
+/* Drops the recorded runs: they hold the workspace's old addresses. */
+static void forget_graphs(lens_workspace *ws) {
+    for (int i = 0; i < ws->n_graphs; i++)
+        lk_graph_free(ws->dev, ws->graphs[i].graph);
+    ws->n_graphs = 0;
+}
+
 void lens_workspace_free(lens_workspace *ws) {
-    free(ws->buf);
-    ws->buf = NULL;
-    ws->cap = 0;
+    if (!ws->dev) return;
+    forget_graphs(ws);
+    lk_free(ws->dev, ws->buf);
+    lk_host_free(ws->dev, ws->stage);
+    *ws = (lens_workspace){0};
 }
 
 typedef struct forward_ctx {
     const lens_model *m;
     const lens_config *c;
+    const lens_weights *w; /* on the device */
+    lk_device *dev;
+    lens_workspace *ws;
     const lens_batch *batch;
     const lens_run *run;
     int B, T;
     size_t N;
+    const int32_t *tokens;         /* [B, T] on the device */
+    const uint8_t *attn_mask;      /* [B, T] on the device, or NULL */
+    const int32_t *positions;      /* [B] on the device, or NULL */
+    float *logits;                 /* the unembedding's output on the device, or NULL */
     lens_err *err;
 } forward_ctx;
 
@@ -41,13 +57,40 @@ static bool enabled(const forward_ctx *x, lens_hook_kind kind, int layer) {
            r->hooks_enabled[lens_hook_slot(x->c, (lens_hook){kind, layer})];
 }
 
-/* Fires hook (kind, layer) on data if it is enabled. */
-static int fire(const forward_ctx *x, lens_hook_kind kind, int layer, void *data) {
+/* Makes the workspace's host staging buffer hold bytes. Returns 0 or -1. */
+static int grow_stage(forward_ctx *x, size_t bytes) {
+    lens_workspace *ws = x->ws;
+    if (bytes <= ws->stage_cap) return 0;
+    lk_host_free(ws->dev, ws->stage);
+    ws->stage_cap = 0;
+    if (!(ws->stage = lk_host_alloc(ws->dev, bytes))) {
+        lens_err_set_code(x->err, LENS_ERR_NO_MEMORY,
+                          "out of host memory: an activation needs %zu MB", bytes >> 20);
+        return -1;
+    }
+    ws->stage_cap = bytes;
+    return 0;
+}
+
+/* Fires hook (kind, layer) on data if it is enabled. hook_tokens' data is
+ * the batch's host tokens; other data is device memory, which the callback
+ * sees through the staging buffer unless the device is the host. */
+static int fire(forward_ctx *x, lens_hook_kind kind, int layer, void *data) {
     if (!enabled(x, kind, layer)) return 0;
     lens_hook hook = {kind, layer};
     lens_tensor t = {.data = data, .dtype = kind == LENS_HOOK_TOKENS ? LENS_I32 : LENS_F32};
     t.ndim = lens_hook_shape(x->c, hook, x->B, x->T, t.shape);
-    return x->run->on_hook(x->run->user, hook, &t, x->err);
+    if (kind == LENS_HOOK_TOKENS || lk_host_memory(x->dev))
+        return x->run->on_hook(x->run->user, hook, &t, x->err);
+    size_t bytes = sizeof(float);
+    for (int i = 0; i < t.ndim; i++)
+        bytes *= (size_t)t.shape[i];
+    if (grow_stage(x, bytes)) return -1;
+    lk_download(x->dev, x->ws->stage, data, bytes);
+    t.data = x->ws->stage;
+    if (x->run->on_hook(x->run->user, hook, &t, x->err)) return -1;
+    if (x->run->hooks_modify) lk_upload(x->dev, data, x->ws->stage, bytes);
+    return 0;
 }
 
 typedef struct buffers {
@@ -55,99 +98,117 @@ typedef struct buffers {
     float *head_inputs[3]; /* q, k, v inputs [N, h, d] when heads split the attention input */
     float *q, *k, *v, *z, *scores, *pattern, *result, *attn_out;
     float *mlp_in, *pre, *post, *mlp_out, *final_rows;
+    float *logits;                 /* off the host only: [N or B, V] */
+    int32_t *tokens, *positions;   /* off the host only: [B, T], [B] */
+    uint8_t *attn_mask;            /* off the host only: [B, T] */
 } buffers;
 
 static bool heads_split_input(const lens_config *c) {
     return c->use_split_qkv_input || c->use_attn_in;
 }
 
-/* Lays the buffers out in the workspace (growing it) and returns 0, or -1. */
-static int carve(forward_ctx *x, lens_workspace *ws, buffers *b) {
+/* Lays the buffers out in the workspace (growing it, on the model's device)
+ * and returns 0, or -1. */
+static int carve(forward_ctx *x, buffers *b) {
     const lens_config *c = x->c;
-    const size_t N = x->N, d = (size_t)c->d_model, h = (size_t)c->n_heads;
+    const size_t N = x->N, B = (size_t)x->B, d = (size_t)c->d_model, h = (size_t)c->n_heads;
     const size_t hd = h * (size_t)c->d_head, m = (size_t)c->d_mlp;
-    const size_t attn = (size_t)x->B * h * (size_t)x->T * (size_t)x->T;
-    const bool split = heads_split_input(c);
+    const size_t attn = B * h * (size_t)x->T * (size_t)x->T;
+    const bool split = heads_split_input(c), off_host = !lk_host_memory(x->dev);
+    const size_t logit_rows = x->run->logit_positions ? B : N;
+    const size_t f = sizeof(float);
     struct {
-        float **dst;
-        size_t n;
+        void **dst;
+        size_t bytes;
     } plan[] = {
-        {&b->resid, N * d},
-        {&b->resid_mid, N * d},
-        {&b->normed, N * d},
-        {&b->scale, N * h},
-        {&b->head_inputs[0], split ? N * h * d : 0},
-        {&b->head_inputs[1], split ? N * h * d : 0},
-        {&b->head_inputs[2], split ? N * h * d : 0},
-        {&b->q, N * hd},
-        {&b->k, N * hd},
-        {&b->v, N * hd},
-        {&b->z, N * hd},
-        {&b->scores, attn},
-        {&b->pattern, attn},
-        {&b->result, c->use_attn_result ? N * h * d : 0},
-        {&b->attn_out, N * d},
-        {&b->mlp_in, c->attn_only ? 0 : N * d},
-        {&b->pre, N * m},
-        {&b->post, N * m},
-        {&b->mlp_out, N * d},
-        {&b->final_rows, (size_t)x->B * d},
+        {(void **)&b->resid, N * d * f},
+        {(void **)&b->resid_mid, N * d * f},
+        {(void **)&b->normed, N * d * f},
+        {(void **)&b->scale, N * h * f},
+        {(void **)&b->head_inputs[0], split ? N * h * d * f : 0},
+        {(void **)&b->head_inputs[1], split ? N * h * d * f : 0},
+        {(void **)&b->head_inputs[2], split ? N * h * d * f : 0},
+        {(void **)&b->q, N * hd * f},
+        {(void **)&b->k, N * hd * f},
+        {(void **)&b->v, N * hd * f},
+        {(void **)&b->z, N * hd * f},
+        {(void **)&b->scores, attn * f},
+        {(void **)&b->pattern, attn * f},
+        {(void **)&b->result, c->use_attn_result ? N * h * d * f : 0},
+        {(void **)&b->attn_out, N * d * f},
+        {(void **)&b->mlp_in, c->attn_only ? 0 : N * d * f},
+        {(void **)&b->pre, N * m * f},
+        {(void **)&b->post, N * m * f},
+        {(void **)&b->mlp_out, N * d * f},
+        {(void **)&b->final_rows, B * d * f},
+        {(void **)&b->logits, off_host && x->run->logits ? logit_rows * c->d_vocab_out * f : 0},
+        {(void **)&b->tokens, off_host ? N * sizeof(int32_t) : 0},
+        {(void **)&b->positions, off_host ? B * sizeof(int32_t) : 0},
+        {(void **)&b->attn_mask, off_host ? N : 0},
     };
     const size_t n_plan = sizeof plan / sizeof plan[0];
     size_t total = 0;
     for (size_t i = 0; i < n_plan; i++)
-        total += (plan[i].n + 15) & ~(size_t)15;
+        total += (plan[i].bytes + 63) & ~(size_t)63;
+    lens_workspace *ws = x->ws;
+    if (ws->dev != x->dev) lens_workspace_free(ws);
+    ws->dev = x->dev;
     if (total > ws->cap) {
-        float *grown = realloc(ws->buf, total * sizeof(float));
-        if (!grown) {
-            lens_err_set(x->err, "out of memory: the activations of a %dx%d batch need %zu MB",
-                         x->B, x->T, total * sizeof(float) >> 20);
+        forget_graphs(ws);
+        lk_free(ws->dev, ws->buf);
+        ws->cap = 0;
+        if (!(ws->buf = lk_alloc(ws->dev, total))) {
+            lk_device_info info;
+            lk_device_describe(ws->dev, &info);
+            lens_err_set_code(x->err, LENS_ERR_NO_MEMORY,
+                              "%s: the activations of a %dx%d batch need %zu MB", info.name, x->B,
+                              x->T, total >> 20);
             return -1;
         }
-        ws->buf = grown;
         ws->cap = total;
     }
-    float *p = ws->buf;
+    char *p = ws->buf;
     for (size_t i = 0; i < n_plan; i++) {
-        *plan[i].dst = plan[i].n ? p : NULL;
-        p += (plan[i].n + 15) & ~(size_t)15;
+        *plan[i].dst = plan[i].bytes ? p : NULL;
+        p += (plan[i].bytes + 63) & ~(size_t)63;
     }
     return 0;
+}
+
+/* Points x at the batch's tokens, mask and logit positions on the device,
+ * uploading them off the host. */
+static void place_inputs(forward_ctx *x, buffers *b) {
+    const lens_batch *batch = x->batch;
+    x->tokens = batch->tokens;
+    x->attn_mask = batch->attn_mask;
+    x->positions = x->run->logit_positions;
+    x->logits = x->run->logits;
+    if (lk_host_memory(x->dev)) return;
+    lk_upload(x->dev, b->tokens, batch->tokens, x->N * sizeof(int32_t));
+    x->tokens = b->tokens;
+    if (batch->attn_mask) {
+        lk_upload(x->dev, b->attn_mask, batch->attn_mask, x->N);
+        x->attn_mask = b->attn_mask;
+    }
+    if (x->positions) {
+        lk_upload(x->dev, b->positions, x->positions, (size_t)x->B * sizeof(int32_t));
+        x->positions = b->positions;
+    }
+    x->logits = b->logits;
 }
 
 /* hook_embed, hook_pos_embed, and their sum into resid. With an attention
  * mask, positions count real tokens only and pads get no position embedding
  * (TL's get_offset_position_ids). */
 static int embed(forward_ctx *x, buffers *b) {
-    const lens_config *c = x->c;
-    const lens_weights *w = &x->m->w;
-    const int d = c->d_model, T = x->T;
-    const int32_t *tokens = x->batch->tokens;
-    const uint8_t *mask = x->batch->attn_mask;
-    if (fire(x, LENS_HOOK_TOKENS, 0, (void *)tokens)) return -1;
+    const int d = x->c->d_model;
+    if (fire(x, LENS_HOOK_TOKENS, 0, (void *)x->batch->tokens)) return -1;
     float *tok_embed = b->resid, *pos_embed = b->resid_mid;
-    for (size_t n = 0; n < x->N; n++)
-        memcpy(tok_embed + n * d, w->W_E + (size_t)tokens[n] * d, (size_t)d * sizeof(float));
-    for (int bi = 0; bi < x->B; bi++) {
-        int seen = 0;
-        for (int t = 0; t < T; t++) {
-            size_t n = (size_t)bi * T + t;
-            float *row = pos_embed + n * d;
-            int pos = t;
-            if (mask) {
-                seen += mask[n] != 0;
-                pos = seen > 0 ? seen - 1 : 0;
-                if (!mask[n]) {
-                    memset(row, 0, (size_t)d * sizeof(float));
-                    continue;
-                }
-            }
-            memcpy(row, w->W_pos + (size_t)pos * d, (size_t)d * sizeof(float));
-        }
-    }
+    lk_embed(x->dev, tok_embed, pos_embed, x->w->W_E, x->w->W_pos, x->tokens, x->attn_mask, x->B,
+             x->T, d);
     if (fire(x, LENS_HOOK_EMBED, 0, tok_embed) || fire(x, LENS_HOOK_POS_EMBED, 0, pos_embed))
         return -1;
-    lk_add(b->resid, tok_embed, pos_embed, x->N * (size_t)d);
+    lk_add(x->dev, b->resid, tok_embed, pos_embed, x->N * (size_t)d);
     return 0;
 }
 
@@ -157,9 +218,9 @@ static int embed(forward_ctx *x, buffers *b) {
 static int layer_norm(forward_ctx *x, lens_norm norm, const float *w, const float *bias, float *out,
                       float *scale, const float *inp, size_t rows, int C, lens_hook_kind scale_hook,
                       lens_hook_kind normalized_hook, int layer) {
-    lk_layernorm_pre(out, scale, inp, (int)rows, C, x->c->eps);
+    lk_layernorm_pre(x->dev, out, scale, inp, (int)rows, C, x->c->eps);
     if (fire(x, scale_hook, layer, scale) || fire(x, normalized_hook, layer, out)) return -1;
-    if (norm == LENS_NORM_LN) lk_affine(out, out, w, bias, (int)rows, C);
+    if (norm == LENS_NORM_LN) lk_affine(x->dev, out, out, w, bias, (int)rows, C);
     return 0;
 }
 
@@ -174,31 +235,19 @@ static void attention_scores(const forward_ctx *x, const buffers *b, int layer) 
     if (c->scale_attn_by_inverse_layer_idx) attn_scale *= (float)(layer + 1);
     // scores[bi, hi] (T,T) = q[bi, :, hi, :] (T,dh) @ k[bi, :, hi, :]^T; heads sit side by side
     for (int bi = 0; bi < B; bi++)
-        lk_matmul_batched(b->scores + (size_t)bi * h * T * T, T, (size_t)T * T,
+        lk_matmul_batched(x->dev, b->scores + (size_t)bi * h * T * T, T, (size_t)T * T,
                           b->q + (size_t)bi * T * hd, hd, (size_t)dh, b->k + (size_t)bi * T * hd,
                           hd, (size_t)dh, true, T, dh, T, h);
     const bool local = c->use_local_attn && c->layer_is_local[layer];
-    const uint8_t *mask = x->batch->attn_mask;
-    const int32_t *tokens = x->batch->tokens;
-    const int32_t pad = x->m->rules.pad_id;
-    const bool mask_pads = x->m->rules.mask_pad_keys;
-#pragma omp parallel for collapse(2) if ((size_t)B * h * T * T > 16384)
-    for (int bi = 0; bi < B; bi++) {
-        for (int hi = 0; hi < h; hi++) {
-            float *s = b->scores + ((size_t)bi * h + hi) * T * T;
-            const int32_t *row_tokens = tokens + (size_t)bi * T;
-            const uint8_t *row_mask = mask ? mask + (size_t)bi * T : NULL;
-            for (int qi = 0; qi < T; qi++) {
-                float *sq = s + (size_t)qi * T;
-                for (int ki = 0; ki < T; ki++) {
-                    bool masked = c->causal && (ki > qi || (local && ki <= qi - c->window_size) ||
-                                                (row_mask && !row_mask[ki]));
-                    sq[ki] = masked ? -INFINITY : sq[ki] / attn_scale;
-                    if (mask_pads && row_tokens[ki] == pad) sq[ki] = PAD_KEY_SCORE;
-                }
-            }
-        }
-    }
+    const lk_score_mask mask = {
+        .causal = c->causal,
+        .window = local ? c->window_size : 0,
+        .attn_mask = x->attn_mask,
+        .tokens = x->tokens,
+        .pad_id = x->m->rules.mask_pad_keys ? x->m->rules.pad_id : -1,
+        .pad_score = PAD_KEY_SCORE,
+    };
+    lk_mask_scores(x->dev, b->scores, B, h, T, attn_scale, &mask);
 }
 
 /* q, k and v from the (normalised) attention input: one GEMM each, or one
@@ -214,32 +263,30 @@ static void project_qkv(const forward_ctx *x, const buffers *b, const lens_layer
     float *out[3] = {b->q, b->k, b->v};
     for (int i = 0; i < 3; i++) {
         if (!heads_split_input(c)) {
-            lk_matmul(out[i], hd, b->normed, d, W[i], hd, bias[i], N, d, hd, false);
+            lk_matmul(x->dev, out[i], hd, b->normed, d, W[i], hd, bias[i], N, d, hd, false);
             continue;
         }
         for (int hi = 0; hi < h; hi++)
-            lk_matmul(out[i] + (size_t)hi * dh, hd, inputs[i] + (size_t)hi * d, h * d,
+            lk_matmul(x->dev, out[i] + (size_t)hi * dh, hd, inputs[i] + (size_t)hi * d, h * d,
                       W[i] + (size_t)hi * dh, hd, bias[i] + (size_t)hi * dh, N, d, dh, false);
     }
 }
 
 static int attention(forward_ctx *x, buffers *b, int layer) {
     const lens_config *c = x->c;
-    const lens_layer_weights *lw = &x->m->w.layers[layer];
+    const lens_layer_weights *lw = &x->w->layers[layer];
     const int B = x->B, T = x->T, d = c->d_model, h = c->n_heads, dh = c->d_head, hd = h * dh;
     const size_t N = x->N;
     float *inputs[3] = {b->normed, b->normed, b->normed};
     if (heads_split_input(c)) {
         /* TL repeats resid_pre per head ([B, T, h, d]) and normalises each copy. */
-        for (size_t n = 0; n < N; n++)
-            for (int hi = 0; hi < h; hi++)
-                memcpy(b->head_inputs[0] + (n * h + hi) * d, b->resid + n * d,
-                       (size_t)d * sizeof(float));
+        lk_repeat_rows(x->dev, b->head_inputs[0], b->resid, (int)N, h, d);
         if (fire(x, LENS_HOOK_ATTN_IN, layer, b->head_inputs[0])) return -1;
         static const lens_hook_kind split_hooks[3] = {LENS_HOOK_Q_INPUT, LENS_HOOK_K_INPUT,
                                                       LENS_HOOK_V_INPUT};
         for (int i = 0; i < 3; i++) {
-            if (i > 0) memcpy(b->head_inputs[i], b->head_inputs[0], N * h * d * sizeof(float));
+            if (i > 0)
+                lk_copy(x->dev, b->head_inputs[i], b->head_inputs[0], N * h * d * sizeof(float));
             inputs[i] = b->head_inputs[i];
         }
         if (c->use_split_qkv_input)
@@ -255,7 +302,7 @@ static int attention(forward_ctx *x, buffers *b, int layer) {
                        d, LENS_HOOK_LN1_SCALE, LENS_HOOK_LN1_NORMALIZED, layer))
             return -1;
     } else {
-        memcpy(b->normed, b->resid, N * d * sizeof(float));
+        lk_copy(x->dev, b->normed, b->resid, N * d * sizeof(float));
     }
     project_qkv(x, b, lw, inputs);
     if (fire(x, LENS_HOOK_Q, layer, b->q) || fire(x, LENS_HOOK_K, layer, b->k) ||
@@ -263,63 +310,53 @@ static int attention(forward_ctx *x, buffers *b, int layer) {
         return -1;
     attention_scores(x, b, layer);
     if (fire(x, LENS_HOOK_ATTN_SCORES, layer, b->scores)) return -1;
-    lk_softmax_rows(b->pattern, b->scores, B * h * T, T);
+    lk_softmax_rows(x->dev, b->pattern, b->scores, B * h * T, T);
     if (fire(x, LENS_HOOK_PATTERN, layer, b->pattern)) return -1;
     // z[bi, :, hi, :] (T,dh) = pattern[bi, hi] (T,T) @ v[bi, :, hi, :] (T,dh)
     for (int bi = 0; bi < B; bi++)
-        lk_matmul_batched(b->z + (size_t)bi * T * hd, hd, (size_t)dh,
+        lk_matmul_batched(x->dev, b->z + (size_t)bi * T * hd, hd, (size_t)dh,
                           b->pattern + (size_t)bi * h * T * T, T, (size_t)T * T,
                           b->v + (size_t)bi * T * hd, hd, (size_t)dh, false, T, T, dh, h);
     if (fire(x, LENS_HOOK_Z, layer, b->z)) return -1;
     if (c->use_attn_result) {
         // result[n, hi, :] (d) = z[n, hi, :] (dh) @ W_O[hi] (dh,d); attn_out sums heads + b_O
         for (int hi = 0; hi < h; hi++)
-            lk_matmul(b->result + (size_t)hi * d, h * d, b->z + (size_t)hi * dh, hd,
+            lk_matmul(x->dev, b->result + (size_t)hi * d, h * d, b->z + (size_t)hi * dh, hd,
                       lw->W_O + (size_t)hi * dh * d, d, NULL, (int)N, dh, d, false);
         if (fire(x, LENS_HOOK_RESULT, layer, b->result)) return -1;
-        for (size_t n = 0; n < N; n++) {
-            float *out = b->attn_out + n * d;
-            memcpy(out, lw->b_O, (size_t)d * sizeof(float));
-            for (int hi = 0; hi < h; hi++)
-                lk_add(out, out, b->result + (n * h + hi) * d, d);
-        }
+        lk_sum_groups(x->dev, b->attn_out, b->result, lw->b_O, (int)N, h, d);
     } else {
-        lk_matmul(b->attn_out, d, b->z, hd, lw->W_O, d, lw->b_O, (int)N, hd, d, false);
+        lk_matmul(x->dev, b->attn_out, d, b->z, hd, lw->W_O, d, lw->b_O, (int)N, hd, d, false);
     }
     return fire(x, LENS_HOOK_ATTN_OUT, layer, b->attn_out);
 }
 
-static void activation(const lens_config *c, float *out, const float *inp, size_t n) {
-    switch (c->act_fn) {
+static lk_act kernel_activation(lens_act act) {
+    switch (act) {
     case LENS_ACT_RELU:
-        lk_relu(out, inp, n);
-        break;
+        return LK_RELU;
     case LENS_ACT_GELU:
-        lk_gelu(out, inp, n);
-        break;
-    case LENS_ACT_GELU_NEW:
-        lk_gelu_new(out, inp, n);
-        break;
+        return LK_GELU;
     case LENS_ACT_GELU_FAST:
-        lk_gelu_fast(out, inp, n);
-        break;
+        return LK_GELU_FAST;
     case LENS_ACT_SILU:
-        lk_silu(out, inp, n);
+        return LK_SILU;
+    case LENS_ACT_GELU_NEW:
+    case LENS_ACT_SOLU_LN: /* not used: mlp() runs SoLU with its own hook points */
         break;
-    case LENS_ACT_SOLU_LN:
-        break; /* handled by mlp(): it has hook points of its own */
     }
+    return LK_GELU_NEW;
 }
 
 static int mlp(forward_ctx *x, buffers *b, int layer) {
     const lens_config *c = x->c;
-    const lens_layer_weights *lw = &x->m->w.layers[layer];
+    const lens_layer_weights *lw = &x->w->layers[layer];
     const int d = c->d_model, m = c->d_mlp;
     const size_t N = x->N;
     const float *in = b->resid_mid;
     if (c->use_hook_mlp_in) {
         /* TL hooks a clone: an edit here changes the MLP's input, not resid_mid. */
-        memcpy(b->mlp_in, b->resid_mid, N * d * sizeof(float));
+        lk_copy(x->dev, b->mlp_in, b->resid_mid, N * d * sizeof(float));
         if (fire(x, LENS_HOOK_MLP_IN, layer, b->mlp_in)) return -1;
         in = b->mlp_in;
     }
@@ -329,20 +366,20 @@ static int mlp(forward_ctx *x, buffers *b, int layer) {
             return -1;
         in = b->normed;
     }
-    lk_matmul(b->pre, m, in, d, lw->W_in, m, lw->b_in, (int)N, d, m, false);
+    lk_matmul(x->dev, b->pre, m, in, d, lw->W_in, m, lw->b_in, (int)N, d, m, false);
     if (fire(x, LENS_HOOK_MLP_PRE, layer, b->pre)) return -1;
     if (c->act_fn == LENS_ACT_SOLU_LN) {
-        lk_solu(b->post, b->pre, (int)N, m);
+        lk_solu(x->dev, b->post, b->pre, (int)N, m);
         if (fire(x, LENS_HOOK_MLP_MID, layer, b->post)) return -1;
         lens_norm norm = lw->mlp_ln_w ? LENS_NORM_LN : LENS_NORM_LNPRE;
         if (layer_norm(x, norm, lw->mlp_ln_w, lw->mlp_ln_b, b->post, b->scale, b->post, N, m,
                        LENS_HOOK_MLP_LN_SCALE, LENS_HOOK_MLP_LN_NORMALIZED, layer))
             return -1;
     } else {
-        activation(c, b->post, b->pre, N * m);
+        lk_activation(x->dev, kernel_activation(c->act_fn), b->post, b->pre, N * m);
     }
     if (fire(x, LENS_HOOK_MLP_POST, layer, b->post)) return -1;
-    lk_matmul(b->mlp_out, d, b->post, m, lw->W_out, d, lw->b_out, (int)N, m, d, false);
+    lk_matmul(x->dev, b->mlp_out, d, b->post, m, lw->W_out, d, lw->b_out, (int)N, m, d, false);
     return fire(x, LENS_HOOK_MLP_OUT, layer, b->mlp_out);
 }
 
@@ -350,18 +387,20 @@ static int block(forward_ctx *x, buffers *b, int layer) {
     const size_t nd = x->N * (size_t)x->c->d_model;
     if (fire(x, LENS_HOOK_RESID_PRE, layer, b->resid) || attention(x, b, layer)) return -1;
     if (x->c->attn_only) {
-        lk_add(b->resid, b->resid, b->attn_out, nd);
+        lk_add(x->dev, b->resid, b->resid, b->attn_out, nd);
     } else {
-        lk_add(b->resid_mid, b->resid, b->attn_out, nd);
+        lk_add(x->dev, b->resid_mid, b->resid, b->attn_out, nd);
         if (fire(x, LENS_HOOK_RESID_MID, layer, b->resid_mid) || mlp(x, b, layer)) return -1;
-        lk_add(b->resid, b->resid_mid, b->mlp_out, nd);
+        lk_add(x->dev, b->resid, b->resid_mid, b->mlp_out, nd);
     }
     return fire(x, LENS_HOOK_RESID_POST, layer, b->resid);
 }
 
+/* The final LayerNorm and the unembedding into x->logits: every position, or
+ * each prompt's logit position. */
 static int unembed(forward_ctx *x, buffers *b) {
     const lens_config *c = x->c;
-    const lens_weights *w = &x->m->w;
+    const lens_weights *w = x->w;
     const int d = c->d_model, V = c->d_vocab_out;
     float *final = b->resid;
     if (c->normalization != LENS_NORM_NONE) {
@@ -372,30 +411,68 @@ static int unembed(forward_ctx *x, buffers *b) {
         final = b->normed;
     }
     if (fire(x, LENS_HOOK_UNEMBED_IN, 0, final)) return -1;
-    float *logits = x->run->logits;
-    if (!logits) return 0;
-    if (!x->run->logit_positions) {
-        lk_matmul(logits, V, final, d, w->W_U, V, w->b_U, (int)x->N, d, V, false);
-        return fire(x, LENS_HOOK_UNEMBED_OUT, 0, logits);
+    if (!x->logits) return 0;
+    if (!x->positions) {
+        lk_matmul(x->dev, x->logits, V, final, d, w->W_U, V, w->b_U, (int)x->N, d, V, false);
+        return fire(x, LENS_HOOK_UNEMBED_OUT, 0, x->logits);
     }
-    for (int bi = 0; bi < x->B; bi++) {
-        int t = x->run->logit_positions[bi];
-        if (t < 0 || t >= x->T) {
-            lens_err_set(x->err, "logit position %d of prompt %d is outside its %d positions", t,
-                         bi, x->T);
-            return -1;
-        }
-        memcpy(b->final_rows + (size_t)bi * d, final + ((size_t)bi * x->T + t) * d,
-               (size_t)d * sizeof(float));
-    }
-    lk_matmul(logits, V, b->final_rows, d, w->W_U, V, w->b_U, x->B, d, V, false);
+    lk_gather_rows(x->dev, b->final_rows, final, x->positions, x->B, x->T, d);
+    lk_matmul(x->dev, x->logits, V, b->final_rows, d, w->W_U, V, w->b_U, x->B, d, V, false);
     return 0;
 }
 
-int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batch,
-                 const lens_run *run, lens_err *err) {
-    const lens_config *c = &m->cfg;
-    forward_ctx x = {m, c, batch, run, batch->B, batch->T, (size_t)batch->B * batch->T, err};
+/* The whole pass from the batch on the device to x->logits. */
+static int run_layers(forward_ctx *x, buffers *b) {
+    if (embed(x, b)) return -1;
+    for (int l = 0; l < x->c->n_layers; l++)
+        if (block(x, b, l)) return -1;
+    return unembed(x, b);
+}
+
+static bool any_hook_enabled(const forward_ctx *x) {
+    const lens_run *r = x->run;
+    if (!r->hooks_enabled || !r->on_hook) return false;
+    for (size_t i = 0; i < lens_hook_slots(x->c); i++)
+        if (r->hooks_enabled[i]) return true;
+    return false;
+}
+
+/* The recorded run for this batch's shape: found, or recorded now (NULL
+ * where the device can't record). Recording does not run anything. */
+static lk_graph *recorded_run(forward_ctx *x, buffers *b) {
+    lens_workspace *ws = x->ws;
+    const lens_graph_entry key = {x->m,
+                                  x->B,
+                                  x->T,
+                                  x->batch->attn_mask != NULL,
+                                  x->run->logit_positions != NULL,
+                                  x->run->logits != NULL,
+                                  NULL};
+    for (int i = 0; i < ws->n_graphs; i++) {
+        const lens_graph_entry *g = &ws->graphs[i];
+        if (g->model == key.model && g->B == key.B && g->T == key.T && g->masked == key.masked &&
+            g->at_positions == key.at_positions && g->logits == key.logits)
+            return g->graph;
+    }
+    if (!lk_record_begin(x->dev)) return NULL;
+    int rc = run_layers(x, b); /* no hook fires, so nothing here fails */
+    lk_graph *graph = lk_record_end(x->dev);
+    if (rc || !graph) {
+        lk_graph_free(x->dev, graph);
+        return NULL;
+    }
+    if (ws->n_graphs == LENS_MAX_GRAPHS) {
+        lk_graph_free(x->dev, ws->graphs[0].graph);
+        memmove(ws->graphs, ws->graphs + 1, (LENS_MAX_GRAPHS - 1) * sizeof ws->graphs[0]);
+        ws->n_graphs--;
+    }
+    ws->graphs[ws->n_graphs] = key;
+    ws->graphs[ws->n_graphs++].graph = graph;
+    return graph;
+}
+
+static int check_batch(const lens_config *c, const lens_batch *batch, const lens_run *run,
+                       lens_err *err) {
     if (batch->B < 1 || batch->T < 1) {
         lens_err_set(err, "empty batch (%d prompts of %d tokens)", batch->B, batch->T);
         return -1;
@@ -404,7 +481,8 @@ int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batc
         lens_err_set(err, "%d tokens is more than the model's context of %d", batch->T, c->n_ctx);
         return -1;
     }
-    for (size_t n = 0; n < x.N; n++) {
+    const size_t N = (size_t)batch->B * batch->T;
+    for (size_t n = 0; n < N; n++) {
         if (batch->tokens[n] < 0 || batch->tokens[n] >= c->d_vocab) {
             lens_err_set(err,
                          "token id %d at prompt %zu position %zu is outside the vocabulary "
@@ -413,9 +491,47 @@ int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batc
             return -1;
         }
     }
+    for (int bi = 0; run->logits && run->logit_positions && bi < batch->B; bi++) {
+        int t = run->logit_positions[bi];
+        if (t < 0 || t >= batch->T) {
+            lens_err_set(err, "logit position %d of prompt %d is outside its %d positions", t, bi,
+                         batch->T);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batch,
+                 const lens_run *run, lens_err *err) {
+    const lens_config *c = &m->cfg;
+    if (check_batch(c, batch, run, err)) return -1;
+    forward_ctx x = {.m = m,
+                     .c = c,
+                     .w = &m->dw,
+                     .dev = m->device,
+                     .ws = ws,
+                     .batch = batch,
+                     .run = run,
+                     .B = batch->B,
+                     .T = batch->T,
+                     .N = (size_t)batch->B * batch->T,
+                     .err = err};
     buffers b;
-    if (carve(&x, ws, &b) || embed(&x, &b)) return -1;
-    for (int l = 0; l < c->n_layers; l++)
-        if (block(&x, &b, l)) return -1;
-    return unembed(&x, &b);
+    if (carve(&x, &b)) return -1;
+    place_inputs(&x, &b);
+    lk_graph *graph = any_hook_enabled(&x) ? NULL : recorded_run(&x, &b);
+    int rc = graph ? (lk_graph_launch(x.dev, graph), 0) : run_layers(&x, &b);
+    if (rc == 0 && run->logits && x.logits != run->logits) {
+        size_t rows = run->logit_positions ? (size_t)x.B : x.N;
+        lk_download(x.dev, run->logits, x.logits, rows * c->d_vocab_out * sizeof(float));
+    }
+    char why[512];
+    if (lk_finish(x.dev, why, sizeof why)) {
+        lk_device_info info;
+        lk_device_describe(x.dev, &info);
+        lens_err_set_code(err, LENS_ERR_DEVICE, "%s: %s", info.name, why);
+        return -1;
+    }
+    return rc;
 }

@@ -5,6 +5,12 @@
  * per-model table of slots, hooks.h) and the callback that receives each
  * activation. The callback may read the activation (a cache) or overwrite it
  * in place (an intervention); points that are not enabled cost nothing.
+ *
+ * The pass runs on the model's device (model.h, lens_model_place). The
+ * callback always sees host memory: on a GPU each enabled activation is
+ * copied once into a page-locked host buffer (and back when the run says the
+ * callback may modify it). Runs with no hook enabled are recorded once per
+ * batch shape and replayed (CUDA graphs).
  */
 #ifndef LENS_FORWARD_H
 #define LENS_FORWARD_H
@@ -38,24 +44,45 @@ typedef struct lens_run {
     const uint8_t *hooks_enabled; /* [lens_hook_slots(cfg)], or NULL for none */
     lens_hook_fn on_hook;
     void *user;
+    bool hooks_modify; /* on_hook may change activations (copied back to the device) */
     float *logits; /* out: [B, T, d_vocab_out], or [B, d_vocab_out] at logit_positions;
                       NULL to skip the unembedding */
     const int32_t *logit_positions; /* [B] or NULL for every position */
 } lens_run;
 
-/* Scratch memory for activations, grown as needed and reused between runs
- * so that nothing is allocated per token. Zero-initialise before first use. */
+#define LENS_MAX_GRAPHS 8
+
+/* A recorded hook-free run, replayed for the same model and batch shape. */
+typedef struct lens_graph_entry {
+    const lens_model *model;
+    int B, T;
+    bool masked, at_positions, logits;
+    lk_graph *graph;
+} lens_graph_entry;
+
+/* Scratch memory for activations on the model's device, grown as needed and
+ * reused between runs so that nothing is allocated per token, with the
+ * recorded runs that depend on its addresses and on the models it ran. One
+ * per thread that runs forwards; free it before the models it ran.
+ * Zero-initialise before first use. */
 typedef struct lens_workspace {
-    float *buf;
-    size_t cap; /* floats */
+    lk_device *dev; /* where buf lives (set at first use) */
+    void *buf;
+    size_t cap;  /* bytes */
+    void *stage; /* page-locked host copy of one activation, off the CPU */
+    size_t stage_cap;
+    lens_graph_entry graphs[LENS_MAX_GRAPHS];
+    int n_graphs;
 } lens_workspace;
 
-/* Frees the workspace's memory. */
+/* Frees the workspace's memory and graphs. */
 void lens_workspace_free(lens_workspace *ws);
 
 /* Runs the model on the batch. Returns 0, or -1 with a message for a token
- * outside the vocabulary, a batch longer than n_ctx, a failed allocation, or
- * an error returned by the hook callback. */
+ * outside the vocabulary, a batch longer than n_ctx, a logit position
+ * outside the batch, an error returned by the hook callback, a device
+ * without the memory for the activations (code LENS_ERR_NO_MEMORY) or a
+ * device failure (LENS_ERR_DEVICE). */
 int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batch,
                  const lens_run *run, lens_err *err);
 

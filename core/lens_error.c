@@ -6,6 +6,16 @@
 
 void lens_err_set(lens_err *err, const char *fmt, ...) {
     if (!err) return;
+    err->code = LENS_ERR_INVALID;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+    va_end(ap);
+}
+
+void lens_err_set_code(lens_err *err, lens_err_code code, const char *fmt, ...) {
+    if (!err) return;
+    err->code = code;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err->msg, sizeof err->msg, fmt, ap);

@@ -14,13 +14,26 @@
 
 #define LENS_ERR_MAX 1024
 
+/* What kind of failure, for callers that answer differently (the daemon's
+ * HTTP status). Most failures are the request's or the file's fault. */
+typedef enum lens_err_code {
+    LENS_ERR_INVALID,     /* bad input: a file, a field, a token (HTTP 4xx) */
+    LENS_ERR_NO_MEMORY,   /* the device (GPU or host) has not the memory (HTTP 507) */
+    LENS_ERR_DEVICE,      /* the device failed while running (HTTP 500) */
+} lens_err_code;
+
 typedef struct lens_err {
+    lens_err_code code;
     char msg[LENS_ERR_MAX];
 } lens_err;
 
-/* Formats a message into err (if err is not NULL). Can't fail; long
- * messages are truncated. */
+/* Formats a message into err (if err is not NULL), with code
+ * LENS_ERR_INVALID. Can't fail; long messages are truncated. */
 void lens_err_set(lens_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* As lens_err_set, with another code. */
+void lens_err_set_code(lens_err *err, lens_err_code code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* Prepends "prefix: " to the message already in err (if err is not NULL),
  * to add context on the way up ("model.safetensors: tensor h.0.attn...").

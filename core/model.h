@@ -27,6 +27,7 @@
 
 #include "core/lens_error.h"
 #include "core/tokenizer.h"
+#include "kernels/lk.h"
 
 typedef enum lens_norm {
     LENS_NORM_NONE,
@@ -109,6 +110,10 @@ typedef struct lens_model {
     size_t n_nonfinite_weights; /* NaN/inf seen while loading (allowed, reported) */
     float **blocks;             /* every weight allocation, freed with the model */
     size_t n_blocks, cap_blocks;
+    lk_device *device;  /* where forwards run: the CPU unless lens_model_place moved it */
+    lens_weights dw;    /* the weights as that device addresses them (w itself on the CPU) */
+    void *device_block; /* the device's copy of the weights; NULL on the CPU */
+    size_t device_bytes;
 } lens_model;
 
 /* What a caller may ask for when loading. */
@@ -126,6 +131,13 @@ typedef struct lens_load_opts {
  * processing, native ones to the "processing" entry of their config).
  * Returns NULL on error with a message naming the file and tensor or field. */
 lens_model *lens_model_load(const char *spec, const lens_load_opts *opts, lens_err *err);
+
+/* Copies the weights to dev in one allocation and makes dev the device the
+ * model's forwards run on; the host weights stay (for analyses that read
+ * them). Placing on the CPU device drops a device copy. Returns -1 with the
+ * model unchanged when the device lacks the memory (LENS_ERR_NO_MEMORY, the
+ * message says how much was needed and free) or fails. */
+int lens_model_place(lens_model *m, lk_device *dev, lens_err *err);
 
 /* Frees everything the model owns. Accepts NULL. */
 void lens_model_free(lens_model *model);

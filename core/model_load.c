@@ -987,6 +987,7 @@ static json_t *load_json(const char *path, lens_err *err) {
 
 void lens_model_free(lens_model *m) {
     if (!m) return;
+    lens_model_place(m, lk_cpu(), NULL);
     for (size_t i = 0; i < m->n_blocks; i++)
         free(m->blocks[i]);
     free(m->blocks);
@@ -1108,6 +1109,8 @@ lens_model *lens_model_load(const char *spec, const lens_load_opts *opts, lens_e
         m->cfg.use_attn_in |= opts->use_attn_in;
     }
     if (lens_process_weights(m, processing, err)) goto fail;
+    m->device = lk_cpu();
+    m->dw = m->w;
     free(native_config);
     free(hf_dir);
     return m;

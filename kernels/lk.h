@@ -1,67 +1,201 @@
 /*
  * lk.h: the numeric primitives lensd's forward pass is built from.
  *
- * One interface, one implementation per backend. kernels/cpu/ implements it
- * over host memory with OpenBLAS for matrix products and OpenMP loops for the
- * rest; the CUDA backend (kernels/cuda/, a later issue) implements the same
- * calls over device memory. Nothing above this layer knows which one runs.
+ * One interface, one implementation per backend (a "device"): kernels/cpu/
+ * works on host memory with OpenBLAS for matrix products and OpenMP loops
+ * for the rest; kernels/cuda/ works on one GPU's memory with cuBLAS and CUDA
+ * kernels, on one stream. Nothing above this layer knows which one runs: it
+ * allocates through the device, uploads and downloads through it, and passes
+ * the device's pointers to the operations below.
  *
  * Shapes are written with TransformerLens's names where one applies
  * (N rows, C channels). All matrices are row-major float32; `ld*` arguments
  * are row strides in floats, so heads inside a [pos, n_heads * d_head] buffer
- * can be addressed without copies.
+ * can be addressed without copies. Every pointer an operation takes is device
+ * memory (from lk_alloc, or weights uploaded there) unless its comment says
+ * host.
+ *
+ * Operations are asynchronous on a GPU: they are queued in order on the
+ * device's stream and a failure inside one is kept until lk_finish reports
+ * it. On the CPU they run before returning. A device is used by one thread
+ * at a time.
  */
 #ifndef LENS_LK_H
 #define LENS_LK_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+
+typedef struct lk_device lk_device;
+
+/* A recorded sequence of operations that can be replayed (a CUDA graph). */
+typedef struct lk_graph lk_graph;
+
+/* ---- devices ---------------------------------------------------------- */
+
+/* Opens a device: "cpu", or "cuda" / "cuda:N" for GPU number N. Returns NULL
+ * with the reason in why (no GPU, a build without CUDA, N out of range).
+ * "cpu" always succeeds and returns the one CPU device of the process. */
+lk_device *lk_open(const char *spec, char *why, size_t why_len);
+
+/* Releases a device opened by lk_open (its stream, handles and graphs).
+ * Memory still allocated on it must be freed first. NULL and the CPU device
+ * are accepted and left alone. */
+void lk_close(lk_device *dev);
+
+/* The CPU device (never NULL, never needs closing). */
+lk_device *lk_cpu(void);
+
+typedef struct lk_device_info {
+    char name[128];     /* "cpu (2 cores)", "NVIDIA H100 80GB HBM3 (cuda:0)" */
+    bool host_memory;   /* device pointers are host pointers */
+    size_t total_bytes; /* device memory; 0 for the CPU */
+    size_t free_bytes;  /* device memory free now; 0 for the CPU */
+} lk_device_info;
+
+/* Fills info about the device. Can't fail. */
+void lk_device_describe(lk_device *dev, lk_device_info *info);
+
+/* True when the device's pointers are host pointers (the CPU): callers may
+ * then read and write them directly instead of downloading. */
+bool lk_host_memory(const lk_device *dev);
+
+/* Sets the number of threads the CPU kernels use (0: the machine's cores).
+ * Applies to the calling thread's OpenMP pool and to OpenBLAS. Can't fail. */
+void lk_set_threads(int n_threads);
+
+/* ---- memory ----------------------------------------------------------- */
+
+/* Allocates bytes of device memory (64-byte aligned). Returns NULL when the
+ * device has not that much free; nothing is left allocated then. */
+void *lk_alloc(lk_device *dev, size_t bytes);
+
+/* Frees memory from lk_alloc. Accepts NULL. Waits for queued work first. */
+void lk_free(lk_device *dev, void *ptr);
+
+/* Page-locked host memory for fast transfers (plain malloc on the CPU).
+ * Returns NULL when out of memory. */
+void *lk_host_alloc(lk_device *dev, size_t bytes);
+void lk_host_free(lk_device *dev, void *ptr);
+
+/* Copies host -> device. The host buffer may be reused when this returns. */
+void lk_upload(lk_device *dev, void *dst, const void *host_src, size_t bytes);
+
+/* Copies device -> host after all queued work, and waits for the copy. */
+void lk_download(lk_device *dev, void *host_dst, const void *src, size_t bytes);
+
+/* Copies device -> device (queued). Regions must not overlap. */
+void lk_copy(lk_device *dev, void *dst, const void *src, size_t bytes);
+
+/* Waits for all queued work. Returns 0, or -1 with the first failure since
+ * the last call (a kernel that could not start, a cuBLAS error) in why; the
+ * failure is then cleared. */
+int lk_finish(lk_device *dev, char *why, size_t why_len);
+
+/* ---- recording (CUDA graphs) ------------------------------------------ */
+
+/* Starts recording the operations that follow instead of running them.
+ * Returns false (and records nothing) where the device can't record: the
+ * CPU. Uploads and downloads must not happen while recording. */
+bool lk_record_begin(lk_device *dev);
+
+/* Ends a recording and returns the graph, or NULL when it failed (the
+ * operations recorded did not run either way). */
+lk_graph *lk_record_end(lk_device *dev);
+
+/* Runs a recorded graph again, on the same memory it was recorded with. */
+void lk_graph_launch(lk_device *dev, lk_graph *graph);
+
+/* Frees a graph. Accepts NULL. */
+void lk_graph_free(lk_device *dev, lk_graph *graph);
+
+/* ---- operations ------------------------------------------------------- */
 
 /* out[M,N] = a[M,K] @ b[K,N] (+ bias[N] when bias is not NULL); when
  * accumulate is true the product is added to out instead of replacing it.
  * lda/ldb/ldo are row strides (>= K, N, N). */
-void lk_matmul(float *out, int ldo, const float *a, int lda, const float *b, int ldb,
-               const float *bias, int M, int K, int N, bool accumulate);
+void lk_matmul(lk_device *dev, float *out, int ldo, const float *a, int lda, const float *b,
+               int ldb, const float *bias, int M, int K, int N, bool accumulate);
 
-/* Many small products that share shapes and strides, run in parallel: for
- * i < count, out_i[M,N] = a_i[M,K] @ b_i with out_i = out + i*out_step (and
- * so on), where b_i is [K,N], or [N,K] used transposed when b_transposed
- * (q @ k^T). The steps locate one attention head of one prompt. */
-void lk_matmul_batched(float *out, int ldo, size_t out_step, const float *a, int lda, size_t a_step,
-                       const float *b, int ldb, size_t b_step, bool b_transposed, int M, int K,
-                       int N, int count);
+/* Many small products that share shapes and strides: for i < count,
+ * out_i[M,N] = a_i[M,K] @ b_i with out_i = out + i*out_step (and so on),
+ * where b_i is [K,N], or [N,K] used transposed when b_transposed (q @ k^T).
+ * The steps locate one attention head of one prompt. */
+void lk_matmul_batched(lk_device *dev, float *out, int ldo, size_t out_step, const float *a,
+                       int lda, size_t a_step, const float *b, int ldb, size_t b_step,
+                       bool b_transposed, int M, int K, int N, int count);
 
 /* The centring and scaling half of LayerNorm, as TransformerLens splits it:
  * for each row of inp[N,C], normalized = (x - mean(x)) / scale with
  * scale = sqrt(mean((x - mean(x))^2) + eps). scale is [N]. normalized may alias
  * inp. */
-void lk_layernorm_pre(float *normalized, float *scale, const float *inp, int N, int C, float eps);
+void lk_layernorm_pre(lk_device *dev, float *normalized, float *scale, const float *inp, int N,
+                      int C, float eps);
 
 /* out[N,C] = inp * w[C] + b[C] (b may be NULL). out may alias inp. */
-void lk_affine(float *out, const float *inp, const float *w, const float *b, int N, int C);
+void lk_affine(lk_device *dev, float *out, const float *inp, const float *w, const float *b, int N,
+               int C);
 
 /* out[n] = a[n] + b[n]. out may alias a or b. */
-void lk_add(float *out, const float *a, const float *b, size_t n);
+void lk_add(lk_device *dev, float *out, const float *a, const float *b, size_t n);
 
-/* Element-wise activations over n values; out may alias inp.
- * gelu is the exact erf form; gelu_new the tanh approximation GPT-2 uses. */
-void lk_relu(float *out, const float *inp, size_t n);
-void lk_gelu(float *out, const float *inp, size_t n);
-void lk_gelu_new(float *out, const float *inp, size_t n);
-void lk_gelu_fast(float *out, const float *inp, size_t n);
-void lk_silu(float *out, const float *inp, size_t n);
+typedef enum lk_act {
+    LK_RELU,
+    LK_GELU,      /* the exact erf form */
+    LK_GELU_NEW,  /* the tanh approximation GPT-2 uses */
+    LK_GELU_FAST, /* TransformerLens's gelu_fast */
+    LK_SILU,
+} lk_act;
+
+/* out[n] = act(inp[n]) over n values; out may alias inp. */
+void lk_activation(lk_device *dev, lk_act act, float *out, const float *inp, size_t n);
 
 /* SoLU without its LayerNorm: out = x * softmax(x) over each row of
- * inp[N,C]. */
-void lk_solu(float *out, const float *inp, int N, int C);
+ * inp[N,C]. out may alias inp. */
+void lk_solu(lk_device *dev, float *out, const float *inp, int N, int C);
 
 /* Softmax over each row of inp[N,C] into out. -INFINITY entries get 0; a row
  * whose entries are all -INFINITY becomes all zeros (TransformerLens turns
  * the NaNs of such rows into 0). out may alias inp. */
-void lk_softmax_rows(float *out, const float *inp, int N, int C);
+void lk_softmax_rows(lk_device *dev, float *out, const float *inp, int N, int C);
 
-/* Sets the number of threads the CPU kernels use (0: the machine's cores).
- * Can't fail. */
-void lk_set_threads(int n_threads);
+/* Token and position embeddings of a [B, T] batch:
+ * tok_out[n] = W_E[tokens[n]] and pos_out[n] = W_pos[p(n)], rows of d. With
+ * no attn_mask p is the position t; with one (1 = real token) p counts the
+ * real tokens before t in its prompt (TransformerLens's offset position ids
+ * for left padding) and pad rows of pos_out are zero. tokens must be valid
+ * rows of W_E. */
+void lk_embed(lk_device *dev, float *tok_out, float *pos_out, const float *W_E, const float *W_pos,
+              const int32_t *tokens, const uint8_t *attn_mask, int B, int T, int d);
+
+/* The masks TransformerLens applies to attention scores. */
+typedef struct lk_score_mask {
+    bool causal;        /* keys after the query are masked (-inf) */
+    int window;         /* causal only: keys at or before query - window are masked; 0 = none */
+    const uint8_t *attn_mask; /* [B, T] device, or NULL; causal only: pad keys are masked */
+    const int32_t *tokens;    /* [B, T] device; read when pad_id >= 0 */
+    int32_t pad_id;           /* keys holding this token get score pad_score; -1 = none */
+    float pad_score;
+} lk_score_mask;
+
+/* scores[B, H, T, T] (query rows, key columns) become scores / attn_scale
+ * where unmasked and -INFINITY where the causal, window or attention mask
+ * masks them; then keys at pad tokens get pad_score whatever they were. */
+void lk_mask_scores(lk_device *dev, float *scores, int B, int H, int T, float attn_scale,
+                    const lk_score_mask *mask);
+
+/* out[N, R, C] = inp[N, C] repeated R times per row. */
+void lk_repeat_rows(lk_device *dev, float *out, const float *inp, int N, int R, int C);
+
+/* out[N, C] = bias[C] + sum over g < G of inp[N, g, C], added in the order
+ * g = 0, 1, ... (bias may be NULL). */
+void lk_sum_groups(lk_device *dev, float *out, const float *inp, const float *bias, int N, int G,
+                   int C);
+
+/* out[b, C] = inp[b, positions[b], C] for b < B, from inp[B, T, C];
+ * positions [B] is device memory, each in [0, T). */
+void lk_gather_rows(lk_device *dev, float *out, const float *inp, const int32_t *positions, int B,
+                    int T, int C);
 
 #endif

@@ -30,6 +30,7 @@ typedef struct prompt_row {
 
 typedef struct cli_opts {
     const char *model;
+    const char *device; /* "cpu", "cuda", "cuda:N" */
     lens_load_opts load;
     bool no_bos;
     bool pad_left;
@@ -67,6 +68,7 @@ enum {
     OPT_TIMINGS,
     OPT_POSITIONS,
     OPT_LAST_LOGITS,
+    OPT_DEVICE,
 };
 
 static const struct option long_options[] = {
@@ -91,6 +93,7 @@ static const struct option long_options[] = {
     {"positions", required_argument, NULL, OPT_POSITIONS},
     {"last-logits", no_argument, NULL, OPT_LAST_LOGITS},
     {"timings", no_argument, NULL, OPT_TIMINGS},
+    {"device", required_argument, NULL, OPT_DEVICE},
     {NULL, 0, NULL, 0},
 };
 
@@ -194,6 +197,7 @@ static int load_prompts_file(cli_opts *o, const char *path, lens_err *err) {
 static int parse_opts(int argc, char **argv, cli_opts *o, lens_err *err) {
     memset(o, 0, sizeof *o);
     o->load.processing = -1;
+    o->device = "cpu";
     o->top_k = 10;
     o->repeat = 1;
     optind = 1;
@@ -206,6 +210,9 @@ static int parse_opts(int argc, char **argv, cli_opts *o, lens_err *err) {
         switch (c) {
         case 'm':
             o->model = optarg;
+            break;
+        case OPT_DEVICE:
+            o->device = optarg;
             break;
         case 'p':
             rc = add_row(o, optarg, NULL, 0);
@@ -324,12 +331,34 @@ static int build_batch(const lens_model *m, cli_opts *o, lens_token_batch *batch
     return rc;
 }
 
+/* Loads --model and places it on --device. */
 static lens_model *load_model(const cli_opts *o, lens_err *err) {
+    char why[512];
+    lk_device *dev = lk_open(o->device, why, sizeof why);
+    if (!dev) {
+        lens_err_set(err, "--device: %s", why);
+        return NULL;
+    }
     lens_model *m = lens_model_load(o->model, &o->load, err);
-    if (m && m->n_nonfinite_weights)
+    if (m && lens_model_place(m, dev, err)) {
+        lens_model_free(m);
+        m = NULL;
+    }
+    if (!m) {
+        lk_close(dev);
+        return NULL;
+    }
+    if (m->n_nonfinite_weights)
         fprintf(stderr, "lensd: warning: %s has %zu NaN or infinite weights\n", o->model,
                 m->n_nonfinite_weights);
     return m;
+}
+
+/* Frees a model from load_model and closes its device. */
+static void free_model(lens_model *m) {
+    lk_device *dev = m->device;
+    lens_model_free(m);
+    lk_close(dev);
 }
 
 /* ---- info --------------------------------------------------------------- */
@@ -379,8 +408,15 @@ json_t *srv_model_info_json(const lens_model *m) {
     json_t *hooks = json_array();
     void *visit[2] = {hooks, (void *)c};
     lens_hook_foreach(c, add_hook_json, visit);
-    return json_pack("{s:s, s:s, s:o, s:s, s:{s:i, s:i, s:i, s:b, s:b}, s:I, s:I, s:o}", "name",
-                     m->name, "source", m->source, "config", cfg, "processing", processing,
+    lk_device_info dev;
+    lk_device_describe(m->device, &dev);
+    json_t *device = json_pack("{s:s, s:I, s:I, s:I}", "name", dev.name, "memory_total_bytes",
+                               (json_int_t)dev.total_bytes, "memory_free_bytes",
+                               (json_int_t)dev.free_bytes, "weights_bytes",
+                               (json_int_t)m->device_bytes);
+    return json_pack("{s:s, s:s, s:o, s:o, s:s, s:{s:i, s:i, s:i, s:b, s:b}, s:I, s:I, s:o}",
+                     "name", m->name, "source", m->source, "device", device, "config", cfg,
+                     "processing", processing,
                      "tokens", "bos_id", m->rules.bos_id, "eos_id", m->rules.eos_id, "pad_id",
                      m->rules.pad_id, "append_eos", m->rules.append_eos, "mask_pad_keys",
                      m->rules.mask_pad_keys, "n_params", (json_int_t)m->n_weight_floats,
@@ -394,7 +430,7 @@ static int cmd_info(cli_opts *o, lens_err *err) {
     json_dumpf(info, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     fputc('\n', stdout);
     json_decref(info);
-    lens_model_free(m);
+    free_model(m);
     return 0;
 }
 
@@ -594,7 +630,7 @@ out:
     free(tokens);
     free(logits);
     lens_workspace_free(&ws);
-    lens_model_free(m);
+    free_model(m);
     return rc;
 }
 
@@ -671,12 +707,16 @@ static int capture_hook(void *user, lens_hook hook, lens_tensor *act, lens_err *
 }
 
 /* Rows per forward: bounded so that activations (attention patterns grow
- * with T^2) stay within a few hundred MB whatever the batch. */
-static int chunk_rows(const lens_config *c, int B, int T) {
+ * with T^2) stay within a few hundred MB whatever the batch on the CPU
+ * (where smaller chunks stay in cache), and a few GB on a GPU (where larger
+ * batches fill the device). */
+static int chunk_rows(const lens_model *m, int B, int T) {
+    const lens_config *c = &m->cfg;
     size_t per_row =
         (size_t)T * (size_t)(6 * c->d_model + 2 * c->d_mlp + 4 * c->n_heads * c->d_head) +
         2 * (size_t)c->n_heads * T * T;
-    size_t rows = ((size_t)64 << 20) / (per_row ? per_row : 1);
+    size_t budget = lk_host_memory(m->device) ? (size_t)64 << 20 : (size_t)1 << 30; /* floats */
+    size_t rows = budget / (per_row ? per_row : 1);
     if (rows < 1) rows = 1;
     return rows > (size_t)B ? B : (int)rows;
 }
@@ -791,7 +831,7 @@ static int cmd_cache(cli_opts *o, lens_err *err) {
     if (st.failed) goto oom;
 
     capture cap = {c, B, T, 0, 0, data, o->positions, o->n_positions};
-    int step = chunk_rows(c, B, T);
+    int step = chunk_rows(m, B, T);
     double t_loaded = now_ms();
     double *forward_ms = malloc((size_t)o->repeat * sizeof *forward_ms);
     if (!forward_ms) goto oom;
@@ -821,9 +861,12 @@ static int cmd_cache(cli_opts *o, lens_err *err) {
     double t_written = now_ms();
     char processing[256];
     lens_processing_names(m->processing, processing, sizeof processing);
+    lk_device_info device;
+    lk_device_describe(m->device, &device);
     const lens_st_meta meta[] = {
         {"lensd_version", LENS_VERSION},
         {"model", m->name},
+        {"device", device.name},
         {"source", m->source},
         {"processing", processing},
         {"prepend_bos", m->cfg.default_prepend_bos && !o->no_bos ? "true" : "false"},
@@ -858,13 +901,13 @@ out:
     free(last_pos);
     lens_token_batch_free(&batch);
     lens_workspace_free(&ws);
-    lens_model_free(m);
+    free_model(m);
     return rc;
 }
 
 int srv_cli_main(const char *command, int argc, char **argv) {
     cli_opts o;
-    lens_err err = {{0}};
+    lens_err err = {0};
     int rc = parse_opts(argc, argv, &o, &err);
     if (rc == 0) {
         if (strcmp(command, "info") == 0)

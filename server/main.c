@@ -27,6 +27,7 @@ static const char usage[] =
     "  --processing SPEC        default | none | comma list of fold_ln,\n"
     "                           center_writing_weights, center_unembed, fold_value_biases\n"
     "  --no-processing          as from_pretrained_no_processing\n"
+    "  --device D               cpu (default), cuda or cuda:N\n"
     "  --use-attn-result, --use-split-qkv-input, --use-hook-mlp-in, --use-attn-in\n"
     "prompt options: --no-bos, --padding-side left|right\n"
     "\n"

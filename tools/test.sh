@@ -20,8 +20,9 @@ fi
 ninja -C "$build" || exit 1
 
 status=0
-echo "== unit tests (Criterion)"
-meson test -C "$build" --suite unit --print-errorlogs || status=1
+echo "== unit tests and GPU kernel tests (Criterion; the GPU ones skip without a GPU)"
+meson test -C "$build" --suite unit --suite gpu --print-errorlogs || status=1
+grep -ho "skipped: no GPU[^\"]*" "$build/meson-logs/testlog.json" | sort -u | sed 's/^/    /'
 
 echo "== unit tests again under AddressSanitizer and UndefinedBehaviorSanitizer"
 asan="$build-sanitize"
@@ -39,8 +40,8 @@ export LENSD_TOK_DRIVER="$build/tests/tokenizer/tok_driver"
 export LENSD_FIXTURES="${LENSD_FIXTURES:-$build/fixtures}"
 export LENSD_SHARED="$shared"
 export LENSD_BUILD="$build"
-"$venv/bin/python" -m pytest -q -p no:cacheprovider --junitxml="$build/pytest.xml" \
-  tests/tokenizer tests/parity || status=1
+"$venv/bin/python" -m pytest -q -rs -p no:cacheprovider --junitxml="$build/pytest.xml" \
+  tests/tokenizer tests/parity tests/gpu || status=1
 
 "$venv/bin/python" tools/test_summary.py "$build/meson-logs/testlog.json" \
   "$asan/meson-logs/testlog.json" "$build/pytest.xml" || status=1

@@ -4,8 +4,9 @@
 
 Counts Criterion test cases from meson's testlog.json files (each test binary's
 "Synthesis: Tested: N | Passing: N | Failing: N | Crashing: N" line; a binary
-that crashed before printing it counts as one failure) and pytest cases from
-its JUnit XML. Exits 1 if anything failed or nothing ran.
+that crashed before printing it counts as one failure; a binary that skipped
+itself, exit 77 with "Skipped: N (reason)", counts N skipped) and pytest cases
+from its JUnit XML. Exits 1 if anything failed or nothing ran.
 """
 import json
 import re
@@ -13,14 +14,21 @@ import sys
 import xml.etree.ElementTree as ET
 
 SYNTHESIS = re.compile(r"Tested: (\d+) \| Passing: (\d+) \| Failing: (\d+) \| Crashing: (\d+)")
+SKIPPED = re.compile(r"Skipped: (\d+) \((.*)\)")
 
 
 def criterion_counts(testlog_path):
-    passed = failed = 0
+    passed = failed = skipped = 0
     with open(testlog_path) as f:
         for line in f:
             entry = json.loads(line)
-            found = SYNTHESIS.findall(entry.get("stdout", "") + entry.get("stderr", ""))
+            output = entry.get("stdout", "") + entry.get("stderr", "")
+            if entry.get("result") == "SKIP" and SKIPPED.search(output):
+                n, reason = SKIPPED.search(output).groups()
+                skipped += int(n)
+                print(f"SKIPPED: {entry['name']}: {n} tests: {reason}")
+                continue
+            found = SYNTHESIS.findall(output)
             if not found:
                 failed += 1
                 print(f"unit test binary {entry['name']} printed no synthesis ({entry['result']})")
@@ -28,7 +36,7 @@ def criterion_counts(testlog_path):
             _, ok, fail, crash = map(int, found[-1])
             passed += ok
             failed += fail + crash
-    return passed, failed
+    return passed, failed, skipped
 
 
 def pytest_counts(junit_path):
@@ -41,18 +49,18 @@ def pytest_counts(junit_path):
 
 
 def main():
-    c_passed = c_failed = p_passed = p_failed = p_skipped = 0
+    c_passed = c_failed = c_skipped = p_passed = p_failed = p_skipped = 0
     for path in sys.argv[1:]:
         if path.endswith(".json"):
-            ok, bad = criterion_counts(path)
-            c_passed, c_failed = c_passed + ok, c_failed + bad
+            ok, bad, skipped = criterion_counts(path)
+            c_passed, c_failed, c_skipped = c_passed + ok, c_failed + bad, c_skipped + skipped
         else:
             ok, bad, skipped = pytest_counts(path)
             p_passed, p_failed, p_skipped = p_passed + ok, p_failed + bad, p_skipped + skipped
     passed, failed = c_passed + p_passed, c_failed + p_failed
-    print(f"unit: {c_passed} passed, {c_failed} failed; python: {p_passed} passed, "
-          f"{p_failed} failed, {p_skipped} skipped")
-    print(f"{passed} passed, {failed} failed, {p_skipped} skipped")
+    print(f"unit: {c_passed} passed, {c_failed} failed, {c_skipped} skipped; python: {p_passed} "
+          f"passed, {p_failed} failed, {p_skipped} skipped")
+    print(f"{passed} passed, {failed} failed, {c_skipped + p_skipped} skipped")
     sys.exit(1 if failed or passed == 0 else 0)
 
 

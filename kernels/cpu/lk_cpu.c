@@ -6,12 +6,18 @@
  * where TransformerLens's float32 result would otherwise depend on the
  * summation order more than on the data (LayerNorm means and variances,
  * softmax denominators). Not here: fusion, intrinsics, low precision.
+ *
+ * The device is the host: memory is malloc'd, transfers are memcpy, every
+ * operation has finished when it returns, and nothing can be recorded.
  */
-#include "kernels/lk.h"
+#include "kernels/lk_backend.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <omp.h>
 
 void lk_set_threads(int n_threads) {
@@ -20,7 +26,7 @@ void lk_set_threads(int n_threads) {
     openblas_set_num_threads(n_threads);
 }
 
-void lk_matmul(float *out, int ldo, const float *a, int lda, const float *b, int ldb,
+static void cpu_matmul(lk_device *dev, float *out, int ldo, const float *a, int lda, const float *b, int ldb,
                const float *bias, int M, int K, int N, bool accumulate) {
     // out is (M,N), a is (M,K), b is (K,N), bias is (N)
     if (M == 0 || N == 0) return;
@@ -43,7 +49,7 @@ void lk_matmul(float *out, int ldo, const float *a, int lda, const float *b, int
     }
 }
 
-void lk_matmul_batched(float *out, int ldo, size_t out_step, const float *a, int lda, size_t a_step,
+static void cpu_matmul_batched(lk_device *dev, float *out, int ldo, size_t out_step, const float *a, int lda, size_t a_step,
                        const float *b, int ldb, size_t b_step, bool b_transposed, int M, int K,
                        int N, int count) {
     if (M == 0 || N == 0 || count == 0) return;
@@ -60,7 +66,7 @@ void lk_matmul_batched(float *out, int ldo, size_t out_step, const float *a, int
     openblas_set_num_threads(blas_threads);
 }
 
-void lk_layernorm_pre(float *normalized, float *scale, const float *inp, int N, int C, float eps) {
+static void cpu_layernorm_pre(lk_device *dev, float *normalized, float *scale, const float *inp, int N, int C, float eps) {
     // inp, normalized are (N,C); scale is (N)
 #pragma omp parallel for if ((size_t)N * C > 16384)
     for (int i = 0; i < N; i++) {
@@ -82,7 +88,7 @@ void lk_layernorm_pre(float *normalized, float *scale, const float *inp, int N, 
     }
 }
 
-void lk_affine(float *out, const float *inp, const float *w, const float *b, int N, int C) {
+static void cpu_affine(lk_device *dev, float *out, const float *inp, const float *w, const float *b, int N, int C) {
 #pragma omp parallel for if ((size_t)N * C > 16384)
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * C;
@@ -92,19 +98,19 @@ void lk_affine(float *out, const float *inp, const float *w, const float *b, int
     }
 }
 
-void lk_add(float *out, const float *a, const float *b, size_t n) {
+static void cpu_add(lk_device *dev, float *out, const float *a, const float *b, size_t n) {
 #pragma omp parallel for if (n > 65536)
     for (size_t i = 0; i < n; i++)
         out[i] = a[i] + b[i];
 }
 
-void lk_relu(float *out, const float *inp, size_t n) {
+static void relu(float *out, const float *inp, size_t n) {
 #pragma omp parallel for if (n > 65536)
     for (size_t i = 0; i < n; i++)
         out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
 }
 
-void lk_gelu(float *out, const float *inp, size_t n) {
+static void gelu(float *out, const float *inp, size_t n) {
 #pragma omp parallel for if (n > 65536)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
@@ -136,7 +142,7 @@ static inline float exp_poly(float x) {
     return p * scale.f;
 }
 
-void lk_gelu_new(float *out, const float *inp, size_t n) {
+static void gelu_new(float *out, const float *inp, size_t n) {
     /* 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u)): the same function without
      * tanh's cancellation near -1, and vectorisable through exp_poly. */
     const float two_k = 2.0f * sqrtf(2.0f / (float)M_PI);
@@ -147,7 +153,7 @@ void lk_gelu_new(float *out, const float *inp, size_t n) {
     }
 }
 
-void lk_gelu_fast(float *out, const float *inp, size_t n) {
+static void gelu_fast(float *out, const float *inp, size_t n) {
 #pragma omp parallel for if (n > 65536)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
@@ -155,7 +161,7 @@ void lk_gelu_fast(float *out, const float *inp, size_t n) {
     }
 }
 
-void lk_silu(float *out, const float *inp, size_t n) {
+static void silu(float *out, const float *inp, size_t n) {
 #pragma omp parallel for if (n > 65536)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
@@ -184,13 +190,13 @@ static void softmax_row(float *y, const float *x, int C) {
         y[c] *= inv;
 }
 
-void lk_softmax_rows(float *out, const float *inp, int N, int C) {
+static void cpu_softmax_rows(lk_device *dev, float *out, const float *inp, int N, int C) {
 #pragma omp parallel for if ((size_t)N * C > 16384)
     for (int i = 0; i < N; i++)
         softmax_row(out + (size_t)i * C, inp + (size_t)i * C, C);
 }
 
-void lk_solu(float *out, const float *inp, int N, int C) {
+static void cpu_solu(lk_device *dev, float *out, const float *inp, int N, int C) {
 #pragma omp parallel for if ((size_t)N * C > 16384)
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * C;
@@ -204,4 +210,165 @@ void lk_solu(float *out, const float *inp, int N, int C) {
         for (int c = 0; c < C; c++)
             y[c] = x[c] * (float)(expf(x[c] - maxval) / sum);
     }
+}
+
+static void cpu_activation(lk_device *dev, lk_act act, float *out, const float *inp, size_t n) {
+    switch (act) {
+    case LK_RELU:
+        relu(out, inp, n);
+        break;
+    case LK_GELU:
+        gelu(out, inp, n);
+        break;
+    case LK_GELU_NEW:
+        gelu_new(out, inp, n);
+        break;
+    case LK_GELU_FAST:
+        gelu_fast(out, inp, n);
+        break;
+    case LK_SILU:
+        silu(out, inp, n);
+        break;
+    }
+}
+
+static void cpu_embed(lk_device *dev, float *tok_out, float *pos_out, const float *W_E,
+                      const float *W_pos, const int32_t *tokens, const uint8_t *attn_mask, int B,
+                      int T, int d) {
+    // tok_out, pos_out are (B*T, d); W_E is (d_vocab, d); W_pos is (n_ctx, d)
+    const size_t row_bytes = (size_t)d * sizeof(float);
+    for (size_t n = 0; n < (size_t)B * T; n++)
+        memcpy(tok_out + n * d, W_E + (size_t)tokens[n] * d, row_bytes);
+    for (int bi = 0; bi < B; bi++) {
+        int seen = 0;
+        for (int t = 0; t < T; t++) {
+            size_t n = (size_t)bi * T + t;
+            float *row = pos_out + n * d;
+            int pos = t;
+            if (attn_mask) {
+                seen += attn_mask[n] != 0;
+                pos = seen > 0 ? seen - 1 : 0;
+                if (!attn_mask[n]) {
+                    memset(row, 0, row_bytes);
+                    continue;
+                }
+            }
+            memcpy(row, W_pos + (size_t)pos * d, row_bytes);
+        }
+    }
+}
+
+static void cpu_mask_scores(lk_device *dev, float *scores, int B, int H, int T, float attn_scale,
+                            const lk_score_mask *mask) {
+    // scores is (B, H, T query, T key)
+    const lk_score_mask mk = *mask;
+#pragma omp parallel for collapse(2) if ((size_t)B * H * T * T > 16384)
+    for (int bi = 0; bi < B; bi++) {
+        for (int hi = 0; hi < H; hi++) {
+            float *s = scores + ((size_t)bi * H + hi) * T * T;
+            const uint8_t *row_mask = mk.attn_mask ? mk.attn_mask + (size_t)bi * T : NULL;
+            const int32_t *row_tokens = mk.pad_id >= 0 ? mk.tokens + (size_t)bi * T : NULL;
+            for (int qi = 0; qi < T; qi++) {
+                float *sq = s + (size_t)qi * T;
+                for (int ki = 0; ki < T; ki++) {
+                    bool masked = mk.causal && (ki > qi || (mk.window > 0 && ki <= qi - mk.window) ||
+                                                (row_mask && !row_mask[ki]));
+                    sq[ki] = masked ? -INFINITY : sq[ki] / attn_scale;
+                    if (row_tokens && row_tokens[ki] == mk.pad_id) sq[ki] = mk.pad_score;
+                }
+            }
+        }
+    }
+}
+
+static void cpu_repeat_rows(lk_device *dev, float *out, const float *inp, int N, int R, int C) {
+    // out is (N, R, C); inp is (N, C)
+    for (size_t n = 0; n < (size_t)N; n++)
+        for (int r = 0; r < R; r++)
+            memcpy(out + (n * R + r) * C, inp + n * C, (size_t)C * sizeof(float));
+}
+
+static void cpu_sum_groups(lk_device *dev, float *out, const float *inp, const float *bias, int N,
+                           int G, int C) {
+    // out is (N, C); inp is (N, G, C)
+#pragma omp parallel for if ((size_t)N * G * C > 65536)
+    for (int n = 0; n < N; n++) {
+        float *y = out + (size_t)n * C;
+        for (int c = 0; c < C; c++)
+            y[c] = bias ? bias[c] : 0.0f;
+        for (int g = 0; g < G; g++) {
+            const float *x = inp + ((size_t)n * G + g) * C;
+            for (int c = 0; c < C; c++)
+                y[c] += x[c];
+        }
+    }
+}
+
+static void cpu_gather_rows(lk_device *dev, float *out, const float *inp, const int32_t *positions,
+                            int B, int T, int C) {
+    // out is (B, C); inp is (B, T, C)
+    for (int bi = 0; bi < B; bi++)
+        memcpy(out + (size_t)bi * C, inp + ((size_t)bi * T + positions[bi]) * C,
+               (size_t)C * sizeof(float));
+}
+
+/* ---- the device: host memory, nothing queued, nothing to record ---- */
+
+static void cpu_close(lk_device *dev) {}
+
+static void cpu_describe(lk_device *dev, lk_device_info *info) {
+    snprintf(info->name, sizeof info->name, "cpu (%d cores)", omp_get_num_procs());
+}
+
+static void *cpu_alloc(lk_device *dev, size_t bytes) {
+    return aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+}
+
+static void cpu_free(lk_device *dev, void *ptr) { free(ptr); }
+
+static void cpu_copy(lk_device *dev, void *dst, const void *src, size_t bytes) {
+    memcpy(dst, src, bytes);
+}
+
+static int cpu_finish(lk_device *dev, char *why, size_t why_len) { return 0; }
+
+static bool cpu_record_begin(lk_device *dev) { return false; }
+
+static lk_graph *cpu_record_end(lk_device *dev) { return NULL; }
+
+static void cpu_no_graph(lk_device *dev, lk_graph *graph) {}
+
+static const lk_ops cpu_ops = {
+    .close = cpu_close,
+    .describe = cpu_describe,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .host_alloc = cpu_alloc,
+    .host_free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .copy = cpu_copy,
+    .finish = cpu_finish,
+    .record_begin = cpu_record_begin,
+    .record_end = cpu_record_end,
+    .graph_launch = cpu_no_graph,
+    .graph_free = cpu_no_graph,
+    .matmul = cpu_matmul,
+    .matmul_batched = cpu_matmul_batched,
+    .layernorm_pre = cpu_layernorm_pre,
+    .affine = cpu_affine,
+    .add = cpu_add,
+    .activation = cpu_activation,
+    .solu = cpu_solu,
+    .softmax_rows = cpu_softmax_rows,
+    .embed = cpu_embed,
+    .mask_scores = cpu_mask_scores,
+    .repeat_rows = cpu_repeat_rows,
+    .sum_groups = cpu_sum_groups,
+    .gather_rows = cpu_gather_rows,
+};
+
+lk_device *lk_cpu_device(void) {
+    static lk_device cpu = {.ops = &cpu_ops, .host_memory = true};
+    return &cpu;
 }

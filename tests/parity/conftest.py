@@ -6,6 +6,8 @@ Environment:
                      tools/make_fixtures.py unless its manifest carries the
                      current generator hash
   LENSD_PARITY_TABLE where the parity table goes (default build/parity_table.md)
+  LENSD_DEVICE       run lensd on this device (cpu, cuda:0; default cpu), so the
+                     same references check the GPU backend
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ sys.path.insert(0, str(TOOLS))
 import make_fixtures  # noqa: E402
 
 LENSD_TIMEOUT_S = 600
+DEVICE = os.environ.get("LENSD_DEVICE", "cpu")
 
 # Tolerance. Both sides compute in float32, but with different kernels: the
 # dot products behind every activation (d_model, d_mlp, d_vocab terms, about
@@ -129,7 +132,7 @@ def run_lensd(lensd_bin):
     """run_lensd(model_dir, args, out_path) -> seconds; fails the test on a non-zero exit."""
 
     def run(model: Path, args: list[str], out: Path, timeout: int = LENSD_TIMEOUT_S) -> float:
-        cmd = [lensd_bin, "cache", "--model", str(model), *args, "--out", str(out)]
+        cmd = [lensd_bin, "cache", "--model", str(model), "--device", DEVICE, *args, "--out", str(out)]
         started = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         elapsed = time.perf_counter() - started

@@ -32,7 +32,7 @@
  *   rigorous, per element, and for the shapes here (K <= 520) about as tight
  *   as the usual 1e-5 * sqrt(K) * max|ref| rule of thumb.
  * - lk_add is correctly rounded (one float addition): within half an ulp.
- *   lk_relu is exact.
+ *   LK_RELU is exact.
  * - lk_affine: x*w + b rounds twice: 4u * (|x*w| + |b|).
  * - GELUs and SiLU: 1e-6 * |ref| (about 8 to 16 ulps) plus FLT_MIN, below
  *   which float32 has no relative precision (silu(-100) is -3.7e-42). The
@@ -324,7 +324,7 @@ static void check_matmul(rng *r, mm_case c) {
         fill_block(e.out, c.ldo, c.M, c.N, NAN);
     }
     ref_matmul(e.want, e.tol, c.ldo, prev, a, c.lda, b, c.ldb, false, bias, c.M, c.K, c.N);
-    lk_matmul(e.out, c.ldo, a, c.lda, b, c.ldb, bias, c.M, c.K, c.N, c.accumulate);
+    lk_matmul(lk_cpu(), e.out, c.ldo, a, c.lda, b, c.ldb, bias, c.M, c.K, c.N, c.accumulate);
     assert_expected(what, &e);
 
     expect_free(&e);
@@ -388,7 +388,7 @@ Test(matmul, heads_split_input) {
                        inp + (size_t)hi * d, h * d, W + (size_t)hi * dh, hd, false,
                        bias + (size_t)hi * dh, N, d, dh);
         for (int hi = 0; hi < h; hi++)
-            lk_matmul(e.out + (size_t)hi * dh, hd, inp + (size_t)hi * d, h * d, W + (size_t)hi * dh,
+            lk_matmul(lk_cpu(), e.out + (size_t)hi * dh, hd, inp + (size_t)hi * d, h * d, W + (size_t)hi * dh,
                       hd, bias + (size_t)hi * dh, N, d, dh, false);
         char what[64];
         snprintf(what, sizeof what, "N=%d d=%d h=%d dh=%d", N, d, h, dh);
@@ -418,7 +418,7 @@ Test(matmul, heads_result_no_bias) {
                        z + (size_t)hi * dh, hd, W_O + (size_t)hi * dh * d, d, false, NULL, N, dh,
                        d);
         for (int hi = 0; hi < h; hi++)
-            lk_matmul(e.out + (size_t)hi * d, h * d, z + (size_t)hi * dh, hd,
+            lk_matmul(lk_cpu(), e.out + (size_t)hi * d, h * d, z + (size_t)hi * dh, hd,
                       W_O + (size_t)hi * dh * d, d, NULL, N, dh, d, false);
         char what[64];
         snprintf(what, sizeof what, "N=%d d=%d h=%d dh=%d", N, d, h, dh);
@@ -446,9 +446,9 @@ Test(matmul, empty_output_writes_nothing) {
     fill_uniform(&r, bias, 4, -1, 1);
     for (int v = 0; v < 4; v++) {
         expected e = expect_new(16);
-        lk_matmul(e.out, 4, a, 4, b, 4, v & 1 ? bias : NULL, 0, 4, 4, v & 2);
-        lk_matmul(e.out, 4, a, 4, b, 4, v & 1 ? bias : NULL, 4, 4, 0, v & 2);
-        lk_matmul(e.out, 4, a, 4, b, 4, v & 1 ? bias : NULL, 0, 0, 0, v & 2);
+        lk_matmul(lk_cpu(), e.out, 4, a, 4, b, 4, v & 1 ? bias : NULL, 0, 4, 4, v & 2);
+        lk_matmul(lk_cpu(), e.out, 4, a, 4, b, 4, v & 1 ? bias : NULL, 4, 4, 0, v & 2);
+        lk_matmul(lk_cpu(), e.out, 4, a, 4, b, 4, v & 1 ? bias : NULL, 0, 0, 0, v & 2);
         assert_expected("M or N = 0", &e);
         expect_free(&e);
     }
@@ -496,7 +496,7 @@ static void check_batched(uint64_t seed, bm_case c, float **result) {
         ref_matmul(e.want + i * c.out_step, e.tol + i * c.out_step, c.ldo, NULL, a + i * c.a_step,
                    c.lda, b + i * c.b_step, c.ldb, c.trans, NULL, c.M, c.K, c.N);
     }
-    lk_matmul_batched(e.out, c.ldo, c.out_step, a, c.lda, c.a_step, b, c.ldb, c.b_step, c.trans,
+    lk_matmul_batched(lk_cpu(), e.out, c.ldo, c.out_step, a, c.lda, c.a_step, b, c.ldb, c.b_step, c.trans,
                       c.M, c.K, c.N, c.count);
     assert_expected(what, &e);
     if (result) {
@@ -602,7 +602,7 @@ Test(batched, empty_writes_nothing) {
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         const bm_case c = cases[ci];
         expected e = expect_new(64);
-        lk_matmul_batched(e.out, c.ldo, c.out_step, a, c.lda, c.a_step, b, c.ldb, c.b_step, c.trans,
+        lk_matmul_batched(lk_cpu(), e.out, c.ldo, c.out_step, a, c.lda, c.a_step, b, c.ldb, c.b_step, c.trans,
                           c.M, c.K, c.N, c.count);
         assert_expected("M, N or count = 0", &e);
         expect_free(&e);
@@ -623,10 +623,10 @@ static void check_layernorm(const char *what, const float *inp, int N, int C, fl
     fill_value(scale.out, (size_t)N, NAN);
     if (in_place) {
         memcpy(norm.out, inp, n * sizeof *inp);
-        lk_layernorm_pre(norm.out, scale.out, norm.out, N, C, eps);
+        lk_layernorm_pre(lk_cpu(), norm.out, scale.out, norm.out, N, C, eps);
     } else {
         fill_value(norm.out, n, NAN);
-        lk_layernorm_pre(norm.out, scale.out, inp, N, C, eps);
+        lk_layernorm_pre(lk_cpu(), norm.out, scale.out, inp, N, C, eps);
     }
     char buf[160];
     snprintf(buf, sizeof buf, "%s N=%d C=%d eps=%g in_place=%d: normalized", what, N, C, eps,
@@ -708,10 +708,10 @@ static void check_affine(rng *r, int N, int C, bool with_bias, bool in_place) {
         }
     if (in_place) {
         memcpy(e.out, x, n * sizeof *x);
-        lk_affine(e.out, e.out, w, b, N, C);
+        lk_affine(lk_cpu(), e.out, e.out, w, b, N, C);
     } else {
         fill_value(e.out, n, NAN);
-        lk_affine(e.out, x, w, b, N, C);
+        lk_affine(lk_cpu(), e.out, x, w, b, N, C);
     }
     char what[96];
     snprintf(what, sizeof what, "affine N=%d C=%d bias=%d in_place=%d", N, C, with_bias, in_place);
@@ -771,7 +771,7 @@ Test(add, correctly_rounded) {
             e.tol[i] = 0.5 * ulp_f(e.want[i]);
         }
         fill_value(e.out, n, NAN);
-        lk_add(e.out, a, b, n);
+        lk_add(lk_cpu(), e.out, a, b, n);
         char what[32];
         snprintf(what, sizeof what, "add n=%zu", n);
         assert_expected(what, &e);
@@ -795,9 +795,9 @@ Test(add, aliasing) {
             e.want[i] = (double)a[i] + (v == 2 ? a[i] : b[i]);
             e.tol[i] = 0.5 * ulp_f(e.want[i]);
         }
-        if (v == 0) lk_add(e.out, e.out, b, n);
-        if (v == 1) lk_add(e.out, a, e.out, n);
-        if (v == 2) lk_add(e.out, e.out, e.out, n);
+        if (v == 0) lk_add(lk_cpu(), e.out, e.out, b, n);
+        if (v == 1) lk_add(lk_cpu(), e.out, a, e.out, n);
+        if (v == 2) lk_add(lk_cpu(), e.out, e.out, e.out, n);
         static const char *const names[] = {"out = a", "out = b", "out = a = b"};
         assert_expected(names[v], &e);
         expect_free(&e);
@@ -808,11 +808,9 @@ Test(add, aliasing) {
 
 /* ---- activations ------------------------------------------------------- */
 
-typedef void (*act_fn)(float *out, const float *inp, size_t n);
-
 /* Besides the random values, every activation sees zeros of both signs,
  * tiny values, and magnitudes where exp, erf and tanh saturate or overflow
- * in float32. None lies in (-91.9, -88.7): there lk_silu's exp(-x)
+ * in float32. None lies in (-91.9, -88.7): there silu's exp(-x)
  * overflows and it returns -0 where x * sigmoid(x) is a normal float of
  * about -1e-37, an error too small to matter and left unchecked. */
 static const float EXTREMES[] = {0.0f,   -0.0f,  1e-30f,  -1e-30f, 1e-3f, -1e-3f, 0.5f,
@@ -830,9 +828,9 @@ static float *activation_inputs(rng *r, size_t n) {
     return x;
 }
 
-/* Checks f against ref for every length, out of place and in place; exact
+/* Checks activation act against ref for every length, out of place and in place; exact
  * demands equality, cancels adds the GELUs' 2^-21*|x| for x < 0. */
-static void check_activation(const char *name, act_fn f, double (*ref)(double), bool exact,
+static void check_activation(const char *name, lk_act act, double (*ref)(double), bool exact,
                              bool cancels) {
     rng r = {1000};
     for (size_t li = 0; li < N_LENGTHS; li++) {
@@ -846,11 +844,11 @@ static void check_activation(const char *name, act_fn f, double (*ref)(double), 
         }
         char what[64];
         fill_value(e.out, n, NAN);
-        f(e.out, x, n);
+        lk_activation(lk_cpu(), act, e.out, x, n);
         snprintf(what, sizeof what, "%s n=%zu", name, n);
         assert_expected(what, &e);
         memcpy(e.out, x, n * sizeof *x);
-        f(e.out, e.out, n);
+        lk_activation(lk_cpu(), act, e.out, e.out, n);
         snprintf(what, sizeof what, "%s n=%zu in place", name, n);
         assert_expected(what, &e);
         expect_free(&e);
@@ -859,23 +857,23 @@ static void check_activation(const char *name, act_fn f, double (*ref)(double), 
 }
 
 Test(activation, relu) {
-    check_activation("relu", lk_relu, ref_relu, true, false);
+    check_activation("relu", LK_RELU, ref_relu, true, false);
 }
 
 Test(activation, gelu_erf) {
-    check_activation("gelu", lk_gelu, ref_gelu, false, true);
+    check_activation("gelu", LK_GELU, ref_gelu, false, true);
 }
 
 Test(activation, gelu_new) {
-    check_activation("gelu_new", lk_gelu_new, ref_gelu_new, false, true);
+    check_activation("gelu_new", LK_GELU_NEW, ref_gelu_new, false, true);
 }
 
 Test(activation, gelu_fast) {
-    check_activation("gelu_fast", lk_gelu_fast, ref_gelu_fast, false, true);
+    check_activation("gelu_fast", LK_GELU_FAST, ref_gelu_fast, false, true);
 }
 
 Test(activation, silu) {
-    check_activation("silu", lk_silu, ref_silu, false, false);
+    check_activation("silu", LK_SILU, ref_silu, false, false);
 }
 
 /* ---- lk_softmax_rows and lk_solu --------------------------------------- */
@@ -889,10 +887,10 @@ static void check_softmax(const char *what, const float *inp, int N, int C, bool
         ref_softmax_row(e.want + (size_t)i * C, e.tol + (size_t)i * C, inp + (size_t)i * C, C);
     if (in_place) {
         memcpy(e.out, inp, n * sizeof *inp);
-        lk_softmax_rows(e.out, e.out, N, C);
+        lk_softmax_rows(lk_cpu(), e.out, e.out, N, C);
     } else {
         fill_value(e.out, n, NAN);
-        lk_softmax_rows(e.out, inp, N, C);
+        lk_softmax_rows(lk_cpu(), e.out, inp, N, C);
     }
     char buf[128];
     snprintf(buf, sizeof buf, "softmax %s N=%d C=%d in_place=%d", what, N, C, in_place);
@@ -915,10 +913,10 @@ static void check_solu(const char *what, const float *inp, int N, int C, bool in
     }
     if (in_place) {
         memcpy(e.out, inp, n * sizeof *inp);
-        lk_solu(e.out, e.out, N, C);
+        lk_solu(lk_cpu(), e.out, e.out, N, C);
     } else {
         fill_value(e.out, n, NAN);
-        lk_solu(e.out, inp, N, C);
+        lk_solu(lk_cpu(), e.out, inp, N, C);
     }
     char buf[128];
     snprintf(buf, sizeof buf, "solu %s N=%d C=%d in_place=%d", what, N, C, in_place);
@@ -1040,12 +1038,12 @@ static void assert_same_bits(const char *what, const float *one, const float *al
 Test(threads, elementwise_kernels_agree) {
     static const struct {
         const char *name;
-        act_fn f;
-    } acts[] = {{"relu", lk_relu},
-                {"gelu", lk_gelu},
-                {"gelu_new", lk_gelu_new},
-                {"gelu_fast", lk_gelu_fast},
-                {"silu", lk_silu}};
+        lk_act act;
+    } acts[] = {{"relu", LK_RELU},
+                {"gelu", LK_GELU},
+                {"gelu_new", LK_GELU_NEW},
+                {"gelu_fast", LK_GELU_FAST},
+                {"silu", LK_SILU}};
     const size_t n = 300007;
     rng r = {1300};
     float *x = activation_inputs(&r, n), *y = new_floats(n);
@@ -1053,15 +1051,15 @@ Test(threads, elementwise_kernels_agree) {
     fill_normal(&r, y, n, 0, 1);
     for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++) {
         lk_set_threads(1);
-        acts[i].f(one, x, n);
+        lk_activation(lk_cpu(), acts[i].act, one, x, n);
         lk_set_threads(0);
-        acts[i].f(all, x, n);
+        lk_activation(lk_cpu(), acts[i].act, all, x, n);
         assert_same_bits(acts[i].name, one, all, n);
     }
     lk_set_threads(1);
-    lk_add(one, x, y, n);
+    lk_add(lk_cpu(), one, x, y, n);
     lk_set_threads(0);
-    lk_add(all, x, y, n);
+    lk_add(lk_cpu(), all, x, y, n);
     assert_same_bits("add", one, all, n);
     free(x);
     free(y);
@@ -1080,24 +1078,24 @@ Test(threads, row_kernels_agree) {
     fill_normal(&r, w, (size_t)C, 1, 0.3);
     fill_normal(&r, b, (size_t)C, 0, 0.5);
     lk_set_threads(1);
-    lk_softmax_rows(one, x, N, C);
+    lk_softmax_rows(lk_cpu(), one, x, N, C);
     lk_set_threads(0);
-    lk_softmax_rows(all, x, N, C);
+    lk_softmax_rows(lk_cpu(), all, x, N, C);
     assert_same_bits("softmax", one, all, n);
     lk_set_threads(1);
-    lk_solu(one, x, N, C);
+    lk_solu(lk_cpu(), one, x, N, C);
     lk_set_threads(0);
-    lk_solu(all, x, N, C);
+    lk_solu(lk_cpu(), all, x, N, C);
     assert_same_bits("solu", one, all, n);
     lk_set_threads(1);
-    lk_affine(one, x, w, b, N, C);
+    lk_affine(lk_cpu(), one, x, w, b, N, C);
     lk_set_threads(0);
-    lk_affine(all, x, w, b, N, C);
+    lk_affine(lk_cpu(), all, x, w, b, N, C);
     assert_same_bits("affine", one, all, n);
     lk_set_threads(1);
-    lk_layernorm_pre(one, scale_one, x, N, C, 1e-5f);
+    lk_layernorm_pre(lk_cpu(), one, scale_one, x, N, C, 1e-5f);
     lk_set_threads(0);
-    lk_layernorm_pre(all, scale_all, x, N, C, 1e-5f);
+    lk_layernorm_pre(lk_cpu(), all, scale_all, x, N, C, 1e-5f);
     assert_same_bits("layernorm_pre normalized", one, all, n);
     assert_same_bits("layernorm_pre scale", scale_one, scale_all, (size_t)N);
     free(x);

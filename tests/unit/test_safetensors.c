@@ -99,7 +99,7 @@ static void write_st(const char *path, const char *header, const void *data, siz
 /* Asserts that opening path fails with a message that names path and
  * contains every string in the NULL-terminated list. */
 static void expect_open_fails(const char *path, ...) {
-    lens_err err = {{0}};
+    lens_err err = {0};
     lens_st_file *f = lens_st_open(path, &err);
     cr_assert_null(f, "%s opened but should not have", path);
     cr_assert_not_null(strstr(err.msg, path), "message does not name the file: %s", err.msg);
@@ -189,7 +189,7 @@ Test(roundtrip, every_dtype_scalar_and_empty) {
     };
     const size_t n = sizeof out / sizeof out[0];
     path_buf p = scratch("all.safetensors");
-    lens_err err = {{0}};
+    lens_err err = {0};
     cr_assert_eq(lens_st_write(p.s, out, n, NULL, 0, &err), 0, "%s", err.msg);
 
     lens_st_file *f = lens_st_open(p.s, &err);
@@ -231,7 +231,7 @@ Test(roundtrip, every_dtype_scalar_and_empty) {
 
 Test(roundtrip, no_tensors) {
     path_buf p = scratch("none.safetensors");
-    lens_err err = {{0}};
+    lens_err err = {0};
     cr_assert_eq(lens_st_write(p.s, NULL, 0, NULL, 0, &err), 0, "%s", err.msg);
     lens_st_file *f = lens_st_open(p.s, &err);
     cr_assert_not_null(f, "%s", err.msg);
@@ -242,7 +242,7 @@ Test(roundtrip, no_tensors) {
 
 Test(roundtrip, metadata) {
     path_buf p = scratch("meta.safetensors");
-    lens_err err = {{0}};
+    lens_err err = {0};
     const float x[2] = {1.0f, -2.0f};
     const lens_st_out out = {"x", LENS_F32, 1, {2}, x};
     const lens_st_meta meta[] = {{"processing", "fold_ln,center_unembed"}, {"model", "gpt2"}};
@@ -262,7 +262,7 @@ Test(roundtrip, write_replaces_existing_file) {
     static const float a[4] = {1, 2, 3, 4};
     static const int8_t b[1] = {9};
     path_buf p = scratch("replace.safetensors");
-    lens_err err = {{0}};
+    lens_err err = {0};
     const lens_st_out first = {"a", LENS_F32, 1, {4}, a};
     const lens_st_out second = {"b", LENS_I8, 1, {1}, b};
     cr_assert_eq(lens_st_write(p.s, &first, 1, NULL, 0, &err), 0, "%s", err.msg);
@@ -284,7 +284,7 @@ Test(encode, exact_bytes) {
     const char *json = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},"
                        "\"b\":{\"dtype\":\"I8\",\"shape\":[],\"data_offsets\":[24,25]}}";
     size_t jlen = strlen(json), len = 0;
-    lens_err err = {{0}};
+    lens_err err = {0};
     char *h = lens_st_encode_header(out, 2, NULL, 0, &len, &err);
     cr_assert_not_null(h, "%s", err.msg);
     cr_assert_eq(len % 8, 0);
@@ -313,7 +313,7 @@ Test(encode, padding_keeps_data_aligned) {
 
 /* Asserts encoding the tensors fails with a message holding want. */
 static void expect_encode_fails(const lens_st_out *out, size_t n, const char *want) {
-    lens_err err = {{0}};
+    lens_err err = {0};
     size_t len;
     cr_assert_null(lens_st_encode_header(out, n, NULL, 0, &len, &err));
     cr_assert_not_null(strstr(err.msg, want), "message lacks '%s': %s", want, err.msg);
@@ -382,7 +382,7 @@ TestSuite(write, .init = scratch_setup, .fini = scratch_teardown);
 Test(write, rejects_null_data) {
     path_buf p = scratch("null.safetensors");
     const lens_st_out out = {"w", LENS_F32, 1, {2}, NULL};
-    lens_err err = {{0}};
+    lens_err err = {0};
     cr_assert_eq(lens_st_write(p.s, &out, 1, NULL, 0, &err), -1);
     cr_assert_not_null(strstr(err.msg, p.s), "%s", err.msg);
     cr_assert_not_null(strstr(err.msg, "tensor \"w\": data is NULL"), "%s", err.msg);
@@ -392,7 +392,7 @@ Test(write, rejects_null_data) {
 Test(write, encode_error_names_path) {
     path_buf p = scratch("dup.safetensors");
     const lens_st_out out[] = {{"w", LENS_F32, 0, {0}, NULL}, {"w", LENS_F32, 0, {0}, NULL}};
-    lens_err err = {{0}};
+    lens_err err = {0};
     cr_assert_eq(lens_st_write(p.s, out, 2, NULL, 0, &err), -1);
     cr_assert_not_null(strstr(err.msg, p.s), "%s", err.msg);
     cr_assert_not_null(strstr(err.msg, "tensor \"w\""), "%s", err.msg);
@@ -402,7 +402,7 @@ Test(write, missing_directory) {
     path_buf p = scratch("no/such/dir/x.safetensors");
     static const float x = 1;
     const lens_st_out out = {"x", LENS_F32, 0, {0}, &x};
-    lens_err err = {{0}};
+    lens_err err = {0};
     cr_assert_eq(lens_st_write(p.s, &out, 1, NULL, 0, &err), -1);
     cr_assert_not_null(strstr(err.msg, p.s), "%s", err.msg);
 }
@@ -447,7 +447,7 @@ static void convert_all_patterns(lens_dtype dtype, double (*reference)(uint16_t)
         bits[i] = (uint16_t)i;
     path_buf p = scratch("patterns.safetensors");
     const lens_st_out out = {"all", dtype, 1, {65536}, bits};
-    lens_err err = {{0}};
+    lens_err err = {0};
     cr_assert_eq(lens_st_write(p.s, &out, 1, NULL, 0, &err), 0, "%s", err.msg);
     lens_st_file *f = lens_st_open(p.s, &err);
     cr_assert_not_null(f, "%s", err.msg);
@@ -519,7 +519,7 @@ Test(convert, f64_rounds_to_nearest_even) {
         in[i] = cases[i].in;
     path_buf p = scratch("f64.safetensors");
     const lens_st_out out = {"d", LENS_F64, 1, {(int64_t)n}, in};
-    lens_err err = {{0}};
+    lens_err err = {0};
     cr_assert_eq(lens_st_write(p.s, &out, 1, NULL, 0, &err), 0, "%s", err.msg);
     lens_st_file *f = lens_st_open(p.s, &err);
     cr_assert_not_null(f, "%s", err.msg);
@@ -553,7 +553,7 @@ Test(convert, unaligned_sources) {
     write_st(p.s, trimmed, data, sizeof data);
     free(trimmed);
 
-    lens_err err = {{0}};
+    lens_err err = {0};
     lens_st_file *f = lens_st_open(p.s, &err);
     cr_assert_not_null(f, "%s", err.msg);
     float got[2];
@@ -572,7 +572,7 @@ Test(convert, integer_dtype_is_an_error) {
     static const int32_t v[2] = {1, 2};
     path_buf p = scratch("int.safetensors");
     const lens_st_out out = {"ids", LENS_I32, 1, {2}, v};
-    lens_err err = {{0}};
+    lens_err err = {0};
     cr_assert_eq(lens_st_write(p.s, &out, 1, NULL, 0, &err), 0, "%s", err.msg);
     lens_st_file *f = lens_st_open(p.s, &err);
     cr_assert_not_null(f, "%s", err.msg);
@@ -594,7 +594,7 @@ Test(valid, metadata_strings) {
              "{\"__metadata__\":{\"format\":\"pt\",\"note\":\"\"},"
              "\"w\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]}}",
              "ab", 2);
-    lens_err err = {{0}};
+    lens_err err = {0};
     lens_st_file *f = lens_st_open(p.s, &err);
     cr_assert_not_null(f, "%s", err.msg);
     cr_assert_eq(lens_st_count(f), 1);
@@ -619,7 +619,7 @@ Test(valid, empty_tensors_anywhere) {
              "\"f\":{\"dtype\":\"F64\",\"shape\":[4611686018427387904,4611686018427387904,0],"
              "\"data_offsets\":[1,1]}}",
              "wxyz", 4);
-    lens_err err = {{0}};
+    lens_err err = {0};
     lens_st_file *f = lens_st_open(p.s, &err);
     cr_assert_not_null(f, "%s", err.msg);
     cr_assert_eq(lens_st_count(f), 6);
@@ -638,7 +638,7 @@ Test(valid, gaps_and_extra_keys) {
              "{\"late\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[6,8],\"x\":1},"
              "\"early\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]}}   ",
              "01234567", 8);
-    lens_err err = {{0}};
+    lens_err err = {0};
     lens_st_file *f = lens_st_open(p.s, &err);
     cr_assert_not_null(f, "%s", err.msg);
     cr_assert_str_eq(lens_st_at(f, 0)->name, "late");
@@ -651,7 +651,7 @@ Test(valid, gaps_and_extra_keys) {
 Test(valid, empty_header_object) {
     path_buf p = scratch("bare.safetensors");
     write_st(p.s, "{}", NULL, 0);
-    lens_err err = {{0}};
+    lens_err err = {0};
     lens_st_file *f = lens_st_open(p.s, &err);
     cr_assert_not_null(f, "%s", err.msg);
     cr_assert_eq(lens_st_count(f), 0);
@@ -838,7 +838,7 @@ Test(malformed, byte_count_mismatch) {
              "{\"h.0.attn.c_attn.weight\":{\"dtype\":\"F32\",\"shape\":[2,3],"
              "\"data_offsets\":[0,8]}}",
              data, sizeof data);
-    lens_err err = {{0}};
+    lens_err err = {0};
     cr_assert_null(lens_st_open(p.s, &err));
     char want[LENS_ERR_MAX + PATH_MAX];
     snprintf(want, sizeof want,
@@ -967,7 +967,7 @@ static void check_python_tensor(const lens_st_file *f, const char *name, json_t 
         return;
     }
     float *got = malloc((size_t)(t->numel ? t->numel : 1) * sizeof *got);
-    lens_err err = {{0}};
+    lens_err err = {0};
     cr_assert_eq(lens_st_to_f32(f, t, got, &err), 0, "%s", err.msg);
     for (int64_t i = 0; i < t->numel; i++) {
         double v = json_number_value(json_array_get(values, (size_t)i));
@@ -988,7 +988,7 @@ Test(python, sample_matches_json) {
     json_error_t jerr;
     json_t *want = json_load_file(js.s, 0, &jerr);
     cr_assert_not_null(want, "%s: %s (set LENSD_TEST_DATA to tests/unit/data)", js.s, jerr.text);
-    lens_err err = {{0}};
+    lens_err err = {0};
     lens_st_file *f = lens_st_open(st.s, &err);
     cr_assert_not_null(f, "%s", err.msg);
 

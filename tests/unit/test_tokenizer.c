@@ -49,7 +49,7 @@ static lens_tokenizer *gpt2;
 static void load_gpt2(void) {
     char vocab[4096], merges[4096];
     gpt2_paths(vocab, merges, sizeof vocab);
-    lens_err err = {{0}};
+    lens_err err = {0};
     gpt2 = lens_tok_load_bpe(vocab, merges, &err);
     cr_assert_not_null(gpt2, "loading GPT-2: %s", err.msg);
 }
@@ -62,7 +62,7 @@ static void assert_ids(const lens_tokenizer *tok, const char *text, size_t len,
                        const int32_t *expected, size_t n_expected) {
     int32_t *ids;
     size_t n;
-    lens_err err = {{0}};
+    lens_err err = {0};
     cr_assert_eq(lens_tok_encode(tok, text, len, &ids, &n, &err), 0, "encode: %s", err.msg);
     cr_assert_eq(n, n_expected, "\"%s\": %zu ids, expected %zu", text, n, n_expected);
     for (size_t i = 0; i < n; i++)
@@ -82,7 +82,7 @@ static void assert_encode_error(const lens_tokenizer *tok, const char *text, siz
                                 const char *needle) {
     int32_t *ids = (int32_t *)1;
     size_t n = 99;
-    lens_err err = {{0}};
+    lens_err err = {0};
     cr_assert_eq(lens_tok_encode(tok, text, len, &ids, &n, &err), -1);
     cr_assert_null(ids);
     cr_assert_eq(n, 0);
@@ -90,7 +90,7 @@ static void assert_encode_error(const lens_tokenizer *tok, const char *text, siz
 }
 
 static char *decode(const lens_tokenizer *tok, const int32_t *ids, size_t n, size_t *len) {
-    lens_err err = {{0}};
+    lens_err err = {0};
     char *text = lens_tok_decode(tok, ids, n, len, &err);
     cr_assert_not_null(text, "decode: %s", err.msg);
     cr_assert_eq(strlen(text), *len);
@@ -229,7 +229,7 @@ Test(gpt2, decode_empty_and_out_of_range) {
     cr_assert_str_eq(text, "");
     cr_assert_eq(len, 0);
     free(text);
-    lens_err err = {{0}};
+    lens_err err = {0};
     const int32_t bad[] = {15496, 50257};
     cr_assert_null(lens_tok_decode(gpt2, bad, 2, &len, &err));
     cr_assert(strstr(err.msg, "50257"), "%s", err.msg);
@@ -247,7 +247,7 @@ Test(gpt2, long_runs) {
         text[len - 1] = 'x';
         int32_t *ids;
         size_t n, out_len;
-        lens_err err = {{0}};
+        lens_err err = {0};
         cr_assert_eq(lens_tok_encode(gpt2, text, len, &ids, &n, &err), 0, "fill '%c': %s", fills[f],
                      err.msg);
         char *back = lens_tok_decode(gpt2, ids, n, &out_len, &err);
@@ -303,7 +303,7 @@ Test(gpt2, shared_across_threads) {
 /* ---- load errors --------------------------------------------------------- */
 
 Test(load_errors, missing_files_are_named) {
-    lens_err err = {{0}};
+    lens_err err = {0};
     cr_assert_null(lens_tok_load_bpe("/nonexistent/vocab.json", "/nonexistent/merges.txt", &err));
     cr_assert(strstr(err.msg, "/nonexistent/vocab.json"), "%s", err.msg);
     cr_assert_null(lens_tok_load_hf_json("/nonexistent/tokenizer.json", &err));
@@ -313,7 +313,7 @@ Test(load_errors, missing_files_are_named) {
 Test(load_errors, malformed_vocab_json) {
     char vocab[4096], merges[4096];
     gpt2_paths(vocab, merges, sizeof vocab);
-    lens_err err = {{0}};
+    lens_err err = {0};
     char *path = write_temp("{\"a\": 0, ");
     cr_assert_null(lens_tok_load_bpe(path, merges, &err));
     cr_assert(strstr(err.msg, path) && strstr(err.msg, "line 1"), "%s", err.msg);
@@ -339,7 +339,7 @@ Test(load_errors, malformed_vocab_json) {
 Test(load_errors, malformed_merges_txt) {
     char vocab[4096], merges[4096];
     gpt2_paths(vocab, merges, sizeof vocab);
-    lens_err err = {{0}};
+    lens_err err = {0};
     char *path = write_temp("#version: 0.2\n\xc4\xa0 t\nonlyone\n");
     cr_assert_null(lens_tok_load_bpe(vocab, path, &err));
     cr_assert(strstr(err.msg, "line 3 is not two tokens"), "%s", err.msg);
@@ -399,7 +399,7 @@ static lens_tokenizer *load_json(json_t *root, lens_err *err) {
 }
 
 Test(hf_json, loads_and_encodes) {
-    lens_err err = {{0}};
+    lens_err err = {0};
     lens_tokenizer *tok = load_json(tiny_tokenizer_json(), &err);
     cr_assert_not_null(tok, "%s", err.msg);
     cr_assert_eq(lens_tok_vocab_size(tok), 262);
@@ -414,7 +414,7 @@ Test(hf_json, loads_and_encodes) {
 }
 
 Test(hf_json, decode_uses_byte_level_and_literal_added_tokens) {
-    lens_err err = {{0}};
+    lens_err err = {0};
     lens_tokenizer *tok = load_json(tiny_tokenizer_json(), &err);
     cr_assert_not_null(tok, "%s", err.msg);
     const int32_t ids[] = {259, 32, 260, 261};
@@ -426,7 +426,7 @@ Test(hf_json, decode_uses_byte_level_and_literal_added_tokens) {
 }
 
 static void assert_json_refused(json_t *root, const char *needle) {
-    lens_err err = {{0}};
+    lens_err err = {0};
     lens_tokenizer *tok = load_json(root, &err);
     cr_assert_null(tok);
     cr_assert(strstr(err.msg, needle), "message \"%s\" lacks \"%s\"", err.msg, needle);
@@ -475,7 +475,7 @@ Test(hf_json, refuses_bad_merges) {
 
 Test(token_list, chars_with_multichar_entries) {
     const char *tokens[] = {"[start]", "(", ")", "[pad]", "a", "\xc3\xa9"};
-    lens_err err = {{0}};
+    lens_err err = {0};
     lens_tokenizer *tok = lens_tok_from_list(tokens, 6, LENS_SPLIT_CHARS, &err);
     cr_assert_not_null(tok, "%s", err.msg);
     cr_assert_eq(lens_tok_vocab_size(tok), 6);
@@ -494,7 +494,7 @@ Test(token_list, chars_with_multichar_entries) {
 
 Test(token_list, whitespace_split) {
     const char *tokens[] = {"BOS", "1", "+", "12", "="};
-    lens_err err = {{0}};
+    lens_err err = {0};
     lens_tokenizer *tok = lens_tok_from_list(tokens, 5, LENS_SPLIT_WHITESPACE, &err);
     cr_assert_not_null(tok, "%s", err.msg);
     ASSERT_IDS(tok, "BOS 1 + 12  =\n\t1 ", 0, 1, 2, 3, 4, 1);
@@ -510,7 +510,7 @@ Test(token_list, whitespace_split) {
 }
 
 Test(token_list, refuses_bad_lists) {
-    lens_err err = {{0}};
+    lens_err err = {0};
     cr_assert_null(lens_tok_from_list(NULL, 0, LENS_SPLIT_CHARS, &err));
     cr_assert(strstr(err.msg, "empty"), "%s", err.msg);
     const char *dup[] = {"a", "b", "a"};

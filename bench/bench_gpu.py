@@ -1,0 +1,234 @@
+"""lensd against TransformerLens on one GPU: forward latency, throughput, run_with_cache.
+
+    python bench/bench_gpu.py [--workdir DIR] [--lensd BIN] [--device cuda:0] [--out FILE.md]
+
+Run on the GPU machine by tools/gpu_suite.sh (which also runs the GPU tests).
+In one process, on the same GPU and the same random-weight model with
+gpt2-small's exact shape (bench/make_gpt2_small_random.py; the same
+HookedTransformer construction as bench/bench_cache.py):
+
+- forward latency at batch 1 x 16 and 1 x 128 tokens;
+- throughput at batch 8 x 1024;
+- run_with_cache end to end, every hook point, until the activations are
+  numpy arrays in host memory (lensd: `lensd cache` writing safetensors and
+  numpy reading them; there is no HTTP yet, see bench/README.md);
+- the floor: the bytes of weights one forward must read, over the
+  device-to-device copy bandwidth measured in the same run.
+
+TransformerLens runs under torch.inference_mode on the GPU, timed with
+torch.cuda.synchronize around each call, median of N after two warm-ups.
+lensd is timed by `lensd cache --repeat N --timings` (forward_ms_median: from
+the host tokens to the logits in host memory). What each side returns is not
+the same thing, so the table says it: TransformerLens's logits stay on the
+GPU unless ".cpu()" is in the row; lensd's are always copied to the host, all
+positions or (last) the last position only. Every lensd result is checked
+against TransformerLens's, so a fast wrong answer fails the run.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_cache  # noqa: E402
+import make_gpt2_small_random  # noqa: E402
+
+TOLERANCE = bench_cache.TOLERANCE
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def time_tl(fn, n: int) -> tuple[float, object]:
+    """Median ms of n calls of fn() after two warm-ups, synchronising the GPU
+    around each, and the last result."""
+    import torch
+
+    times, result = [], None
+    with torch.inference_mode():
+        for i in range(n + 2):
+            result = None
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            result = fn()
+            torch.cuda.synchronize()
+            if i >= 2:
+                times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), result
+
+
+def run_lensd(lensd: Path, model_dir: Path, device: str, tokens: np.ndarray, extra: list, n: int,
+              out: Path) -> dict:
+    cmd = [str(lensd), "cache", "--model", str(model_dir), "--device", device,
+           *bench_cache.tokens_args(tokens), *extra, "--out", str(out), "--repeat", str(n),
+           "--timings"]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"lensd failed ({p.returncode}): {p.stderr.strip()}")
+    return json.loads([line for line in p.stderr.splitlines() if line.startswith("{")][-1])
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy bandwidth in bytes/s (bytes read + written)."""
+    import torch
+
+    src = torch.empty(1 << 28, dtype=torch.float32, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    return 10 * 2 * src.numel() * 4 / (time.perf_counter() - t0)
+
+
+def weight_bytes_read(model) -> int:
+    """Bytes of float32 weights one forward reads: all of them but the
+    embedding tables, of which it reads a few rows."""
+    skip = {"embed.W_E", "pos_embed.W_pos"}
+    return sum(p.numel() * 4 for name, p in model.named_parameters() if name not in skip)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", type=Path, default=REPO / "build" / "bench-gpu")
+    ap.add_argument("--lensd", help="the lensd binary (default build/server/lensd, or $LENSD_BIN)")
+    ap.add_argument("--device", default="cuda:0")
+    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--out", type=Path, help="also write the Markdown report here")
+    args = ap.parse_args()
+    started = time.perf_counter()
+
+    import torch
+
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    lensd = bench_cache.find_lensd(args.lensd)
+    shared = Path(os.environ.get("LENSD_SHARED", REPO.parent / "shared"))
+    model_dir = make_gpt2_small_random.make(workdir / "gpt2-small-random", seed=0,
+                                            tokenizer_dir=shared / "data" / "gpt2-tokenizer")
+    ns: dict = {}
+    exec(bench_cache.TL_BUILD, ns)
+    model = ns["build_tl"](str(model_dir)).to("cuda")
+    gpu_name = torch.cuda.get_device_name(0)
+    bandwidth = copy_bandwidth()
+    floor_ms = weight_bytes_read(model) / bandwidth * 1e3
+    log(f"{gpu_name}: copy bandwidth {bandwidth / 1e12:.2f} TB/s, floor {floor_ms:.3f} ms")
+    out = workdir / "row.safetensors"
+    rows, ok = [], True
+
+    def check(label: str, got: np.ndarray, want) -> float:
+        nonlocal ok
+        diff = bench_cache.max_abs_diff(got, want.float().cpu().numpy())
+        if diff > TOLERANCE:
+            ok = False
+            log(f"WRONG: {label}: max |lensd - TL| = {diff:.3g}")
+        return diff
+
+    for B, T in [(1, 16), (1, 128), (8, 1024)]:
+        tokens = bench_cache.random_tokens(B, T, seed=B * 10000 + T)
+        toks = torch.from_numpy(tokens).cuda()
+        n = args.repeat if B * T <= 128 else max(3, args.repeat // 4)
+        tl_ms, tl_logits = time_tl(lambda: model(toks), n)
+        tl_host_ms, _ = time_tl(lambda: model(toks).cpu(), n)
+        all_t = run_lensd(lensd, model_dir, args.device, tokens, ["--logits-only"], n, out)
+        diff_all = check(f"{B}x{T} logits", bench_cache.lensd_logits(out), tl_logits)
+        last_t = run_lensd(lensd, model_dir, args.device, tokens,
+                           ["--logits-only", "--last-logits"], n, out)
+        diff_last = check(f"{B}x{T} last logits", bench_cache.lensd_logits(out), tl_logits[:, -1])
+        del tl_logits
+        rows.append({"shape": f"{B}x{T}", "tokens": B * T, "tl_ms": tl_ms, "tl_host_ms": tl_host_ms,
+                     "lensd_all_ms": all_t["forward_ms_median"],
+                     "lensd_last_ms": last_t["forward_ms_median"],
+                     "diff": max(diff_all, diff_last), "n": n})
+        log(json.dumps(rows[-1]))
+
+    # run_with_cache end to end: every hook point of a 1 x 128 prompt, to numpy.
+    tokens = bench_cache.random_tokens(1, 128, seed=7)
+    toks = torch.from_numpy(tokens).cuda()
+
+    def tl_cache():
+        logits, cache = model.run_with_cache(toks)
+        return logits.cpu().numpy(), {k: v.cpu().numpy() for k, v in cache.items()}
+
+    n = 10
+    tl_cache_ms, (tl_logits, tl_acts) = time_tl(tl_cache, n)
+    lensd_cache_ms = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        timing = run_lensd(lensd, model_dir, args.device, tokens, [], 1, out)
+        from safetensors.numpy import load_file
+
+        acts = load_file(str(out))
+        total = (time.perf_counter() - t0) * 1e3
+        lensd_cache_ms.append(total - timing["load_ms"])
+    worst = max(bench_cache.max_abs_diff(acts[k], v) for k, v in tl_acts.items())
+    missing = sorted(set(tl_acts) ^ (set(acts) - {"tokens", "logits"}))
+    if worst > TOLERANCE or missing:
+        ok = False
+        log(f"WRONG: run_with_cache: worst {worst:.3g}, missing {missing}")
+    cache_row = {"tl_ms": tl_cache_ms, "lensd_ms": statistics.median(lensd_cache_ms),
+                 "hooks": len(tl_acts), "worst": worst}
+    log(json.dumps(cache_row))
+
+    report = render(gpu_name, bandwidth, floor_ms, rows, cache_row, ok,
+                    time.perf_counter() - started, torch.__version__)
+    print(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+    out.unlink(missing_ok=True)
+    if not ok:
+        sys.exit(1)
+
+
+def render(gpu, bandwidth, floor_ms, rows, cache_row, ok, wall_s, torch_version) -> str:
+    import transformer_lens
+
+    lines = [
+        f"# lensd vs TransformerLens on {gpu}",
+        "",
+        f"bench/bench_gpu.py, {time.strftime('%Y-%m-%d')}; TransformerLens "
+        f"{getattr(transformer_lens, '__version__', '?')}, torch {torch_version}; "
+        f"gpt2-small shape, random weights, float32 on both sides. "
+        f"Copy bandwidth {bandwidth / 1e12:.2f} TB/s; floor = weights read per forward "
+        f"/ that bandwidth = {floor_ms:.3f} ms. Results {'checked: all within' if ok else 'WRONG: beyond'} "
+        f"{TOLERANCE:g} of TransformerLens. Wall {wall_s:.0f} s.",
+        "",
+        "| batch x tokens | TL forward (logits on GPU) | TL + logits.cpu() | lensd, all logits to host "
+        "| lensd, last-position logits to host | TL / lensd (last) | lensd (last) / floor |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['shape']} | {r['tl_ms']:.3f} ms | {r['tl_host_ms']:.3f} ms | {r['lensd_all_ms']:.3f} ms "
+            f"| {r['lensd_last_ms']:.3f} ms | {r['tl_ms'] / r['lensd_last_ms']:.1f}x "
+            f"| {r['lensd_last_ms'] / floor_ms:.1f}x |")
+    big = rows[-1]
+    lines += [
+        "",
+        f"Throughput at {big['shape']}: TransformerLens {big['tokens'] / big['tl_ms'] * 1e3:,.0f} tokens/s, "
+        f"lensd {big['tokens'] / big['lensd_last_ms'] * 1e3:,.0f} tokens/s (last-position logits), "
+        f"{big['tokens'] / big['lensd_all_ms'] * 1e3:,.0f} tokens/s (all logits copied to the host).",
+        "",
+        f"run_with_cache, 1x128, all {cache_row['hooks']} hook points to numpy: TransformerLens "
+        f"{cache_row['tl_ms']:.1f} ms, lensd {cache_row['lensd_ms']:.1f} ms (a `lensd cache` process "
+        f"without its model load, writing safetensors, read by numpy): "
+        f"{cache_row['tl_ms'] / cache_row['lensd_ms']:.2f}x; worst |diff| {cache_row['worst']:.2g}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
