@@ -396,6 +396,24 @@ Test(gpu_kernels, matmul_thin) {
     }
 }
 
+/* Few rows against many columns and long sums, the shapes of short prompts
+ * and last-position logits (where cuBLAS picks split-k and gemv-like
+ * kernels), with every combination of bias and accumulate. The float32
+ * bound of check_matmul is rigorous up to K = 81; beyond, rounding errors of
+ * random products stay orders of magnitude under it. */
+Test(gpu_kernels, matmul_skinny) {
+    NEED_GPU();
+    static const int shapes[][3] = {{1, 79, 771},    {2, 1000, 771},  {7, 3001, 771},
+                                    {16, 79, 5000},  {16, 1000, 5000}, {5, 700, 9001},
+                                    {16, 33, 33},    {128, 1000, 771}, {100, 79, 5000},
+                                    {128, 300, 9001}};
+    for (int i = 0; i < 10; i++) {
+        const int M = shapes[i][0], K = shapes[i][1], N = shapes[i][2];
+        for (int v = 0; v < 4; v++)
+            check_matmul(150 + 4 * i + v, (mm_case){M, K, N, K + 3, N + 5, N + 1, v & 1, v & 2});
+    }
+}
+
 /* An empty sum: out becomes bias or 0, or is left as it was plus bias when
  * accumulating. */
 Test(gpu_kernels, matmul_k_zero) {
