@@ -20,6 +20,8 @@ rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib" "$out/build/server" "$out/build/tests/gpu" "$out/shared/data" "$out/whl"
 bins="$build/server/lensd $build/tests/gpu/test_gpu_kernels"
 cp $bins "$out/bin/"
+echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!bench/results' || echo '+changes')" \
+  >"$out/COMMIT"
 
 # Everything the binaries link but glibc, the C++ runtime and cuBLAS, which
 # the machine has in newer or matching versions (cuBLAS is far too large to
@@ -63,6 +65,7 @@ site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 LENSD_CUDA_LIBS=$(ls -d /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
   "$site"/nvidia/*/lib "$site"/nvidia/cu13/lib 2>/dev/null | tr '\n' ':')
 export LENSD_CUDA_LIBS
-LENSD_BUILD=.gpu/build LENSD_SHARED=.gpu/shared exec tools/gpu_suite.sh "$@"
+LENSD_COMMIT=$(cat .gpu/COMMIT) LENSD_BUILD=.gpu/build LENSD_SHARED=.gpu/shared \
+  exec tools/gpu_suite.sh "$@"
 RUN
 du -sh "$out"

@@ -16,7 +16,8 @@
 # -Dcuda=enabled when it holds no lensd), LENSD_PYTHON (default python3; it
 # needs torch with CUDA, transformer_lens, pytest, numpy, safetensors),
 # LENSD_SHARED (default ../shared), LENSD_FIXTURES (default
-# $LENSD_BUILD/fixtures, made with TransformerLens when missing).
+# $LENSD_BUILD/fixtures, made with TransformerLens when missing),
+# LENSD_COMMIT (the commit the binaries were built from; default git's HEAD).
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -60,13 +61,13 @@ step "benchmark: lensd vs TransformerLens (bench/bench_gpu.py)" bench.log \
 {
   echo "# GPU suite, $day"
   echo
-  echo "tools/gpu_suite.sh on: $gpu. lensd $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '(no git)'); result: $([ $status = 0 ] && echo passed || echo FAILED)."
+  echo "tools/gpu_suite.sh on: $gpu. lensd ${LENSD_COMMIT:-$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '(no git)')}; result: $([ $status = 0 ] && echo passed || echo FAILED)."
   for log in fixtures kernels gpu_parity tl_parity bench; do
     echo
     echo "## $log"
     echo
     echo '```'
-    grep -E "Synthesis|passed|failed|skipped|WRONG|FAIL" "$logs/$log.log" | tail -n 8
+    grep -E "Synthesis|passed|failed|skipped|WRONG|FAIL|cases,|Results" "$logs/$log.log" | tail -n 8
     echo '```'
   done
   if [ -f "$logs/parity_table.md" ]; then
