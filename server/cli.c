@@ -14,11 +14,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/capture.h"
 #include "core/forward.h"
 #include "core/hooks.h"
 #include "core/prompt.h"
 #include "core/safetensors.h"
-#include "server/pyrepr.h"
+#include "server/test_prompt.h"
 
 /* ---- options shared by the commands ------------------------------------- */
 
@@ -436,68 +437,6 @@ static int cmd_info(cli_opts *o, lens_err *err) {
 
 /* ---- run: utils.test_prompt --------------------------------------------- */
 
-static void softmax_double(const float *logits, double *probs, int V) {
-    float maxval = -INFINITY;
-    for (int v = 0; v < V; v++)
-        maxval = logits[v] > maxval ? logits[v] : maxval;
-    double sum = 0.0;
-    for (int v = 0; v < V; v++)
-        sum += (probs[v] = exp((double)logits[v] - maxval));
-    for (int v = 0; v < V; v++)
-        probs[v] /= sum;
-}
-
-/* Rank of token among V probabilities in descending order (0 = top). */
-static int rank_of(const double *probs, int V, int token) {
-    int rank = 0;
-    for (int v = 0; v < V; v++)
-        rank += probs[v] > probs[token] || (probs[v] == probs[token] && v < token);
-    return rank;
-}
-
-static void print_str_token(const lens_model *m, int32_t id) {
-    char *s = lens_str_token(m, id, NULL);
-    fputs(s ? s : "?", stdout);
-    free(s);
-}
-
-static void print_top_k(const lens_model *m, const float *logits, const double *probs, int V,
-                        int k) {
-    int *order = malloc((size_t)V * sizeof *order);
-    if (!order) return;
-    for (int v = 0; v < V; v++)
-        order[v] = v;
-    for (int i = 0; i < k && i < V; i++) {
-        int best = i;
-        for (int j = i + 1; j < V; j++)
-            if (probs[order[j]] > probs[order[best]]) best = j;
-        int tmp = order[i];
-        order[i] = order[best];
-        order[best] = tmp;
-        printf("Top %dth token. Logit: %5.2f Prob: %5.2f%% Token: |", i, logits[order[i]],
-               100.0 * probs[order[i]]);
-        print_str_token(m, order[i]);
-        printf("|\n");
-    }
-    free(order);
-}
-
-static char **str_tokens(const lens_model *m, const int32_t *ids, int n) {
-    char **out = calloc((size_t)n + 1, sizeof *out);
-    for (int i = 0; out && i < n; i++) {
-        out[i] = lens_str_token(m, ids[i], NULL);
-        if (!out[i]) out[i] = strdup("?");
-    }
-    return out;
-}
-
-static void free_strs(char **strs, int n) {
-    for (int i = 0; strs && i < n; i++)
-        free(strs[i]);
-    free(strs);
-}
-
-/* Runs rows [prompt + answer] and prints test_prompt's report. */
 static int cmd_run(cli_opts *o, lens_err *err) {
     if (o->n_rows != 1 || !o->rows[0].text) {
         lens_err_set(err, "run needs exactly one --prompt");
@@ -505,252 +444,21 @@ static int cmd_run(cli_opts *o, lens_err *err) {
     }
     lens_model *m = load_model(o, err);
     if (!m) return -1;
-    const int V = m->cfg.d_vocab_out;
-    bool prepend_bos = m->cfg.default_prepend_bos && !o->no_bos;
-    int32_t *prompt = NULL;
-    int n_prompt = 0;
-    int rc = -1;
-    int n_ans = o->n_answers;
-    int32_t **answer_ids = calloc((size_t)(n_ans ? n_ans : 1), sizeof *answer_ids);
-    int *answer_len = calloc((size_t)(n_ans ? n_ans : 1), sizeof *answer_len);
-    char *spaced = NULL;
-    float *logits = NULL;
-    double *probs = malloc((size_t)V * sizeof *probs);
-    int32_t *tokens = NULL;
     lens_workspace ws = {0};
-    if (!answer_ids || !answer_len || !probs) goto oom;
-    if (lens_prompt_tokens(m, o->rows[0].text, prepend_bos, &prompt, &n_prompt, err)) goto out;
-    for (int a = 0; a < n_ans; a++) {
-        /* prepend_space_to_answer=True */
-        const char *ans = o->answers[a];
-        free(spaced);
-        if (!(spaced = malloc(strlen(ans) + 2))) goto oom;
-        sprintf(spaced, "%s%s", ans[0] == ' ' ? "" : " ", ans);
-        if (lens_prompt_tokens(m, spaced, false, &answer_ids[a], &answer_len[a], err)) goto out;
-        if (answer_len[a] == 0) {
-            lens_err_set(err, "answer \"%s\" has no tokens", ans);
-            goto out;
-        }
-    }
-    /* One answer: all its tokens, teacher-forced. Several: the first token of each. */
-    int n_answer_tokens = n_ans == 1 ? answer_len[0] : (n_ans ? 1 : 0);
-    int B = n_ans ? n_ans : 1, T = n_prompt + n_answer_tokens;
-    if (T > m->cfg.n_ctx) {
-        lens_err_set(err, "prompt and answer are %d tokens, more than n_ctx %d", T, m->cfg.n_ctx);
-        goto out;
-    }
-    tokens = malloc((size_t)B * T * sizeof *tokens);
-    logits = malloc((size_t)B * T * V * sizeof *logits);
-    if (!tokens || !logits) goto oom;
-    for (int bi = 0; bi < B; bi++) {
-        memcpy(tokens + (size_t)bi * T, prompt, (size_t)n_prompt * sizeof *tokens);
-        if (n_ans)
-            memcpy(tokens + (size_t)bi * T + n_prompt, answer_ids[bi],
-                   (size_t)n_answer_tokens * sizeof *tokens);
-    }
-    lens_batch batch = {.B = B, .T = T, .tokens = tokens};
-    lens_run run = {.logits = logits};
-    if (lens_forward(m, &ws, &batch, &run, err)) goto out;
+    const srv_test_prompt_opts opts = {.prepend_bos = m->cfg.default_prepend_bos && !o->no_bos,
+                                       .prepend_space_to_answer = true,
+                                       .top_k = o->top_k};
     char processing[256];
     lens_processing_names(m->processing, processing, sizeof processing);
     fprintf(stderr, "lensd: model %s, weight processing: %s\n", m->name, processing);
-
-    char **prompt_strs = str_tokens(m, prompt, n_prompt);
-    printf("Tokenized prompt: ");
-    srv_py_repr_list(stdout, prompt_strs, (size_t)n_prompt);
-    printf("\n");
-    free_strs(prompt_strs, n_prompt);
-    char ***answer_strs = calloc((size_t)B, sizeof *answer_strs);
-    for (int a = 0; answer_strs && a < n_ans; a++)
-        answer_strs[a] = str_tokens(m, answer_ids[a], answer_len[a]);
-    if (n_ans == 1) {
-        printf("Tokenized answer: ");
-        srv_py_repr_list(stdout, answer_strs[0], (size_t)answer_len[0]);
-        printf("\n");
-    } else if (n_ans > 1) {
-        printf("Tokenized answers: [");
-        for (int a = 0; a < n_ans; a++) {
-            if (a) printf(", ");
-            srv_py_repr_list(stdout, answer_strs[a], (size_t)answer_len[a]);
-        }
-        printf("]\n");
-    }
-    if (n_ans == 0) {
-        const float *last = logits + (size_t)(T - 1) * V;
-        softmax_double(last, probs, V);
-        print_top_k(m, last, probs, V, o->top_k);
-    }
-    int *ranks = calloc((size_t)B * (n_answer_tokens ? n_answer_tokens : 1), sizeof *ranks);
-    for (int i = 0; ranks && i < n_answer_tokens; i++) {
-        int index = n_prompt + i;
-        printf("Performance on answer token%s:\n", n_ans > 1 ? "s" : "");
-        for (int a = 0; a < B; a++) {
-            const float *row = logits + ((size_t)a * T + index - 1) * V;
-            int32_t tok = tokens[(size_t)a * T + index];
-            softmax_double(row, probs, V);
-            ranks[i * B + a] = rank_of(probs, V, tok);
-            printf("Rank: %-8d Logit: %5.2f Prob: %5.2f%% Token: |%s|\n", ranks[i * B + a],
-                   row[tok], 100.0 * probs[tok], answer_strs[a][i]);
-        }
-        const float *row0 = logits + ((size_t)index - 1) * V;
-        softmax_double(row0, probs, V);
-        print_top_k(m, row0, probs, V, o->top_k);
-    }
-    if (n_ans) {
-        printf("Ranks of the answer tokens: [");
-        for (int i = 0; ranks && i < n_answer_tokens; i++) {
-            if (i) printf(", ");
-            if (n_ans > 1) printf("[");
-            for (int a = 0; a < B; a++) {
-                if (a) printf(", ");
-                printf("(");
-                srv_py_repr_str(stdout, answer_strs[a][i], strlen(answer_strs[a][i]));
-                printf(", %d)", ranks[i * B + a]);
-            }
-            if (n_ans > 1) printf("]");
-        }
-        printf("]\n");
-    }
-    free(ranks);
-    for (int a = 0; answer_strs && a < n_ans; a++)
-        free_strs(answer_strs[a], answer_len[a]);
-    free(answer_strs);
-    rc = 0;
-    goto out;
-oom:
-    lens_err_set(err, "out of memory");
-out:
-    for (int a = 0; answer_ids && a < n_ans; a++)
-        free(answer_ids[a]);
-    free(answer_ids);
-    free(answer_len);
-    free(spaced);
-    free(prompt);
-    free(probs);
-    free(tokens);
-    free(logits);
+    int rc = srv_test_prompt(m, &ws, o->rows[0].text, o->answers, o->n_answers, &opts, stdout,
+                             NULL, err);
     lens_workspace_free(&ws);
     free_model(m);
     return rc;
 }
 
 /* ---- cache: run_with_cache to safetensors ------------------------------- */
-
-typedef struct capture {
-    const lens_config *cfg;
-    int B, T; /* of the whole batch */
-    int row0; /* first row of the chunk being run */
-    int chunk_B;
-    void **data;              /* [slots] whole-batch buffer per enabled hook */
-    const int32_t *positions; /* kept positions (resolved), or NULL for all */
-    int n_positions;
-} capture;
-
-/* The position axis that --positions slices: the query axis (2) of
- * attention scores and patterns, axis 1 of everything else. This is the axis
- * TL's run_with_cache(pos_slice=...) slices, except where TL's rule (third
- * from last for q, k, v, z, result; else second from last) lands on another
- * axis: the head axis of the [batch, pos, head, d] split-input hooks and of
- * ln1 under split inputs, the batch axis of hook_tokens. */
-static int pos_axis(lens_hook_kind kind) {
-    return kind == LENS_HOOK_ATTN_SCORES || kind == LENS_HOOK_PATTERN ? 2 : 1;
-}
-
-/* Copies the kept positions of act (the chunk's rows) into dst, the
- * whole-batch buffer whose pos axis has n_positions entries (int32 token ids
- * become int64, as TL stores them). */
-static void copy_positions(void *dst, const lens_tensor *act, int axis, const capture *cap) {
-    size_t outer = 1, inner = 1;
-    for (int i = 1; i < axis; i++)
-        outer *= (size_t)act->shape[i];
-    for (int i = axis + 1; i < act->ndim; i++)
-        inner *= (size_t)act->shape[i];
-    const size_t len = (size_t)act->shape[axis], P = (size_t)cap->n_positions;
-    for (size_t b = 0; b < (size_t)cap->chunk_B; b++)
-        for (size_t o = 0; o < outer; o++)
-            for (size_t pi = 0; pi < P; pi++) {
-                size_t to = (((size_t)cap->row0 + b) * outer + o) * P * inner + pi * inner;
-                size_t from = ((b * outer + o) * len + (size_t)cap->positions[pi]) * inner;
-                if (act->dtype == LENS_I32) {
-                    for (size_t i = 0; i < inner; i++)
-                        ((int64_t *)dst)[to + i] = ((const int32_t *)act->data)[from + i];
-                } else {
-                    memcpy((float *)dst + to, (const float *)act->data + from,
-                           inner * sizeof(float));
-                }
-            }
-}
-
-static int capture_hook(void *user, lens_hook hook, lens_tensor *act, lens_err *err) {
-    capture *cap = user;
-    size_t slot = lens_hook_slot(cap->cfg, hook);
-    int axis = pos_axis(hook.kind);
-    if (cap->positions) {
-        copy_positions(cap->data[slot], act, axis, cap);
-        return 0;
-    }
-    size_t per_row = 1;
-    for (int i = 1; i < act->ndim; i++)
-        per_row *= (size_t)act->shape[i];
-    size_t n = per_row * (size_t)cap->chunk_B;
-    if (act->dtype == LENS_I32) {
-        int64_t *dst = (int64_t *)cap->data[slot] + per_row * (size_t)cap->row0;
-        const int32_t *src = act->data;
-        for (size_t i = 0; i < n; i++)
-            dst[i] = src[i];
-    } else {
-        memcpy((float *)cap->data[slot] + per_row * (size_t)cap->row0, act->data,
-               n * sizeof(float));
-    }
-    (void)err;
-    return 0;
-}
-
-/* Rows per forward: bounded so that activations (attention patterns grow
- * with T^2) stay within a few hundred MB whatever the batch on the CPU
- * (where smaller chunks stay in cache), and a few GB on a GPU (where larger
- * batches fill the device). */
-static int chunk_rows(const lens_model *m, int B, int T) {
-    const lens_config *c = &m->cfg;
-    size_t per_row =
-        (size_t)T * (size_t)(6 * c->d_model + 2 * c->d_mlp + 4 * c->n_heads * c->d_head) +
-        2 * (size_t)c->n_heads * T * T;
-    size_t budget = lk_host_memory(m->device) ? (size_t)64 << 20 : (size_t)1 << 30; /* floats */
-    size_t rows = budget / (per_row ? per_row : 1);
-    if (rows < 1) rows = 1;
-    return rows > (size_t)B ? B : (int)rows;
-}
-
-typedef struct collect_state {
-    const lens_config *cfg;
-    const uint8_t *enabled;
-    lens_st_out *outs;
-    size_t n;
-    void **data;
-    int B, T;
-    int n_positions; /* 0: all positions */
-    int failed;
-} collect_state;
-
-static void collect_enabled(void *user, lens_hook hook) {
-    collect_state *st = user;
-    size_t slot = lens_hook_slot(st->cfg, hook);
-    if (!st->enabled[slot] || st->failed) return;
-    lens_st_out *o = &st->outs[st->n];
-    char name[96];
-    lens_hook_name(hook, name, sizeof name);
-    o->name = strdup(name);
-    o->dtype = lens_hook_dtype(hook.kind);
-    o->ndim = lens_hook_shape(st->cfg, hook, st->B, st->T, o->shape);
-    if (st->n_positions) o->shape[pos_axis(hook.kind)] = st->n_positions;
-    size_t numel = 1;
-    for (int i = 0; i < o->ndim; i++)
-        numel *= (size_t)o->shape[i];
-    st->data[slot] = malloc(numel * lens_dtype_size(o->dtype) + 1);
-    o->data = st->data[slot];
-    if (!o->name || !o->data) st->failed = 1;
-    st->n++;
-}
 
 static double now_ms(void) {
     struct timespec ts;
@@ -774,23 +482,19 @@ static int cmd_cache(cli_opts *o, lens_err *err) {
     if (!m) return -1;
     const lens_config *c = &m->cfg;
     lens_token_batch batch = {0};
-    size_t slots = lens_hook_slots(c);
-    uint8_t *enabled = calloc(slots, 1);
-    void **data = calloc(slots, sizeof *data);
-    lens_st_out *outs = calloc(slots + 2, sizeof *outs);
-    int64_t *tokens64 = NULL;
-    float *logits = NULL;
-    int32_t *last_pos = NULL;
+    lens_cache cache = {0};
     lens_workspace ws = {0};
+    uint8_t *enabled = calloc(lens_hook_slots(c), 1);
+    lens_st_out *outs = calloc(lens_hook_slots(c) + 2, sizeof *outs);
+    int64_t *tokens64 = NULL;
+    int32_t *last_pos = NULL;
+    double *forward_ms = NULL;
     int rc = -1;
-    collect_state st = {0};
-    if (!enabled || !data || !outs) goto oom;
+    if (!enabled || !outs) goto oom;
     if (build_batch(m, o, &batch, err)) goto out;
     const int B = batch.B, T = batch.T, V = c->d_vocab_out;
     if (!o->logits_only) {
-        if (o->n_names == 0) {
-            lens_hook_select_glob(c, "*", enabled);
-        }
+        if (o->n_names == 0) lens_hook_select_glob(c, "*", enabled);
         for (int i = 0; i < o->n_names; i++) {
             if (lens_hook_select_glob(c, o->names[i], enabled) == 0) {
                 lens_hook hook;
@@ -802,7 +506,6 @@ static int cmd_cache(cli_opts *o, lens_err *err) {
     }
     /* Logits at each prompt's last real token: unembed.hook_out (all
      * positions) is then not computed. */
-    const int logit_T = o->last_logits ? 1 : T;
     if (o->last_logits) {
         enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_UNEMBED_OUT, 0})] = 0;
         if (!(last_pos = malloc((size_t)B * sizeof *last_pos))) goto oom;
@@ -818,47 +521,30 @@ static int cmd_cache(cli_opts *o, lens_err *err) {
         }
         o->positions[i] = p;
     }
-    tokens64 = malloc((size_t)B * T * sizeof *tokens64);
-    logits = malloc((size_t)B * logit_T * V * sizeof *logits);
-    if (!tokens64 || !logits) goto oom;
-    for (size_t i = 0; i < (size_t)B * T; i++)
-        tokens64[i] = batch.tokens[i];
-    outs[0] = (lens_st_out){"tokens", LENS_I64, 2, {B, T}, tokens64};
-    outs[1] = o->last_logits ? (lens_st_out){"logits", LENS_F32, 2, {B, V}, logits}
-                             : (lens_st_out){"logits", LENS_F32, 3, {B, T, V}, logits};
-    st = (collect_state){c, enabled, outs + 2, 0, data, B, T, o->n_positions, 0};
-    lens_hook_foreach(c, collect_enabled, &st);
-    if (st.failed) goto oom;
-
-    capture cap = {c, B, T, 0, 0, data, o->positions, o->n_positions};
-    int step = chunk_rows(m, B, T);
+    const lens_cache_request req = {.enabled = enabled,
+                                    .positions = o->n_positions ? o->positions : NULL,
+                                    .n_positions = o->n_positions,
+                                    .logits = true,
+                                    .logit_positions = last_pos};
     double t_loaded = now_ms();
-    double *forward_ms = malloc((size_t)o->repeat * sizeof *forward_ms);
-    if (!forward_ms) goto oom;
+    if (!(forward_ms = malloc((size_t)o->repeat * sizeof *forward_ms))) goto oom;
     for (int r = 0; r < o->repeat; r++) {
         double t0 = now_ms();
-        for (int row0 = 0; row0 < B; row0 += step) {
-            int rows = B - row0 < step ? B - row0 : step;
-            cap.row0 = row0;
-            cap.chunk_B = rows;
-            lens_batch chunk = {.B = rows,
-                                .T = T,
-                                .tokens = batch.tokens + (size_t)row0 * T,
-                                .attn_mask =
-                                    batch.attn_mask ? batch.attn_mask + (size_t)row0 * T : NULL};
-            lens_run run = {.hooks_enabled = enabled,
-                            .on_hook = capture_hook,
-                            .user = &cap,
-                            .logits = logits + (size_t)row0 * logit_T * V,
-                            .logit_positions = last_pos ? last_pos + row0 : NULL};
-            if (lens_forward(m, &ws, &chunk, &run, err)) {
-                free(forward_ms);
-                goto out;
-            }
-        }
+        if (lens_run_cache(m, &ws, &batch, &req, &cache, err)) goto out;
         forward_ms[r] = now_ms() - t0;
     }
     double t_written = now_ms();
+    if (!(tokens64 = malloc((size_t)B * T * sizeof *tokens64))) goto oom;
+    for (size_t i = 0; i < (size_t)B * T; i++)
+        tokens64[i] = batch.tokens[i];
+    outs[0] = (lens_st_out){"tokens", LENS_I64, 2, {B, T}, tokens64};
+    outs[1] = o->last_logits ? (lens_st_out){"logits", LENS_F32, 2, {B, V}, cache.logits}
+                             : (lens_st_out){"logits", LENS_F32, 3, {B, T, V}, cache.logits};
+    for (int i = 0; i < cache.n; i++) {
+        const lens_captured *t = &cache.tensors[i];
+        outs[2 + i] = (lens_st_out){t->name, t->dtype, t->ndim, {0}, t->data};
+        memcpy(outs[2 + i].shape, t->shape, sizeof t->shape);
+    }
     char processing[256];
     lens_processing_names(m->processing, processing, sizeof processing);
     lk_device_info device;
@@ -872,7 +558,7 @@ static int cmd_cache(cli_opts *o, lens_err *err) {
         {"prepend_bos", m->cfg.default_prepend_bos && !o->no_bos ? "true" : "false"},
         {"padding_side", o->pad_left ? "left" : "right"},
     };
-    rc = lens_st_write(o->out, outs, st.n + 2, meta, sizeof meta / sizeof meta[0], err);
+    rc = lens_st_write(o->out, outs, (size_t)cache.n + 2, meta, sizeof meta / sizeof meta[0], err);
     if (rc == 0 && o->timings) {
         double total = now_ms() - t_start;
         double write = now_ms() - t_written;
@@ -883,22 +569,16 @@ static int cmd_cache(cli_opts *o, lens_err *err) {
                 t_loaded - t_start, forward_ms[o->repeat / 2], forward_ms[0], write, total,
                 o->repeat);
     }
-    free(forward_ms);
-    if (rc) goto out;
     goto out;
 oom:
     lens_err_set(err, "out of memory");
 out:
-    for (size_t i = 0; i < st.n; i++)
-        free((char *)outs[2 + i].name);
-    for (size_t i = 0; data && i < slots; i++)
-        free(data[i]);
-    free(data);
+    free(forward_ms);
     free(outs);
     free(enabled);
     free(tokens64);
-    free(logits);
     free(last_pos);
+    lens_cache_free(&cache);
     lens_token_batch_free(&batch);
     lens_workspace_free(&ws);
     free_model(m);

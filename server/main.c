@@ -8,6 +8,7 @@
 
 #include "kernels/lk.h"
 #include "server/cli.h"
+#include "server/serve.h"
 
 static const char usage[] =
     "usage: lensd COMMAND [OPTIONS]\n"
@@ -20,8 +21,12 @@ static const char usage[] =
     "        [--names GLOB]... [--positions P,P,...] [--logits-only | --last-logits]\n"
     "        --out FILE.safetensors    run_with_cache: tokens, logits and activations\n"
     "                                  (--positions: as TL's pos_slice; negative from the end)\n"
+    "  serve [--config FILE] [--model NAME=PATH_OR_ID]... [--device D] [--host ADDR]\n"
+    "        [--port N] [--web DIR] [--tokens-file FILE] [--tls-cert F --tls-key F]\n"
+    "        [--insecure] [--threads N]\n"
+    "                                  the HTTP daemon (docs/API.md, config/README.md)\n"
     "\n"
-    "model options (all commands):\n"
+    "model options (info, run, cache):\n"
     "  --model M                a model directory, a TransformerLens-native tl_config.json,\n"
     "                           or a Hugging Face id in the local cache (gpt2, gpt2-small)\n"
     "  --processing SPEC        default | none | comma list of fold_ln,\n"
@@ -55,6 +60,10 @@ int main(int argc, char **argv) {
         return 0;
     }
     const char *command = argv[1];
+    if (strcmp(command, "serve") == 0) {
+        lk_set_threads(0);
+        return srv_serve_main(argc - 1, argv + 1);
+    }
     if (strcmp(command, "info") && strcmp(command, "run") && strcmp(command, "cache")) {
         fprintf(stderr, "lensd: unknown command \"%s\"\n\n%s", command, usage);
         return 2;

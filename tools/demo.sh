@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# lensd on a real model, from a fresh machine: sets up what is missing,
-# builds, converts the trained ARENA balanced-bracket classifier (from
-# ../shared, with tools/convert_tl_checkpoint.py) and runs lensd on it; when a
-# GPT-2 is in the local Hugging Face cache, also runs test_prompt on it.
-# (The daemon and the bundled demo models come with the next issues; then
-# this command serves them.)
+# The lensd daemon on real models, from a fresh machine: sets up what is
+# missing, builds, converts the trained ARENA balanced-bracket classifier
+# (from ../shared, with tools/convert_tl_checkpoint.py), shows the command
+# line on it, and then serves it with `lensd serve` on port $LENSD_PORT
+# (default 8080), with GPT-2 too when one is in the local Hugging Face
+# cache, until Ctrl-C. (The bundled demo models arrive with the next issue;
+# then this command serves them.)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -58,8 +59,21 @@ for s, (unbalanced, balanced) in zip(sys.argv[2:], probs):
 print("cached:", {k: v.shape for k, v in cache.items()})
 PY
 
+models=(--model "brackets=$demo/brackets")
 if "$lensd" info --model gpt2 >/dev/null 2>&1; then
   echo "== GPT-2 from the local Hugging Face cache"
   "$lensd" run --model gpt2 --prompt "Why did the elephant cross the" --answer road --top-k 5
+  models+=(--model gpt2=gpt2)
 fi
-echo "== try: $lensd run --model DIR --prompt TEXT --answer TEXT"
+port=${LENSD_PORT:-8080}
+web=()
+[ -d "$repo/web" ] && web=(--web "$repo/web")
+cat <<EOF
+== lensd serve on http://127.0.0.1:$port (Ctrl-C stops it). Try:
+  curl -s localhost:$port/v1/models
+  curl -s localhost:$port/v1/models/brackets/logits -d '{"prompts": ["(())", "(()"]}'
+  curl -s localhost:$port/v1/models/brackets/attention -d '{"prompt": "(()())", "layers": [0]}'
+  curl -s localhost:$port/v1/models/brackets/run_with_cache -H 'Accept: application/vnd.safetensors' \\
+       -d '{"prompt": "(())", "names_filter": "blocks.*.hook_resid_post"}' > cache.safetensors
+EOF
+exec "$lensd" serve "${models[@]}" "${web[@]}" --port "$port"

@@ -8,7 +8,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 venv=${LENSD_VENV:-${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}/.cache/lensd/venv}
 
 debian_packages=(build-essential pkg-config meson ninja-build libopenblas-dev libopenblas-openmp-dev liblapacke-dev libjansson-dev
-  libpcre2-dev libutf8proc-dev libmicrohttpd-dev libuv1-dev libcriterion-dev python3-venv)
+  libpcre2-dev libutf8proc-dev libmicrohttpd-dev libuv1-dev libgnutls28-dev libcriterion-dev python3-venv openssl curl)
 missing=()
 for p in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

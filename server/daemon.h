@@ -1,0 +1,148 @@
+/*
+ * daemon.h: the parts of `lensd serve` and how they meet.
+ *
+ * A request's path: libmicrohttpd's threads (http.c) collect and check the
+ * body and authorisation, and routes.c turns it into a job, validated up to
+ * what needs the model; the job goes to the scheduler (sched.c), whose libuv
+ * loop thread queues it on its model (503 when the queue is full or the
+ * daemon is draining); the model's executor thread, the only thread that
+ * touches that model and its device memory, runs it (routes.c again) and
+ * leaves a response in it; the connection, suspended meanwhile, resumes and
+ * sends it.
+ */
+#ifndef SRV_DAEMON_H
+#define SRV_DAEMON_H
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/forward.h"
+#include "core/model.h"
+#include "server/auth.h"
+#include "server/config.h"
+
+/* A finished response: status, headers that matter, and a body that is
+ * either bytes in memory or a stream (a safetensors cache). */
+typedef struct srv_response {
+    unsigned status;
+    const char *content_type;
+    char *body; /* owned */
+    size_t body_len;
+    struct MHD_Response *stream; /* a ready response instead of body, when set */
+    double retry_after_s;        /* > 0: send Retry-After */
+} srv_response;
+
+/* The kinds of work a model's executor runs. */
+typedef enum srv_job_kind {
+    SRV_JOB_TOKENIZE,
+    SRV_JOB_DETOKENIZE,
+    SRV_JOB_LOGITS,
+    SRV_JOB_RUN_WITH_CACHE,
+    SRV_JOB_ATTENTION,
+    SRV_JOB_TEST_PROMPT,
+} srv_job_kind;
+
+typedef struct srv_model srv_model;
+
+/* One request's work for a model: its parsed body and, once run, its
+ * response. */
+typedef struct srv_job {
+    srv_job_kind kind;
+    srv_model *model;
+    json_t *body;       /* the request's JSON (owned) */
+    const char *accept; /* the chosen response type */
+    struct MHD_Connection *connection;
+    srv_response response;
+    struct srv_job *next;
+} srv_job;
+
+/* A loaded model and its executor. */
+struct srv_model {
+    char *name;
+    lens_model *model;
+    char *info_json;        /* GET /v1/models/{name}, made at load */
+    char *summary_json;     /* its entry in GET /v1/models */
+    lens_workspace ws;      /* the executor's */
+    pthread_t executor;
+    pthread_mutex_t lock;   /* guards the queue */
+    pthread_cond_t wake;
+    srv_job *head, *tail;   /* waiting jobs */
+    int queued;
+    bool stopping;
+    bool busy;
+};
+
+/* The daemon. One per process. */
+typedef struct srv_daemon {
+    srv_config cfg;
+    srv_auth *auth; /* NULL: no access control */
+    srv_model *models;
+    int n_models;
+    int ready; /* models loaded */
+    struct MHD_Daemon *http;
+    char web_root[4096]; /* realpath of cfg.web_dir, "" for none */
+    volatile int draining;
+    uint64_t next_request_id;
+} srv_daemon;
+
+extern srv_daemon srv_d;
+
+/* ---- routes.c ---- */
+
+/* Routes one request whose body is complete: answers it in *resp and
+ * returns NULL, or returns a job to run (body ownership passes to it).
+ * token: the caller's token (NULL without access control). */
+srv_job *srv_route(const char *method, const char *url, const char *accept, const char *body,
+                   size_t body_len, srv_response *resp);
+
+/* Runs a job on its model's executor thread, filling job->response. */
+void srv_run_job(srv_job *job);
+
+/* Fills resp with a JSON error body. field may be NULL. */
+void srv_error(srv_response *resp, unsigned status, const char *code, const char *field,
+               const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* Fills resp with a JSON body (takes the reference). */
+void srv_json(srv_response *resp, unsigned status, json_t *body);
+
+/* ---- sched.c ---- */
+
+/* Starts the scheduler's loop thread and one executor per model. */
+int srv_sched_start(lens_err *err);
+
+/* Hands a job to the scheduler: it runs later on its model's executor and
+ * then the connection is resumed, or it fails at once (queue full,
+ * draining) with its response filled in and the connection resumed. */
+void srv_sched_submit(srv_job *job);
+
+/* Jobs waiting or running, over all models. */
+int srv_sched_depth(const srv_model *m);
+
+/* Blocks until SIGINT or SIGTERM, then stops taking work, lets every queued
+ * and running job finish, and stops the executors and the loop. */
+void srv_sched_run_until_signal(void);
+
+/* ---- http.c ---- */
+
+/* Starts libmicrohttpd on cfg's address (port 0: a free one) and returns
+ * the port it listens on, or -1. */
+int srv_http_start(lens_err *err);
+
+/* Stops accepting connections and waits for the open ones to finish. */
+void srv_http_stop(void);
+
+/* ---- metrics.c ---- */
+
+/* Counts a finished request. */
+void srv_metrics_request(const char *route, unsigned status, double seconds);
+
+/* Counts a forward's batch size. */
+void srv_metrics_batch(int rows);
+
+/* The Prometheus text of every metric (malloc'd). */
+char *srv_metrics_text(size_t *len);
+
+#endif

@@ -1,0 +1,373 @@
+/*
+ * http.c: lensd's HTTP side on libmicrohttpd — its own epoll thread pool,
+ * bounded bodies, access tokens and rate limits, static files, request ids
+ * and the one log line per request. Model work never runs here: a request
+ * that needs it becomes a job and its connection is suspended until the job
+ * is done (daemon.h).
+ */
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "server/daemon.h"
+
+/* One request from its first header to its log line. */
+typedef struct request {
+    uint64_t id;
+    double started;
+    char *body;
+    size_t len, cap;
+    bool too_large;
+    srv_job *job; /* submitted; the connection is suspended until it is done */
+    const srv_token *token;
+    char route[96];
+    char model[128];
+    unsigned status;
+    size_t bytes_out;
+} request;
+
+static atomic_uint_fast64_t next_id = 1;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* The route as logs and metrics name it: the model's name becomes {m}. */
+static void route_label(request *r, const char *method, const char *url) {
+    const char *prefix = "/v1/models/";
+    if (strncmp(url, prefix, strlen(prefix)) == 0) {
+        const char *name = url + strlen(prefix);
+        const char *slash = strchr(name, '/');
+        size_t n = slash ? (size_t)(slash - name) : strlen(name);
+        snprintf(r->model, sizeof r->model, "%.*s", (int)n, name);
+        snprintf(r->route, sizeof r->route, "%s /v1/models/{m}%s", method, slash ? slash : "");
+    } else if (strcmp(url, "/healthz") == 0 || strcmp(url, "/readyz") == 0 ||
+               strcmp(url, "/metrics") == 0 || strncmp(url, "/v1/", 4) == 0) {
+        snprintf(r->route, sizeof r->route, "%s %.80s", method, url);
+    } else {
+        snprintf(r->route, sizeof r->route, "%s (static)", method);
+    }
+}
+
+static enum MHD_Result send_response(struct MHD_Connection *c, request *r, srv_response *resp) {
+    struct MHD_Response *m = resp->stream;
+    if (!m) {
+        m = MHD_create_response_from_buffer(resp->body_len, resp->body, MHD_RESPMEM_MUST_FREE);
+        resp->body = NULL;
+        r->bytes_out = resp->body_len;
+    } else {
+        r->bytes_out = resp->body_len;
+    }
+    if (!m) return MHD_NO;
+    if (resp->content_type) MHD_add_response_header(m, "Content-Type", resp->content_type);
+    char id[32];
+    snprintf(id, sizeof id, "%llu", (unsigned long long)r->id);
+    MHD_add_response_header(m, "X-Request-Id", id);
+    if (resp->retry_after_s > 0) {
+        char secs[32];
+        snprintf(secs, sizeof secs, "%.0f", resp->retry_after_s < 1 ? 1 : resp->retry_after_s);
+        MHD_add_response_header(m, "Retry-After", secs);
+    }
+    if (resp->status == MHD_HTTP_UNAUTHORIZED)
+        MHD_add_response_header(m, "WWW-Authenticate", "Bearer");
+    r->status = resp->status;
+    enum MHD_Result ok = MHD_queue_response(c, resp->status, m);
+    MHD_destroy_response(m);
+    return ok;
+}
+
+/* Checks the bearer token and the rate limit of a /v1/ request. Returns 0,
+ * or -1 with the refusal in resp. */
+static int check_access(struct MHD_Connection *c, const char *url, request *r,
+                        srv_response *resp) {
+    if (!srv_d.auth || strncmp(url, "/v1/", 4) != 0) return 0;
+    const char *header = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (!header) {
+        srv_error(resp, MHD_HTTP_UNAUTHORIZED, "unauthorized", NULL,
+                  "this server needs an access token: Authorization: Bearer TOKEN");
+        return -1;
+    }
+    if (!(r->token = srv_auth_check(srv_d.auth, header))) {
+        srv_error(resp, MHD_HTTP_UNAUTHORIZED, "unauthorized", NULL, "unknown access token");
+        return -1;
+    }
+    if (strncmp(url, "/v1/admin/", 10) == 0 && !r->token->admin) {
+        srv_error(resp, MHD_HTTP_FORBIDDEN, "forbidden", NULL,
+                  "token \"%s\" has the read role; /v1/admin/ needs admin", r->token->name);
+        return -1;
+    }
+    double retry = 0;
+    if (!srv_rate_allow(srv_d.auth, r->token, srv_d.cfg.limits.requests_per_minute, now_s(),
+                        &retry)) {
+        srv_error(resp, MHD_HTTP_TOO_MANY_REQUESTS, "rate_limited", NULL,
+                  "token \"%s\" is over its %d requests per minute", r->token->name,
+                  srv_d.cfg.limits.requests_per_minute);
+        resp->retry_after_s = retry;
+        return -1;
+    }
+    return 0;
+}
+
+static const char *content_type_of(const char *path) {
+    static const struct {
+        const char *ext, *type;
+    } types[] = {{".html", "text/html; charset=utf-8"},
+                 {".js", "text/javascript; charset=utf-8"},
+                 {".mjs", "text/javascript; charset=utf-8"},
+                 {".css", "text/css; charset=utf-8"},
+                 {".json", "application/json"},
+                 {".svg", "image/svg+xml"},
+                 {".png", "image/png"},
+                 {".ico", "image/x-icon"},
+                 {".txt", "text/plain; charset=utf-8"}};
+    const char *dot = strrchr(path, '.');
+    for (size_t i = 0; dot && i < sizeof types / sizeof types[0]; i++)
+        if (strcmp(dot, types[i].ext) == 0) return types[i].type;
+    return "application/octet-stream";
+}
+
+/* A file under web/, never outside it: the real path (links resolved) must
+ * lie inside the real web root. */
+static void static_file(const char *method, const char *url, srv_response *resp) {
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+        srv_error(resp, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", NULL,
+                  "%s is not allowed here", method);
+        return;
+    }
+    if (!srv_d.web_root[0]) {
+        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", NULL, "no such route: %s", url);
+        return;
+    }
+    char path[PATH_MAX + 32], real[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s%s%s", srv_d.web_root, url,
+                 url[strlen(url) - 1] == '/' ? "index.html" : "") >= (int)sizeof path) {
+        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", NULL, "no such file: %.200s", url);
+        return;
+    }
+    size_t root_len = strlen(srv_d.web_root);
+    struct stat st;
+    int fd = -1;
+    if (!realpath(path, real) || strncmp(real, srv_d.web_root, root_len) != 0 ||
+        real[root_len] != '/' || stat(real, &st) != 0 || !S_ISREG(st.st_mode) ||
+        (fd = open(real, O_RDONLY)) < 0) {
+        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", NULL, "no such file: %s", url);
+        return;
+    }
+    resp->stream = MHD_create_response_from_fd((uint64_t)st.st_size, fd);
+    if (!resp->stream) {
+        close(fd);
+        srv_error(resp, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", NULL, "cannot send %s", url);
+        return;
+    }
+    resp->status = MHD_HTTP_OK;
+    resp->content_type = content_type_of(real);
+    resp->body_len = (size_t)st.st_size;
+}
+
+/* The response type asked for by Accept: JSON unless a binary type is
+ * named first. Returns NULL for a type lensd cannot produce. */
+static const char *choose_accept(const char *accept) {
+    if (!accept || !*accept) return "application/json";
+    static const char *const offered[] = {"application/json", "application/vnd.safetensors",
+                                          "application/x-npy"};
+    for (const char *p = accept; *p;) {
+        while (*p == ' ' || *p == ',') p++;
+        size_t n = strcspn(p, ",;");
+        for (size_t i = 0; i < sizeof offered / sizeof offered[0]; i++)
+            if (n == strlen(offered[i]) && strncmp(p, offered[i], n) == 0) return offered[i];
+        if ((n == 3 && strncmp(p, "*/*", 3) == 0) ||
+            (n == 13 && strncmp(p, "application/*", 13) == 0))
+            return "application/json";
+        p += n;
+        while (*p && *p != ',') p++;
+    }
+    return NULL;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls) {
+    (void)cls;
+    (void)version;
+    request *r = *con_cls;
+    srv_response resp = {0};
+    if (!r) {
+        if (!(r = calloc(1, sizeof *r))) return MHD_NO;
+        r->id = atomic_fetch_add(&next_id, 1);
+        r->started = now_s();
+        route_label(r, method, url);
+        *con_cls = r;
+        if (check_access(c, url, r, &resp)) return send_response(c, r, &resp);
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (r->too_large || r->len + n > srv_d.cfg.limits.max_body_bytes) {
+            r->too_large = true;
+            return MHD_YES;
+        }
+        if (r->len + n + 1 > r->cap) {
+            size_t cap = (r->len + n + 1) * 2;
+            if (cap > srv_d.cfg.limits.max_body_bytes + 1) cap = srv_d.cfg.limits.max_body_bytes + 1;
+            char *grown = realloc(r->body, cap);
+            if (!grown) return MHD_NO;
+            r->body = grown;
+            r->cap = cap;
+        }
+        memcpy(r->body + r->len, upload_data, n);
+        r->len += n;
+        return MHD_YES;
+    }
+    if (r->job) { /* resumed: the job is done */
+        resp = r->job->response;
+        r->job->response.body = NULL;
+        json_decref(r->job->body);
+        free(r->job);
+        r->job = NULL;
+        return send_response(c, r, &resp);
+    }
+    if (r->too_large) {
+        srv_error(&resp, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", NULL,
+                  "the request body is over the limit of %zu bytes",
+                  srv_d.cfg.limits.max_body_bytes);
+        return send_response(c, r, &resp);
+    }
+    const bool api = strncmp(url, "/v1/", 4) == 0 || strcmp(url, "/healthz") == 0 ||
+                     strcmp(url, "/readyz") == 0 || strcmp(url, "/metrics") == 0;
+    if (!api) {
+        static_file(method, url, &resp);
+        return send_response(c, r, &resp);
+    }
+    const char *accept =
+        choose_accept(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Accept"));
+    if (!accept) {
+        srv_error(&resp, MHD_HTTP_NOT_ACCEPTABLE, "not_acceptable", NULL,
+                  "lensd answers application/json, application/vnd.safetensors or "
+                  "application/x-npy");
+        return send_response(c, r, &resp);
+    }
+    /* JSON, or curl -d's default type, which notebooks send without thinking */
+    const char *type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+    if (r->len && type && strncmp(type, "application/json", 16) != 0 &&
+        strncmp(type, "application/x-www-form-urlencoded", 33) != 0) {
+        srv_error(&resp, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", NULL,
+                  "request bodies are JSON (Content-Type: application/json), not %s", type);
+        return send_response(c, r, &resp);
+    }
+    srv_job *job = srv_route(method, url, accept, r->body, r->len, &resp);
+    if (!job) return send_response(c, r, &resp);
+    job->connection = c;
+    r->job = job;
+    MHD_suspend_connection(c);
+    srv_sched_submit(job);
+    return MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode why) {
+    (void)cls;
+    (void)c;
+    request *r = *con_cls;
+    if (!r) return;
+    double seconds = now_s() - r->started;
+    if (why != MHD_REQUEST_TERMINATED_COMPLETED_OK && !r->status) r->status = 499;
+    fprintf(stderr,
+            "{\"request\": %llu, \"route\": \"%s\", \"model\": \"%s\", \"status\": %u, "
+            "\"ms\": %.1f, \"bytes_out\": %zu, \"token\": \"%s\"}\n",
+            (unsigned long long)r->id, r->route, r->model, r->status, seconds * 1e3, r->bytes_out,
+            r->token ? r->token->name : "");
+    srv_metrics_request(r->route, r->status, seconds);
+    /* r->job is NULL here: a suspended connection is not closed, so every job
+     * is resumed and answered first */
+    free(r->body);
+    free(r);
+    *con_cls = NULL;
+}
+
+/* Reads a whole PEM file (NUL-terminated) or returns NULL. */
+static char *read_file(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    long n = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    if (n >= 0 && fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1)) &&
+        fread(buf, 1, (size_t)n, f) == (size_t)n) {
+        buf[n] = '\0';
+    } else {
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    return buf;
+}
+
+static char *tls_cert, *tls_key;
+
+int srv_http_start(lens_err *err) {
+    const srv_config *cfg = &srv_d.cfg;
+    struct sockaddr_in in4 = {.sin_family = AF_INET, .sin_port = htons((uint16_t)cfg->port)};
+    struct sockaddr_in6 in6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)cfg->port)};
+    const char *host = strcmp(cfg->host, "localhost") == 0 ? "127.0.0.1" : cfg->host;
+    const struct sockaddr *addr = (const struct sockaddr *)&in4;
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC;
+    if (inet_pton(AF_INET, host, &in4.sin_addr) != 1) {
+        if (inet_pton(AF_INET6, host, &in6.sin6_addr) != 1) {
+            lens_err_set(err, "host \"%s\": not an IPv4 or IPv6 address", cfg->host);
+            return -1;
+        }
+        addr = (const struct sockaddr *)&in6;
+        flags |= MHD_USE_IPv6;
+    }
+    if (cfg->tls_cert) {
+        if (!(tls_cert = read_file(cfg->tls_cert)) || !(tls_key = read_file(cfg->tls_key))) {
+            lens_err_set(err, "tls: cannot read %s", tls_cert ? cfg->tls_key : cfg->tls_cert);
+            return -1;
+        }
+        flags |= MHD_USE_TLS;
+    }
+    if (srv_d.cfg.web_dir && !realpath(srv_d.cfg.web_dir, srv_d.web_root)) {
+        lens_err_set(err, "web: %s is not a directory", srv_d.cfg.web_dir);
+        return -1;
+    }
+    srv_d.http = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, addr,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)1024, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, tls_cert ? MHD_OPTION_HTTPS_MEM_CERT
+                                                                  : MHD_OPTION_END,
+        tls_cert, MHD_OPTION_HTTPS_MEM_KEY, tls_key, MHD_OPTION_END);
+    if (!srv_d.http) {
+        lens_err_set(err, "cannot listen on %s port %d (in use, or no permission)", cfg->host,
+                     cfg->port);
+        return -1;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv_d.http, MHD_DAEMON_INFO_BIND_PORT);
+    return info ? info->port : cfg->port;
+}
+
+void srv_http_stop(void) {
+    if (!srv_d.http) return;
+    /* let resumed connections send what their jobs left, for a few seconds */
+    for (int i = 0; i < 100; i++) {
+        const union MHD_DaemonInfo *info =
+            MHD_get_daemon_info(srv_d.http, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+        if (!info || info->num_connections == 0) break;
+        usleep(50 * 1000);
+    }
+    MHD_stop_daemon(srv_d.http);
+    srv_d.http = NULL;
+    free(tls_cert);
+    free(tls_key);
+}

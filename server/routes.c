@@ -1,0 +1,1169 @@
+/*
+ * routes.c: lensd's endpoints (docs/API.md). srv_route runs on
+ * libmicrohttpd's threads: it answers what needs no model (health, metrics,
+ * model info) and checks a model request's JSON as far as it can without the
+ * model; srv_run_job runs on the model's executor and does the rest:
+ * tokenizing, validating against the model, the forward pass, and encoding
+ * the answer as JSON, safetensors (streamed) or npy.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/capture.h"
+#include "core/prompt.h"
+#include "core/safetensors.h"
+#include "server/daemon.h"
+#include "server/test_prompt.h"
+
+/* ---- responses ---------------------------------------------------------- */
+
+void srv_json(srv_response *resp, unsigned status, json_t *body) {
+    resp->status = status;
+    resp->content_type = "application/json";
+    resp->body = json_dumps(body, JSON_COMPACT);
+    resp->body_len = resp->body ? strlen(resp->body) : 0;
+    json_decref(body);
+}
+
+void srv_error(srv_response *resp, unsigned status, const char *code, const char *field,
+               const char *fmt, ...) {
+    char message[LENS_ERR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof message, fmt, ap);
+    va_end(ap);
+    json_t *error = json_pack("{s:s, s:s}", "code", code, "message", message);
+    if (field) json_object_set_new(error, "field", json_string(field));
+    free(resp->body);
+    *resp = (srv_response){0};
+    srv_json(resp, status, json_pack("{s:o}", "error", error));
+}
+
+/* A lens_err from the engine as an HTTP error: 507 for memory, 500 for a
+ * device failure, else 400. */
+static void engine_error(srv_response *resp, const lens_err *err, const char *field) {
+    switch (err->code) {
+    case LENS_ERR_NO_MEMORY:
+        srv_error(resp, 507, "insufficient_storage", field, "%s", err->msg);
+        break;
+    case LENS_ERR_DEVICE:
+        srv_error(resp, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", field, "%s", err->msg);
+        break;
+    case LENS_ERR_INVALID:
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field, "%s", err->msg);
+        break;
+    }
+}
+
+/* ---- tensors ------------------------------------------------------------ */
+
+/* One value of a float tensor: a number, or "-inf" / "inf" / "nan". */
+static json_t *json_float(float v) {
+    if (isnan(v)) return json_string("nan");
+    if (isinf(v)) return json_string(v < 0 ? "-inf" : "inf");
+    return json_real(v);
+}
+
+static json_t *nested(lens_dtype dtype, int ndim, const int64_t *shape, const void *data,
+                      size_t *at) {
+    json_t *list = json_array();
+    for (int64_t i = 0; i < shape[0]; i++) {
+        if (ndim > 1) {
+            json_array_append_new(list, nested(dtype, ndim - 1, shape + 1, data, at));
+        } else if (dtype == LENS_I64) {
+            json_array_append_new(list, json_integer(((const int64_t *)data)[(*at)++]));
+        } else if (dtype == LENS_I32) {
+            json_array_append_new(list, json_integer(((const int32_t *)data)[(*at)++]));
+        } else {
+            json_array_append_new(list, json_float(((const float *)data)[(*at)++]));
+        }
+    }
+    return list;
+}
+
+/* {"shape", "dtype", "data"} for a float32, int32 or int64 tensor. */
+static json_t *tensor_json(lens_dtype dtype, int ndim, const int64_t *shape, const void *data) {
+    json_t *dims = json_array();
+    for (int i = 0; i < ndim; i++)
+        json_array_append_new(dims, json_integer(shape[i]));
+    size_t at = 0;
+    json_t *values = ndim ? nested(dtype, ndim, shape, data, &at)
+                          : (dtype == LENS_F32 ? json_float(*(const float *)data)
+                                               : json_integer(*(const int64_t *)data));
+    return json_pack("{s:o, s:s, s:o}", "shape", dims, "dtype",
+                     dtype == LENS_F32 ? "float32" : dtype == LENS_I32 ? "int32" : "int64", "data",
+                     values);
+}
+
+/* IEEE half from float, rounding to nearest even. */
+static uint16_t half_of(float f) {
+    union {
+        float f;
+        uint32_t u;
+    } v = {f};
+    uint32_t sign = (v.u >> 16) & 0x8000u, exp = (v.u >> 23) & 0xffu, mant = v.u & 0x7fffffu;
+    if (exp == 0xff) return (uint16_t)(sign | 0x7c00u | (mant ? 0x200u : 0));
+    int e = (int)exp - 127 + 15;
+    if (e >= 31) return (uint16_t)(sign | 0x7c00u);
+    if (e <= 0) {
+        if (e < -10) return (uint16_t)sign;
+        mant |= 0x800000u;
+        uint32_t shift = (uint32_t)(14 - e), half = mant >> shift, rest = mant & ((1u << shift) - 1);
+        uint32_t halfway = 1u << (shift - 1);
+        if (rest > halfway || (rest == halfway && (half & 1))) half++;
+        return (uint16_t)(sign | half);
+    }
+    uint32_t half = sign | ((uint32_t)e << 10) | (mant >> 13), rest = mant & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (half & 1))) half++;
+    return (uint16_t)half;
+}
+
+/* The bytes of a response made of parts sent one after the other, and what
+ * to free when it is sent. */
+typedef struct stream {
+    struct {
+        const char *data;
+        size_t len;
+    } *parts; /* the header, then each tensor */
+    int n_parts;
+    size_t total;
+    void (*release)(void *);
+    void *owner;
+    char *header;
+} stream;
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    stream *s = cls;
+    size_t at = 0, written = 0;
+    for (int i = 0; i < s->n_parts && written < max; i++) {
+        size_t len = s->parts[i].len;
+        if (pos < at + len) {
+            size_t from = (size_t)(pos - at), n = len - from;
+            if (n > max - written) n = max - written;
+            memcpy(buf + written, s->parts[i].data + from, n);
+            written += n;
+            pos += n;
+        }
+        at += len;
+    }
+    return written ? (ssize_t)written : MHD_CONTENT_READER_END_OF_STREAM;
+}
+
+static void stream_free(void *cls) {
+    stream *s = cls;
+    if (s->release) s->release(s->owner);
+    free(s->header);
+    free(s->parts);
+    free(s);
+}
+
+/* The tensors as a safetensors body streamed from their own memory, with the
+ * other fields of the answer as JSON in __metadata__["lensd"]. owner is
+ * released (release(owner)) once the body is sent, or on failure here. */
+static void safetensors_response(srv_response *resp, const lens_st_out *tensors, int n,
+                                 json_t *fields, void (*release)(void *), void *owner) {
+    char *meta_json = json_dumps(fields, JSON_COMPACT);
+    json_decref(fields);
+    const lens_st_meta meta[] = {{"lensd", meta_json ? meta_json : "{}"}};
+    stream *s = calloc(1, sizeof *s);
+    lens_err err = {0};
+    size_t header_len = 0;
+    if (!s || !(s->parts = calloc((size_t)n + 1, sizeof *s->parts)) ||
+        !(s->header = lens_st_encode_header(tensors, (size_t)n, meta, 1, &header_len, &err))) {
+        free(meta_json);
+        if (s) {
+            free(s->header);
+            free(s->parts);
+        }
+        free(s);
+        release(owner);
+        srv_error(resp, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", NULL, "%s",
+                  err.msg[0] ? err.msg : "out of memory");
+        return;
+    }
+    free(meta_json);
+    s->parts[s->n_parts].data = s->header;
+    s->parts[s->n_parts++].len = header_len;
+    s->total = header_len;
+    for (int i = 0; i < n; i++) {
+        size_t bytes = lens_dtype_size(tensors[i].dtype);
+        for (int d = 0; d < tensors[i].ndim; d++)
+            bytes *= (size_t)tensors[i].shape[d];
+        s->parts[s->n_parts].data = tensors[i].data;
+        s->parts[s->n_parts++].len = bytes;
+        s->total += bytes;
+    }
+    s->release = release;
+    s->owner = owner;
+    resp->stream = MHD_create_response_from_callback(s->total, 1 << 16, stream_read, s, stream_free);
+    if (!resp->stream) {
+        stream_free(s);
+        srv_error(resp, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", NULL, "out of memory");
+        return;
+    }
+    resp->status = MHD_HTTP_OK;
+    resp->content_type = "application/vnd.safetensors";
+    resp->body_len = s->total;
+}
+
+/* One tensor as a .npy body (format 1.0). */
+static void npy_response(srv_response *resp, const lens_st_out *t) {
+    const char *descr = t->dtype == LENS_F32 ? "<f4" : t->dtype == LENS_F16 ? "<f2" : "<i8";
+    char dict[256];
+    int len = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (",
+                       descr);
+    for (int i = 0; i < t->ndim; i++)
+        len += snprintf(dict + len, sizeof dict - (size_t)len, "%lld,%s", (long long)t->shape[i],
+                        i + 1 < t->ndim ? " " : "");
+    len += snprintf(dict + len, sizeof dict - (size_t)len, "), }");
+    size_t header = 10 + (size_t)len + 1, padded = (header + 63) & ~(size_t)63;
+    size_t bytes = lens_dtype_size(t->dtype);
+    for (int i = 0; i < t->ndim; i++)
+        bytes *= (size_t)t->shape[i];
+    char *body = malloc(padded + bytes);
+    if (!body) {
+        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory for the response");
+        return;
+    }
+    memcpy(body, "\x93NUMPY\x01\x00", 8);
+    body[8] = (char)((padded - 10) & 0xff);
+    body[9] = (char)((padded - 10) >> 8);
+    memcpy(body + 10, dict, (size_t)len);
+    memset(body + 10 + len, ' ', padded - 10 - (size_t)len - 1);
+    body[padded - 1] = '\n';
+    memcpy(body + padded, t->data, bytes);
+    resp->status = MHD_HTTP_OK;
+    resp->content_type = "application/x-npy";
+    resp->body = body;
+    resp->body_len = padded + bytes;
+}
+
+/* ---- request fields ----------------------------------------------------- */
+
+/* Fails resp unless body's optional field has the JSON type (0: absent). */
+static int optional_bool(json_t *body, const char *key, bool fallback, bool *out,
+                         srv_response *resp) {
+    json_t *v = json_object_get(body, key);
+    *out = fallback;
+    if (!v) return 0;
+    if (!json_is_boolean(v)) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", key, "%s must be true or false", key);
+        return -1;
+    }
+    *out = json_is_true(v);
+    return 0;
+}
+
+static int optional_int(json_t *body, const char *key, long fallback, long min, long max,
+                        long *out, srv_response *resp) {
+    json_t *v = json_object_get(body, key);
+    *out = fallback;
+    if (!v) return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
+        srv_error(resp, json_is_integer(v) ? 422 : MHD_HTTP_BAD_REQUEST,
+                  json_is_integer(v) ? "unprocessable" : "bad_request", key,
+                  "%s must be an integer from %ld to %ld", key, min, max);
+        return -1;
+    }
+    *out = (long)json_integer_value(v);
+    return 0;
+}
+
+/* The request's prompts as TL's to_tokens makes them: "prompt", "prompts" or
+ * "tokens", with prepend_bos and padding_side. */
+static int read_prompts(const srv_model *sm, json_t *body, lens_token_batch *batch,
+                        srv_response *resp) {
+    const lens_model *m = sm->model;
+    const srv_limits *lim = &srv_d.cfg.limits;
+    json_t *prompt = json_object_get(body, "prompt"), *prompts = json_object_get(body, "prompts"),
+           *tokens = json_object_get(body, "tokens");
+    if ((prompt != NULL) + (prompts != NULL) + (tokens != NULL) != 1) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "prompt",
+                  "give exactly one of prompt (a string), prompts (a list of strings) or tokens "
+                  "(a list of lists of token ids)");
+        return -1;
+    }
+    bool prepend_bos;
+    if (optional_bool(body, "prepend_bos", m->cfg.default_prepend_bos, &prepend_bos, resp))
+        return -1;
+    json_t *side = json_object_get(body, "padding_side");
+    if (side && (!json_is_string(side) || (strcmp(json_string_value(side), "left") &&
+                                           strcmp(json_string_value(side), "right")))) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "padding_side",
+                  "padding_side must be \"left\" or \"right\"");
+        return -1;
+    }
+    const lens_pad_opts pad = {.prepend_bos = prepend_bos,
+                               .pad_left = side && strcmp(json_string_value(side), "left") == 0};
+    json_t *list = prompt ? NULL : prompts ? prompts : tokens;
+    const char *what = prompts ? "prompts" : "tokens";
+    if (list && (!json_is_array(list) || json_array_size(list) == 0)) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", what, "%s must be a non-empty list",
+                  what);
+        return -1;
+    }
+    const int n = list ? (int)json_array_size(list) : 1;
+    if (n > lim->max_prompts) {
+        srv_error(resp, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", what,
+                  "%d prompts is more than the limit of %d per request", n, lim->max_prompts);
+        return -1;
+    }
+    const int max_tokens =
+        lim->max_tokens > 0 && lim->max_tokens < m->cfg.n_ctx ? lim->max_tokens : m->cfg.n_ctx;
+    int32_t **rows = calloc((size_t)n, sizeof *rows);
+    int *lens = calloc((size_t)n, sizeof *lens);
+    int rc = -1;
+    char field[64];
+    lens_err err = {0};
+    if (!rows || !lens) {
+        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        json_t *item = list ? json_array_get(list, (size_t)i) : prompt;
+        if (list)
+            snprintf(field, sizeof field, "%s[%d]", what, i);
+        else
+            snprintf(field, sizeof field, "prompt");
+        if (tokens) {
+            if (!json_is_array(item) || json_array_size(item) == 0) {
+                srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
+                          "%s must be a non-empty list of token ids", field);
+                goto out;
+            }
+            lens[i] = (int)json_array_size(item);
+            if (!(rows[i] = malloc((size_t)lens[i] * sizeof **rows))) goto oom;
+            for (int j = 0; j < lens[i]; j++) {
+                json_t *id = json_array_get(item, (size_t)j);
+                if (!json_is_integer(id) || json_integer_value(id) < 0 ||
+                    json_integer_value(id) >= m->cfg.d_vocab) {
+                    srv_error(resp, json_is_integer(id) ? 422 : MHD_HTTP_BAD_REQUEST,
+                              json_is_integer(id) ? "unprocessable" : "bad_request", field,
+                              "%s[%d] must be a token id from 0 to %d (d_vocab - 1)", field, j,
+                              m->cfg.d_vocab - 1);
+                    goto out;
+                }
+                rows[i][j] = (int32_t)json_integer_value(id);
+            }
+        } else {
+            if (!json_is_string(item)) {
+                srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
+                          "%s must be a string", field);
+                goto out;
+            }
+            if (lens_prompt_tokens(m, json_string_value(item), prepend_bos, &rows[i], &lens[i],
+                                   &err)) {
+                engine_error(resp, &err, field);
+                goto out;
+            }
+        }
+        if (lens[i] > max_tokens) {
+            srv_error(resp, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", field,
+                      "%s is %d tokens, more than the limit of %d", field, lens[i], max_tokens);
+            goto out;
+        }
+    }
+    if (lens_pad_rows(m, rows, lens, n, &pad, batch, &err)) {
+        engine_error(resp, &err, what);
+        goto out;
+    }
+    rc = 0;
+    goto out;
+oom:
+    srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+out:
+    for (int i = 0; rows && i < n; i++)
+        free(rows[i]);
+    free(rows);
+    free(lens);
+    return rc;
+}
+
+/* "positions": a list of positions (negative from the end) resolved against
+ * T into *out (NULL when absent). */
+static int read_positions(json_t *body, int T, int32_t **out, int *n, srv_response *resp) {
+    json_t *list = json_object_get(body, "positions");
+    *out = NULL;
+    *n = 0;
+    if (!list) return 0;
+    if (!json_is_array(list) || json_array_size(list) == 0) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "positions",
+                  "positions must be a non-empty list of integers");
+        return -1;
+    }
+    *n = (int)json_array_size(list);
+    if (!(*out = malloc((size_t)*n * sizeof **out))) {
+        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        return -1;
+    }
+    for (int i = 0; i < *n; i++) {
+        json_t *v = json_array_get(list, (size_t)i);
+        long p = json_is_integer(v) ? (long)json_integer_value(v) : 0;
+        if (p < 0) p += T;
+        if (!json_is_integer(v) || p < 0 || p >= T) {
+            char field[32];
+            snprintf(field, sizeof field, "positions[%d]", i);
+            srv_error(resp, json_is_integer(v) ? 422 : MHD_HTTP_BAD_REQUEST,
+                      json_is_integer(v) ? "unprocessable" : "bad_request", field,
+                      "%s must be a position in [-%d, %d)", field, T, T);
+            free(*out);
+            *out = NULL;
+            return -1;
+        }
+        (*out)[i] = (int32_t)p;
+    }
+    return 0;
+}
+
+/* The hook points of "names" (exact) and "names_filter" (globs) into
+ * enabled; neither: every hook point. */
+static int read_names(const lens_config *c, json_t *body, uint8_t *enabled, srv_response *resp) {
+    json_t *names = json_object_get(body, "names"), *filter = json_object_get(body, "names_filter");
+    if (!names && !filter) {
+        lens_hook_select_glob(c, "*", enabled);
+        return 0;
+    }
+    if (names && !json_is_array(names)) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "names",
+                  "names must be a list of hook names");
+        return -1;
+    }
+    char field[48];
+    for (size_t i = 0; names && i < json_array_size(names); i++) {
+        json_t *v = json_array_get(names, i);
+        snprintf(field, sizeof field, "names[%zu]", i);
+        lens_hook hook;
+        lens_err err = {0};
+        if (!json_is_string(v)) {
+            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field, "%s must be a string",
+                      field);
+            return -1;
+        }
+        if (lens_hook_parse(c, json_string_value(v), &hook, &err)) {
+            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field, "%s", err.msg);
+            return -1;
+        }
+        enabled[lens_hook_slot(c, hook)] = 1;
+    }
+    if (!filter) return 0;
+    const bool one = json_is_string(filter);
+    if (!one && !json_is_array(filter)) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "names_filter",
+                  "names_filter must be a glob or a list of globs");
+        return -1;
+    }
+    for (size_t i = 0; i < (one ? 1 : json_array_size(filter)); i++) {
+        json_t *v = one ? filter : json_array_get(filter, i);
+        snprintf(field, sizeof field, one ? "names_filter" : "names_filter[%zu]", i);
+        if (!json_is_string(v) || lens_hook_select_glob(c, json_string_value(v), enabled) == 0) {
+            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
+                      json_is_string(v) ? "%s matches no hook point of this model"
+                                        : "%s must be a string",
+                      field);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* A JSON list of the batch's str_tokens. */
+static json_t *str_tokens_json(const lens_model *m, const lens_token_batch *b) {
+    json_t *rows = json_array();
+    for (int i = 0; i < b->B; i++) {
+        json_t *row = json_array();
+        for (int t = 0; t < b->T; t++) {
+            char *s = lens_str_token(m, b->tokens[(size_t)i * b->T + t], NULL);
+            json_array_append_new(row, json_string(s ? s : ""));
+            free(s);
+        }
+        json_array_append_new(rows, row);
+    }
+    return rows;
+}
+
+static json_t *tokens_json(const lens_token_batch *b) {
+    json_t *rows = json_array();
+    for (int i = 0; i < b->B; i++) {
+        json_t *row = json_array();
+        for (int t = 0; t < b->T; t++)
+            json_array_append_new(row, json_integer(b->tokens[(size_t)i * b->T + t]));
+        json_array_append_new(rows, row);
+    }
+    return rows;
+}
+
+/* ---- the jobs ----------------------------------------------------------- */
+
+static void run_tokenize(srv_job *job) {
+    const lens_model *m = job->model->model;
+    lens_token_batch b = {0};
+    if (read_prompts(job->model, job->body, &b, &job->response)) return;
+    json_t *mask = json_array();
+    for (int i = 0; i < b.B; i++) {
+        json_t *row = json_array();
+        for (int t = 0; t < b.T; t++) {
+            int real = b.attn_mask ? b.attn_mask[(size_t)i * b.T + t] : t < b.lengths[i];
+            json_array_append_new(row, json_integer(real));
+        }
+        json_array_append_new(mask, row);
+    }
+    srv_json(&job->response, MHD_HTTP_OK,
+             json_pack("{s:o, s:o, s:o}", "tokens", tokens_json(&b), "str_tokens",
+                       str_tokens_json(m, &b), "attention_mask", mask));
+    lens_token_batch_free(&b);
+}
+
+/* Decodes one list of ids, or fails resp naming field. */
+static json_t *decode_ids(const lens_model *m, json_t *ids, const char *field, srv_response *resp) {
+    size_t n = json_array_size(ids);
+    int32_t *buf = malloc((n ? n : 1) * sizeof *buf);
+    if (!buf) {
+        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        return NULL;
+    }
+    for (size_t j = 0; j < n; j++) {
+        json_t *id = json_array_get(ids, j);
+        if (!json_is_integer(id) || json_integer_value(id) < 0 ||
+            json_integer_value(id) >= m->cfg.d_vocab) {
+            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
+                      "%s[%zu] must be a token id from 0 to %d", field, j, m->cfg.d_vocab - 1);
+            free(buf);
+            return NULL;
+        }
+        buf[j] = (int32_t)json_integer_value(id);
+    }
+    size_t len = 0;
+    lens_err err = {0};
+    char *text = m->tok ? lens_tok_decode(m->tok, buf, n, &len, &err) : NULL;
+    free(buf);
+    if (!text) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field, "%s",
+                  m->tok ? err.msg : "this model has no tokenizer");
+        return NULL;
+    }
+    json_t *s = json_stringn(text, len);
+    free(text);
+    if (!s) /* not valid UTF-8 on its own (a piece of a character) */
+        srv_error(resp, 422, "unprocessable", field,
+                  "%s decodes to bytes that are not UTF-8 text", field);
+    return s;
+}
+
+static void run_detokenize(srv_job *job) {
+    const lens_model *m = job->model->model;
+    json_t *tokens = json_object_get(job->body, "tokens");
+    if (!json_is_array(tokens)) {
+        srv_error(&job->response, MHD_HTTP_BAD_REQUEST, "bad_request", "tokens",
+                  "tokens must be a list of ids or a list of lists of ids");
+        return;
+    }
+    bool batched = json_array_size(tokens) && json_is_array(json_array_get(tokens, 0));
+    if (!batched) {
+        json_t *text = decode_ids(m, tokens, "tokens", &job->response);
+        if (text) srv_json(&job->response, MHD_HTTP_OK, json_pack("{s:o}", "text", text));
+        return;
+    }
+    json_t *texts = json_array();
+    for (size_t i = 0; i < json_array_size(tokens); i++) {
+        char field[32];
+        snprintf(field, sizeof field, "tokens[%zu]", i);
+        json_t *row = json_array_get(tokens, i), *text;
+        if (!json_is_array(row)) {
+            srv_error(&job->response, MHD_HTTP_BAD_REQUEST, "bad_request", field,
+                      "%s must be a list of ids", field);
+            json_decref(texts);
+            return;
+        }
+        if (!(text = decode_ids(m, row, field, &job->response))) {
+            json_decref(texts);
+            return;
+        }
+        json_array_append_new(texts, text);
+    }
+    srv_json(&job->response, MHD_HTTP_OK, json_pack("{s:o}", "text", texts));
+}
+
+/* What a tensor-returning job leaves to be freed after its response. */
+typedef struct tensor_answer {
+    lens_token_batch batch;
+    lens_cache cache;
+    int64_t *tokens64;
+    float *extra[4];
+    lens_st_out *outs; /* room for every hook point and a few more */
+    int n;
+} tensor_answer;
+
+/* A new answer with room for the model's hook points and 8 more tensors. */
+static tensor_answer *new_answer(const lens_config *c) {
+    tensor_answer *a = calloc(1, sizeof *a);
+    if (a && !(a->outs = calloc(lens_hook_slots(c) + 8, sizeof *a->outs))) {
+        free(a);
+        a = NULL;
+    }
+    return a;
+}
+
+static void tensor_answer_free(void *p) {
+    tensor_answer *a = p;
+    if (!a) return;
+    lens_token_batch_free(&a->batch);
+    lens_cache_free(&a->cache);
+    free(a->tokens64);
+    for (int i = 0; i < 4; i++)
+        free(a->extra[i]);
+    free(a->outs);
+    free(a);
+}
+
+static void add_tensor(tensor_answer *a, const char *name, lens_dtype dtype, int ndim,
+                       const int64_t *shape, const void *data) {
+    lens_st_out *o = &a->outs[a->n++];
+    *o = (lens_st_out){name, dtype, ndim, {0}, data};
+    memcpy(o->shape, shape, (size_t)ndim * sizeof *shape);
+}
+
+/* Sends a's tensors (and the other fields) as the job's Accept asks, then
+ * frees a (now, or when the stream is done). */
+static void answer_tensors(srv_job *job, tensor_answer *a, json_t *fields) {
+    srv_response *resp = &job->response;
+    size_t bytes = 0;
+    for (int i = 0; i < a->n; i++) {
+        size_t b = lens_dtype_size(a->outs[i].dtype);
+        for (int d = 0; d < a->outs[i].ndim; d++)
+            b *= (size_t)a->outs[i].shape[d];
+        bytes += b;
+    }
+    if (bytes > srv_d.cfg.limits.max_response_bytes) {
+        srv_error(resp, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", NULL,
+                  "the answer is %zu MB of tensors, over the limit of %zu MB; ask for fewer "
+                  "names, positions or prompts",
+                  bytes >> 20, srv_d.cfg.limits.max_response_bytes >> 20);
+        json_decref(fields);
+        tensor_answer_free(a);
+        return;
+    }
+    if (strcmp(job->accept, "application/vnd.safetensors") == 0) {
+        safetensors_response(resp, a->outs, a->n, fields, tensor_answer_free, a);
+        return;
+    }
+    if (strcmp(job->accept, "application/x-npy") == 0) {
+        /* one tensor besides the tokens */
+        if (a->n == 2)
+            npy_response(resp, &a->outs[1]);
+        else
+            srv_error(resp, MHD_HTTP_NOT_ACCEPTABLE, "not_acceptable", NULL,
+                      "application/x-npy holds one tensor and this answer has %d besides the "
+                      "tokens; ask for one, or use application/vnd.safetensors",
+                      a->n - 1);
+        json_decref(fields);
+        tensor_answer_free(a);
+        return;
+    }
+    for (int i = 0; i < a->n; i++) {
+        const lens_st_out *o = &a->outs[i];
+        if (o->dtype == LENS_F16) {
+            srv_error(resp, MHD_HTTP_NOT_ACCEPTABLE, "not_acceptable", "dtype",
+                      "float16 tensors come as application/vnd.safetensors or application/x-npy");
+            json_decref(fields);
+            tensor_answer_free(a);
+            return;
+        }
+        json_object_set_new(fields, o->name, tensor_json(o->dtype, o->ndim, o->shape, o->data));
+    }
+    srv_json(resp, MHD_HTTP_OK, fields);
+    tensor_answer_free(a);
+}
+
+/* Puts the batch's tokens (int64, as TL) first in a. */
+static int add_tokens(tensor_answer *a) {
+    const lens_token_batch *b = &a->batch;
+    if (!(a->tokens64 = malloc((size_t)b->B * b->T * sizeof *a->tokens64))) return -1;
+    for (size_t i = 0; i < (size_t)b->B * b->T; i++)
+        a->tokens64[i] = b->tokens[i];
+    add_tensor(a, "tokens", LENS_I64, 2, (int64_t[]){b->B, b->T}, a->tokens64);
+    return 0;
+}
+
+static void run_with_cache(srv_job *job) {
+    srv_model *sm = job->model;
+    const lens_config *c = &sm->model->cfg;
+    srv_response *resp = &job->response;
+    tensor_answer *a = new_answer(c);
+    uint8_t *enabled = calloc(lens_hook_slots(c), 1);
+    int32_t *positions = NULL;
+    int n_positions = 0;
+    bool with_logits;
+    json_t *dtype = json_object_get(job->body, "dtype");
+    lens_err err = {0};
+    if (!a || !enabled) {
+        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        goto fail;
+    }
+    if (dtype && (!json_is_string(dtype) || (strcmp(json_string_value(dtype), "float32") &&
+                                             strcmp(json_string_value(dtype), "float16")))) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "dtype",
+                  "dtype must be \"float32\" or \"float16\"");
+        goto fail;
+    }
+    const bool half = dtype && strcmp(json_string_value(dtype), "float16") == 0;
+    if (optional_bool(job->body, "logits", true, &with_logits, resp) ||
+        read_names(c, job->body, enabled, resp) || read_prompts(sm, job->body, &a->batch, resp) ||
+        read_positions(job->body, a->batch.T, &positions, &n_positions, resp))
+        goto fail;
+    const lens_cache_request req = {.enabled = enabled,
+                                    .positions = positions,
+                                    .n_positions = n_positions,
+                                    .logits = with_logits};
+    srv_metrics_batch(a->batch.B);
+    if (lens_run_cache(sm->model, &sm->ws, &a->batch, &req, &a->cache, &err)) {
+        engine_error(resp, &err, NULL);
+        goto fail;
+    }
+    if (add_tokens(a)) goto oom;
+    const int B = a->batch.B, T = a->batch.T, V = c->d_vocab_out;
+    if (with_logits) add_tensor(a, "logits", LENS_F32, 3, (int64_t[]){B, T, V}, a->cache.logits);
+    for (int i = 0; i < a->cache.n; i++) {
+        const lens_captured *t = &a->cache.tensors[i];
+        add_tensor(a, t->name, t->dtype, t->ndim, t->shape, t->data);
+    }
+    for (int i = 1; half && i < a->n; i++) { /* float32 -> float16 in place */
+        lens_st_out *o = &a->outs[i];
+        size_t numel = 1;
+        for (int d = 0; d < o->ndim; d++)
+            numel *= (size_t)o->shape[d];
+        if (o->dtype != LENS_F32) continue;
+        const float *src = o->data;
+        uint16_t *dst = (uint16_t *)(void *)src;
+        for (size_t k = 0; k < numel; k++)
+            dst[k] = half_of(src[k]);
+        o->dtype = LENS_F16;
+    }
+    free(enabled);
+    free(positions);
+    answer_tensors(job, a, json_pack("{s:s, s:o}", "model", sm->name, "str_tokens",
+                                     str_tokens_json(sm->model, &a->batch)));
+    return;
+oom:
+    srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+fail:
+    free(enabled);
+    free(positions);
+    tensor_answer_free(a);
+}
+
+/* log_softmax of one row of V logits into out (double sums). */
+static void log_softmax(const float *logits, float *out, int V) {
+    float maxval = -INFINITY;
+    for (int v = 0; v < V; v++)
+        maxval = logits[v] > maxval ? logits[v] : maxval;
+    double sum = 0.0;
+    for (int v = 0; v < V; v++)
+        sum += exp((double)logits[v] - maxval);
+    const double log_sum = log(sum) + maxval;
+    for (int v = 0; v < V; v++)
+        out[v] = (float)((double)logits[v] - log_sum);
+}
+
+static void run_logits(srv_job *job) {
+    srv_model *sm = job->model;
+    const lens_config *c = &sm->model->cfg;
+    srv_response *resp = &job->response;
+    tensor_answer *a = new_answer(c);
+    uint8_t *none = calloc(lens_hook_slots(c), 1);
+    int32_t *positions = NULL;
+    int n_positions = 0;
+    bool want_log_probs, want_loss, want_per_token;
+    long top_k;
+    lens_err err = {0};
+    if (!a || !none) {
+        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        goto fail;
+    }
+    if (optional_bool(job->body, "log_probs", false, &want_log_probs, resp) ||
+        optional_bool(job->body, "loss", false, &want_loss, resp) ||
+        optional_bool(job->body, "per_token_loss", false, &want_per_token, resp) ||
+        optional_int(job->body, "top_k", 0, 1, c->d_vocab_out, &top_k, resp) ||
+        read_prompts(sm, job->body, &a->batch, resp) ||
+        read_positions(job->body, a->batch.T, &positions, &n_positions, resp))
+        goto fail;
+    const lens_cache_request req = {.enabled = none, .logits = true};
+    srv_metrics_batch(a->batch.B);
+    if (lens_run_cache(sm->model, &sm->ws, &a->batch, &req, &a->cache, &err)) {
+        engine_error(resp, &err, NULL);
+        goto fail;
+    }
+    const int B = a->batch.B, T = a->batch.T, V = c->d_vocab_out, P = n_positions ? n_positions : T;
+    if (add_tokens(a)) goto oom;
+    /* the kept positions' rows, and their log-probs */
+    float *rows = a->cache.logits, *logp = NULL;
+    if (n_positions) {
+        if (!(rows = a->extra[0] = malloc((size_t)B * P * V * sizeof *rows))) goto oom;
+        for (int b = 0; b < B; b++)
+            for (int p = 0; p < P; p++)
+                memcpy(rows + ((size_t)b * P + p) * V,
+                       a->cache.logits + ((size_t)b * T + positions[p]) * V, (size_t)V * sizeof *rows);
+    }
+    if (want_log_probs || top_k) {
+        if (!(logp = a->extra[1] = malloc((size_t)B * P * V * sizeof *logp))) goto oom;
+        for (size_t r = 0; r < (size_t)B * P; r++)
+            log_softmax(rows + r * V, logp + r * V, V);
+    }
+    json_t *fields = json_pack("{s:s}", "model", sm->name);
+    if (top_k) {
+        int64_t *ids = malloc((size_t)B * P * top_k * sizeof *ids);
+        float *vals = a->extra[2] = malloc((size_t)B * P * top_k * sizeof *vals);
+        a->extra[3] = (float *)ids;
+        if (!ids || !vals) {
+            json_decref(fields);
+            goto oom;
+        }
+        for (size_t r = 0; r < (size_t)B * P; r++) {
+            const float *row = rows + r * V;
+            for (long k = 0; k < top_k; k++) { /* selection: k is small */
+                int best = -1;
+                for (int v = 0; v < V; v++) {
+                    bool taken = false;
+                    for (long j = 0; j < k && !taken; j++)
+                        taken = ids[r * top_k + j] == v;
+                    if (!taken && (best < 0 || row[v] > row[best])) best = v;
+                }
+                ids[r * top_k + k] = best;
+                vals[r * top_k + k] = row[best];
+            }
+        }
+        add_tensor(a, "top_k_ids", LENS_I64, 3, (int64_t[]){B, P, top_k}, ids);
+        add_tensor(a, "top_k_logits", LENS_F32, 3, (int64_t[]){B, P, top_k}, vals);
+    } else {
+        add_tensor(a, "logits", LENS_F32, 3, (int64_t[]){B, P, V}, rows);
+    }
+    if (want_log_probs) add_tensor(a, "log_probs", LENS_F32, 3, (int64_t[]){B, P, V}, logp);
+    if (want_loss || want_per_token) {
+        /* TL's lm_cross_entropy_loss: -log_softmax(logits[:, :-1])[next token], mean over
+         * real predicted positions (the attention mask's, as TL) */
+        double total = 0.0;
+        long counted = 0;
+        float *per = malloc((size_t)B * (T > 1 ? T - 1 : 1) * sizeof *per);
+        float *tmp = malloc((size_t)V * sizeof *tmp);
+        if (!per || !tmp) {
+            free(per);
+            free(tmp);
+            json_decref(fields);
+            goto oom;
+        }
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t + 1 < T; t++) {
+                log_softmax(a->cache.logits + ((size_t)b * T + t) * V, tmp, V);
+                float l = -tmp[a->batch.tokens[(size_t)b * T + t + 1]];
+                per[(size_t)b * (T - 1) + t] = l;
+                bool real = a->batch.attn_mask ? a->batch.attn_mask[(size_t)b * T + t + 1] != 0
+                                               : true;
+                total += real ? l : 0.0;
+                counted += real;
+            }
+        free(tmp);
+        if (want_loss)
+            json_object_set_new(fields, "loss", json_real(counted ? total / counted : NAN));
+        if (want_per_token) {
+            json_object_set_new(fields, "per_token_loss",
+                                tensor_json(LENS_F32, 2, (int64_t[]){B, T - 1}, per));
+        }
+        free(per);
+    }
+    free(none);
+    free(positions);
+    answer_tensors(job, a, fields);
+    return;
+oom:
+    srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+fail:
+    free(none);
+    free(positions);
+    tensor_answer_free(a);
+}
+
+/* Reads an optional list of indices below limit into *out (all when
+ * absent). */
+static int read_indices(json_t *body, const char *key, int limit, int **out, int *n,
+                        srv_response *resp) {
+    json_t *list = json_object_get(body, key);
+    *n = list ? (int)json_array_size(list) : limit;
+    if (list && (!json_is_array(list) || *n == 0)) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", key,
+                  "%s must be a non-empty list of integers", key);
+        return -1;
+    }
+    if (!(*out = malloc((size_t)*n * sizeof **out))) {
+        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        return -1;
+    }
+    for (int i = 0; i < *n; i++) {
+        json_t *v = list ? json_array_get(list, (size_t)i) : NULL;
+        long x = v ? (json_is_integer(v) ? (long)json_integer_value(v) : -1) : i;
+        if (x < 0 && v && json_is_integer(v)) x += limit;
+        if (x < 0 || x >= limit) {
+            char field[32];
+            snprintf(field, sizeof field, "%s[%d]", key, i);
+            srv_error(resp, 422, "unprocessable", field, "%s must be from 0 to %d", field,
+                      limit - 1);
+            free(*out);
+            *out = NULL;
+            return -1;
+        }
+        (*out)[i] = (int)x;
+    }
+    return 0;
+}
+
+static void run_attention(srv_job *job) {
+    srv_model *sm = job->model;
+    const lens_config *c = &sm->model->cfg;
+    srv_response *resp = &job->response;
+    tensor_answer *a = new_answer(c);
+    uint8_t *enabled = calloc(lens_hook_slots(c), 1);
+    int *layers = NULL, *heads = NULL, n_layers = 0, n_heads = 0;
+    lens_err err = {0};
+    if (!a || !enabled) {
+        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        goto fail;
+    }
+    if (!json_is_string(json_object_get(job->body, "prompt")) ||
+        json_object_get(job->body, "prompts") || json_object_get(job->body, "tokens")) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "prompt",
+                  "attention takes one prompt (a string)");
+        goto fail;
+    }
+    if (read_indices(job->body, "layers", c->n_layers, &layers, &n_layers, resp) ||
+        read_indices(job->body, "heads", c->n_heads, &heads, &n_heads, resp) ||
+        read_prompts(sm, job->body, &a->batch, resp))
+        goto fail;
+    for (int i = 0; i < n_layers; i++)
+        enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_PATTERN, layers[i]})] = 1;
+    const lens_cache_request req = {.enabled = enabled};
+    srv_metrics_batch(1);
+    if (lens_run_cache(sm->model, &sm->ws, &a->batch, &req, &a->cache, &err)) {
+        engine_error(resp, &err, NULL);
+        goto fail;
+    }
+    const int T = a->batch.T, H = c->n_heads;
+    float *patterns = a->extra[0] = malloc((size_t)n_layers * n_heads * T * T * sizeof *patterns);
+    if (!patterns || add_tokens(a)) {
+        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        goto fail;
+    }
+    for (int li = 0; li < n_layers; li++) {
+        const lens_captured *t = NULL;
+        for (int i = 0; i < a->cache.n && !t; i++)
+            if (a->cache.tensors[i].hook.layer == layers[li]) t = &a->cache.tensors[i];
+        for (int hi = 0; hi < n_heads; hi++)
+            memcpy(patterns + ((size_t)li * n_heads + hi) * T * T,
+                   (const float *)t->data + (size_t)heads[hi] * T * T,
+                   (size_t)T * T * sizeof *patterns);
+    }
+    (void)H;
+    add_tensor(a, "patterns", LENS_F32, 4, (int64_t[]){n_layers, n_heads, T, T}, patterns);
+    json_t *jl = json_array(), *jh = json_array();
+    for (int i = 0; i < n_layers; i++)
+        json_array_append_new(jl, json_integer(layers[i]));
+    for (int i = 0; i < n_heads; i++)
+        json_array_append_new(jh, json_integer(heads[i]));
+    json_t *str_tokens = str_tokens_json(sm->model, &a->batch);
+    json_t *fields = json_pack("{s:s, s:O, s:o, s:o}", "model", sm->name, "str_tokens",
+                               json_array_get(str_tokens, 0), "layers", jl, "heads", jh);
+    json_decref(str_tokens);
+    free(enabled);
+    free(layers);
+    free(heads);
+    answer_tensors(job, a, fields);
+    return;
+fail:
+    free(enabled);
+    free(layers);
+    free(heads);
+    tensor_answer_free(a);
+}
+
+static void run_test_prompt(srv_job *job) {
+    srv_model *sm = job->model;
+    srv_response *resp = &job->response;
+    json_t *prompt = json_object_get(job->body, "prompt"), *answer = json_object_get(job->body, "answer");
+    bool prepend_space, prepend_bos;
+    long top_k;
+    if (!json_is_string(prompt) || !json_is_string(answer)) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", json_is_string(prompt) ? "answer" : "prompt",
+                  "test_prompt needs prompt and answer, both strings");
+        return;
+    }
+    if (optional_bool(job->body, "prepend_space_to_answer", true, &prepend_space, resp) ||
+        optional_bool(job->body, "prepend_bos", sm->model->cfg.default_prepend_bos, &prepend_bos,
+                      resp) ||
+        optional_int(job->body, "top_k", 10, 0, sm->model->cfg.d_vocab_out, &top_k, resp))
+        return;
+    const char *answers[1] = {json_string_value(answer)};
+    char *text = NULL;
+    size_t text_len = 0;
+    FILE *out = open_memstream(&text, &text_len);
+    json_t *data = NULL;
+    lens_err err = {0};
+    const srv_test_prompt_opts opts = {.prepend_bos = prepend_bos,
+                                       .prepend_space_to_answer = prepend_space,
+                                       .top_k = (int)top_k};
+    int rc = out ? srv_test_prompt(sm->model, &sm->ws, json_string_value(prompt), answers, 1,
+                                   &opts, out, &data, &err)
+                 : -1;
+    if (out) fclose(out);
+    if (rc) {
+        engine_error(resp, &err, NULL);
+    } else {
+        json_object_set_new(data, "text", json_stringn(text, text_len));
+        json_object_set_new(data, "model", json_string(sm->name));
+        srv_json(resp, MHD_HTTP_OK, data);
+    }
+    free(text);
+}
+
+void srv_run_job(srv_job *job) {
+    switch (job->kind) {
+    case SRV_JOB_TOKENIZE:
+        run_tokenize(job);
+        break;
+    case SRV_JOB_DETOKENIZE:
+        run_detokenize(job);
+        break;
+    case SRV_JOB_LOGITS:
+        run_logits(job);
+        break;
+    case SRV_JOB_RUN_WITH_CACHE:
+        run_with_cache(job);
+        break;
+    case SRV_JOB_ATTENTION:
+        run_attention(job);
+        break;
+    case SRV_JOB_TEST_PROMPT:
+        run_test_prompt(job);
+        break;
+    }
+}
+
+/* ---- routing ------------------------------------------------------------ */
+
+static srv_model *find_model(const char *name, size_t len) {
+    for (int i = 0; i < srv_d.n_models; i++)
+        if (strlen(srv_d.models[i].name) == len && strncmp(srv_d.models[i].name, name, len) == 0)
+            return &srv_d.models[i];
+    return NULL;
+}
+
+static void raw_json(srv_response *resp, const char *json) {
+    resp->status = MHD_HTTP_OK;
+    resp->content_type = "application/json";
+    resp->body = strdup(json);
+    resp->body_len = strlen(json);
+}
+
+srv_job *srv_route(const char *method, const char *url, const char *accept, const char *body,
+                   size_t body_len, srv_response *resp) {
+    const bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
+    if (strcmp(url, "/healthz") == 0 || strcmp(url, "/readyz") == 0 ||
+        strcmp(url, "/metrics") == 0 || strcmp(url, "/v1/models") == 0) {
+        if (!get) {
+            srv_error(resp, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", NULL,
+                      "%s takes GET, not %s", url, method);
+        } else if (strcmp(url, "/healthz") == 0) {
+            srv_json(resp, MHD_HTTP_OK, json_pack("{s:s}", "status", "ok"));
+        } else if (strcmp(url, "/readyz") == 0) {
+            json_t *names = json_array();
+            for (int i = 0; i < srv_d.n_models; i++)
+                json_array_append_new(names, json_string(srv_d.models[i].name));
+            bool ready = srv_d.ready && !srv_d.draining;
+            srv_json(resp, ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE,
+                     json_pack("{s:s, s:o}", "status",
+                               ready ? "ready" : srv_d.draining ? "draining" : "starting",
+                               "models", names));
+        } else if (strcmp(url, "/metrics") == 0) {
+            resp->status = MHD_HTTP_OK;
+            resp->content_type = "text/plain; version=0.0.4";
+            resp->body = srv_metrics_text(&resp->body_len);
+        } else {
+            json_t *list = json_array();
+            for (int i = 0; i < srv_d.n_models; i++)
+                json_array_append_new(list, json_loads(srv_d.models[i].summary_json, 0, NULL));
+            srv_json(resp, MHD_HTTP_OK, json_pack("{s:o}", "models", list));
+        }
+        return NULL;
+    }
+    const char *prefix = "/v1/models/";
+    if (strncmp(url, prefix, strlen(prefix)) != 0) {
+        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", NULL, "no such route: %s", url);
+        return NULL;
+    }
+    if (!srv_d.ready) {
+        srv_error(resp, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
+                  "the models are still loading");
+        resp->retry_after_s = 2;
+        return NULL;
+    }
+    const char *name = url + strlen(prefix), *slash = strchr(name, '/');
+    srv_model *m = find_model(name, slash ? (size_t)(slash - name) : strlen(name));
+    if (!m) {
+        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", "model", "no model called \"%.*s\"",
+                  (int)(slash ? slash - name : (long)strlen(name)), name);
+        return NULL;
+    }
+    if (!slash || !slash[1]) {
+        if (get)
+            raw_json(resp, m->info_json);
+        else
+            srv_error(resp, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", NULL,
+                      "%s takes GET, not %s", url, method);
+        return NULL;
+    }
+    static const struct {
+        const char *action;
+        srv_job_kind kind;
+    } actions[] = {{"tokenize", SRV_JOB_TOKENIZE},     {"detokenize", SRV_JOB_DETOKENIZE},
+                   {"logits", SRV_JOB_LOGITS},         {"run_with_cache", SRV_JOB_RUN_WITH_CACHE},
+                   {"attention", SRV_JOB_ATTENTION},   {"test_prompt", SRV_JOB_TEST_PROMPT}};
+    const char *action = slash + 1;
+    int found = -1;
+    for (int i = 0; i < (int)(sizeof actions / sizeof actions[0]) && found < 0; i++)
+        if (strcmp(action, actions[i].action) == 0) found = i;
+    if (found < 0) {
+        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", NULL,
+                  "no such route: %s (model routes: tokenize, detokenize, logits, "
+                  "run_with_cache, attention, test_prompt)",
+                  url);
+        return NULL;
+    }
+    if (!post) {
+        srv_error(resp, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", NULL,
+                  "%s takes POST, not %s", url, method);
+        return NULL;
+    }
+    json_error_t jerr;
+    json_t *parsed = body_len ? json_loadb(body, body_len, 0, &jerr) : NULL;
+    if (!json_is_object(parsed)) {
+        if (body_len && !parsed)
+            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", NULL,
+                      "the body is not JSON: %s at line %d column %d", jerr.text, jerr.line,
+                      jerr.column);
+        else
+            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", NULL,
+                      "the body must be a JSON object");
+        json_decref(parsed);
+        return NULL;
+    }
+    srv_job *job = calloc(1, sizeof *job);
+    if (!job) {
+        json_decref(parsed);
+        srv_error(resp, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL, "out of memory");
+        return NULL;
+    }
+    job->kind = actions[found].kind;
+    job->model = m;
+    job->body = parsed;
+    job->accept = accept;
+    return job;
+}

@@ -1,0 +1,172 @@
+/*
+ * sched.c: the scheduler. A libuv loop, on the thread that calls
+ * srv_sched_run_until_signal, takes jobs from libmicrohttpd's threads
+ * through an inbox and queues each on its model, bounded (503 with
+ * Retry-After when full, and while draining); it also owns SIGINT and
+ * SIGTERM. Each model has one executor thread, the only one that touches
+ * the model and its device memory, which runs its queue in order.
+ */
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "kernels/lk.h"
+#include "server/daemon.h"
+
+static uv_loop_t loop;
+static uv_async_t inbox_ready;
+static uv_signal_t on_sigint, on_sigterm;
+static pthread_mutex_t inbox_lock = PTHREAD_MUTEX_INITIALIZER;
+static srv_job *inbox_head, *inbox_tail;
+static bool inbox_closed; /* draining: submissions are refused where they are made */
+
+static void finish(srv_job *job) { MHD_resume_connection(job->connection); }
+
+static void *executor(void *arg) {
+    srv_model *m = arg;
+    lk_set_threads(0); /* OpenMP's thread count is per thread */
+    pthread_mutex_lock(&m->lock);
+    for (;;) {
+        while (!m->head && !m->stopping)
+            pthread_cond_wait(&m->wake, &m->lock);
+        if (!m->head) break; /* stopping, and nothing left */
+        srv_job *job = m->head;
+        m->head = job->next;
+        if (!m->head) m->tail = NULL;
+        m->busy = true;
+        pthread_mutex_unlock(&m->lock);
+        srv_run_job(job);
+        finish(job);
+        pthread_mutex_lock(&m->lock);
+        m->busy = false;
+        m->queued--;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return NULL;
+}
+
+/* Queues the inbox's jobs on their models (loop thread). */
+static void take_inbox(uv_async_t *handle) {
+    (void)handle;
+    pthread_mutex_lock(&inbox_lock);
+    srv_job *job = inbox_head;
+    inbox_head = inbox_tail = NULL;
+    pthread_mutex_unlock(&inbox_lock);
+    while (job) {
+        srv_job *next = job->next;
+        job->next = NULL;
+        srv_model *m = job->model;
+        pthread_mutex_lock(&m->lock);
+        const int limit = srv_d.cfg.limits.queue_length;
+        const int waiting = m->queued - (m->busy ? 1 : 0);
+        const bool refuse = srv_d.draining || m->stopping || waiting >= limit;
+        if (!refuse) {
+            if (m->tail)
+                m->tail->next = job;
+            else
+                m->head = job;
+            m->tail = job;
+            m->queued++;
+            pthread_cond_signal(&m->wake);
+        }
+        pthread_mutex_unlock(&m->lock);
+        if (refuse) {
+            if (srv_d.draining)
+                srv_error(&job->response, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
+                          "the server is shutting down");
+            else
+                srv_error(&job->response, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
+                          "model %s has %d requests waiting, its limit; try again shortly",
+                          m->name, limit);
+            job->response.retry_after_s = 1;
+            finish(job);
+        }
+        job = next;
+    }
+}
+
+void srv_sched_submit(srv_job *job) {
+    pthread_mutex_lock(&inbox_lock);
+    if (inbox_closed) {
+        pthread_mutex_unlock(&inbox_lock);
+        srv_error(&job->response, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
+                  "the server is shutting down");
+        job->response.retry_after_s = 1;
+        finish(job);
+        return;
+    }
+    if (inbox_tail)
+        inbox_tail->next = job;
+    else
+        inbox_head = job;
+    inbox_tail = job;
+    pthread_mutex_unlock(&inbox_lock);
+    uv_async_send(&inbox_ready);
+}
+
+int srv_sched_depth(const srv_model *m) {
+    pthread_mutex_lock((pthread_mutex_t *)&m->lock);
+    int depth = m->queued;
+    pthread_mutex_unlock((pthread_mutex_t *)&m->lock);
+    return depth;
+}
+
+/* SIGINT or SIGTERM: refuse new work, let the executors empty their queues,
+ * then end the loop (loop thread). */
+static void drain(uv_signal_t *handle, int signum) {
+    (void)handle;
+    if (srv_d.draining) return;
+    fprintf(stderr, "lensd: %s: finishing %s work, refusing new requests\n",
+            signum == SIGINT ? "SIGINT" : "SIGTERM", "queued");
+    srv_d.draining = 1;
+    MHD_socket listener = MHD_quiesce_daemon(srv_d.http); /* no new connections */
+    if (listener != MHD_INVALID_SOCKET) close(listener);
+    pthread_mutex_lock(&inbox_lock);
+    inbox_closed = true;
+    pthread_mutex_unlock(&inbox_lock);
+    take_inbox(NULL); /* anything submitted before this answers 503 now */
+    for (int i = 0; i < srv_d.n_models; i++) {
+        srv_model *m = &srv_d.models[i];
+        pthread_mutex_lock(&m->lock);
+        m->stopping = true;
+        pthread_cond_broadcast(&m->wake);
+        pthread_mutex_unlock(&m->lock);
+    }
+    for (int i = 0; i < srv_d.n_models; i++)
+        pthread_join(srv_d.models[i].executor, NULL);
+    uv_signal_stop(&on_sigint);
+    uv_signal_stop(&on_sigterm);
+    uv_close((uv_handle_t *)&on_sigint, NULL);
+    uv_close((uv_handle_t *)&on_sigterm, NULL);
+    uv_close((uv_handle_t *)&inbox_ready, NULL);
+}
+
+int srv_sched_start(lens_err *err) {
+    int rc = uv_loop_init(&loop);
+    if (!rc) rc = uv_async_init(&loop, &inbox_ready, take_inbox);
+    if (!rc) rc = uv_signal_init(&loop, &on_sigint);
+    if (!rc) rc = uv_signal_init(&loop, &on_sigterm);
+    if (!rc) rc = uv_signal_start(&on_sigint, drain, SIGINT);
+    if (!rc) rc = uv_signal_start(&on_sigterm, drain, SIGTERM);
+    if (rc) {
+        lens_err_set(err, "scheduler: %s", uv_strerror(rc));
+        return -1;
+    }
+    for (int i = 0; i < srv_d.n_models; i++) {
+        srv_model *m = &srv_d.models[i];
+        pthread_mutex_init(&m->lock, NULL);
+        pthread_cond_init(&m->wake, NULL);
+        if (pthread_create(&m->executor, NULL, executor, m)) {
+            lens_err_set(err, "scheduler: cannot start the executor of %s", m->name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void srv_sched_run_until_signal(void) {
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+}

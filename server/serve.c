@@ -1,0 +1,131 @@
+/*
+ * serve.c: `lensd serve` — configuration, start-up order and shutdown.
+ *
+ * Start-up: configuration (refused with the field named), access control
+ * (no tokens and a non-loopback address: refused unless --insecure), HTTP
+ * listening (the address is the first line on stdout; until the models are
+ * loaded /readyz says "starting" and model routes answer 503), the models,
+ * one executor each, then ready. SIGINT/SIGTERM: finish queued work, refuse
+ * new work, exit 0.
+ */
+#include "server/serve.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/cli.h"
+#include "server/daemon.h"
+
+srv_daemon srv_d;
+
+/* Loads and places one model, with its info JSON. */
+static int load_model(srv_model *sm, const srv_model_spec *spec, lens_err *err) {
+    char why[512];
+    lk_device *dev = lk_open(spec->device ? spec->device : "cpu", why, sizeof why);
+    if (!dev) {
+        lens_err_set(err, "model %s: device: %s", spec->name, why);
+        return -1;
+    }
+    lens_model *m = lens_model_load(spec->source, &spec->load, err);
+    if (!m || lens_model_place(m, dev, err)) {
+        lens_err_prefix(err, "model %s", spec->name);
+        lens_model_free(m);
+        lk_close(dev);
+        return -1;
+    }
+    json_t *info = srv_model_info_json(m);
+    json_object_set_new(info, "name", json_string(spec->name));
+    sm->info_json = json_dumps(info, JSON_COMPACT);
+    json_object_del(info, "hook_points");
+    sm->summary_json = json_dumps(info, JSON_COMPACT);
+    json_decref(info);
+    sm->model = m;
+    if (m->n_nonfinite_weights)
+        fprintf(stderr, "lensd: warning: %s has %zu NaN or infinite weights\n", spec->name,
+                m->n_nonfinite_weights);
+    fprintf(stderr, "lensd: loaded %s from %s on %s\n", spec->name, m->source,
+            spec->device ? spec->device : "cpu");
+    return sm->info_json && sm->summary_json ? 0 : -1;
+}
+
+static void free_models(void) {
+    for (int i = 0; i < srv_d.n_models; i++) {
+        srv_model *sm = &srv_d.models[i];
+        lens_workspace_free(&sm->ws);
+        if (sm->model) {
+            lk_device *dev = sm->model->device;
+            lens_model_free(sm->model);
+            lk_close(dev);
+        }
+        free(sm->info_json);
+        free(sm->summary_json);
+    }
+    free(srv_d.models);
+}
+
+int srv_serve_main(int argc, char **argv) {
+    lens_err err = {0};
+    int status = 1;
+    if (srv_config_load(&srv_d.cfg, argc, argv, &err)) {
+        fprintf(stderr, "lensd serve: %s\n", err.msg);
+        return 1;
+    }
+    const srv_config *cfg = &srv_d.cfg;
+    if (!cfg->tokens_file && !srv_config_loopback(cfg->host) && !cfg->insecure) {
+        fprintf(stderr,
+                "lensd serve: refusing to listen on %s without access tokens: set tokens_file "
+                "(or --tokens-file), or pass --insecure to serve everyone who can reach it\n",
+                cfg->host);
+        goto out;
+    }
+    if (cfg->n_models == 0) {
+        fprintf(stderr, "lensd serve: no models: give --model NAME=PATH or a config file with "
+                        "\"models\"\n");
+        goto out;
+    }
+    if (cfg->tokens_file && !(srv_d.auth = srv_auth_load(cfg->tokens_file, &err))) {
+        fprintf(stderr, "lensd serve: %s\n", err.msg);
+        goto out;
+    }
+    srv_d.n_models = cfg->n_models;
+    if (!(srv_d.models = calloc((size_t)cfg->n_models, sizeof *srv_d.models))) goto out;
+    for (int i = 0; i < cfg->n_models; i++)
+        srv_d.models[i].name = cfg->models[i].name;
+    int port = srv_http_start(&err);
+    if (port < 0) {
+        fprintf(stderr, "lensd serve: %s\n", err.msg);
+        goto out;
+    }
+    const char *scheme = cfg->tls_cert ? "https" : "http";
+    const bool v6 = strchr(cfg->host, ':') != NULL;
+    printf("lensd listening on %s://%s%s%s:%d\n", scheme, v6 ? "[" : "", cfg->host, v6 ? "]" : "",
+           port);
+    if (srv_d.web_root[0])
+        printf("dashboard: %s://%s%s%s:%d/\n", scheme, v6 ? "[" : "", cfg->host, v6 ? "]" : "",
+               port);
+    fflush(stdout);
+    for (int i = 0; i < cfg->n_models; i++) {
+        if (load_model(&srv_d.models[i], &cfg->models[i], &err)) {
+            fprintf(stderr, "lensd serve: %s\n", err.msg);
+            srv_http_stop();
+            goto out;
+        }
+    }
+    if (srv_sched_start(&err)) {
+        fprintf(stderr, "lensd serve: %s\n", err.msg);
+        srv_http_stop();
+        goto out;
+    }
+    srv_d.ready = 1;
+    fprintf(stderr, "lensd: ready: %d model%s\n", cfg->n_models, cfg->n_models == 1 ? "" : "s");
+    srv_sched_run_until_signal();
+    srv_http_stop();
+    fprintf(stderr, "lensd: stopped\n");
+    status = 0;
+out:
+    free_models();
+    srv_auth_free(srv_d.auth);
+    srv_config_free(&srv_d.cfg);
+    return status;
+}
