@@ -633,7 +633,7 @@ static int flag_int(const char *s, const char *flag, int lo, int hi, int *out, l
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
-    if (end == s || *end || errno || v < lo || v > hi || s[0] == ' ') {
+    if (!strchr("+-0123456789", s[0]) || end == s || *end || errno || v < lo || v > hi) {
         lens_err_set(err, "%s: expected an integer from %d to %d, got \"%s\"", flag, lo, hi, s);
         return -1;
     }

@@ -43,6 +43,7 @@ typedef enum srv_job_kind {
     SRV_JOB_RUN_WITH_CACHE,
     SRV_JOB_ATTENTION,
     SRV_JOB_TEST_PROMPT,
+    SRV_JOB_LOGIT_DIFF,
 } srv_job_kind;
 
 typedef struct srv_model srv_model;

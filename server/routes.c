@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/attribution.h"
 #include "core/capture.h"
 #include "core/prompt.h"
 #include "core/safetensors.h"
@@ -1024,6 +1025,316 @@ static void run_test_prompt(srv_job *job) {
     free(text);
 }
 
+/* ---- logit_diff and its attribution ---------------------------------------- */
+
+/* One answer: a string that is one token (no BOS), or a token id. */
+static int read_answer(const lens_model *m, json_t *v, const char *field, int32_t *id,
+                       srv_response *resp) {
+    if (json_is_integer(v)) {
+        if (json_integer_value(v) < 0 || json_integer_value(v) >= m->cfg.d_vocab_out) {
+            srv_error(resp, 422, "unprocessable", field, "%s must be a token id from 0 to %d",
+                      field, m->cfg.d_vocab_out - 1);
+            return -1;
+        }
+        *id = (int32_t)json_integer_value(v);
+        return 0;
+    }
+    if (!json_is_string(v)) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
+                  "%s must be a string (one token) or a token id", field);
+        return -1;
+    }
+    int32_t *ids = NULL;
+    int n = 0;
+    lens_err err = {0};
+    if (lens_prompt_tokens(m, json_string_value(v), false, &ids, &n, &err)) {
+        engine_error(resp, &err, field);
+        return -1;
+    }
+    if (n != 1) {
+        srv_error(resp, 422, "unprocessable", field,
+                  "%s is %d tokens; answers must be single tokens (to_single_token)", field, n);
+        free(ids);
+        return -1;
+    }
+    *id = ids[0] < m->cfg.d_vocab_out ? ids[0] : -1;
+    free(ids);
+    if (*id < 0) {
+        srv_error(resp, 422, "unprocessable", field, "%s is not an output token", field);
+        return -1;
+    }
+    return 0;
+}
+
+/* "answers": one [answer, wrong] pair for every prompt, or a pair per prompt. */
+static int read_answer_pairs(const lens_model *m, json_t *body, int B, int32_t *answer,
+                             int32_t *wrong, srv_response *resp) {
+    json_t *pairs = json_object_get(body, "answers");
+    if (!json_is_array(pairs) || json_array_size(pairs) == 0) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "answers",
+                  "answers must be a pair [answer, wrong answer] or a list of one pair per "
+                  "prompt");
+        return -1;
+    }
+    const bool one = !json_is_array(json_array_get(pairs, 0));
+    if (!one && (int)json_array_size(pairs) != B) {
+        srv_error(resp, 422, "unprocessable", "answers",
+                  "answers has %zu pairs for %d prompts", json_array_size(pairs), B);
+        return -1;
+    }
+    for (int b = 0; b < B; b++) {
+        json_t *pair = one ? pairs : json_array_get(pairs, (size_t)b);
+        char field[48];
+        snprintf(field, sizeof field, one ? "answers" : "answers[%d]", b);
+        if (!json_is_array(pair) || json_array_size(pair) != 2) {
+            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
+                      "%s must be a pair [answer, wrong answer]", field);
+            return -1;
+        }
+        char f0[sizeof field + 4], f1[sizeof field + 4];
+        snprintf(f0, sizeof f0, "%s[0]", field);
+        snprintf(f1, sizeof f1, "%s[1]", field);
+        if (read_answer(m, json_array_get(pair, 0), f0, &answer[b], resp) ||
+            read_answer(m, json_array_get(pair, 1), f1, &wrong[b], resp))
+            return -1;
+    }
+    return 0;
+}
+
+/* A captured tensor by hook, or NULL. */
+static const lens_captured *captured(const lens_cache *cache, lens_hook_kind kind, int layer) {
+    for (int i = 0; i < cache->n; i++)
+        if (cache->tensors[i].hook.kind == kind && cache->tensors[i].hook.layer == layer)
+            return &cache->tensors[i];
+    return NULL;
+}
+
+/* Row (b, t) of a [B, T, d] activation. */
+static const float *row_at(const lens_captured *t, int b, int pos) {
+    const size_t T = (size_t)t->shape[1], d = (size_t)t->shape[2];
+    return (const float *)t->data + ((size_t)b * T + (size_t)pos) * d;
+}
+
+/* One attribution's labels and values [components, B] as JSON, with the
+ * batch mean. */
+static json_t *attribution_json(json_t *labels, const float *attrs, int n, int B) {
+    json_t *per_prompt = json_array(), *mean = json_array();
+    for (int i = 0; i < n; i++) {
+        json_t *row = json_array();
+        double sum = 0.0;
+        for (int b = 0; b < B; b++) {
+            json_array_append_new(row, json_float(attrs[(size_t)i * B + b]));
+            sum += attrs[(size_t)i * B + b];
+        }
+        json_array_append_new(per_prompt, row);
+        json_array_append_new(mean, json_float((float)(sum / B)));
+    }
+    return json_pack("{s:o, s:o, s:o}", "labels", labels, "per_prompt", per_prompt, "mean", mean);
+}
+
+enum { ATTR_ACCUMULATED = 1, ATTR_DECOMPOSE = 2, ATTR_HEADS = 4 };
+
+static int read_attribution(json_t *body, unsigned *which, srv_response *resp) {
+    json_t *list = json_object_get(body, "attribution");
+    *which = 0;
+    if (!list) return 0;
+    if (!json_is_array(list)) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "attribution",
+                  "attribution must be a list of \"accumulated_resid\", \"decompose_resid\", "
+                  "\"heads\"");
+        return -1;
+    }
+    for (size_t i = 0; i < json_array_size(list); i++) {
+        const char *s = json_string_value(json_array_get(list, i));
+        unsigned bit = !s                                     ? 0
+                       : strcmp(s, "accumulated_resid") == 0 ? ATTR_ACCUMULATED
+                       : strcmp(s, "decompose_resid") == 0   ? ATTR_DECOMPOSE
+                       : strcmp(s, "heads") == 0             ? ATTR_HEADS
+                                                              : 0;
+        if (!bit) {
+            char field[48];
+            snprintf(field, sizeof field, "attribution[%zu]", i);
+            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
+                      "%s must be \"accumulated_resid\", \"decompose_resid\" or \"heads\"", field);
+            return -1;
+        }
+        *which |= bit;
+    }
+    return 0;
+}
+
+static void run_logit_diff(srv_job *job) {
+    srv_model *sm = job->model;
+    const lens_model *m = sm->model;
+    const lens_config *c = &m->cfg;
+    srv_response *resp = &job->response;
+    const int L = c->n_layers, H = c->n_heads, d = c->d_model, dh = c->d_head, V = c->d_vocab_out;
+    lens_token_batch batch = {0};
+    lens_cache cache = {0};
+    uint8_t *enabled = calloc(lens_hook_slots(c), 1);
+    int32_t *answer = NULL, *wrong = NULL, *pos = NULL;
+    float *dirs = NULL, *stack = NULL, *attrs = NULL;
+    unsigned which;
+    long position;
+    lens_err err = {0};
+    if (!enabled) goto oom;
+    if (read_attribution(job->body, &which, resp) || read_prompts(sm, job->body, &batch, resp) ||
+        optional_int(job->body, "position", 0, -(long)batch.T, batch.T - 1, &position, resp))
+        goto out;
+    const int B = batch.B, T = batch.T;
+    answer = malloc((size_t)B * sizeof *answer);
+    wrong = malloc((size_t)B * sizeof *wrong);
+    pos = malloc((size_t)B * sizeof *pos);
+    dirs = malloc((size_t)B * d * sizeof *dirs);
+    /* components: accumulated 2L+1, decompose 2+2L, heads L*H */
+    const int max_components = 2 * L + 2 + L * H;
+    stack = malloc((size_t)max_components * d * sizeof *stack);
+    attrs = malloc((size_t)max_components * B * sizeof *attrs);
+    if (!answer || !wrong || !pos || !dirs || !stack || !attrs) goto oom;
+    if (read_answer_pairs(m, job->body, B, answer, wrong, resp)) goto out;
+    const bool explicit_position = json_object_get(job->body, "position") != NULL;
+    for (int b = 0; b < B; b++) {
+        pos[b] = explicit_position ? (int32_t)(position < 0 ? position + T : position)
+                 : batch.attn_mask ? T - 1 /* left padding: the last position is real */
+                                   : batch.lengths[b] - 1;
+        lens_logit_direction(m, answer[b], wrong[b], dirs + (size_t)b * d);
+    }
+    if (which) {
+        const bool mlp = !c->attn_only;
+        for (int l = 0; l < L; l++) {
+            enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_RESID_PRE, l})] |= which & ATTR_ACCUMULATED;
+            if (mlp)
+                enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_RESID_MID, l})] |=
+                    which & ATTR_ACCUMULATED;
+            enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_ATTN_OUT, l})] |= which & ATTR_DECOMPOSE;
+            if (mlp)
+                enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_MLP_OUT, l})] |= which & ATTR_DECOMPOSE;
+            enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_Z, l})] |= which & ATTR_HEADS;
+        }
+        enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_RESID_POST, L - 1})] |= which & ATTR_ACCUMULATED;
+        enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_EMBED, 0})] |= which & ATTR_DECOMPOSE;
+        enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_POS_EMBED, 0})] |= which & ATTR_DECOMPOSE;
+        if (c->normalization != LENS_NORM_NONE)
+            enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_LN_FINAL_SCALE, 0})] = 1;
+    }
+    const lens_cache_request req = {.enabled = enabled, .logits = true, .logit_positions = pos};
+    srv_metrics_batch(B);
+    if (lens_run_cache(m, &sm->ws, &batch, &req, &cache, &err)) {
+        engine_error(resp, &err, NULL);
+        goto out;
+    }
+    json_t *diffs = json_array(), *pairs = json_array(), *positions = json_array();
+    double total = 0.0;
+    for (int b = 0; b < B; b++) {
+        const float *row = cache.logits + (size_t)b * V;
+        float diff = row[answer[b]] - row[wrong[b]];
+        total += diff;
+        json_array_append_new(diffs, json_float(diff));
+        json_array_append_new(pairs, json_pack("[i, i]", answer[b], wrong[b]));
+        json_array_append_new(positions, json_integer(pos[b]));
+    }
+    json_t *result = json_pack("{s:s, s:o, s:o, s:o, s:o}", "model", sm->name, "answers", pairs,
+                               "positions", positions, "logit_diff", diffs, "mean",
+                               json_float((float)(total / B)));
+    const lens_captured *scale = captured(&cache, LENS_HOOK_LN_FINAL_SCALE, 0);
+    for (unsigned kind = ATTR_ACCUMULATED; kind <= ATTR_HEADS; kind <<= 1) {
+        if (!(which & kind)) continue;
+        json_t *labels = json_array();
+        int n = 0;
+        for (int b = 0; b < B; b++) {
+            n = 0;
+            char label[32];
+#define PUSH(src, text)                                                                            \
+    do {                                                                                           \
+        memcpy(stack + (size_t)n * d, (src), (size_t)d * sizeof *stack);                           \
+        if (b == 0) json_array_append_new(labels, json_string(text));                              \
+        n++;                                                                                       \
+    } while (0)
+            if (kind == ATTR_ACCUMULATED) {
+                for (int l = 0; l < L; l++) {
+                    snprintf(label, sizeof label, "%d_pre", l);
+                    PUSH(row_at(captured(&cache, LENS_HOOK_RESID_PRE, l), b, pos[b]), label);
+                    if (c->attn_only) continue;
+                    snprintf(label, sizeof label, "%d_mid", l);
+                    PUSH(row_at(captured(&cache, LENS_HOOK_RESID_MID, l), b, pos[b]), label);
+                }
+                PUSH(row_at(captured(&cache, LENS_HOOK_RESID_POST, L - 1), b, pos[b]), "final_post");
+            } else if (kind == ATTR_DECOMPOSE) {
+                PUSH(row_at(captured(&cache, LENS_HOOK_EMBED, 0), b, pos[b]), "embed");
+                PUSH(row_at(captured(&cache, LENS_HOOK_POS_EMBED, 0), b, pos[b]), "pos_embed");
+                for (int l = 0; l < L; l++) {
+                    snprintf(label, sizeof label, "%d_attn_out", l);
+                    PUSH(row_at(captured(&cache, LENS_HOOK_ATTN_OUT, l), b, pos[b]), label);
+                    if (c->attn_only) continue;
+                    snprintf(label, sizeof label, "%d_mlp_out", l);
+                    PUSH(row_at(captured(&cache, LENS_HOOK_MLP_OUT, l), b, pos[b]), label);
+                }
+            } else {
+                /* stack_head_results: z[b, pos, h] @ W_O[h], no b_O */
+                for (int l = 0; l < L; l++) {
+                    const lens_captured *z = captured(&cache, LENS_HOOK_Z, l);
+                    const float *zrow = (const float *)z->data + ((size_t)b * T + pos[b]) * H * dh;
+                    for (int h = 0; h < H; h++) {
+                        float *out = stack + (size_t)n * d;
+                        const float *W_O = m->w.layers[l].W_O + (size_t)h * dh * d;
+                        for (int k = 0; k < d; k++) {
+                            double sum = 0.0;
+                            for (int j = 0; j < dh; j++)
+                                sum += (double)zrow[h * dh + j] * W_O[(size_t)j * d + k];
+                            out[k] = (float)sum;
+                        }
+                        snprintf(label, sizeof label, "L%dH%d", l, h);
+                        if (b == 0) json_array_append_new(labels, json_string(label));
+                        n++;
+                    }
+                }
+            }
+#undef PUSH
+            float one_scale = scale ? ((const float *)scale->data)[(size_t)b * T + pos[b]] : 1.0f;
+            float *col = malloc((size_t)n * sizeof *col);
+            if (!col) {
+                json_decref(labels);
+                json_decref(result);
+                goto oom;
+            }
+            lens_logit_attrs(c, stack, n, one_scale, dirs + (size_t)b * d, col);
+            for (int i = 0; i < n; i++)
+                attrs[(size_t)i * B + b] = col[i];
+            free(col);
+        }
+        const char *key = kind == ATTR_ACCUMULATED ? "accumulated_resid"
+                          : kind == ATTR_DECOMPOSE ? "decompose_resid"
+                                                   : "heads";
+        json_t *section = attribution_json(labels, attrs, n, B);
+        if (kind == ATTR_HEADS) { /* the mean as [layer][head], for heatmaps */
+            json_t *grid = json_array();
+            for (int l = 0; l < L; l++) {
+                json_t *row = json_array();
+                for (int h = 0; h < H; h++)
+                    json_array_append(row, json_array_get(json_object_get(section, "mean"),
+                                                          (size_t)l * H + h));
+                json_array_append_new(grid, row);
+            }
+            json_object_set_new(section, "grid", grid);
+        }
+        json_object_set_new(result, key, section);
+    }
+    srv_json(resp, MHD_HTTP_OK, result);
+    goto out;
+oom:
+    srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+out:
+    free(enabled);
+    free(answer);
+    free(wrong);
+    free(pos);
+    free(dirs);
+    free(stack);
+    free(attrs);
+    lens_cache_free(&cache);
+    lens_token_batch_free(&batch);
+}
+
 void srv_run_job(srv_job *job) {
     switch (job->kind) {
     case SRV_JOB_TOKENIZE:
@@ -1043,6 +1354,9 @@ void srv_run_job(srv_job *job) {
         break;
     case SRV_JOB_TEST_PROMPT:
         run_test_prompt(job);
+        break;
+    case SRV_JOB_LOGIT_DIFF:
+        run_logit_diff(job);
         break;
     }
 }
@@ -1125,7 +1439,8 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
         srv_job_kind kind;
     } actions[] = {{"tokenize", SRV_JOB_TOKENIZE},     {"detokenize", SRV_JOB_DETOKENIZE},
                    {"logits", SRV_JOB_LOGITS},         {"run_with_cache", SRV_JOB_RUN_WITH_CACHE},
-                   {"attention", SRV_JOB_ATTENTION},   {"test_prompt", SRV_JOB_TEST_PROMPT}};
+                   {"attention", SRV_JOB_ATTENTION},   {"test_prompt", SRV_JOB_TEST_PROMPT},
+                   {"logit_diff", SRV_JOB_LOGIT_DIFF}};
     const char *action = slash + 1;
     int found = -1;
     for (int i = 0; i < (int)(sizeof actions / sizeof actions[0]) && found < 0; i++)
@@ -1133,7 +1448,7 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
     if (found < 0) {
         srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", NULL,
                   "no such route: %s (model routes: tokenize, detokenize, logits, "
-                  "run_with_cache, attention, test_prompt)",
+                  "run_with_cache, attention, test_prompt, logit_diff)",
                   url);
         return NULL;
     }
