@@ -53,9 +53,13 @@ static void copy_rows(lens_captured *dst, const lens_tensor *act, const chunk_st
 }
 
 static int on_hook(void *user, lens_hook hook, lens_tensor *act, lens_err *err) {
-    (void)err;
     chunk_state *st = user;
-    copy_rows(st->by_slot[lens_hook_slot(st->cfg, hook)], act, st);
+    const size_t slot = lens_hook_slot(st->cfg, hook);
+    const lens_cache_request *req = st->req;
+    if (req->intervene && req->intervene[slot] &&
+        req->intervention(req->intervention_user, hook, act, st->row0, err))
+        return -1;
+    if (st->by_slot[slot]) copy_rows(st->by_slot[slot], act, st);
     return 0;
 }
 
@@ -134,6 +138,15 @@ int lens_run_cache(const lens_model *m, lens_workspace *ws, const lens_token_bat
         by_slot[lens_hook_slot(c, out->tensors[i].hook)] = &out->tensors[i];
     const int B = batch->B, T = batch->T, V = c->d_vocab_out;
     const int step = chunk_rows(m, B, T);
+    const size_t slots = lens_hook_slots(c);
+    uint8_t *fire = req->intervene ? malloc(slots) : NULL;
+    if (req->intervene && !fire) {
+        free(by_slot);
+        lens_err_set_code(err, LENS_ERR_NO_MEMORY, "out of host memory");
+        return -1;
+    }
+    for (size_t i = 0; fire && i < slots; i++)
+        fire[i] = req->enabled[i] || req->intervene[i];
     const size_t logit_rows_per_prompt = req->logit_positions ? 1 : (size_t)T;
     chunk_state st = {c, by_slot, req, 0, 0};
     int rc = 0;
@@ -147,14 +160,16 @@ int lens_run_cache(const lens_model *m, lens_workspace *ws, const lens_token_bat
             .attn_mask = batch->attn_mask ? batch->attn_mask + (size_t)row0 * T : NULL,
         };
         const lens_run run = {
-            .hooks_enabled = req->enabled,
+            .hooks_enabled = fire ? fire : req->enabled,
             .on_hook = on_hook,
             .user = &st,
+            .hooks_modify = fire != NULL,
             .logits = out->logits ? out->logits + (size_t)row0 * logit_rows_per_prompt * V : NULL,
             .logit_positions = req->logit_positions ? req->logit_positions + row0 : NULL,
         };
         rc = lens_forward(m, ws, &chunk, &run, err);
     }
+    free(fire);
     free(by_slot);
     return rc;
 }

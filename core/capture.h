@@ -30,6 +30,13 @@ typedef struct lens_cache_request {
     int n_positions;
     bool logits;                    /* compute the logits too */
     const int32_t *logit_positions; /* [B]: one logit row per prompt there; NULL: every position */
+    /* Interventions: at the hook points of intervene ([slots], or NULL for
+     * none), intervention runs first and may change the activation in place
+     * (its row0 argument locates the chunk's first prompt in the batch);
+     * what it leaves is what the model and the capture see. */
+    const uint8_t *intervene;
+    int (*intervention)(void *user, lens_hook hook, lens_tensor *act, int row0, lens_err *err);
+    void *intervention_user;
 } lens_cache_request;
 
 /* The result: tensors in TL's firing order, and the logits. */

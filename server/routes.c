@@ -14,6 +14,7 @@
 
 #include "core/attribution.h"
 #include "core/capture.h"
+#include "core/intervene.h"
 #include "core/prompt.h"
 #include "core/safetensors.h"
 #include "server/daemon.h"
@@ -1335,6 +1336,378 @@ out:
     lens_token_batch_free(&batch);
 }
 
+/* Puts prefix before the field of the error in resp (or names fallback when
+ * it has none): errors of a nested object name their full path. */
+static void prefix_error_field(srv_response *resp, const char *prefix, const char *fallback) {
+    json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
+    json_t *error = json_object_get(root, "error");
+    const char *field = json_string_value(json_object_get(error, "field"));
+    char path[192];
+    snprintf(path, sizeof path, "%s%s", prefix, field ? field : fallback);
+    json_object_set_new(error, "field", json_string(path));
+    char *body = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    if (!body) return;
+    free(resp->body);
+    resp->body = body;
+    resp->body_len = strlen(body);
+}
+
+/* ---- run_with_hooks ------------------------------------------------------ */
+
+/* A list of numbers, or one number, into a new array. */
+static float *read_numbers(json_t *v, int *n) {
+    *n = json_is_array(v) ? (int)json_array_size(v) : 1;
+    float *out = *n ? malloc((size_t)*n * sizeof *out) : NULL;
+    for (int i = 0; out && i < *n; i++) {
+        json_t *x = json_is_array(v) ? json_array_get(v, (size_t)i) : v;
+        if (!json_is_number(x)) {
+            free(out);
+            return NULL;
+        }
+        out[i] = (float)json_number_value(x);
+    }
+    return out;
+}
+
+/* Everything one run_with_hooks request owns. */
+typedef struct hooks_request {
+    lens_intervention *items;
+    int n;
+    float **values;        /* per item */
+    int32_t **positions;   /* per item */
+    int32_t **heads;       /* per item */
+    lens_captured *means;  /* per item: the batch mean of a clean run (mean ablation) */
+    lens_token_batch source_batch;
+    lens_cache source;     /* the patch_from run */
+} hooks_request;
+
+static void hooks_request_free(hooks_request *h) {
+    for (int i = 0; i < h->n; i++) {
+        free(h->values[i]);
+        free(h->positions[i]);
+        free(h->heads[i]);
+        free(h->means ? h->means[i].data : NULL);
+    }
+    free(h->items);
+    free(h->values);
+    free(h->positions);
+    free(h->heads);
+    free(h->means);
+    lens_token_batch_free(&h->source_batch);
+    lens_cache_free(&h->source);
+}
+
+/* Parses "hooks" into h (T positions per prompt). Ops: zero, mean, set,
+ * add, scale, patch. */
+static int read_hooks(const lens_config *c, json_t *body, int T, hooks_request *h,
+                      srv_response *resp) {
+    json_t *list = json_object_get(body, "hooks");
+    if (!json_is_array(list) || json_array_size(list) == 0) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "hooks",
+                  "hooks must be a non-empty list of {\"name\", \"op\", ...}");
+        return -1;
+    }
+    h->n = (int)json_array_size(list);
+    h->items = calloc((size_t)h->n, sizeof *h->items);
+    h->values = calloc((size_t)h->n, sizeof *h->values);
+    h->positions = calloc((size_t)h->n, sizeof *h->positions);
+    h->heads = calloc((size_t)h->n, sizeof *h->heads);
+    h->means = calloc((size_t)h->n, sizeof *h->means);
+    if (!h->items || !h->values || !h->positions || !h->heads || !h->means) {
+        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        return -1;
+    }
+    static const struct {
+        const char *name;
+        lens_op op;
+    } ops[] = {{"zero", LENS_OP_ZERO}, {"mean", LENS_OP_COPY}, {"set", LENS_OP_SET},
+               {"add", LENS_OP_ADD},   {"scale", LENS_OP_SCALE}, {"patch", LENS_OP_COPY}};
+    for (int i = 0; i < h->n; i++) {
+        json_t *item = json_array_get(list, (size_t)i);
+        lens_intervention *it = &h->items[i];
+        char field[64];
+        snprintf(field, sizeof field, "hooks[%d]", i);
+        if (!json_is_object(item)) {
+            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field, "%s must be an object",
+                      field);
+            return -1;
+        }
+        const char *name = json_string_value(json_object_get(item, "name"));
+        const char *op = json_string_value(json_object_get(item, "op"));
+        lens_err err = {0};
+        snprintf(field, sizeof field, "hooks[%d].name", i);
+        if (!name || lens_hook_parse(c, name, &it->hook, &err)) {
+            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field, "%s",
+                      name ? err.msg : "name must be a hook name");
+            return -1;
+        }
+        if (it->hook.kind == LENS_HOOK_TOKENS) {
+            srv_error(resp, 422, "unprocessable", field,
+                      "hook_tokens holds token ids; intervene on hook_embed instead");
+            return -1;
+        }
+        snprintf(field, sizeof field, "hooks[%d].op", i);
+        int found = -1;
+        for (int k = 0; k < (int)(sizeof ops / sizeof ops[0]) && op && found < 0; k++)
+            if (strcmp(op, ops[k].name) == 0) found = k;
+        if (found < 0) {
+            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
+                      "op must be zero, mean, set, add, scale or patch");
+            return -1;
+        }
+        it->op = ops[found].op;
+        if (strcmp(op, "set") == 0 || strcmp(op, "add") == 0) {
+            snprintf(field, sizeof field, "hooks[%d].value", i);
+            if (!(h->values[i] = read_numbers(json_object_get(item, "value"), &it->value_len))) {
+                srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
+                          "%s must be a number or a list of numbers (one per entry of the last "
+                          "axis)",
+                          field);
+                return -1;
+            }
+            it->value = h->values[i];
+        }
+        if (strcmp(op, "scale") == 0) {
+            json_t *factor = json_object_get(item, "factor");
+            snprintf(field, sizeof field, "hooks[%d].factor", i);
+            if (!json_is_number(factor)) {
+                srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
+                          "scale needs a number, factor");
+                return -1;
+            }
+            it->factor = (float)json_number_value(factor);
+        }
+        /* positions on the hook's position axis; heads where it has them */
+        json_t *positions = json_object_get(item, "positions"), *heads = json_object_get(item, "heads");
+        int n_pos = 0, n_heads = 0;
+        char prefix[32];
+        snprintf(prefix, sizeof prefix, "hooks[%d].", i);
+        if (positions) {
+            json_t *wrapped = json_pack("{s:O}", "positions", positions);
+            int rc = read_positions(wrapped, T, &h->positions[i], &n_pos, resp);
+            json_decref(wrapped);
+            if (rc) {
+                prefix_error_field(resp, prefix, "positions");
+                return -1;
+            }
+            it->positions = h->positions[i];
+            it->n_positions = n_pos;
+        }
+        snprintf(field, sizeof field, "hooks[%d].heads", i);
+        if (heads) {
+            if (lens_hook_head_axis(it->hook.kind) < 0) {
+                srv_error(resp, 422, "unprocessable", field, "%s has no head axis", name);
+                return -1;
+            }
+            int *idx = NULL;
+            json_t *wrapped = json_pack("{s:O}", "heads", heads);
+            int rc = read_indices(wrapped, "heads", c->n_heads, &idx, &n_heads, resp);
+            json_decref(wrapped);
+            if (rc) {
+                prefix_error_field(resp, prefix, "heads");
+                return -1;
+            }
+            h->heads[i] = malloc((size_t)n_heads * sizeof *h->heads[i]);
+            for (int k = 0; h->heads[i] && k < n_heads; k++)
+                h->heads[i][k] = idx[k];
+            free(idx);
+            it->heads = h->heads[i];
+            it->n_heads = n_heads;
+        }
+    }
+    return 0;
+}
+
+/* The batch mean (over prompts) of each "mean" item's hook in a clean run
+ * of batch, as a one-row source. */
+static int mean_sources(srv_model *sm, json_t *body, const lens_token_batch *batch,
+                        hooks_request *h, srv_response *resp) {
+    const lens_config *c = &sm->model->cfg;
+    json_t *list = json_object_get(body, "hooks");
+    uint8_t *enabled = calloc(lens_hook_slots(c), 1);
+    bool any = false;
+    for (int i = 0; enabled && i < h->n; i++) {
+        const char *op = json_string_value(json_object_get(json_array_get(list, (size_t)i), "op"));
+        if (strcmp(op, "mean") == 0) enabled[lens_hook_slot(c, h->items[i].hook)] = any = true;
+    }
+    if (!enabled || !any) {
+        free(enabled);
+        return enabled ? 0 : -1;
+    }
+    lens_cache clean = {0};
+    const lens_cache_request req = {.enabled = enabled};
+    lens_err err = {0};
+    int rc = lens_run_cache(sm->model, &sm->ws, batch, &req, &clean, &err);
+    if (rc) engine_error(resp, &err, "hooks");
+    for (int i = 0; rc == 0 && i < h->n; i++) {
+        const char *op = json_string_value(json_object_get(json_array_get(list, (size_t)i), "op"));
+        if (strcmp(op, "mean") != 0) continue;
+        const lens_captured *t = captured(&clean, h->items[i].hook.kind, h->items[i].hook.layer);
+        lens_captured *mean = &h->means[i];
+        *mean = *t;
+        mean->shape[0] = 1;
+        size_t per_row = 1;
+        for (int a = 1; a < t->ndim; a++)
+            per_row *= (size_t)t->shape[a];
+        if (!(mean->data = calloc(per_row, sizeof(float)))) {
+            rc = -1;
+            srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+            break;
+        }
+        for (int64_t b = 0; b < t->shape[0]; b++)
+            for (size_t k = 0; k < per_row; k++)
+                ((float *)mean->data)[k] += ((const float *)t->data)[(size_t)b * per_row + k];
+        for (size_t k = 0; k < per_row; k++)
+            ((float *)mean->data)[k] /= (float)t->shape[0];
+        h->items[i].source = mean;
+    }
+    lens_cache_free(&clean);
+    free(enabled);
+    return rc;
+}
+
+/* The patch_from run (its prompts: "prompt", "prompts" or "tokens", the same
+ * number of positions as the batch, and one prompt or as many), capturing
+ * the hooks of the "patch" items. */
+static int patch_sources(srv_model *sm, json_t *body, const lens_token_batch *batch,
+                         hooks_request *h, srv_response *resp) {
+    const lens_config *c = &sm->model->cfg;
+    json_t *list = json_object_get(body, "hooks"), *from = json_object_get(body, "patch_from");
+    uint8_t *enabled = calloc(lens_hook_slots(c), 1);
+    bool any = false;
+    for (int i = 0; enabled && i < h->n; i++) {
+        const char *op = json_string_value(json_object_get(json_array_get(list, (size_t)i), "op"));
+        if (strcmp(op, "patch") == 0) enabled[lens_hook_slot(c, h->items[i].hook)] = any = true;
+    }
+    int rc = -1;
+    lens_err err = {0};
+    if (!enabled || !any) {
+        free(enabled);
+        return enabled ? 0 : -1;
+    }
+    if (!json_is_object(from)) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "patch_from",
+                  "patch needs patch_from: {\"prompt\" | \"prompts\" | \"tokens\"} to take "
+                  "activations from");
+        goto out;
+    }
+    json_t *merged = json_deep_copy(from);
+    json_t *bos = json_object_get(body, "prepend_bos"), *side = json_object_get(body, "padding_side");
+    if (bos && !json_object_get(merged, "prepend_bos")) json_object_set(merged, "prepend_bos", bos);
+    if (side && !json_object_get(merged, "padding_side"))
+        json_object_set(merged, "padding_side", side);
+    rc = read_prompts(sm, merged, &h->source_batch, resp);
+    json_decref(merged);
+    if (rc) {
+        prefix_error_field(resp, "patch_from.", "prompt");
+        goto out;
+    }
+    rc = -1;
+    if (h->source_batch.T != batch->T ||
+        (h->source_batch.B != 1 && h->source_batch.B != batch->B)) {
+        srv_error(resp, 422, "unprocessable", "patch_from",
+                  "patch_from is %d prompts of %d positions; patching needs %d positions and 1 "
+                  "or %d prompts",
+                  h->source_batch.B, h->source_batch.T, batch->T, batch->B);
+        goto out;
+    }
+    const lens_cache_request req = {.enabled = enabled};
+    if (lens_run_cache(sm->model, &sm->ws, &h->source_batch, &req, &h->source, &err)) {
+        engine_error(resp, &err, "patch_from");
+        goto out;
+    }
+    for (int i = 0; i < h->n; i++) {
+        const char *op = json_string_value(json_object_get(json_array_get(list, (size_t)i), "op"));
+        if (strcmp(op, "patch") == 0)
+            h->items[i].source = captured(&h->source, h->items[i].hook.kind, h->items[i].hook.layer);
+    }
+    rc = 0;
+out:
+    free(enabled);
+    return rc;
+}
+
+static void run_hooks_job(srv_job *job) {
+    srv_model *sm = job->model;
+    const lens_config *c = &sm->model->cfg;
+    srv_response *resp = &job->response;
+    tensor_answer *a = new_answer(c);
+    uint8_t *capture = calloc(lens_hook_slots(c), 1), *intervene = calloc(lens_hook_slots(c), 1);
+    hooks_request h = {0};
+    int32_t *answer = NULL, *wrong = NULL;
+    bool with_logits;
+    lens_err err = {0};
+    if (!a || !capture || !intervene) {
+        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        goto out;
+    }
+    const bool want_cache = json_object_get(job->body, "names") || json_object_get(job->body, "names_filter");
+    if (optional_bool(job->body, "logits", true, &with_logits, resp) ||
+        (want_cache && read_names(c, job->body, capture, resp)) ||
+        read_prompts(sm, job->body, &a->batch, resp) ||
+        read_hooks(c, job->body, a->batch.T, &h, resp) ||
+        mean_sources(sm, job->body, &a->batch, &h, resp) ||
+        patch_sources(sm, job->body, &a->batch, &h, resp))
+        goto out;
+    const int B = a->batch.B, T = a->batch.T, V = c->d_vocab_out;
+    json_t *fields = json_pack("{s:s}", "model", sm->name);
+    for (int i = 0; i < h.n; i++)
+        intervene[lens_hook_slot(c, h.items[i].hook)] = 1;
+    const lens_intervention_list list = {c, h.items, h.n};
+    const bool metric = json_object_get(job->body, "answers") != NULL;
+    const lens_cache_request req = {.enabled = capture,
+                                    .logits = with_logits || metric,
+                                    .intervene = intervene,
+                                    .intervention = lens_intervene,
+                                    .intervention_user = (void *)&list};
+    srv_metrics_batch(B);
+    if (lens_run_cache(sm->model, &sm->ws, &a->batch, &req, &a->cache, &err)) {
+        json_decref(fields);
+        engine_error(resp, &err, "hooks");
+        goto out;
+    }
+    if (metric) { /* logit difference at each prompt's last real token */
+        answer = malloc((size_t)B * sizeof *answer);
+        wrong = malloc((size_t)B * sizeof *wrong);
+        if (!answer || !wrong ||
+            read_answer_pairs(sm->model, job->body, B, answer, wrong, resp)) {
+            json_decref(fields);
+            if (!answer || !wrong) srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+            goto out;
+        }
+        json_t *diffs = json_array();
+        double total = 0.0;
+        for (int b = 0; b < B; b++) {
+            const int t = a->batch.attn_mask ? T - 1 : a->batch.lengths[b] - 1;
+            const float *row = a->cache.logits + ((size_t)b * T + t) * V;
+            total += row[answer[b]] - row[wrong[b]];
+            json_array_append_new(diffs, json_float(row[answer[b]] - row[wrong[b]]));
+        }
+        json_object_set_new(fields, "logit_diff", diffs);
+        json_object_set_new(fields, "mean", json_float((float)(total / B)));
+    }
+    if (add_tokens(a)) {
+        json_decref(fields);
+        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        goto out;
+    }
+    if (with_logits) add_tensor(a, "logits", LENS_F32, 3, (int64_t[]){B, T, V}, a->cache.logits);
+    for (int i = 0; i < a->cache.n; i++) {
+        const lens_captured *t = &a->cache.tensors[i];
+        add_tensor(a, t->name, t->dtype, t->ndim, t->shape, t->data);
+    }
+    answer_tensors(job, a, fields);
+    a = NULL;
+out:
+    tensor_answer_free(a);
+    free(capture);
+    free(intervene);
+    free(answer);
+    free(wrong);
+    hooks_request_free(&h);
+}
+
 void srv_run_job(srv_job *job) {
     switch (job->kind) {
     case SRV_JOB_TOKENIZE:
@@ -1357,6 +1730,9 @@ void srv_run_job(srv_job *job) {
         break;
     case SRV_JOB_LOGIT_DIFF:
         run_logit_diff(job);
+        break;
+    case SRV_JOB_RUN_WITH_HOOKS:
+        run_hooks_job(job);
         break;
     }
 }
@@ -1440,7 +1816,7 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
     } actions[] = {{"tokenize", SRV_JOB_TOKENIZE},     {"detokenize", SRV_JOB_DETOKENIZE},
                    {"logits", SRV_JOB_LOGITS},         {"run_with_cache", SRV_JOB_RUN_WITH_CACHE},
                    {"attention", SRV_JOB_ATTENTION},   {"test_prompt", SRV_JOB_TEST_PROMPT},
-                   {"logit_diff", SRV_JOB_LOGIT_DIFF}};
+                   {"logit_diff", SRV_JOB_LOGIT_DIFF}, {"run_with_hooks", SRV_JOB_RUN_WITH_HOOKS}};
     const char *action = slash + 1;
     int found = -1;
     for (int i = 0; i < (int)(sizeof actions / sizeof actions[0]) && found < 0; i++)
@@ -1448,7 +1824,7 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
     if (found < 0) {
         srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", NULL,
                   "no such route: %s (model routes: tokenize, detokenize, logits, "
-                  "run_with_cache, attention, test_prompt, logit_diff)",
+                  "run_with_cache, attention, test_prompt, logit_diff, run_with_hooks)",
                   url);
         return NULL;
     }

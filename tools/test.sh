@@ -40,8 +40,10 @@ export LENSD_TOK_DRIVER="$build/tests/tokenizer/tok_driver"
 export LENSD_FIXTURES="${LENSD_FIXTURES:-$build/fixtures}"
 export LENSD_SHARED="$shared"
 export LENSD_BUILD="$build"
-"$venv/bin/python" -m pytest -q -rs -p no:cacheprovider --junitxml="$build/pytest.xml" \
-  tests/tokenizer tests/parity tests/gpu || status=1
+export LENSD_TEST_MODEL="$LENSD_FIXTURES/models/gpt2-a"
+PYTHONPATH="$repo/clients/python" "$venv/bin/python" -m pytest -q -rs -p no:cacheprovider \
+  --junitxml="$build/pytest.xml" tests/tokenizer tests/parity tests/gpu tests/integration \
+  clients/python/tests || status=1
 
 "$venv/bin/python" tools/test_summary.py "$build/meson-logs/testlog.json" \
   "$asan/meson-logs/testlog.json" "$build/pytest.xml" || status=1

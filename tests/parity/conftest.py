@@ -195,3 +195,56 @@ def parity_table():
     table = ParityTable()
     yield table
     table.write(Path(os.environ.get("LENSD_PARITY_TABLE", REPO / "build" / "parity_table.md")))
+
+
+# ---- the daemon, for the endpoints that only it answers -------------------
+
+DAEMON_MODELS = ["gpt2-a", "neo", "native-gelu", "native-attnonly"]
+
+
+@pytest.fixture(scope="session")
+def daemon(fixtures, lensd_bin):
+    """URL of a `lensd serve` on a free port with DAEMON_MODELS (by their
+    fixture names), stopped (SIGTERM, exit 0) at the end."""
+    import urllib.request
+
+    args = [lensd_bin, "serve", "--port", "0", "--device", DEVICE]
+    for name in DAEMON_MODELS:
+        args += ["--model", f"{name}={fixtures / 'models' / name}"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    url = proc.stdout.readline().split()[-1]
+    deadline = time.monotonic() + LENSD_TIMEOUT_S
+    while True:
+        try:
+            urllib.request.urlopen(url + "/readyz", timeout=5)
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail("lensd serve did not become ready", pytrace=False)
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    assert proc.wait(timeout=60) == 0
+
+
+def daemon_post(url: str, path: str, body: dict) -> dict:
+    """POSTs JSON and returns the JSON answer (fails the test on an error status)."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        return json.load(urllib.request.urlopen(request, timeout=LENSD_TIMEOUT_S))
+    except urllib.error.HTTPError as e:
+        pytest.fail(f"POST {path}: {e.code} {e.read().decode()}", pytrace=False)
+
+
+def tl_model(fixtures: Path, name: str):
+    """The HookedTransformer of fixture model `name`, processed as lensd loads it by default."""
+    import tl_native as tn
+
+    model_dir = fixtures / "models" / name
+    if (model_dir / "tl_config.json").exists():
+        return tn.build_native_tl(tn.load_native(model_dir))
+    return tn.build_hf_tl(model_dir, tn.parse_processing("default"))

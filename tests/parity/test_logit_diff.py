@@ -19,46 +19,11 @@ tolerance (conftest.float_error: 1e-4 relative to the tensor's scale).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import urllib.request
-
 import numpy as np
 import pytest
-import tl_native as tn
-from conftest import float_error
+from conftest import DAEMON_MODELS, daemon_post, float_error, tl_model
 
-MODELS = ["gpt2-a", "neo", "native-gelu", "native-attnonly"]
-
-
-@pytest.fixture(scope="module")
-def daemon(fixtures, lensd_bin):
-    args = [lensd_bin, "serve", "--port", "0"]
-    for name in MODELS:
-        args += ["--model", f"{name}={fixtures / 'models' / name}"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    url = proc.stdout.readline().split()[-1]
-    for _ in range(600):  # until the models are loaded
-        try:
-            urllib.request.urlopen(url + "/readyz", timeout=5)
-            break
-        except OSError:
-            import time
-
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    assert proc.wait(timeout=60) == 0
-
-
-def tl_model(fixtures, name):
-    model_dir = fixtures / "models" / name
-    if (model_dir / "tl_config.json").exists():
-        return tn.build_native_tl(tn.load_native(model_dir))
-    return tn.build_hf_tl(model_dir, tn.parse_processing("default"))
-
-
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", DAEMON_MODELS)
 def test_logit_diff_matches_transformer_lens(daemon, fixtures, name):
     import torch
 
@@ -70,10 +35,7 @@ def test_logit_diff_matches_transformer_lens(daemon, fixtures, name):
     pairs = rng.integers(0, cfg.d_vocab_out, size=(B, 2))
     body = {"tokens": tokens.tolist(), "answers": pairs.tolist(),
             "attribution": ["accumulated_resid", "decompose_resid", "heads"]}
-    request = urllib.request.Request(f"{daemon}/v1/models/{name}/logit_diff",
-                                     data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    got = json.load(urllib.request.urlopen(request, timeout=120))
+    got = daemon_post(daemon, f"/v1/models/{name}/logit_diff", body)
 
     with torch.no_grad():  # not inference_mode: logit_attrs builds tensors autograd sees
         logits, cache = model.run_with_cache(torch.tensor(tokens))

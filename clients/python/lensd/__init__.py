@@ -1,0 +1,29 @@
+"""lensd's notebook client: TransformerLens-style analysis from a lensd daemon, as numpy arrays.
+
+    import lensd
+    client = lensd.Client("http://127.0.0.1:8080")
+    model = client.model("gpt2-small")
+    logits, cache = model.run_with_cache("Hello there", names_filter="blocks.*.attn.hook_pattern")
+    cache["pattern", 0].shape   # (1, n_heads, pos, pos)
+
+The HTTP contract is docs/API.md in the lensd repository.
+"""
+
+from .cache import ActivationCache, get_act_name
+from .client import Client, Model, Output
+from .errors import LensdError
+from .tensors import decode_json_tensor, decode_safetensors
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationCache",
+    "Client",
+    "LensdError",
+    "Model",
+    "Output",
+    "__version__",
+    "decode_json_tensor",
+    "decode_safetensors",
+    "get_act_name",
+]

@@ -1,0 +1,410 @@
+"""The HTTP client of lensd and its TransformerLens-like model handle."""
+
+from __future__ import annotations
+
+import numbers
+import time
+from collections.abc import Callable, Iterable, Sequence
+from types import SimpleNamespace
+from typing import Any, Literal, NamedTuple, TypeAlias
+from urllib.parse import quote
+
+import numpy as np
+import numpy.typing as npt
+import requests
+
+from .cache import ActivationCache
+from .errors import LensdError
+from .tensors import JSON_TYPE, SAFETENSORS_TYPE, decode_body
+
+# Prompts: one text, a list of texts (a padded batch), or token ids ([pos] or
+# [batch, pos]; a list of rows may be ragged, and is padded like texts).
+PromptInput: TypeAlias = str | Sequence[str] | Sequence[Sequence[int]] | npt.ArrayLike
+# Which hook points to cache: a name or glob, a list of names or globs, or a predicate on names.
+NamesFilter: TypeAlias = str | Sequence[str] | Callable[[str], bool] | None
+# Positions to keep, as TransformerLens's pos_slice: an int, a slice, a tuple
+# (slice(*t)), indices or a boolean mask.
+PosSlice: TypeAlias = int | tuple[int, ...] | slice | Sequence[int] | npt.ArrayLike | None
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+class Output(NamedTuple):
+    """What ``Model(..., return_type="both")`` returns, as TransformerLens's ``Output``."""
+
+    logits: np.ndarray
+    loss: np.ndarray
+
+
+class Client:
+    """A connection to one lensd daemon.
+
+    Args:
+        url: the daemon's base URL.
+        token: a bearer token, for a daemon with access control.
+        timeout: seconds to wait for each answer (requests' timeout).
+    """
+
+    def __init__(
+        self, url: str = "http://127.0.0.1:8080", token: str | None = None, timeout: float = 300
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._session = requests.Session()
+        if token is not None:
+            self._session.headers["Authorization"] = f"Bearer {token}"
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the client's pooled connections."""
+        self._session.close()
+
+    def health(self) -> dict[str, Any]:
+        """``GET /healthz``: ``{"status": "ok"}`` while the daemon runs."""
+        return self._request("GET", "/healthz")
+
+    def wait_ready(self, timeout: float = 120.0, interval: float = 0.1) -> dict[str, Any]:
+        """Polls ``GET /readyz`` until every configured model is loaded.
+
+        Returns:
+            ``{"status": "ready", "models": [names]}``.
+
+        Raises:
+            TimeoutError: when the daemon is still starting after ``timeout`` seconds.
+            LensdError: for an answer other than 200 or 503.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            response = self._session.get(
+                f"{self.url}/readyz", headers={"Accept": JSON_TYPE}, timeout=self.timeout
+            )
+            if response.status_code == 200:
+                return response.json()
+            if response.status_code != 503:
+                raise LensdError.from_response(response)
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"lensd at {self.url} not ready after {timeout} s: {response.text.strip()}"
+                )
+            time.sleep(interval)
+
+    def models(self) -> list[dict[str, Any]]:
+        """``GET /v1/models``: the info of every model served (name, source, device, config, ...)."""
+        return self._request("GET", "/v1/models")["models"]
+
+    def model(self, name: str) -> Model:
+        """The model served under ``name``, with its full info (hook points included).
+
+        Raises:
+            LensdError: 404 when no model has that name.
+        """
+        return Model(self, name, self._request("GET", _model_path(name)))
+
+    def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, *, tensors: bool = False
+    ) -> dict[str, Any]:
+        """Sends one request and decodes its 2xx answer (tensors as numpy arrays).
+
+        tensors: ask for a safetensors body instead of JSON.
+        """
+        response = self._session.request(
+            method,
+            self.url + path,
+            json=body,
+            headers={"Accept": SAFETENSORS_TYPE if tensors else JSON_TYPE},
+            timeout=self.timeout,
+        )
+        if not 200 <= response.status_code < 300:
+            raise LensdError.from_response(response)
+        return decode_body(response.headers.get("Content-Type", ""), response.content)
+
+
+class Model:
+    """A model served by lensd, used as TransformerLens's HookedTransformer is.
+
+    Attributes:
+        client: the client it was obtained from.
+        name: the name lensd serves it under.
+        info: ``GET /v1/models/{name}``'s answer.
+        cfg: ``info["config"]`` as attributes (``cfg.n_layers``, ``cfg.d_model``, ...).
+        hook_points: the names of its hook points, in the daemon's order.
+    """
+
+    def __init__(self, client: Client, name: str, info: dict[str, Any]) -> None:
+        self.client = client
+        self.name = name
+        self.info = info
+        self.cfg = SimpleNamespace(**info["config"])
+        self.hook_points: list[str] = [point["name"] for point in info.get("hook_points", [])]
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, client={self.client!r})"
+
+    def to_tokens(
+        self,
+        input: str | Sequence[str],
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+    ) -> np.ndarray:
+        """Token ids, int64 [batch, pos], padded as TransformerLens pads a batch (TL's ``to_tokens``).
+
+        prepend_bos and padding_side default to the model's.
+        """
+        body = _prompt_body(input, prepend_bos, padding_side)
+        return np.asarray(self._post("tokenize", body)["tokens"], dtype=np.int64)
+
+    def to_str_tokens(
+        self, input: str | Sequence[str] | npt.ArrayLike, prepend_bos: bool | None = None
+    ) -> list[str] | list[list[str]]:
+        """Each token as a string (TL's ``to_str_tokens``).
+
+        A text or token ids ([pos] or [1, pos]) give a list of strings; a list
+        of texts gives one list per text, without padding. prepend_bos (default:
+        the model's) applies to texts.
+        """
+        if isinstance(input, str):
+            return self._str_tokens(input, prepend_bos)[0]
+        if isinstance(input, (list, tuple)) and not (input and isinstance(input[0], numbers.Integral)):
+            if input and all(isinstance(text, str) for text in input):
+                return self._str_tokens(input, prepend_bos)
+            return [self.to_str_tokens(item, prepend_bos) for item in input]
+        ids = _ids_array(input).squeeze()
+        if ids.ndim > 1:
+            raise ValueError(f"to_str_tokens takes ids of shape [pos] or [1, pos], not {list(ids.shape)}")
+        rows = [[token] for token in np.atleast_1d(ids).tolist()]
+        if not rows:
+            return []
+        return self._post("detokenize", {"tokens": rows})["text"]
+
+    def to_single_token(self, string: str) -> int:
+        """The id of a text that is exactly one token, tokenized without BOS (TL's ``to_single_token``).
+
+        Raises:
+            ValueError: when the text is not exactly one token.
+        """
+        tokens = self.to_tokens(string, prepend_bos=False)[0]
+        if len(tokens) != 1:
+            raise ValueError(f"{string!r} is not a single token: it is {len(tokens)} tokens")
+        return int(tokens[0])
+
+    def to_string(
+        self, tokens: int | Sequence[int] | Sequence[Sequence[int]] | npt.ArrayLike
+    ) -> str | list[str]:
+        """Detokenizes (TL's ``to_string``): ids [pos] give a string, ids [batch, pos] a list of strings."""
+        ids = _ids_array(tokens, allow_empty=True)
+        if ids.ndim > 2:
+            raise ValueError(f"to_string takes ids of shape [pos] or [batch, pos], not {list(ids.shape)}")
+        return self._post("detokenize", {"tokens": np.atleast_1d(ids).tolist()})["text"]
+
+    def __call__(
+        self,
+        input: PromptInput,
+        return_type: Literal["logits", "loss", "both"] | None = "logits",
+        loss_per_token: bool = False,
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+    ) -> np.ndarray | Output | None:
+        """Runs the model, as TL's forward.
+
+        Args:
+            input: a text, a list of texts, or token ids.
+            return_type: ``"logits"`` (float32 [batch, pos, d_vocab_out]); ``"loss"``
+                (the mean next-token loss over real tokens, a 0-d array, or with
+                ``loss_per_token`` [batch, pos - 1]); ``"both"`` (an :class:`Output`);
+                None (runs it and returns None).
+            loss_per_token: per-token instead of mean loss.
+            prepend_bos, padding_side: override the model's defaults for texts.
+        """
+        if return_type not in ("logits", "loss", "both", None):
+            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}")
+        body = _prompt_body(input, prepend_bos, padding_side)
+        loss_field = "per_token_loss" if loss_per_token else "loss"
+        if return_type in ("loss", "both"):
+            body[loss_field] = True
+        data = self._post("logits", body, tensors=True)
+        if return_type is None:
+            return None
+        if return_type == "logits":
+            return data["logits"]
+        loss = np.asarray(data[loss_field], dtype=np.float32)
+        return loss if return_type == "loss" else Output(data["logits"], loss)
+
+    def run_with_cache(
+        self,
+        input: PromptInput,
+        names_filter: NamesFilter = None,
+        pos_slice: PosSlice = None,
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+        dtype: npt.DTypeLike | None = None,
+    ) -> tuple[np.ndarray, ActivationCache]:
+        """Runs the model and caches activations, as TL's ``run_with_cache``.
+
+        Args:
+            input: a text, a list of texts, or token ids.
+            names_filter: None (every hook point); a name or a glob
+                (``"blocks.*.attn.hook_pattern"``); a list of names or globs; or a
+                callable, applied here to :attr:`hook_points`.
+            pos_slice: keep only these positions of each activation, on the axis TL's
+                pos_slice slices: an int (the axis is kept), a slice, a tuple
+                (``slice(*t)``), indices or a boolean mask. A slice needs the batch's
+                length, which costs a tokenize request first.
+            prepend_bos, padding_side: override the model's defaults for texts.
+            dtype: ``"float16"`` to receive activations and logits as float16.
+
+        Returns:
+            ``(logits, cache)``: float32 (or ``dtype``) logits [batch, pos, d_vocab_out]
+            and an :class:`ActivationCache`.
+        """
+        body = _prompt_body(input, prepend_bos, padding_side)
+        positions = None if pos_slice is None else self._positions(pos_slice, body)
+        body.update(self._names_body(names_filter))
+        if positions is not None:
+            body["positions"] = positions
+        if dtype is not None:
+            body["dtype"] = np.dtype(dtype).name
+        data = self._post("run_with_cache", body, tensors=True)
+        logits = data.pop("logits")
+        data.pop("tokens", None)
+        activations = {name: value for name, value in data.items() if isinstance(value, np.ndarray)}
+        return logits, ActivationCache(activations, self.cfg.n_layers)
+
+    def test_prompt(
+        self,
+        prompt: str,
+        answer: str,
+        prepend_space_to_answer: bool = True,
+        top_k: int = 10,
+        print_details: bool = True,
+        prepend_bos: bool | None = None,
+    ) -> dict[str, Any]:
+        """Tests whether the model predicts ``answer`` after ``prompt`` (TL's ``utils.test_prompt``).
+
+        Prints what TL's ``test_prompt`` prints when ``print_details``.
+
+        Returns:
+            lensd's answer: ``prompt_str_tokens``, ``answer_str_tokens``, per
+            answer token its rank, logit, prob and top-k, and the printed ``text``.
+        """
+        body: dict[str, Any] = {
+            "prompt": prompt,
+            "answer": answer,
+            "prepend_space_to_answer": prepend_space_to_answer,
+            "top_k": top_k,
+        }
+        if prepend_bos is not None:
+            body["prepend_bos"] = prepend_bos
+        data = self._post("test_prompt", body)
+        if print_details:
+            text = data["text"]
+            print(text, end="" if text.endswith("\n") else "\n")
+        return data
+
+    def attention(
+        self, prompt: str, layers: Iterable[int] | None = None, heads: Iterable[int] | None = None
+    ) -> dict[str, Any]:
+        """Attention patterns of one prompt (the dashboard's data).
+
+        Returns:
+            ``patterns`` (np.ndarray [n_layers_asked, n_heads_asked, query_pos, key_pos]),
+            ``str_tokens``, ``tokens``, ``layers`` and ``heads``.
+        """
+        body: dict[str, Any] = {"prompt": prompt}
+        if layers is not None:
+            body["layers"] = [int(layer) for layer in layers]
+        if heads is not None:
+            body["heads"] = [int(head) for head in heads]
+        return self._post("attention", body, tensors=True)
+
+    def _post(self, endpoint: str, body: dict[str, Any], *, tensors: bool = False) -> dict[str, Any]:
+        return self.client._request("POST", f"{_model_path(self.name)}/{endpoint}", body, tensors=tensors)
+
+    def _str_tokens(self, texts: str | Sequence[str], prepend_bos: bool | None) -> list[list[str]]:
+        """Each text's string tokens, in one tokenize request, with the padding taken out."""
+        data = self._post("tokenize", _prompt_body(texts, prepend_bos, None))
+        return [
+            [token for token, real in zip(row, mask) if real]
+            for row, mask in zip(data["str_tokens"], np.asarray(data["attention_mask"]).tolist())
+        ]
+
+    def _names_body(self, names_filter: NamesFilter) -> dict[str, Any]:
+        """The request fields for a names_filter: exact names as ``names`` (an unknown
+        one is a 400 listing near matches), globs as ``names_filter``."""
+        if names_filter is None:
+            return {}
+        if isinstance(names_filter, str):
+            return {"names_filter": names_filter} if _is_glob(names_filter) else {"names": [names_filter]}
+        if callable(names_filter):
+            return {"names": [name for name in self.hook_points if names_filter(name)]}
+        names = list(names_filter)
+        return {"names_filter": names} if any(_is_glob(name) for name in names) else {"names": names}
+
+    def _positions(self, pos_slice: PosSlice, prompt_body: dict[str, Any]) -> list[int]:
+        """TL's pos_slice as the request's ``positions`` (a slice is resolved against the batch's length)."""
+        if isinstance(pos_slice, numbers.Integral):
+            return [int(pos_slice)]
+        if isinstance(pos_slice, tuple):
+            pos_slice = slice(*pos_slice)
+        if isinstance(pos_slice, slice):
+            n_pos = np.asarray(self._post("tokenize", prompt_body)["tokens"]).shape[-1]
+            return list(range(n_pos))[pos_slice]
+        positions = np.asarray(pos_slice)
+        if positions.dtype == np.bool_:
+            return np.flatnonzero(positions).tolist()
+        if positions.ndim != 1 or positions.dtype.kind not in "iu":
+            raise TypeError(
+                f"pos_slice must be an int, a slice, a tuple, indices or a mask, not {pos_slice!r}"
+            )
+        return positions.tolist()
+
+
+def _model_path(name: str) -> str:
+    return f"/v1/models/{quote(name, safe='')}"
+
+
+def _is_glob(pattern: str) -> bool:
+    return not _GLOB_CHARS.isdisjoint(pattern)
+
+
+def _prompt_body(
+    input: PromptInput, prepend_bos: bool | None, padding_side: Literal["left", "right"] | None
+) -> dict[str, Any]:
+    """The prompt fields of a request: ``prompt``, ``prompts`` or ``tokens``, and the overrides."""
+    body: dict[str, Any]
+    if isinstance(input, str):
+        body = {"prompt": input}
+    elif isinstance(input, (list, tuple)) and not input:
+        raise ValueError("no prompts given")
+    elif isinstance(input, (list, tuple)) and all(isinstance(text, str) for text in input):
+        body = {"prompts": list(input)}
+    elif isinstance(input, (list, tuple)) and not isinstance(input[0], numbers.Integral):
+        rows = [_ids_array(row) for row in input]  # they may differ in length
+        if any(row.ndim != 1 for row in rows):
+            raise ValueError("each row of token ids must be a list of ids")
+        body = {"tokens": [row.tolist() for row in rows]}
+    else:
+        ids = _ids_array(input)
+        if ids.ndim not in (1, 2):
+            raise ValueError(f"token ids must have shape [pos] or [batch, pos], not {list(ids.shape)}")
+        body = {"tokens": np.atleast_2d(ids).tolist()}
+    if prepend_bos is not None:
+        body["prepend_bos"] = prepend_bos
+    if padding_side is not None:
+        body["padding_side"] = padding_side
+    return body
+
+
+def _ids_array(tokens: Any, allow_empty: bool = False) -> np.ndarray:
+    """Token ids as an int64 array; raises TypeError for anything but integers."""
+    ids = np.asarray(tokens)
+    if ids.dtype.kind not in "iu" and not (allow_empty and ids.size == 0):
+        raise TypeError(f"token ids must be integers, not {ids.dtype} ({type(tokens).__name__})")
+    return ids.astype(np.int64)
