@@ -45,6 +45,7 @@ typedef enum srv_job_kind {
     SRV_JOB_TEST_PROMPT,
     SRV_JOB_LOGIT_DIFF,
     SRV_JOB_RUN_WITH_HOOKS,
+    SRV_JOB_GENERATE,
 } srv_job_kind;
 
 typedef struct srv_model srv_model;

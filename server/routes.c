@@ -1708,6 +1708,193 @@ out:
     hooks_request_free(&h);
 }
 
+/* ---- generate -------------------------------------------------------------- */
+
+/* splitmix64: the sampler's random numbers, reproducible from the seed. */
+static uint64_t next_random(uint64_t *state) {
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* The next token from one row of logits: the argmax, or a sample from
+ * softmax(logits / temperature) over the top_k largest (0: all). */
+static int32_t pick_token(const float *logits, int V, bool sample, float temperature, int top_k,
+                          uint64_t *rng, float *scratch) {
+    int best = 0;
+    for (int v = 1; v < V; v++)
+        if (logits[v] > logits[best]) best = v;
+    if (!sample) return best;
+    float cutoff = -INFINITY;
+    if (top_k > 0 && top_k < V) { /* the k-th largest logit, by counting */
+        memcpy(scratch, logits, (size_t)V * sizeof *scratch);
+        for (int k = 0; k < top_k; k++) {
+            int at = 0;
+            for (int v = 1; v < V; v++)
+                if (scratch[v] > scratch[at]) at = v;
+            cutoff = scratch[at];
+            scratch[at] = -INFINITY;
+        }
+    }
+    double total = 0.0;
+    for (int v = 0; v < V; v++)
+        total += logits[v] >= cutoff ? exp(((double)logits[v] - logits[best]) / temperature) : 0.0;
+    double u = (double)(next_random(rng) >> 11) / 9007199254740992.0 * total, acc = 0.0;
+    for (int v = 0; v < V; v++) {
+        if (logits[v] < cutoff) continue;
+        acc += exp(((double)logits[v] - logits[best]) / temperature);
+        if (acc >= u) return v;
+    }
+    return best;
+}
+
+static void run_generate(srv_job *job) {
+    srv_model *sm = job->model;
+    const lens_model *m = sm->model;
+    const lens_config *c = &m->cfg;
+    srv_response *resp = &job->response;
+    lens_token_batch start = {0};
+    hooks_request h = {0};
+    uint8_t *none = calloc(lens_hook_slots(c), 1), *intervene = calloc(lens_hook_slots(c), 1);
+    int32_t *tokens = NULL, *last = NULL;
+    float *scratch = NULL;
+    bool sample, stop_at_eos;
+    long max_new, top_k, seed;
+    json_t *temperature_json = json_object_get(job->body, "temperature");
+    double temperature = temperature_json ? json_number_value(temperature_json) : 1.0;
+    lens_err err = {0};
+    if (!none || !intervene) {
+        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        goto out;
+    }
+    if (optional_bool(job->body, "do_sample", false, &sample, resp) ||
+        optional_bool(job->body, "stop_at_eos", true, &stop_at_eos, resp) ||
+        optional_int(job->body, "max_new_tokens", 10, 1, c->n_ctx, &max_new, resp) ||
+        optional_int(job->body, "top_k", 0, 0, c->d_vocab_out, &top_k, resp) ||
+        optional_int(job->body, "seed", 0, 0, INT64_MAX, &seed, resp))
+        goto out;
+    if (temperature_json && (!json_is_number(temperature_json) || temperature <= 0)) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "temperature",
+                  "temperature must be a number above 0");
+        goto out;
+    }
+    if (read_prompts(sm, job->body, &start, resp)) goto out;
+    if (json_object_get(job->body, "hooks")) {
+        /* positions are those of the whole sequence, which grows */
+        if (read_hooks(c, job->body, c->n_ctx, &h, resp)) goto out;
+        for (int i = 0; i < h.n; i++) {
+            const char *op = json_string_value(
+                json_object_get(json_array_get(json_object_get(job->body, "hooks"), (size_t)i), "op"));
+            if (h.items[i].op == LENS_OP_COPY) {
+                char field[32];
+                snprintf(field, sizeof field, "hooks[%d].op", i);
+                srv_error(resp, 422, "unprocessable", field,
+                          "generate takes zero, set, add and scale; %s needs a fixed length", op);
+                goto out;
+            }
+            intervene[lens_hook_slot(c, h.items[i].hook)] = 1;
+        }
+    }
+    const int B = start.B, V = c->d_vocab_out;
+    const int T_max = start.T + (int)max_new > c->n_ctx ? c->n_ctx : start.T + (int)max_new;
+    tokens = malloc((size_t)B * T_max * sizeof *tokens);
+    last = malloc((size_t)B * sizeof *last);
+    scratch = malloc((size_t)V * sizeof *scratch);
+    int *length = calloc((size_t)B, sizeof *length);
+    bool *done = calloc((size_t)B, sizeof *done);
+    uint64_t rng = (uint64_t)seed;
+    if (!tokens || !last || !scratch || !length || !done) {
+        free(length);
+        free(done);
+        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        goto out;
+    }
+    /* Every row grows from its own real tokens (right padding: pads are
+     * dropped; left padding keeps its mask by regenerating it below). */
+    for (int b = 0; b < B; b++) {
+        length[b] = start.lengths[b];
+        const int32_t *row = start.tokens + (size_t)b * start.T + (start.attn_mask ? start.T - start.lengths[b] : 0);
+        memcpy(tokens + (size_t)b * T_max, row, (size_t)length[b] * sizeof *tokens);
+    }
+    const lens_intervention_list list = {c, h.items, h.n};
+    const int32_t pad = m->rules.pad_id >= 0 ? m->rules.pad_id : 0;
+    for (int step = 0; step < max_new; step++) {
+        int T = 0;
+        for (int b = 0; b < B; b++)
+            T = length[b] > T ? length[b] : T;
+        if (T >= c->n_ctx) break;
+        /* right-padded batch of the current rows; each reads its last real position */
+        lens_token_batch cur = {.B = B, .T = T};
+        cur.tokens = malloc((size_t)B * T * sizeof *cur.tokens);
+        cur.lengths = malloc((size_t)B * sizeof *cur.lengths);
+        if (!cur.tokens || !cur.lengths) {
+            lens_token_batch_free(&cur);
+            srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+            break;
+        }
+        for (int b = 0; b < B; b++) {
+            for (int t = 0; t < T; t++)
+                cur.tokens[(size_t)b * T + t] = t < length[b] ? tokens[(size_t)b * T_max + t] : pad;
+            cur.lengths[b] = length[b];
+            last[b] = length[b] - 1;
+        }
+        lens_cache out = {0};
+        const lens_cache_request req = {.enabled = none,
+                                        .logits = true,
+                                        .logit_positions = last,
+                                        .intervene = h.n ? intervene : NULL,
+                                        .intervention = lens_intervene,
+                                        .intervention_user = (void *)&list};
+        srv_metrics_batch(B);
+        int rc = lens_run_cache(m, &sm->ws, &cur, &req, &out, &err);
+        lens_token_batch_free(&cur);
+        if (rc) {
+            lens_cache_free(&out);
+            engine_error(resp, &err, NULL);
+            break;
+        }
+        bool all_done = true;
+        for (int b = 0; b < B; b++) {
+            if (done[b] || length[b] >= T_max) continue;
+            int32_t next = pick_token(out.logits + (size_t)b * V, V, sample, (float)temperature,
+                                      (int)top_k, &rng, scratch);
+            tokens[(size_t)b * T_max + length[b]++] = next;
+            done[b] = stop_at_eos && next == m->rules.eos_id;
+            all_done &= done[b] || length[b] >= T_max;
+        }
+        lens_cache_free(&out);
+        if (all_done) break;
+    }
+    if (resp->status == 0) {
+        json_t *rows = json_array(), *texts = json_array();
+        for (int b = 0; b < B; b++) {
+            json_t *row = json_array();
+            for (int t = 0; t < length[b]; t++)
+                json_array_append_new(row, json_integer(tokens[(size_t)b * T_max + t]));
+            size_t len = 0;
+            char *text = m->tok ? lens_tok_decode(m->tok, tokens + (size_t)b * T_max,
+                                                  (size_t)length[b], &len, NULL)
+                                : NULL;
+            json_array_append_new(texts, text ? json_stringn(text, len) : json_null());
+            free(text);
+            json_array_append_new(rows, row);
+        }
+        srv_json(resp, MHD_HTTP_OK,
+                 json_pack("{s:s, s:o, s:o}", "model", sm->name, "tokens", rows, "text", texts));
+    }
+    free(length);
+    free(done);
+out:
+    free(none);
+    free(intervene);
+    free(tokens);
+    free(last);
+    free(scratch);
+    hooks_request_free(&h);
+    lens_token_batch_free(&start);
+}
+
 void srv_run_job(srv_job *job) {
     switch (job->kind) {
     case SRV_JOB_TOKENIZE:
@@ -1733,6 +1920,9 @@ void srv_run_job(srv_job *job) {
         break;
     case SRV_JOB_RUN_WITH_HOOKS:
         run_hooks_job(job);
+        break;
+    case SRV_JOB_GENERATE:
+        run_generate(job);
         break;
     }
 }
@@ -1816,7 +2006,8 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
     } actions[] = {{"tokenize", SRV_JOB_TOKENIZE},     {"detokenize", SRV_JOB_DETOKENIZE},
                    {"logits", SRV_JOB_LOGITS},         {"run_with_cache", SRV_JOB_RUN_WITH_CACHE},
                    {"attention", SRV_JOB_ATTENTION},   {"test_prompt", SRV_JOB_TEST_PROMPT},
-                   {"logit_diff", SRV_JOB_LOGIT_DIFF}, {"run_with_hooks", SRV_JOB_RUN_WITH_HOOKS}};
+                   {"logit_diff", SRV_JOB_LOGIT_DIFF}, {"run_with_hooks", SRV_JOB_RUN_WITH_HOOKS},
+                   {"generate", SRV_JOB_GENERATE}};
     const char *action = slash + 1;
     int found = -1;
     for (int i = 0; i < (int)(sizeof actions / sizeof actions[0]) && found < 0; i++)
@@ -1824,7 +2015,8 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
     if (found < 0) {
         srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", NULL,
                   "no such route: %s (model routes: tokenize, detokenize, logits, "
-                  "run_with_cache, attention, test_prompt, logit_diff, run_with_hooks)",
+                  "run_with_cache, attention, test_prompt, logit_diff, run_with_hooks, "
+                  "generate)",
                   url);
         return NULL;
     }
