@@ -18,6 +18,7 @@
 #include "core/prompt.h"
 #include "core/safetensors.h"
 #include "server/daemon.h"
+#include "server/tensors.h"
 #include "server/test_prompt.h"
 
 /* ---- responses ---------------------------------------------------------- */
@@ -58,189 +59,6 @@ static void engine_error(srv_response *resp, const lens_err *err, const char *fi
         srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field, "%s", err->msg);
         break;
     }
-}
-
-/* ---- tensors ------------------------------------------------------------ */
-
-/* One value of a float tensor: a number, or "-inf" / "inf" / "nan". */
-static json_t *json_float(float v) {
-    if (isnan(v)) return json_string("nan");
-    if (isinf(v)) return json_string(v < 0 ? "-inf" : "inf");
-    return json_real(v);
-}
-
-static json_t *nested(lens_dtype dtype, int ndim, const int64_t *shape, const void *data,
-                      size_t *at) {
-    json_t *list = json_array();
-    for (int64_t i = 0; i < shape[0]; i++) {
-        if (ndim > 1) {
-            json_array_append_new(list, nested(dtype, ndim - 1, shape + 1, data, at));
-        } else if (dtype == LENS_I64) {
-            json_array_append_new(list, json_integer(((const int64_t *)data)[(*at)++]));
-        } else if (dtype == LENS_I32) {
-            json_array_append_new(list, json_integer(((const int32_t *)data)[(*at)++]));
-        } else {
-            json_array_append_new(list, json_float(((const float *)data)[(*at)++]));
-        }
-    }
-    return list;
-}
-
-/* {"shape", "dtype", "data"} for a float32, int32 or int64 tensor. */
-static json_t *tensor_json(lens_dtype dtype, int ndim, const int64_t *shape, const void *data) {
-    json_t *dims = json_array();
-    for (int i = 0; i < ndim; i++)
-        json_array_append_new(dims, json_integer(shape[i]));
-    size_t at = 0;
-    json_t *values = ndim ? nested(dtype, ndim, shape, data, &at)
-                          : (dtype == LENS_F32 ? json_float(*(const float *)data)
-                                               : json_integer(*(const int64_t *)data));
-    return json_pack("{s:o, s:s, s:o}", "shape", dims, "dtype",
-                     dtype == LENS_F32 ? "float32" : dtype == LENS_I32 ? "int32" : "int64", "data",
-                     values);
-}
-
-/* IEEE half from float, rounding to nearest even. */
-static uint16_t half_of(float f) {
-    union {
-        float f;
-        uint32_t u;
-    } v = {f};
-    uint32_t sign = (v.u >> 16) & 0x8000u, exp = (v.u >> 23) & 0xffu, mant = v.u & 0x7fffffu;
-    if (exp == 0xff) return (uint16_t)(sign | 0x7c00u | (mant ? 0x200u : 0));
-    int e = (int)exp - 127 + 15;
-    if (e >= 31) return (uint16_t)(sign | 0x7c00u);
-    if (e <= 0) {
-        if (e < -10) return (uint16_t)sign;
-        mant |= 0x800000u;
-        uint32_t shift = (uint32_t)(14 - e), half = mant >> shift, rest = mant & ((1u << shift) - 1);
-        uint32_t halfway = 1u << (shift - 1);
-        if (rest > halfway || (rest == halfway && (half & 1))) half++;
-        return (uint16_t)(sign | half);
-    }
-    uint32_t half = sign | ((uint32_t)e << 10) | (mant >> 13), rest = mant & 0x1fffu;
-    if (rest > 0x1000u || (rest == 0x1000u && (half & 1))) half++;
-    return (uint16_t)half;
-}
-
-/* The bytes of a response made of parts sent one after the other, and what
- * to free when it is sent. */
-typedef struct stream {
-    struct {
-        const char *data;
-        size_t len;
-    } *parts; /* the header, then each tensor */
-    int n_parts;
-    size_t total;
-    void (*release)(void *);
-    void *owner;
-    char *header;
-} stream;
-
-static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
-    stream *s = cls;
-    size_t at = 0, written = 0;
-    for (int i = 0; i < s->n_parts && written < max; i++) {
-        size_t len = s->parts[i].len;
-        if (pos < at + len) {
-            size_t from = (size_t)(pos - at), n = len - from;
-            if (n > max - written) n = max - written;
-            memcpy(buf + written, s->parts[i].data + from, n);
-            written += n;
-            pos += n;
-        }
-        at += len;
-    }
-    return written ? (ssize_t)written : MHD_CONTENT_READER_END_OF_STREAM;
-}
-
-static void stream_free(void *cls) {
-    stream *s = cls;
-    if (s->release) s->release(s->owner);
-    free(s->header);
-    free(s->parts);
-    free(s);
-}
-
-/* The tensors as a safetensors body streamed from their own memory, with the
- * other fields of the answer as JSON in __metadata__["lensd"]. owner is
- * released (release(owner)) once the body is sent, or on failure here. */
-static void safetensors_response(srv_response *resp, const lens_st_out *tensors, int n,
-                                 json_t *fields, void (*release)(void *), void *owner) {
-    char *meta_json = json_dumps(fields, JSON_COMPACT);
-    json_decref(fields);
-    const lens_st_meta meta[] = {{"lensd", meta_json ? meta_json : "{}"}};
-    stream *s = calloc(1, sizeof *s);
-    lens_err err = {0};
-    size_t header_len = 0;
-    if (!s || !(s->parts = calloc((size_t)n + 1, sizeof *s->parts)) ||
-        !(s->header = lens_st_encode_header(tensors, (size_t)n, meta, 1, &header_len, &err))) {
-        free(meta_json);
-        if (s) {
-            free(s->header);
-            free(s->parts);
-        }
-        free(s);
-        release(owner);
-        srv_error(resp, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", NULL, "%s",
-                  err.msg[0] ? err.msg : "out of memory");
-        return;
-    }
-    free(meta_json);
-    s->parts[s->n_parts].data = s->header;
-    s->parts[s->n_parts++].len = header_len;
-    s->total = header_len;
-    for (int i = 0; i < n; i++) {
-        size_t bytes = lens_dtype_size(tensors[i].dtype);
-        for (int d = 0; d < tensors[i].ndim; d++)
-            bytes *= (size_t)tensors[i].shape[d];
-        s->parts[s->n_parts].data = tensors[i].data;
-        s->parts[s->n_parts++].len = bytes;
-        s->total += bytes;
-    }
-    s->release = release;
-    s->owner = owner;
-    resp->stream = MHD_create_response_from_callback(s->total, 1 << 16, stream_read, s, stream_free);
-    if (!resp->stream) {
-        stream_free(s);
-        srv_error(resp, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", NULL, "out of memory");
-        return;
-    }
-    resp->status = MHD_HTTP_OK;
-    resp->content_type = "application/vnd.safetensors";
-    resp->body_len = s->total;
-}
-
-/* One tensor as a .npy body (format 1.0). */
-static void npy_response(srv_response *resp, const lens_st_out *t) {
-    const char *descr = t->dtype == LENS_F32 ? "<f4" : t->dtype == LENS_F16 ? "<f2" : "<i8";
-    char dict[256];
-    int len = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (",
-                       descr);
-    for (int i = 0; i < t->ndim; i++)
-        len += snprintf(dict + len, sizeof dict - (size_t)len, "%lld,%s", (long long)t->shape[i],
-                        i + 1 < t->ndim ? " " : "");
-    len += snprintf(dict + len, sizeof dict - (size_t)len, "), }");
-    size_t header = 10 + (size_t)len + 1, padded = (header + 63) & ~(size_t)63;
-    size_t bytes = lens_dtype_size(t->dtype);
-    for (int i = 0; i < t->ndim; i++)
-        bytes *= (size_t)t->shape[i];
-    char *body = malloc(padded + bytes);
-    if (!body) {
-        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory for the response");
-        return;
-    }
-    memcpy(body, "\x93NUMPY\x01\x00", 8);
-    body[8] = (char)((padded - 10) & 0xff);
-    body[9] = (char)((padded - 10) >> 8);
-    memcpy(body + 10, dict, (size_t)len);
-    memset(body + 10 + len, ' ', padded - 10 - (size_t)len - 1);
-    body[padded - 1] = '\n';
-    memcpy(body + padded, t->data, bytes);
-    resp->status = MHD_HTTP_OK;
-    resp->content_type = "application/x-npy";
-    resp->body = body;
-    resp->body_len = padded + bytes;
 }
 
 /* ---- request fields ----------------------------------------------------- */
@@ -588,112 +406,16 @@ static void run_detokenize(srv_job *job) {
     srv_json(&job->response, MHD_HTTP_OK, json_pack("{s:o}", "text", texts));
 }
 
-/* What a tensor-returning job leaves to be freed after its response. */
-typedef struct tensor_answer {
-    lens_token_batch batch;
-    lens_cache cache;
-    int64_t *tokens64;
-    float *extra[4];
-    lens_st_out *outs; /* room for every hook point and a few more */
-    int n;
-} tensor_answer;
-
-/* A new answer with room for the model's hook points and 8 more tensors. */
-static tensor_answer *new_answer(const lens_config *c) {
-    tensor_answer *a = calloc(1, sizeof *a);
-    if (a && !(a->outs = calloc(lens_hook_slots(c) + 8, sizeof *a->outs))) {
-        free(a);
-        a = NULL;
-    }
-    return a;
-}
-
-static void tensor_answer_free(void *p) {
-    tensor_answer *a = p;
-    if (!a) return;
-    lens_token_batch_free(&a->batch);
-    lens_cache_free(&a->cache);
-    free(a->tokens64);
-    for (int i = 0; i < 4; i++)
-        free(a->extra[i]);
-    free(a->outs);
-    free(a);
-}
-
-static void add_tensor(tensor_answer *a, const char *name, lens_dtype dtype, int ndim,
-                       const int64_t *shape, const void *data) {
-    lens_st_out *o = &a->outs[a->n++];
-    *o = (lens_st_out){name, dtype, ndim, {0}, data};
-    memcpy(o->shape, shape, (size_t)ndim * sizeof *shape);
-}
-
-/* Sends a's tensors (and the other fields) as the job's Accept asks, then
- * frees a (now, or when the stream is done). */
-static void answer_tensors(srv_job *job, tensor_answer *a, json_t *fields) {
-    srv_response *resp = &job->response;
-    size_t bytes = 0;
-    for (int i = 0; i < a->n; i++) {
-        size_t b = lens_dtype_size(a->outs[i].dtype);
-        for (int d = 0; d < a->outs[i].ndim; d++)
-            b *= (size_t)a->outs[i].shape[d];
-        bytes += b;
-    }
-    if (bytes > srv_d.cfg.limits.max_response_bytes) {
-        srv_error(resp, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", NULL,
-                  "the answer is %zu MB of tensors, over the limit of %zu MB; ask for fewer "
-                  "names, positions or prompts",
-                  bytes >> 20, srv_d.cfg.limits.max_response_bytes >> 20);
-        json_decref(fields);
-        tensor_answer_free(a);
-        return;
-    }
-    if (strcmp(job->accept, "application/vnd.safetensors") == 0) {
-        safetensors_response(resp, a->outs, a->n, fields, tensor_answer_free, a);
-        return;
-    }
-    if (strcmp(job->accept, "application/x-npy") == 0) {
-        /* one tensor besides the tokens */
-        if (a->n == 2)
-            npy_response(resp, &a->outs[1]);
-        else
-            srv_error(resp, MHD_HTTP_NOT_ACCEPTABLE, "not_acceptable", NULL,
-                      "application/x-npy holds one tensor and this answer has %d besides the "
-                      "tokens; ask for one, or use application/vnd.safetensors",
-                      a->n - 1);
-        json_decref(fields);
-        tensor_answer_free(a);
-        return;
-    }
-    for (int i = 0; i < a->n; i++) {
-        const lens_st_out *o = &a->outs[i];
-        if (o->dtype == LENS_F16) {
-            srv_error(resp, MHD_HTTP_NOT_ACCEPTABLE, "not_acceptable", "dtype",
-                      "float16 tensors come as application/vnd.safetensors or application/x-npy");
-            json_decref(fields);
-            tensor_answer_free(a);
-            return;
-        }
-        json_object_set_new(fields, o->name, tensor_json(o->dtype, o->ndim, o->shape, o->data));
-    }
-    srv_json(resp, MHD_HTTP_OK, fields);
-    tensor_answer_free(a);
-}
-
-/* Puts the batch's tokens (int64, as TL) first in a. */
-static int add_tokens(tensor_answer *a) {
-    const lens_token_batch *b = &a->batch;
-    if (!(a->tokens64 = malloc((size_t)b->B * b->T * sizeof *a->tokens64))) return -1;
-    for (size_t i = 0; i < (size_t)b->B * b->T; i++)
-        a->tokens64[i] = b->tokens[i];
-    add_tensor(a, "tokens", LENS_I64, 2, (int64_t[]){b->B, b->T}, a->tokens64);
-    return 0;
+/* srv_answer_send with the job's Accept, into its response. */
+static void answer_tensors(srv_job *job, srv_answer *a, json_t *fields) {
+    srv_answer_send(job->accept, &job->response, a, fields);
 }
 
 static void run_with_cache(srv_job *job) {
     srv_model *sm = job->model;
     const lens_config *c = &sm->model->cfg;
     srv_response *resp = &job->response;
-    tensor_answer *a = new_answer(c);
+    srv_answer *a = srv_answer_new(c);
     uint8_t *enabled = calloc(lens_hook_slots(c), 1);
     int32_t *positions = NULL;
     int n_positions = 0;
@@ -724,25 +446,14 @@ static void run_with_cache(srv_job *job) {
         engine_error(resp, &err, NULL);
         goto fail;
     }
-    if (add_tokens(a)) goto oom;
+    if (srv_answer_add_tokens(a)) goto oom;
     const int B = a->batch.B, T = a->batch.T, V = c->d_vocab_out;
-    if (with_logits) add_tensor(a, "logits", LENS_F32, 3, (int64_t[]){B, T, V}, a->cache.logits);
+    if (with_logits) srv_answer_add(a, "logits", LENS_F32, 3, (int64_t[]){B, T, V}, a->cache.logits);
     for (int i = 0; i < a->cache.n; i++) {
         const lens_captured *t = &a->cache.tensors[i];
-        add_tensor(a, t->name, t->dtype, t->ndim, t->shape, t->data);
+        srv_answer_add(a, t->name, t->dtype, t->ndim, t->shape, t->data);
     }
-    for (int i = 1; half && i < a->n; i++) { /* float32 -> float16 in place */
-        lens_st_out *o = &a->outs[i];
-        size_t numel = 1;
-        for (int d = 0; d < o->ndim; d++)
-            numel *= (size_t)o->shape[d];
-        if (o->dtype != LENS_F32) continue;
-        const float *src = o->data;
-        uint16_t *dst = (uint16_t *)(void *)src;
-        for (size_t k = 0; k < numel; k++)
-            dst[k] = half_of(src[k]);
-        o->dtype = LENS_F16;
-    }
+    if (half) srv_answer_to_half(a);
     free(enabled);
     free(positions);
     answer_tensors(job, a, json_pack("{s:s, s:o}", "model", sm->name, "str_tokens",
@@ -753,7 +464,7 @@ oom:
 fail:
     free(enabled);
     free(positions);
-    tensor_answer_free(a);
+    srv_answer_free(a);
 }
 
 /* log_softmax of one row of V logits into out (double sums). */
@@ -773,7 +484,7 @@ static void run_logits(srv_job *job) {
     srv_model *sm = job->model;
     const lens_config *c = &sm->model->cfg;
     srv_response *resp = &job->response;
-    tensor_answer *a = new_answer(c);
+    srv_answer *a = srv_answer_new(c);
     uint8_t *none = calloc(lens_hook_slots(c), 1);
     int32_t *positions = NULL;
     int n_positions = 0;
@@ -798,7 +509,7 @@ static void run_logits(srv_job *job) {
         goto fail;
     }
     const int B = a->batch.B, T = a->batch.T, V = c->d_vocab_out, P = n_positions ? n_positions : T;
-    if (add_tokens(a)) goto oom;
+    if (srv_answer_add_tokens(a)) goto oom;
     /* the kept positions' rows, and their log-probs */
     float *rows = a->cache.logits, *logp = NULL;
     if (n_positions) {
@@ -836,12 +547,12 @@ static void run_logits(srv_job *job) {
                 vals[r * top_k + k] = row[best];
             }
         }
-        add_tensor(a, "top_k_ids", LENS_I64, 3, (int64_t[]){B, P, top_k}, ids);
-        add_tensor(a, "top_k_logits", LENS_F32, 3, (int64_t[]){B, P, top_k}, vals);
+        srv_answer_add(a, "top_k_ids", LENS_I64, 3, (int64_t[]){B, P, top_k}, ids);
+        srv_answer_add(a, "top_k_logits", LENS_F32, 3, (int64_t[]){B, P, top_k}, vals);
     } else {
-        add_tensor(a, "logits", LENS_F32, 3, (int64_t[]){B, P, V}, rows);
+        srv_answer_add(a, "logits", LENS_F32, 3, (int64_t[]){B, P, V}, rows);
     }
-    if (want_log_probs) add_tensor(a, "log_probs", LENS_F32, 3, (int64_t[]){B, P, V}, logp);
+    if (want_log_probs) srv_answer_add(a, "log_probs", LENS_F32, 3, (int64_t[]){B, P, V}, logp);
     if (want_loss || want_per_token) {
         /* TL's lm_cross_entropy_loss: -log_softmax(logits[:, :-1])[next token], mean over
          * real predicted positions (the attention mask's, as TL) */
@@ -870,7 +581,7 @@ static void run_logits(srv_job *job) {
             json_object_set_new(fields, "loss", json_real(counted ? total / counted : NAN));
         if (want_per_token) {
             json_object_set_new(fields, "per_token_loss",
-                                tensor_json(LENS_F32, 2, (int64_t[]){B, T - 1}, per));
+                                srv_tensor_json(LENS_F32, 2, (int64_t[]){B, T - 1}, per));
         }
         free(per);
     }
@@ -883,7 +594,7 @@ oom:
 fail:
     free(none);
     free(positions);
-    tensor_answer_free(a);
+    srv_answer_free(a);
 }
 
 /* Reads an optional list of indices below limit into *out (all when
@@ -923,7 +634,7 @@ static void run_attention(srv_job *job) {
     srv_model *sm = job->model;
     const lens_config *c = &sm->model->cfg;
     srv_response *resp = &job->response;
-    tensor_answer *a = new_answer(c);
+    srv_answer *a = srv_answer_new(c);
     uint8_t *enabled = calloc(lens_hook_slots(c), 1);
     int *layers = NULL, *heads = NULL, n_layers = 0, n_heads = 0;
     lens_err err = {0};
@@ -951,7 +662,7 @@ static void run_attention(srv_job *job) {
     }
     const int T = a->batch.T, H = c->n_heads;
     float *patterns = a->extra[0] = malloc((size_t)n_layers * n_heads * T * T * sizeof *patterns);
-    if (!patterns || add_tokens(a)) {
+    if (!patterns || srv_answer_add_tokens(a)) {
         srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
         goto fail;
     }
@@ -965,7 +676,7 @@ static void run_attention(srv_job *job) {
                    (size_t)T * T * sizeof *patterns);
     }
     (void)H;
-    add_tensor(a, "patterns", LENS_F32, 4, (int64_t[]){n_layers, n_heads, T, T}, patterns);
+    srv_answer_add(a, "patterns", LENS_F32, 4, (int64_t[]){n_layers, n_heads, T, T}, patterns);
     json_t *jl = json_array(), *jh = json_array();
     for (int i = 0; i < n_layers; i++)
         json_array_append_new(jl, json_integer(layers[i]));
@@ -984,7 +695,7 @@ fail:
     free(enabled);
     free(layers);
     free(heads);
-    tensor_answer_free(a);
+    srv_answer_free(a);
 }
 
 static void run_test_prompt(srv_job *job) {
@@ -1124,11 +835,11 @@ static json_t *attribution_json(json_t *labels, const float *attrs, int n, int B
         json_t *row = json_array();
         double sum = 0.0;
         for (int b = 0; b < B; b++) {
-            json_array_append_new(row, json_float(attrs[(size_t)i * B + b]));
+            json_array_append_new(row, srv_json_float(attrs[(size_t)i * B + b]));
             sum += attrs[(size_t)i * B + b];
         }
         json_array_append_new(per_prompt, row);
-        json_array_append_new(mean, json_float((float)(sum / B)));
+        json_array_append_new(mean, srv_json_float((float)(sum / B)));
     }
     return json_pack("{s:o, s:o, s:o}", "labels", labels, "per_prompt", per_prompt, "mean", mean);
 }
@@ -1230,13 +941,13 @@ static void run_logit_diff(srv_job *job) {
         const float *row = cache.logits + (size_t)b * V;
         float diff = row[answer[b]] - row[wrong[b]];
         total += diff;
-        json_array_append_new(diffs, json_float(diff));
+        json_array_append_new(diffs, srv_json_float(diff));
         json_array_append_new(pairs, json_pack("[i, i]", answer[b], wrong[b]));
         json_array_append_new(positions, json_integer(pos[b]));
     }
     json_t *result = json_pack("{s:s, s:o, s:o, s:o, s:o}", "model", sm->name, "answers", pairs,
                                "positions", positions, "logit_diff", diffs, "mean",
-                               json_float((float)(total / B)));
+                               srv_json_float((float)(total / B)));
     const lens_captured *scale = captured(&cache, LENS_HOOK_LN_FINAL_SCALE, 0);
     for (unsigned kind = ATTR_ACCUMULATED; kind <= ATTR_HEADS; kind <<= 1) {
         if (!(which & kind)) continue;
@@ -1632,7 +1343,7 @@ static void run_hooks_job(srv_job *job) {
     srv_model *sm = job->model;
     const lens_config *c = &sm->model->cfg;
     srv_response *resp = &job->response;
-    tensor_answer *a = new_answer(c);
+    srv_answer *a = srv_answer_new(c);
     uint8_t *capture = calloc(lens_hook_slots(c), 1), *intervene = calloc(lens_hook_slots(c), 1);
     hooks_request h = {0};
     int32_t *answer = NULL, *wrong = NULL;
@@ -1682,25 +1393,25 @@ static void run_hooks_job(srv_job *job) {
             const int t = a->batch.attn_mask ? T - 1 : a->batch.lengths[b] - 1;
             const float *row = a->cache.logits + ((size_t)b * T + t) * V;
             total += row[answer[b]] - row[wrong[b]];
-            json_array_append_new(diffs, json_float(row[answer[b]] - row[wrong[b]]));
+            json_array_append_new(diffs, srv_json_float(row[answer[b]] - row[wrong[b]]));
         }
         json_object_set_new(fields, "logit_diff", diffs);
-        json_object_set_new(fields, "mean", json_float((float)(total / B)));
+        json_object_set_new(fields, "mean", srv_json_float((float)(total / B)));
     }
-    if (add_tokens(a)) {
+    if (srv_answer_add_tokens(a)) {
         json_decref(fields);
         srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
         goto out;
     }
-    if (with_logits) add_tensor(a, "logits", LENS_F32, 3, (int64_t[]){B, T, V}, a->cache.logits);
+    if (with_logits) srv_answer_add(a, "logits", LENS_F32, 3, (int64_t[]){B, T, V}, a->cache.logits);
     for (int i = 0; i < a->cache.n; i++) {
         const lens_captured *t = &a->cache.tensors[i];
-        add_tensor(a, t->name, t->dtype, t->ndim, t->shape, t->data);
+        srv_answer_add(a, t->name, t->dtype, t->ndim, t->shape, t->data);
     }
     answer_tensors(job, a, fields);
     a = NULL;
 out:
-    tensor_answer_free(a);
+    srv_answer_free(a);
     free(capture);
     free(intervene);
     free(answer);

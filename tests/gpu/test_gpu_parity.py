@@ -28,7 +28,7 @@ from safetensors.numpy import load_file
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "parity"))
-import conftest as parity  # noqa: E402  (the parity suite's tolerance and fixtures)
+import tl_parity as parity  # noqa: E402  (the parity suite's tolerance and fixtures)
 
 GPU = os.environ.get("LENSD_GPU", "cuda:0")
 CASES = parity.load_manifest()["cases"]

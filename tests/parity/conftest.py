@@ -12,7 +12,6 @@ Environment:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -22,86 +21,15 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-TOOLS = REPO / "tools"
-sys.path.insert(0, str(TOOLS))
-
-import make_fixtures  # noqa: E402
-
-LENSD_TIMEOUT_S = 600
-DEVICE = os.environ.get("LENSD_DEVICE", "cpu")
-
-# Tolerance. Both sides compute in float32, but with different kernels: the
-# dot products behind every activation (d_model, d_mlp, d_vocab terms, about
-# 10^2-10^3 of them here) are summed in different orders and blockings, and
-# the rounding of such a sum differs by a few ulps times sqrt(terms), i.e.
-# ~1e-6 relative per op, growing through the layers and LayerNorm's division.
-# 1e-4 relative to the tensor's scale (absolute below scale 1, where
-# cancellation makes relative error meaningless) leaves two orders of margin
-# over that while still catching any real bug (a wrong mask, scale or fold
-# shows up at 1e-2 or worse).
-RTOL = 1e-4
-# ARENA's pad-key hook writes exactly this score; it must be reproduced bit for bit.
-PAD_KEY_SCORE = -100000.0
-
-
-def float_error(ref, got, sentinel: float | None = None) -> tuple[list[str], float, float, float]:
-    """Compare float arrays of equal shape.
-
-    Returns (problems, max abs error over finite entries, max |ref| over
-    finite entries, bound). Non-finite entries (-inf of masked scores, +inf,
-    NaN) and the sentinel value must sit at exactly the same places on both
-    sides; they take no part in the error or the scale.
-    """
-    import numpy as np
-
-    problems = []
-    special = ~np.isfinite(ref)
-    for label, mask_of in (("-inf", np.isneginf), ("+inf", np.isposinf), ("nan", np.isnan)):
-        a, b = mask_of(ref), mask_of(got)
-        if not np.array_equal(a, b):
-            problems.append(f"{label} positions differ ({int(a.sum())} in TL, {int(b.sum())} in lensd, "
-                            f"{int((a ^ b).sum())} mismatched)")
-    if sentinel is not None:
-        a, b = ref == sentinel, got == sentinel
-        if not np.array_equal(a, b):
-            problems.append(f"{sentinel} positions differ ({int(a.sum())} in TL, {int(b.sum())} in lensd)")
-        special |= a
-    finite = ~special & np.isfinite(got)
-    if not finite.any():
-        return problems, 0.0, 0.0, RTOL
-    diff = np.abs(ref[finite].astype(np.float64) - got[finite].astype(np.float64))
-    err = float(diff.max())
-    ref_max = float(np.abs(ref[finite]).max())
-    bound = RTOL * max(1.0, ref_max)
-    if err > bound:
-        where = np.unravel_index(np.flatnonzero(finite)[int(diff.argmax())], ref.shape)
-        problems.append(f"max abs error {err:.3g} > {bound:.3g} at {tuple(int(i) for i in where)}")
-    return problems, err, ref_max, bound
-
-
-def fixtures_dir() -> Path:
-    return Path(os.environ.get("LENSD_FIXTURES", REPO / "build" / "fixtures")).resolve()
-
-
-_manifest: dict | None = None
-
-
-def load_manifest() -> dict:
-    """The fixture manifest, building the fixtures first when missing or stale."""
-    global _manifest
-    if _manifest is None:
-        root = fixtures_dir()
-        path = root / "manifest.json"
-        want = make_fixtures.generator_hash()
-        manifest = json.loads(path.read_text()) if path.is_file() else {}
-        if manifest.get("generator_hash") != want:
-            print(f"\nbuilding parity fixtures in {root} ...", file=sys.stderr)
-            subprocess.run([sys.executable, str(TOOLS / "make_fixtures.py"), str(root)], check=True)
-            manifest = json.loads(path.read_text())
-            assert manifest["generator_hash"] == want
-        _manifest = manifest
-    return _manifest
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tl_parity import (  # noqa: E402
+    DAEMON_MODELS,
+    DEVICE,
+    LENSD_TIMEOUT_S,
+    REPO,
+    fixtures_dir,
+    load_manifest,
+)
 
 
 def pytest_generate_tests(metafunc):
@@ -199,8 +127,6 @@ def parity_table():
 
 # ---- the daemon, for the endpoints that only it answers -------------------
 
-DAEMON_MODELS = ["gpt2-a", "neo", "native-gelu", "native-attnonly"]
-
 
 @pytest.fixture(scope="session")
 def daemon(fixtures, lensd_bin):
@@ -227,24 +153,3 @@ def daemon(fixtures, lensd_bin):
     assert proc.wait(timeout=60) == 0
 
 
-def daemon_post(url: str, path: str, body: dict) -> dict:
-    """POSTs JSON and returns the JSON answer (fails the test on an error status)."""
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(url + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        return json.load(urllib.request.urlopen(request, timeout=LENSD_TIMEOUT_S))
-    except urllib.error.HTTPError as e:
-        pytest.fail(f"POST {path}: {e.code} {e.read().decode()}", pytrace=False)
-
-
-def tl_model(fixtures: Path, name: str):
-    """The HookedTransformer of fixture model `name`, processed as lensd loads it by default."""
-    import tl_native as tn
-
-    model_dir = fixtures / "models" / name
-    if (model_dir / "tl_config.json").exists():
-        return tn.build_native_tl(tn.load_native(model_dir))
-    return tn.build_hf_tl(model_dir, tn.parse_processing("default"))

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import torch
-from conftest import float_error
+from tl_parity import float_error
 import make_fixtures
 from make_fixtures import BRACKETS, brackets_course_model, brackets_course_tokens
 from safetensors.numpy import load_file

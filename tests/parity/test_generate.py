@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import daemon_post, tl_model
+from tl_parity import daemon_post, tl_model
 
 PROMPTS = ["The quick brown fox", "When Mary and John went to the store, John gave a drink to"]
 

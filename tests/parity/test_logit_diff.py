@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DAEMON_MODELS, daemon_post, float_error, tl_model
+from tl_parity import DAEMON_MODELS, daemon_post, float_error, tl_model
 
 @pytest.mark.parametrize("name", DAEMON_MODELS)
 def test_logit_diff_matches_transformer_lens(daemon, fixtures, name):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import float_error
+from tl_parity import float_error
 from safetensors.numpy import load_file
 
 PROMPTS = ["When Mary and John went to the store, John gave a drink to", "Hi", "The cat sat"]

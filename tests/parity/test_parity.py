@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import PAD_KEY_SCORE, float_error
+from tl_parity import PAD_KEY_SCORE, float_error
 from safetensors.numpy import load_file
 
 

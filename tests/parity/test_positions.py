@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import PAD_KEY_SCORE, float_error, load_manifest
+from tl_parity import PAD_KEY_SCORE, float_error, load_manifest
 from safetensors.numpy import load_file
 
 POSITIONS = [0, -1, 2]

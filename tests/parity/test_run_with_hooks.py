@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import daemon_post, float_error, tl_model
+from tl_parity import daemon_post, float_error, tl_model
 
 MODEL = "gpt2-a"
 B, T = 3, 8

@@ -1,0 +1,301 @@
+/*
+ * tensors.c: answers made of tensors, encoded as the request's Accept asks:
+ * JSON (nested lists, non-finite values as strings), safetensors streamed
+ * from the tensors' own memory (other fields as JSON metadata), or one npy.
+ */
+#include "server/tensors.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* One value of a float tensor: a number, or "-inf" / "inf" / "nan". */
+json_t *srv_json_float(float v) {
+    if (isnan(v)) return json_string("nan");
+    if (isinf(v)) return json_string(v < 0 ? "-inf" : "inf");
+    return json_real(v);
+}
+
+static json_t *nested(lens_dtype dtype, int ndim, const int64_t *shape, const void *data,
+                      size_t *at) {
+    json_t *list = json_array();
+    for (int64_t i = 0; i < shape[0]; i++) {
+        if (ndim > 1) {
+            json_array_append_new(list, nested(dtype, ndim - 1, shape + 1, data, at));
+        } else if (dtype == LENS_I64) {
+            json_array_append_new(list, json_integer(((const int64_t *)data)[(*at)++]));
+        } else if (dtype == LENS_I32) {
+            json_array_append_new(list, json_integer(((const int32_t *)data)[(*at)++]));
+        } else {
+            json_array_append_new(list, srv_json_float(((const float *)data)[(*at)++]));
+        }
+    }
+    return list;
+}
+
+/* {"shape", "dtype", "data"} for a float32, int32 or int64 tensor. */
+json_t *srv_tensor_json(lens_dtype dtype, int ndim, const int64_t *shape, const void *data) {
+    json_t *dims = json_array();
+    for (int i = 0; i < ndim; i++)
+        json_array_append_new(dims, json_integer(shape[i]));
+    size_t at = 0;
+    json_t *values = ndim ? nested(dtype, ndim, shape, data, &at)
+                          : (dtype == LENS_F32 ? srv_json_float(*(const float *)data)
+                                               : json_integer(*(const int64_t *)data));
+    return json_pack("{s:o, s:s, s:o}", "shape", dims, "dtype",
+                     dtype == LENS_F32 ? "float32" : dtype == LENS_I32 ? "int32" : "int64", "data",
+                     values);
+}
+
+/* IEEE half from float, rounding to nearest even. */
+static uint16_t half_of(float f) {
+    union {
+        float f;
+        uint32_t u;
+    } v = {f};
+    uint32_t sign = (v.u >> 16) & 0x8000u, exp = (v.u >> 23) & 0xffu, mant = v.u & 0x7fffffu;
+    if (exp == 0xff) return (uint16_t)(sign | 0x7c00u | (mant ? 0x200u : 0));
+    int e = (int)exp - 127 + 15;
+    if (e >= 31) return (uint16_t)(sign | 0x7c00u);
+    if (e <= 0) {
+        if (e < -10) return (uint16_t)sign;
+        mant |= 0x800000u;
+        uint32_t shift = (uint32_t)(14 - e), half = mant >> shift, rest = mant & ((1u << shift) - 1);
+        uint32_t halfway = 1u << (shift - 1);
+        if (rest > halfway || (rest == halfway && (half & 1))) half++;
+        return (uint16_t)(sign | half);
+    }
+    uint32_t half = sign | ((uint32_t)e << 10) | (mant >> 13), rest = mant & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (half & 1))) half++;
+    return (uint16_t)half;
+}
+
+/* The bytes of a response made of parts sent one after the other, and what
+ * to free when it is sent. */
+typedef struct stream {
+    struct {
+        const char *data;
+        size_t len;
+    } *parts; /* the header, then each tensor */
+    int n_parts;
+    size_t total;
+    void (*release)(void *);
+    void *owner;
+    char *header;
+} stream;
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    stream *s = cls;
+    size_t at = 0, written = 0;
+    for (int i = 0; i < s->n_parts && written < max; i++) {
+        size_t len = s->parts[i].len;
+        if (pos < at + len) {
+            size_t from = (size_t)(pos - at), n = len - from;
+            if (n > max - written) n = max - written;
+            memcpy(buf + written, s->parts[i].data + from, n);
+            written += n;
+            pos += n;
+        }
+        at += len;
+    }
+    return written ? (ssize_t)written : MHD_CONTENT_READER_END_OF_STREAM;
+}
+
+static void stream_free(void *cls) {
+    stream *s = cls;
+    if (s->release) s->release(s->owner);
+    free(s->header);
+    free(s->parts);
+    free(s);
+}
+
+/* The tensors as a safetensors body streamed from their own memory, with the
+ * other fields of the answer as JSON in __metadata__["lensd"]. owner is
+ * released (release(owner)) once the body is sent, or on failure here. */
+static void safetensors_response(srv_response *resp, const lens_st_out *tensors, int n,
+                                 json_t *fields, void (*release)(void *), void *owner) {
+    char *meta_json = json_dumps(fields, JSON_COMPACT);
+    json_decref(fields);
+    const lens_st_meta meta[] = {{"lensd", meta_json ? meta_json : "{}"}};
+    stream *s = calloc(1, sizeof *s);
+    lens_err err = {0};
+    size_t header_len = 0;
+    if (!s || !(s->parts = calloc((size_t)n + 1, sizeof *s->parts)) ||
+        !(s->header = lens_st_encode_header(tensors, (size_t)n, meta, 1, &header_len, &err))) {
+        free(meta_json);
+        if (s) {
+            free(s->header);
+            free(s->parts);
+        }
+        free(s);
+        release(owner);
+        srv_error(resp, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", NULL, "%s",
+                  err.msg[0] ? err.msg : "out of memory");
+        return;
+    }
+    free(meta_json);
+    s->parts[s->n_parts].data = s->header;
+    s->parts[s->n_parts++].len = header_len;
+    s->total = header_len;
+    for (int i = 0; i < n; i++) {
+        size_t bytes = lens_dtype_size(tensors[i].dtype);
+        for (int d = 0; d < tensors[i].ndim; d++)
+            bytes *= (size_t)tensors[i].shape[d];
+        s->parts[s->n_parts].data = tensors[i].data;
+        s->parts[s->n_parts++].len = bytes;
+        s->total += bytes;
+    }
+    s->release = release;
+    s->owner = owner;
+    resp->stream = MHD_create_response_from_callback(s->total, 1 << 16, stream_read, s, stream_free);
+    if (!resp->stream) {
+        stream_free(s);
+        srv_error(resp, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", NULL, "out of memory");
+        return;
+    }
+    resp->status = MHD_HTTP_OK;
+    resp->content_type = "application/vnd.safetensors";
+    resp->body_len = s->total;
+}
+
+/* One tensor as a .npy body (format 1.0). */
+static void npy_response(srv_response *resp, const lens_st_out *t) {
+    const char *descr = t->dtype == LENS_F32 ? "<f4" : t->dtype == LENS_F16 ? "<f2" : "<i8";
+    char dict[256];
+    int len = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (",
+                       descr);
+    for (int i = 0; i < t->ndim; i++)
+        len += snprintf(dict + len, sizeof dict - (size_t)len, "%lld,%s", (long long)t->shape[i],
+                        i + 1 < t->ndim ? " " : "");
+    len += snprintf(dict + len, sizeof dict - (size_t)len, "), }");
+    size_t header = 10 + (size_t)len + 1, padded = (header + 63) & ~(size_t)63;
+    size_t bytes = lens_dtype_size(t->dtype);
+    for (int i = 0; i < t->ndim; i++)
+        bytes *= (size_t)t->shape[i];
+    char *body = malloc(padded + bytes);
+    if (!body) {
+        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory for the response");
+        return;
+    }
+    memcpy(body, "\x93NUMPY\x01\x00", 8);
+    body[8] = (char)((padded - 10) & 0xff);
+    body[9] = (char)((padded - 10) >> 8);
+    memcpy(body + 10, dict, (size_t)len);
+    memset(body + 10 + len, ' ', padded - 10 - (size_t)len - 1);
+    body[padded - 1] = '\n';
+    memcpy(body + padded, t->data, bytes);
+    resp->status = MHD_HTTP_OK;
+    resp->content_type = "application/x-npy";
+    resp->body = body;
+    resp->body_len = padded + bytes;
+}
+
+
+/* A new answer with room for the model's hook points and 8 more tensors. */
+srv_answer *srv_answer_new(const lens_config *c) {
+    srv_answer *a = calloc(1, sizeof *a);
+    if (a && !(a->outs = calloc(lens_hook_slots(c) + 8, sizeof *a->outs))) {
+        free(a);
+        a = NULL;
+    }
+    return a;
+}
+
+void srv_answer_free(void *p) {
+    srv_answer *a = p;
+    if (!a) return;
+    lens_token_batch_free(&a->batch);
+    lens_cache_free(&a->cache);
+    free(a->tokens64);
+    for (int i = 0; i < 4; i++)
+        free(a->extra[i]);
+    free(a->outs);
+    free(a);
+}
+
+void srv_answer_add(srv_answer *a, const char *name, lens_dtype dtype, int ndim,
+                       const int64_t *shape, const void *data) {
+    lens_st_out *o = &a->outs[a->n++];
+    *o = (lens_st_out){name, dtype, ndim, {0}, data};
+    memcpy(o->shape, shape, (size_t)ndim * sizeof *shape);
+}
+
+void srv_answer_send(const char *accept, srv_response *resp, srv_answer *a,
+                              json_t *fields) {
+    size_t bytes = 0;
+    for (int i = 0; i < a->n; i++) {
+        size_t b = lens_dtype_size(a->outs[i].dtype);
+        for (int d = 0; d < a->outs[i].ndim; d++)
+            b *= (size_t)a->outs[i].shape[d];
+        bytes += b;
+    }
+    if (bytes > srv_d.cfg.limits.max_response_bytes) {
+        srv_error(resp, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", NULL,
+                  "the answer is %zu MB of tensors, over the limit of %zu MB; ask for fewer "
+                  "names, positions or prompts",
+                  bytes >> 20, srv_d.cfg.limits.max_response_bytes >> 20);
+        json_decref(fields);
+        srv_answer_free(a);
+        return;
+    }
+    if (strcmp(accept, "application/vnd.safetensors") == 0) {
+        safetensors_response(resp, a->outs, a->n, fields, srv_answer_free, a);
+        return;
+    }
+    if (strcmp(accept, "application/x-npy") == 0) {
+        /* one tensor besides the tokens */
+        const lens_st_out *only = NULL;
+        int others = 0;
+        for (int i = 0; i < a->n; i++)
+            if (strcmp(a->outs[i].name, "tokens") != 0) only = &a->outs[i], others++;
+        if (others == 1)
+            npy_response(resp, only);
+        else
+            srv_error(resp, MHD_HTTP_NOT_ACCEPTABLE, "not_acceptable", NULL,
+                      "application/x-npy holds one tensor and this answer has %d besides the "
+                      "tokens; ask for one, or use application/vnd.safetensors",
+                      others);
+        json_decref(fields);
+        srv_answer_free(a);
+        return;
+    }
+    for (int i = 0; i < a->n; i++) {
+        const lens_st_out *o = &a->outs[i];
+        if (o->dtype == LENS_F16) {
+            srv_error(resp, MHD_HTTP_NOT_ACCEPTABLE, "not_acceptable", "dtype",
+                      "float16 tensors come as application/vnd.safetensors or application/x-npy");
+            json_decref(fields);
+            srv_answer_free(a);
+            return;
+        }
+        json_object_set_new(fields, o->name, srv_tensor_json(o->dtype, o->ndim, o->shape, o->data));
+    }
+    srv_json(resp, MHD_HTTP_OK, fields);
+    srv_answer_free(a);
+}
+
+/* Puts the batch's tokens (int64, as TL) first in a. */
+int srv_answer_add_tokens(srv_answer *a) {
+    const lens_token_batch *b = &a->batch;
+    if (!(a->tokens64 = malloc((size_t)b->B * b->T * sizeof *a->tokens64))) return -1;
+    for (size_t i = 0; i < (size_t)b->B * b->T; i++)
+        a->tokens64[i] = b->tokens[i];
+    srv_answer_add(a, "tokens", LENS_I64, 2, (int64_t[]){b->B, b->T}, a->tokens64);
+    return 0;
+}
+
+
+void srv_answer_to_half(srv_answer *a) {
+    for (int i = 0; i < a->n; i++) {
+        lens_st_out *o = &a->outs[i];
+        if (o->dtype != LENS_F32) continue;
+        size_t numel = 1;
+        for (int d = 0; d < o->ndim; d++)
+            numel *= (size_t)o->shape[d];
+        const float *src = o->data;
+        uint16_t *dst = (uint16_t *)(void *)src; /* in place: each half is written after its float is read */
+        for (size_t k = 0; k < numel; k++)
+            dst[k] = half_of(src[k]);
+        o->dtype = LENS_F16;
+    }
+}

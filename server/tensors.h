@@ -1,0 +1,56 @@
+/*
+ * tensors.h: answers made of named tensors (tokens, logits, activations) and
+ * their encodings: JSON, safetensors (streamed) or npy, chosen by Accept.
+ */
+#ifndef SRV_TENSORS_H
+#define SRV_TENSORS_H
+
+#include <jansson.h>
+
+#include "core/capture.h"
+#include "core/prompt.h"
+#include "core/safetensors.h"
+#include "server/daemon.h"
+
+/* The tensors of one answer and the memory they live in, freed with it. */
+typedef struct srv_answer {
+    lens_token_batch batch;
+    lens_cache cache;
+    int64_t *tokens64;
+    float *extra[4];
+    lens_st_out *outs; /* room for every hook point and a few more */
+    int n;
+} srv_answer;
+
+/* A new answer with room for the model's hook points and 8 more tensors, or
+ * NULL when out of memory. */
+srv_answer *srv_answer_new(const lens_config *c);
+
+/* Frees an answer and everything it holds (void * for stream callbacks).
+ * Accepts NULL. */
+void srv_answer_free(void *answer);
+
+/* Appends a tensor (not copied: data must live as long as the answer). */
+void srv_answer_add(srv_answer *a, const char *name, lens_dtype dtype, int ndim,
+                    const int64_t *shape, const void *data);
+
+/* Appends the answer's batch tokens as int64 (TL's dtype). Returns -1 when
+ * out of memory. */
+int srv_answer_add_tokens(srv_answer *a);
+
+/* Turns every float32 tensor into float16 in place (round to nearest even). */
+void srv_answer_to_half(srv_answer *a);
+
+/* Encodes the tensors and the other fields (a JSON object, taken) as accept
+ * asks into resp, and frees the answer, now or once the stream is sent.
+ * Refuses answers over the response-size limit (413) and npy with other than
+ * one tensor besides the tokens (406). */
+void srv_answer_send(const char *accept, srv_response *resp, srv_answer *a, json_t *fields);
+
+/* One float as JSON: a number, or "-inf" / "inf" / "nan". */
+json_t *srv_json_float(float v);
+
+/* {"shape", "dtype", "data"} of a float32, int32 or int64 tensor. */
+json_t *srv_tensor_json(lens_dtype dtype, int ndim, const int64_t *shape, const void *data);
+
+#endif
