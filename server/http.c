@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "server/caches.h"
 #include "server/daemon.h"
 
 /* One request from its first header to its log line. */
@@ -51,6 +52,9 @@ static void route_label(request *r, const char *method, const char *url) {
         size_t n = slash ? (size_t)(slash - name) : strlen(name);
         snprintf(r->model, sizeof r->model, "%.*s", (int)n, name);
         snprintf(r->route, sizeof r->route, "%s /v1/models/{m}%s", method, slash ? slash : "");
+    } else if (strncmp(url, "/v1/caches/", 11) == 0) {
+        snprintf(r->route, sizeof r->route, "%s /v1/caches/{id}%s", method,
+                 strchr(url + 11, '/') ? "/{name}" : "");
     } else if (strcmp(url, "/healthz") == 0 || strcmp(url, "/readyz") == 0 ||
                strcmp(url, "/metrics") == 0 || strncmp(url, "/v1/", 4) == 0) {
         snprintf(r->route, sizeof r->route, "%s %.80s", method, url);
@@ -264,6 +268,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         strncmp(type, "application/x-www-form-urlencoded", 33) != 0) {
         srv_error(&resp, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", NULL,
                   "request bodies are JSON (Content-Type: application/json), not %s", type);
+        return send_response(c, r, &resp);
+    }
+    if (strncmp(url, "/v1/caches/", 11) == 0) {
+        srv_caches_route(method, url + 11, accept,
+                         MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "batch"),
+                         MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "positions"), &resp);
         return send_response(c, r, &resp);
     }
     srv_job *job = srv_route(method, url, accept, r->body, r->len, &resp);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/caches.h"
 #include "server/daemon.h"
 
 #define MAX_ROUTES 64
@@ -132,6 +133,9 @@ char *srv_metrics_text(size_t *len) {
         fprintf(f, "lensd_weights_bytes{model=\"%s\",device=\"%s\"} %zu\n", srv_d.models[i].name,
                 dev.name, bytes);
     }
+    fprintf(f, "# HELP lensd_kept_cache_bytes Bytes of caches kept for later queries.\n"
+               "# TYPE lensd_kept_cache_bytes gauge\nlensd_kept_cache_bytes %zu\n",
+            srv_caches_bytes());
     fclose(f);
     return text;
 }

@@ -17,6 +17,7 @@
 #include "core/intervene.h"
 #include "core/prompt.h"
 #include "core/safetensors.h"
+#include "server/caches.h"
 #include "server/daemon.h"
 #include "server/tensors.h"
 #include "server/test_prompt.h"
@@ -419,7 +420,7 @@ static void run_with_cache(srv_job *job) {
     uint8_t *enabled = calloc(lens_hook_slots(c), 1);
     int32_t *positions = NULL;
     int n_positions = 0;
-    bool with_logits;
+    bool with_logits, keep;
     json_t *dtype = json_object_get(job->body, "dtype");
     lens_err err = {0};
     if (!a || !enabled) {
@@ -434,6 +435,7 @@ static void run_with_cache(srv_job *job) {
     }
     const bool half = dtype && strcmp(json_string_value(dtype), "float16") == 0;
     if (optional_bool(job->body, "logits", true, &with_logits, resp) ||
+        optional_bool(job->body, "keep", false, &keep, resp) ||
         read_names(c, job->body, enabled, resp) || read_prompts(sm, job->body, &a->batch, resp) ||
         read_positions(job->body, a->batch.T, &positions, &n_positions, resp))
         goto fail;
@@ -456,6 +458,24 @@ static void run_with_cache(srv_job *job) {
     if (half) srv_answer_to_half(a);
     free(enabled);
     free(positions);
+    if (keep) { /* answered with a handle: GET /v1/caches/{id}[/{name}] */
+        json_t *tensors = json_object();
+        for (int i = 0; i < a->n; i++) {
+            json_t *shape = json_array();
+            for (int d = 0; d < a->outs[i].ndim; d++)
+                json_array_append_new(shape, json_integer(a->outs[i].shape[d]));
+            json_object_set_new(tensors, a->outs[i].name, shape);
+        }
+        char id[33];
+        if (srv_caches_keep(sm->name, a, id, resp)) {
+            json_decref(tensors);
+            return;
+        }
+        srv_json(resp, MHD_HTTP_OK,
+                 json_pack("{s:s, s:s, s:o, s:f}", "cache_id", id, "model", sm->name, "tensors",
+                           tensors, "ttl_s", srv_d.cfg.limits.kept_cache_ttl_s));
+        return;
+    }
     answer_tensors(job, a, json_pack("{s:s, s:o}", "model", sm->name, "str_tokens",
                                      str_tokens_json(sm->model, &a->batch)));
     return;

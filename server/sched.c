@@ -13,11 +13,13 @@
 #include <uv.h>
 
 #include "kernels/lk.h"
+#include "server/caches.h"
 #include "server/daemon.h"
 
 static uv_loop_t loop;
 static uv_async_t inbox_ready;
 static uv_signal_t on_sigint, on_sigterm;
+static uv_timer_t expiry; /* drops kept caches past their TTL */
 static pthread_mutex_t inbox_lock = PTHREAD_MUTEX_INITIALIZER;
 static srv_job *inbox_head, *inbox_tail;
 static bool inbox_closed; /* draining: submissions are refused where they are made */
@@ -136,11 +138,18 @@ static void drain(uv_signal_t *handle, int signum) {
     }
     for (int i = 0; i < srv_d.n_models; i++)
         pthread_join(srv_d.models[i].executor, NULL);
+    uv_timer_stop(&expiry);
+    uv_close((uv_handle_t *)&expiry, NULL);
     uv_signal_stop(&on_sigint);
     uv_signal_stop(&on_sigterm);
     uv_close((uv_handle_t *)&on_sigint, NULL);
     uv_close((uv_handle_t *)&on_sigterm, NULL);
     uv_close((uv_handle_t *)&inbox_ready, NULL);
+}
+
+static void expire_caches(uv_timer_t *handle) {
+    (void)handle;
+    srv_caches_expire((double)uv_hrtime() / 1e9); /* CLOCK_MONOTONIC, as caches.c */
 }
 
 int srv_sched_start(lens_err *err) {
@@ -150,6 +159,8 @@ int srv_sched_start(lens_err *err) {
     if (!rc) rc = uv_signal_init(&loop, &on_sigterm);
     if (!rc) rc = uv_signal_start(&on_sigint, drain, SIGINT);
     if (!rc) rc = uv_signal_start(&on_sigterm, drain, SIGTERM);
+    if (!rc) rc = uv_timer_init(&loop, &expiry);
+    if (!rc) rc = uv_timer_start(&expiry, expire_caches, 5000, 5000);
     if (rc) {
         lens_err_set(err, "scheduler: %s", uv_strerror(rc));
         return -1;

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/caches.h"
 #include "server/cli.h"
 #include "server/daemon.h"
 
@@ -124,6 +125,7 @@ int srv_serve_main(int argc, char **argv) {
     fprintf(stderr, "lensd: stopped\n");
     status = 0;
 out:
+    srv_caches_clear();
     free_models();
     srv_auth_free(srv_d.auth);
     srv_config_free(&srv_d.cfg);
