@@ -522,24 +522,31 @@ static void run_logits(srv_job *job) {
         read_prompts(sm, job->body, &a->batch, resp) ||
         read_positions(job->body, a->batch.T, &positions, &n_positions, resp))
         goto fail;
-    const lens_cache_request req = {.enabled = none, .logits = true};
-    srv_metrics_batch(a->batch.B);
+    const int B = a->batch.B, T = a->batch.T, V = c->d_vocab_out, P = n_positions ? n_positions : T;
+    /* one position and no loss: unembed only there (the logits' rows are then [B, 1, V]) */
+    const bool one_position = n_positions == 1 && !want_loss && !want_per_token;
+    if (one_position && !(a->extra[4] = malloc((size_t)B * sizeof(int32_t)))) goto oom;
+    for (int b = 0; one_position && b < B; b++)
+        ((int32_t *)a->extra[4])[b] = positions[0];
+    const lens_cache_request req = {.enabled = none,
+                                    .logits = true,
+                                    .logit_positions = one_position ? (int32_t *)a->extra[4] : NULL};
+    srv_metrics_batch(B);
     if (lens_run_cache(sm->model, &sm->ws, &a->batch, &req, &a->cache, &err)) {
         engine_error(resp, &err, NULL);
         goto fail;
     }
-    const int B = a->batch.B, T = a->batch.T, V = c->d_vocab_out, P = n_positions ? n_positions : T;
     if (srv_answer_add_tokens(a)) goto oom;
     /* the kept positions' rows, and their log-probs */
     float *rows = a->cache.logits, *logp = NULL;
-    if (n_positions) {
+    if (n_positions && !one_position) {
         if (!(rows = a->extra[0] = malloc((size_t)B * P * V * sizeof *rows))) goto oom;
         for (int b = 0; b < B; b++)
             for (int p = 0; p < P; p++)
                 memcpy(rows + ((size_t)b * P + p) * V,
                        a->cache.logits + ((size_t)b * T + positions[p]) * V, (size_t)V * sizeof *rows);
     }
-    if (want_log_probs || top_k) {
+    if (want_log_probs) {
         if (!(logp = a->extra[1] = malloc((size_t)B * P * V * sizeof *logp))) goto oom;
         for (size_t r = 0; r < (size_t)B * P; r++)
             log_softmax(rows + r * V, logp + r * V, V);

@@ -40,10 +40,12 @@ static void *executor(void *arg) {
         m->busy = true;
         pthread_mutex_unlock(&m->lock);
         srv_run_job(job);
-        finish(job);
         pthread_mutex_lock(&m->lock);
         m->busy = false;
-        m->queued--;
+        m->queued--; /* before the answer goes: a client's next request may follow at once */
+        pthread_mutex_unlock(&m->lock);
+        finish(job);
+        pthread_mutex_lock(&m->lock);
     }
     pthread_mutex_unlock(&m->lock);
     return NULL;

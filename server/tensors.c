@@ -207,7 +207,7 @@ void srv_answer_free(void *p) {
     lens_token_batch_free(&a->batch);
     lens_cache_free(&a->cache);
     free(a->tokens64);
-    for (int i = 0; i < 4; i++)
+    for (size_t i = 0; i < sizeof a->extra / sizeof a->extra[0]; i++)
         free(a->extra[i]);
     free(a->outs);
     free(a);

@@ -17,7 +17,7 @@ typedef struct srv_answer {
     lens_token_batch batch;
     lens_cache cache;
     int64_t *tokens64;
-    float *extra[4];
+    float *extra[6]; /* buffers the tensors point into */
     lens_st_out *outs; /* room for every hook point and a few more */
     int n;
 } srv_answer;
