@@ -75,6 +75,18 @@ def run_wrk(url: str, connections: int, seconds: int) -> dict:
             "non2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
+def drain(url: str) -> None:
+    """Waits until the daemon has run the requests wrk left behind when it
+    stopped (their answers go nowhere), so that the next row starts empty."""
+    import urllib.request
+
+    while True:
+        metrics = urllib.request.urlopen(url + "/metrics", timeout=30).read().decode()
+        if re.search(r"^lensd_queue_depth\{[^}]*\} 0$", metrics, re.M):
+            return
+        time.sleep(0.2)
+
+
 def alternate_ms(fns, n: int) -> list:
     """Runs each of fns once to warm up, then n rounds of all of them in turn
     (so that a disturbance on this shared machine hits both sides alike);
@@ -106,7 +118,10 @@ def main() -> None:
     import torch
 
     try:
-        load = [run_wrk(url, c, args.seconds) for c in (1, 8, 64)]
+        load = []
+        for c in (1, 8, 64):
+            load.append(run_wrk(url, c, args.seconds))
+            drain(url)
         m = client.Client(url).model("gpt2")
         ns: dict = {}
         exec(bench_cache.TL_BUILD, ns)

@@ -35,7 +35,7 @@ typedef struct srv_limits {
     size_t max_response_bytes;   /* activations in one response; default 1 GiB; >= 1 */
     size_t max_kept_cache_bytes; /* all kept caches together; default 2 GiB; 0 = keep none */
     double kept_cache_ttl_s;     /* seconds a kept cache lives unused; default 600; > 0 */
-    int queue_length;            /* waiting jobs per model; default 64; >= 1 */
+    int queue_length;            /* waiting jobs per model; default 256; >= 1 */
     double request_timeout_s;    /* seconds; default 300; > 0 */
     int requests_per_minute;     /* per token; 0 = unlimited (default) */
 } srv_limits;
@@ -63,7 +63,7 @@ typedef struct srv_config {
 #define SRV_DEFAULT_MAX_RESPONSE_BYTES ((size_t)1 << 30)
 #define SRV_DEFAULT_MAX_KEPT_CACHE_BYTES ((size_t)2 << 30)
 #define SRV_DEFAULT_KEPT_CACHE_TTL_S 600.0
-#define SRV_DEFAULT_QUEUE_LENGTH 64
+#define SRV_DEFAULT_QUEUE_LENGTH 256
 #define SRV_DEFAULT_REQUEST_TIMEOUT_S 300.0
 
 /* Fills cfg from the defaults, then the JSON file of --config, then the

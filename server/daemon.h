@@ -46,6 +46,8 @@ typedef enum srv_job_kind {
     SRV_JOB_LOGIT_DIFF,
     SRV_JOB_RUN_WITH_HOOKS,
     SRV_JOB_GENERATE,
+    SRV_JOB_ADMIN_LOAD,   /* admin.c, not an executor */
+    SRV_JOB_ADMIN_UNLOAD,
 } srv_job_kind;
 
 typedef struct srv_model srv_model;
@@ -62,9 +64,12 @@ typedef struct srv_job {
     struct srv_job *next;
 } srv_job;
 
-/* A loaded model and its executor. */
+/* A loaded model and its executor: a slot of srv_daemon.models, in use
+ * while present (slots are never reused, so a job's pointer stays valid). */
 struct srv_model {
     char *name;
+    bool present;   /* loaded and answering; false once unloaded */
+    bool owns_name; /* loaded at run time (name allocated) */
     lens_model *model;
     char *info_json;        /* GET /v1/models/{name}, made at load */
     char *summary_json;     /* its entry in GET /v1/models */
@@ -82,8 +87,9 @@ struct srv_model {
 typedef struct srv_daemon {
     srv_config cfg;
     srv_auth *auth; /* NULL: no access control */
-    srv_model *models;
-    int n_models;
+    srv_model *models; /* [cap_models]; slots 0..n_models-1 used, present or unloaded */
+    int n_models, cap_models;
+    pthread_rwlock_t models_lock; /* held to read or change which models are present */
     int ready; /* models loaded */
     struct MHD_Daemon *http;
     char web_root[4096]; /* realpath of cfg.web_dir, "" for none */
@@ -94,6 +100,10 @@ typedef struct srv_daemon {
 extern srv_daemon srv_d;
 
 /* ---- routes.c ---- */
+
+/* The present model called name (len bytes), or NULL. Takes the read side
+ * of models_lock, which the caller must not hold. */
+srv_model *srv_find_model(const char *name, size_t len);
 
 /* Routes one request whose body is complete: answers it in *resp and
  * returns NULL, or returns a job to run (body ownership passes to it).
@@ -116,6 +126,14 @@ void srv_json(srv_response *resp, unsigned status, json_t *body);
 /* Starts the scheduler's loop thread and one executor per model. */
 int srv_sched_start(lens_err *err);
 
+/* Starts the executor of a model loaded at run time. Returns -1 if the
+ * thread cannot start. */
+int srv_sched_add(srv_model *m);
+
+/* Stops a model's executor after its queued jobs (new ones get 503) and
+ * waits for it. */
+void srv_sched_remove(srv_model *m);
+
 /* Hands a job to the scheduler: it runs later on its model's executor and
  * then the connection is resumed, or it fails at once (queue full,
  * draining) with its response filled in and the connection resumed. */
@@ -127,6 +145,24 @@ int srv_sched_depth(const srv_model *m);
 /* Blocks until SIGINT or SIGTERM, then stops taking work, lets every queued
  * and running job finish, and stops the executors and the loop. */
 void srv_sched_run_until_signal(void);
+
+/* ---- admin.c ---- */
+
+/* Routes a request under /v1/admin/ (POST /v1/admin/models loads a model,
+ * DELETE /v1/admin/models/{name} unloads one): answers it in resp and
+ * returns NULL, or returns a job for srv_admin_start. */
+srv_job *srv_admin_route(const char *method, const char *url, const char *body, size_t body_len,
+                         srv_response *resp);
+
+/* Runs an admin job on a thread of its own, then resumes its connection. */
+void srv_admin_start(srv_job *job);
+
+/* Loads spec into slot sm (model, device, info JSON). Returns -1 with a
+ * message. */
+int srv_load_model(srv_model *sm, const srv_model_spec *spec, lens_err *err);
+
+/* Frees what a slot holds (its executor must be stopped). */
+void srv_unload_model(srv_model *sm);
 
 /* ---- http.c ---- */
 

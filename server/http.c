@@ -276,12 +276,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                          MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "positions"), &resp);
         return send_response(c, r, &resp);
     }
-    srv_job *job = srv_route(method, url, accept, r->body, r->len, &resp);
+    const bool admin = strncmp(url, "/v1/admin/", 10) == 0;
+    srv_job *job = admin ? srv_admin_route(method, url, r->body, r->len, &resp)
+                         : srv_route(method, url, accept, r->body, r->len, &resp);
     if (!job) return send_response(c, r, &resp);
     job->connection = c;
     r->job = job;
     MHD_suspend_connection(c);
-    srv_sched_submit(job);
+    if (admin)
+        srv_admin_start(job);
+    else
+        srv_sched_submit(job);
     return MHD_YES;
 }
 

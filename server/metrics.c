@@ -119,13 +119,16 @@ char *srv_metrics_text(size_t *len) {
     fputs("# HELP lensd_queue_depth Requests waiting or running, by model.\n"
           "# TYPE lensd_queue_depth gauge\n",
           f);
+    pthread_rwlock_rdlock(&srv_d.models_lock);
     for (int i = 0; i < srv_d.n_models; i++)
-        fprintf(f, "lensd_queue_depth{model=\"%s\"} %d\n", srv_d.models[i].name,
-                srv_sched_depth(&srv_d.models[i]));
+        if (srv_d.models[i].present)
+            fprintf(f, "lensd_queue_depth{model=\"%s\"} %d\n", srv_d.models[i].name,
+                    srv_sched_depth(&srv_d.models[i]));
     fputs("# HELP lensd_weights_bytes Bytes of weights, by model and device.\n"
           "# TYPE lensd_weights_bytes gauge\n",
           f);
     for (int i = 0; i < srv_d.n_models; i++) {
+        if (!srv_d.models[i].present) continue;
         const lens_model *m = srv_d.models[i].model;
         lk_device_info dev;
         lk_device_describe(m->device, &dev);
@@ -133,6 +136,7 @@ char *srv_metrics_text(size_t *len) {
         fprintf(f, "lensd_weights_bytes{model=\"%s\",device=\"%s\"} %zu\n", srv_d.models[i].name,
                 dev.name, bytes);
     }
+    pthread_rwlock_unlock(&srv_d.models_lock);
     fprintf(f, "# HELP lensd_kept_cache_bytes Bytes of caches kept for later queries.\n"
                "# TYPE lensd_kept_cache_bytes gauge\nlensd_kept_cache_bytes %zu\n",
             srv_caches_bytes());

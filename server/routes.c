@@ -1662,16 +1662,28 @@ void srv_run_job(srv_job *job) {
     case SRV_JOB_GENERATE:
         run_generate(job);
         break;
+    case SRV_JOB_ADMIN_LOAD:
+    case SRV_JOB_ADMIN_UNLOAD:
+        break; /* admin.c runs these on threads of their own */
     }
 }
 
 /* ---- routing ------------------------------------------------------------ */
 
-static srv_model *find_model(const char *name, size_t len) {
+/* find_model with models_lock held. */
+static srv_model *find_model_locked(const char *name, size_t len) {
     for (int i = 0; i < srv_d.n_models; i++)
-        if (strlen(srv_d.models[i].name) == len && strncmp(srv_d.models[i].name, name, len) == 0)
+        if (srv_d.models[i].present && strlen(srv_d.models[i].name) == len &&
+            strncmp(srv_d.models[i].name, name, len) == 0)
             return &srv_d.models[i];
     return NULL;
+}
+
+srv_model *srv_find_model(const char *name, size_t len) {
+    pthread_rwlock_rdlock(&srv_d.models_lock);
+    srv_model *m = find_model_locked(name, len);
+    pthread_rwlock_unlock(&srv_d.models_lock);
+    return m;
 }
 
 static void raw_json(srv_response *resp, const char *json) {
@@ -1693,8 +1705,11 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
             srv_json(resp, MHD_HTTP_OK, json_pack("{s:s}", "status", "ok"));
         } else if (strcmp(url, "/readyz") == 0) {
             json_t *names = json_array();
+            pthread_rwlock_rdlock(&srv_d.models_lock);
             for (int i = 0; i < srv_d.n_models; i++)
-                json_array_append_new(names, json_string(srv_d.models[i].name));
+                if (srv_d.models[i].present)
+                    json_array_append_new(names, json_string(srv_d.models[i].name));
+            pthread_rwlock_unlock(&srv_d.models_lock);
             bool ready = srv_d.ready && !srv_d.draining;
             srv_json(resp, ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE,
                      json_pack("{s:s, s:o}", "status",
@@ -1706,8 +1721,11 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
             resp->body = srv_metrics_text(&resp->body_len);
         } else {
             json_t *list = json_array();
+            pthread_rwlock_rdlock(&srv_d.models_lock);
             for (int i = 0; i < srv_d.n_models; i++)
-                json_array_append_new(list, json_loads(srv_d.models[i].summary_json, 0, NULL));
+                if (srv_d.models[i].present)
+                    json_array_append_new(list, json_loads(srv_d.models[i].summary_json, 0, NULL));
+            pthread_rwlock_unlock(&srv_d.models_lock);
             srv_json(resp, MHD_HTTP_OK, json_pack("{s:o}", "models", list));
         }
         return NULL;
@@ -1724,18 +1742,25 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
         return NULL;
     }
     const char *name = url + strlen(prefix), *slash = strchr(name, '/');
-    srv_model *m = find_model(name, slash ? (size_t)(slash - name) : strlen(name));
-    if (!m) {
-        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", "model", "no model called \"%.*s\"",
-                  (int)(slash ? slash - name : (long)strlen(name)), name);
-        return NULL;
-    }
-    if (!slash || !slash[1]) {
-        if (get)
+    const size_t name_len = slash ? (size_t)(slash - name) : strlen(name);
+    if (!slash || !slash[1]) { /* the model's detail, read while it cannot be unloaded */
+        pthread_rwlock_rdlock(&srv_d.models_lock);
+        srv_model *m = find_model_locked(name, name_len);
+        if (!m)
+            srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", "model", "no model called \"%.*s\"",
+                      (int)name_len, name);
+        else if (get)
             raw_json(resp, m->info_json);
         else
             srv_error(resp, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", NULL,
                       "%s takes GET, not %s", url, method);
+        pthread_rwlock_unlock(&srv_d.models_lock);
+        return NULL;
+    }
+    srv_model *m = srv_find_model(name, name_len);
+    if (!m) {
+        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", "model", "no model called \"%.*s\"",
+                  (int)name_len, name);
         return NULL;
     }
     static const struct {

@@ -131,15 +131,10 @@ static void drain(uv_signal_t *handle, int signum) {
     inbox_closed = true;
     pthread_mutex_unlock(&inbox_lock);
     take_inbox(NULL); /* anything submitted before this answers 503 now */
-    for (int i = 0; i < srv_d.n_models; i++) {
-        srv_model *m = &srv_d.models[i];
-        pthread_mutex_lock(&m->lock);
-        m->stopping = true;
-        pthread_cond_broadcast(&m->wake);
-        pthread_mutex_unlock(&m->lock);
-    }
+    pthread_rwlock_rdlock(&srv_d.models_lock);
     for (int i = 0; i < srv_d.n_models; i++)
-        pthread_join(srv_d.models[i].executor, NULL);
+        if (srv_d.models[i].present) srv_sched_remove(&srv_d.models[i]);
+    pthread_rwlock_unlock(&srv_d.models_lock);
     uv_timer_stop(&expiry);
     uv_close((uv_handle_t *)&expiry, NULL);
     uv_signal_stop(&on_sigint);
@@ -168,15 +163,27 @@ int srv_sched_start(lens_err *err) {
         return -1;
     }
     for (int i = 0; i < srv_d.n_models; i++) {
-        srv_model *m = &srv_d.models[i];
-        pthread_mutex_init(&m->lock, NULL);
-        pthread_cond_init(&m->wake, NULL);
-        if (pthread_create(&m->executor, NULL, executor, m)) {
-            lens_err_set(err, "scheduler: cannot start the executor of %s", m->name);
+        if (srv_sched_add(&srv_d.models[i])) {
+            lens_err_set(err, "scheduler: cannot start the executor of %s", srv_d.models[i].name);
             return -1;
         }
     }
     return 0;
+}
+
+int srv_sched_add(srv_model *m) {
+    pthread_mutex_init(&m->lock, NULL);
+    pthread_cond_init(&m->wake, NULL);
+    return pthread_create(&m->executor, NULL, executor, m) ? -1 : 0;
+}
+
+void srv_sched_remove(srv_model *m) {
+    pthread_mutex_lock(&m->lock);
+    const bool running = !m->stopping;
+    m->stopping = true;
+    pthread_cond_broadcast(&m->wake);
+    pthread_mutex_unlock(&m->lock);
+    if (running) pthread_join(m->executor, NULL);
 }
 
 void srv_sched_run_until_signal(void) {

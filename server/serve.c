@@ -20,8 +20,10 @@
 
 srv_daemon srv_d;
 
-/* Loads and places one model, with its info JSON. */
-static int load_model(srv_model *sm, const srv_model_spec *spec, lens_err *err) {
+/* Models that /v1/admin/models may add while the daemon runs. */
+#define ADDED_MODELS_MAX 32
+
+int srv_load_model(srv_model *sm, const srv_model_spec *spec, lens_err *err) {
     char why[512];
     lk_device *dev = lk_open(spec->device ? spec->device : "cpu", why, sizeof why);
     if (!dev) {
@@ -50,17 +52,23 @@ static int load_model(srv_model *sm, const srv_model_spec *spec, lens_err *err) 
     return sm->info_json && sm->summary_json ? 0 : -1;
 }
 
+void srv_unload_model(srv_model *sm) {
+    lens_workspace_free(&sm->ws);
+    if (sm->model) {
+        lk_device *dev = sm->model->device;
+        lens_model_free(sm->model);
+        lk_close(dev);
+    }
+    free(sm->info_json);
+    free(sm->summary_json);
+    sm->model = NULL;
+    sm->info_json = sm->summary_json = NULL;
+}
+
 static void free_models(void) {
     for (int i = 0; i < srv_d.n_models; i++) {
-        srv_model *sm = &srv_d.models[i];
-        lens_workspace_free(&sm->ws);
-        if (sm->model) {
-            lk_device *dev = sm->model->device;
-            lens_model_free(sm->model);
-            lk_close(dev);
-        }
-        free(sm->info_json);
-        free(sm->summary_json);
+        srv_unload_model(&srv_d.models[i]);
+        if (srv_d.models[i].owns_name) free(srv_d.models[i].name);
     }
     free(srv_d.models);
 }
@@ -90,7 +98,9 @@ int srv_serve_main(int argc, char **argv) {
         goto out;
     }
     srv_d.n_models = cfg->n_models;
-    if (!(srv_d.models = calloc((size_t)cfg->n_models, sizeof *srv_d.models))) goto out;
+    srv_d.cap_models = cfg->n_models + ADDED_MODELS_MAX;
+    pthread_rwlock_init(&srv_d.models_lock, NULL);
+    if (!(srv_d.models = calloc((size_t)srv_d.cap_models, sizeof *srv_d.models))) goto out;
     for (int i = 0; i < cfg->n_models; i++)
         srv_d.models[i].name = cfg->models[i].name;
     int port = srv_http_start(&err);
@@ -107,7 +117,7 @@ int srv_serve_main(int argc, char **argv) {
                port);
     fflush(stdout);
     for (int i = 0; i < cfg->n_models; i++) {
-        if (load_model(&srv_d.models[i], &cfg->models[i], &err)) {
+        if (srv_load_model(&srv_d.models[i], &cfg->models[i], &err)) {
             fprintf(stderr, "lensd serve: %s\n", err.msg);
             srv_http_stop();
             goto out;
@@ -118,6 +128,8 @@ int srv_serve_main(int argc, char **argv) {
         srv_http_stop();
         goto out;
     }
+    for (int i = 0; i < cfg->n_models; i++)
+        srv_d.models[i].present = true;
     srv_d.ready = 1;
     fprintf(stderr, "lensd: ready: %d model%s\n", cfg->n_models, cfg->n_models == 1 ? "" : "s");
     srv_sched_run_until_signal();

@@ -112,7 +112,7 @@ Test(config, defaults_without_flags) {
     cr_assert_eq(cfg.limits.max_response_bytes, (size_t)1 << 30);
     cr_assert_eq(cfg.limits.max_kept_cache_bytes, (size_t)2 << 30);
     cr_assert_eq(cfg.limits.kept_cache_ttl_s, 600.0);
-    cr_assert_eq(cfg.limits.queue_length, 64);
+    cr_assert_eq(cfg.limits.queue_length, 256);
     cr_assert_eq(cfg.limits.request_timeout_s, 300.0);
     cr_assert_eq(cfg.limits.requests_per_minute, 0);
     srv_config_free(&cfg);
@@ -126,7 +126,7 @@ Test(config, empty_file_keeps_defaults) {
     cr_assert_eq(load_json(&cfg, &err, "{}"), 0, "%s", err.msg);
     cr_assert_str_eq(cfg.host, "127.0.0.1");
     cr_assert_eq(cfg.port, 8080);
-    cr_assert_eq(cfg.limits.queue_length, 64);
+    cr_assert_eq(cfg.limits.queue_length, 256);
     srv_config_free(&cfg);
 }
 

@@ -1,0 +1,246 @@
+/*
+ * admin.c: loading and unloading models while the daemon runs (admin
+ * tokens only, http.c checks the role). POST /v1/admin/models takes a model
+ * entry as in the config file's "models" list; DELETE
+ * /v1/admin/models/{name} unloads one after its queued requests. Each runs
+ * on a thread of its own (loading takes seconds) with the connection
+ * suspended; the model becomes visible to other requests only once it is
+ * ready.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/daemon.h"
+
+/* A model entry of the request body as srv_model_spec (strings borrowed
+ * from body). Returns -1 with the field at fault in resp. */
+static int read_spec(json_t *body, srv_model_spec *spec, srv_response *resp) {
+    static const char *const known[] = {"name", "path", "id", "device", "processing",
+                                        "use_attn_result", "use_split_qkv_input",
+                                        "use_hook_mlp_in", "use_attn_in"};
+    const char *key;
+    json_t *value;
+    json_object_foreach(body, key, value) {
+        bool ok = false;
+        for (size_t i = 0; i < sizeof known / sizeof known[0] && !ok; i++)
+            ok = strcmp(key, known[i]) == 0;
+        if (!ok) {
+            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", key,
+                      "unknown field %s (a model entry has name, path or id, device, processing "
+                      "and the use_* flags)",
+                      key);
+            return -1;
+        }
+    }
+    const char *name = json_string_value(json_object_get(body, "name"));
+    bool url_safe = name && *name && strlen(name) <= 128;
+    for (const char *p = name; url_safe && *p; p++)
+        url_safe = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+                   (*p >= '0' && *p <= '9') || *p == '.' || *p == '_' || *p == '-';
+    if (!url_safe) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "name",
+                  "name must be 1 to 128 letters, digits, '.', '_' or '-'");
+        return -1;
+    }
+    json_t *path = json_object_get(body, "path"), *id = json_object_get(body, "id");
+    if ((path != NULL) == (id != NULL) || !json_is_string(path ? path : id)) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", path ? "path" : "id",
+                  "give exactly one of path (a directory or tl_config.json on the server) or id "
+                  "(a Hugging Face id in its cache)");
+        return -1;
+    }
+    json_t *device = json_object_get(body, "device"), *processing = json_object_get(body, "processing");
+    if (device && !json_is_string(device)) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "device",
+                  "device must be \"cpu\", \"cuda\" or \"cuda:N\"");
+        return -1;
+    }
+    *spec = (srv_model_spec){.name = (char *)name,
+                             .source = (char *)json_string_value(path ? path : id),
+                             .device = (char *)(device ? json_string_value(device) : "cpu"),
+                             .load = {.processing = -1}};
+    if (processing) {
+        unsigned flags;
+        lens_err err = {0};
+        if (!json_is_string(processing)) {
+            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "processing",
+                      "processing must be \"default\", \"none\" or a comma list of flags");
+            return -1;
+        }
+        if (strcmp(json_string_value(processing), "default") != 0) {
+            if (lens_processing_parse(json_string_value(processing), &flags, &err)) {
+                srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "processing", "%s", err.msg);
+                return -1;
+            }
+            spec->load.processing = (int)flags;
+        }
+    }
+    static const char *const flags[] = {"use_attn_result", "use_split_qkv_input",
+                                        "use_hook_mlp_in", "use_attn_in"};
+    bool *targets[] = {&spec->load.use_attn_result, &spec->load.use_split_qkv_input,
+                       &spec->load.use_hook_mlp_in, &spec->load.use_attn_in};
+    for (int i = 0; i < 4; i++) {
+        json_t *v = json_object_get(body, flags[i]);
+        if (v && !json_is_boolean(v)) {
+            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", flags[i], "%s must be true or false",
+                      flags[i]);
+            return -1;
+        }
+        *targets[i] = json_is_true(v);
+    }
+    return 0;
+}
+
+srv_job *srv_admin_route(const char *method, const char *url, const char *body, size_t body_len,
+                         srv_response *resp) {
+    const char *prefix = "/v1/admin/models";
+    const size_t n = strlen(prefix);
+    if (strncmp(url, prefix, n) != 0 || (url[n] && url[n] != '/')) {
+        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", NULL,
+                  "no such route: %s (admin routes: POST /v1/admin/models, DELETE "
+                  "/v1/admin/models/{name})",
+                  url);
+        return NULL;
+    }
+    const char *name = url[n] == '/' ? url + n + 1 : NULL;
+    const bool load = strcmp(method, "POST") == 0 && !name;
+    const bool unload = strcmp(method, "DELETE") == 0 && name && *name;
+    if (!load && !unload) {
+        srv_error(resp, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", NULL,
+                  "/v1/admin/models takes POST, /v1/admin/models/{name} DELETE");
+        return NULL;
+    }
+    if (srv_d.draining) {
+        srv_error(resp, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
+                  "the server is shutting down");
+        return NULL;
+    }
+    json_t *parsed = NULL;
+    srv_model_spec spec;
+    if (load) {
+        json_error_t jerr;
+        parsed = json_loadb(body ? body : "", body_len, 0, &jerr);
+        if (!json_is_object(parsed)) {
+            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", NULL,
+                      "the body must be a JSON object: a model entry as in the config file");
+            json_decref(parsed);
+            return NULL;
+        }
+        if (read_spec(parsed, &spec, resp)) {
+            json_decref(parsed);
+            return NULL;
+        }
+        if (srv_find_model(spec.name, strlen(spec.name))) {
+            srv_error(resp, MHD_HTTP_CONFLICT, "conflict", "name", "a model called %s is loaded",
+                      spec.name);
+            json_decref(parsed);
+            return NULL;
+        }
+    } else {
+        if (!srv_find_model(name, strlen(name))) {
+            srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", "model", "no model called \"%s\"",
+                      name);
+            return NULL;
+        }
+        parsed = json_pack("{s:s}", "name", name);
+    }
+    srv_job *job = calloc(1, sizeof *job);
+    if (!job) {
+        json_decref(parsed);
+        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        return NULL;
+    }
+    job->kind = load ? SRV_JOB_ADMIN_LOAD : SRV_JOB_ADMIN_UNLOAD;
+    job->body = parsed;
+    return job;
+}
+
+static void admin_load(srv_job *job) {
+    srv_model_spec spec;
+    read_spec(job->body, &spec, &job->response); /* checked by srv_admin_route */
+    srv_model loaded = {0};
+    lens_err err = {0};
+    if (srv_load_model(&loaded, &spec, &err)) {
+        srv_error(&job->response, err.code == LENS_ERR_NO_MEMORY ? 507 : 422,
+                  err.code == LENS_ERR_NO_MEMORY ? "insufficient_storage" : "unprocessable",
+                  "path", "%s", err.msg);
+        return;
+    }
+    pthread_rwlock_wrlock(&srv_d.models_lock);
+    srv_model *slot = NULL;
+    bool taken = false;
+    for (int i = 0; i < srv_d.n_models; i++)
+        taken |= srv_d.models[i].present && strcmp(srv_d.models[i].name, spec.name) == 0;
+    if (!taken && srv_d.n_models < srv_d.cap_models) slot = &srv_d.models[srv_d.n_models];
+    if (slot) {
+        *slot = loaded;
+        slot->name = strdup(spec.name);
+        slot->owns_name = true;
+        if (!slot->name || srv_sched_add(slot)) {
+            free(slot->name);
+            *slot = (srv_model){0};
+            slot = NULL;
+        } else {
+            slot->present = true;
+            srv_d.n_models++;
+        }
+    }
+    pthread_rwlock_unlock(&srv_d.models_lock);
+    if (!slot) {
+        srv_unload_model(&loaded);
+        if (taken)
+            srv_error(&job->response, MHD_HTTP_CONFLICT, "conflict", "name",
+                      "a model called %s was loaded meanwhile", spec.name);
+        else
+            srv_error(&job->response, 507, "insufficient_storage", NULL,
+                      "this daemon has loaded all the %d models it has room for; restart it",
+                      srv_d.cap_models);
+        return;
+    }
+    fprintf(stderr, "lensd: loaded %s at run time\n", spec.name);
+    job->response.status = MHD_HTTP_CREATED;
+    job->response.content_type = "application/json";
+    job->response.body = strdup(slot->info_json);
+    job->response.body_len = job->response.body ? strlen(job->response.body) : 0;
+}
+
+static void admin_unload(srv_job *job) {
+    const char *name = json_string_value(json_object_get(job->body, "name"));
+    pthread_rwlock_wrlock(&srv_d.models_lock);
+    srv_model *m = NULL;
+    for (int i = 0; i < srv_d.n_models && !m; i++)
+        if (srv_d.models[i].present && strcmp(srv_d.models[i].name, name) == 0) m = &srv_d.models[i];
+    if (m) m->present = false; /* no new requests find it */
+    pthread_rwlock_unlock(&srv_d.models_lock);
+    if (!m) {
+        srv_error(&job->response, MHD_HTTP_NOT_FOUND, "not_found", "model",
+                  "no model called \"%s\"", name);
+        return;
+    }
+    srv_sched_remove(m); /* its queued requests finish first */
+    srv_unload_model(m);
+    fprintf(stderr, "lensd: unloaded %s\n", name);
+    srv_json(&job->response, MHD_HTTP_OK, json_pack("{s:s}", "unloaded", name));
+}
+
+static void *admin_thread(void *arg) {
+    srv_job *job = arg;
+    if (job->kind == SRV_JOB_ADMIN_LOAD)
+        admin_load(job);
+    else
+        admin_unload(job);
+    MHD_resume_connection(job->connection);
+    return NULL;
+}
+
+void srv_admin_start(srv_job *job) {
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, admin_thread, job)) {
+        srv_error(&job->response, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
+                  "cannot start a thread for this request");
+        MHD_resume_connection(job->connection);
+        return;
+    }
+    pthread_detach(thread);
+}

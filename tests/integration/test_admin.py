@@ -1,0 +1,48 @@
+"""Loading and unloading models at run time: POST /v1/admin/models and
+DELETE /v1/admin/models/{name}, admin tokens only. A model loaded this way
+answers like one from the command line; an unloaded one is gone (404) and
+the rest keep answering; the daemon still stops cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+
+from lensd_http import json_of
+
+
+def test_admin_loads_and_unloads_models(start_daemon, models, tmp_path):
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps([{"name": "root", "role": "admin", "token": "admin-secret"},
+                                  {"name": "alice", "role": "read", "token": "read-secret"}]))
+    admin = {"Authorization": "Bearer admin-secret"}
+    reader = {"Authorization": "Bearer read-secret"}
+    d = start_daemon(["--model", f"gpt2={models['gpt2']}", "--tokens-file", str(tokens)])
+    entry = {"name": "brackets", "path": str(models["brackets"])}
+
+    status, _, body = d.post("/v1/admin/models", entry, headers=reader)
+    assert status == 403 and json_of(body)["error"]["code"] == "forbidden"
+    status, _, body = d.post("/v1/admin/models", {**entry, "device": "tpu"}, headers=admin)
+    assert status == 422, body
+    status, _, body = d.post("/v1/admin/models", {**entry, "colour": "red"}, headers=admin)
+    assert status == 400 and json_of(body)["error"]["field"] == "colour"
+
+    status, _, body = d.post("/v1/admin/models", entry, headers=admin)
+    assert status == 201, body
+    assert json_of(body)["name"] == "brackets" and json_of(body)["hook_points"]
+    status, _, body = d.post("/v1/admin/models", entry, headers=admin)
+    assert status == 409
+    names = [m["name"] for m in json_of(d.get("/v1/models", headers=reader)[2])["models"]]
+    assert names == ["gpt2", "brackets"]
+    logits = d.post_json("/v1/models/brackets/logits", {"prompt": "(())", "positions": [0]},
+                         headers=reader)
+    assert logits["logits"]["shape"] == [1, 1, 2]
+
+    status, _, body = d.request("DELETE", "/v1/admin/models/brackets", headers=admin)
+    assert status == 200 and json_of(body) == {"unloaded": "brackets"}
+    status, _, _ = d.post("/v1/models/brackets/logits", {"prompt": "(())"}, headers=reader)
+    assert status == 404
+    status, _, _ = d.request("DELETE", "/v1/admin/models/brackets", headers=admin)
+    assert status == 404
+    assert d.post_json("/v1/models/gpt2/logits", {"prompt": "Hello", "top_k": 1},
+                       headers=reader)["top_k_ids"]["shape"] == [1, 2, 1]
