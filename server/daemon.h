@@ -60,6 +60,7 @@ typedef struct srv_job {
     json_t *body;       /* the request's JSON (owned) */
     const char *accept; /* the chosen response type */
     struct MHD_Connection *connection;
+    double submitted_s; /* CLOCK_MONOTONIC, when the scheduler took it */
     srv_response response;
     struct srv_job *next;
 } srv_job;

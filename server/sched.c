@@ -39,7 +39,15 @@ static void *executor(void *arg) {
         if (!m->head) m->tail = NULL;
         m->busy = true;
         pthread_mutex_unlock(&m->lock);
-        srv_run_job(job);
+        const double waited = (double)uv_hrtime() / 1e9 - job->submitted_s;
+        if (waited > srv_d.cfg.limits.request_timeout_s) {
+            srv_error(&job->response, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
+                      "this request waited %.0f s for model %s, over the %.0f s request timeout",
+                      waited, m->name, srv_d.cfg.limits.request_timeout_s);
+            job->response.retry_after_s = 1;
+        } else {
+            srv_run_job(job);
+        }
         pthread_mutex_lock(&m->lock);
         m->busy = false;
         m->queued--; /* before the answer goes: a client's next request may follow at once */
@@ -92,6 +100,7 @@ static void take_inbox(uv_async_t *handle) {
 }
 
 void srv_sched_submit(srv_job *job) {
+    job->submitted_s = (double)uv_hrtime() / 1e9;
     pthread_mutex_lock(&inbox_lock);
     if (inbox_closed) {
         pthread_mutex_unlock(&inbox_lock);
