@@ -411,10 +411,10 @@ json_t *srv_model_info_json(const lens_model *m) {
     lens_hook_foreach(c, add_hook_json, visit);
     lk_device_info dev;
     lk_device_describe(m->device, &dev);
+    const size_t weights = m->device_block ? m->device_bytes : m->n_weight_floats * sizeof(float);
     json_t *device = json_pack("{s:s, s:I, s:I, s:I}", "name", dev.name, "memory_total_bytes",
                                (json_int_t)dev.total_bytes, "memory_free_bytes",
-                               (json_int_t)dev.free_bytes, "weights_bytes",
-                               (json_int_t)m->device_bytes);
+                               (json_int_t)dev.free_bytes, "weights_bytes", (json_int_t)weights);
     return json_pack("{s:s, s:s, s:o, s:o, s:s, s:{s:i, s:i, s:i, s:b, s:b}, s:I, s:I, s:o}",
                      "name", m->name, "source", m->source, "device", device, "config", cfg,
                      "processing", processing,

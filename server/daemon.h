@@ -115,6 +115,11 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
 /* Runs a job on its model's executor thread, filling job->response. */
 void srv_run_job(srv_job *job);
 
+/* Runs several logits jobs of one model as one forward pass where they can
+ * share it (causal attention, right padding), with the same numbers as
+ * alone; each gets its own response. */
+void srv_run_logits_jobs(srv_job **jobs, int n);
+
 /* Fills resp with a JSON error body. field may be NULL. */
 void srv_error(srv_response *resp, unsigned status, const char *code, const char *field,
                const char *fmt, ...) __attribute__((format(printf, 5, 6)));
@@ -123,6 +128,11 @@ void srv_error(srv_response *resp, unsigned status, const char *code, const char
 void srv_json(srv_response *resp, unsigned status, json_t *body);
 
 /* ---- sched.c ---- */
+
+/* Held while the CPU computes for a model (forward passes, weight
+ * processing): OpenBLAS built on OpenMP must not be entered by two threads
+ * at once, and the cores are shared anyway. GPU models don't take it. */
+extern pthread_mutex_t srv_cpu_lock;
 
 /* Starts the scheduler's loop thread and one executor per model. */
 int srv_sched_start(lens_err *err);

@@ -213,6 +213,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         route_label(r, method, url);
         *con_cls = r;
         if (check_access(c, url, r, &resp)) return send_response(c, r, &resp);
+        /* an over-long body is read and dropped, then refused: a client that writes its
+         * whole body before reading would otherwise see a broken pipe, not the 413 */
         return MHD_YES;
     }
     if (*upload_data_size) {

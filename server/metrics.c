@@ -88,9 +88,11 @@ static void print_histogram(FILE *f, const char *name, const char *route, const 
             fprintf(f, "%s_bucket{%s%s%sle=\"+Inf\"} %llu\n", name, open, label, close,
                     cumulative);
     }
-    const char *end = route ? "\"" : "";
-    fprintf(f, "%s_sum{%s%s%s} %g\n%s_count{%s%s%s} %llu\n", name, open, label, end, h->sum, name,
-            open, label, end, h->n);
+    if (route)
+        fprintf(f, "%s_sum{route=\"%s\"} %g\n%s_count{route=\"%s\"} %llu\n", name, route, h->sum,
+                name, route, h->n);
+    else
+        fprintf(f, "%s_sum %g\n%s_count %llu\n", name, h->sum, name, h->n);
 }
 
 char *srv_metrics_text(size_t *len) {

@@ -93,6 +93,16 @@ static int optional_int(json_t *body, const char *key, long fallback, long min, 
     return 0;
 }
 
+/* The number of tokens of a text prompt before to_tokens cuts it to n_ctx. */
+static int untruncated_length(const lens_model *m, json_t *text, bool prepend_bos) {
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (lens_tok_encode(m->tok, json_string_value(text), json_string_length(text), &ids, &n, NULL))
+        return 0;
+    free(ids);
+    return (int)n + (prepend_bos ? 1 : 0) + (m->rules.append_eos ? 1 : 0);
+}
+
 /* The request's prompts as TL's to_tokens makes them: "prompt", "prompts" or
  * "tokens", with prepend_bos and padding_side. */
 static int read_prompts(const srv_model *sm, json_t *body, lens_token_batch *batch,
@@ -117,7 +127,8 @@ static int read_prompts(const srv_model *sm, json_t *body, lens_token_batch *bat
                   "padding_side must be \"left\" or \"right\"");
         return -1;
     }
-    const lens_pad_opts pad = {.prepend_bos = prepend_bos,
+    /* token rows are used as given: TL's BOS-as-pad mask rule is for text it prefixed */
+    const lens_pad_opts pad = {.prepend_bos = prepend_bos && !tokens,
                                .pad_left = side && strcmp(json_string_value(side), "left") == 0};
     json_t *list = prompt ? NULL : prompts ? prompts : tokens;
     const char *what = prompts ? "prompts" : "tokens";
@@ -180,6 +191,18 @@ static int read_prompts(const srv_model *sm, json_t *body, lens_token_batch *bat
                 engine_error(resp, &err, field);
                 goto out;
             }
+            if (lens[i] == m->cfg.n_ctx && untruncated_length(m, item, prepend_bos) > m->cfg.n_ctx) {
+                srv_error(resp, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", field,
+                          "%s is %d tokens, more than the model's context of %d (TransformerLens "
+                          "would cut it there; send at most that many)",
+                          field, untruncated_length(m, item, prepend_bos), m->cfg.n_ctx);
+                goto out;
+            }
+        }
+        if (lens[i] == 0) {
+            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
+                      "%s has no tokens (an empty prompt without BOS)", field);
+            goto out;
         }
         if (lens[i] > max_tokens) {
             srv_error(resp, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", field,
@@ -349,7 +372,8 @@ static json_t *decode_ids(const lens_model *m, json_t *ids, const char *field, s
         json_t *id = json_array_get(ids, j);
         if (!json_is_integer(id) || json_integer_value(id) < 0 ||
             json_integer_value(id) >= m->cfg.d_vocab) {
-            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
+            srv_error(resp, json_is_integer(id) ? 422 : MHD_HTTP_BAD_REQUEST,
+                      json_is_integer(id) ? "unprocessable" : "bad_request", field,
                       "%s[%zu] must be a token id from 0 to %d", field, j, m->cfg.d_vocab - 1);
             free(buf);
             return NULL;
@@ -500,58 +524,72 @@ static void log_softmax(const float *logits, float *out, int V) {
         out[v] = (float)((double)logits[v] - log_sum);
 }
 
-static void run_logits(srv_job *job) {
+/* A logits request between its parsing and its answer. */
+typedef struct logits_request {
+    srv_job *job;
+    srv_answer *a; /* its batch; its cache's logits once run */
+    int32_t *positions;
+    int n_positions;
+    bool want_log_probs, want_loss, want_per_token;
+    bool one_position; /* one position and no loss: logits only there ([B, 1, V]) */
+    long top_k;
+} logits_request;
+
+/* Parses a logits job (0), or answers it with the error (-1). */
+static int logits_prepare(srv_job *job, logits_request *lr) {
     srv_model *sm = job->model;
     const lens_config *c = &sm->model->cfg;
     srv_response *resp = &job->response;
-    srv_answer *a = srv_answer_new(c);
-    uint8_t *none = calloc(lens_hook_slots(c), 1);
-    int32_t *positions = NULL;
-    int n_positions = 0;
-    bool want_log_probs, want_loss, want_per_token;
-    long top_k;
-    lens_err err = {0};
-    if (!a || !none) {
+    *lr = (logits_request){.job = job, .a = srv_answer_new(c)};
+    if (!lr->a) {
         srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
-        goto fail;
+        return -1;
     }
-    if (optional_bool(job->body, "log_probs", false, &want_log_probs, resp) ||
-        optional_bool(job->body, "loss", false, &want_loss, resp) ||
-        optional_bool(job->body, "per_token_loss", false, &want_per_token, resp) ||
-        optional_int(job->body, "top_k", 0, 1, c->d_vocab_out, &top_k, resp) ||
-        read_prompts(sm, job->body, &a->batch, resp) ||
-        read_positions(job->body, a->batch.T, &positions, &n_positions, resp))
-        goto fail;
-    const int B = a->batch.B, T = a->batch.T, V = c->d_vocab_out, P = n_positions ? n_positions : T;
-    /* one position and no loss: unembed only there (the logits' rows are then [B, 1, V]) */
-    const bool one_position = n_positions == 1 && !want_loss && !want_per_token;
-    if (one_position && !(a->extra[4] = malloc((size_t)B * sizeof(int32_t)))) goto oom;
-    for (int b = 0; one_position && b < B; b++)
-        ((int32_t *)a->extra[4])[b] = positions[0];
-    const lens_cache_request req = {.enabled = none,
-                                    .logits = true,
-                                    .logit_positions = one_position ? (int32_t *)a->extra[4] : NULL};
-    srv_metrics_batch(B);
-    if (lens_run_cache(sm->model, &sm->ws, &a->batch, &req, &a->cache, &err)) {
-        engine_error(resp, &err, NULL);
-        goto fail;
-    }
+    if (optional_bool(job->body, "log_probs", false, &lr->want_log_probs, resp) ||
+        optional_bool(job->body, "loss", false, &lr->want_loss, resp) ||
+        optional_bool(job->body, "per_token_loss", false, &lr->want_per_token, resp) ||
+        optional_int(job->body, "top_k", 0, 1, c->d_vocab_out, &lr->top_k, resp) ||
+        read_prompts(sm, job->body, &lr->a->batch, resp) ||
+        read_positions(job->body, lr->a->batch.T, &lr->positions, &lr->n_positions, resp))
+        return -1;
+    lr->one_position = lr->n_positions == 1 && !lr->want_loss && !lr->want_per_token;
+    return 0;
+}
+
+static void logits_request_free(logits_request *lr) {
+    srv_answer_free(lr->a);
+    free(lr->positions);
+    lr->a = NULL;
+    lr->positions = NULL;
+}
+
+/* Builds the answer of a request whose a->cache.logits holds its rows
+ * ([B, T, V], or [B, 1, V] when one_position), and sends it. */
+static void logits_finish(logits_request *lr) {
+    srv_job *job = lr->job;
+    srv_answer *a = lr->a;
+    srv_response *resp = &job->response;
+    const lens_config *c = &job->model->model->cfg;
+    const int B = a->batch.B, T = a->batch.T, V = c->d_vocab_out;
+    const int P = lr->n_positions ? lr->n_positions : T;
+    const long top_k = lr->top_k;
     if (srv_answer_add_tokens(a)) goto oom;
     /* the kept positions' rows, and their log-probs */
     float *rows = a->cache.logits, *logp = NULL;
-    if (n_positions && !one_position) {
+    if (lr->n_positions && !lr->one_position) {
         if (!(rows = a->extra[0] = malloc((size_t)B * P * V * sizeof *rows))) goto oom;
         for (int b = 0; b < B; b++)
             for (int p = 0; p < P; p++)
                 memcpy(rows + ((size_t)b * P + p) * V,
-                       a->cache.logits + ((size_t)b * T + positions[p]) * V, (size_t)V * sizeof *rows);
+                       a->cache.logits + ((size_t)b * T + lr->positions[p]) * V,
+                       (size_t)V * sizeof *rows);
     }
-    if (want_log_probs) {
+    if (lr->want_log_probs) {
         if (!(logp = a->extra[1] = malloc((size_t)B * P * V * sizeof *logp))) goto oom;
         for (size_t r = 0; r < (size_t)B * P; r++)
             log_softmax(rows + r * V, logp + r * V, V);
     }
-    json_t *fields = json_pack("{s:s}", "model", sm->name);
+    json_t *fields = json_pack("{s:s}", "model", job->model->name);
     if (top_k) {
         int64_t *ids = malloc((size_t)B * P * top_k * sizeof *ids);
         float *vals = a->extra[2] = malloc((size_t)B * P * top_k * sizeof *vals);
@@ -579,10 +617,11 @@ static void run_logits(srv_job *job) {
     } else {
         srv_answer_add(a, "logits", LENS_F32, 3, (int64_t[]){B, P, V}, rows);
     }
-    if (want_log_probs) srv_answer_add(a, "log_probs", LENS_F32, 3, (int64_t[]){B, P, V}, logp);
-    if (want_loss || want_per_token) {
-        /* TL's lm_cross_entropy_loss: -log_softmax(logits[:, :-1])[next token], mean over
-         * real predicted positions (the attention mask's, as TL) */
+    if (lr->want_log_probs) srv_answer_add(a, "log_probs", LENS_F32, 3, (int64_t[]){B, P, V}, logp);
+    if (lr->want_loss || lr->want_per_token) {
+        /* TL's lm_cross_entropy_loss: -log_softmax(logits[:, :-1])[next token], the mean
+         * over the positions TL counts: with left padding those where t and t+1 are real
+         * (0 elsewhere); with right padding all of them, as TL has no mask then */
         double total = 0.0;
         long counted = 0;
         float *per = malloc((size_t)B * (T > 1 ? T - 1 : 1) * sizeof *per);
@@ -596,33 +635,139 @@ static void run_logits(srv_job *job) {
         for (int b = 0; b < B; b++)
             for (int t = 0; t + 1 < T; t++) {
                 log_softmax(a->cache.logits + ((size_t)b * T + t) * V, tmp, V);
-                float l = -tmp[a->batch.tokens[(size_t)b * T + t + 1]];
+                const uint8_t *mask = a->batch.attn_mask ? a->batch.attn_mask + (size_t)b * T : NULL;
+                const bool real = !mask || (mask[t] && mask[t + 1]);
+                float l = real ? -tmp[a->batch.tokens[(size_t)b * T + t + 1]] : 0.0f;
                 per[(size_t)b * (T - 1) + t] = l;
-                bool real = a->batch.attn_mask ? a->batch.attn_mask[(size_t)b * T + t + 1] != 0
-                                               : true;
-                total += real ? l : 0.0;
+                total += l;
                 counted += real;
             }
         free(tmp);
-        if (want_loss)
+        if (lr->want_loss)
             json_object_set_new(fields, "loss", json_real(counted ? total / counted : NAN));
-        if (want_per_token) {
+        if (lr->want_per_token) {
             json_object_set_new(fields, "per_token_loss",
                                 srv_tensor_json(LENS_F32, 2, (int64_t[]){B, T - 1}, per));
         }
         free(per);
     }
-    free(none);
-    free(positions);
+    lr->a = NULL;
     answer_tensors(job, a, fields);
+    logits_request_free(lr);
     return;
 oom:
     srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
-fail:
-    free(none);
-    free(positions);
-    srv_answer_free(a);
+    logits_request_free(lr);
 }
+
+/* One forward for several requests' prompts (rows stacked, right-padded to
+ * the longest), each then given its own rows. Causal attention and right
+ * padding make every real position's numbers those of running it alone. */
+static void logits_together(srv_model *sm, logits_request *lrs, int n) {
+    const lens_config *c = &sm->model->cfg;
+    const int V = c->d_vocab_out;
+    if (n == 1) { /* alone: its own batch, attention mask included */
+        srv_answer *a = lrs->a;
+        uint8_t *none = calloc(lens_hook_slots(c), 1);
+        int32_t *at = lrs->one_position ? malloc((size_t)a->batch.B * sizeof *at) : NULL;
+        lens_err err = {0};
+        for (int r = 0; at && r < a->batch.B; r++)
+            at[r] = lrs->positions[0];
+        const lens_cache_request req = {.enabled = none, .logits = true, .logit_positions = at};
+        srv_metrics_batch(a->batch.B);
+        int rc = !none || (lrs->one_position && !at)
+                     ? (lens_err_set_code(&err, LENS_ERR_NO_MEMORY, "out of memory"), -1)
+                     : lens_run_cache(sm->model, &sm->ws, &a->batch, &req, &a->cache, &err);
+        free(none);
+        free(at);
+        if (rc) {
+            engine_error(&lrs->job->response, &err, NULL);
+            logits_request_free(lrs);
+        } else {
+            logits_finish(lrs);
+        }
+        return;
+    }
+    int B = 0, T = 0;
+    bool one_position = true;
+    for (int i = 0; i < n; i++) {
+        B += lrs[i].a->batch.B;
+        T = lrs[i].a->batch.T > T ? lrs[i].a->batch.T : T;
+        one_position &= lrs[i].one_position;
+    }
+    const int32_t pad = sm->model->rules.pad_id >= 0 ? sm->model->rules.pad_id : 0;
+    lens_token_batch all = {.B = B, .T = T};
+    lens_cache out = {0};
+    uint8_t *none = calloc(lens_hook_slots(c), 1);
+    int32_t *at = malloc((size_t)B * sizeof *at);
+    all.tokens = malloc((size_t)B * T * sizeof *all.tokens);
+    lens_err err = {0};
+    int failed = !none || !at || !all.tokens;
+    for (int i = 0, row = 0; !failed && i < n; i++) {
+        const lens_token_batch *b = &lrs[i].a->batch;
+        for (int r = 0; r < b->B; r++, row++) {
+            for (int t = 0; t < T; t++)
+                all.tokens[(size_t)row * T + t] = t < b->T ? b->tokens[(size_t)r * b->T + t] : pad;
+            at[row] = lrs[i].one_position ? lrs[i].positions[0] : 0;
+        }
+    }
+    const lens_cache_request req = {.enabled = none,
+                                    .logits = true,
+                                    .logit_positions = one_position ? at : NULL};
+    srv_metrics_batch(B);
+    if (!failed) failed = lens_run_cache(sm->model, &sm->ws, &all, &req, &out, &err);
+    for (int i = 0, row = 0; i < n; i++) {
+        srv_answer *a = lrs[i].a;
+        const int Bi = a->batch.B, Ti = a->batch.T, rows_per = lrs[i].one_position ? 1 : Ti;
+        if (!failed && (a->cache.logits = malloc((size_t)Bi * rows_per * V * sizeof(float)))) {
+            for (int r = 0; r < Bi; r++, row++)
+                for (int t = 0; t < rows_per; t++) {
+                    const size_t from = one_position ? (size_t)row : (size_t)row * T +
+                                        (size_t)(lrs[i].one_position ? lrs[i].positions[0] : t);
+                    memcpy(a->cache.logits + ((size_t)r * rows_per + t) * V,
+                           out.logits + from * V, (size_t)V * sizeof(float));
+                }
+            logits_finish(&lrs[i]);
+        } else {
+            if (failed)
+                engine_error(&lrs[i].job->response, &err, NULL);
+            else
+                srv_error(&lrs[i].job->response, 507, "insufficient_storage", NULL, "out of memory");
+            logits_request_free(&lrs[i]);
+            row += Bi;
+        }
+    }
+    lens_cache_free(&out);
+    lens_token_batch_free(&all);
+    free(none);
+    free(at);
+}
+
+void srv_run_logits_jobs(srv_job **jobs, int n) {
+    logits_request *lrs = calloc((size_t)n, sizeof *lrs);
+    if (!lrs) {
+        for (int i = 0; i < n; i++)
+            srv_error(&jobs[i]->response, 507, "insufficient_storage", NULL, "out of memory");
+        return;
+    }
+    srv_model *sm = jobs[0]->model;
+    int together = 0;
+    for (int i = 0; i < n; i++) {
+        if (logits_prepare(jobs[i], &lrs[together])) {
+            logits_request_free(&lrs[together]);
+            continue;
+        }
+        /* left padding (a mask) shifts positions: such a request runs alone */
+        if (lrs[together].a->batch.attn_mask || !sm->model->cfg.causal)
+            logits_together(sm, &lrs[together], 1);
+        else
+            together++;
+    }
+    if (together) logits_together(sm, lrs, together);
+    free(lrs);
+}
+
+static void run_logits(srv_job *job) { srv_run_logits_jobs(&job, 1); }
 
 /* Reads an optional list of indices below limit into *out (all when
  * absent). */
@@ -646,8 +791,10 @@ static int read_indices(json_t *body, const char *key, int limit, int **out, int
         if (x < 0 || x >= limit) {
             char field[32];
             snprintf(field, sizeof field, "%s[%d]", key, i);
-            srv_error(resp, 422, "unprocessable", field, "%s must be from 0 to %d", field,
-                      limit - 1);
+            const bool typed = !v || json_is_integer(v);
+            srv_error(resp, typed ? 422 : MHD_HTTP_BAD_REQUEST, typed ? "unprocessable" : "bad_request",
+                      field, "%s must be an integer from %d to %d (negatives count from the end)",
+                      field, -limit, limit - 1);
             free(*out);
             *out = NULL;
             return -1;
@@ -1513,7 +1660,8 @@ static void run_generate(srv_job *job) {
         optional_int(job->body, "seed", 0, 0, INT64_MAX, &seed, resp))
         goto out;
     if (temperature_json && (!json_is_number(temperature_json) || temperature <= 0)) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "temperature",
+        srv_error(resp, json_is_number(temperature_json) ? 422 : MHD_HTTP_BAD_REQUEST,
+                  json_is_number(temperature_json) ? "unprocessable" : "bad_request", "temperature",
                   "temperature must be a number above 0");
         goto out;
     }

@@ -24,35 +24,72 @@ static pthread_mutex_t inbox_lock = PTHREAD_MUTEX_INITIALIZER;
 static srv_job *inbox_head, *inbox_tail;
 static bool inbox_closed; /* draining: submissions are refused where they are made */
 
+pthread_mutex_t srv_cpu_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Logits requests that one forward pass may serve together. */
+#define MAX_SHARED 16
+
 static void finish(srv_job *job) { MHD_resume_connection(job->connection); }
+
+/* Takes the job at the head of m's queue and, when it asks for logits, the
+ * logits requests waiting right behind it, which share its forward pass.
+ * Returns how many; m->lock is held. */
+static int take_jobs(srv_model *m, srv_job **jobs) {
+    int n = 0;
+    do {
+        jobs[n++] = m->head;
+        m->head = m->head->next;
+    } while (n < MAX_SHARED && jobs[0]->kind == SRV_JOB_LOGITS && m->head &&
+             m->head->kind == SRV_JOB_LOGITS);
+    if (!m->head) m->tail = NULL;
+    return n;
+}
+
+/* Runs taken jobs, answering those that waited past the request timeout
+ * with a 503 instead. CPU models take turns (srv_cpu_lock). */
+static void run_jobs(srv_model *m, srv_job **jobs, int n) {
+    srv_job *ready[MAX_SHARED];
+    int n_ready = 0;
+    const double now = (double)uv_hrtime() / 1e9;
+    for (int i = 0; i < n; i++) {
+        const double waited = now - jobs[i]->submitted_s;
+        if (waited <= srv_d.cfg.limits.request_timeout_s) {
+            ready[n_ready++] = jobs[i];
+            continue;
+        }
+        srv_error(&jobs[i]->response, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
+                  "this request waited %.0f s for model %s, over the %.0f s request timeout",
+                  waited, m->name, srv_d.cfg.limits.request_timeout_s);
+        jobs[i]->response.retry_after_s = 1;
+    }
+    const bool cpu = lk_host_memory(m->model->device);
+    if (cpu) pthread_mutex_lock(&srv_cpu_lock);
+    if (n_ready && ready[0]->kind == SRV_JOB_LOGITS)
+        srv_run_logits_jobs(ready, n_ready);
+    else if (n_ready)
+        srv_run_job(ready[0]);
+    if (cpu) pthread_mutex_unlock(&srv_cpu_lock);
+}
 
 static void *executor(void *arg) {
     srv_model *m = arg;
     lk_set_threads(0); /* OpenMP's thread count is per thread */
+    srv_job *jobs[MAX_SHARED];
     pthread_mutex_lock(&m->lock);
     for (;;) {
         while (!m->head && !m->stopping)
             pthread_cond_wait(&m->wake, &m->lock);
         if (!m->head) break; /* stopping, and nothing left */
-        srv_job *job = m->head;
-        m->head = job->next;
-        if (!m->head) m->tail = NULL;
+        const int n = take_jobs(m, jobs);
         m->busy = true;
         pthread_mutex_unlock(&m->lock);
-        const double waited = (double)uv_hrtime() / 1e9 - job->submitted_s;
-        if (waited > srv_d.cfg.limits.request_timeout_s) {
-            srv_error(&job->response, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
-                      "this request waited %.0f s for model %s, over the %.0f s request timeout",
-                      waited, m->name, srv_d.cfg.limits.request_timeout_s);
-            job->response.retry_after_s = 1;
-        } else {
-            srv_run_job(job);
-        }
+        run_jobs(m, jobs, n);
         pthread_mutex_lock(&m->lock);
         m->busy = false;
-        m->queued--; /* before the answer goes: a client's next request may follow at once */
+        m->queued -= n; /* before the answers go: a client's next request may follow at once */
         pthread_mutex_unlock(&m->lock);
-        finish(job);
+        for (int i = 0; i < n; i++)
+            finish(jobs[i]);
         pthread_mutex_lock(&m->lock);
     }
     pthread_mutex_unlock(&m->lock);
@@ -148,6 +185,8 @@ static void drain(uv_signal_t *handle, int signum) {
     uv_close((uv_handle_t *)&expiry, NULL);
     uv_signal_stop(&on_sigint);
     uv_signal_stop(&on_sigterm);
+    signal(SIGINT, SIG_IGN); /* a second signal must not cut the last answers short */
+    signal(SIGTERM, SIG_IGN);
     uv_close((uv_handle_t *)&on_sigint, NULL);
     uv_close((uv_handle_t *)&on_sigterm, NULL);
     uv_close((uv_handle_t *)&inbox_ready, NULL);
