@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "server/daemon.h"
+#include "server/tensors.h"
 
 /* A model entry of the request body as srv_model_spec (strings borrowed
  * from body). Returns -1 with the field at fault in resp. */
@@ -148,7 +149,7 @@ srv_job *srv_admin_route(const char *method, const char *url, const char *body, 
     srv_job *job = calloc(1, sizeof *job);
     if (!job) {
         json_decref(parsed);
-        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        srv_out_of_memory(resp);
         return NULL;
     }
     job->kind = load ? SRV_JOB_ADMIN_LOAD : SRV_JOB_ADMIN_UNLOAD;

@@ -9,6 +9,7 @@
  * pair of braces.
  */
 #include "server/auth.h"
+#include "server/config.h"
 
 #include <gnutls/crypto.h>
 #include <jansson.h>
@@ -67,32 +68,12 @@ static unsigned digest_diff(const uint8_t *a, const uint8_t *b) {
     return diff;
 }
 
-static const char *json_kind(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "an object";
-    case JSON_ARRAY:
-        return "a list";
-    case JSON_STRING:
-        return "a string";
-    case JSON_INTEGER:
-    case JSON_REAL:
-        return "a number";
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return "a boolean";
-    case JSON_NULL:
-        return "null";
-    }
-    return "a value";
-}
-
 /* entry[i] as a non-empty string field; NULL with err set otherwise. */
 static const char *entry_string(const json_t *o, int i, const char *key, lens_err *err) {
     const json_t *v = json_object_get(o, key);
     if (!json_is_string(v)) {
         if (v)
-            lens_err_set(err, "[%d].%s: must be a string, not %s", i, key, json_kind(v));
+            lens_err_set(err, "[%d].%s: must be a string, not %s", i, key, srv_json_kind(v));
         else
             lens_err_set(err, "[%d].%s: is required", i, key);
         return NULL;
@@ -112,7 +93,7 @@ static int parse_entry(srv_auth *a, const json_t *o, int i, lens_err *err) {
         lens_err_set(err,
                      "[%d]: must be an object {\"name\", \"role\", \"sha256\" or \"token\"}, "
                      "not %s",
-                     i, json_kind(o));
+                     i, srv_json_kind(o));
         return -1;
     }
     const char *key;

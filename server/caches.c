@@ -65,7 +65,7 @@ int srv_caches_keep(const char *model, srv_answer *a, char *id, srv_response *re
     kept *k = calloc(1, sizeof *k);
     if (!k) {
         srv_answer_free(a);
-        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        srv_out_of_memory(resp);
         return -1;
     }
     pthread_mutex_lock(&lock);
@@ -180,7 +180,7 @@ static void get_tensor(kept *k, const char *name, const char *accept, const char
     a = NULL;
     goto out;
 oom:
-    srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+    srv_out_of_memory(resp);
 out:
     srv_answer_free(a);
     free(rows);
@@ -205,17 +205,10 @@ void srv_caches_route(const char *method, const char *rest, const char *accept, 
         srv_error(resp, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", NULL,
                   "caches take GET, and DELETE on /v1/caches/{id}");
     } else if (!slash || !slash[1]) {
-        json_t *tensors = json_object();
-        for (int i = 0; i < k->answer->n; i++) {
-            json_t *shape = json_array();
-            for (int d = 0; d < k->answer->outs[i].ndim; d++)
-                json_array_append_new(shape, json_integer(k->answer->outs[i].shape[d]));
-            json_object_set_new(tensors, k->answer->outs[i].name, shape);
-        }
         k->last_used = now_s();
         srv_json(resp, MHD_HTTP_OK,
                  json_pack("{s:s, s:s, s:I, s:o}", "cache_id", k->id, "model", k->model, "bytes",
-                           (json_int_t)k->bytes, "tensors", tensors));
+                           (json_int_t)k->bytes, "tensors", srv_answer_shapes(k->answer)));
     } else {
         k->last_used = now_s();
         get_tensor(k, slash + 1, accept, batch, positions, resp);

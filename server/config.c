@@ -179,7 +179,7 @@ static int parse_size_string(const char *s, size_t *out) {
  * Each takes the value and its JSON path ("limits.max_prompts") and fills
  * *out, or fails with a message that starts with that path. */
 
-static const char *json_kind(const json_t *v) {
+const char *srv_json_kind(const json_t *v) {
     switch (json_typeof(v)) {
     case JSON_OBJECT:
         return "an object";
@@ -203,7 +203,7 @@ static const char *json_kind(const json_t *v) {
 /* A non-empty string. */
 static int json_str(const json_t *v, const char *where, const char **out, lens_err *err) {
     if (!json_is_string(v)) {
-        lens_err_set(err, "%s: must be a string, not %s", where, json_kind(v));
+        lens_err_set(err, "%s: must be a string, not %s", where, srv_json_kind(v));
         return -1;
     }
     if (json_string_length(v) == 0 || strlen(json_string_value(v)) != json_string_length(v)) {
@@ -216,7 +216,7 @@ static int json_str(const json_t *v, const char *where, const char **out, lens_e
 
 static int json_bool(const json_t *v, const char *where, bool *out, lens_err *err) {
     if (!json_is_boolean(v)) {
-        lens_err_set(err, "%s: must be true or false, not %s", where, json_kind(v));
+        lens_err_set(err, "%s: must be true or false, not %s", where, srv_json_kind(v));
         return -1;
     }
     *out = json_is_true(v);
@@ -226,7 +226,7 @@ static int json_bool(const json_t *v, const char *where, bool *out, lens_err *er
 static int json_int_in(const json_t *v, const char *where, int lo, int hi, int *out,
                        lens_err *err) {
     if (!json_is_integer(v)) {
-        lens_err_set(err, "%s: must be an integer, not %s", where, json_kind(v));
+        lens_err_set(err, "%s: must be an integer, not %s", where, srv_json_kind(v));
         return -1;
     }
     json_int_t i = json_integer_value(v);
@@ -241,7 +241,7 @@ static int json_int_in(const json_t *v, const char *where, int lo, int hi, int *
 /* Seconds: a number in (0, MAX_SECONDS_SETTING]. */
 static int json_seconds(const json_t *v, const char *where, double *out, lens_err *err) {
     if (!json_is_number(v)) {
-        lens_err_set(err, "%s: must be a number of seconds, not %s", where, json_kind(v));
+        lens_err_set(err, "%s: must be a number of seconds, not %s", where, srv_json_kind(v));
         return -1;
     }
     double d = json_number_value(v);
@@ -275,7 +275,7 @@ static int json_size(const json_t *v, const char *where, size_t lo, size_t *out,
         }
     } else {
         lens_err_set(err, "%s: must be a number of bytes or a string such as \"8MiB\", not %s",
-                     where, json_kind(v));
+                     where, srv_json_kind(v));
         return -1;
     }
     if (n < lo || n > MAX_SIZE_SETTING) {
@@ -361,7 +361,7 @@ static int parse_model(srv_config *cfg, const json_t *o, int idx, const char *ba
     char where[96], field[128];
     snprintf(where, sizeof where, "models[%d]", idx);
     if (!json_is_object(o)) {
-        lens_err_set(err, "%s: must be an object, not %s", where, json_kind(o));
+        lens_err_set(err, "%s: must be an object, not %s", where, srv_json_kind(o));
         return -1;
     }
     char prefix[100];
@@ -478,7 +478,7 @@ static int file_path(const json_t *v, const char *where, const char *base_dir, c
 
 static int parse_limits(srv_limits *l, const json_t *o, lens_err *err) {
     if (!json_is_object(o)) {
-        lens_err_set(err, "limits: must be an object, not %s", json_kind(o));
+        lens_err_set(err, "limits: must be an object, not %s", srv_json_kind(o));
         return -1;
     }
     if (check_keys(o, "limits.", limit_keys, err)) return -1;
@@ -517,7 +517,7 @@ static int parse_limits(srv_limits *l, const json_t *o, lens_err *err) {
 static int apply_file(srv_config *cfg, const json_t *root, const char *base_dir, origins *org,
                       lens_err *err) {
     if (!json_is_object(root)) {
-        lens_err_set(err, "the configuration must be a JSON object, not %s", json_kind(root));
+        lens_err_set(err, "the configuration must be a JSON object, not %s", srv_json_kind(root));
         return -1;
     }
     if (check_keys(root, "", top_keys, err)) return -1;
@@ -539,7 +539,7 @@ static int apply_file(srv_config *cfg, const json_t *root, const char *base_dir,
             lens_err_set(err,
                          "tls: must be an object {\"cert\": FILE, \"key\": FILE} or null, "
                          "not %s",
-                         json_kind(v));
+                         srv_json_kind(v));
             return -1;
         }
         if (check_keys(v, "tls.", tls_keys, err)) return -1;
@@ -558,7 +558,7 @@ static int apply_file(srv_config *cfg, const json_t *root, const char *base_dir,
         return -1;
     if ((v = json_object_get(root, "models"))) {
         if (!json_is_array(v)) {
-            lens_err_set(err, "models: must be a list, not %s", json_kind(v));
+            lens_err_set(err, "models: must be a list, not %s", srv_json_kind(v));
             return -1;
         }
         for (size_t i = 0; i < json_array_size(v); i++)

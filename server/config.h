@@ -15,6 +15,7 @@
 #ifndef SRV_CONFIG_H
 #define SRV_CONFIG_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -106,5 +107,8 @@ bool srv_config_loopback(const char *host);
 /* Frees every string and the model array of cfg and leaves cfg zeroed
  * (safe to free twice). Accepts NULL. */
 void srv_config_free(srv_config *cfg);
+
+/* What a JSON value is, for messages: "a string", "an integer", "a list"... */
+const char *srv_json_kind(const json_t *v);
 
 #endif

@@ -151,7 +151,7 @@ static int read_prompts(const srv_model *sm, json_t *body, lens_token_batch *bat
     char field[64];
     lens_err err = {0};
     if (!rows || !lens) {
-        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        srv_out_of_memory(resp);
         goto out;
     }
     for (int i = 0; i < n; i++) {
@@ -217,7 +217,7 @@ static int read_prompts(const srv_model *sm, json_t *body, lens_token_batch *bat
     rc = 0;
     goto out;
 oom:
-    srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+    srv_out_of_memory(resp);
 out:
     for (int i = 0; rows && i < n; i++)
         free(rows[i]);
@@ -240,7 +240,7 @@ static int read_positions(json_t *body, int T, int32_t **out, int *n, srv_respon
     }
     *n = (int)json_array_size(list);
     if (!(*out = malloc((size_t)*n * sizeof **out))) {
-        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        srv_out_of_memory(resp);
         return -1;
     }
     for (int i = 0; i < *n; i++) {
@@ -365,7 +365,7 @@ static json_t *decode_ids(const lens_model *m, json_t *ids, const char *field, s
     size_t n = json_array_size(ids);
     int32_t *buf = malloc((n ? n : 1) * sizeof *buf);
     if (!buf) {
-        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        srv_out_of_memory(resp);
         return NULL;
     }
     for (size_t j = 0; j < n; j++) {
@@ -448,7 +448,7 @@ static void run_with_cache(srv_job *job) {
     json_t *dtype = json_object_get(job->body, "dtype");
     lens_err err = {0};
     if (!a || !enabled) {
-        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        srv_out_of_memory(resp);
         goto fail;
     }
     if (dtype && (!json_is_string(dtype) || (strcmp(json_string_value(dtype), "float32") &&
@@ -483,13 +483,7 @@ static void run_with_cache(srv_job *job) {
     free(enabled);
     free(positions);
     if (keep) { /* answered with a handle: GET /v1/caches/{id}[/{name}] */
-        json_t *tensors = json_object();
-        for (int i = 0; i < a->n; i++) {
-            json_t *shape = json_array();
-            for (int d = 0; d < a->outs[i].ndim; d++)
-                json_array_append_new(shape, json_integer(a->outs[i].shape[d]));
-            json_object_set_new(tensors, a->outs[i].name, shape);
-        }
+        json_t *tensors = srv_answer_shapes(a);
         char id[33];
         if (srv_caches_keep(sm->name, a, id, resp)) {
             json_decref(tensors);
@@ -504,7 +498,7 @@ static void run_with_cache(srv_job *job) {
                                      str_tokens_json(sm->model, &a->batch)));
     return;
 oom:
-    srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+    srv_out_of_memory(resp);
 fail:
     free(enabled);
     free(positions);
@@ -542,7 +536,7 @@ static int logits_prepare(srv_job *job, logits_request *lr) {
     srv_response *resp = &job->response;
     *lr = (logits_request){.job = job, .a = srv_answer_new(c)};
     if (!lr->a) {
-        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        srv_out_of_memory(resp);
         return -1;
     }
     if (optional_bool(job->body, "log_probs", false, &lr->want_log_probs, resp) ||
@@ -656,7 +650,7 @@ static void logits_finish(logits_request *lr) {
     logits_request_free(lr);
     return;
 oom:
-    srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+    srv_out_of_memory(resp);
     logits_request_free(lr);
 }
 
@@ -732,7 +726,7 @@ static void logits_together(srv_model *sm, logits_request *lrs, int n) {
             if (failed)
                 engine_error(&lrs[i].job->response, &err, NULL);
             else
-                srv_error(&lrs[i].job->response, 507, "insufficient_storage", NULL, "out of memory");
+                srv_out_of_memory(&lrs[i].job->response);
             logits_request_free(&lrs[i]);
             row += Bi;
         }
@@ -747,7 +741,7 @@ void srv_run_logits_jobs(srv_job **jobs, int n) {
     logits_request *lrs = calloc((size_t)n, sizeof *lrs);
     if (!lrs) {
         for (int i = 0; i < n; i++)
-            srv_error(&jobs[i]->response, 507, "insufficient_storage", NULL, "out of memory");
+            srv_out_of_memory(&jobs[i]->response);
         return;
     }
     srv_model *sm = jobs[0]->model;
@@ -781,7 +775,7 @@ static int read_indices(json_t *body, const char *key, int limit, int **out, int
         return -1;
     }
     if (!(*out = malloc((size_t)*n * sizeof **out))) {
-        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        srv_out_of_memory(resp);
         return -1;
     }
     for (int i = 0; i < *n; i++) {
@@ -813,7 +807,7 @@ static void run_attention(srv_job *job) {
     int *layers = NULL, *heads = NULL, n_layers = 0, n_heads = 0;
     lens_err err = {0};
     if (!a || !enabled) {
-        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        srv_out_of_memory(resp);
         goto fail;
     }
     if (!json_is_string(json_object_get(job->body, "prompt")) ||
@@ -837,7 +831,7 @@ static void run_attention(srv_job *job) {
     const int T = a->batch.T, H = c->n_heads;
     float *patterns = a->extra[0] = malloc((size_t)n_layers * n_heads * T * T * sizeof *patterns);
     if (!patterns || srv_answer_add_tokens(a)) {
-        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        srv_out_of_memory(resp);
         goto fail;
     }
     for (int li = 0; li < n_layers; li++) {
@@ -1208,7 +1202,7 @@ static void run_logit_diff(srv_job *job) {
     srv_json(resp, MHD_HTTP_OK, result);
     goto out;
 oom:
-    srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+    srv_out_of_memory(resp);
 out:
     free(enabled);
     free(answer);
@@ -1300,7 +1294,7 @@ static int read_hooks(const lens_config *c, json_t *body, int T, hooks_request *
     h->heads = calloc((size_t)h->n, sizeof *h->heads);
     h->means = calloc((size_t)h->n, sizeof *h->means);
     if (!h->items || !h->values || !h->positions || !h->heads || !h->means) {
-        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        srv_out_of_memory(resp);
         return -1;
     }
     static const struct {
@@ -1437,7 +1431,7 @@ static int mean_sources(srv_model *sm, json_t *body, const lens_token_batch *bat
             per_row *= (size_t)t->shape[a];
         if (!(mean->data = calloc(per_row, sizeof(float)))) {
             rc = -1;
-            srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+            srv_out_of_memory(resp);
             break;
         }
         for (int64_t b = 0; b < t->shape[0]; b++)
@@ -1524,7 +1518,7 @@ static void run_hooks_job(srv_job *job) {
     bool with_logits;
     lens_err err = {0};
     if (!a || !capture || !intervene) {
-        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        srv_out_of_memory(resp);
         goto out;
     }
     const bool want_cache = json_object_get(job->body, "names") || json_object_get(job->body, "names_filter");
@@ -1558,7 +1552,7 @@ static void run_hooks_job(srv_job *job) {
         if (!answer || !wrong ||
             read_answer_pairs(sm->model, job->body, B, answer, wrong, resp)) {
             json_decref(fields);
-            if (!answer || !wrong) srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+            if (!answer || !wrong) srv_out_of_memory(resp);
             goto out;
         }
         json_t *diffs = json_array();
@@ -1574,7 +1568,7 @@ static void run_hooks_job(srv_job *job) {
     }
     if (srv_answer_add_tokens(a)) {
         json_decref(fields);
-        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        srv_out_of_memory(resp);
         goto out;
     }
     if (with_logits) srv_answer_add(a, "logits", LENS_F32, 3, (int64_t[]){B, T, V}, a->cache.logits);
@@ -1650,7 +1644,7 @@ static void run_generate(srv_job *job) {
     double temperature = temperature_json ? json_number_value(temperature_json) : 1.0;
     lens_err err = {0};
     if (!none || !intervene) {
-        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        srv_out_of_memory(resp);
         goto out;
     }
     if (optional_bool(job->body, "do_sample", false, &sample, resp) ||
@@ -1693,7 +1687,7 @@ static void run_generate(srv_job *job) {
     if (!tokens || !last || !scratch || !length || !done) {
         free(length);
         free(done);
-        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+        srv_out_of_memory(resp);
         goto out;
     }
     /* Every row grows from its own real tokens (right padding: pads are
@@ -1716,7 +1710,7 @@ static void run_generate(srv_job *job) {
         cur.lengths = malloc((size_t)B * sizeof *cur.lengths);
         if (!cur.tokens || !cur.lengths) {
             lens_token_batch_free(&cur);
-            srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+            srv_out_of_memory(resp);
             break;
         }
         for (int b = 0; b < B; b++) {

@@ -299,3 +299,18 @@ void srv_answer_to_half(srv_answer *a) {
         o->dtype = LENS_F16;
     }
 }
+
+json_t *srv_answer_shapes(const srv_answer *a) {
+    json_t *tensors = json_object();
+    for (int i = 0; i < a->n; i++) {
+        json_t *shape = json_array();
+        for (int d = 0; d < a->outs[i].ndim; d++)
+            json_array_append_new(shape, json_integer(a->outs[i].shape[d]));
+        json_object_set_new(tensors, a->outs[i].name, shape);
+    }
+    return tensors;
+}
+
+void srv_out_of_memory(srv_response *resp) {
+    srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+}
