@@ -1636,7 +1636,7 @@ static void run_generate(srv_job *job) {
     lens_token_batch start = {0};
     hooks_request h = {0};
     uint8_t *none = calloc(lens_hook_slots(c), 1), *intervene = calloc(lens_hook_slots(c), 1);
-    int32_t *tokens = NULL, *last = NULL;
+    int32_t *tokens = NULL, *last = NULL, *scratch_ids = NULL;
     float *scratch = NULL;
     bool sample, stop_at_eos;
     long max_new, top_k, seed;
@@ -1681,10 +1681,11 @@ static void run_generate(srv_job *job) {
     tokens = malloc((size_t)B * T_max * sizeof *tokens);
     last = malloc((size_t)B * sizeof *last);
     scratch = malloc((size_t)V * sizeof *scratch);
+    scratch_ids = malloc((size_t)T_max * sizeof *scratch_ids);
     int *length = calloc((size_t)B, sizeof *length);
     bool *done = calloc((size_t)B, sizeof *done);
     uint64_t rng = (uint64_t)seed;
-    if (!tokens || !last || !scratch || !length || !done) {
+    if (!tokens || !last || !scratch || !scratch_ids || !length || !done) {
         free(length);
         free(done);
         srv_out_of_memory(resp);
@@ -1752,10 +1753,14 @@ static void run_generate(srv_job *job) {
             json_t *row = json_array();
             for (int t = 0; t < length[b]; t++)
                 json_array_append_new(row, json_integer(tokens[(size_t)b * T_max + t]));
-            size_t len = 0;
-            char *text = m->tok ? lens_tok_decode(m->tok, tokens + (size_t)b * T_max,
-                                                  (size_t)length[b], &len, NULL)
-                                : NULL;
+            /* the text as TL's generate decodes it: skip_special_tokens */
+            size_t n_plain = 0, len = 0;
+            for (int t = 0; t < length[b]; t++) {
+                const int32_t id = tokens[(size_t)b * T_max + t];
+                if (id != m->rules.bos_id && id != m->rules.eos_id && id != m->rules.pad_id)
+                    scratch_ids[n_plain++] = id;
+            }
+            char *text = m->tok ? lens_tok_decode(m->tok, scratch_ids, n_plain, &len, NULL) : NULL;
             json_array_append_new(texts, text ? json_stringn(text, len) : json_null());
             free(text);
             json_array_append_new(rows, row);
@@ -1771,6 +1776,7 @@ out:
     free(tokens);
     free(last);
     free(scratch);
+    free(scratch_ids);
     hooks_request_free(&h);
     lens_token_batch_free(&start);
 }

@@ -324,6 +324,109 @@ class Model:
             body["heads"] = [int(head) for head in heads]
         return self._post("attention", body, tensors=True)
 
+    def logit_diff(
+        self,
+        input: PromptInput,
+        answers: Sequence[Any],
+        attribution: Iterable[str] = (),
+        position: int | None = None,
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+    ) -> dict[str, Any]:
+        """The logit difference of answer pairs, and its attribution.
+
+        Args:
+            input: a text, a list of texts, or token ids.
+            answers: one ``(answer, wrong)`` pair for every prompt, or one per prompt;
+                each a one-token string or a token id.
+            attribution: any of ``"accumulated_resid"`` (the logit lens),
+                ``"decompose_resid"`` and ``"heads"``, computed as TL's
+                ``ActivationCache.apply_ln_to_stack`` + ``logit_attrs`` do.
+            position: where to read (default: each prompt's last real token).
+
+        Returns:
+            ``logit_diff`` (np.ndarray [batch]), ``mean``, and per attribution a dict of
+            ``labels``, ``per_prompt`` (np.ndarray [components, batch]) and ``mean``
+            (np.ndarray [components]; heads also ``grid`` [n_layers, n_heads]).
+        """
+        body = _prompt_body(input, prepend_bos, padding_side)
+        body["answers"] = [list(pair) if isinstance(pair, (list, tuple)) else pair for pair in answers]
+        body["attribution"] = list(attribution)
+        if position is not None:
+            body["position"] = position
+        data = self._post("logit_diff", body)
+        data["logit_diff"] = np.asarray(data["logit_diff"], dtype=np.float32)
+        for key in ("accumulated_resid", "decompose_resid", "heads"):
+            for field in ("per_prompt", "mean", "grid"):
+                if key in data and field in data[key]:
+                    data[key][field] = np.asarray(data[key][field], dtype=np.float32)
+        return data
+
+    def run_with_hooks(
+        self,
+        input: PromptInput,
+        hooks: Sequence[dict[str, Any]],
+        names_filter: NamesFilter = None,
+        answers: Sequence[Any] | None = None,
+        patch_from: PromptInput | None = None,
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+    ) -> tuple[np.ndarray, ActivationCache, dict[str, Any]]:
+        """A run with interventions.
+
+        Args:
+            hooks: ``{"name": hook, "op": "zero" | "mean" | "set" | "add" | "scale" |
+                "patch", "positions": [...], "heads": [...], "value": ..., "factor": ...}``
+                each (docs/API.md).
+            names_filter: activations to capture after the interventions (as in
+                :meth:`run_with_cache`; None: none).
+            answers: answer pairs, for the logit-difference metric.
+            patch_from: the prompts whose activations ``"patch"`` copies.
+
+        Returns:
+            ``(logits, cache, metric)``; metric has ``logit_diff`` and ``mean`` when
+            ``answers`` is given.
+        """
+        body = _prompt_body(input, prepend_bos, padding_side)
+        body["hooks"] = [dict(hook) for hook in hooks]
+        if names_filter is not None:
+            body.update(self._names_body(names_filter))
+        if answers is not None:
+            body["answers"] = [list(p) if isinstance(p, (list, tuple)) else p for p in answers]
+        if patch_from is not None:
+            body["patch_from"] = _prompt_body(patch_from, None, None)
+        data = self._post("run_with_hooks", body, tensors=True)
+        logits = data.pop("logits")
+        data.pop("tokens", None)
+        activations = {name: value for name, value in data.items() if isinstance(value, np.ndarray)}
+        metric = {key: data[key] for key in ("logit_diff", "mean") if key in data}
+        return logits, ActivationCache(activations, self.cfg.n_layers), metric
+
+    def generate(
+        self,
+        input: PromptInput,
+        max_new_tokens: int = 10,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int = 0,
+        stop_at_eos: bool = True,
+        hooks: Sequence[dict[str, Any]] = (),
+    ) -> list[str]:
+        """Continues each prompt, greedily (TL's ``do_sample=False``) or by seeded sampling.
+
+        Returns:
+            The texts, prompt and continuation (``[..]`` of one for one prompt).
+        """
+        body = _prompt_body(input, None, None)
+        body.update({"max_new_tokens": max_new_tokens, "do_sample": do_sample,
+                     "temperature": temperature, "seed": seed, "stop_at_eos": stop_at_eos})
+        if top_k is not None:
+            body["top_k"] = top_k
+        if hooks:
+            body["hooks"] = [dict(hook) for hook in hooks]
+        return self._post("generate", body)["text"]
+
     def _post(self, endpoint: str, body: dict[str, Any], *, tensors: bool = False) -> dict[str, Any]:
         return self.client._request("POST", f"{_model_path(self.name)}/{endpoint}", body, tensors=tensors)
 

@@ -237,3 +237,21 @@ def test_sigterm_exits_zero() -> None:
     finally:
         status = daemon.stop()
     assert status == 0, f"lensd exited {status} after SIGTERM\n{daemon.logs()}"
+
+
+def test_logit_diff_run_with_hooks_and_generate(model):
+    prompt = "When Mary and John went to the store, John gave a drink to"
+    diff = model.logit_diff(prompt, [(" Mary", " John")], attribution=["accumulated_resid", "heads"])
+    assert diff["logit_diff"].shape == (1,)
+    n = model.cfg.n_layers
+    assert diff["accumulated_resid"]["labels"][-1] == "final_post"
+    assert diff["accumulated_resid"]["per_prompt"].shape == (2 * n + 1, 1)
+    assert diff["heads"]["grid"].shape == (n, model.cfg.n_heads)
+    logits, cache, metric = model.run_with_hooks(
+        prompt, [{"name": "blocks.0.attn.hook_z", "op": "zero"}],
+        names_filter="blocks.0.attn.hook_z", answers=[(" Mary", " John")])
+    assert np.all(cache["z", 0] == 0)
+    assert logits.shape[:2] == (1, len(model.to_str_tokens(prompt)))
+    assert metric["mean"] != pytest.approx(float(diff["mean"]))
+    texts = model.generate("The quick brown fox", max_new_tokens=3)
+    assert len(texts) == 1 and texts[0].startswith("The quick brown fox")
