@@ -147,7 +147,7 @@ static void safetensors_response(srv_response *resp, const lens_st_out *tensors,
     }
     s->release = release;
     s->owner = owner;
-    resp->stream = MHD_create_response_from_callback(s->total, 1 << 16, stream_read, s, stream_free);
+    resp->stream = MHD_create_response_from_callback(s->total, 1 << 20, stream_read, s, stream_free);
     if (!resp->stream) {
         stream_free(s);
         srv_error(resp, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", NULL, "out of memory");

@@ -121,10 +121,16 @@ class Client:
             json=body,
             headers={"Accept": SAFETENSORS_TYPE if tensors else JSON_TYPE},
             timeout=self.timeout,
+            stream=True,
         )
         if not 200 <= response.status_code < 300:
             raise LensdError.from_response(response)
-        return decode_body(response.headers.get("Content-Type", ""), response.content)
+        # read in 4 MiB pieces (requests' own 10 KiB reads cost more than the transfer) into
+        # one writable buffer, which the arrays then share
+        content = bytearray()
+        for chunk in response.iter_content(chunk_size=1 << 22):
+            content += chunk
+        return decode_body(response.headers.get("Content-Type", ""), content)
 
 
 class Model:

@@ -15,7 +15,6 @@ import struct
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load as load_safetensors
 
 JSON_TYPE = "application/json"
 SAFETENSORS_TYPE = "application/vnd.safetensors"
@@ -100,9 +99,10 @@ def decode_json(value: Any) -> Any:
     return value
 
 
-def decode_safetensors(body: bytes) -> dict[str, Any]:
+def decode_safetensors(body: bytes | bytearray) -> dict[str, Any]:
     """The fields of a safetensors response: the JSON fields of ``__metadata__["lensd"]``, then its
-    tensors in the order they lie in the body.
+    tensors in the order they lie in the body, as arrays over the body's memory (no copy; writable
+    when the body is a bytearray).
 
     Raises:
         ValueError: when the body is not a safetensors file.
@@ -115,15 +115,21 @@ def decode_safetensors(body: bytes) -> dict[str, Any]:
     header = json.loads(body[8 : 8 + header_len])
     metadata = header.pop("__metadata__", None) or {}
     fields = decode_json(json.loads(metadata["lensd"])) if "lensd" in metadata else {}
-    tensors = load_safetensors(body)
-    # In the body's order (lensd writes hook points in the model's order);
-    # safetensors' loader does not keep it.
+    data_start = 8 + header_len
+    # In the body's order (lensd writes hook points in the model's order).
     for name in sorted(header, key=lambda name: header[name]["data_offsets"][0]):
-        fields[name] = tensors[name]
+        info = header[name]
+        dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]]).newbyteorder("<")
+        begin, end = info["data_offsets"]
+        count = int(np.prod(info["shape"], dtype=np.int64))
+        if data_start + end > len(body) or end - begin != count * dtype.itemsize:
+            raise ValueError(f"safetensors tensor {name} does not fit the body")
+        fields[name] = np.frombuffer(body, dtype=dtype, count=count,
+                                     offset=data_start + begin).reshape(info["shape"])
     return fields
 
 
-def decode_body(content_type: str, body: bytes) -> dict[str, Any]:
+def decode_body(content_type: str, body: bytes | bytearray) -> dict[str, Any]:
     """The fields of a 2xx response body: safetensors by its media type, JSON otherwise."""
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type == SAFETENSORS_TYPE:
