@@ -17,7 +17,7 @@
 /* A model entry of the request body as srv_model_spec (strings borrowed
  * from body). Returns -1 with the field at fault in resp. */
 static int read_spec(json_t *body, srv_model_spec *spec, srv_response *resp) {
-    static const char *const known[] = {"name", "path", "id", "device", "processing",
+    static const char *const known[] = {"name", "path", "id", "device", "dtype", "processing",
                                         "use_attn_result", "use_split_qkv_input",
                                         "use_hook_mlp_in", "use_attn_in"};
     const char *key;
@@ -49,6 +49,13 @@ static int read_spec(json_t *body, srv_model_spec *spec, srv_response *resp) {
         srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", path ? "path" : "id",
                   "give exactly one of path (a directory or tl_config.json on the server) or id "
                   "(a Hugging Face id in its cache)");
+        return -1;
+    }
+    json_t *dtype = json_object_get(body, "dtype");
+    if (dtype && (!json_is_string(dtype) || strcmp(json_string_value(dtype), "float32") != 0)) {
+        srv_error(resp, 422, "unprocessable", "dtype",
+                  "lensd runs models in float32 only for now (float16 and bfloat16 weights are "
+                  "not implemented yet)");
         return -1;
     }
     json_t *device = json_object_get(body, "device"), *processing = json_object_get(body, "processing");

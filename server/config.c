@@ -348,6 +348,7 @@ static const char *const model_keys[] = {"name",
                                          "path",
                                          "id",
                                          "device",
+                                         "dtype",
                                          "processing",
                                          "use_attn_result",
                                          "use_split_qkv_input",
@@ -392,6 +393,18 @@ static int parse_model(srv_config *cfg, const json_t *o, int idx, const char *ba
     if ((v = json_object_get(o, "device"))) {
         snprintf(field, sizeof field, "%s.device", where);
         if (json_str(v, field, &device, err) || check_device(device, field, err)) return -1;
+    }
+    if ((v = json_object_get(o, "dtype"))) {
+        snprintf(field, sizeof field, "%s.dtype", where);
+        const char *dtype;
+        if (json_str(v, field, &dtype, err)) return -1;
+        if (strcmp(dtype, "float32") != 0) {
+            lens_err_set(err,
+                         "%s: \"%s\": lensd runs models in float32 only for now (float16 and "
+                         "bfloat16 weights are not implemented yet)",
+                         field, dtype);
+            return -1;
+        }
     }
     if ((v = json_object_get(o, "processing"))) {
         snprintf(field, sizeof field, "%s.processing", where);

@@ -341,6 +341,9 @@ static json_t *tokens_json(const lens_token_batch *b) {
 
 /* ---- the jobs ----------------------------------------------------------- */
 
+static int read_indices(json_t *body, const char *key, int limit, int **out, int *n,
+                        srv_response *resp);
+
 static void run_tokenize(srv_job *job) {
     const lens_model *m = job->model->model;
     lens_token_batch b = {0};
@@ -478,6 +481,23 @@ static void run_with_cache(srv_job *job) {
     for (int i = 0; i < a->cache.n; i++) {
         const lens_captured *t = &a->cache.tensors[i];
         srv_answer_add(a, t->name, t->dtype, t->ndim, t->shape, t->data);
+    }
+    json_t *batch = json_object_get(job->body, "batch");
+    if (batch) { /* the prompts to answer for (the batch slice) */
+        int *rows = NULL, n_rows = 0;
+        json_t *wrapped = json_pack("{s:O}", "batch", batch);
+        int rc = read_indices(wrapped, "batch", a->batch.B, &rows, &n_rows, resp);
+        json_decref(wrapped);
+        int64_t *rows64 = rc ? NULL : malloc((size_t)n_rows * sizeof *rows64);
+        for (int i = 0; rows64 && i < n_rows; i++)
+            rows64[i] = rows[i];
+        if (!rc && (!rows64 || srv_answer_select_rows(a, rows64, n_rows))) {
+            srv_out_of_memory(resp);
+            rc = -1;
+        }
+        free(rows);
+        free(rows64);
+        if (rc) goto fail;
     }
     if (half) srv_answer_to_half(a);
     free(enabled);

@@ -209,6 +209,9 @@ void srv_answer_free(void *p) {
     free(a->tokens64);
     for (size_t i = 0; i < sizeof a->extra / sizeof a->extra[0]; i++)
         free(a->extra[i]);
+    for (int i = 0; i < a->n_owned; i++)
+        free(a->owned[i]);
+    free(a->owned);
     free(a->outs);
     free(a);
 }
@@ -313,4 +316,23 @@ json_t *srv_answer_shapes(const srv_answer *a) {
 
 void srv_out_of_memory(srv_response *resp) {
     srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
+}
+
+int srv_answer_select_rows(srv_answer *a, const int64_t *rows, int n_rows) {
+    if (!(a->owned = calloc((size_t)a->n, sizeof *a->owned))) return -1;
+    for (int i = 0; i < a->n; i++) {
+        lens_st_out *t = &a->outs[i];
+        size_t row_bytes = lens_dtype_size(t->dtype);
+        for (int d = 1; d < t->ndim; d++)
+            row_bytes *= (size_t)t->shape[d];
+        char *kept = malloc((size_t)n_rows * row_bytes + 1);
+        if (!kept) return -1;
+        for (int r = 0; r < n_rows; r++)
+            memcpy(kept + (size_t)r * row_bytes, (const char *)t->data + (size_t)rows[r] * row_bytes,
+                   row_bytes);
+        a->owned[a->n_owned++] = kept;
+        t->data = kept;
+        t->shape[0] = n_rows;
+    }
+    return 0;
 }

@@ -18,6 +18,8 @@ typedef struct srv_answer {
     lens_cache cache;
     int64_t *tokens64;
     float *extra[6]; /* buffers the tensors point into */
+    void **owned;    /* more of them (srv_answer_select_rows), n_owned */
+    int n_owned;
     lens_st_out *outs; /* room for every hook point and a few more */
     int n;
 } srv_answer;
@@ -37,6 +39,10 @@ void srv_answer_add(srv_answer *a, const char *name, lens_dtype dtype, int ndim,
 /* Appends the answer's batch tokens as int64 (TL's dtype). Returns -1 when
  * out of memory. */
 int srv_answer_add_tokens(srv_answer *a);
+
+/* Keeps only the rows (axis 0: prompts) of every tensor, in that order.
+ * Returns -1 when out of memory. */
+int srv_answer_select_rows(srv_answer *a, const int64_t *rows, int n_rows);
 
 /* Turns every float32 tensor into float16 in place (round to nearest even). */
 void srv_answer_to_half(srv_answer *a);

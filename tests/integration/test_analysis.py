@@ -207,3 +207,15 @@ def test_sampling_is_reproducible_from_the_seed(post):
     assert json_of(post(f"{GPT2}/generate", body)[2]) == first
     others = {tuple(json_of(post(f"{GPT2}/generate", {**body, "seed": s})[2])["tokens"][0]) for s in range(4)}
     assert len(others) > 1, "different seeds always gave the same sample"
+
+
+def test_run_with_cache_batch_slice(post):
+    body = {"prompts": ["Hello world", "Hi", "The cat sat"], "names": ["blocks.0.hook_resid_post"]}
+    everything, _ = safetensors_of(post(f"{GPT2}/run_with_cache", body, accept=SAFETENSORS)[2])
+    some, _ = safetensors_of(post(f"{GPT2}/run_with_cache", {**body, "batch": [2, -3]},
+                                  accept=SAFETENSORS)[2])
+    assert set(some) == set(everything)
+    for name, value in some.items():
+        assert np.array_equal(value, everything[name][[2, 0]]), name
+    status, _, answer = post(f"{GPT2}/run_with_cache", {**body, "batch": [3]})
+    assert status == 422 and json_of(answer)["error"]["field"] == "batch[0]"

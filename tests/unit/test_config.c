@@ -373,6 +373,8 @@ Test(config, wrong_types_are_named) {
                       "models[0].device: must be a string", NULL);
     expect_json_error("{\"models\": [{\"name\": \"a\", \"id\": \"x\", \"processing\": false}]}",
                       "models[0].processing: must be a string", NULL);
+    expect_json_error("{\"models\": [{\"name\": \"a\", \"id\": \"x\", \"dtype\": \"float16\"}]}",
+                      "models[0].dtype: \"float16\"", "float32 only", NULL);
     expect_json_error("{\"models\": [{\"name\": \"a\", \"id\": \"x\", \"use_attn_in\": 1}]}",
                       "models[0].use_attn_in: must be true or false", NULL);
     expect_json_error("{\"limits\": []}", "limits: must be an object", NULL);
