@@ -21,24 +21,20 @@ def tl_hook(op, positions=None, heads=None, value=None, factor=None, source=None
     """A TransformerLens hook function doing what the daemon's op does."""
     import torch
 
+    def selected(act, axis, indices):
+        """A mask over act that is true at indices of axis (everywhere when None)."""
+        if indices is None:
+            return torch.ones(act.shape, dtype=torch.bool)
+        m = torch.zeros(act.shape[axis], dtype=torch.bool)
+        m[indices] = True
+        shape = [1] * act.ndim
+        shape[axis] = -1
+        return m.view(shape).expand(act.shape)
+
     def hook(act, hook):
-        sel = [slice(None)] * act.ndim
         pos_axis = 2 if hook.name.endswith(("hook_pattern", "hook_attn_scores")) else 1
         head_axis = 1 if pos_axis == 2 else 2
-        index = torch.ones(act.shape, dtype=torch.bool)
-        if positions is not None:
-            m = torch.zeros(act.shape[pos_axis], dtype=torch.bool)
-            m[positions] = True
-            shape = [1] * act.ndim
-            shape[pos_axis] = -1
-            index &= m.view(shape)
-        if heads is not None:
-            m = torch.zeros(act.shape[head_axis], dtype=torch.bool)
-            m[heads] = True
-            shape = [1] * act.ndim
-            shape[head_axis] = -1
-            index &= m.view(shape)
-        del sel
+        index = selected(act, pos_axis, positions) & selected(act, head_axis, heads)
         new = act.clone()
         if op == "zero":
             new[index] = 0.0
