@@ -9,7 +9,10 @@
 # under /models and a tokens file; port 8080 (the HEALTHCHECK's), and "host"
 # must be "0.0.0.0" to be reachable
 # from outside the container, which lensd refuses without tokens_file (or
-# --insecure). No Docker engine runs in this project's CI, so this file is
+# --insecure). Without models in the configuration it serves the bundled demo
+# models (models/, installed in /usr/local/share/lensd/models):
+#   docker run --rm -p 8080:8080 lensd --host 0.0.0.0 --insecure
+# No Docker engine runs in this project's CI, so this file is
 # kept in step with tools/setup.sh by hand.
 FROM nvidia/cuda:13.0.0-devel-ubuntu24.04 AS build
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
@@ -30,6 +33,8 @@ RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-ins
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin lensd
 COPY --from=build /build/server/lensd /usr/local/bin/lensd
+COPY --from=build /src/models /usr/local/share/lensd/models
+COPY --from=build /src/web /usr/local/share/lensd/web
 USER lensd
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s \

@@ -11,6 +11,7 @@
 #include "server/config.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -759,6 +760,61 @@ static int add_flag_model(srv_config *cfg, const char *arg, const char *device, 
     return add_model(cfg, &m, "--model", err);
 }
 
+static int by_name(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Every model directory (one holding tl_config.json) of the bundled models
+ * directory, at most 64, in name order, named after its directory, on device. */
+static int add_bundled_models(srv_config *cfg, const char *device, lens_err *err) {
+    char root[PATH_MAX];
+    if (srv_data_dir("models", root, sizeof root)) {
+        lens_err_set(err, "no models given and no bundled models found (%s): give --model "
+                          "NAME=PATH or a config file with \"models\"", root);
+        return -1;
+    }
+    DIR *dir = opendir(root);
+    if (!dir) {
+        lens_err_set(err, "bundled models: %s: %s", root, strerror(errno));
+        return -1;
+    }
+    char *names[64];
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(dir)) && n < (int)(sizeof names / sizeof names[0])) {
+        char probe[PATH_MAX];
+        struct stat st;
+        if (e->d_name[0] == '.' ||
+            snprintf(probe, sizeof probe, "%s/%s/tl_config.json", root, e->d_name) >= (int)sizeof probe ||
+            stat(probe, &st) || !S_ISREG(st.st_mode))
+            continue;
+        if (!(names[n] = strdup(e->d_name))) break;
+        n++;
+    }
+    closedir(dir);
+    qsort(names, (size_t)n, sizeof names[0], by_name);
+    int rc = n ? 0 : -1;
+    if (!n) lens_err_set(err, "bundled models: %s holds no model directory", root);
+    for (int i = 0; i < n; i++) {
+        srv_model_spec m = {.load = {.processing = -1}};
+        size_t len = strlen(root) + strlen(names[i]) + 2;
+        m.name = names[i];
+        m.source = malloc(len);
+        m.device = strdup(device);
+        if (!m.source || !m.device) {
+            lens_err_set(err, "out of memory");
+            free_model_spec(&m);
+            rc = -1;
+        } else {
+            snprintf(m.source, len, "%s/%s", root, names[i]);
+            if (rc == 0) rc = check_model_name(m.name, m.source, err);
+            if (rc == 0) rc = add_model(cfg, &m, "bundled models", err);
+            else free_model_spec(&m);
+        }
+    }
+    return rc;
+}
+
 static int apply_flags(srv_config *cfg, const flag_vals *f, origins *org, lens_err *err) {
     if (f->host && set_string(&cfg->host, f->host, err)) return -1;
     if (f->port >= 0) cfg->port = f->port;
@@ -799,7 +855,7 @@ static int check_merged(const srv_config *cfg, const origins *org, const char *f
         {cfg->tls_key, org->tls_key, false},
     };
     for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
-        if (!paths[i].path) continue;
+        if (!paths[i].path || !paths[i].origin) continue;
         if (check_path(paths[i].path, paths[i].dir, paths[i].origin, err)) {
             if (paths[i].origin[0] != '-') lens_err_prefix(err, "%s", file);
             return -1;
@@ -818,6 +874,24 @@ static int check_merged(const srv_config *cfg, const origins *org, const char *f
 }
 
 /* ---- public --------------------------------------------------------------------- */
+
+int srv_data_dir(const char *name, char *out, size_t cap) {
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    struct stat st;
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) *slash = '\0';
+        if (snprintf(out, cap, "%s/../share/lensd/%s", exe, name) < (int)cap && !stat(out, &st) &&
+            S_ISDIR(st.st_mode))
+            return 0;
+    }
+    if (snprintf(out, cap, "%s/%s", LENSD_SOURCE_DIR, name) < (int)cap && !stat(out, &st) &&
+        S_ISDIR(st.st_mode))
+        return 0;
+    return -1;
+}
 
 int srv_config_load(srv_config *cfg, int argc, char **argv, lens_err *err) {
     memset(cfg, 0, sizeof *cfg);
@@ -839,10 +913,13 @@ int srv_config_load(srv_config *cfg, int argc, char **argv, lens_err *err) {
             .requests_per_minute = 0,
         };
         rc = set_string(&cfg->host, SRV_DEFAULT_HOST, err);
+        char web[PATH_MAX]; /* the dashboard; a default, so not checked again below */
+        if (rc == 0 && srv_data_dir("web", web, sizeof web) == 0) rc = set_string(&cfg->web_dir, web, err);
     }
     if (rc == 0 && f.config) rc = load_file(cfg, f.config, &org, err);
     if (rc == 0) rc = apply_flags(cfg, &f, &org, err);
     if (rc == 0) rc = check_merged(cfg, &org, f.config, err);
+    if (rc == 0 && cfg->n_models == 0) rc = add_bundled_models(cfg, f.device ? f.device : "cpu", err);
     free(f.models);
     if (rc) srv_config_free(cfg);
     return rc;

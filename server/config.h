@@ -44,8 +44,8 @@ typedef struct srv_limits {
 typedef struct srv_config {
     char *host;               /* default "127.0.0.1" */
     int port;                 /* default 8080; 0 = any free port */
-    char *web_dir;            /* static files served at /; NULL = none (the default; whether
-                                 to fall back to the repository's web/ is the caller's call) */
+    char *web_dir;            /* static files served at /; default srv_data_dir("web") (the
+                                 dashboard), NULL when there is none */
     char *tokens_file;        /* NULL = no access control */
     char *tls_cert, *tls_key; /* PEM files; both or neither (NULL) */
     bool insecure;            /* allow a non-loopback bind without tokens */
@@ -67,6 +67,13 @@ typedef struct srv_config {
 #define SRV_DEFAULT_QUEUE_LENGTH 256
 #define SRV_DEFAULT_REQUEST_TIMEOUT_S 300.0
 
+/* Finds lensd's data directory `name` ("models", "web"): first
+ * <directory of the executable>/../share/lensd/<name> (an installed lensd:
+ * meson install puts it there, relative to bin/), then <source tree>/<name>
+ * (a lensd run from its build directory). Returns 0 with the path in out,
+ * or -1 (out then holds the last path tried) when neither is a directory. */
+int srv_data_dir(const char *name, char *out, size_t cap);
+
 /* Fills cfg from the defaults, then the JSON file of --config, then the
  * other flags. argv is the command's own: argv[0] is "serve" (not parsed)
  * and argv[1..argc-1] are parsed with getopt_long (which may permute them;
@@ -80,6 +87,12 @@ typedef struct srv_config {
  * of the same setting. Relative paths in the file are taken relative to the
  * file's directory; relative paths in flags relative to the working
  * directory.
+ *
+ * The default of "web" is the dashboard, srv_data_dir("web") ("web": null
+ * in the file serves no files).
+ * With no model from the file or the flags, the bundled models are served:
+ * every directory of srv_data_dir("models") that holds a tl_config.json,
+ * named after the directory, in name order, on --device.
  *
  * Returns 0 with cfg filled (every string owned by cfg; free it with
  * srv_config_free). Returns -1 with cfg empty (nothing to free, though

@@ -526,14 +526,19 @@ fail:
 }
 
 /* log_softmax of one row of V logits into out (double sums). */
-static void log_softmax(const float *logits, float *out, int V) {
+/* log(sum(exp(logits[0..V-1]))), in double, shifted by the maximum. */
+static double log_sum_exp(const float *logits, int V) {
     float maxval = -INFINITY;
     for (int v = 0; v < V; v++)
         maxval = logits[v] > maxval ? logits[v] : maxval;
     double sum = 0.0;
     for (int v = 0; v < V; v++)
         sum += exp((double)logits[v] - maxval);
-    const double log_sum = log(sum) + maxval;
+    return log(sum) + maxval;
+}
+
+static void log_softmax(const float *logits, float *out, int V) {
+    const double log_sum = log_sum_exp(logits, V);
     for (int v = 0; v < V; v++)
         out[v] = (float)((double)logits[v] - log_sum);
 }
@@ -607,13 +612,15 @@ static void logits_finish(logits_request *lr) {
     if (top_k) {
         int64_t *ids = malloc((size_t)B * P * top_k * sizeof *ids);
         float *vals = a->extra[2] = malloc((size_t)B * P * top_k * sizeof *vals);
+        float *probs = a->extra[4] = malloc((size_t)B * P * top_k * sizeof *probs);
         a->extra[3] = (float *)ids;
-        if (!ids || !vals) {
+        if (!ids || !vals || !probs) {
             json_decref(fields);
             goto oom;
         }
         for (size_t r = 0; r < (size_t)B * P; r++) {
             const float *row = rows + r * V;
+            const double log_sum = log_sum_exp(row, V);
             for (long k = 0; k < top_k; k++) { /* selection: k is small */
                 int best = -1;
                 for (int v = 0; v < V; v++) {
@@ -624,10 +631,12 @@ static void logits_finish(logits_request *lr) {
                 }
                 ids[r * top_k + k] = best;
                 vals[r * top_k + k] = row[best];
+                probs[r * top_k + k] = (float)exp((double)row[best] - log_sum);
             }
         }
         srv_answer_add(a, "top_k_ids", LENS_I64, 3, (int64_t[]){B, P, top_k}, ids);
         srv_answer_add(a, "top_k_logits", LENS_F32, 3, (int64_t[]){B, P, top_k}, vals);
+        srv_answer_add(a, "top_k_probs", LENS_F32, 3, (int64_t[]){B, P, top_k}, probs);
     } else {
         srv_answer_add(a, "logits", LENS_F32, 3, (int64_t[]){B, P, V}, rows);
     }
@@ -830,10 +839,12 @@ static void run_attention(srv_job *job) {
         srv_out_of_memory(resp);
         goto fail;
     }
-    if (!json_is_string(json_object_get(job->body, "prompt")) ||
-        json_object_get(job->body, "prompts") || json_object_get(job->body, "tokens")) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "prompt",
-                  "attention takes one prompt (a string)");
+    const json_t *prompt = json_object_get(job->body, "prompt");
+    const json_t *tokens = json_object_get(job->body, "tokens");
+    if (json_object_get(job->body, "prompts") || (prompt && !json_is_string(prompt)) ||
+        (!prompt && !(json_is_array(tokens) && json_array_size(tokens) == 1))) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", tokens && !prompt ? "tokens" : "prompt",
+                  "attention takes one prompt: \"prompt\" (a string) or \"tokens\" with one row");
         goto fail;
     }
     if (read_indices(job->body, "layers", c->n_layers, &layers, &n_layers, resp) ||
@@ -848,7 +859,7 @@ static void run_attention(srv_job *job) {
         engine_error(resp, &err, NULL);
         goto fail;
     }
-    const int T = a->batch.T, H = c->n_heads;
+    const int T = a->batch.T;
     float *patterns = a->extra[0] = malloc((size_t)n_layers * n_heads * T * T * sizeof *patterns);
     if (!patterns || srv_answer_add_tokens(a)) {
         srv_out_of_memory(resp);
@@ -863,7 +874,6 @@ static void run_attention(srv_job *job) {
                    (const float *)t->data + (size_t)heads[hi] * T * T,
                    (size_t)T * T * sizeof *patterns);
     }
-    (void)H;
     srv_answer_add(a, "patterns", LENS_F32, 4, (int64_t[]){n_layers, n_heads, T, T}, patterns);
     json_t *jl = json_array(), *jh = json_array();
     for (int i = 0; i < n_layers; i++)

@@ -48,6 +48,7 @@ SHARED = Path(os.environ.get("LENSD_SHARED", Path(__file__).resolve().parents[2]
 GPT2_TOKENIZER = SHARED / "data" / "gpt2-tokenizer"
 BRACKETS = SHARED / "data" / "arena-brackets"
 GENERATOR_FILES = ("make_fixtures.py", "tl_native.py", "convert_tl_checkpoint.py")
+BUNDLED = TOOLS.parent / "models"  # lensd's bundled demo models
 
 TOLERANCE_NOTE = (
     "float32 on both sides; finite entries: max|lensd-TL| <= 1e-4 * max(1, max|TL|); "
@@ -64,11 +65,16 @@ TOKEN_IDS = [50256, 464, 3797, 3332, 0, 319, 262, 50255, 2603, 13]
 
 
 def generator_hash() -> str:
-    """Hash of the scripts that define the fixtures; conftest rebuilds on change."""
+    """Hash of the scripts that define the fixtures and of the bundled models
+    they copy; conftest rebuilds on change."""
     h = hashlib.sha256()
     for name in GENERATOR_FILES:
         h.update(name.encode())
         h.update((TOOLS / name).read_bytes())
+    for path in sorted(BUNDLED.rglob("*")):
+        if path.is_file():
+            h.update(str(path.relative_to(BUNDLED)).encode())
+            h.update(path.read_bytes())
     return h.hexdigest()
 
 
@@ -490,6 +496,23 @@ def main(argv=None) -> int:
 
     # 8: the real bracket classifier.
     brackets_cases(b, make_brackets(out))
+
+    # 9-10: the bundled demo models, copied as shipped.
+    for name in ("induction-2l", "brackets"):
+        shutil.copytree(BUNDLED / name, models / f"bundled-{name}")
+    native_cases(b, "bundled-induction-2l", models / "bundled-induction-2l", [
+        ("single", text(SINGLE + ". " + SINGLE), [], {}),
+        ("batch-right", text(*BATCH), [], {}),
+        ("batch-left", text(*BATCH), ["--padding-side", "left"], {"padding_side": "left"}),
+        ("unicode", text(UNICODE), [], {}),
+        ("no-bos", text(NO_BOS), ["--no-bos"], {"prepend_bos": False}),
+        ("tokens", [("tokens", [256, 0, 255, 65, 66, 67, 65, 66, 10, 256])], [], {}),
+    ])
+    native_cases(b, "bundled-brackets", models / "bundled-brackets", [
+        ("single", text("(()())"), [], {}),
+        ("batch-right", text("()", "(()))(", "((((()))))()", ")("), [], {}),
+        ("tokens", [("tokens", [0, 3, 3, 4, 4, 2])], [], {}),
+    ])
 
     manifest = {
         "generator_hash": generator_hash(),

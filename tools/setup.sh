@@ -3,12 +3,18 @@
 # Debian packages (compiler deps, libraries) and a Python virtual environment
 # with the pinned test tooling (tools/requirements.txt). Idempotent; safe to
 # run on every test run. Prints the venv's path as its last line.
+# With --build-only: the Debian packages only (what building and serving need).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 venv=${LENSD_VENV:-${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}/.cache/lensd/venv}
 
+build_only=false
+[ "${1:-}" = "--build-only" ] && build_only=true
+
 debian_packages=(build-essential pkg-config meson ninja-build libopenblas-dev libopenblas-openmp-dev liblapacke-dev libjansson-dev
-  libpcre2-dev libutf8proc-dev libmicrohttpd-dev libuv1-dev libgnutls28-dev libcriterion-dev python3-venv openssl curl)
+  libpcre2-dev libutf8proc-dev libmicrohttpd-dev libuv1-dev libgnutls28-dev libcriterion-dev)
+# the test suites' own: the Python tooling, TLS certificates, curl, and the browser tests' Chromium
+$build_only || debian_packages+=(python3-venv openssl curl chromium)
 missing=()
 for p in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,6 +26,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >&2
 fi
+
+$build_only && exit 0
 
 stamp="$venv/.lensd-requirements"
 if [ ! -x "$venv/bin/python" ] || ! cmp -s "$repo/tools/requirements.txt" "$stamp"; then

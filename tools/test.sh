@@ -42,7 +42,7 @@ export LENSD_SHARED="$shared"
 export LENSD_BUILD="$build"
 export LENSD_TEST_MODEL="$LENSD_FIXTURES/models/gpt2-a"
 PYTHONPATH="$repo/clients/python" "$venv/bin/python" -m pytest -q -rs -p no:cacheprovider \
-  --junitxml="$build/pytest.xml" tests/tokenizer tests/parity tests/gpu tests/integration \
+  --junitxml="$build/pytest.xml" tests/tokenizer tests/parity tests/gpu tests/integration tests/browser \
   clients/python/tests || status=1
 
 "$venv/bin/python" tools/test_summary.py "$build/meson-logs/testlog.json" \

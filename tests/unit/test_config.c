@@ -7,6 +7,7 @@
  * values come from the documented defaults and from the test's own input.
  */
 #include <criterion/criterion.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,14 +99,27 @@ Test(config, defaults_without_flags) {
     cr_assert_eq(load_args(&cfg, &err, NULL), 0, "%s", err.msg);
     cr_assert_str_eq(cfg.host, "127.0.0.1");
     cr_assert_eq(cfg.port, 8080);
-    cr_assert_null(cfg.web_dir);
+    char web[PATH_MAX];
+    cr_assert_eq(srv_data_dir("web", web, sizeof web), 0, "%s", web);
+    cr_assert_str_eq(cfg.web_dir, web);
     cr_assert_null(cfg.tokens_file);
     cr_assert_null(cfg.tls_cert);
     cr_assert_null(cfg.tls_key);
     cr_assert_not(cfg.insecure);
     cr_assert_eq(cfg.http_threads, 4);
-    cr_assert_eq(cfg.n_models, 0);
-    cr_assert_null(cfg.models);
+    /* No model given: the bundled ones, in name order, on the CPU. */
+    char models[PATH_MAX];
+    cr_assert_eq(srv_data_dir("models", models, sizeof models), 0, "%s", models);
+    cr_assert_eq(cfg.n_models, 2);
+    const char *bundled[] = {"brackets", "induction-2l"};
+    for (int i = 0; i < 2; i++) {
+        char source[PATH_MAX + 32];
+        snprintf(source, sizeof source, "%s/%s", models, bundled[i]);
+        cr_assert_str_eq(cfg.models[i].name, bundled[i]);
+        cr_assert_str_eq(cfg.models[i].source, source);
+        cr_assert_str_eq(cfg.models[i].device, "cpu");
+        cr_assert_eq(cfg.models[i].load.processing, -1);
+    }
     cr_assert_eq(cfg.limits.max_body_bytes, (size_t)8 << 20);
     cr_assert_eq(cfg.limits.max_prompts, 64);
     cr_assert_eq(cfg.limits.max_tokens, 0);
