@@ -13,8 +13,6 @@ build=${LENSD_BUILD:-$repo/build}
 [ -f "$build/build.ninja" ] || meson setup "$build" >/dev/null
 ninja -C "$build" >/dev/null
 port=${LENSD_PORT:-8080}
-web=()
-[ -d "$repo/web" ] && web=(--web "$repo/web")
 cat <<EOF
 == lensd on http://127.0.0.1:$port (Ctrl-C stops it)
    dashboard: http://127.0.0.1:$port/
@@ -25,4 +23,4 @@ Try:
   curl -s localhost:$port/v1/models/induction-2l/test_prompt -d '{"prompt": "abcdefgh abcdefg", "answer": "h", "prepend_space_to_answer": false}'
   curl -s localhost:$port/v1/models/brackets/logits -d '{"prompts": ["(())", "(()"], "positions": [0]}'
 EOF
-exec "$build/server/lensd" serve "${web[@]}" --port "$port" "$@"
+exec "$build/server/lensd" serve --port "$port" "$@"
