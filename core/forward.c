@@ -421,10 +421,16 @@ static int unembed(forward_ctx *x, buffers *b) {
     return 0;
 }
 
-/* The whole pass from the batch on the device to x->logits. */
+/* The pass from the batch (or from the residual stream entering the start
+ * layer) on the device to x->logits. */
 static int run_layers(forward_ctx *x, buffers *b) {
-    if (embed(x, b)) return -1;
-    for (int l = 0; l < x->c->n_layers; l++)
+    const int first = x->run->start_layer;
+    if (first == 0) {
+        if (embed(x, b)) return -1;
+    } else {
+        lk_upload(x->dev, b->resid, x->run->resid_start, x->N * x->c->d_model * sizeof(float));
+    }
+    for (int l = first; l < x->c->n_layers; l++)
         if (block(x, b, l)) return -1;
     return unembed(x, b);
 }
@@ -491,6 +497,16 @@ static int check_batch(const lens_config *c, const lens_batch *batch, const lens
             return -1;
         }
     }
+    if (run->start_layer < 0 || run->start_layer >= c->n_layers) {
+        lens_err_set(err, "start layer %d is outside the model's layers 0 to %d", run->start_layer,
+                     c->n_layers - 1);
+        return -1;
+    }
+    if (run->start_layer > 0 && !run->resid_start) {
+        lens_err_set(err, "a run from layer %d needs the residual stream entering it",
+                     run->start_layer);
+        return -1;
+    }
     for (int bi = 0; run->logits && run->logit_positions && bi < batch->B; bi++) {
         int t = run->logit_positions[bi];
         if (t < 0 || t >= batch->T) {
@@ -520,7 +536,7 @@ int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batc
     buffers b;
     if (carve(&x, &b)) return -1;
     place_inputs(&x, &b);
-    lk_graph *graph = any_hook_enabled(&x) ? NULL : recorded_run(&x, &b);
+    lk_graph *graph = any_hook_enabled(&x) || run->start_layer ? NULL : recorded_run(&x, &b);
     int rc = graph ? (lk_graph_launch(x.dev, graph), 0) : run_layers(&x, &b);
     if (rc == 0 && run->logits && x.logits != run->logits) {
         size_t rows = run->logit_positions ? (size_t)x.B : x.N;

@@ -48,6 +48,10 @@ typedef struct lens_run {
     float *logits; /* out: [B, T, d_vocab_out], or [B, d_vocab_out] at logit_positions;
                       NULL to skip the unembedding */
     const int32_t *logit_positions; /* [B] or NULL for every position */
+    int start_layer; /* the first block to run; 0 (the default): the whole pass */
+    const float *resid_start; /* with start_layer > 0: host [B, T, d_model], the residual
+                                 stream entering that block (hook_resid_pre of start_layer,
+                                 which fires on it); embeddings and earlier blocks are skipped */
 } lens_run;
 
 #define LENS_MAX_GRAPHS 8
@@ -80,7 +84,8 @@ void lens_workspace_free(lens_workspace *ws);
 
 /* Runs the model on the batch. Returns 0, or -1 with a message for a token
  * outside the vocabulary, a batch longer than n_ctx, a logit position
- * outside the batch, an error returned by the hook callback, a device
+ * outside the batch, a start layer outside the model (or without its
+ * residual stream), an error returned by the hook callback, a device
  * without the memory for the activations (code LENS_ERR_NO_MEMORY) or a
  * device failure (LENS_ERR_DEVICE). */
 int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batch,

@@ -46,6 +46,7 @@ typedef enum srv_job_kind {
     SRV_JOB_LOGIT_DIFF,
     SRV_JOB_RUN_WITH_HOOKS,
     SRV_JOB_GENERATE,
+    SRV_JOB_PATCH,
     SRV_JOB_ADMIN_LOAD,   /* admin.c, not an executor */
     SRV_JOB_ADMIN_UNLOAD,
 } srv_job_kind;

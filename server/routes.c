@@ -11,10 +11,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/attribution.h"
 #include "core/capture.h"
 #include "core/intervene.h"
+#include "core/patch.h"
 #include "core/prompt.h"
 #include "core/safetensors.h"
 #include "server/caches.h"
@@ -1811,6 +1813,182 @@ out:
     lens_token_batch_free(&start);
 }
 
+/* ---- patch: activation patching sweeps -------------------------------------- */
+
+/* The metric's answers: "logit_diff" pairs as in logit_diff, or for "logit"
+ * one "answer" for every prompt or a list of one per prompt. */
+static int read_metric_answers(const lens_model *m, json_t *metric, lens_metric_kind kind, int B,
+                               int32_t *answer, int32_t *wrong, srv_response *resp) {
+    if (kind == LENS_METRIC_LOGIT_DIFF) return read_answer_pairs(m, metric, B, answer, wrong, resp);
+    json_t *v = json_object_get(metric, "answer");
+    const bool each = json_is_array(v);
+    if (each && (int)json_array_size(v) != B) {
+        srv_error(resp, 422, "unprocessable", "metric.answer",
+                  "metric.answer has %zu answers for %d prompts", json_array_size(v), B);
+        return -1;
+    }
+    for (int b = 0; b < B; b++) {
+        char field[48];
+        snprintf(field, sizeof field, each ? "metric.answer[%d]" : "metric.answer", b);
+        if (read_answer(m, each ? json_array_get(v, (size_t)b) : v, field, &answer[b], resp))
+            return -1;
+    }
+    return 0;
+}
+
+static double monotonic_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* One labelled axis of a sweep's output. */
+static json_t *axis_json(const char *name, const lens_config *c, json_t *pos_labels,
+                         json_t *components) {
+    json_t *labels;
+    if (strcmp(name, "layer") == 0) {
+        labels = json_array();
+        for (int l = 0; l < c->n_layers; l++)
+            json_array_append_new(labels, json_integer(l));
+    } else if (strcmp(name, "head") == 0) {
+        labels = json_array();
+        for (int h = 0; h < c->n_heads; h++)
+            json_array_append_new(labels, json_sprintf("H%d", h));
+    } else if (strcmp(name, "component") == 0) {
+        labels = json_incref(components);
+    } else {
+        labels = json_incref(pos_labels);
+    }
+    return json_pack("{s:s, s:o}", "name", name, "labels", labels);
+}
+
+static void run_patch(srv_job *job) {
+    srv_model *sm = job->model;
+    const lens_model *m = sm->model;
+    const lens_config *c = &m->cfg;
+    srv_response *resp = &job->response;
+    json_t *body = job->body, *metric = json_object_get(body, "metric");
+    lens_token_batch clean = {0}, corrupted = {0};
+    lens_patch_result result = {0};
+    int32_t *answer = NULL, *wrong = NULL, *pos = NULL;
+    srv_answer *a = NULL;
+    lens_sweep sweep;
+    lens_err err = {0};
+    const char *sweep_name = json_string_value(json_object_get(body, "sweep"));
+    if (!sweep_name || lens_sweep_parse(sweep_name, &sweep)) {
+        char names[1024] = "";
+        size_t used = 0;
+        for (int i = 0; i < LENS_SWEEP_COUNT && used < sizeof names; i++)
+            used += (size_t)snprintf(names + used, sizeof names - used, "%s%s", i ? ", " : "",
+                                     lens_sweep_name((lens_sweep)i));
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "sweep",
+                  "sweep must be one of: %s (TransformerLens's get_act_patch_* names)", names);
+        return;
+    }
+    json_t *clean_json = json_object_get(body, "clean"), *bad_json = json_object_get(body, "corrupted");
+    if (!json_is_object(clean_json) || !json_is_object(bad_json) || !json_is_object(metric)) {
+        const char *field = !json_is_object(clean_json) ? "clean"
+                            : !json_is_object(bad_json) ? "corrupted"
+                                                         : "metric";
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
+                  "%s must be an object (clean and corrupted: {\"prompts\": [...]} or "
+                  "{\"tokens\": [[...]]}; metric: {\"type\": \"logit_diff\", \"answers\": [...]})",
+                  field);
+        return;
+    }
+    const char *type = json_string_value(json_object_get(metric, "type"));
+    lens_metric_kind kind = LENS_METRIC_LOGIT_DIFF;
+    if (type && strcmp(type, "logit") == 0) {
+        kind = LENS_METRIC_LOGIT;
+    } else if (json_object_get(metric, "type") && (!type || strcmp(type, "logit_diff") != 0)) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "metric.type",
+                  "metric.type must be \"logit_diff\" (the default) or \"logit\"");
+        return;
+    }
+    bool normalize, full_recompute;
+    long position;
+    if (optional_bool(metric, "normalize", false, &normalize, resp) ||
+        optional_bool(body, "full_recompute", false, &full_recompute, resp) ||
+        read_prompts(sm, clean_json, &clean, resp) || read_prompts(sm, bad_json, &corrupted, resp))
+        goto out;
+    const int B = corrupted.B, T = corrupted.T;
+    if (clean.B != B || clean.T != T) {
+        srv_error(resp, 422, "unprocessable", "corrupted",
+                  "clean and corrupted must have the same shape: %d prompts of %d tokens against "
+                  "%d of %d",
+                  clean.B, clean.T, B, T);
+        goto out;
+    }
+    if (optional_int(metric, "position", 0, -(long)T, T - 1, &position, resp)) goto out;
+    answer = malloc((size_t)B * sizeof *answer);
+    wrong = malloc((size_t)B * sizeof *wrong);
+    pos = malloc((size_t)B * sizeof *pos);
+    if (!answer || !wrong || !pos) {
+        srv_out_of_memory(resp);
+        goto out;
+    }
+    if (read_metric_answers(m, metric, kind, B, answer, wrong, resp)) goto out;
+    const bool explicit_position = json_object_get(metric, "position") != NULL;
+    for (int b = 0; b < B; b++)
+        pos[b] = explicit_position ? (int32_t)(position < 0 ? position + T : position)
+                 : corrupted.attn_mask ? T - 1
+                                       : corrupted.lengths[b] - 1;
+    int64_t shape[4];
+    long runs;
+    lens_sweep_shape(c, sweep, T, shape, &runs);
+    const lens_patch_request req = {
+        .sweep = sweep,
+        .clean = &clean,
+        .corrupted = &corrupted,
+        .metric = {.kind = kind, .answer = answer, .wrong = wrong, .positions = pos,
+                   .normalize = normalize},
+        .full_recompute = full_recompute,
+    };
+    const double t0 = monotonic_s();
+    srv_metrics_batch(B);
+    if (lens_patch(m, &sm->ws, &req, &result, &err)) {
+        engine_error(resp, &err, NULL);
+        goto out;
+    }
+    const double seconds = monotonic_s() - t0;
+    if (!(a = srv_answer_new(c))) {
+        srv_out_of_memory(resp);
+        goto out;
+    }
+    a->extra[0] = result.values;
+    result.values = NULL;
+    srv_answer_add(a, "values", LENS_F32, result.ndim, result.shape, a->extra[0]);
+    const char *axis_names[4], *component_names[5];
+    lens_sweep_axes(sweep, axis_names);
+    const int n_components = lens_sweep_components(sweep, component_names);
+    json_t *components = json_array(), *str_tokens = str_tokens_json(m, &clean);
+    for (int i = 0; i < n_components; i++)
+        json_array_append_new(components, json_string(component_names[i]));
+    json_t *axes = json_array();
+    for (int i = 0; i < result.ndim; i++)
+        json_array_append_new(axes, axis_json(axis_names[i], c, json_array_get(str_tokens, 0),
+                                              components));
+    json_t *fields = json_pack(
+        "{s:s, s:s, s:o, s:O, s:o, s:o, s:b, s:i, s:i, s:b, s:f}", "model", sm->name, "sweep",
+        lens_sweep_name(sweep), "axes", axes, "components", components, "clean_metric",
+        srv_json_float((float)result.clean_metric), "corrupted_metric",
+        srv_json_float((float)result.corrupted_metric), "normalized", normalize, "runs",
+        (json_int_t)result.runs, "passes", (json_int_t)result.passes, "full_recompute",
+        full_recompute, "seconds", seconds);
+    json_decref(components);
+    json_decref(str_tokens);
+    answer_tensors(job, a, fields);
+    a = NULL;
+out:
+    srv_answer_free(a);
+    lens_patch_result_free(&result);
+    lens_token_batch_free(&clean);
+    lens_token_batch_free(&corrupted);
+    free(answer);
+    free(wrong);
+    free(pos);
+}
+
 void srv_run_job(srv_job *job) {
     switch (job->kind) {
     case SRV_JOB_TOKENIZE:
@@ -1839,6 +2017,9 @@ void srv_run_job(srv_job *job) {
         break;
     case SRV_JOB_GENERATE:
         run_generate(job);
+        break;
+    case SRV_JOB_PATCH:
+        run_patch(job);
         break;
     case SRV_JOB_ADMIN_LOAD:
     case SRV_JOB_ADMIN_UNLOAD:
@@ -1948,7 +2129,7 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
                    {"logits", SRV_JOB_LOGITS},         {"run_with_cache", SRV_JOB_RUN_WITH_CACHE},
                    {"attention", SRV_JOB_ATTENTION},   {"test_prompt", SRV_JOB_TEST_PROMPT},
                    {"logit_diff", SRV_JOB_LOGIT_DIFF}, {"run_with_hooks", SRV_JOB_RUN_WITH_HOOKS},
-                   {"generate", SRV_JOB_GENERATE}};
+                   {"generate", SRV_JOB_GENERATE},     {"patch", SRV_JOB_PATCH}};
     const char *action = slash + 1;
     int found = -1;
     for (int i = 0; i < (int)(sizeof actions / sizeof actions[0]) && found < 0; i++)
@@ -1957,7 +2138,7 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
         srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", NULL,
                   "no such route: %s (model routes: tokenize, detokenize, logits, "
                   "run_with_cache, attention, test_prompt, logit_diff, run_with_hooks, "
-                  "generate)",
+                  "generate, patch)",
                   url);
         return NULL;
     }

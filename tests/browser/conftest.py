@@ -10,7 +10,7 @@ Environment:
                    (default build/browser-screenshots)
 
 Fixtures:
-  lensd            the daemon (bundled models, --web web/, port 0)
+  dashboard_lensd  the daemon (bundled models, --web web/, port 0)
   browser          one headless Chromium for the session
   dashboard        dashboard(color_scheme="light", query="") -> a Page at
                    1280x800 with the dashboard loaded and idle; a page that
@@ -36,19 +36,15 @@ from lensd_http import Daemon  # noqa: E402
 VIEWPORT = {"width": 1280, "height": 800}
 
 
+# Fixture names are unique across the test tree: with several conftest.py
+# files outside packages, pytest can resolve a shared name to the wrong one.
 @pytest.fixture(scope="session")
-def lensd_bin() -> str:
+def dashboard_lensd(tmp_path_factory):
     path = os.environ.get("LENSD_BIN")
     if not path or not os.access(path, os.X_OK):
         pytest.fail(f"LENSD_BIN={path!r} is not an executable (e.g. build/server/lensd); "
                     "the browser suite never skips", pytrace=False)
-    return path
-
-
-@pytest.fixture(scope="session")
-def lensd(lensd_bin, tmp_path_factory):
-    daemon = Daemon(lensd_bin, ["--web", str(REPO / "web")],
-                    tmp_path_factory.mktemp("browser") / "lensd.stderr")
+    daemon = Daemon(path, ["--web", str(REPO / "web")], tmp_path_factory.mktemp("browser") / "lensd.stderr")
     daemon.start()
     yield daemon
     assert daemon.stop() == 0, daemon.describe()
@@ -69,7 +65,7 @@ def browser():
 
 
 @pytest.fixture
-def dashboard(browser, lensd):
+def dashboard(browser, dashboard_lensd):
     contexts, errors = [], []
 
     def open_page(color_scheme: str = "light", query: str = ""):
@@ -81,7 +77,7 @@ def dashboard(browser, lensd):
         # tests check how the page shows it instead.
         page.on("console", lambda m: m.type == "error" and not m.text.startswith("Failed to load resource")
                 and errors.append(f"console error: {m.text}"))
-        page.goto(f"{lensd.url}/{query}")
+        page.goto(f"{dashboard_lensd.url}/{query}")
         wait_idle(page)
         return page
 

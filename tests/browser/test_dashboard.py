@@ -21,8 +21,8 @@ from lensd_http import tensor
 INDUCTION_PROMPT = "The cat sat on the mat. The cat sat on the m"
 
 
-def api(lensd, path, body=None):
-    status, _, raw = lensd.post(path, body) if body is not None else lensd.get(path)
+def api(dashboard_lensd, path, body=None):
+    status, _, raw = dashboard_lensd.post(path, body) if body is not None else lensd.get(path)
     answer = json.loads(raw)
     assert status == 200, answer
     return answer
@@ -54,18 +54,18 @@ def hover_cell(page, dest: int, src: int) -> dict:
     return page.eval_on_selector("#tooltip", "t => ({...t.dataset, text: t.textContent})")
 
 
-def test_the_model_picker_lists_the_daemons_models(dashboard, lensd):
+def test_the_model_picker_lists_the_daemons_models(dashboard, dashboard_lensd):
     page = dashboard()
-    names = [m["name"] for m in api(lensd, "/v1/models")["models"]]
+    names = [m["name"] for m in api(dashboard_lensd, "/v1/models")["models"]]
     assert page.eval_on_selector_all("#model option", "os => os.map(o => o.value)") == names
     assert page.input_value("#model") == "induction-2l"
 
 
-def test_the_token_strip_shows_the_tokenized_prompt(dashboard, lensd):
+def test_the_token_strip_shows_the_tokenized_prompt(dashboard, dashboard_lensd):
     page = dashboard()
     prompt = "Hello,  world!\nHello"
     run_prompt(page, prompt)
-    str_tokens = api(lensd, "/v1/models/induction-2l/tokenize", {"prompt": prompt})["str_tokens"][0]
+    str_tokens = api(dashboard_lensd, "/v1/models/induction-2l/tokenize", {"prompt": prompt})["str_tokens"][0]
     shown = page.eval_on_selector_all("#tokens .token .text", "ts => ts.map(t => t.textContent)")
     positions = page.eval_on_selector_all("#tokens .token .pos", "ts => ts.map(t => t.textContent)")
     assert shown == [display(t) for t in str_tokens]
@@ -73,9 +73,9 @@ def test_the_token_strip_shows_the_tokenized_prompt(dashboard, lensd):
     assert "␣" in shown and "↵" in shown  # spaces and newlines are visible
 
 
-def test_head_thumbnails_for_all_layers_and_for_one(dashboard, lensd):
+def test_head_thumbnails_for_all_layers_and_for_one(dashboard, dashboard_lensd):
     page = dashboard()
-    cfg = api(lensd, "/v1/models/induction-2l")["config"]
+    cfg = api(dashboard_lensd, "/v1/models/induction-2l")["config"]
     assert page.locator("#heads .head").count() == cfg["n_layers"] * cfg["n_heads"]
     page.select_option("#layer", "1")
     wait_idle(page)
@@ -83,7 +83,7 @@ def test_head_thumbnails_for_all_layers_and_for_one(dashboard, lensd):
     assert heads == [f"L1H{h}" for h in range(cfg["n_heads"])]
 
 
-def test_locking_a_head_shows_the_apis_pattern(dashboard, lensd, shots):
+def test_locking_a_head_shows_the_apis_pattern(dashboard, dashboard_lensd, shots):
     page = dashboard()
     run_prompt(page, INDUCTION_PROMPT)
     before = page.eval_on_selector("#focus", "c => c.toDataURL()")
@@ -93,7 +93,7 @@ def test_locking_a_head_shows_the_apis_pattern(dashboard, lensd, shots):
     assert page.eval_on_selector("#focus", "c => c.toDataURL()") != before
     assert page.locator("#heads .head.locked").count() == 1
 
-    answer = api(lensd, "/v1/models/induction-2l/attention", {"prompt": INDUCTION_PROMPT, "layers": [1]})
+    answer = api(dashboard_lensd, "/v1/models/induction-2l/attention", {"prompt": INDUCTION_PROMPT, "layers": [1]})
     pattern = tensor(answer["patterns"])[0, 0]  # [dest, src] of L1H0
     T = pattern.shape[0]
     assert int(focus_geometry(page)["tokens"]) == T
@@ -137,10 +137,10 @@ def test_hovering_a_token_highlights_it_across_heads(dashboard):
     assert all(a != b for a, b in zip(thumbs, after))  # every head's row and column 30 stand out
 
 
-def test_predictions_equal_the_apis_top_k(dashboard, lensd):
+def test_predictions_equal_the_apis_top_k(dashboard, dashboard_lensd):
     page = dashboard()
     run_prompt(page, INDUCTION_PROMPT)
-    answer = api(lensd, "/v1/models/induction-2l/logits",
+    answer = api(dashboard_lensd, "/v1/models/induction-2l/logits",
                  {"prompt": INDUCTION_PROMPT, "positions": [-1], "top_k": 10})
     ids = tensor(answer["top_k_ids"])[0, 0].tolist()
     probs = tensor(answer["top_k_probs"])[0, 0]
@@ -151,11 +151,11 @@ def test_predictions_equal_the_apis_top_k(dashboard, lensd):
     assert ids[0] == ord("a")  # the induction heads complete "m" -> "a" from the first sentence
 
 
-def test_logit_difference_chart_and_head_heatmap(dashboard, lensd, shots):
+def test_logit_difference_chart_and_head_heatmap(dashboard, dashboard_lensd, shots):
     page = dashboard()
     run_prompt(page, INDUCTION_PROMPT)  # the example answers: "a" against "e"
-    cfg = api(lensd, "/v1/models/induction-2l")["config"]
-    want = api(lensd, "/v1/models/induction-2l/logit_diff",
+    cfg = api(dashboard_lensd, "/v1/models/induction-2l")["config"]
+    want = api(dashboard_lensd, "/v1/models/induction-2l/logit_diff",
                {"prompt": INDUCTION_PROMPT, "answers": ["a", "e"], "attribution": ["accumulated_resid", "heads"]})
     points = page.eval_on_selector_all("#lens-chart circle.point",
                                        "ps => ps.map(p => [p.dataset.label, Number(p.dataset.value)])")
@@ -173,27 +173,27 @@ def test_logit_difference_chart_and_head_heatmap(dashboard, lensd, shots):
     shots(page, "induction-2l-logit-diff-light")
 
 
-def test_the_bracket_classifier(dashboard, lensd, shots):
+def test_the_bracket_classifier(dashboard, dashboard_lensd, shots):
     page = dashboard(query="?model=brackets")
     assert page.input_value("#prompt") == "(()())"
-    cfg = api(lensd, "/v1/models/brackets")["config"]
+    cfg = api(dashboard_lensd, "/v1/models/brackets")["config"]
     assert page.locator("#heads .head").count() == cfg["n_layers"] * cfg["n_heads"]
     assert page.locator("#lens-chart circle.point").count() == cfg["n_layers"] * 2 + 1  # 0_pre, 0_mid, ..., final_post
     assert "position 0" in page.text_content("#logit-diff-where")
     # the classifier reads position 0: its top prediction is the class
-    logits = tensor(api(lensd, "/v1/models/brackets/logits", {"prompt": "(()())", "positions": [0]})["logits"])[0, 0]
+    logits = tensor(api(dashboard_lensd, "/v1/models/brackets/logits", {"prompt": "(()())", "positions": [0]})["logits"])[0, 0]
     assert page.eval_on_selector("#predictions li", "l => l.dataset.id") == str(int(np.argmax(logits)))
     mask = hover_cell(page, 0, 5)  # bidirectional: nothing is masked
     assert not mask["text"].endswith("masked")
     shots(page, "brackets-light")
 
 
-def test_a_server_error_is_shown_as_its_message(dashboard, lensd):
+def test_a_server_error_is_shown_as_its_message(dashboard, dashboard_lensd):
     page = dashboard()
     page.fill("#answer", "cat")  # three byte tokens, not one
     page.click("#logit-diff-form button")
     wait_idle(page)
-    status, _, raw = lensd.post("/v1/models/induction-2l/logit_diff",
+    status, _, raw = dashboard_lensd.post("/v1/models/induction-2l/logit_diff",
                                 {"prompt": page.input_value("#prompt"), "answers": ["cat", "e"]})
     message = json.loads(raw)["error"]["message"]
     assert status in (400, 422)

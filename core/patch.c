@@ -1,0 +1,479 @@
+/*
+ * patch.c: activation patching sweeps as batched passes.
+ *
+ * A sweep is one or more components (the _every sweeps stack three or five),
+ * each a hook kind and a patch setter — TL's layer_pos_patch_setter and its
+ * siblings. Every index of every component is one patched run of the whole
+ * corrupted batch of P prompts. The runs are grouped by layer and stacked
+ * along the batch axis, R runs x P prompts per pass: row r of a pass is
+ * prompt r % P of run r / P, and the hook callback copies that run's patch
+ * from the clean run's activation of prompt r % P.
+ */
+#include "core/patch.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/capture.h"
+
+typedef enum setter {
+    AT_POS,                /* act[:, pos] of [B, T, ...]: resid_pre, resid_mid, attn_out, mlp_out */
+    AT_POS_HEAD,           /* act[:, pos, head] of [B, T, H, d_head]: z, q, k, v */
+    AT_HEAD,               /* act[:, :, head] of [B, T, H, d_head] */
+    PATTERN_HEAD,          /* act[:, head] of [B, H, T, T] */
+    PATTERN_HEAD_DEST,     /* act[:, head, dest] */
+    PATTERN_HEAD_DEST_SRC, /* act[:, head, dest, src] */
+} setter;
+
+typedef struct component {
+    const char *name;
+    lens_hook_kind kind;
+    setter set;
+} component;
+
+static const component RESID_PRE = {"resid_pre", LENS_HOOK_RESID_PRE, AT_POS},
+                       RESID_MID = {"resid_mid", LENS_HOOK_RESID_MID, AT_POS},
+                       ATTN_OUT = {"attn_out", LENS_HOOK_ATTN_OUT, AT_POS},
+                       MLP_OUT = {"mlp_out", LENS_HOOK_MLP_OUT, AT_POS},
+                       Z_BY_POS = {"z", LENS_HOOK_Z, AT_POS_HEAD},
+                       Q_BY_POS = {"q", LENS_HOOK_Q, AT_POS_HEAD},
+                       K_BY_POS = {"k", LENS_HOOK_K, AT_POS_HEAD},
+                       V_BY_POS = {"v", LENS_HOOK_V, AT_POS_HEAD},
+                       Z_ALL = {"z", LENS_HOOK_Z, AT_HEAD}, Q_ALL = {"q", LENS_HOOK_Q, AT_HEAD},
+                       K_ALL = {"k", LENS_HOOK_K, AT_HEAD}, V_ALL = {"v", LENS_HOOK_V, AT_HEAD},
+                       PATTERN_ALL = {"pattern", LENS_HOOK_PATTERN, PATTERN_HEAD},
+                       PATTERN_DEST = {"pattern", LENS_HOOK_PATTERN, PATTERN_HEAD_DEST},
+                       PATTERN_DEST_SRC = {"pattern", LENS_HOOK_PATTERN, PATTERN_HEAD_DEST_SRC};
+
+typedef struct sweep_def {
+    const char *name;
+    int n_components;
+    component components[5];
+    bool dest_before_head; /* by_pos_every: the pattern's [layer, head, dest] stored as
+                              [layer, dest, head], as TL rearranges it to stack */
+} sweep_def;
+
+static const sweep_def SWEEPS[LENS_SWEEP_COUNT] = {
+    [LENS_SWEEP_RESID_PRE] = {"resid_pre", 1, {RESID_PRE}, false},
+    [LENS_SWEEP_RESID_MID] = {"resid_mid", 1, {RESID_MID}, false},
+    [LENS_SWEEP_ATTN_OUT] = {"attn_out", 1, {ATTN_OUT}, false},
+    [LENS_SWEEP_MLP_OUT] = {"mlp_out", 1, {MLP_OUT}, false},
+    [LENS_SWEEP_ATTN_HEAD_OUT_BY_POS] = {"attn_head_out_by_pos", 1, {Z_BY_POS}, false},
+    [LENS_SWEEP_ATTN_HEAD_Q_BY_POS] = {"attn_head_q_by_pos", 1, {Q_BY_POS}, false},
+    [LENS_SWEEP_ATTN_HEAD_K_BY_POS] = {"attn_head_k_by_pos", 1, {K_BY_POS}, false},
+    [LENS_SWEEP_ATTN_HEAD_V_BY_POS] = {"attn_head_v_by_pos", 1, {V_BY_POS}, false},
+    [LENS_SWEEP_ATTN_HEAD_PATTERN_BY_POS] = {"attn_head_pattern_by_pos", 1, {PATTERN_DEST}, false},
+    [LENS_SWEEP_ATTN_HEAD_PATTERN_DEST_SRC_POS] = {"attn_head_pattern_dest_src_pos", 1,
+                                                   {PATTERN_DEST_SRC}, false},
+    [LENS_SWEEP_ATTN_HEAD_OUT_ALL_POS] = {"attn_head_out_all_pos", 1, {Z_ALL}, false},
+    [LENS_SWEEP_ATTN_HEAD_Q_ALL_POS] = {"attn_head_q_all_pos", 1, {Q_ALL}, false},
+    [LENS_SWEEP_ATTN_HEAD_K_ALL_POS] = {"attn_head_k_all_pos", 1, {K_ALL}, false},
+    [LENS_SWEEP_ATTN_HEAD_V_ALL_POS] = {"attn_head_v_all_pos", 1, {V_ALL}, false},
+    [LENS_SWEEP_ATTN_HEAD_PATTERN_ALL_POS] = {"attn_head_pattern_all_pos", 1, {PATTERN_ALL}, false},
+    [LENS_SWEEP_BLOCK_EVERY] = {"block_every", 3, {RESID_PRE, ATTN_OUT, MLP_OUT}, false},
+    [LENS_SWEEP_ATTN_HEAD_ALL_POS_EVERY] = {"attn_head_all_pos_every",
+                                            5,
+                                            {Z_ALL, Q_ALL, K_ALL, V_ALL, PATTERN_ALL},
+                                            false},
+    [LENS_SWEEP_ATTN_HEAD_BY_POS_EVERY] = {"attn_head_by_pos_every",
+                                           5,
+                                           {Z_BY_POS, Q_BY_POS, K_BY_POS, V_BY_POS, PATTERN_DEST},
+                                           true},
+};
+
+const char *lens_sweep_name(lens_sweep sweep) {
+    return sweep >= 0 && sweep < LENS_SWEEP_COUNT ? SWEEPS[sweep].name : "?";
+}
+
+int lens_sweep_parse(const char *name, lens_sweep *out) {
+    for (int s = 0; s < LENS_SWEEP_COUNT; s++) {
+        if (strcmp(name, SWEEPS[s].name) == 0) {
+            *out = (lens_sweep)s;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* One component's axes: ndim and shape (without the stacking axis). */
+static int component_shape(const component *c, const lens_config *cfg, int T, int64_t shape[4]) {
+    const int64_t L = cfg->n_layers, H = cfg->n_heads;
+    switch (c->set) {
+    case AT_POS: shape[0] = L, shape[1] = T; return 2;
+    case AT_POS_HEAD: shape[0] = L, shape[1] = T, shape[2] = H; return 3;
+    case AT_HEAD:
+    case PATTERN_HEAD: shape[0] = L, shape[1] = H; return 2;
+    case PATTERN_HEAD_DEST: shape[0] = L, shape[1] = H, shape[2] = T; return 3;
+    case PATTERN_HEAD_DEST_SRC: shape[0] = L, shape[1] = H, shape[2] = T, shape[3] = T; return 4;
+    }
+    return 0;
+}
+
+int lens_sweep_shape(const lens_config *cfg, lens_sweep sweep, int T, int64_t shape[4],
+                     long *runs) {
+    const sweep_def *s = &SWEEPS[sweep];
+    int64_t part[4];
+    const int n = component_shape(&s->components[0], cfg, T, part);
+    long per = 1;
+    for (int i = 0; i < n; i++)
+        per *= (long)part[i];
+    *runs = per * s->n_components;
+    if (s->n_components == 1) {
+        memcpy(shape, part, sizeof part);
+        return n;
+    }
+    shape[0] = s->n_components;
+    memcpy(shape + 1, part, (size_t)n * sizeof *part);
+    if (s->dest_before_head) shape[2] = T, shape[3] = cfg->n_heads;
+    return n + 1;
+}
+
+void lens_sweep_axes(lens_sweep sweep, const char *names[4]) {
+    const sweep_def *s = &SWEEPS[sweep];
+    int i = 0;
+    if (s->n_components > 1) names[i++] = "component";
+    switch (s->components[0].set) {
+    case AT_POS: names[i++] = "layer", names[i++] = "pos"; break;
+    case AT_POS_HEAD: names[i++] = "layer", names[i++] = "pos", names[i++] = "head"; break;
+    case AT_HEAD:
+    case PATTERN_HEAD: names[i++] = "layer", names[i++] = "head"; break;
+    case PATTERN_HEAD_DEST: names[i++] = "layer", names[i++] = "head", names[i++] = "dest_pos"; break;
+    case PATTERN_HEAD_DEST_SRC:
+        names[i++] = "layer", names[i++] = "head", names[i++] = "dest_pos", names[i++] = "src_pos";
+        break;
+    }
+}
+
+int lens_sweep_components(lens_sweep sweep, const char *names[5]) {
+    const sweep_def *s = &SWEEPS[sweep];
+    for (int c = 0; c < s->n_components; c++)
+        names[c] = s->components[c].name;
+    return s->n_components;
+}
+
+/* One patched run: component, layer and indices (-1: all), and where its
+ * metric goes in the output. */
+typedef struct patch_item {
+    int component, layer, pos, head, src;
+    size_t out;
+} patch_item;
+
+/* Every run of the sweep, grouped by layer (all components of layer 0 first). */
+static patch_item *enumerate(const sweep_def *s, const lens_config *cfg, int T, long n) {
+    patch_item *items = malloc((size_t)n * sizeof *items);
+    if (!items) return NULL;
+    const int L = cfg->n_layers, H = cfg->n_heads;
+    int64_t part[4];
+    const int nd = component_shape(&s->components[0], cfg, T, part);
+    size_t per = 1;
+    for (int i = 0; i < nd; i++)
+        per *= (size_t)part[i];
+    long k = 0;
+    for (int l = 0; l < L; l++) {
+        for (int c = 0; c < s->n_components; c++) {
+            const component *comp = &s->components[c];
+            const size_t base = (size_t)c * per;
+            patch_item it = {c, l, -1, -1, -1, 0};
+            switch (comp->set) {
+            case AT_POS:
+                for (it.pos = 0; it.pos < T; it.pos++, k++)
+                    it.out = base + (size_t)l * T + it.pos, items[k] = it;
+                break;
+            case AT_POS_HEAD:
+                for (it.pos = 0; it.pos < T; it.pos++)
+                    for (it.head = 0; it.head < H; it.head++, k++)
+                        it.out = base + ((size_t)l * T + it.pos) * H + it.head, items[k] = it;
+                break;
+            case AT_HEAD:
+            case PATTERN_HEAD:
+                for (it.head = 0; it.head < H; it.head++, k++)
+                    it.out = base + (size_t)l * H + it.head, items[k] = it;
+                break;
+            case PATTERN_HEAD_DEST:
+                for (it.head = 0; it.head < H; it.head++)
+                    for (it.pos = 0; it.pos < T; it.pos++, k++) {
+                        it.out = s->dest_before_head ? base + ((size_t)l * T + it.pos) * H + it.head
+                                                     : base + ((size_t)l * H + it.head) * T + it.pos;
+                        items[k] = it;
+                    }
+                break;
+            case PATTERN_HEAD_DEST_SRC:
+                for (it.head = 0; it.head < H; it.head++)
+                    for (it.pos = 0; it.pos < T; it.pos++)
+                        for (it.src = 0; it.src < T; it.src++, k++)
+                            it.out = base + (((size_t)l * H + it.head) * T + it.pos) * T + it.src,
+                            items[k] = it;
+                break;
+            }
+        }
+    }
+    return items;
+}
+
+/* The metric of P prompts' logit rows [P, V]. */
+static double metric_of(const lens_patch_metric *m, const float *rows, int P, int V) {
+    double sum = 0.0;
+    for (int p = 0; p < P; p++) {
+        const float *row = rows + (size_t)p * V;
+        sum += m->kind == LENS_METRIC_LOGIT_DIFF ? (double)(row[m->answer[p]] - row[m->wrong[p]])
+                                                  : (double)row[m->answer[p]];
+    }
+    return sum / P;
+}
+
+/* The state of one pass for the hook callback. */
+typedef struct pass_state {
+    const sweep_def *sweep;
+    const patch_item *items; /* this pass's runs */
+    int P, T;
+    const lens_captured *const *clean; /* [component]: the clean activation at the pass's layer */
+} pass_state;
+
+/* Copies run r / P's patch into row r of act, from prompt r % P of the clean run. */
+static int patch_rows(void *user, lens_hook hook, lens_tensor *act, lens_err *err) {
+    (void)err;
+    const pass_state *st = user;
+    const int T = st->T;
+    float *dst = act->data;
+    for (int r = 0; r < act->shape[0]; r++) {
+        const patch_item *it = &st->items[r / st->P];
+        const component *c = &st->sweep->components[it->component];
+        if (c->kind != hook.kind || it->layer != hook.layer) continue;
+        const float *src = st->clean[it->component]->data;
+        const size_t p = (size_t)(r % st->P), row = (size_t)r;
+        switch (c->set) {
+        case AT_POS: {
+            const size_t D = (size_t)act->shape[2];
+            memcpy(dst + (row * T + it->pos) * D, src + (p * T + it->pos) * D, D * sizeof *dst);
+            break;
+        }
+        case AT_POS_HEAD:
+        case AT_HEAD: {
+            const size_t H = (size_t)act->shape[2], dh = (size_t)act->shape[3];
+            const int t0 = c->set == AT_HEAD ? 0 : it->pos, t1 = c->set == AT_HEAD ? T : it->pos + 1;
+            for (int t = t0; t < t1; t++)
+                memcpy(dst + ((row * T + t) * H + it->head) * dh,
+                       src + ((p * T + t) * H + it->head) * dh, dh * sizeof *dst);
+            break;
+        }
+        case PATTERN_HEAD:
+        case PATTERN_HEAD_DEST:
+        case PATTERN_HEAD_DEST_SRC: {
+            const size_t H = (size_t)act->shape[1], TT = (size_t)T * T;
+            size_t at = (size_t)it->head * TT, n = TT;
+            if (c->set != PATTERN_HEAD) at += (size_t)it->pos * T, n = (size_t)T;
+            if (c->set == PATTERN_HEAD_DEST_SRC) at += (size_t)it->src, n = 1;
+            memcpy(dst + row * H * TT + at, src + p * H * TT + at, n * sizeof *dst);
+            break;
+        }
+        }
+    }
+    return 0;
+}
+
+/* A run of the unpatched batch capturing enabled (or nothing), with the
+ * logits at the metric's positions; its metric into *metric. */
+static int plain_run(const lens_model *m, lens_workspace *ws, const lens_token_batch *batch,
+                     const uint8_t *enabled, const lens_patch_metric *metric, lens_cache *out,
+                     double *value, lens_err *err) {
+    const lens_cache_request req = {
+        .enabled = enabled, .logits = true, .logit_positions = metric->positions};
+    if (lens_run_cache(m, ws, batch, &req, out, err)) return -1;
+    *value = metric_of(metric, out->logits, batch->B, m->cfg.d_vocab_out);
+    return 0;
+}
+
+static const lens_captured *find(const lens_cache *cache, lens_hook_kind kind, int layer) {
+    for (int i = 0; i < cache->n; i++)
+        if (cache->tensors[i].hook.kind == kind && cache->tensors[i].hook.layer == layer)
+            return &cache->tensors[i];
+    return NULL;
+}
+
+static int check_request(const lens_config *c, const lens_patch_request *req, lens_err *err) {
+    const lens_token_batch *clean = req->clean, *corrupted = req->corrupted;
+    if (req->sweep < 0 || req->sweep >= LENS_SWEEP_COUNT) {
+        lens_err_set(err, "unknown sweep %d", (int)req->sweep);
+        return -1;
+    }
+    if (clean->B != corrupted->B || clean->T != corrupted->T) {
+        lens_err_set(err,
+                     "clean and corrupted prompts must have the same shape: %d prompts of %d "
+                     "tokens against %d of %d",
+                     clean->B, clean->T, corrupted->B, corrupted->T);
+        return -1;
+    }
+    const sweep_def *s = &SWEEPS[req->sweep];
+    for (int i = 0; i < s->n_components; i++) {
+        if (!lens_hook_exists(c, s->components[i].kind)) {
+            lens_err_set(err, "sweep %s patches hook_%s, which this model (attention-only) lacks",
+                         s->name, s->components[i].name);
+            return -1;
+        }
+    }
+    const lens_patch_metric *m = &req->metric;
+    for (int p = 0; p < clean->B; p++) {
+        const int32_t ids[2] = {m->answer[p], m->kind == LENS_METRIC_LOGIT_DIFF ? m->wrong[p] : 0};
+        for (int i = 0; i < 2; i++) {
+            if (ids[i] < 0 || ids[i] >= c->d_vocab_out) {
+                lens_err_set(err, "answer id %d of prompt %d is outside the output vocabulary of %d",
+                             ids[i], p, c->d_vocab_out);
+                return -1;
+            }
+        }
+        if (m->positions[p] < 0 || m->positions[p] >= clean->T) {
+            lens_err_set(err, "metric position %d of prompt %d is outside its %d positions",
+                         m->positions[p], p, clean->T);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Buffers of one pass of up to R runs x P prompts. */
+typedef struct pass_buffers {
+    int32_t *tokens, *positions;
+    uint8_t *mask;
+    float *resid, *logits;
+    uint8_t *enabled;
+} pass_buffers;
+
+static void free_pass(pass_buffers *b) {
+    free(b->tokens);
+    free(b->positions);
+    free(b->mask);
+    free(b->resid);
+    free(b->logits);
+    free(b->enabled);
+}
+
+/* The patched passes: items grouped by layer, R runs per pass. */
+static int run_passes(const lens_model *m, lens_workspace *ws, const lens_patch_request *req,
+                      const patch_item *items, long n_items, const lens_cache *clean,
+                      const lens_cache *corrupted, int R, lens_patch_result *out, lens_err *err) {
+    const lens_config *c = &m->cfg;
+    const sweep_def *s = &SWEEPS[req->sweep];
+    const lens_token_batch *bad = req->corrupted;
+    const int P = bad->B, T = bad->T, V = c->d_vocab_out, d = c->d_model;
+    const size_t rows = (size_t)R * P, slots = lens_hook_slots(c);
+    pass_buffers b = {
+        .tokens = malloc(rows * T * sizeof *b.tokens),
+        .positions = malloc(rows * sizeof *b.positions),
+        .mask = bad->attn_mask ? malloc(rows * T) : NULL,
+        .resid = req->full_recompute ? NULL : malloc(rows * T * d * sizeof *b.resid),
+        .logits = malloc(rows * V * sizeof *b.logits),
+        .enabled = calloc(slots, 1),
+    };
+    if (!b.tokens || !b.positions || (bad->attn_mask && !b.mask) ||
+        (!req->full_recompute && !b.resid) || !b.logits || !b.enabled) {
+        free_pass(&b);
+        lens_err_set_code(err, LENS_ERR_NO_MEMORY, "out of host memory for %d patched runs", R);
+        return -1;
+    }
+    for (size_t r = 0; r < rows; r++) {
+        memcpy(b.tokens + r * T, bad->tokens + (r % P) * T, (size_t)T * sizeof *b.tokens);
+        if (b.mask) memcpy(b.mask + r * T, bad->attn_mask + (r % P) * T, (size_t)T);
+        b.positions[r] = req->metric.positions[r % P];
+    }
+    int rc = 0;
+    for (long i0 = 0; i0 < n_items && rc == 0;) {
+        const int layer = items[i0].layer;
+        long n = 0;
+        while (n < R && i0 + n < n_items && items[i0 + n].layer == layer)
+            n++;
+        const lens_captured *clean_at[5];
+        memset(b.enabled, 0, slots);
+        for (int k = 0; k < s->n_components; k++) {
+            clean_at[k] = find(clean, s->components[k].kind, layer);
+            b.enabled[lens_hook_slot(c, (lens_hook){s->components[k].kind, layer})] = 1;
+        }
+        const int start = req->full_recompute ? 0 : layer;
+        if (start > 0) {
+            const float *from = find(corrupted, LENS_HOOK_RESID_PRE, layer)->data;
+            for (long r = 0; r < n * P; r++)
+                memcpy(b.resid + (size_t)r * T * d, from + (size_t)(r % P) * T * d,
+                       (size_t)T * d * sizeof *b.resid);
+        }
+        pass_state st = {s, items + i0, P, T, clean_at};
+        const lens_batch batch = {.B = (int)(n * P), .T = T, .tokens = b.tokens, .attn_mask = b.mask};
+        const lens_run run = {.hooks_enabled = b.enabled,
+                              .on_hook = patch_rows,
+                              .user = &st,
+                              .hooks_modify = true,
+                              .logits = b.logits,
+                              .logit_positions = b.positions,
+                              .start_layer = start,
+                              .resid_start = start > 0 ? b.resid : NULL};
+        rc = lens_forward(m, ws, &batch, &run, err);
+        for (long k = 0; rc == 0 && k < n; k++)
+            out->values[items[i0 + k].out] =
+                (float)metric_of(&req->metric, b.logits + (size_t)k * P * V, P, V);
+        out->passes++;
+        i0 += n;
+        if (rc == 0 && req->progress && req->progress(req->progress_user, i0, n_items)) {
+            lens_err_set(err, "cancelled after %ld of %ld patched runs", i0, n_items);
+            rc = -1;
+        }
+    }
+    free_pass(&b);
+    return rc;
+}
+
+int lens_patch(const lens_model *m, lens_workspace *ws, const lens_patch_request *req,
+               lens_patch_result *out, lens_err *err) {
+    const lens_config *c = &m->cfg;
+    *out = (lens_patch_result){0};
+    if (check_request(c, req, err)) return -1;
+    const sweep_def *s = &SWEEPS[req->sweep];
+    const int P = req->corrupted->B, T = req->corrupted->T;
+    out->ndim = lens_sweep_shape(c, req->sweep, T, out->shape, &out->runs);
+    const size_t slots = lens_hook_slots(c);
+    uint8_t *clean_hooks = calloc(slots, 1), *corrupted_hooks = calloc(slots, 1);
+    patch_item *items = enumerate(s, c, T, out->runs);
+    out->values = malloc((size_t)out->runs * sizeof *out->values);
+    lens_cache clean = {0}, corrupted = {0};
+    int rc = -1;
+    if (!clean_hooks || !corrupted_hooks || !items || !out->values) {
+        lens_err_set_code(err, LENS_ERR_NO_MEMORY, "out of host memory for %ld patched runs",
+                          out->runs);
+        goto done;
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        for (int k = 0; k < s->n_components; k++)
+            clean_hooks[lens_hook_slot(c, (lens_hook){s->components[k].kind, l})] = 1;
+        if (!req->full_recompute && l > 0)
+            corrupted_hooks[lens_hook_slot(c, (lens_hook){LENS_HOOK_RESID_PRE, l})] = 1;
+    }
+    if (plain_run(m, ws, req->clean, clean_hooks, &req->metric, &clean, &out->clean_metric, err) ||
+        plain_run(m, ws, req->corrupted, corrupted_hooks, &req->metric, &corrupted,
+                  &out->corrupted_metric, err))
+        goto done;
+    const long per_pass = (req->max_batch_tokens ? req->max_batch_tokens : LENS_PATCH_BATCH_TOKENS) /
+                          ((long)P * T);
+    const int R = (int)(per_pass < 1 ? 1 : per_pass > out->runs ? out->runs : per_pass);
+    if (run_passes(m, ws, req, items, out->runs, &clean, &corrupted, R, out, err)) goto done;
+    if (req->metric.normalize) {
+        const double span = out->clean_metric - out->corrupted_metric;
+        if (span == 0.0) {
+            lens_err_set(err, "cannot normalize: the clean and corrupted runs have the same metric (%g)",
+                         out->clean_metric);
+            goto done;
+        }
+        for (long i = 0; i < out->runs; i++)
+            out->values[i] = (float)((out->values[i] - out->corrupted_metric) / span);
+    }
+    rc = 0;
+done:
+    free(clean_hooks);
+    free(corrupted_hooks);
+    free(items);
+    lens_cache_free(&clean);
+    lens_cache_free(&corrupted);
+    if (rc) lens_patch_result_free(out);
+    return rc;
+}
+
+void lens_patch_result_free(lens_patch_result *r) {
+    free(r->values);
+    *r = (lens_patch_result){0};
+}
