@@ -21,8 +21,8 @@ from lensd_http import tensor
 INDUCTION_PROMPT = "The cat sat on the mat. The cat sat on the m"
 
 
-def api(dashboard_lensd, path, body=None):
-    status, _, raw = dashboard_lensd.post(path, body) if body is not None else lensd.get(path)
+def api(daemon, path, body=None):
+    status, _, raw = daemon.post(path, body) if body is not None else daemon.get(path)
     answer = json.loads(raw)
     assert status == 200, answer
     return answer
