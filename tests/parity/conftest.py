@@ -23,7 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tl_parity import (  # noqa: E402
-    DAEMON_MODELS,
+    SERVED_MODELS,
     DEVICE,
     LENSD_TIMEOUT_S,
     REPO,
@@ -130,12 +130,12 @@ def parity_table():
 
 @pytest.fixture(scope="session")
 def daemon(fixtures, lensd_bin):
-    """URL of a `lensd serve` on a free port with DAEMON_MODELS (by their
+    """URL of a `lensd serve` on a free port with SERVED_MODELS (by their
     fixture names), stopped (SIGTERM, exit 0) at the end."""
     import urllib.request
 
     args = [lensd_bin, "serve", "--port", "0", "--device", DEVICE]
-    for name in DAEMON_MODELS:
+    for name in SERVED_MODELS:
         args += ["--model", f"{name}={fixtures / 'models' / name}"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     url = proc.stdout.readline().split()[-1]

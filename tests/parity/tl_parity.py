@@ -97,6 +97,8 @@ def load_manifest() -> dict:
 
 
 DAEMON_MODELS = ["gpt2-a", "neo", "native-gelu", "native-attnonly"]
+# what the session daemon serves: those, and the bracket classifier (test_patch)
+SERVED_MODELS = DAEMON_MODELS + ["brackets"]
 
 
 def daemon_post(url: str, path: str, body: dict) -> dict:

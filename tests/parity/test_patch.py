@@ -1,0 +1,156 @@
+"""POST /patch against transformer_lens.patching: every sweep, every model
+the daemon serves here (GPT-2, GPT-Neo with local attention, the gelu and
+the bidirectional attention-only native models, the ARENA bracket
+classifier with its pad masking).
+
+TransformerLens runs get_act_patch_<sweep>(model, corrupted_tokens,
+clean_cache, metric) — one forward per index — with the metric
+
+    metric(logits) = mean_b logits[b, pos_b, answer_b] - logits[b, pos_b, wrong_b]
+
+and lensd must give the same tensor (shape, axis order, values) within the
+parity tolerance (tl_parity.float_error: 1e-4 relative to the tensor's
+scale). lensd's two paths — each patched run from its layer's corrupted
+residual stream (the default) and full recomputation from the embeddings —
+must agree with each other within 1e-5 of the scale on every sweep: they
+run the same arithmetic on batches of different sizes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tl_parity import DAEMON_MODELS, daemon_post, float_error, tl_model
+
+SWEEPS = [
+    "resid_pre", "resid_mid", "attn_out", "mlp_out",
+    "attn_head_out_by_pos", "attn_head_q_by_pos", "attn_head_k_by_pos", "attn_head_v_by_pos",
+    "attn_head_pattern_by_pos", "attn_head_pattern_dest_src_pos",
+    "attn_head_out_all_pos", "attn_head_q_all_pos", "attn_head_k_all_pos", "attn_head_v_all_pos",
+    "attn_head_pattern_all_pos",
+    "block_every", "attn_head_all_pos_every", "attn_head_by_pos_every",
+]
+NEEDS_MLP = {"resid_mid", "mlp_out", "block_every"}
+MODELS = DAEMON_MODELS + ["brackets"]
+# every sweep on every model, except those of MLP hooks on the attention-only model (TL has
+# no such hooks there; test_patch_refuses_what_the_model_lacks checks lensd's answer)
+CASES = [(m, s) for m in MODELS for s in SWEEPS if not (m == "native-attnonly" and s in NEEDS_MLP)]
+# TransformerLens takes a forward per index: the largest sweeps run on two models only
+LARGE = {"attn_head_pattern_dest_src_pos", "attn_head_by_pos_every"}
+CASES = [(m, s) for m, s in CASES if s not in LARGE or m in ("gpt2-a", "brackets")]
+B, T = 2, 6
+
+
+def inputs(model, name: str):
+    """(clean, corrupted, answers [B, 2], metric positions [B]) for the model."""
+    rng = np.random.default_rng(11)
+    cfg = model.cfg
+    if name == "brackets":  # [start] brackets [end]: the class is read at position 0
+        clean = np.array([[0, 3, 3, 4, 4, 2], [0, 3, 4, 3, 4, 2]])
+        corrupted = np.array([[0, 4, 3, 4, 3, 2], [0, 3, 3, 3, 4, 2]])
+        return clean, corrupted, np.array([[1, 0], [1, 0]]), np.zeros(B, dtype=int)
+    clean = rng.integers(0, cfg.d_vocab, size=(B, T))
+    corrupted = clean.copy()
+    corrupted[:, 2] = rng.integers(0, cfg.d_vocab, size=B)
+    corrupted[:, 4] = rng.integers(0, cfg.d_vocab, size=B)
+    return clean, corrupted, rng.integers(0, cfg.d_vocab_out, size=(B, 2)), np.full(B, T - 1)
+
+
+@pytest.fixture(scope="module")
+def references(fixtures):
+    """{model: (TL model, inputs, clean cache, metric)}, built once."""
+    import torch
+
+    built = {}
+
+    def get(name):
+        if name not in built:
+            model = tl_model(fixtures, name)
+            clean, corrupted, answers, positions = inputs(model, name)
+            with torch.no_grad():
+                _, cache = model.run_with_cache(torch.tensor(clean))
+            rows = torch.arange(B)
+
+            def metric(logits):
+                pos = torch.tensor(positions)
+                return (logits[rows, pos, answers[:, 0]] - logits[rows, pos, answers[:, 1]]).mean()
+
+            built[name] = (model, (clean, corrupted, answers, positions), cache, metric)
+        return built[name]
+
+    return get
+
+
+def lensd_patch(daemon, name, sweep, data, **extra):
+    clean, corrupted, answers, positions = data
+    metric = {"type": "logit_diff", "answers": answers.tolist(), "position": int(positions[0])}
+    metric.update(extra.pop("metric", {}))
+    return daemon_post(daemon, f"/v1/models/{name}/patch", {
+        "sweep": sweep, "clean": {"tokens": clean.tolist()}, "corrupted": {"tokens": corrupted.tolist()},
+        "metric": metric, **extra})
+
+
+def values(answer) -> np.ndarray:
+    v = answer["values"]
+    return np.array(v["data"], dtype=np.float32).reshape(v["shape"])
+
+
+@pytest.mark.parametrize(("name", "sweep"), CASES)
+def test_patch_matches_transformer_lens(daemon, references, name, sweep):
+    import torch
+    from transformer_lens import patching
+
+    model, data, cache, metric = references(name)
+    with torch.no_grad():
+        want = getattr(patching, f"get_act_patch_{sweep}")(
+            model, torch.tensor(data[1]), cache, metric).numpy()
+    got = lensd_patch(daemon, name, sweep, data)
+    assert list(got["values"]["shape"]) == list(want.shape)
+    problems, *_ = float_error(want, values(got))
+    assert not problems, f"{name} {sweep}: " + "; ".join(problems)
+    assert got["runs"] == want.size
+
+    full = lensd_patch(daemon, name, sweep, data, full_recompute=True)
+    scale = max(1.0, float(np.abs(want).max()))
+    assert np.abs(values(full) - values(got)).max() <= 1e-5 * scale, f"{name} {sweep}: prefix reuse != full"
+
+
+@pytest.mark.parametrize("name", ["gpt2-a", "brackets"])
+def test_normalized_metric_and_axes(daemon, fixtures, references, name):
+    import tl_native as tn
+    import torch
+    from transformer_lens import patching
+
+    model, data, cache, metric = references(name)
+    with torch.no_grad():
+        raw = patching.get_act_patch_resid_pre(model, torch.tensor(data[1]), cache, metric).numpy()
+        clean_metric = metric(model(torch.tensor(data[0]))).item()
+        corrupted_metric = metric(model(torch.tensor(data[1]))).item()
+    got = lensd_patch(daemon, name, "resid_pre", data, metric={"normalize": True})
+    assert got["clean_metric"] == pytest.approx(clean_metric, rel=1e-4, abs=1e-4)
+    assert got["corrupted_metric"] == pytest.approx(corrupted_metric, rel=1e-4, abs=1e-4)
+    want = (raw - corrupted_metric) / (clean_metric - corrupted_metric)
+    problems, *_ = float_error(want, values(got))
+    assert not problems, "; ".join(problems)
+    assert [a["name"] for a in got["axes"]] == ["layer", "pos"]
+    assert got["axes"][0]["labels"] == list(range(model.cfg.n_layers))
+    if model.tokenizer is not None:
+        assert got["axes"][1]["labels"] == model.to_str_tokens(torch.tensor(data[0][0]))
+    else:
+        vocabulary = tn.load_native(fixtures / "models" / name).vocabulary()
+        assert got["axes"][1]["labels"] == [vocabulary[i] for i in data[0][0]]
+
+
+def test_patch_refuses_what_the_model_lacks(daemon):
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = {"sweep": "mlp_out", "clean": {"tokens": [[1, 2, 3]]}, "corrupted": {"tokens": [[1, 2, 4]]},
+            "metric": {"answers": [1, 2]}}
+    request = urllib.request.Request(f"{daemon}/v1/models/native-attnonly/patch", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(request, timeout=60)
+    assert e.value.code in (400, 422)
+    assert "attention-only" in e.value.read().decode()
