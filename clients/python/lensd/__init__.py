@@ -10,7 +10,7 @@ The HTTP contract is docs/API.md in the lensd repository.
 """
 
 from .cache import ActivationCache, get_act_name
-from .client import Client, Model, Output
+from .client import Client, Model, Output, Patched
 from .errors import LensdError
 from .tensors import decode_json_tensor, decode_safetensors
 
@@ -22,6 +22,7 @@ __all__ = [
     "LensdError",
     "Model",
     "Output",
+    "Patched",
     "__version__",
     "decode_json_tensor",
     "decode_safetensors",

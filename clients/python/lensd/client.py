@@ -36,6 +36,46 @@ class Output(NamedTuple):
     loss: np.ndarray
 
 
+class Patched:
+    """A patching sweep's result: the values in TransformerLens's shape and axis
+    order, with every axis labelled. ``np.asarray(result)`` is the values.
+
+    Attributes:
+        values: np.ndarray, e.g. [n_layers, pos] for ``resid_pre``.
+        axes: ``[(name, labels)]`` per axis: ``("layer", [0, 1, ...])``,
+            ``("pos", [clean prompt 0's tokens])``, ``("head", ["H0", ...])``,
+            ``("component", [...])`` (the ``_every`` sweeps).
+        clean_metric, corrupted_metric: the unpatched runs' metric.
+        runs: patched runs (TransformerLens's forward passes); passes: lensd's.
+        seconds: the daemon's time for the sweep.
+    """
+
+    def __init__(self, data: dict[str, Any]):
+        self.values: np.ndarray = data["values"]
+        self.axes: list[tuple[str, list[Any]]] = [(a["name"], a["labels"]) for a in data["axes"]]
+        self.sweep: str = data["sweep"]
+        self.clean_metric = float(data["clean_metric"])
+        self.corrupted_metric = float(data["corrupted_metric"])
+        self.normalized = bool(data["normalized"])
+        self.runs = int(data["runs"])
+        self.passes = int(data["passes"])
+        self.seconds = float(data["seconds"])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.values.shape
+
+    def __array__(self, dtype=None, copy=None):
+        return self.values if dtype is None else self.values.astype(dtype)
+
+    def __getitem__(self, index):
+        return self.values[index]
+
+    def __repr__(self) -> str:
+        axes = ", ".join(f"{name}={len(labels)}" for name, labels in self.axes)
+        return f"Patched({self.sweep}: {axes}; {self.runs} runs in {self.seconds:.3g} s)"
+
+
 class Client:
     """A connection to one lensd daemon.
 
@@ -432,6 +472,56 @@ class Model:
         if hooks:
             body["hooks"] = [dict(hook) for hook in hooks]
         return self._post("generate", body)["text"]
+
+    def patch(
+        self,
+        sweep: str,
+        clean: PromptInput,
+        corrupted: PromptInput,
+        answers: Sequence[Any] | None = None,
+        answer: Any = None,
+        normalize: bool = False,
+        position: int | None = None,
+        full_recompute: bool = False,
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+    ) -> Patched:
+        """An activation-patching sweep: ``transformer_lens.patching.get_act_patch_<sweep>``.
+
+        Args:
+            sweep: TL's function name without ``get_act_patch_`` (``"resid_pre"``,
+                ``"attn_head_out_by_pos"``, ``"block_every"``, ...).
+            clean, corrupted: prompts (texts or token ids) of the same token shape.
+            answers: ``(answer, wrong)`` pairs (one for all prompts, or one per
+                prompt): the metric is the mean logit difference.
+            answer: instead of answers, one token (or one per prompt): the metric
+                is its mean logit.
+            normalize: scale so that corrupted scores 0 and clean 1.
+            position: where the metric reads (default: each prompt's last real token).
+            full_recompute: run every patched run from the embeddings (the reference path).
+
+        Returns:
+            A :class:`Patched`: the values (np.ndarray in TL's shape) with labelled axes.
+        """
+        if (answers is None) == (answer is None):
+            raise ValueError("give answers (pairs: logit difference) or answer (one token: logit)")
+        metric: dict[str, Any] = {"normalize": normalize}
+        if answers is not None:
+            metric["type"] = "logit_diff"
+            metric["answers"] = [list(p) if isinstance(p, (list, tuple)) else p for p in answers]
+        else:
+            metric["type"] = "logit"
+            metric["answer"] = list(answer) if isinstance(answer, (list, tuple)) else answer
+        if position is not None:
+            metric["position"] = position
+        body = {
+            "sweep": sweep,
+            "clean": _prompt_body(clean, prepend_bos, padding_side),
+            "corrupted": _prompt_body(corrupted, prepend_bos, padding_side),
+            "metric": metric,
+            "full_recompute": full_recompute,
+        }
+        return Patched(self._post("patch", body, tensors=True))
 
     def _post(self, endpoint: str, body: dict[str, Any], *, tensors: bool = False) -> dict[str, Any]:
         return self.client._request("POST", f"{_model_path(self.name)}/{endpoint}", body, tensors=tensors)

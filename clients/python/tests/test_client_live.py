@@ -255,3 +255,21 @@ def test_logit_diff_run_with_hooks_and_generate(model):
     assert metric["mean"] != pytest.approx(float(diff["mean"]))
     texts = model.generate("The quick brown fox", max_new_tokens=3)
     assert len(texts) == 1 and texts[0].startswith("The quick brown fox")
+
+
+def test_patch(model):
+    clean = "When Mary and John went to the store, John gave a drink to"
+    corrupted = "When Mary and John went to the store, Mary gave a drink to"
+    result = model.patch("resid_pre", clean, corrupted, answers=[(" Mary", " John")])
+    tokens = model.to_str_tokens(clean)
+    assert isinstance(result, lensd.Patched)
+    assert result.shape == (model.cfg.n_layers, len(tokens))
+    assert result.axes == [("layer", list(range(model.cfg.n_layers))), ("pos", tokens)]
+    differ = [i for i, (a, b) in enumerate(zip(tokens, model.to_str_tokens(corrupted))) if a != b]
+    assert len(differ) == 1
+    # resid_pre of layer 0 at the one differing position is the whole difference
+    assert result[0, differ[0]] == pytest.approx(result.clean_metric, abs=1e-4)
+    assert np.asarray(result)[0, 0] == pytest.approx(result.corrupted_metric, abs=1e-4)
+    normalized = model.patch("resid_pre", clean, corrupted, answers=[(" Mary", " John")], normalize=True)
+    assert normalized[0, differ[0]] == pytest.approx(1.0, abs=1e-4)
+    assert normalized.runs == result.runs and normalized.passes >= 1
