@@ -465,7 +465,8 @@ static const char *const limit_keys[] = {"max_body_bytes",       "max_prompts",
                                          "max_tokens",           "max_response_bytes",
                                          "max_kept_cache_bytes", "kept_cache_ttl_s",
                                          "queue_length",         "request_timeout_s",
-                                         "requests_per_minute",  NULL};
+                                         "requests_per_minute",  "max_patch_tokens",
+                                         NULL};
 
 /* A path setting of the file: a non-empty string (resolved against
  * base_dir) or null (none). */
@@ -523,6 +524,9 @@ static int parse_limits(srv_limits *l, const json_t *o, lens_err *err) {
         return -1;
     if ((v = json_object_get(o, "requests_per_minute")) &&
         json_int_in(v, "limits.requests_per_minute", 0, 1000000, &l->requests_per_minute, err))
+        return -1;
+    if ((v = json_object_get(o, "max_patch_tokens")) &&
+        json_int_in(v, "limits.max_patch_tokens", 1, INT_MAX, &l->max_patch_tokens, err))
         return -1;
     return 0;
 }
@@ -911,6 +915,7 @@ int srv_config_load(srv_config *cfg, int argc, char **argv, lens_err *err) {
             .queue_length = SRV_DEFAULT_QUEUE_LENGTH,
             .request_timeout_s = SRV_DEFAULT_REQUEST_TIMEOUT_S,
             .requests_per_minute = 0,
+            .max_patch_tokens = SRV_DEFAULT_MAX_PATCH_TOKENS,
         };
         rc = set_string(&cfg->host, SRV_DEFAULT_HOST, err);
         char web[PATH_MAX]; /* the dashboard; a default, so not checked again below */

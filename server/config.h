@@ -39,6 +39,7 @@ typedef struct srv_limits {
     int queue_length;            /* waiting jobs per model; default 256; >= 1 */
     double request_timeout_s;    /* seconds; default 300; > 0 */
     int requests_per_minute;     /* per token; 0 = unlimited (default) */
+    int max_patch_tokens;        /* patched runs x prompts x tokens in one sweep; default 20M */
 } srv_limits;
 
 typedef struct srv_config {
@@ -66,6 +67,7 @@ typedef struct srv_config {
 #define SRV_DEFAULT_KEPT_CACHE_TTL_S 600.0
 #define SRV_DEFAULT_QUEUE_LENGTH 256
 #define SRV_DEFAULT_REQUEST_TIMEOUT_S 300.0
+#define SRV_DEFAULT_MAX_PATCH_TOKENS 20000000
 
 /* Finds lensd's data directory `name` ("models", "web"): first
  * <directory of the executable>/../share/lensd/<name> (an installed lensd:

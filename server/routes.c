@@ -1936,6 +1936,15 @@ static void run_patch(srv_job *job) {
     int64_t shape[4];
     long runs;
     lens_sweep_shape(c, sweep, T, shape, &runs);
+    const double work = (double)runs * B * T;
+    if (work > srv_d.cfg.limits.max_patch_tokens) {
+        srv_error(resp, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", "sweep",
+                  "sweep %s is %ld patched runs of %d prompt%s x %d tokens (%.0f tokens), more "
+                  "than limits.max_patch_tokens (%d): patch fewer positions or prompts",
+                  lens_sweep_name(sweep), runs, B, B == 1 ? "" : "s", T, work,
+                  srv_d.cfg.limits.max_patch_tokens);
+        goto out;
+    }
     const lens_patch_request req = {
         .sweep = sweep,
         .clean = &clean,

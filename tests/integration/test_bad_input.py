@@ -16,6 +16,8 @@ import pytest
 from lensd_http import JSON, NPY, SAFETENSORS, WEB_SECRET, error_of, json_of, safetensors_of
 
 GPT2 = "/v1/models/gpt2"
+PATCH = {"clean": {"prompt": "Hello world"}, "corrupted": {"prompt": "Hello there"},
+         "metric": {"answers": [" a", " b"]}}
 BRACKETS = "/v1/models/brackets"
 
 
@@ -189,6 +191,18 @@ CASES = [
         body={**P, "max_new_tokens": "3"}),
     Bad("generate-temperature-negative", 422, "unprocessable", "temperature", path=f"{GPT2}/generate",
         body={**P, "do_sample": True, "temperature": -1}),
+    Bad("patch-unknown-sweep", 400, "bad_request", "sweep", path=f"{GPT2}/patch",
+        body={"sweep": "resid_post", **PATCH}, message_has=("resid_pre", "attn_head_by_pos_every")),
+    Bad("patch-no-clean", 400, "bad_request", "clean", path=f"{GPT2}/patch",
+        body={"sweep": "resid_pre", "corrupted": PATCH["corrupted"], "metric": PATCH["metric"]}),
+    Bad("patch-metric-type", 400, "bad_request", "metric.type", path=f"{GPT2}/patch",
+        body={"sweep": "resid_pre", **PATCH, "metric": {"type": "loss"}}),
+    Bad("patch-shapes-differ", 422, "unprocessable", "corrupted", path=f"{GPT2}/patch",
+        body={"sweep": "resid_pre", **PATCH, "corrupted": {"prompt": "Hello there world"}}),
+    Bad("patch-too-much-work", 413, "too_large", "sweep", path=f"{GPT2}/patch",
+        body={"sweep": "attn_head_pattern_dest_src_pos", "clean": {"tokens": [[1] * 128] * 2},
+              "corrupted": {"tokens": [[2] * 128] * 2}, "metric": {"answers": [1, 2]}},
+        message_has=("limits.max_patch_tokens", "131072 patched runs")),
     Bad("keep-string", 400, "bad_request", "keep", path=f"{GPT2}/run_with_cache", body={**P, "keep": "yes"}),
     Bad("cache-unknown", 404, "not_found", path="/v1/caches/c0123456789abcdef", method="GET"),
     # -- routes and methods

@@ -129,6 +129,7 @@ Test(config, defaults_without_flags) {
     cr_assert_eq(cfg.limits.queue_length, 256);
     cr_assert_eq(cfg.limits.request_timeout_s, 300.0);
     cr_assert_eq(cfg.limits.requests_per_minute, 0);
+    cr_assert_eq(cfg.limits.max_patch_tokens, 20000000);
     srv_config_free(&cfg);
     srv_config_free(&cfg); /* zeroed by the first call */
     srv_config_free(NULL);
@@ -188,7 +189,7 @@ Test(config, file_sets_every_field) {
                   "\"max_tokens\": 128, \"max_response_bytes\": \"2MiB\", "
                   "\"max_kept_cache_bytes\": 0, \"kept_cache_ttl_s\": 1.5, "
                   "\"queue_length\": 1, \"request_timeout_s\": 30, "
-                  "\"requests_per_minute\": 120}}");
+                  "\"requests_per_minute\": 120, \"max_patch_tokens\": 5000}}");
     cr_assert_eq(rc, 0, "%s", err.msg);
     char path[1024];
     cr_assert_str_eq(cfg.host, "0.0.0.0");
@@ -215,6 +216,7 @@ Test(config, file_sets_every_field) {
     cr_assert_not(cfg.models[1].load.use_attn_result);
     cr_assert_eq(cfg.limits.max_body_bytes, 1000);
     cr_assert_eq(cfg.limits.max_prompts, 3);
+    cr_assert_eq(cfg.limits.max_patch_tokens, 5000);
     cr_assert_eq(cfg.limits.max_tokens, 128);
     cr_assert_eq(cfg.limits.max_response_bytes, (size_t)2 << 20);
     cr_assert_eq(cfg.limits.max_kept_cache_bytes, 0);

@@ -1,0 +1,173 @@
+"""Activation patching sweeps: lensd's POST /patch against transformer_lens.patching.
+
+    ~/.cache/lensd/venv/bin/python bench/bench_patch.py [--lensd BIN] [--tokens 16]
+        [--sample 24] [--sweeps resid_pre,attn_out,...] [--out FILE.md]
+
+On the random gpt2-small-shaped model of bench_cache.py (float32, CPU), one
+clean and one corrupted prompt of --tokens random ids that differ at two
+positions, and the logit difference of two answer ids at the last position:
+
+- lensd: the whole sweep through the Python client (HTTP, one request),
+  wall time; and once more with full_recompute (no prefix reuse), to show
+  what reuse buys;
+- TransformerLens: get_act_patch_<sweep> (one forward per index, in
+  torch.inference_mode) on --sample indices drawn at random (its index_df
+  argument), timed, then scaled to the sweep's number of runs: TL's cost per
+  run does not depend on the index, and a full TL sweep of the larger ones
+  takes many minutes here. Sweeps with at most --sample runs are run whole.
+- the values TL computed are compared with lensd's at the same indices
+  (max |diff| <= 1e-3, else the report says WRONG);
+- the FLOP floor: the multiply-adds the patched runs need (each from its
+  patched layer on, as lensd runs them, with the unembedding at the metric's
+  position only), at this machine's measured OpenBLAS sgemm rate.
+
+Both sides use the machine as they find it (threads, BLAS); the report says
+what that was.
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(REPO / "clients" / "python"))
+import bench_cache  # noqa: E402
+import bench_http  # noqa: E402
+import make_gpt2_small_random  # noqa: E402
+
+DEFAULT_SWEEPS = ["resid_pre", "attn_out", "mlp_out", "attn_head_out_all_pos",
+                  "attn_head_pattern_all_pos", "attn_head_out_by_pos", "block_every"]
+TOLERANCE = 1e-3
+
+
+def sgemm_gflops() -> float:
+    """The best of a few 2048^3 float32 products through numpy's BLAS."""
+    a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t)
+    return 2 * 2048**3 / best / 1e9
+
+
+def sweep_flops(cfg, T: int, runs_per_layer: dict) -> float:
+    """Multiply-add FLOPs of the patched runs from their layers on, unembedding one position."""
+    d, dm, H, dh, V, L = cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.d_head, cfg.d_vocab_out, cfg.n_layers
+    per_layer = 2 * T * (4 * d * H * dh + 2 * d * dm) + 2 * 2 * H * T * T * dh
+    unembed = 2 * d * V
+    return sum(n * ((L - layer) * per_layer + unembed) for layer, n in runs_per_layer.items())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lensd", help="the lensd binary (default build/server/lensd, or $LENSD_BIN)")
+    ap.add_argument("--workdir", type=Path, default=REPO / "build" / "bench")
+    ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--sample", type=int, default=24)
+    ap.add_argument("--sweeps", default=",".join(DEFAULT_SWEEPS))
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    lensd = bench_cache.find_lensd(args.lensd)
+    model_dir = make_gpt2_small_random.make(args.workdir / "gpt2-small-random", seed=0)
+    import pandas as pd
+    import torch
+    from transformer_lens import patching
+
+    import lensd as client
+
+    ns: dict = {}
+    exec(bench_cache.TL_BUILD, ns)
+    tl = ns["build_tl"](str(model_dir))
+    cfg = tl.cfg
+    T = args.tokens
+    clean = bench_cache.random_tokens(1, T, seed=1)
+    corrupted = clean.copy()
+    corrupted[0, 3] = (corrupted[0, 3] + 1000) % 50000
+    corrupted[0, T - 4] = (corrupted[0, T - 4] + 2000) % 50000
+    answers = [(262, 286)]
+    with torch.inference_mode():
+        _, clean_cache = tl.run_with_cache(torch.from_numpy(clean))
+
+    def metric(logits):
+        return logits[0, -1, answers[0][0]] - logits[0, -1, answers[0][1]]
+
+    gflops = sgemm_gflops()
+    proc, url = bench_http.start_daemon(lensd, model_dir)
+    rows = []
+    try:
+        m = client.Client(url, timeout=3600).model("gpt2")
+        m.patch("resid_pre", clean[:, :4], corrupted[:, :4], answers=answers)  # warm-up
+        for sweep in args.sweeps.split(","):
+            bench_cache.wait_idle(30)
+            t = time.perf_counter()
+            got = m.patch(sweep, clean, corrupted, answers=answers)
+            lensd_s = time.perf_counter() - t
+            t = time.perf_counter()
+            full = m.patch(sweep, clean, corrupted, answers=answers, full_recompute=True)
+            full_s = time.perf_counter() - t
+            values = np.asarray(got)
+            # TL on a sample of indices (index_df), scaled to the whole sweep
+            components = [a for a in got.axes if a[0] == "component"]
+            names = [a[0] for a in got.axes if a[0] != "component"]
+            tl_names = ["head_index" if n == "head" and "pattern" in sweep else n for n in names]
+            shape = values.shape[1:] if components else values.shape
+            rng = np.random.default_rng(0)
+            flat = rng.choice(int(np.prod(shape)), size=min(args.sample, int(np.prod(shape))), replace=False)
+            index = np.stack(np.unravel_index(flat, shape), axis=1)
+            fn_name = "resid_pre" if sweep == "block_every" else sweep
+            fn_name = {"attn_head_all_pos_every": "attn_head_out_all_pos",
+                       "attn_head_by_pos_every": "attn_head_out_by_pos"}.get(fn_name, fn_name)
+            generic = getattr(patching, f"get_act_patch_{fn_name}")
+            t = time.perf_counter()
+            with torch.inference_mode():
+                tl_vals = generic.func(tl, torch.from_numpy(corrupted), clean_cache, metric,
+                                       patch_setter=generic.keywords["patch_setter"],
+                                       activation_name=generic.keywords["activation_name"],
+                                       index_df=pd.DataFrame(index, columns=tl_names)).numpy()
+            tl_per_run = (time.perf_counter() - t) / len(index)
+            tl_s = tl_per_run * got.runs
+            mine = values[0][tuple(index.T)] if components else values[tuple(index.T)]
+            worst = float(np.abs(mine - tl_vals).max())
+            per_layer = {layer: got.runs // cfg.n_layers for layer in range(cfg.n_layers)}  # equal by layer
+            floor_s = sweep_flops(cfg, T, per_layer) / (gflops * 1e9)
+            rows.append({"sweep": sweep, "runs": got.runs, "passes": got.passes, "lensd_s": lensd_s,
+                         "full_s": full_s, "tl_s": tl_s, "tl_sampled": len(index), "worst": worst,
+                         "floor_s": floor_s, "full_worst": float(np.abs(np.asarray(full) - values).max())})
+            print(f"{sweep}: lensd {lensd_s:.2f} s (full recompute {full_s:.2f} s), TL ~{tl_s:.1f} s "
+                  f"({tl_per_run * 1000:.0f} ms/run x {got.runs}), max diff {worst:.2g}", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    ok = all(r["worst"] <= TOLERANCE and r["full_worst"] <= TOLERANCE for r in rows)
+    lines = [f"# Patching sweeps: lensd against TransformerLens ({time.strftime('%Y-%m-%d')})", "",
+             f"bench/bench_patch.py; gpt2-small shape, random weights, float32, CPU backend, "
+             f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}); one clean and "
+             f"one corrupted prompt of {T} tokens; metric: logit difference at the last position. "
+             f"TransformerLens's time is its per-run time on {args.sample} random indices "
+             f"(index_df) times the sweep's runs. Floor: the sweep's FLOPs from each patched layer "
+             f"on at {gflops:.0f} GFLOP/s (numpy sgemm, this machine).", "",
+             "| sweep | runs | lensd passes | TransformerLens | lensd | TL / lensd | lensd, full recompute "
+             "| lensd / floor | max diff |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['sweep']} | {r['runs']} | {r['passes']} | {r['tl_s']:.1f} s | {r['lensd_s']:.2f} s "
+                     f"| {r['tl_s'] / r['lensd_s']:.1f}x | {r['full_s']:.2f} s | "
+                     f"{r['lensd_s'] / r['floor_s']:.1f}x | {r['worst']:.2g} |")
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        args.out.write_text(report)
+    if not ok:
+        sys.exit("WRONG: lensd's values differ from TransformerLens's")
+
+
+if __name__ == "__main__":
+    main()
