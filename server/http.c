@@ -19,6 +19,7 @@
 
 #include "server/caches.h"
 #include "server/daemon.h"
+#include "server/progress.h"
 
 /* One request from its first header to its log line. */
 typedef struct request {
@@ -55,6 +56,8 @@ static void route_label(request *r, const char *method, const char *url) {
     } else if (strncmp(url, "/v1/caches/", 11) == 0) {
         snprintf(r->route, sizeof r->route, "%s /v1/caches/{id}%s", method,
                  strchr(url + 11, '/') ? "/{name}" : "");
+    } else if (strncmp(url, "/v1/progress/", 13) == 0) {
+        snprintf(r->route, sizeof r->route, "%s /v1/progress/{id}", method);
     } else if (strcmp(url, "/healthz") == 0 || strcmp(url, "/readyz") == 0 ||
                strcmp(url, "/metrics") == 0 || strncmp(url, "/v1/", 4) == 0) {
         snprintf(r->route, sizeof r->route, "%s %.80s", method, url);
@@ -276,6 +279,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         srv_caches_route(method, url + 11, accept,
                          MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "batch"),
                          MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "positions"), &resp);
+        return send_response(c, r, &resp);
+    }
+    if (strncmp(url, "/v1/progress/", 13) == 0) {
+        srv_progress_route(method, url + 13, &resp);
         return send_response(c, r, &resp);
     }
     const bool admin = strncmp(url, "/v1/admin/", 10) == 0;

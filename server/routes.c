@@ -21,6 +21,7 @@
 #include "core/safetensors.h"
 #include "server/caches.h"
 #include "server/daemon.h"
+#include "server/progress.h"
 #include "server/tensors.h"
 #include "server/test_prompt.h"
 
@@ -1862,6 +1863,11 @@ static json_t *axis_json(const char *name, const lens_config *c, json_t *pos_lab
     return json_pack("{s:s, s:o}", "name", name, "labels", labels);
 }
 
+/* lens_patch's progress callback: nonzero stops the sweep. */
+static int patch_progress(void *user, long done, long total) {
+    return srv_progress_update(user, done, total);
+}
+
 static void run_patch(srv_job *job) {
     srv_model *sm = job->model;
     const lens_model *m = sm->model;
@@ -1870,6 +1876,7 @@ static void run_patch(srv_job *job) {
     json_t *body = job->body, *metric = json_object_get(body, "metric");
     lens_token_batch clean = {0}, corrupted = {0};
     lens_patch_result result = {0};
+    srv_progress *progress = NULL;
     int32_t *answer = NULL, *wrong = NULL, *pos = NULL;
     srv_answer *a = NULL;
     lens_sweep sweep;
@@ -1945,6 +1952,14 @@ static void run_patch(srv_job *job) {
                   srv_d.cfg.limits.max_patch_tokens);
         goto out;
     }
+    json_t *progress_id = json_object_get(body, "progress_id");
+    if (progress_id && !json_is_string(progress_id)) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "progress_id",
+                  "progress_id must be a string (then GET /v1/progress/{id} follows the sweep)");
+        goto out;
+    }
+    if (!(progress = srv_progress_begin(json_string_value(progress_id), job->connection, resp)))
+        goto out;
     const lens_patch_request req = {
         .sweep = sweep,
         .clean = &clean,
@@ -1952,11 +1967,25 @@ static void run_patch(srv_job *job) {
         .metric = {.kind = kind, .answer = answer, .wrong = wrong, .positions = pos,
                    .normalize = normalize},
         .full_recompute = full_recompute,
+        .progress = patch_progress,
+        .progress_user = progress,
     };
     const double t0 = monotonic_s();
     srv_metrics_batch(B);
     if (lens_patch(m, &sm->ws, &req, &result, &err)) {
-        engine_error(resp, &err, NULL);
+        switch (srv_progress_stopped(progress)) {
+        case SRV_STOP_CANCELLED:
+            srv_error(resp, 409, "cancelled", "progress_id", "%s (DELETE /v1/progress/%s)", err.msg,
+                      json_string_value(progress_id));
+            break;
+        case SRV_STOP_CLIENT_GONE: /* nobody reads it; the log line shows 499 */
+            srv_error(resp, 499, "client_closed", NULL, "%s: the client closed the connection",
+                      err.msg);
+            break;
+        case SRV_STOP_NONE:
+            engine_error(resp, &err, NULL);
+            break;
+        }
         goto out;
     }
     const double seconds = monotonic_s() - t0;
@@ -1989,6 +2018,7 @@ static void run_patch(srv_job *job) {
     answer_tensors(job, a, fields);
     a = NULL;
 out:
+    srv_progress_end(progress);
     srv_answer_free(a);
     lens_patch_result_free(&result);
     lens_token_batch_free(&clean);

@@ -1,0 +1,138 @@
+/*
+ * progress.c: a fixed table of running long jobs under one mutex. A
+ * client's disconnect is seen by polling its socket for a hang-up between
+ * passes: the connection is suspended while its job runs, so
+ * libmicrohttpd itself does not look at it until the answer is ready.
+ */
+#include "server/progress.h"
+
+#include <microhttpd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_JOBS 64
+#define MAX_ID 64
+
+struct srv_progress {
+    bool used;
+    char id[MAX_ID + 1]; /* "" for a job nobody polls */
+    long done, total;
+    double started;
+    bool cancelled; /* by DELETE */
+    bool gone;      /* the client closed its connection */
+    int fd;         /* the client's socket, or -1 */
+};
+
+static srv_progress jobs[MAX_JOBS];
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static bool valid_id(const char *id) {
+    size_t n = strlen(id);
+    if (n == 0 || n > MAX_ID) return false;
+    for (size_t i = 0; i < n; i++)
+        if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-", id[i]))
+            return false;
+    return true;
+}
+
+static srv_progress *find_locked(const char *id, size_t len) {
+    for (int i = 0; i < MAX_JOBS; i++)
+        if (jobs[i].used && jobs[i].id[0] && strlen(jobs[i].id) == len &&
+            strncmp(jobs[i].id, id, len) == 0)
+            return &jobs[i];
+    return NULL;
+}
+
+srv_progress *srv_progress_begin(const char *id, struct MHD_Connection *connection,
+                                 srv_response *resp) {
+    if (id && !valid_id(id)) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "progress_id",
+                  "progress_id must be 1 to %d letters, digits, '.', '_' or '-'", MAX_ID);
+        return NULL;
+    }
+    const union MHD_ConnectionInfo *info =
+        connection ? MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD) : NULL;
+    srv_progress *p = NULL;
+    pthread_mutex_lock(&lock);
+    if (id && find_locked(id, strlen(id))) {
+        pthread_mutex_unlock(&lock);
+        srv_error(resp, 409, "conflict", "progress_id", "progress_id \"%s\" is in use by a running job",
+                  id);
+        return NULL;
+    }
+    for (int i = 0; i < MAX_JOBS && !p; i++)
+        if (!jobs[i].used) p = &jobs[i];
+    if (p) {
+        *p = (srv_progress){.used = true, .started = now_s(), .fd = info ? info->connect_fd : -1};
+        snprintf(p->id, sizeof p->id, "%s", id ? id : "");
+    }
+    pthread_mutex_unlock(&lock);
+    if (!p)
+        srv_error(resp, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
+                  "%d long jobs are running already; try again later", MAX_JOBS);
+    return p;
+}
+
+/* Has the peer closed the connection? (A hang-up, or an orderly shutdown
+ * of its sending side, which clients do when they give up.) */
+static bool client_gone(int fd) {
+    if (fd < 0) return false;
+    struct pollfd pfd = {.fd = fd, .events = POLLRDHUP};
+    return poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
+}
+
+bool srv_progress_update(srv_progress *p, long done, long total) {
+    const bool gone = client_gone(p->fd); /* fd is set once, at begin */
+    pthread_mutex_lock(&lock);
+    p->done = done;
+    p->total = total;
+    p->gone = gone;
+    const bool stop = p->cancelled || gone;
+    pthread_mutex_unlock(&lock);
+    return stop;
+}
+
+srv_stop srv_progress_stopped(const srv_progress *p) {
+    pthread_mutex_lock(&lock);
+    const srv_stop why = p->cancelled ? SRV_STOP_CANCELLED : p->gone ? SRV_STOP_CLIENT_GONE : SRV_STOP_NONE;
+    pthread_mutex_unlock(&lock);
+    return why;
+}
+
+void srv_progress_end(srv_progress *p) {
+    if (!p) return;
+    pthread_mutex_lock(&lock);
+    p->used = false;
+    pthread_mutex_unlock(&lock);
+}
+
+void srv_progress_route(const char *method, const char *rest, srv_response *resp) {
+    const bool get = strcmp(method, "GET") == 0, del = strcmp(method, "DELETE") == 0;
+    if (!get && !del) {
+        srv_error(resp, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", NULL,
+                  "progress takes GET and DELETE, not %s", method);
+        return;
+    }
+    pthread_mutex_lock(&lock);
+    srv_progress *p = find_locked(rest, strlen(rest));
+    if (p) {
+        if (del) p->cancelled = true;
+        srv_json(resp, MHD_HTTP_OK,
+                 json_pack("{s:s, s:I, s:I, s:f, s:b}", "id", p->id, "done", (json_int_t)p->done,
+                           "total", (json_int_t)p->total, "seconds", now_s() - p->started,
+                           "cancelled", p->cancelled));
+    }
+    pthread_mutex_unlock(&lock);
+    if (!p)
+        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", "progress_id",
+                  "no running job \"%.64s\" (finished, or never started)", rest);
+}
