@@ -217,3 +217,33 @@ def test_readable_in_dark_and_light_at_1280x800(dashboard, shots):
     luminance = {k: sum(int(x) for x in re.findall(r"\d+", v[0])[:3]) for k, v in colors.items()}
     assert luminance["dark"] < 150 < luminance["light"]
     assert colors["dark"][1] != colors["light"][1]
+
+
+def test_activation_patching_view(dashboard, dashboard_lensd, shots):
+    page = dashboard()
+    clean, corrupted = page.input_value("#prompt"), page.input_value("#corrupted")
+    cfg = api(dashboard_lensd, "/v1/models/induction-2l")["config"]
+    page.select_option("#sweep", "resid_pre")
+    page.click("#patch-form button[type=submit]")
+    wait_idle(page)
+    want = api(dashboard_lensd, "/v1/models/induction-2l/patch", {
+        "sweep": "resid_pre", "clean": {"prompt": clean}, "corrupted": {"prompt": corrupted},
+        "metric": {"answers": ["a", "e"], "normalize": True}})
+    values = tensor(want["values"])
+    cells = page.eval_on_selector_all("#patch-map .cell", "cs => cs.map(c => [c.dataset.label, Number(c.dataset.value)])")
+    assert len(cells) == cfg["n_layers"] * values.shape[1]
+    assert np.allclose([v for _, v in cells], values.ravel(), rtol=1e-6, atol=1e-6)
+    assert cells[0][0] == "L0 pos 0"
+    columns = page.eval_on_selector_all("#patch-map .label.col", "ls => ls.map(l => l.textContent)")
+    assert columns == [f"{i} {display(t)}" for i, t in enumerate(want["axes"][1]["labels"])]
+    assert page.eval_on_selector("#patch-progress", "p => p.value") == 1
+    assert "patched runs" in page.text_content("#patch-status")
+    shots(page, "induction-2l-patching-light")
+
+    page.select_option("#sweep", "attn_head_out_all_pos")  # a head sweep: a cell opens its head
+    page.click("#patch-form button[type=submit]")
+    wait_idle(page)
+    assert page.locator("#patch-map .cell").count() == cfg["n_layers"] * cfg["n_heads"]
+    page.click('#patch-map .cell[data-label="L1H2"]')
+    wait_idle(page)
+    assert "L1H2 (locked)" in page.text_content("#focus-title")

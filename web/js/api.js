@@ -37,7 +37,8 @@ export async function busy(fn) {
   }
 }
 
-async function call(method, path, body) {
+/** method path [JSON body] -> parsed JSON; throws ApiError. */
+export async function request(method, path, body) {
   setInFlight(+1);
   try {
     const response = await fetch(path, {
@@ -66,10 +67,10 @@ async function call(method, path, body) {
 }
 
 /** GET path -> parsed JSON; throws ApiError. */
-export const get = (path) => call("GET", path);
+export const get = (path) => request("GET", path);
 
 /** POST path with a JSON body -> parsed JSON; throws ApiError. */
-export const post = (path, body) => call("POST", path, body);
+export const post = (path, body) => request("POST", path, body);
 
 /** A JSON tensor {shape, dtype, data: nested lists} -> {shape, data: Float32Array}
  *  (row-major; the strings "-inf", "inf", "nan" become numbers). */

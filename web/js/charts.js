@@ -56,13 +56,13 @@ function diverging(v, max) {
 }
 
 /**
- * Heatmap of grid [layers][heads] into container: rows are layers, columns
- * heads; onPick(layer, head) on click.
+ * Diverging heatmap of grid [rows][cols] into container (a CSS grid), with
+ * row and column labels; each cell's data-label is cellLabel(r, c), and
+ * onPick(r, c) runs on click.
  */
-export function headHeatmap(container, grid, onPick) {
+export function heatmap(container, grid, rowLabels, colLabels, cellLabel, onPick, cellWidth = 34) {
   container.replaceChildren();
-  const heads = grid[0].length;
-  container.style.gridTemplateColumns = `28px repeat(${heads}, 34px)`;
+  container.style.gridTemplateColumns = `28px repeat(${colLabels.length}, ${cellWidth}px)`;
   const max = Math.max(...grid.flat().map(Math.abs));
   const cell = (text, cls) => {
     const el = document.createElement("div");
@@ -72,16 +72,22 @@ export function headHeatmap(container, grid, onPick) {
     return el;
   };
   cell("", "label");
-  for (let h = 0; h < heads; h++) cell(`H${h}`, "label");
-  grid.forEach((row, layer) => {
-    cell(`L${layer}`, "label");
-    row.forEach((v, head) => {
+  for (const c of colLabels) cell(c, "label col");
+  grid.forEach((row, r) => {
+    cell(rowLabels[r], "label");
+    row.forEach((v, c) => {
       const el = cell("", "cell");
       el.style.background = diverging(v, max);
-      el.title = `L${layer}H${head}: ${v.toFixed(4)}`;
-      el.dataset.label = `L${layer}H${head}`;
+      el.title = `${cellLabel(r, c)}: ${v.toFixed(4)}`;
+      el.dataset.label = cellLabel(r, c);
       el.dataset.value = v;
-      el.addEventListener("click", () => onPick(layer, head));
+      el.addEventListener("click", () => onPick(r, c));
     });
   });
+}
+
+/** Heatmap of a per-head grid [layers][heads]; onPick(layer, head) on click. */
+export function headHeatmap(container, grid, onPick) {
+  heatmap(container, grid, grid.map((_, l) => `L${l}`), grid[0].map((_, h) => `H${h}`),
+    (l, h) => `L${l}H${h}`, onPick);
 }

@@ -5,15 +5,19 @@
 
 import { busy, get, onBusy, post, tensor } from "./api.js";
 import { cellAt, drawFocus, drawThumbnail, isMasked, palette } from "./attention.js";
-import { headHeatmap, lineChart } from "./charts.js";
+import { headHeatmap, heatmap, lineChart } from "./charts.js";
+import { startSweep } from "./patch.js";
 import { displayToken, highlightStrip, renderStrip } from "./tokens.js";
 
 const $ = (id) => document.getElementById(id);
 
 // Starting points for the bundled demo models (models/*/README.md).
 const EXAMPLES = {
-  "induction-2l": { prompt: "The cat sat on the mat. The cat sat on the m", answer: "a", wrong: "e" },
-  brackets: { prompt: "(()())", answer: "#1", wrong: "#0", pos: 0 },
+  "induction-2l": {
+    prompt: "The cat sat on the mat. The cat sat on the m", answer: "a", wrong: "e",
+    corrupted: "The cat sat on the met. The cat sat on the m",
+  },
+  brackets: { prompt: "(()())", answer: "#1", wrong: "#0", pos: 0, corrupted: "(()()(" },
 };
 // Above this many heads the page opens on layer 0 rather than all layers.
 const ALL_LAYERS_MAX_HEADS = 48;
@@ -42,6 +46,7 @@ function readUrl() {
     pos: q.has("pos") ? Number(q.get("pos")) : null,
     answer: q.get("answer"),
     wrong: q.get("wrong"),
+    corrupted: q.get("corrupted"),
   };
 }
 
@@ -54,6 +59,7 @@ function writeUrl() {
   if (state.pos !== null) q.set("pos", state.pos);
   if ($("answer").value) q.set("answer", $("answer").value);
   if ($("wrong").value) q.set("wrong", $("wrong").value);
+  if ($("corrupted").value) q.set("corrupted", $("corrupted").value);
   history.replaceState(null, "", `?${q}`);
 }
 
@@ -99,6 +105,7 @@ function chooseModel(name, keepInputs) {
     $("prompt").value = example.prompt || "";
     $("answer").value = example.answer || "";
     $("wrong").value = example.wrong || "";
+    $("corrupted").value = example.corrupted || "";
     state.pos = example.pos ?? null;
     state.locked = null;
   }
@@ -321,6 +328,68 @@ function onFocusMove(event) {
   tip.hidden = false;
 }
 
+// ---- activation patching
+
+let cancelSweep = null;
+
+/** Runs the chosen sweep: the prompt is the clean run, #corrupted the corrupted one. */
+const runPatch = () => busy(async () => {
+  showError(null);
+  writeUrl();
+  const answer = $("answer").value;
+  const wrong = $("wrong").value;
+  const sweep = $("sweep").value;
+  if (!answer || !wrong) {
+    showError(new Error("patching needs an answer and a wrong answer (the logit difference fields)"));
+    return;
+  }
+  const body = {
+    sweep,
+    clean: { prompt: $("prompt").value },
+    corrupted: { prompt: $("corrupted").value },
+    metric: { type: "logit_diff", answers: [parseAnswer(answer), parseAnswer(wrong)], normalize: true },
+  };
+  if (state.pos !== null) body.metric.position = state.pos;
+  const bar = $("patch-progress");
+  bar.hidden = false;
+  bar.value = 0;
+  $("patch-cancel").hidden = false;
+  $("patch-status").textContent = "patching…";
+  const sweepRun = startSweep(modelPath("patch"), body, (done, total) => {
+    bar.value = total ? done / total : 0;
+    $("patch-status").textContent = `${done} of ${total} patched runs`;
+  });
+  cancelSweep = sweepRun.cancel;
+  try {
+    const result = await sweepRun.result;
+    const values = tensor(result.values);
+    const [rows, cols] = values.shape;
+    const grid = Array.from({ length: rows }, (_, r) => Array.from(values.data.subarray(r * cols, (r + 1) * cols)));
+    const [, colAxis] = result.axes;
+    const byHead = colAxis.name === "head";
+    const colLabels = byHead ? colAxis.labels : colAxis.labels.map((t, i) => `${i} ${displayToken(t)}`);
+    heatmap($("patch-map"), grid, result.axes[0].labels.map((l) => `L${l}`), colLabels,
+      (r, c) => (byHead ? `L${r}H${c}` : `L${r} pos ${c}`),
+      (r, c) => {
+        if (byHead) {
+          lockHead({ layer: r, head: c }, true);
+        } else {
+          $("layer").value = String(r);
+          runPrompt();
+        }
+      }, byHead ? 34 : 22);
+    bar.value = 1;
+    $("patch-status").textContent = `${result.sweep}: ${result.runs} patched runs in ${result.seconds.toFixed(2)} s ` +
+      `(clean ${result.clean_metric.toFixed(3)}, corrupted ${result.corrupted_metric.toFixed(3)})`;
+  } catch (e) {
+    showError(e);
+    $("patch-status").textContent = "";
+  } finally {
+    $("patch-cancel").hidden = true;
+    cancelSweep = null;
+  }
+});
+
 // ---- start
 
 async function start() {
@@ -341,6 +410,7 @@ async function start() {
   if (url.prompt !== null) $("prompt").value = url.prompt;
   if (url.answer !== null) $("answer").value = url.answer;
   if (url.wrong !== null) $("wrong").value = url.wrong;
+  if (url.corrupted !== null) $("corrupted").value = url.corrupted;
   if (url.layer !== null && [...$("layer").options].some((o) => o.value === url.layer)) $("layer").value = url.layer;
   if (url.pos !== null) state.pos = url.pos;
   state.locked = url.locked;
@@ -367,6 +437,11 @@ async function start() {
     showError(null);
     busy(() => runLogitDiff().catch(showError));
   });
+  $("patch-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    runPatch();
+  });
+  $("patch-cancel").addEventListener("click", () => cancelSweep && cancelSweep());
   $("focus").addEventListener("mousemove", onFocusMove);
   $("focus").addEventListener("mouseleave", () => ($("tooltip").hidden = true));
   matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => state.run && (drawHeads(), drawFocused()));
