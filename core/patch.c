@@ -290,29 +290,9 @@ static const lens_captured *find(const lens_cache *cache, lens_hook_kind kind, i
     return NULL;
 }
 
-static int check_request(const lens_config *c, const lens_patch_request *req, lens_err *err) {
-    const lens_token_batch *clean = req->clean, *corrupted = req->corrupted;
-    if (req->sweep < 0 || req->sweep >= LENS_SWEEP_COUNT) {
-        lens_err_set(err, "unknown sweep %d", (int)req->sweep);
-        return -1;
-    }
-    if (clean->B != corrupted->B || clean->T != corrupted->T) {
-        lens_err_set(err,
-                     "clean and corrupted prompts must have the same shape: %d prompts of %d "
-                     "tokens against %d of %d",
-                     clean->B, clean->T, corrupted->B, corrupted->T);
-        return -1;
-    }
-    const sweep_def *s = &SWEEPS[req->sweep];
-    for (int i = 0; i < s->n_components; i++) {
-        if (!lens_hook_exists(c, s->components[i].kind)) {
-            lens_err_set(err, "sweep %s patches hook_%s, which this model (attention-only) lacks",
-                         s->name, s->components[i].name);
-            return -1;
-        }
-    }
-    const lens_patch_metric *m = &req->metric;
-    for (int p = 0; p < clean->B; p++) {
+/* Answer ids inside the output vocabulary, metric positions inside the prompts. */
+static int check_metric(const lens_config *c, const lens_patch_metric *m, int B, int T, lens_err *err) {
+    for (int p = 0; p < B; p++) {
         const int32_t ids[2] = {m->answer[p], m->kind == LENS_METRIC_LOGIT_DIFF ? m->wrong[p] : 0};
         for (int i = 0; i < 2; i++) {
             if (ids[i] < 0 || ids[i] >= c->d_vocab_out) {
@@ -321,13 +301,43 @@ static int check_request(const lens_config *c, const lens_patch_request *req, le
                 return -1;
             }
         }
-        if (m->positions[p] < 0 || m->positions[p] >= clean->T) {
+        if (m->positions[p] < 0 || m->positions[p] >= T) {
             lens_err_set(err, "metric position %d of prompt %d is outside its %d positions",
-                         m->positions[p], p, clean->T);
+                         m->positions[p], p, T);
             return -1;
         }
     }
     return 0;
+}
+
+static int check_shapes(const lens_token_batch *clean, const lens_token_batch *corrupted,
+                        lens_err *err) {
+    if (clean->B != corrupted->B || clean->T != corrupted->T) {
+        lens_err_set(err,
+                     "clean and corrupted prompts must have the same shape: %d prompts of %d "
+                     "tokens against %d of %d",
+                     clean->B, clean->T, corrupted->B, corrupted->T);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_request(const lens_config *c, const lens_patch_request *req, lens_err *err) {
+    const lens_token_batch *clean = req->clean;
+    if (req->sweep < 0 || req->sweep >= LENS_SWEEP_COUNT) {
+        lens_err_set(err, "unknown sweep %d", (int)req->sweep);
+        return -1;
+    }
+    if (check_shapes(clean, req->corrupted, err)) return -1;
+    const sweep_def *s = &SWEEPS[req->sweep];
+    for (int i = 0; i < s->n_components; i++) {
+        if (!lens_hook_exists(c, s->components[i].kind)) {
+            lens_err_set(err, "sweep %s patches hook_%s, which this model (attention-only) lacks",
+                         s->name, s->components[i].name);
+            return -1;
+        }
+    }
+    return check_metric(c, &req->metric, clean->B, clean->T, err);
 }
 
 /* Buffers of one pass of up to R runs x P prompts. */
@@ -467,6 +477,219 @@ done:
     free(clean_hooks);
     free(corrupted_hooks);
     free(items);
+    lens_cache_free(&clean);
+    lens_cache_free(&corrupted);
+    if (rc) lens_patch_result_free(out);
+    return rc;
+}
+
+/* ---- path patching to heads -------------------------------------------- */
+
+/* One pass of path patching: n senders x P prompts. */
+typedef struct path_state {
+    const lens_path_request *req;
+    int P, T;
+    const int (*senders)[2];             /* this pass's {layer, head} */
+    const lens_cache *clean, *corrupted; /* hook_z of every layer */
+    float **inputs;                      /* [n_layers]: receiver inputs [rows, T, H, d_head] */
+    bool record;                         /* step 1 (record) or step 2 (write back) */
+} path_state;
+
+static bool is_receiver(const lens_path_request *req, int layer, int head) {
+    for (int i = 0; i < req->n_receivers; i++)
+        if (req->receivers[i][0] == layer && req->receivers[i][1] == head) return true;
+    return false;
+}
+
+static int path_hook(void *user, lens_hook hook, lens_tensor *act, lens_err *err) {
+    (void)err;
+    const path_state *st = user;
+    const size_t rows = (size_t)act->shape[0], T = (size_t)st->T, H = (size_t)act->shape[2],
+                 dh = (size_t)act->shape[3], per_row = T * H * dh;
+    float *data = act->data;
+    if (hook.kind == LENS_HOOK_Z) { /* step 1: every head frozen, the sender's from clean */
+        const float *bad = find(st->corrupted, LENS_HOOK_Z, hook.layer)->data;
+        const float *good = find(st->clean, LENS_HOOK_Z, hook.layer)->data;
+        for (size_t r = 0; r < rows; r++) {
+            const size_t p = r % (size_t)st->P;
+            const int *sender = st->senders[r / (size_t)st->P];
+            memcpy(data + r * per_row, bad + p * per_row, per_row * sizeof *data);
+            if (sender[0] != hook.layer) continue;
+            for (size_t t = 0; t < T; t++)
+                memcpy(data + (r * T + t) * H * dh + (size_t)sender[1] * dh,
+                       good + (p * T + t) * H * dh + (size_t)sender[1] * dh, dh * sizeof *data);
+        }
+        return 0;
+    }
+    float *saved = st->inputs[hook.layer];
+    if (st->record) {
+        memcpy(saved, data, rows * per_row * sizeof *data);
+        return 0;
+    }
+    for (size_t h = 0; h < H; h++) {
+        if (!is_receiver(st->req, hook.layer, (int)h)) continue;
+        for (size_t rt = 0; rt < rows * T; rt++)
+            memcpy(data + rt * H * dh + h * dh, saved + rt * H * dh + h * dh, dh * sizeof *data);
+    }
+    return 0;
+}
+
+static int check_path_request(const lens_config *c, const lens_path_request *req, int *max_layer,
+                              int *min_layer, lens_err *err) {
+    if (check_shapes(req->clean, req->corrupted, err) ||
+        check_metric(c, &req->metric, req->clean->B, req->clean->T, err))
+        return -1;
+    if (req->receiver_input != LENS_HOOK_Q && req->receiver_input != LENS_HOOK_K &&
+        req->receiver_input != LENS_HOOK_V) {
+        lens_err_set(err, "the receivers' input must be q, k or v");
+        return -1;
+    }
+    if (req->n_receivers < 1) {
+        lens_err_set(err, "path patching needs at least one receiver head");
+        return -1;
+    }
+    *max_layer = 0;
+    *min_layer = c->n_layers;
+    for (int i = 0; i < req->n_receivers; i++) {
+        const int l = req->receivers[i][0], h = req->receivers[i][1];
+        if (l < 0 || l >= c->n_layers || h < 0 || h >= c->n_heads) {
+            lens_err_set(err, "receiver %d (layer %d, head %d) is outside the model's %d layers of %d heads",
+                         i, l, h, c->n_layers, c->n_heads);
+            return -1;
+        }
+        *max_layer = l > *max_layer ? l : *max_layer;
+        *min_layer = l < *min_layer ? l : *min_layer;
+    }
+    if (*max_layer == 0) {
+        lens_err_set(err, "receivers in layer 0 only: no sender head comes before them");
+        return -1;
+    }
+    return 0;
+}
+
+/* Copies the corrupted run's hook_resid_pre of layer into rows x [T, d]. */
+static void replicate_resid(const lens_cache *corrupted, int layer, float *to, long rows, int P,
+                            size_t per_prompt) {
+    const float *from = find(corrupted, LENS_HOOK_RESID_PRE, layer)->data;
+    for (long r = 0; r < rows; r++)
+        memcpy(to + (size_t)r * per_prompt, from + (size_t)(r % P) * per_prompt,
+               per_prompt * sizeof *to);
+}
+
+int lens_path_patch(const lens_model *m, lens_workspace *ws, const lens_path_request *req,
+                    lens_patch_result *out, lens_err *err) {
+    const lens_config *c = &m->cfg;
+    *out = (lens_patch_result){0};
+    int max_layer, min_layer;
+    if (check_path_request(c, req, &max_layer, &min_layer, err)) return -1;
+    const lens_token_batch *bad = req->corrupted;
+    const int P = bad->B, T = bad->T, H = c->n_heads, V = c->d_vocab_out, L = c->n_layers;
+    const size_t slots = lens_hook_slots(c), per_prompt = (size_t)T * c->d_model,
+                 per_input = (size_t)T * H * c->d_head;
+    out->ndim = 2;
+    out->shape[0] = max_layer;
+    out->shape[1] = H;
+    out->runs = (long)max_layer * H;
+    const long per_pass = (req->max_batch_tokens ? req->max_batch_tokens : LENS_PATCH_BATCH_TOKENS) /
+                          ((long)P * T);
+    const int R = (int)(per_pass < 1 ? 1 : per_pass > H ? H : per_pass); /* senders of one layer */
+    const size_t rows = (size_t)R * P;
+    /* the plain runs capture hook_z everywhere (and, for the corrupted run's residual stream
+     * to start from, hook_resid_pre); step 1 freezes z and records the receivers' input,
+     * step 2 writes the receivers' input back */
+    uint8_t *plain = calloc(slots, 1), *step1 = calloc(slots, 1), *step2 = calloc(slots, 1);
+    int (*senders)[2] = malloc((size_t)R * sizeof *senders);
+    float **inputs = calloc((size_t)L, sizeof *inputs);
+    pass_buffers b = {
+        .tokens = malloc(rows * T * sizeof *b.tokens),
+        .positions = malloc(rows * sizeof *b.positions),
+        .mask = bad->attn_mask ? malloc(rows * T) : NULL,
+        .resid = malloc(rows * per_prompt * sizeof *b.resid),
+        .logits = malloc(rows * V * sizeof *b.logits),
+    };
+    out->values = malloc((size_t)out->runs * sizeof *out->values);
+    lens_cache clean = {0}, corrupted = {0};
+    int rc = -1;
+    bool ok = plain && step1 && step2 && senders && inputs && b.tokens && b.positions &&
+              (!bad->attn_mask || b.mask) && b.resid && b.logits && out->values;
+    for (int i = 0; ok && i < req->n_receivers; i++) {
+        const int l = req->receivers[i][0];
+        if (!inputs[l]) ok = (inputs[l] = malloc(rows * per_input * sizeof **inputs)) != NULL;
+        step1[lens_hook_slot(c, (lens_hook){req->receiver_input, l})] = 1;
+        step2[lens_hook_slot(c, (lens_hook){req->receiver_input, l})] = 1;
+    }
+    if (!ok) {
+        lens_err_set_code(err, LENS_ERR_NO_MEMORY, "out of host memory for path patching");
+        goto done;
+    }
+    for (int l = 0; l < L; l++) {
+        plain[lens_hook_slot(c, (lens_hook){LENS_HOOK_Z, l})] = 1;
+        step1[lens_hook_slot(c, (lens_hook){LENS_HOOK_Z, l})] = 1;
+        if (l > 0 && !req->full_recompute)
+            plain[lens_hook_slot(c, (lens_hook){LENS_HOOK_RESID_PRE, l})] = 1;
+    }
+    if (plain_run(m, ws, req->clean, plain, &req->metric, &clean, &out->clean_metric, err) ||
+        plain_run(m, ws, bad, plain, &req->metric, &corrupted, &out->corrupted_metric, err))
+        goto done;
+    for (size_t r = 0; r < rows; r++) {
+        memcpy(b.tokens + r * T, bad->tokens + (r % P) * T, (size_t)T * sizeof *b.tokens);
+        if (b.mask) memcpy(b.mask + r * T, bad->attn_mask + (r % P) * T, (size_t)T);
+        b.positions[r] = req->metric.positions[r % P];
+    }
+    path_state st = {req, P, T, (const int(*)[2])senders, &clean, &corrupted, inputs, true};
+    rc = 0;
+    for (long i0 = 0; i0 < out->runs && rc == 0;) {
+        const int layer = (int)(i0 / H);
+        int n = 0;
+        for (; n < R && i0 + n < out->runs && (i0 + n) / H == layer; n++)
+            senders[n][0] = layer, senders[n][1] = (int)((i0 + n) % H);
+        const lens_batch batch = {.B = n * P, .T = T, .tokens = b.tokens, .attn_mask = b.mask};
+        /* step 1: from the sender's layer (everything before it is the corrupted run), or
+         * from the first receiver layer, so that every receiver's input is recorded */
+        const int start1 = req->full_recompute ? 0 : layer < min_layer ? layer : min_layer;
+        if (start1 > 0) replicate_resid(&corrupted, start1, b.resid, (long)n * P, P, per_prompt);
+        st.record = true;
+        const lens_run run1 = {.hooks_enabled = step1, .on_hook = path_hook, .user = &st,
+                               .hooks_modify = true, .start_layer = start1,
+                               .resid_start = start1 > 0 ? b.resid : NULL};
+        rc = lens_forward(m, ws, &batch, &run1, err);
+        /* step 2: from the first receiver layer */
+        const int start2 = req->full_recompute ? 0 : min_layer;
+        if (rc == 0 && start2 > 0) replicate_resid(&corrupted, start2, b.resid, (long)n * P, P, per_prompt);
+        st.record = false;
+        const lens_run run2 = {.hooks_enabled = step2, .on_hook = path_hook, .user = &st,
+                               .hooks_modify = true, .logits = b.logits,
+                               .logit_positions = b.positions, .start_layer = start2,
+                               .resid_start = start2 > 0 ? b.resid : NULL};
+        if (rc == 0) rc = lens_forward(m, ws, &batch, &run2, err);
+        for (int k = 0; rc == 0 && k < n; k++)
+            out->values[i0 + k] = (float)metric_of(&req->metric, b.logits + (size_t)k * P * V, P, V);
+        out->passes += 2;
+        i0 += n;
+        if (rc == 0 && req->progress && req->progress(req->progress_user, i0, out->runs)) {
+            lens_err_set(err, "cancelled after %ld of %ld senders", i0, out->runs);
+            rc = -1;
+        }
+    }
+    if (rc == 0 && req->metric.normalize) {
+        const double span = out->clean_metric - out->corrupted_metric;
+        if (span == 0.0) {
+            lens_err_set(err, "cannot normalize: the clean and corrupted runs have the same metric (%g)",
+                         out->clean_metric);
+            rc = -1;
+        }
+        for (long i = 0; rc == 0 && i < out->runs; i++)
+            out->values[i] = (float)((out->values[i] - out->corrupted_metric) / span);
+    }
+done:
+    for (int l = 0; inputs && l < L; l++)
+        free(inputs[l]);
+    free(inputs);
+    free(senders);
+    free(plain);
+    free(step1);
+    free(step2);
+    free_pass(&b);
     lens_cache_free(&clean);
     lens_cache_free(&corrupted);
     if (rc) lens_patch_result_free(out);

@@ -109,6 +109,33 @@ typedef struct lens_patch_result {
 int lens_patch(const lens_model *m, lens_workspace *ws, const lens_patch_request *req,
                lens_patch_result *out, lens_err *err);
 
+/* Path patching to heads (the IOI paper's; ARENA's get_path_patching_to_heads
+ * with orig = corrupted, new = clean). For every sender head (layer below
+ * the last receiver layer): (1) run the corrupted prompts with every
+ * head's hook_z frozen to its corrupted value except the sender's, taken
+ * from the clean run, and record the receivers' input (hook_q, hook_k or
+ * hook_v of each receiver head); (2) run the corrupted prompts with only
+ * those receiver inputs replaced by what (1) recorded, and take the
+ * metric. The result is [max receiver layer, n_heads]. */
+typedef struct lens_path_request {
+    const lens_token_batch *clean, *corrupted; /* the same B and T */
+    lens_patch_metric metric;
+    const int (*receivers)[2]; /* [n_receivers] {layer, head} */
+    int n_receivers;
+    lens_hook_kind receiver_input; /* LENS_HOOK_Q, LENS_HOOK_K or LENS_HOOK_V */
+    bool full_recompute;   /* both steps from the embeddings (else from the first layer
+                              each can change) */
+    long max_batch_tokens; /* 0: LENS_PATCH_BATCH_TOKENS */
+    int (*progress)(void *user, long done, long total);
+    void *progress_user;
+} lens_path_request;
+
+/* Runs the path patching. Errors as lens_patch's, and a receiver outside the
+ * model, receivers all in layer 0 (no sender can reach them), or a
+ * receiver input other than q, k, v. */
+int lens_path_patch(const lens_model *m, lens_workspace *ws, const lens_path_request *req,
+                    lens_patch_result *out, lens_err *err);
+
 /* Frees what a result owns (accepts a zeroed one). */
 void lens_patch_result_free(lens_patch_result *r);
 

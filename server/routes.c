@@ -1863,6 +1863,49 @@ static json_t *axis_json(const char *name, const lens_config *c, json_t *pos_lab
     return json_pack("{s:s, s:o}", "name", name, "labels", labels);
 }
 
+#define PATH_SWEEP "path_patch_heads"
+
+/* Path patching's "receivers" ([[layer, head], ...]) and "receiver_input"
+ * ("q" default, "k", "v"). */
+static int read_receivers(const lens_config *c, json_t *body, int (**out)[2], int *n,
+                          lens_hook_kind *input, srv_response *resp) {
+    json_t *list = json_object_get(body, "receivers");
+    if (!json_is_array(list) || json_array_size(list) == 0) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "receivers",
+                  "%s needs receivers: a list of [layer, head] pairs", PATH_SWEEP);
+        return -1;
+    }
+    *n = (int)json_array_size(list);
+    if (!(*out = malloc((size_t)*n * sizeof **out))) {
+        srv_out_of_memory(resp);
+        return -1;
+    }
+    for (int i = 0; i < *n; i++) {
+        json_t *pair = json_array_get(list, (size_t)i);
+        json_t *l = json_array_get(pair, 0), *h = json_array_get(pair, 1);
+        if (json_array_size(pair) != 2 || !json_is_integer(l) || !json_is_integer(h) ||
+            json_integer_value(l) < 0 || json_integer_value(l) >= c->n_layers ||
+            json_integer_value(h) < 0 || json_integer_value(h) >= c->n_heads) {
+            char field[32];
+            snprintf(field, sizeof field, "receivers[%d]", i);
+            srv_error(resp, 422, "unprocessable", field,
+                      "%s must be [layer, head] with a layer from 0 to %d and a head from 0 to %d",
+                      field, c->n_layers - 1, c->n_heads - 1);
+            return -1;
+        }
+        (*out)[i][0] = (int)json_integer_value(l);
+        (*out)[i][1] = (int)json_integer_value(h);
+    }
+    const char *s = json_string_value(json_object_get(body, "receiver_input"));
+    if (json_object_get(body, "receiver_input") && (!s || (strcmp(s, "q") && strcmp(s, "k") && strcmp(s, "v")))) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "receiver_input",
+                  "receiver_input must be \"q\", \"k\" or \"v\"");
+        return -1;
+    }
+    *input = !s || s[0] == 'q' ? LENS_HOOK_Q : s[0] == 'k' ? LENS_HOOK_K : LENS_HOOK_V;
+    return 0;
+}
+
 /* lens_patch's progress callback: nonzero stops the sweep. */
 static int patch_progress(void *user, long done, long total) {
     return srv_progress_update(user, done, total);
@@ -1879,17 +1922,26 @@ static void run_patch(srv_job *job) {
     srv_progress *progress = NULL;
     int32_t *answer = NULL, *wrong = NULL, *pos = NULL;
     srv_answer *a = NULL;
-    lens_sweep sweep;
+    lens_sweep sweep = LENS_SWEEP_COUNT;
+    int (*receivers)[2] = NULL;
+    int n_receivers = 0;
+    lens_hook_kind receiver_input = LENS_HOOK_Q;
     lens_err err = {0};
     const char *sweep_name = json_string_value(json_object_get(body, "sweep"));
-    if (!sweep_name || lens_sweep_parse(sweep_name, &sweep)) {
+    const bool path = sweep_name && strcmp(sweep_name, PATH_SWEEP) == 0;
+    if (!sweep_name || (!path && lens_sweep_parse(sweep_name, &sweep))) {
         char names[1024] = "";
         size_t used = 0;
         for (int i = 0; i < LENS_SWEEP_COUNT && used < sizeof names; i++)
-            used += (size_t)snprintf(names + used, sizeof names - used, "%s%s", i ? ", " : "",
+            used += (size_t)snprintf(names + used, sizeof names - used, "%s, ",
                                      lens_sweep_name((lens_sweep)i));
         srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "sweep",
-                  "sweep must be one of: %s (TransformerLens's get_act_patch_* names)", names);
+                  "sweep must be one of: %s(TransformerLens's get_act_patch_* names) or %s",
+                  names, PATH_SWEEP);
+        return;
+    }
+    if (path && read_receivers(c, body, &receivers, &n_receivers, &receiver_input, resp)) {
+        free(receivers);
         return;
     }
     json_t *clean_json = json_object_get(body, "clean"), *bad_json = json_object_get(body, "corrupted");
@@ -1941,14 +1993,20 @@ static void run_patch(srv_job *job) {
                  : corrupted.attn_mask ? T - 1
                                        : corrupted.lengths[b] - 1;
     int64_t shape[4];
-    long runs;
-    lens_sweep_shape(c, sweep, T, shape, &runs);
+    long runs = 0;
+    if (path) {
+        for (int i = 0; i < n_receivers; i++)
+            runs = receivers[i][0] * c->n_heads > runs ? receivers[i][0] * c->n_heads : runs;
+        runs *= 2; /* two passes per sender */
+    } else {
+        lens_sweep_shape(c, sweep, T, shape, &runs);
+    }
     const double work = (double)runs * B * T;
     if (work > srv_d.cfg.limits.max_patch_tokens) {
         srv_error(resp, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", "sweep",
                   "sweep %s is %ld patched runs of %d prompt%s x %d tokens (%.0f tokens), more "
                   "than limits.max_patch_tokens (%d): patch fewer positions or prompts",
-                  lens_sweep_name(sweep), runs, B, B == 1 ? "" : "s", T, work,
+                  sweep_name, runs, B, B == 1 ? "" : "s", T, work,
                   srv_d.cfg.limits.max_patch_tokens);
         goto out;
     }
@@ -1970,9 +2028,21 @@ static void run_patch(srv_job *job) {
         .progress = patch_progress,
         .progress_user = progress,
     };
+    const lens_path_request path_req = {
+        .clean = &clean,
+        .corrupted = &corrupted,
+        .metric = req.metric,
+        .receivers = (const int(*)[2])receivers,
+        .n_receivers = n_receivers,
+        .receiver_input = receiver_input,
+        .full_recompute = full_recompute,
+        .progress = patch_progress,
+        .progress_user = progress,
+    };
     const double t0 = monotonic_s();
     srv_metrics_batch(B);
-    if (lens_patch(m, &sm->ws, &req, &result, &err)) {
+    if (path ? lens_path_patch(m, &sm->ws, &path_req, &result, &err)
+             : lens_patch(m, &sm->ws, &req, &result, &err)) {
         switch (srv_progress_stopped(progress)) {
         case SRV_STOP_CANCELLED:
             srv_error(resp, 409, "cancelled", "progress_id", "%s (DELETE /v1/progress/%s)", err.msg,
@@ -1996,9 +2066,9 @@ static void run_patch(srv_job *job) {
     a->extra[0] = result.values;
     result.values = NULL;
     srv_answer_add(a, "values", LENS_F32, result.ndim, result.shape, a->extra[0]);
-    const char *axis_names[4], *component_names[5];
-    lens_sweep_axes(sweep, axis_names);
-    const int n_components = lens_sweep_components(sweep, component_names);
+    const char *axis_names[4] = {"layer", "head"}, *component_names[5] = {PATH_SWEEP};
+    if (!path) lens_sweep_axes(sweep, axis_names);
+    const int n_components = path ? 1 : lens_sweep_components(sweep, component_names);
     json_t *components = json_array(), *str_tokens = str_tokens_json(m, &clean);
     for (int i = 0; i < n_components; i++)
         json_array_append_new(components, json_string(component_names[i]));
@@ -2008,7 +2078,7 @@ static void run_patch(srv_job *job) {
                                               components));
     json_t *fields = json_pack(
         "{s:s, s:s, s:o, s:O, s:o, s:o, s:b, s:i, s:i, s:b, s:f}", "model", sm->name, "sweep",
-        lens_sweep_name(sweep), "axes", axes, "components", components, "clean_metric",
+        sweep_name, "axes", axes, "components", components, "clean_metric",
         srv_json_float((float)result.clean_metric), "corrupted_metric",
         srv_json_float((float)result.corrupted_metric), "normalized", normalize, "runs",
         (json_int_t)result.runs, "passes", (json_int_t)result.passes, "full_recompute",
@@ -2018,6 +2088,7 @@ static void run_patch(srv_job *job) {
     answer_tensors(job, a, fields);
     a = NULL;
 out:
+    free(receivers);
     srv_progress_end(progress);
     srv_answer_free(a);
     lens_patch_result_free(&result);
