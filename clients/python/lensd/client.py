@@ -107,6 +107,12 @@ class Client:
         """Closes the client's pooled connections."""
         self._session.close()
 
+    def progress(self, progress_id: str, cancel: bool = False) -> dict[str, Any]:
+        """A running sweep's ``{"id", "done", "total", "seconds", "cancelled"}``
+        (``GET /v1/progress/{id}``); with ``cancel``, stops it (``DELETE``).
+        Raises LensdError (404) once it has ended."""
+        return self._request("DELETE" if cancel else "GET", f"/v1/progress/{quote(progress_id, safe='')}")
+
     def health(self) -> dict[str, Any]:
         """``GET /healthz``: ``{"status": "ok"}`` while the daemon runs."""
         return self._request("GET", "/healthz")
@@ -483,6 +489,9 @@ class Model:
         normalize: bool = False,
         position: int | None = None,
         full_recompute: bool = False,
+        receivers: Sequence[tuple[int, int]] | None = None,
+        receiver_input: Literal["q", "k", "v"] = "q",
+        progress_id: str | None = None,
         prepend_bos: bool | None = None,
         padding_side: Literal["left", "right"] | None = None,
     ) -> Patched:
@@ -499,6 +508,10 @@ class Model:
             normalize: scale so that corrupted scores 0 and clean 1.
             position: where the metric reads (default: each prompt's last real token).
             full_recompute: run every patched run from the embeddings (the reference path).
+            receivers: for ``sweep="path_patch_heads"``: the receiver heads ``(layer, head)``,
+                whose ``receiver_input`` (``"q"``, ``"k"`` or ``"v"``) the sender's path reaches.
+            progress_id: a name for the sweep, so that ``GET /v1/progress/{id}`` follows it
+                and ``DELETE`` cancels it (see :meth:`Client.progress`).
 
         Returns:
             A :class:`Patched`: the values (np.ndarray in TL's shape) with labelled axes.
@@ -521,6 +534,11 @@ class Model:
             "metric": metric,
             "full_recompute": full_recompute,
         }
+        if receivers is not None:
+            body["receivers"] = [[int(layer), int(head)] for layer, head in receivers]
+            body["receiver_input"] = receiver_input
+        if progress_id is not None:
+            body["progress_id"] = progress_id
         return Patched(self._post("patch", body, tensors=True))
 
     def _post(self, endpoint: str, body: dict[str, Any], *, tensors: bool = False) -> dict[str, Any]:

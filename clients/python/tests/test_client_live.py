@@ -273,3 +273,16 @@ def test_patch(model):
     normalized = model.patch("resid_pre", clean, corrupted, answers=[(" Mary", " John")], normalize=True)
     assert normalized[0, differ[0]] == pytest.approx(1.0, abs=1e-4)
     assert normalized.runs == result.runs and normalized.passes >= 1
+
+
+def test_path_patching_and_progress(model, client):
+    clean = "When Mary and John went to the store, John gave a drink to"
+    corrupted = "When Mary and John went to the store, Mary gave a drink to"
+    n = model.cfg.n_layers
+    result = model.patch("path_patch_heads", clean, corrupted, answers=[(" Mary", " John")],
+                         receivers=[(n - 1, 0)], receiver_input="v", progress_id="client-path")
+    assert result.shape == (n - 1, model.cfg.n_heads)
+    assert [name for name, _ in result.axes] == ["layer", "head"]
+    with pytest.raises(lensd.LensdError) as e:  # finished: nothing to follow any more
+        client.progress("client-path")
+    assert e.value.status == 404
