@@ -221,14 +221,14 @@ endpoint, on every CI run.
 """
 
 
-def write_card(out_dir: Path, model, props: dict, steps: int, seed: int, seconds: float, eval_seed: int) -> None:
+def write_card(out_dir: Path, model, props: dict, steps: int, seed: int, seconds: float) -> None:
     import platform
 
     n_params = sum(p.numel() for p in model.parameters())
     machine = f"{torch.get_num_threads()} CPU threads ({platform.machine()}), torch {torch.__version__}"
     text = CARD.format(n_params=n_params, steps=steps, seed=seed, train_seconds=seconds, machine=machine,
                        prev_head=props["best_previous_token_head"], ind_head=props["best_induction_head"],
-                       rows=EVAL_ROWS, length=REPEAT_LEN, eval_seed=eval_seed, **props)
+                       rows=EVAL_ROWS, length=REPEAT_LEN, eval_seed=EVAL_SEED, **props)
     (out_dir / "README.md").write_text(text, encoding="utf-8")
 
 
@@ -240,15 +240,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     model, seconds = train(args.steps, args.seed)
-    eval_seed = EVAL_SEED
-    props = measure(model, eval_seed)
+    props = measure(model, EVAL_SEED)
     print(json.dumps(props, indent=1))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     write_byte_tokenizer(args.out_dir)
     meta = {"tokenizer": {"type": "bpe", "vocab": "vocab.json", "merges": "merges.txt"},
             "bos_token": EOT, "eos_token": EOT, "pad_token": EOT}
     tn.write_native(args.out_dir, model.cfg, model.state_dict(), meta)
-    write_card(args.out_dir, model, props, args.steps, args.seed, seconds, eval_seed)
+    write_card(args.out_dir, model, props, args.steps, args.seed, seconds)
     if props["best_induction_score"] < 0.5 or props["loss_second_repeat"] > props["loss_first_repeat"] / 4:
         print("the trained model misses the card's targets (induction score >= 0.5, loss on the second "
               "repeat under a quarter of the first)", file=sys.stderr)
