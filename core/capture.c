@@ -174,6 +174,13 @@ int lens_run_cache(const lens_model *m, lens_workspace *ws, const lens_token_bat
     return rc;
 }
 
+const lens_captured *lens_cache_find(const lens_cache *cache, lens_hook_kind kind, int layer) {
+    for (int i = 0; i < cache->n; i++)
+        if (cache->tensors[i].hook.kind == kind && cache->tensors[i].hook.layer == layer)
+            return &cache->tensors[i];
+    return NULL;
+}
+
 void lens_cache_free(lens_cache *cache) {
     for (int i = 0; i < cache->n; i++)
         free(cache->tensors[i].data);

@@ -59,6 +59,9 @@ int lens_capture_pos_axis(lens_hook_kind kind);
 int lens_run_cache(const lens_model *m, lens_workspace *ws, const lens_token_batch *batch,
                    const lens_cache_request *req, lens_cache *out, lens_err *err);
 
+/* The captured tensor of hook (kind, layer), or NULL. */
+const lens_captured *lens_cache_find(const lens_cache *cache, lens_hook_kind kind, int layer);
+
 /* Frees what a cache owns (accepts a zeroed one). */
 void lens_cache_free(lens_cache *cache);
 

@@ -283,13 +283,6 @@ static int plain_run(const lens_model *m, lens_workspace *ws, const lens_token_b
     return 0;
 }
 
-static const lens_captured *find(const lens_cache *cache, lens_hook_kind kind, int layer) {
-    for (int i = 0; i < cache->n; i++)
-        if (cache->tensors[i].hook.kind == kind && cache->tensors[i].hook.layer == layer)
-            return &cache->tensors[i];
-    return NULL;
-}
-
 /* Answer ids inside the output vocabulary, metric positions inside the prompts. */
 static int check_metric(const lens_config *c, const lens_patch_metric *m, int B, int T, lens_err *err) {
     for (int p = 0; p < B; p++) {
@@ -340,7 +333,9 @@ static int check_request(const lens_config *c, const lens_patch_request *req, le
     return check_metric(c, &req->metric, clean->B, clean->T, err);
 }
 
-/* Buffers of one pass of up to R runs x P prompts. */
+/* Buffers of one pass of up to `rows` rows (runs x P prompts): the corrupted
+ * tokens, mask and metric positions repeated for every run, room for the
+ * residual stream a pass starts from, the logits and a hook table. */
 typedef struct pass_buffers {
     int32_t *tokens, *positions;
     uint8_t *mask;
@@ -357,6 +352,53 @@ static void free_pass(pass_buffers *b) {
     free(b->enabled);
 }
 
+static int alloc_pass(pass_buffers *b, const lens_config *c, const lens_token_batch *bad,
+                      const lens_patch_metric *metric, size_t rows, lens_err *err) {
+    const int P = bad->B, T = bad->T;
+    *b = (pass_buffers){
+        .tokens = malloc(rows * T * sizeof *b->tokens),
+        .positions = malloc(rows * sizeof *b->positions),
+        .mask = bad->attn_mask ? malloc(rows * T) : NULL,
+        .resid = malloc(rows * T * c->d_model * sizeof *b->resid),
+        .logits = malloc(rows * c->d_vocab_out * sizeof *b->logits),
+        .enabled = calloc(lens_hook_slots(c), 1),
+    };
+    if (!b->tokens || !b->positions || (bad->attn_mask && !b->mask) || !b->resid || !b->logits ||
+        !b->enabled) {
+        free_pass(b);
+        lens_err_set_code(err, LENS_ERR_NO_MEMORY, "out of host memory for %zu patched rows", rows);
+        return -1;
+    }
+    for (size_t r = 0; r < rows; r++) {
+        memcpy(b->tokens + r * T, bad->tokens + (r % P) * T, (size_t)T * sizeof *b->tokens);
+        if (b->mask) memcpy(b->mask + r * T, bad->attn_mask + (r % P) * T, (size_t)T);
+        b->positions[r] = metric->positions[r % P];
+    }
+    return 0;
+}
+
+/* Copies the corrupted run's hook_resid_pre of layer into rows x [T, d_model]. */
+static void replicate_resid(const lens_cache *corrupted, int layer, float *to, long rows, int P,
+                            size_t per_prompt) {
+    const float *from = lens_cache_find(corrupted, LENS_HOOK_RESID_PRE, layer)->data;
+    for (long r = 0; r < rows; r++)
+        memcpy(to + (size_t)r * per_prompt, from + (size_t)(r % P) * per_prompt,
+               per_prompt * sizeof *to);
+}
+
+/* Rescales out's values so that the corrupted run scores 0 and the clean run 1. */
+static int normalize(lens_patch_result *out, lens_err *err) {
+    const double span = out->clean_metric - out->corrupted_metric;
+    if (span == 0.0) {
+        lens_err_set(err, "cannot normalize: the clean and corrupted runs have the same metric (%g)",
+                     out->clean_metric);
+        return -1;
+    }
+    for (long i = 0; i < out->runs; i++)
+        out->values[i] = (float)((out->values[i] - out->corrupted_metric) / span);
+    return 0;
+}
+
 /* The patched passes: items grouped by layer, R runs per pass. */
 static int run_passes(const lens_model *m, lens_workspace *ws, const lens_patch_request *req,
                       const patch_item *items, long n_items, const lens_cache *clean,
@@ -365,26 +407,9 @@ static int run_passes(const lens_model *m, lens_workspace *ws, const lens_patch_
     const sweep_def *s = &SWEEPS[req->sweep];
     const lens_token_batch *bad = req->corrupted;
     const int P = bad->B, T = bad->T, V = c->d_vocab_out, d = c->d_model;
-    const size_t rows = (size_t)R * P, slots = lens_hook_slots(c);
-    pass_buffers b = {
-        .tokens = malloc(rows * T * sizeof *b.tokens),
-        .positions = malloc(rows * sizeof *b.positions),
-        .mask = bad->attn_mask ? malloc(rows * T) : NULL,
-        .resid = req->full_recompute ? NULL : malloc(rows * T * d * sizeof *b.resid),
-        .logits = malloc(rows * V * sizeof *b.logits),
-        .enabled = calloc(slots, 1),
-    };
-    if (!b.tokens || !b.positions || (bad->attn_mask && !b.mask) ||
-        (!req->full_recompute && !b.resid) || !b.logits || !b.enabled) {
-        free_pass(&b);
-        lens_err_set_code(err, LENS_ERR_NO_MEMORY, "out of host memory for %d patched runs", R);
-        return -1;
-    }
-    for (size_t r = 0; r < rows; r++) {
-        memcpy(b.tokens + r * T, bad->tokens + (r % P) * T, (size_t)T * sizeof *b.tokens);
-        if (b.mask) memcpy(b.mask + r * T, bad->attn_mask + (r % P) * T, (size_t)T);
-        b.positions[r] = req->metric.positions[r % P];
-    }
+    const size_t slots = lens_hook_slots(c);
+    pass_buffers b;
+    if (alloc_pass(&b, c, bad, &req->metric, (size_t)R * P, err)) return -1;
     int rc = 0;
     for (long i0 = 0; i0 < n_items && rc == 0;) {
         const int layer = items[i0].layer;
@@ -394,16 +419,11 @@ static int run_passes(const lens_model *m, lens_workspace *ws, const lens_patch_
         const lens_captured *clean_at[5];
         memset(b.enabled, 0, slots);
         for (int k = 0; k < s->n_components; k++) {
-            clean_at[k] = find(clean, s->components[k].kind, layer);
+            clean_at[k] = lens_cache_find(clean, s->components[k].kind, layer);
             b.enabled[lens_hook_slot(c, (lens_hook){s->components[k].kind, layer})] = 1;
         }
         const int start = req->full_recompute ? 0 : layer;
-        if (start > 0) {
-            const float *from = find(corrupted, LENS_HOOK_RESID_PRE, layer)->data;
-            for (long r = 0; r < n * P; r++)
-                memcpy(b.resid + (size_t)r * T * d, from + (size_t)(r % P) * T * d,
-                       (size_t)T * d * sizeof *b.resid);
-        }
+        if (start > 0) replicate_resid(corrupted, start, b.resid, n * P, P, (size_t)T * d);
         pass_state st = {s, items + i0, P, T, clean_at};
         const lens_batch batch = {.B = (int)(n * P), .T = T, .tokens = b.tokens, .attn_mask = b.mask};
         const lens_run run = {.hooks_enabled = b.enabled,
@@ -462,16 +482,7 @@ int lens_patch(const lens_model *m, lens_workspace *ws, const lens_patch_request
                           ((long)P * T);
     const int R = (int)(per_pass < 1 ? 1 : per_pass > out->runs ? out->runs : per_pass);
     if (run_passes(m, ws, req, items, out->runs, &clean, &corrupted, R, out, err)) goto done;
-    if (req->metric.normalize) {
-        const double span = out->clean_metric - out->corrupted_metric;
-        if (span == 0.0) {
-            lens_err_set(err, "cannot normalize: the clean and corrupted runs have the same metric (%g)",
-                         out->clean_metric);
-            goto done;
-        }
-        for (long i = 0; i < out->runs; i++)
-            out->values[i] = (float)((out->values[i] - out->corrupted_metric) / span);
-    }
+    if (req->metric.normalize && normalize(out, err)) goto done;
     rc = 0;
 done:
     free(clean_hooks);
@@ -508,8 +519,8 @@ static int path_hook(void *user, lens_hook hook, lens_tensor *act, lens_err *err
                  dh = (size_t)act->shape[3], per_row = T * H * dh;
     float *data = act->data;
     if (hook.kind == LENS_HOOK_Z) { /* step 1: every head frozen, the sender's from clean */
-        const float *bad = find(st->corrupted, LENS_HOOK_Z, hook.layer)->data;
-        const float *good = find(st->clean, LENS_HOOK_Z, hook.layer)->data;
+        const float *bad = lens_cache_find(st->corrupted, LENS_HOOK_Z, hook.layer)->data;
+        const float *good = lens_cache_find(st->clean, LENS_HOOK_Z, hook.layer)->data;
         for (size_t r = 0; r < rows; r++) {
             const size_t p = r % (size_t)st->P;
             const int *sender = st->senders[r / (size_t)st->P];
@@ -567,15 +578,6 @@ static int check_path_request(const lens_config *c, const lens_path_request *req
     return 0;
 }
 
-/* Copies the corrupted run's hook_resid_pre of layer into rows x [T, d]. */
-static void replicate_resid(const lens_cache *corrupted, int layer, float *to, long rows, int P,
-                            size_t per_prompt) {
-    const float *from = find(corrupted, LENS_HOOK_RESID_PRE, layer)->data;
-    for (long r = 0; r < rows; r++)
-        memcpy(to + (size_t)r * per_prompt, from + (size_t)(r % P) * per_prompt,
-               per_prompt * sizeof *to);
-}
-
 int lens_path_patch(const lens_model *m, lens_workspace *ws, const lens_path_request *req,
                     lens_patch_result *out, lens_err *err) {
     const lens_config *c = &m->cfg;
@@ -600,18 +602,11 @@ int lens_path_patch(const lens_model *m, lens_workspace *ws, const lens_path_req
     uint8_t *plain = calloc(slots, 1), *step1 = calloc(slots, 1), *step2 = calloc(slots, 1);
     int (*senders)[2] = malloc((size_t)R * sizeof *senders);
     float **inputs = calloc((size_t)L, sizeof *inputs);
-    pass_buffers b = {
-        .tokens = malloc(rows * T * sizeof *b.tokens),
-        .positions = malloc(rows * sizeof *b.positions),
-        .mask = bad->attn_mask ? malloc(rows * T) : NULL,
-        .resid = malloc(rows * per_prompt * sizeof *b.resid),
-        .logits = malloc(rows * V * sizeof *b.logits),
-    };
+    pass_buffers b = {0};
     out->values = malloc((size_t)out->runs * sizeof *out->values);
     lens_cache clean = {0}, corrupted = {0};
     int rc = -1;
-    bool ok = plain && step1 && step2 && senders && inputs && b.tokens && b.positions &&
-              (!bad->attn_mask || b.mask) && b.resid && b.logits && out->values;
+    bool ok = plain && step1 && step2 && senders && inputs && out->values;
     for (int i = 0; ok && i < req->n_receivers; i++) {
         const int l = req->receivers[i][0];
         if (!inputs[l]) ok = (inputs[l] = malloc(rows * per_input * sizeof **inputs)) != NULL;
@@ -622,6 +617,7 @@ int lens_path_patch(const lens_model *m, lens_workspace *ws, const lens_path_req
         lens_err_set_code(err, LENS_ERR_NO_MEMORY, "out of host memory for path patching");
         goto done;
     }
+    if (alloc_pass(&b, c, bad, &req->metric, rows, err)) goto done;
     for (int l = 0; l < L; l++) {
         plain[lens_hook_slot(c, (lens_hook){LENS_HOOK_Z, l})] = 1;
         step1[lens_hook_slot(c, (lens_hook){LENS_HOOK_Z, l})] = 1;
@@ -631,11 +627,6 @@ int lens_path_patch(const lens_model *m, lens_workspace *ws, const lens_path_req
     if (plain_run(m, ws, req->clean, plain, &req->metric, &clean, &out->clean_metric, err) ||
         plain_run(m, ws, bad, plain, &req->metric, &corrupted, &out->corrupted_metric, err))
         goto done;
-    for (size_t r = 0; r < rows; r++) {
-        memcpy(b.tokens + r * T, bad->tokens + (r % P) * T, (size_t)T * sizeof *b.tokens);
-        if (b.mask) memcpy(b.mask + r * T, bad->attn_mask + (r % P) * T, (size_t)T);
-        b.positions[r] = req->metric.positions[r % P];
-    }
     path_state st = {req, P, T, (const int(*)[2])senders, &clean, &corrupted, inputs, true};
     rc = 0;
     for (long i0 = 0; i0 < out->runs && rc == 0;) {
@@ -671,16 +662,7 @@ int lens_path_patch(const lens_model *m, lens_workspace *ws, const lens_path_req
             rc = -1;
         }
     }
-    if (rc == 0 && req->metric.normalize) {
-        const double span = out->clean_metric - out->corrupted_metric;
-        if (span == 0.0) {
-            lens_err_set(err, "cannot normalize: the clean and corrupted runs have the same metric (%g)",
-                         out->clean_metric);
-            rc = -1;
-        }
-        for (long i = 0; rc == 0 && i < out->runs; i++)
-            out->values[i] = (float)((out->values[i] - out->corrupted_metric) / span);
-    }
+    if (rc == 0 && req->metric.normalize) rc = normalize(out, err);
 done:
     for (int l = 0; inputs && l < L; l++)
         free(inputs[l]);

@@ -1014,14 +1014,6 @@ static int read_answer_pairs(const lens_model *m, json_t *body, int B, int32_t *
     return 0;
 }
 
-/* A captured tensor by hook, or NULL. */
-static const lens_captured *captured(const lens_cache *cache, lens_hook_kind kind, int layer) {
-    for (int i = 0; i < cache->n; i++)
-        if (cache->tensors[i].hook.kind == kind && cache->tensors[i].hook.layer == layer)
-            return &cache->tensors[i];
-    return NULL;
-}
-
 /* Row (b, t) of a [B, T, d] activation. */
 static const float *row_at(const lens_captured *t, int b, int pos) {
     const size_t T = (size_t)t->shape[1], d = (size_t)t->shape[2];
@@ -1149,7 +1141,7 @@ static void run_logit_diff(srv_job *job) {
     json_t *result = json_pack("{s:s, s:o, s:o, s:o, s:o}", "model", sm->name, "answers", pairs,
                                "positions", positions, "logit_diff", diffs, "mean",
                                srv_json_float((float)(total / B)));
-    const lens_captured *scale = captured(&cache, LENS_HOOK_LN_FINAL_SCALE, 0);
+    const lens_captured *scale = lens_cache_find(&cache, LENS_HOOK_LN_FINAL_SCALE, 0);
     for (unsigned kind = ATTR_ACCUMULATED; kind <= ATTR_HEADS; kind <<= 1) {
         if (!(which & kind)) continue;
         json_t *labels = json_array();
@@ -1166,26 +1158,26 @@ static void run_logit_diff(srv_job *job) {
             if (kind == ATTR_ACCUMULATED) {
                 for (int l = 0; l < L; l++) {
                     snprintf(label, sizeof label, "%d_pre", l);
-                    PUSH(row_at(captured(&cache, LENS_HOOK_RESID_PRE, l), b, pos[b]), label);
+                    PUSH(row_at(lens_cache_find(&cache, LENS_HOOK_RESID_PRE, l), b, pos[b]), label);
                     if (c->attn_only) continue;
                     snprintf(label, sizeof label, "%d_mid", l);
-                    PUSH(row_at(captured(&cache, LENS_HOOK_RESID_MID, l), b, pos[b]), label);
+                    PUSH(row_at(lens_cache_find(&cache, LENS_HOOK_RESID_MID, l), b, pos[b]), label);
                 }
-                PUSH(row_at(captured(&cache, LENS_HOOK_RESID_POST, L - 1), b, pos[b]), "final_post");
+                PUSH(row_at(lens_cache_find(&cache, LENS_HOOK_RESID_POST, L - 1), b, pos[b]), "final_post");
             } else if (kind == ATTR_DECOMPOSE) {
-                PUSH(row_at(captured(&cache, LENS_HOOK_EMBED, 0), b, pos[b]), "embed");
-                PUSH(row_at(captured(&cache, LENS_HOOK_POS_EMBED, 0), b, pos[b]), "pos_embed");
+                PUSH(row_at(lens_cache_find(&cache, LENS_HOOK_EMBED, 0), b, pos[b]), "embed");
+                PUSH(row_at(lens_cache_find(&cache, LENS_HOOK_POS_EMBED, 0), b, pos[b]), "pos_embed");
                 for (int l = 0; l < L; l++) {
                     snprintf(label, sizeof label, "%d_attn_out", l);
-                    PUSH(row_at(captured(&cache, LENS_HOOK_ATTN_OUT, l), b, pos[b]), label);
+                    PUSH(row_at(lens_cache_find(&cache, LENS_HOOK_ATTN_OUT, l), b, pos[b]), label);
                     if (c->attn_only) continue;
                     snprintf(label, sizeof label, "%d_mlp_out", l);
-                    PUSH(row_at(captured(&cache, LENS_HOOK_MLP_OUT, l), b, pos[b]), label);
+                    PUSH(row_at(lens_cache_find(&cache, LENS_HOOK_MLP_OUT, l), b, pos[b]), label);
                 }
             } else {
                 /* stack_head_results: z[b, pos, h] @ W_O[h], no b_O */
                 for (int l = 0; l < L; l++) {
-                    const lens_captured *z = captured(&cache, LENS_HOOK_Z, l);
+                    const lens_captured *z = lens_cache_find(&cache, LENS_HOOK_Z, l);
                     const float *zrow = (const float *)z->data + ((size_t)b * T + pos[b]) * H * dh;
                     for (int h = 0; h < H; h++) {
                         float *out = stack + (size_t)n * d;
@@ -1455,7 +1447,7 @@ static int mean_sources(srv_model *sm, json_t *body, const lens_token_batch *bat
     for (int i = 0; rc == 0 && i < h->n; i++) {
         const char *op = json_string_value(json_object_get(json_array_get(list, (size_t)i), "op"));
         if (strcmp(op, "mean") != 0) continue;
-        const lens_captured *t = captured(&clean, h->items[i].hook.kind, h->items[i].hook.layer);
+        const lens_captured *t = lens_cache_find(&clean, h->items[i].hook.kind, h->items[i].hook.layer);
         lens_captured *mean = &h->means[i];
         *mean = *t;
         mean->shape[0] = 1;
@@ -1532,7 +1524,7 @@ static int patch_sources(srv_model *sm, json_t *body, const lens_token_batch *ba
     for (int i = 0; i < h->n; i++) {
         const char *op = json_string_value(json_object_get(json_array_get(list, (size_t)i), "op"));
         if (strcmp(op, "patch") == 0)
-            h->items[i].source = captured(&h->source, h->items[i].hook.kind, h->items[i].hook.layer);
+            h->items[i].source = lens_cache_find(&h->source, h->items[i].hook.kind, h->items[i].hook.layer);
     }
     rc = 0;
 out:
