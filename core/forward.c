@@ -3,9 +3,10 @@
  * lens_config, computing what TransformerLens's HookedTransformer computes
  * in the same order and firing the same hook points.
  *
- * Shapes: B batch, T positions, N = B*T rows, d d_model, h n_heads,
- * dh d_head, hd = h*dh, m d_mlp, V d_vocab_out. Activations live in one
- * workspace; each buffer below is carved from it per run.
+ * Shapes: B batch, T positions, N = B*T rows (or, in a run with a suffix,
+ * the computed rows: sum over b of Q_b = T - first[b], packed), d d_model,
+ * h n_heads, dh d_head, hd = h*dh, m d_mlp, V d_vocab_out. Activations live
+ * in one workspace; each buffer below is carved from it per run.
  */
 #include "core/forward.h"
 
@@ -44,12 +45,36 @@ typedef struct forward_ctx {
     const lens_run *run;
     int B, T;
     size_t N;
+    const lens_suffix *suffix;     /* run->suffix */
+    const int32_t *first_row;      /* [B] host: each prompt's first row of the N */
+    lk_query_rows queries;         /* the suffix's first positions and rows on the device */
     const int32_t *tokens;         /* [B, T] on the device */
     const uint8_t *attn_mask;      /* [B, T] on the device, or NULL */
-    const int32_t *positions;      /* [B] on the device, or NULL */
+    const int32_t *logit_rows;     /* [B] on the device: the row of the N each prompt's logits
+                                      come from; NULL for every row */
     float *logits;                 /* the unembedding's output on the device, or NULL */
     lens_err *err;
 } forward_ctx;
+
+/* The first computed position of prompt b and its first row of the N. */
+static int first_position(const forward_ctx *x, int b) {
+    return x->suffix ? x->suffix->first[b] : 0;
+}
+
+static size_t first_row(const forward_ctx *x, int b) { return (size_t)x->first_row[b]; }
+
+/* The shape the hook callback sees (forward.h: packed in a suffix run). */
+static int activation_shape(const forward_ctx *x, lens_hook hook, int64_t shape[LENS_MAX_DIMS]) {
+    if (!x->suffix) return lens_hook_shape(x->c, hook, x->B, x->T, shape);
+    if (hook.kind == LENS_HOOK_ATTN_SCORES || hook.kind == LENS_HOOK_PATTERN) {
+        shape[0] = (int64_t)x->c->n_heads * (int64_t)x->N;
+        shape[1] = x->T;
+        return 2;
+    }
+    const int ndim = lens_hook_shape(x->c, hook, 1, (int)x->N, shape);
+    memmove(shape, shape + 1, (size_t)(ndim - 1) * sizeof *shape);
+    return ndim - 1;
+}
 
 static bool enabled(const forward_ctx *x, lens_hook_kind kind, int layer) {
     const lens_run *r = x->run;
@@ -79,7 +104,7 @@ static int fire(forward_ctx *x, lens_hook_kind kind, int layer, void *data) {
     if (!enabled(x, kind, layer)) return 0;
     lens_hook hook = {kind, layer};
     lens_tensor t = {.data = data, .dtype = kind == LENS_HOOK_TOKENS ? LENS_I32 : LENS_F32};
-    t.ndim = lens_hook_shape(x->c, hook, x->B, x->T, t.shape);
+    t.ndim = activation_shape(x, hook, t.shape);
     if (kind == LENS_HOOK_TOKENS || lk_host_memory(x->dev))
         return x->run->on_hook(x->run->user, hook, &t, x->err);
     size_t bytes = sizeof(float);
@@ -97,9 +122,12 @@ typedef struct buffers {
     float *resid, *resid_mid, *normed, *scale;
     float *head_inputs[3]; /* q, k, v inputs [N, h, d] when heads split the attention input */
     float *q, *k, *v, *z, *scores, *pattern, *result, *attn_out;
+    float *k_all, *v_all;          /* a suffix run's keys and values at every position */
+    float *prefix_k, *prefix_v;    /* off the host only: the reference run's [P, T, hd] */
     float *mlp_in, *pre, *post, *mlp_out, *final_rows;
     float *logits;                 /* off the host only: [N or B, V] */
-    int32_t *tokens, *positions;   /* off the host only: [B, T], [B] */
+    int32_t *tokens, *logit_rows;  /* off the host only: [B, T], [B] */
+    int32_t *first, *first_row;    /* off the host only, with a suffix: [B], [B] */
     uint8_t *attn_mask;            /* off the host only: [B, T] */
 } buffers;
 
@@ -113,8 +141,11 @@ static int carve(forward_ctx *x, buffers *b) {
     const lens_config *c = x->c;
     const size_t N = x->N, B = (size_t)x->B, d = (size_t)c->d_model, h = (size_t)c->n_heads;
     const size_t hd = h * (size_t)c->d_head, m = (size_t)c->d_mlp;
-    const size_t attn = B * h * (size_t)x->T * (size_t)x->T;
+    const size_t T = (size_t)x->T, attn = N * h * T;
     const bool split = heads_split_input(c), off_host = !lk_host_memory(x->dev);
+    const size_t suffix_kv = x->suffix ? B * T * hd : 0;
+    const size_t prefix_kv = x->suffix && off_host ? (size_t)x->suffix->prompts * T * hd : 0;
+    const size_t suffix_rows = x->suffix && off_host ? B * sizeof(int32_t) : 0;
     const size_t logit_rows = x->run->logit_positions ? B : N;
     const size_t f = sizeof(float);
     struct {
@@ -131,6 +162,10 @@ static int carve(forward_ctx *x, buffers *b) {
         {(void **)&b->q, N * hd * f},
         {(void **)&b->k, N * hd * f},
         {(void **)&b->v, N * hd * f},
+        {(void **)&b->k_all, suffix_kv * f},
+        {(void **)&b->v_all, suffix_kv * f},
+        {(void **)&b->prefix_k, prefix_kv * f},
+        {(void **)&b->prefix_v, prefix_kv * f},
         {(void **)&b->z, N * hd * f},
         {(void **)&b->scores, attn * f},
         {(void **)&b->pattern, attn * f},
@@ -143,7 +178,9 @@ static int carve(forward_ctx *x, buffers *b) {
         {(void **)&b->final_rows, B * d * f},
         {(void **)&b->logits, off_host && x->run->logits ? logit_rows * c->d_vocab_out * f : 0},
         {(void **)&b->tokens, off_host ? N * sizeof(int32_t) : 0},
-        {(void **)&b->positions, off_host ? B * sizeof(int32_t) : 0},
+        {(void **)&b->logit_rows, off_host ? B * sizeof(int32_t) : 0},
+        {(void **)&b->first, suffix_rows},
+        {(void **)&b->first_row, suffix_rows},
         {(void **)&b->attn_mask, off_host ? N : 0},
     };
     const size_t n_plan = sizeof plan / sizeof plan[0];
@@ -175,14 +212,16 @@ static int carve(forward_ctx *x, buffers *b) {
     return 0;
 }
 
-/* Points x at the batch's tokens, mask and logit positions on the device,
- * uploading them off the host. */
-static void place_inputs(forward_ctx *x, buffers *b) {
+/* Points x at the batch's tokens, mask, logit rows (host logit_rows [B])
+ * and suffix rows on the device, uploading them off the host. */
+static void place_inputs(forward_ctx *x, buffers *b, const int32_t *logit_rows) {
     const lens_batch *batch = x->batch;
     x->tokens = batch->tokens;
     x->attn_mask = batch->attn_mask;
-    x->positions = x->run->logit_positions;
+    x->logit_rows = x->run->logit_positions ? logit_rows : NULL;
     x->logits = x->run->logits;
+    if (x->suffix)
+        x->queries = (lk_query_rows){x->suffix->first, x->first_row, (int)x->N};
     if (lk_host_memory(x->dev)) return;
     lk_upload(x->dev, b->tokens, batch->tokens, x->N * sizeof(int32_t));
     x->tokens = b->tokens;
@@ -190,9 +229,15 @@ static void place_inputs(forward_ctx *x, buffers *b) {
         lk_upload(x->dev, b->attn_mask, batch->attn_mask, x->N);
         x->attn_mask = b->attn_mask;
     }
-    if (x->positions) {
-        lk_upload(x->dev, b->positions, x->positions, (size_t)x->B * sizeof(int32_t));
-        x->positions = b->positions;
+    if (x->logit_rows) {
+        lk_upload(x->dev, b->logit_rows, x->logit_rows, (size_t)x->B * sizeof(int32_t));
+        x->logit_rows = b->logit_rows;
+    }
+    if (x->suffix) {
+        lk_upload(x->dev, b->first, x->suffix->first, (size_t)x->B * sizeof(int32_t));
+        lk_upload(x->dev, b->first_row, x->first_row, (size_t)x->B * sizeof(int32_t));
+        x->queries.start = b->first;
+        x->queries.row = b->first_row;
     }
     x->logits = b->logits;
 }
@@ -227,17 +272,22 @@ static int layer_norm(forward_ctx *x, lens_norm norm, const float *w, const floa
 /* Scores of one layer: q.k / attn_scale, then TL's masks and the pad-key
  * mask (-1e5). TL applies the causal, local-window and attention masks
  * (-inf) together, and only to causal attention: a bidirectional model
- * attends to left-padding pads unless the model masks pad keys itself. */
-static void attention_scores(const forward_ctx *x, const buffers *b, int layer) {
+ * attends to left-padding pads unless the model masks pad keys itself.
+ * keys: [B, T, hd]. */
+static void attention_scores(const forward_ctx *x, const buffers *b, const float *keys, int layer) {
     const lens_config *c = x->c;
     const int B = x->B, T = x->T, h = c->n_heads, dh = c->d_head, hd = h * dh;
     float attn_scale = c->attn_scale;
     if (c->scale_attn_by_inverse_layer_idx) attn_scale *= (float)(layer + 1);
-    // scores[bi, hi] (T,T) = q[bi, :, hi, :] (T,dh) @ k[bi, :, hi, :]^T; heads sit side by side
-    for (int bi = 0; bi < B; bi++)
-        lk_matmul_batched(x->dev, b->scores + (size_t)bi * h * T * T, T, (size_t)T * T,
-                          b->q + (size_t)bi * T * hd, hd, (size_t)dh, b->k + (size_t)bi * T * hd,
-                          hd, (size_t)dh, true, T, dh, T, h);
+    // scores[bi, hi] (Q,T) = q[bi, :, hi, :] (Q,dh) @ keys[bi, :, hi, :]^T (T,dh), for bi's Q
+    // query rows; heads sit side by side
+    for (int bi = 0; bi < B; bi++) {
+        const int Q = T - first_position(x, bi);
+        const size_t row = first_row(x, bi);
+        lk_matmul_batched(x->dev, b->scores + row * h * T, T, (size_t)Q * T, b->q + row * hd, hd,
+                          (size_t)dh, keys + (size_t)bi * T * hd, hd, (size_t)dh, true, Q, dh, T,
+                          h);
+    }
     const bool local = c->use_local_attn && c->layer_is_local[layer];
     const lk_score_mask mask = {
         .causal = c->causal,
@@ -246,6 +296,7 @@ static void attention_scores(const forward_ctx *x, const buffers *b, int layer) 
         .tokens = x->tokens,
         .pad_id = x->m->rules.mask_pad_keys ? x->m->rules.pad_id : -1,
         .pad_score = PAD_KEY_SCORE,
+        .queries = x->queries,
     };
     lk_mask_scores(x->dev, b->scores, B, h, T, attn_scale, &mask);
 }
@@ -270,6 +321,20 @@ static void project_qkv(const forward_ctx *x, const buffers *b, const lens_layer
             lk_matmul(x->dev, out[i] + (size_t)hi * dh, hd, inputs[i] + (size_t)hi * d, h * d,
                       W[i] + (size_t)hi * dh, hd, bias[i] + (size_t)hi * dh, N, d, dh, false);
     }
+}
+
+/* A suffix run's keys (or values) at every position into all [B, T, hd]:
+ * the reference run's host [P, T, hd] before each row's first position
+ * (staged in prefix off the host), the computed rows [N, hd] after. */
+static void join_prefix(const forward_ctx *x, float *all, float *prefix, const float *reference,
+                        const float *computed) {
+    const int P = x->suffix->prompts, T = x->T, hd = x->c->n_heads * x->c->d_head;
+    const float *from = reference;
+    if (!lk_host_memory(x->dev)) {
+        lk_upload(x->dev, prefix, reference, (size_t)P * T * hd * sizeof(float));
+        from = prefix;
+    }
+    lk_splice_prefix(x->dev, all, from, computed, x->queries, x->B, P, T, hd);
 }
 
 static int attention(forward_ctx *x, buffers *b, int layer) {
@@ -308,15 +373,24 @@ static int attention(forward_ctx *x, buffers *b, int layer) {
     if (fire(x, LENS_HOOK_Q, layer, b->q) || fire(x, LENS_HOOK_K, layer, b->k) ||
         fire(x, LENS_HOOK_V, layer, b->v))
         return -1;
-    attention_scores(x, b, layer);
+    const float *keys = b->k, *values = b->v;
+    if (x->suffix) {
+        join_prefix(x, b->k_all, b->prefix_k, x->suffix->k[layer], b->k);
+        join_prefix(x, b->v_all, b->prefix_v, x->suffix->v[layer], b->v);
+        keys = b->k_all, values = b->v_all;
+    }
+    attention_scores(x, b, keys, layer);
     if (fire(x, LENS_HOOK_ATTN_SCORES, layer, b->scores)) return -1;
-    lk_softmax_rows(x->dev, b->pattern, b->scores, B * h * T, T);
+    lk_softmax_rows(x->dev, b->pattern, b->scores, (int)N * h, T);
     if (fire(x, LENS_HOOK_PATTERN, layer, b->pattern)) return -1;
-    // z[bi, :, hi, :] (T,dh) = pattern[bi, hi] (T,T) @ v[bi, :, hi, :] (T,dh)
-    for (int bi = 0; bi < B; bi++)
-        lk_matmul_batched(x->dev, b->z + (size_t)bi * T * hd, hd, (size_t)dh,
-                          b->pattern + (size_t)bi * h * T * T, T, (size_t)T * T,
-                          b->v + (size_t)bi * T * hd, hd, (size_t)dh, false, T, T, dh, h);
+    // z[bi, :, hi, :] (Q,dh) = pattern[bi, hi] (Q,T) @ values[bi, :, hi, :] (T,dh)
+    for (int bi = 0; bi < B; bi++) {
+        const int Q = T - first_position(x, bi);
+        const size_t row = first_row(x, bi);
+        lk_matmul_batched(x->dev, b->z + row * hd, hd, (size_t)dh, b->pattern + row * h * T, T,
+                          (size_t)Q * T, values + (size_t)bi * T * hd, hd, (size_t)dh, false, Q,
+                          T, dh, h);
+    }
     if (fire(x, LENS_HOOK_Z, layer, b->z)) return -1;
     if (c->use_attn_result) {
         // result[n, hi, :] (d) = z[n, hi, :] (dh) @ W_O[hi] (dh,d); attn_out sums heads + b_O
@@ -412,11 +486,11 @@ static int unembed(forward_ctx *x, buffers *b) {
     }
     if (fire(x, LENS_HOOK_UNEMBED_IN, 0, final)) return -1;
     if (!x->logits) return 0;
-    if (!x->positions) {
+    if (!x->logit_rows) {
         lk_matmul(x->dev, x->logits, V, final, d, w->W_U, V, w->b_U, (int)x->N, d, V, false);
         return fire(x, LENS_HOOK_UNEMBED_OUT, 0, x->logits);
     }
-    lk_gather_rows(x->dev, b->final_rows, final, x->positions, x->B, x->T, d);
+    lk_gather_rows(x->dev, b->final_rows, final, x->logit_rows, x->B, d);
     lk_matmul(x->dev, x->logits, V, b->final_rows, d, w->W_U, V, w->b_U, x->B, d, V, false);
     return 0;
 }
@@ -424,13 +498,12 @@ static int unembed(forward_ctx *x, buffers *b) {
 /* The pass from the batch (or from the residual stream entering the start
  * layer) on the device to x->logits. */
 static int run_layers(forward_ctx *x, buffers *b) {
-    const int first = x->run->start_layer;
-    if (first == 0) {
+    if (!x->run->resid_start) {
         if (embed(x, b)) return -1;
     } else {
         lk_upload(x->dev, b->resid, x->run->resid_start, x->N * x->c->d_model * sizeof(float));
     }
-    for (int l = first; l < x->c->n_layers; l++)
+    for (int l = x->run->start_layer; l < x->c->n_layers; l++)
         if (block(x, b, l)) return -1;
     return unembed(x, b);
 }
@@ -477,6 +550,45 @@ static lk_graph *recorded_run(forward_ctx *x, buffers *b) {
     return graph;
 }
 
+static int check_suffix(const lens_config *c, const lens_batch *batch, const lens_run *run,
+                        lens_err *err) {
+    const lens_suffix *s = run->suffix;
+    if (!c->causal) {
+        lens_err_set(err, "position reuse needs causal attention; this model is bidirectional");
+        return -1;
+    }
+    if (s->prompts < 1 || !s->k || !s->v) {
+        lens_err_set(err, "position reuse needs the reference run's prompts, keys and values");
+        return -1;
+    }
+    for (int l = run->start_layer; l < c->n_layers; l++) {
+        if (!s->k[l] || !s->v[l]) {
+            lens_err_set(err, "position reuse needs the reference run's keys and values of layer %d",
+                         l);
+            return -1;
+        }
+    }
+    if (run->logits && !run->logit_positions) {
+        lens_err_set(err, "a run with position reuse has logits at chosen positions only");
+        return -1;
+    }
+    for (int bi = 0; bi < batch->B; bi++) {
+        const int first = s->first[bi];
+        if (first < 0 || first >= batch->T) {
+            lens_err_set(err, "first position %d of prompt %d is outside its %d positions", first,
+                         bi, batch->T);
+            return -1;
+        }
+        if (run->logits && run->logit_positions[bi] < first) {
+            lens_err_set(err, "logit position %d of prompt %d comes before its first computed "
+                              "position %d",
+                         run->logit_positions[bi], bi, first);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int check_batch(const lens_config *c, const lens_batch *batch, const lens_run *run,
                        lens_err *err) {
     if (batch->B < 1 || batch->T < 1) {
@@ -502,11 +614,12 @@ static int check_batch(const lens_config *c, const lens_batch *batch, const lens
                      c->n_layers - 1);
         return -1;
     }
-    if (run->start_layer > 0 && !run->resid_start) {
+    if ((run->start_layer > 0 || run->suffix) && !run->resid_start) {
         lens_err_set(err, "a run from layer %d needs the residual stream entering it",
                      run->start_layer);
         return -1;
     }
+    if (run->suffix && check_suffix(c, batch, run, err)) return -1;
     for (int bi = 0; run->logits && run->logit_positions && bi < batch->B; bi++) {
         int t = run->logit_positions[bi];
         if (t < 0 || t >= batch->T) {
@@ -522,6 +635,20 @@ int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batc
                  const lens_run *run, lens_err *err) {
     const lens_config *c = &m->cfg;
     if (check_batch(c, batch, run, err)) return -1;
+    /* each prompt's first row of the N, and the row its logits come from */
+    int32_t *rows = malloc(2 * (size_t)batch->B * sizeof *rows);
+    if (!rows) {
+        lens_err_set_code(err, LENS_ERR_NO_MEMORY, "out of host memory for a batch of %d",
+                          batch->B);
+        return -1;
+    }
+    size_t N = 0;
+    for (int bi = 0; bi < batch->B; bi++) {
+        const int first = run->suffix ? run->suffix->first[bi] : 0;
+        rows[bi] = (int32_t)N;
+        if (run->logit_positions) rows[batch->B + bi] = (int32_t)N + run->logit_positions[bi] - first;
+        N += (size_t)(batch->T - first);
+    }
     forward_ctx x = {.m = m,
                      .c = c,
                      .w = &m->dw,
@@ -531,12 +658,17 @@ int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batc
                      .run = run,
                      .B = batch->B,
                      .T = batch->T,
-                     .N = (size_t)batch->B * batch->T,
+                     .N = N,
+                     .suffix = run->suffix,
+                     .first_row = rows,
                      .err = err};
     buffers b;
-    if (carve(&x, &b)) return -1;
-    place_inputs(&x, &b);
-    lk_graph *graph = any_hook_enabled(&x) || run->start_layer ? NULL : recorded_run(&x, &b);
+    if (carve(&x, &b)) {
+        free(rows);
+        return -1;
+    }
+    place_inputs(&x, &b, rows + batch->B);
+    lk_graph *graph = any_hook_enabled(&x) || run->resid_start ? NULL : recorded_run(&x, &b);
     int rc = graph ? (lk_graph_launch(x.dev, graph), 0) : run_layers(&x, &b);
     if (rc == 0 && run->logits && x.logits != run->logits) {
         size_t rows = run->logit_positions ? (size_t)x.B : x.N;
@@ -547,7 +679,8 @@ int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batc
         lk_device_info info;
         lk_device_describe(x.dev, &info);
         lens_err_set_code(err, LENS_ERR_DEVICE, "%s: %s", info.name, why);
-        return -1;
+        rc = -1;
     }
+    free(rows);
     return rc;
 }

@@ -40,6 +40,27 @@ typedef struct lens_batch {
                                  padding: pads are attended to, real positions unaffected) */
 } lens_batch;
 
+/* Causal position reuse: row b of the batch computes only its positions
+ * first[b] .. T-1. Under causal attention nothing at a later position can
+ * change an earlier one, so at every block the run computes, the keys and
+ * values of positions before first[b] are those of a reference run (the
+ * unpatched prompt b % prompts), and the run starts from that run's
+ * residual stream at the computed positions (lens_run.resid_start).
+ *
+ * The activations of such a run hold only the computed rows, packed prompt
+ * after prompt (row b's positions first[b] .. T-1 after row b-1's): the hook
+ * callback sees the batch and position axes as one axis of
+ * N = sum of T - first[b] rows (hook_resid_pre [N, d_model], hook_z
+ * [N, H, d_head]), and hook_attn_scores and hook_pattern as [H * N, T]
+ * where row b's [H, T - first[b], T] block follows row b-1's. */
+typedef struct lens_suffix {
+    const int32_t *first;   /* [B] host, each in [0, T) */
+    int prompts;            /* the reference run's P prompts: row b continues prompt b % P */
+    const float *const *k;  /* [n_layers] host [P, T, H, d_head]: the reference run's hook_k
+                               (read for the layers the run computes) */
+    const float *const *v;  /* the same for hook_v */
+} lens_suffix;
+
 typedef struct lens_run {
     const uint8_t *hooks_enabled; /* [lens_hook_slots(cfg)], or NULL for none */
     lens_hook_fn on_hook;
@@ -49,9 +70,13 @@ typedef struct lens_run {
                       NULL to skip the unembedding */
     const int32_t *logit_positions; /* [B] or NULL for every position */
     int start_layer; /* the first block to run; 0 (the default): the whole pass */
-    const float *resid_start; /* with start_layer > 0: host [B, T, d_model], the residual
-                                 stream entering that block (hook_resid_pre of start_layer,
-                                 which fires on it); embeddings and earlier blocks are skipped */
+    const float *resid_start; /* NULL: the pass embeds the tokens (start_layer must be 0).
+                                 Else host [B, T, d_model] (with a suffix: [N, d_model],
+                                 packed), the residual stream entering start_layer
+                                 (its hook_resid_pre fires on it); the embeddings and
+                                 the blocks before it are skipped */
+    const lens_suffix *suffix; /* NULL: every position; else causal position reuse (needs
+                                  resid_start, and logit_positions if logits) */
 } lens_run;
 
 #define LENS_MAX_GRAPHS 8
@@ -84,8 +109,9 @@ void lens_workspace_free(lens_workspace *ws);
 
 /* Runs the model on the batch. Returns 0, or -1 with a message for a token
  * outside the vocabulary, a batch longer than n_ctx, a logit position
- * outside the batch, a start layer outside the model (or without its
- * residual stream), an error returned by the hook callback, a device
+ * outside the batch (or before its row's first computed position), a start
+ * layer outside the model (or without its residual stream), a suffix on a
+ * model without causal attention, an error returned by the hook callback, a device
  * without the memory for the activations (code LENS_ERR_NO_MEMORY) or a
  * device failure (LENS_ERR_DEVICE). */
 int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batch,

@@ -5,9 +5,17 @@
  * each a hook kind and a patch setter — TL's layer_pos_patch_setter and its
  * siblings. Every index of every component is one patched run of the whole
  * corrupted batch of P prompts. The runs are grouped by layer and stacked
- * along the batch axis, R runs x P prompts per pass: row r of a pass is
+ * along the batch axis, n runs x P prompts per pass: row r of a pass is
  * prompt r % P of run r / P, and the hook callback copies that run's patch
  * from the clean run's activation of prompt r % P.
+ *
+ * Each pass starts at its layer from the corrupted run's residual stream.
+ * With causal attention, a sweep that patches one position (or one
+ * destination) also leaves every earlier position as in the corrupted run:
+ * row r computes only positions from min(patched position, metric
+ * position) on (forward.h's lens_suffix), with the corrupted run's keys and
+ * values before it. A pass then holds as many runs as fit in its budget of
+ * computed positions.
  */
 #include "core/patch.h"
 
@@ -225,45 +233,56 @@ static double metric_of(const lens_patch_metric *m, const float *rows, int P, in
 typedef struct pass_state {
     const sweep_def *sweep;
     const patch_item *items; /* this pass's runs */
-    int P, T;
+    int P, T, H;
+    size_t n_rows;            /* runs x P */
+    const int32_t *first;     /* [rows]: each row's first computed position */
+    const int32_t *first_row; /* [rows]: where its positions start among the computed rows */
     const lens_captured *const *clean; /* [component]: the clean activation at the pass's layer */
 } pass_state;
 
-/* Copies run r / P's patch into row r of act, from prompt r % P of the clean run. */
+/* Copies run r / P's patch into row r of act, from prompt r % P of the
+ * clean run. Row r's position t is computed row first_row[r] + t - first[r]
+ * of act (forward.h's packed layout; the dense one when every first is 0). */
 static int patch_rows(void *user, lens_hook hook, lens_tensor *act, lens_err *err) {
     (void)err;
     const pass_state *st = user;
-    const int T = st->T;
+    const size_t T = (size_t)st->T, H = (size_t)st->H;
     float *dst = act->data;
-    for (int r = 0; r < act->shape[0]; r++) {
-        const patch_item *it = &st->items[r / st->P];
+    const int64_t *shape = act->shape;
+    const int nd = act->ndim;
+    for (size_t r = 0; r < st->n_rows; r++) {
+        const patch_item *it = &st->items[r / (size_t)st->P];
         const component *c = &st->sweep->components[it->component];
         if (c->kind != hook.kind || it->layer != hook.layer) continue;
         const float *src = st->clean[it->component]->data;
-        const size_t p = (size_t)(r % st->P), row = (size_t)r;
+        const size_t p = r % (size_t)st->P, first = (size_t)st->first[r];
+        const size_t row = (size_t)st->first_row[r] - first; /* + t: position t's row */
         switch (c->set) {
         case AT_POS: {
-            const size_t D = (size_t)act->shape[2];
-            memcpy(dst + (row * T + it->pos) * D, src + (p * T + it->pos) * D, D * sizeof *dst);
+            const size_t D = (size_t)shape[nd - 1];
+            memcpy(dst + (row + it->pos) * D, src + (p * T + it->pos) * D, D * sizeof *dst);
             break;
         }
         case AT_POS_HEAD:
         case AT_HEAD: {
-            const size_t H = (size_t)act->shape[2], dh = (size_t)act->shape[3];
-            const int t0 = c->set == AT_HEAD ? 0 : it->pos, t1 = c->set == AT_HEAD ? T : it->pos + 1;
+            const size_t dh = (size_t)shape[nd - 1];
+            const int t0 = c->set == AT_HEAD ? 0 : it->pos, t1 = c->set == AT_HEAD ? st->T : it->pos + 1;
             for (int t = t0; t < t1; t++)
-                memcpy(dst + ((row * T + t) * H + it->head) * dh,
+                memcpy(dst + ((row + t) * H + it->head) * dh,
                        src + ((p * T + t) * H + it->head) * dh, dh * sizeof *dst);
             break;
         }
         case PATTERN_HEAD:
         case PATTERN_HEAD_DEST:
         case PATTERN_HEAD_DEST_SRC: {
-            const size_t H = (size_t)act->shape[1], TT = (size_t)T * T;
-            size_t at = (size_t)it->head * TT, n = TT;
-            if (c->set != PATTERN_HEAD) at += (size_t)it->pos * T, n = (size_t)T;
-            if (c->set == PATTERN_HEAD_DEST_SRC) at += (size_t)it->src, n = 1;
-            memcpy(dst + row * H * TT + at, src + p * H * TT + at, n * sizeof *dst);
+            /* row r's [H, Q, T] block of query rows from first, Q = T - first */
+            const size_t Q = T - first, block = H * ((size_t)st->first_row[r]) * T;
+            size_t at = block + (size_t)it->head * Q * T, from = (p * H + it->head) * T * T, n = T * T;
+            if (c->set != PATTERN_HEAD) {
+                at += ((size_t)it->pos - first) * T, from += (size_t)it->pos * T, n = T;
+            }
+            if (c->set == PATTERN_HEAD_DEST_SRC) at += (size_t)it->src, from += (size_t)it->src, n = 1;
+            memcpy(dst + at, src + from, n * sizeof *dst);
             break;
         }
         }
@@ -333,11 +352,13 @@ static int check_request(const lens_config *c, const lens_patch_request *req, le
     return check_metric(c, &req->metric, clean->B, clean->T, err);
 }
 
-/* Buffers of one pass of up to `rows` rows (runs x P prompts): the corrupted
- * tokens, mask and metric positions repeated for every run, room for the
- * residual stream a pass starts from, the logits and a hook table. */
+/* Buffers of one pass of up to `rows` rows (runs x P prompts) and `tokens`
+ * computed positions: the corrupted tokens and mask repeated for every run,
+ * each row's metric position, first computed position and first computed
+ * row, room for the residual stream a pass starts from, the logits and a
+ * hook table. */
 typedef struct pass_buffers {
-    int32_t *tokens, *positions;
+    int32_t *tokens, *positions, *first, *first_row;
     uint8_t *mask;
     float *resid, *logits;
     uint8_t *enabled;
@@ -346,6 +367,8 @@ typedef struct pass_buffers {
 static void free_pass(pass_buffers *b) {
     free(b->tokens);
     free(b->positions);
+    free(b->first);
+    free(b->first_row);
     free(b->mask);
     free(b->resid);
     free(b->logits);
@@ -353,18 +376,20 @@ static void free_pass(pass_buffers *b) {
 }
 
 static int alloc_pass(pass_buffers *b, const lens_config *c, const lens_token_batch *bad,
-                      const lens_patch_metric *metric, size_t rows, lens_err *err) {
+                      const lens_patch_metric *metric, size_t rows, size_t tokens, lens_err *err) {
     const int P = bad->B, T = bad->T;
     *b = (pass_buffers){
         .tokens = malloc(rows * T * sizeof *b->tokens),
         .positions = malloc(rows * sizeof *b->positions),
+        .first = calloc(rows, sizeof *b->first),
+        .first_row = malloc(rows * sizeof *b->first_row),
         .mask = bad->attn_mask ? malloc(rows * T) : NULL,
-        .resid = malloc(rows * T * c->d_model * sizeof *b->resid),
+        .resid = malloc(tokens * c->d_model * sizeof *b->resid),
         .logits = malloc(rows * c->d_vocab_out * sizeof *b->logits),
         .enabled = calloc(lens_hook_slots(c), 1),
     };
-    if (!b->tokens || !b->positions || (bad->attn_mask && !b->mask) || !b->resid || !b->logits ||
-        !b->enabled) {
+    if (!b->tokens || !b->positions || !b->first || !b->first_row || (bad->attn_mask && !b->mask) ||
+        !b->resid || !b->logits || !b->enabled) {
         free_pass(b);
         lens_err_set_code(err, LENS_ERR_NO_MEMORY, "out of host memory for %zu patched rows", rows);
         return -1;
@@ -373,17 +398,22 @@ static int alloc_pass(pass_buffers *b, const lens_config *c, const lens_token_ba
         memcpy(b->tokens + r * T, bad->tokens + (r % P) * T, (size_t)T * sizeof *b->tokens);
         if (b->mask) memcpy(b->mask + r * T, bad->attn_mask + (r % P) * T, (size_t)T);
         b->positions[r] = metric->positions[r % P];
+        b->first_row[r] = (int32_t)(r * T);
     }
     return 0;
 }
 
-/* Copies the corrupted run's hook_resid_pre of layer into rows x [T, d_model]. */
-static void replicate_resid(const lens_cache *corrupted, int layer, float *to, long rows, int P,
-                            size_t per_prompt) {
+/* Copies the corrupted run's hook_resid_pre of layer into the pass's rows:
+ * row r's positions from first[r] on (of prompt r % P) at computed rows
+ * first_row[r] on. */
+static void replicate_resid(const lens_cache *corrupted, int layer, const pass_buffers *b,
+                            long rows, int P, int T, int d) {
     const float *from = lens_cache_find(corrupted, LENS_HOOK_RESID_PRE, layer)->data;
-    for (long r = 0; r < rows; r++)
-        memcpy(to + (size_t)r * per_prompt, from + (size_t)(r % P) * per_prompt,
-               per_prompt * sizeof *to);
+    for (long r = 0; r < rows; r++) {
+        const size_t first = (size_t)b->first[r];
+        memcpy(b->resid + (size_t)b->first_row[r] * d, from + ((r % P) * (size_t)T + first) * d,
+               (T - first) * d * sizeof *b->resid);
+    }
 }
 
 /* Rescales out's values so that the corrupted run scores 0 and the clean run 1. */
@@ -399,23 +429,77 @@ static int normalize(lens_patch_result *out, lens_err *err) {
     return 0;
 }
 
-/* The patched passes: items grouped by layer, R runs per pass. */
+/* Whether the sweep's patched runs leave every position before the patched
+ * one as in the corrupted run: causal attention, and a patch at one position
+ * (or destination) rather than at all of them. */
+static bool reuses_positions(const lens_config *c, const lens_patch_request *req) {
+    if (!c->causal || req->full_recompute) return false;
+    const sweep_def *s = &SWEEPS[req->sweep];
+    for (int k = 0; k < s->n_components; k++)
+        if (s->components[k].set == AT_HEAD || s->components[k].set == PATTERN_HEAD) return false;
+    return true;
+}
+
+/* The limits of one pass: rows (runs x P) and computed positions. */
+typedef struct pass_limits {
+    size_t rows, tokens;
+} pass_limits;
+
+/* Fills the pass's rows with the runs from items[0] that share its layer and
+ * fit in the limits (at least one): each row's first computed position
+ * (0, or with position reuse the earlier of the patched and the metric
+ * position) and first computed row. Returns the number of runs; *N is the
+ * positions they compute. */
+static long fill_pass(pass_buffers *b, const patch_item *items, long n_items, int P, int T,
+                      const lens_patch_metric *metric, bool reuse, pass_limits lim, size_t *N) {
+    long n = 0;
+    size_t total = 0;
+    for (; n < n_items && items[n].layer == items[0].layer && (size_t)(n + 1) * P <= lim.rows;
+         n++) {
+        size_t run_tokens = 0;
+        for (int p = 0; p < P; p++) {
+            const size_t r = (size_t)n * P + p;
+            const int pos = items[n].pos, at = metric->positions[p];
+            b->first[r] = reuse ? (pos < at ? pos : at) : 0;
+            b->first_row[r] = (int32_t)(total + run_tokens);
+            run_tokens += (size_t)(T - b->first[r]);
+        }
+        if (n > 0 && total + run_tokens > lim.tokens) break;
+        total += run_tokens;
+    }
+    *N = total;
+    return n;
+}
+
+/* The patched passes: items grouped by layer. */
 static int run_passes(const lens_model *m, lens_workspace *ws, const lens_patch_request *req,
                       const patch_item *items, long n_items, const lens_cache *clean,
-                      const lens_cache *corrupted, int R, lens_patch_result *out, lens_err *err) {
+                      const lens_cache *corrupted, pass_limits lim, lens_patch_result *out,
+                      lens_err *err) {
     const lens_config *c = &m->cfg;
     const sweep_def *s = &SWEEPS[req->sweep];
     const lens_token_batch *bad = req->corrupted;
-    const int P = bad->B, T = bad->T, V = c->d_vocab_out, d = c->d_model;
+    const int P = bad->B, T = bad->T, V = c->d_vocab_out, L = c->n_layers;
     const size_t slots = lens_hook_slots(c);
-    pass_buffers b;
-    if (alloc_pass(&b, c, bad, &req->metric, (size_t)R * P, err)) return -1;
-    int rc = 0;
+    const bool reuse = reuses_positions(c, req);
+    const float **keys = calloc((size_t)L, sizeof *keys), **values = calloc((size_t)L, sizeof *values);
+    pass_buffers b = {0};
+    int rc = -1;
+    if (!keys || !values) {
+        lens_err_set_code(err, LENS_ERR_NO_MEMORY, "out of host memory for %d layers", L);
+        goto done;
+    }
+    if (alloc_pass(&b, c, bad, &req->metric, lim.rows, lim.tokens, err)) goto done;
+    for (int l = 0; reuse && l < L; l++) {
+        keys[l] = lens_cache_find(corrupted, LENS_HOOK_K, l)->data;
+        values[l] = lens_cache_find(corrupted, LENS_HOOK_V, l)->data;
+    }
+    const lens_suffix suffix = {b.first, P, keys, values};
+    rc = 0;
     for (long i0 = 0; i0 < n_items && rc == 0;) {
         const int layer = items[i0].layer;
-        long n = 0;
-        while (n < R && i0 + n < n_items && items[i0 + n].layer == layer)
-            n++;
+        size_t N;
+        const long n = fill_pass(&b, items + i0, n_items - i0, P, T, &req->metric, reuse, lim, &N);
         const lens_captured *clean_at[5];
         memset(b.enabled, 0, slots);
         for (int k = 0; k < s->n_components; k++) {
@@ -423,8 +507,9 @@ static int run_passes(const lens_model *m, lens_workspace *ws, const lens_patch_
             b.enabled[lens_hook_slot(c, (lens_hook){s->components[k].kind, layer})] = 1;
         }
         const int start = req->full_recompute ? 0 : layer;
-        if (start > 0) replicate_resid(corrupted, start, b.resid, n * P, P, (size_t)T * d);
-        pass_state st = {s, items + i0, P, T, clean_at};
+        if (!req->full_recompute) replicate_resid(corrupted, layer, &b, n * P, P, T, c->d_model);
+        pass_state st = {s, items + i0, P, T, c->n_heads, (size_t)n * P, b.first, b.first_row,
+                         clean_at};
         const lens_batch batch = {.B = (int)(n * P), .T = T, .tokens = b.tokens, .attn_mask = b.mask};
         const lens_run run = {.hooks_enabled = b.enabled,
                               .on_hook = patch_rows,
@@ -433,20 +518,38 @@ static int run_passes(const lens_model *m, lens_workspace *ws, const lens_patch_
                               .logits = b.logits,
                               .logit_positions = b.positions,
                               .start_layer = start,
-                              .resid_start = start > 0 ? b.resid : NULL};
+                              .resid_start = req->full_recompute ? NULL : b.resid,
+                              .suffix = reuse ? &suffix : NULL};
         rc = lens_forward(m, ws, &batch, &run, err);
         for (long k = 0; rc == 0 && k < n; k++)
             out->values[items[i0 + k].out] =
                 (float)metric_of(&req->metric, b.logits + (size_t)k * P * V, P, V);
         out->passes++;
+        out->block_positions += (long)N * (L - start);
         i0 += n;
         if (rc == 0 && req->progress && req->progress(req->progress_user, i0, n_items)) {
             lens_err_set(err, "cancelled after %ld of %ld patched runs", i0, n_items);
             rc = -1;
         }
     }
+done:
+    free(keys);
+    free(values);
     free_pass(&b);
     return rc;
+}
+
+/* The most rows and positions of one pass: max_batch_tokens positions, or
+ * one run if that is more. With position reuse a run computes about half
+ * its positions, so a pass takes up to twice the runs. */
+static pass_limits limits_of(const lens_config *c, const lens_patch_request *req, long runs) {
+    const long P = req->corrupted->B, per_run = P * req->corrupted->T;
+    const long budget = req->max_batch_tokens ? req->max_batch_tokens : LENS_PATCH_BATCH_TOKENS;
+    long R = budget / per_run;
+    if (R < 1) R = 1;
+    if (reuses_positions(c, req)) R *= 2;
+    if (R > runs) R = runs;
+    return (pass_limits){(size_t)(R * P), (size_t)(budget > per_run ? budget : per_run)};
 }
 
 int lens_patch(const lens_model *m, lens_workspace *ws, const lens_patch_request *req,
@@ -455,11 +558,10 @@ int lens_patch(const lens_model *m, lens_workspace *ws, const lens_patch_request
     *out = (lens_patch_result){0};
     if (check_request(c, req, err)) return -1;
     const sweep_def *s = &SWEEPS[req->sweep];
-    const int P = req->corrupted->B, T = req->corrupted->T;
-    out->ndim = lens_sweep_shape(c, req->sweep, T, out->shape, &out->runs);
+    out->ndim = lens_sweep_shape(c, req->sweep, req->corrupted->T, out->shape, &out->runs);
     const size_t slots = lens_hook_slots(c);
     uint8_t *clean_hooks = calloc(slots, 1), *corrupted_hooks = calloc(slots, 1);
-    patch_item *items = enumerate(s, c, T, out->runs);
+    patch_item *items = enumerate(s, c, req->corrupted->T, out->runs);
     out->values = malloc((size_t)out->runs * sizeof *out->values);
     lens_cache clean = {0}, corrupted = {0};
     int rc = -1;
@@ -468,20 +570,23 @@ int lens_patch(const lens_model *m, lens_workspace *ws, const lens_patch_request
                           out->runs);
         goto done;
     }
+    /* the clean activations to patch in; the corrupted residual stream each pass starts
+     * from, and with position reuse its keys and values */
+    const bool reuse = reuses_positions(c, req);
     for (int l = 0; l < c->n_layers; l++) {
         for (int k = 0; k < s->n_components; k++)
             clean_hooks[lens_hook_slot(c, (lens_hook){s->components[k].kind, l})] = 1;
-        if (!req->full_recompute && l > 0)
-            corrupted_hooks[lens_hook_slot(c, (lens_hook){LENS_HOOK_RESID_PRE, l})] = 1;
+        corrupted_hooks[lens_hook_slot(c, (lens_hook){LENS_HOOK_RESID_PRE, l})] = !req->full_recompute;
+        corrupted_hooks[lens_hook_slot(c, (lens_hook){LENS_HOOK_K, l})] = reuse;
+        corrupted_hooks[lens_hook_slot(c, (lens_hook){LENS_HOOK_V, l})] = reuse;
     }
     if (plain_run(m, ws, req->clean, clean_hooks, &req->metric, &clean, &out->clean_metric, err) ||
         plain_run(m, ws, req->corrupted, corrupted_hooks, &req->metric, &corrupted,
                   &out->corrupted_metric, err))
         goto done;
-    const long per_pass = (req->max_batch_tokens ? req->max_batch_tokens : LENS_PATCH_BATCH_TOKENS) /
-                          ((long)P * T);
-    const int R = (int)(per_pass < 1 ? 1 : per_pass > out->runs ? out->runs : per_pass);
-    if (run_passes(m, ws, req, items, out->runs, &clean, &corrupted, R, out, err)) goto done;
+    if (run_passes(m, ws, req, items, out->runs, &clean, &corrupted, limits_of(c, req, out->runs),
+                   out, err))
+        goto done;
     if (req->metric.normalize && normalize(out, err)) goto done;
     rc = 0;
 done:
@@ -586,8 +691,7 @@ int lens_path_patch(const lens_model *m, lens_workspace *ws, const lens_path_req
     if (check_path_request(c, req, &max_layer, &min_layer, err)) return -1;
     const lens_token_batch *bad = req->corrupted;
     const int P = bad->B, T = bad->T, H = c->n_heads, V = c->d_vocab_out, L = c->n_layers;
-    const size_t slots = lens_hook_slots(c), per_prompt = (size_t)T * c->d_model,
-                 per_input = (size_t)T * H * c->d_head;
+    const size_t slots = lens_hook_slots(c), per_input = (size_t)T * H * c->d_head;
     out->ndim = 2;
     out->shape[0] = max_layer;
     out->shape[1] = H;
@@ -617,7 +721,7 @@ int lens_path_patch(const lens_model *m, lens_workspace *ws, const lens_path_req
         lens_err_set_code(err, LENS_ERR_NO_MEMORY, "out of host memory for path patching");
         goto done;
     }
-    if (alloc_pass(&b, c, bad, &req->metric, rows, err)) goto done;
+    if (alloc_pass(&b, c, bad, &req->metric, rows, rows * T, err)) goto done;
     for (int l = 0; l < L; l++) {
         plain[lens_hook_slot(c, (lens_hook){LENS_HOOK_Z, l})] = 1;
         step1[lens_hook_slot(c, (lens_hook){LENS_HOOK_Z, l})] = 1;
@@ -638,7 +742,7 @@ int lens_path_patch(const lens_model *m, lens_workspace *ws, const lens_path_req
         /* step 1: from the sender's layer (everything before it is the corrupted run), or
          * from the first receiver layer, so that every receiver's input is recorded */
         const int start1 = req->full_recompute ? 0 : layer < min_layer ? layer : min_layer;
-        if (start1 > 0) replicate_resid(&corrupted, start1, b.resid, (long)n * P, P, per_prompt);
+        if (start1 > 0) replicate_resid(&corrupted, start1, &b, (long)n * P, P, T, c->d_model);
         st.record = true;
         const lens_run run1 = {.hooks_enabled = step1, .on_hook = path_hook, .user = &st,
                                .hooks_modify = true, .start_layer = start1,
@@ -646,7 +750,7 @@ int lens_path_patch(const lens_model *m, lens_workspace *ws, const lens_path_req
         rc = lens_forward(m, ws, &batch, &run1, err);
         /* step 2: from the first receiver layer */
         const int start2 = req->full_recompute ? 0 : min_layer;
-        if (rc == 0 && start2 > 0) replicate_resid(&corrupted, start2, b.resid, (long)n * P, P, per_prompt);
+        if (rc == 0 && start2 > 0) replicate_resid(&corrupted, start2, &b, (long)n * P, P, T, c->d_model);
         st.record = false;
         const lens_run run2 = {.hooks_enabled = step2, .on_hook = path_hook, .user = &st,
                                .hooks_modify = true, .logits = b.logits,
@@ -656,6 +760,7 @@ int lens_path_patch(const lens_model *m, lens_workspace *ws, const lens_path_req
         for (int k = 0; rc == 0 && k < n; k++)
             out->values[i0 + k] = (float)metric_of(&req->metric, b.logits + (size_t)k * P * V, P, V);
         out->passes += 2;
+        out->block_positions += (long)n * P * T * (2 * L - start1 - start2);
         i0 += n;
         if (rc == 0 && req->progress && req->progress(req->progress_user, i0, out->runs)) {
             lens_err_set(err, "cancelled after %ld of %ld senders", i0, out->runs);

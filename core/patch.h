@@ -9,7 +9,10 @@
  * the batch at once) and records the metric of each patched run. Patched
  * runs are stacked along the batch axis; with prefix reuse each pass starts
  * at the patched layer from the corrupted run's residual stream, since
- * nothing before that layer can change.
+ * nothing before that layer can change, and with causal attention a run
+ * that patches one position computes only the positions from it on (from
+ * the metric's, if that comes first), since nothing before it can change
+ * either: their keys and values are the corrupted run's.
  */
 #ifndef LENS_PATCH_H
 #define LENS_PATCH_H
@@ -81,8 +84,9 @@ typedef struct lens_patch_request {
     lens_sweep sweep;
     const lens_token_batch *clean, *corrupted; /* the same B and T */
     lens_patch_metric metric;
-    bool full_recompute; /* every patched run from the embeddings (the reference path)
-                            instead of from its layer's corrupted residual stream */
+    bool full_recompute; /* every patched run from the embeddings at every position (the
+                            reference path) instead of from its layer's corrupted residual
+                            stream at the positions it can change */
     long max_batch_tokens; /* rows x positions per pass; 0: LENS_PATCH_BATCH_TOKENS */
     /* Called after each pass with runs done and in all; a nonzero return
      * cancels the sweep (lens_patch then fails with "cancelled"). May be NULL. */
@@ -99,6 +103,9 @@ typedef struct lens_patch_result {
     double clean_metric, corrupted_metric; /* unpatched runs (before normalizing) */
     long runs;       /* patched runs */
     long passes;     /* batched forward passes they took */
+    long block_positions; /* their work: positions computed x blocks they ran through,
+                             summed over the passes (runs x prompts x T x n_layers
+                             with full recomputation) */
 } lens_patch_result;
 
 /* Runs the sweep. Returns 0 with out filled, or -1 with a message: batches

@@ -140,7 +140,12 @@ void lk_sum_groups(lk_device *dev, float *out, const float *inp, const float *bi
     if (N > 0 && C > 0) dev->ops->sum_groups(dev, out, inp, bias, N, G, C);
 }
 
-void lk_gather_rows(lk_device *dev, float *out, const float *inp, const int32_t *positions, int B,
-                    int T, int C) {
-    if (B > 0 && C > 0) dev->ops->gather_rows(dev, out, inp, positions, B, T, C);
+void lk_splice_prefix(lk_device *dev, float *out, const float *prefix, const float *computed,
+                      lk_query_rows q, int B, int P, int T, int C) {
+    if (B > 0 && T > 0 && C > 0) dev->ops->splice_prefix(dev, out, prefix, computed, q, B, P, T, C);
+}
+
+void lk_gather_rows(lk_device *dev, float *out, const float *inp, const int32_t *rows, int n,
+                    int C) {
+    if (n > 0 && C > 0) dev->ops->gather_rows(dev, out, inp, rows, n, C);
 }

@@ -169,6 +169,16 @@ void lk_softmax_rows(lk_device *dev, float *out, const float *inp, int N, int C)
 void lk_embed(lk_device *dev, float *tok_out, float *pos_out, const float *W_E, const float *W_pos,
               const int32_t *tokens, const uint8_t *attn_mask, int B, int T, int d);
 
+/* Queries that are a suffix of each prompt (causal position reuse): prompt
+ * b's queries are its positions start[b] .. T-1, and row-wise buffers hold
+ * them packed, prompt after prompt, prompt b's first at row row[b] =
+ * sum over b' < b of (T - start[b']). */
+typedef struct lk_query_rows {
+    const int32_t *start; /* [B] device */
+    const int32_t *row;   /* [B] device */
+    int rows;             /* the sum over every b of T - start[b] */
+} lk_query_rows;
+
 /* The masks TransformerLens applies to attention scores. */
 typedef struct lk_score_mask {
     bool causal;        /* keys after the query are masked (-inf) */
@@ -177,13 +187,24 @@ typedef struct lk_score_mask {
     const int32_t *tokens;    /* [B, T] device; read when pad_id >= 0 */
     int32_t pad_id;           /* keys holding this token get score pad_score; -1 = none */
     float pad_score;
+    lk_query_rows queries;    /* NULL members: every position is a query */
 } lk_score_mask;
 
-/* scores[B, H, T, T] (query rows, key columns) become scores / attn_scale
- * where unmasked and -INFINITY where the causal, window or attention mask
- * masks them; then keys at pad tokens get pad_score whatever they were. */
+/* Scores (query rows, key columns) become scores / attn_scale where
+ * unmasked and -INFINITY where the causal, window or attention mask masks
+ * them; then keys at pad tokens get pad_score whatever they were. The
+ * scores are [B, H, T, T], or with mask->queries prompt b's
+ * [H, T - start[b], T] block at element row[b] * H * T (key positions
+ * 0 .. T-1 always). */
 void lk_mask_scores(lk_device *dev, float *scores, int B, int H, int T, float attn_scale,
                     const lk_score_mask *mask);
+
+/* out[b, T, C] for b < B: the first start[b] rows are prefix[b % P, t, C],
+ * the rest the computed rows computed[row[b] + t - start[b], C] (q.start,
+ * q.row as lk_query_rows). The keys or values of a suffix run, joined to
+ * those of the run it continues. */
+void lk_splice_prefix(lk_device *dev, float *out, const float *prefix, const float *computed,
+                      lk_query_rows q, int B, int P, int T, int C);
 
 /* out[N, R, C] = inp[N, C] repeated R times per row. */
 void lk_repeat_rows(lk_device *dev, float *out, const float *inp, int N, int R, int C);
@@ -193,9 +214,9 @@ void lk_repeat_rows(lk_device *dev, float *out, const float *inp, int N, int R, 
 void lk_sum_groups(lk_device *dev, float *out, const float *inp, const float *bias, int N, int G,
                    int C);
 
-/* out[b, C] = inp[b, positions[b], C] for b < B, from inp[B, T, C];
- * positions [B] is device memory, each in [0, T). */
-void lk_gather_rows(lk_device *dev, float *out, const float *inp, const int32_t *positions, int B,
-                    int T, int C);
+/* out[i, C] = inp[rows[i], C] for i < n; rows [n] is device memory, each a
+ * row of inp. */
+void lk_gather_rows(lk_device *dev, float *out, const float *inp, const int32_t *rows, int n,
+                    int C);
 
 #endif

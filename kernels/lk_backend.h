@@ -45,8 +45,10 @@ typedef struct lk_ops {
     void (*repeat_rows)(lk_device *dev, float *out, const float *inp, int N, int R, int C);
     void (*sum_groups)(lk_device *dev, float *out, const float *inp, const float *bias, int N,
                        int G, int C);
-    void (*gather_rows)(lk_device *dev, float *out, const float *inp, const int32_t *positions,
-                        int B, int T, int C);
+    void (*splice_prefix)(lk_device *dev, float *out, const float *prefix,
+                          const float *computed, lk_query_rows q, int B, int P, int T, int C);
+    void (*gather_rows)(lk_device *dev, float *out, const float *inp, const int32_t *rows, int n,
+                        int C);
 } lk_ops;
 
 /* The common head of every backend's device struct. */

@@ -260,16 +260,18 @@ static void cpu_embed(lk_device *dev, float *tok_out, float *pos_out, const floa
 
 static void cpu_mask_scores(lk_device *dev, float *scores, int B, int H, int T, float attn_scale,
                             const lk_score_mask *mask) {
-    // scores is (B, H, T query, T key)
+    // prompt bi's block is (H, Q query, T key) for its Q queries from position q0
     const lk_score_mask mk = *mask;
 #pragma omp parallel for collapse(2) if ((size_t)B * H * T * T > 16384)
     for (int bi = 0; bi < B; bi++) {
         for (int hi = 0; hi < H; hi++) {
-            float *s = scores + ((size_t)bi * H + hi) * T * T;
+            const int q0 = mk.queries.start ? mk.queries.start[bi] : 0, Q = T - q0;
+            const size_t first_row = mk.queries.row ? (size_t)mk.queries.row[bi] : (size_t)bi * T;
+            float *s = scores + (first_row * H + (size_t)hi * Q) * T;
             const uint8_t *row_mask = mk.attn_mask ? mk.attn_mask + (size_t)bi * T : NULL;
             const int32_t *row_tokens = mk.pad_id >= 0 ? mk.tokens + (size_t)bi * T : NULL;
-            for (int qi = 0; qi < T; qi++) {
-                float *sq = s + (size_t)qi * T;
+            for (int qi = q0; qi < T; qi++) {
+                float *sq = s + (size_t)(qi - q0) * T;
                 for (int ki = 0; ki < T; ki++) {
                     bool masked = mk.causal && (ki > qi || (mk.window > 0 && ki <= qi - mk.window) ||
                                                 (row_mask && !row_mask[ki]));
@@ -278,6 +280,18 @@ static void cpu_mask_scores(lk_device *dev, float *scores, int B, int H, int T, 
                 }
             }
         }
+    }
+}
+
+static void cpu_splice_prefix(lk_device *dev, float *out, const float *prefix,
+                              const float *computed, lk_query_rows q, int B, int P, int T, int C) {
+    // out is (B, T, C); prefix (P, T, C); computed (sum of T - q.start[b], C)
+    const size_t row_bytes = (size_t)C * sizeof(float);
+    for (int bi = 0; bi < B; bi++) {
+        const size_t t0 = (size_t)q.start[bi];
+        float *o = out + (size_t)bi * T * C;
+        memcpy(o, prefix + (size_t)(bi % P) * T * C, t0 * row_bytes);
+        memcpy(o + t0 * C, computed + (size_t)q.row[bi] * C, (T - t0) * row_bytes);
     }
 }
 
@@ -304,12 +318,10 @@ static void cpu_sum_groups(lk_device *dev, float *out, const float *inp, const f
     }
 }
 
-static void cpu_gather_rows(lk_device *dev, float *out, const float *inp, const int32_t *positions,
-                            int B, int T, int C) {
-    // out is (B, C); inp is (B, T, C)
-    for (int bi = 0; bi < B; bi++)
-        memcpy(out + (size_t)bi * C, inp + ((size_t)bi * T + positions[bi]) * C,
-               (size_t)C * sizeof(float));
+static void cpu_gather_rows(lk_device *dev, float *out, const float *inp, const int32_t *rows,
+                            int n, int C) {
+    for (int i = 0; i < n; i++)
+        memcpy(out + (size_t)i * C, inp + (size_t)rows[i] * C, (size_t)C * sizeof(float));
 }
 
 /* ---- the device: host memory, nothing queued, nothing to record ---- */
@@ -365,6 +377,7 @@ static const lk_ops cpu_ops = {
     .mask_scores = cpu_mask_scores,
     .repeat_rows = cpu_repeat_rows,
     .sum_groups = cpu_sum_groups,
+    .splice_prefix = cpu_splice_prefix,
     .gather_rows = cpu_gather_rows,
 };
 

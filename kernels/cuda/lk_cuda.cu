@@ -248,17 +248,50 @@ __global__ void embed_kernel(float *tok_out, float *pos_out, const float *W_E, c
     }
 }
 
-/* scores[B,H,T,T] in place; total = B*H*T*T. m's pointers are device ones. */
-__global__ void mask_scores_kernel(float *scores, int H, int T, float attn_scale, lk_score_mask m,
-                                   size_t total) {
+/* The prompt whose packed query rows hold row n: the last b with row[b] <= n
+ * (row is ascending, row[0] = 0). */
+__device__ int prompt_of_row(const int32_t *row, int B, size_t n) {
+    int lo = 0, hi = B - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if ((size_t)row[mid] <= n) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+/* Scores in place (lk_mask_scores' layout); total = H*T*(query rows). */
+__global__ void mask_scores_kernel(float *scores, int B, int H, int T, float attn_scale,
+                                   lk_score_mask m, size_t total) {
     GRID_STRIDE(idx, total) {
-        const int k = (int)(idx % T), q = (int)(idx / T % T);
-        const size_t key = idx / ((size_t)H * T * T) * T + k; /* b*T + k */
+        const int k = (int)(idx % T);
+        int b, q;
+        if (m.queries.start) {
+            b = prompt_of_row(m.queries.row, B, idx / ((size_t)H * T));
+            const int q0 = m.queries.start[b];
+            const size_t in_block = idx - (size_t)m.queries.row[b] * H * T;
+            q = q0 + (int)(in_block / T % (size_t)(T - q0));
+        } else {
+            b = (int)(idx / ((size_t)H * T * T));
+            q = (int)(idx / T % T);
+        }
+        const size_t key = (size_t)b * T + k;
         bool masked = m.causal && (k > q || (m.window > 0 && k <= q - m.window) ||
                                    (m.attn_mask && !m.attn_mask[key]));
         float s = masked ? -INFINITY : scores[idx] / attn_scale;
         if (m.pad_id >= 0 && m.tokens[key] == m.pad_id) s = m.pad_score;
         scores[idx] = s;
+    }
+}
+
+/* lk_splice_prefix; total = B*T*C. */
+__global__ void splice_prefix_kernel(float *out, const float *prefix, const float *computed,
+                                     lk_query_rows q, int P, int T, int C, size_t total) {
+    GRID_STRIDE(idx, total) {
+        const size_t c = idx % C, t = idx / C % T, b = idx / ((size_t)C * T);
+        const size_t t0 = (size_t)q.start[b];
+        out[idx] = t < t0 ? prefix[((b % P) * T + t) * C + c]
+                          : computed[((size_t)q.row[b] + t - t0) * C + c];
     }
 }
 
@@ -279,13 +312,10 @@ __global__ void sum_groups_kernel(float *out, const float *inp, const float *bia
     }
 }
 
-/* out[B,C] = inp[b, positions[b], :] from inp[B,T,C]; total = B*C. */
-__global__ void gather_rows_kernel(float *out, const float *inp, const int32_t *positions, int T,
-                                   int C, size_t total) {
-    GRID_STRIDE(idx, total) {
-        const size_t b = idx / C;
-        out[idx] = inp[(b * T + positions[b]) * C + idx % C];
-    }
+/* out[n,C] = inp[rows[n], :]; total = n*C. */
+__global__ void gather_rows_kernel(float *out, const float *inp, const int32_t *rows, int C,
+                                   size_t total) {
+    GRID_STRIDE(idx, total) out[idx] = inp[(size_t)rows[idx / C] * C + idx % C];
 }
 
 /* ---- device, memory, recording ---------------------------------------- */
@@ -494,9 +524,18 @@ static void cuda_embed(lk_device *dev, float *tok_out, float *pos_out, const flo
 
 static void cuda_mask_scores(lk_device *dev, float *scores, int B, int H, int T, float attn_scale,
                              const lk_score_mask *mask) {
-    const size_t total = (size_t)B * H * T * T;
-    launch(enter(dev), "mask_scores", mask_scores_kernel, blocks_for(total), scores, H, T,
+    const size_t rows = mask->queries.start ? (size_t)mask->queries.rows : (size_t)B * T;
+    const size_t total = rows * H * T;
+    launch(enter(dev), "mask_scores", mask_scores_kernel, blocks_for(total), scores, B, H, T,
            attn_scale, *mask, total);
+}
+
+static void cuda_splice_prefix(lk_device *dev, float *out, const float *prefix,
+                               const float *computed, lk_query_rows q, int B, int P, int T,
+                               int C) {
+    const size_t total = (size_t)B * T * C;
+    launch(enter(dev), "splice_prefix", splice_prefix_kernel, blocks_for(total), out, prefix,
+           computed, q, P, T, C, total);
 }
 
 static void cuda_repeat_rows(lk_device *dev, float *out, const float *inp, int N, int R, int C) {
@@ -512,11 +551,11 @@ static void cuda_sum_groups(lk_device *dev, float *out, const float *inp, const 
            total);
 }
 
-static void cuda_gather_rows(lk_device *dev, float *out, const float *inp,
-                             const int32_t *positions, int B, int T, int C) {
-    const size_t total = (size_t)B * C;
-    launch(enter(dev), "gather_rows", gather_rows_kernel, blocks_for(total), out, inp, positions,
-           T, C, total);
+static void cuda_gather_rows(lk_device *dev, float *out, const float *inp, const int32_t *rows,
+                             int n, int C) {
+    const size_t total = (size_t)n * C;
+    launch(enter(dev), "gather_rows", gather_rows_kernel, blocks_for(total), out, inp, rows, C,
+           total);
 }
 
 static const lk_ops cuda_ops = {
@@ -546,6 +585,7 @@ static const lk_ops cuda_ops = {
     .mask_scores = cuda_mask_scores,
     .repeat_rows = cuda_repeat_rows,
     .sum_groups = cuda_sum_groups,
+    .splice_prefix = cuda_splice_prefix,
     .gather_rows = cuda_gather_rows,
 };
 

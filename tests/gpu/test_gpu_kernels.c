@@ -41,7 +41,7 @@
  *   here has K <= 79, so the check is rigorous. TF32 tensor-core math
  *   (u = 2^-11) misses it by far, as it should: parity with TransformerLens
  *   needs full float32.
- * - Copies (lk_embed, lk_repeat_rows, lk_gather_rows) must be exact, and so
+ * - Copies (lk_embed, lk_repeat_rows, lk_splice_prefix, lk_gather_rows) must be exact, and so
  *   must masking: -INFINITY wherever the CPU has -INFINITY, and exactly 0
  *   from softmax for -INFINITY inputs, all-masked rows included.
  */
@@ -833,12 +833,25 @@ typedef struct {
     const char *name;
     bool causal;
     int window;
-    bool attn_mask, pad_id;
+    bool attn_mask, pad_id, suffix;
 } ms_case;
+
+/* Suffix queries (lk_query_rows): each prompt's first query position. */
+static const int32_t SUFFIX_FIRST[PROMPTS] = {0, 9, SEQ - 1};
+
+/* Each prompt's first packed row for SUFFIX_FIRST, and their number. */
+static int suffix_rows(int32_t row[PROMPTS]) {
+    int n = 0;
+    for (int b = 0; b < PROMPTS; b++)
+        row[b] = n, n += SEQ - SUFFIX_FIRST[b];
+    return n;
+}
 
 static void check_mask_scores(uint64_t seed, ms_case c) {
     enum { H = 4 };
-    const size_t n = (size_t)PROMPTS * H * SEQ * SEQ;
+    int32_t row[PROMPTS];
+    const int rows = c.suffix ? suffix_rows(row) : PROMPTS * SEQ;
+    const size_t n = (size_t)rows * H * SEQ;
     rng r = {seed};
     float *scores = randoms(&r, n, -10, 10), *img = out_image(n);
     memcpy(img, scores, n * sizeof *scores);
@@ -847,13 +860,15 @@ static void check_mask_scores(uint64_t seed, ms_case c) {
 
     pair po = out_pair(img, n), pt = pair_new(tok, (size_t)PROMPTS * SEQ * sizeof *tok);
     pair pm = pair_new(mask, (size_t)PROMPTS * SEQ);
+    pair pf = pair_new(SUFFIX_FIRST, sizeof SUFFIX_FIRST), pr = pair_new(row, sizeof row);
     EACH_SIDE(s) {
-        const lk_score_mask m = {.causal = c.causal,
+        lk_score_mask m = {.causal = c.causal,
                                  .window = c.window,
                                  .attn_mask = c.attn_mask ? U8(pm, s) : NULL,
                                  .tokens = c.pad_id ? I32(pt, s) : NULL,
                                  .pad_id = c.pad_id ? PAD_ID : -1,
                                  .pad_score = -1e5f};
+        if (c.suffix) m.queries = (lk_query_rows){I32(pf, s), I32(pr, s), rows};
         lk_mask_scores(dev[s], F(po, s), PROMPTS, H, SEQ, sqrtf(D_HEAD), &m);
     }
     check_close(&po, "mask_scores %s B=%d H=%d T=%d", c.name, PROMPTS, H, SEQ);
@@ -864,7 +879,7 @@ static void check_mask_scores(uint64_t seed, ms_case c) {
         free(got);
     }
 
-    FREE_PAIRS(&po, &pt, &pm);
+    FREE_PAIRS(&po, &pt, &pm, &pf, &pr);
     FREE_HOST(scores, img, tok, mask);
 }
 
@@ -873,13 +888,15 @@ static void check_mask_scores(uint64_t seed, ms_case c) {
 Test(gpu_kernels, mask_scores) {
     NEED_GPU();
     static const ms_case cases[] = {
-        {"causal", true, 0, false, false},
-        {"causal window 3", true, 3, false, false},
-        {"causal left padding", true, 0, true, false},
-        {"causal left padding pad_id", true, 0, true, true},
-        {"causal window 3 left padding pad_id", true, 3, true, true},
-        {"bidirectional", false, 3, true, false},
-        {"bidirectional pad_id", false, 0, true, true},
+        {"causal", true, 0, false, false, false},
+        {"causal window 3", true, 3, false, false, false},
+        {"causal left padding", true, 0, true, false, false},
+        {"causal left padding pad_id", true, 0, true, true, false},
+        {"causal window 3 left padding pad_id", true, 3, true, true, false},
+        {"bidirectional", false, 3, true, false, false},
+        {"bidirectional pad_id", false, 0, true, true, false},
+        {"causal suffix queries", true, 0, false, false, true},
+        {"causal window 3 left padding pad_id suffix queries", true, 3, true, true, true},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         check_mask_scores(901 + i, cases[i]);
@@ -931,23 +948,50 @@ Test(gpu_kernels, sum_groups) {
 Test(gpu_kernels, gather_rows) {
     NEED_GPU();
     static const struct {
-        int B, T, C;
-        int32_t positions[5];
-    } cases[] = {{5, 37, 71, {0, 36, 17, 1, 36}}, {1, 1, 1, {0}}};
+        int N, n, C;
+        int32_t rows[5];
+    } cases[] = {{185, 5, 71, {0, 184, 17, 1, 184}}, {1, 1, 1, {0}}};
     for (int i = 0; i < 2; i++) {
-        const int B = cases[i].B, T = cases[i].T, C = cases[i].C;
+        const int N = cases[i].N, n = cases[i].n, C = cases[i].C;
         rng r = {(uint64_t)1201 + i};
-        float *x = randoms(&r, (size_t)B * T * C, -1, 1), *img = out_image((size_t)B * C);
-        poison(img, C, B, C);
+        float *x = randoms(&r, (size_t)N * C, -1, 1), *img = out_image((size_t)n * C);
+        poison(img, C, n, C);
 
-        pair px = floats_pair(x, (size_t)B * T * C), po = out_pair(img, (size_t)B * C);
-        pair pp = pair_new(cases[i].positions, (size_t)B * sizeof(int32_t));
-        EACH_SIDE(s) lk_gather_rows(dev[s], F(po, s), F(px, s), I32(pp, s), B, T, C);
-        check_exact(&po, "gather_rows B=%d T=%d C=%d", B, T, C);
+        pair px = floats_pair(x, (size_t)N * C), po = out_pair(img, (size_t)n * C);
+        pair pp = pair_new(cases[i].rows, (size_t)n * sizeof(int32_t));
+        EACH_SIDE(s) lk_gather_rows(dev[s], F(po, s), F(px, s), I32(pp, s), n, C);
+        check_exact(&po, "gather_rows N=%d n=%d C=%d", N, n, C);
 
         FREE_PAIRS(&px, &po, &pp);
         FREE_HOST(x, img);
     }
+}
+
+/* A suffix run's keys: the reference prompts' rows before each first
+ * position (2 references for 3 rows, so row 2 continues reference 0), the
+ * computed rows after. */
+Test(gpu_kernels, splice_prefix) {
+    NEED_GPU();
+    enum { P = 2, C = 71 };
+    int32_t row[PROMPTS];
+    const int rows = suffix_rows(row);
+    const size_t n = (size_t)PROMPTS * SEQ * C;
+    rng r = {1301};
+    float *prefix = randoms(&r, (size_t)P * SEQ * C, -1, 1);
+    float *computed = randoms(&r, (size_t)rows * C, -1, 1), *img = out_image(n);
+    poison(img, C, PROMPTS * SEQ, C);
+
+    pair pp = floats_pair(prefix, (size_t)P * SEQ * C), pc = floats_pair(computed, (size_t)rows * C);
+    pair pf = pair_new(SUFFIX_FIRST, sizeof SUFFIX_FIRST), pr = pair_new(row, sizeof row);
+    pair po = out_pair(img, n);
+    EACH_SIDE(s) {
+        lk_splice_prefix(dev[s], F(po, s), F(pp, s), F(pc, s),
+                         (lk_query_rows){I32(pf, s), I32(pr, s), rows}, PROMPTS, P, SEQ, C);
+    }
+    check_exact(&po, "splice_prefix B=%d P=%d T=%d C=%d", PROMPTS, P, SEQ, C);
+
+    FREE_PAIRS(&pp, &pc, &pf, &pr, &po);
+    FREE_HOST(prefix, computed, img);
 }
 
 /* ---- recording --------------------------------------------------------- */

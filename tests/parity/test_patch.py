@@ -216,3 +216,57 @@ def test_path_patching_matches_the_ioi_method(daemon, references, name, receiver
     full = lensd_patch(daemon, name, "path_patch_heads", data, receivers=receivers,
                        receiver_input=receiver_input, full_recompute=True)
     assert np.abs(values(full) - values(got)).max() <= 1e-5 * max(1.0, float(np.abs(want).max()))
+
+
+REUSE_SWEEPS = ["resid_pre", "mlp_out", "attn_head_v_by_pos", "attn_head_pattern_by_pos",
+                "attn_head_pattern_dest_src_pos", "attn_head_q_all_pos", "block_every",
+                "attn_head_by_pos_every"]
+# clean and corrupted differ in one name; the two prompts have different lengths
+PADDED_CLEAN = ["When Mary and John went to the store, John gave a drink to", "Then John met Mary"]
+PADDED_CORRUPTED = ["When Mary and John went to the store, Mary gave a drink to", "Then Mary met Mary"]
+
+
+def expected_block_positions(got, n_layers: int, T: int, metric_positions) -> int:
+    """The work of the sweep's patched runs: for each run (an index of the values), each
+    prompt computes its positions from min(patched position, metric position) on (from 0
+    for sweeps without a position axis), through the blocks from the patched layer on."""
+    names = [a["name"] for a in got["axes"]]
+    shape = got["values"]["shape"]
+    grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    layer = grids[names.index("layer")]
+    pos_axis = next((names.index(a) for a in ("pos", "dest_pos") if a in names), None)
+    total = 0
+    for m in metric_positions:
+        first = np.minimum(grids[pos_axis], m) if pos_axis is not None else np.zeros_like(layer)
+        total += int(((T - first) * (n_layers - layer)).sum())
+    return total
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("sweep", REUSE_SWEEPS)
+@pytest.mark.parametrize("name", ["gpt2-a", "neo"])
+def test_position_reuse_matches_full_recompute_on_padded_prompts(daemon, name, sweep, padding_side):
+    """Causal position reuse (each patched run computes only the positions from the patched
+    one on, or from its prompt's metric position if that comes first, with the corrupted
+    run's keys and values before) gives full recomputation's values on padded batches
+    whose prompts read the metric at different positions (right padding: each prompt's
+    last real token, before some patched positions), with GPT-Neo's local attention; and it
+    does exactly the work it claims."""
+    mask = np.array(daemon_post(daemon, f"/v1/models/{name}/tokenize", {
+        "prompts": PADDED_CLEAN, "padding_side": padding_side})["attention_mask"])
+    B, T = mask.shape
+    metric_positions = mask.sum(1) - 1 if padding_side == "right" else np.full(B, T - 1)
+    assert padding_side == "left" or metric_positions.min() < T - 1, "the prompts must differ in length"
+    body = {"clean": {"prompts": PADDED_CLEAN, "padding_side": padding_side},
+            "corrupted": {"prompts": PADDED_CORRUPTED, "padding_side": padding_side},
+            "metric": {"type": "logit_diff", "answers": [[" Mary", " John"], [" John", " Mary"]]}}
+    got = daemon_post(daemon, f"/v1/models/{name}/patch", {"sweep": sweep, **body})
+    full = daemon_post(daemon, f"/v1/models/{name}/patch", {"sweep": sweep, "full_recompute": True, **body})
+    reused, reference = values(got), values(full)
+    scale = max(1.0, float(np.abs(reference).max()))
+    assert np.abs(reused - reference).max() <= 1e-5 * scale, f"{name} {sweep} {padding_side}"
+    assert np.ptp(reference) > 1e-3, "a sweep whose values do not vary cannot tell runs apart"
+
+    n_layers = len(got["axes"][[a["name"] for a in got["axes"]].index("layer")]["labels"])
+    assert full["block_positions"] == got["runs"] * B * T * n_layers
+    assert got["block_positions"] == expected_block_positions(got, n_layers, T, metric_positions)

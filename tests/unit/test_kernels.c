@@ -16,8 +16,8 @@
  * The unused padding of matrix inputs is NaN too, so a wrong row stride
  * shows.
  *
- * Not here: speed, and the CUDA backend (these tests should run unchanged
- * against it once it exists).
+ * Not here: speed, and the CUDA backend (tests/gpu/test_gpu_kernels.c
+ * checks it against this one).
  *
  * Tolerances. u = 2^-24 is float32's unit roundoff. Each check is an error
  * bound per element, worked out from the float32 computation the definition
@@ -1021,6 +1021,143 @@ Test(solu, large_magnitudes) {
         check_solu("large", x, 4, WIDTHS[ci], true);
         free(x);
     }
+}
+
+/* ---- attention masks, suffix queries, row copies ------------------------ */
+
+/* Prompts of MS_T positions, MS_H heads; each prompt's first query position
+ * (0: every position; a suffix otherwise) and left padding. */
+enum { MS_B = 4, MS_H = 3, MS_T = 11, MS_PAD = 0 };
+static const int32_t MS_FIRST[MS_B] = {0, 4, 10, 7};
+static const int MS_LEFT_PAD[MS_B] = {0, 2, 0, 5};
+
+/* Prompt b's first row among the packed query rows, and their number. */
+static int ms_rows(const int32_t *first, int32_t row[MS_B]) {
+    int n = 0;
+    for (int b = 0; b < MS_B; b++)
+        row[b] = n, n += MS_T - first[b];
+    return n;
+}
+
+/* lk_mask_scores against the definition, for dense scores (every query) or
+ * packed suffix queries: the score of (b, h, q, k) is raw / scale unless the
+ * causal mask (k > q), the window (k <= q - window) or the left padding
+ * masks it (-inf; causal only), then pad_score where key k holds the pad id.
+ * One division or a constant per element: bit for bit. */
+static void check_mask_scores(bool causal, int window, bool padded, bool suffix) {
+    const int32_t zeros[MS_B] = {0};
+    const int32_t *first = suffix ? MS_FIRST : zeros;
+    int32_t row[MS_B];
+    const int rows = ms_rows(first, row);
+    const size_t n = (size_t)rows * MS_H * MS_T;
+    const float scale = 2.5f, pad_score = -1e5f;
+    rng r = {1501u + 8u * causal + 4u * (window > 0) + 2u * padded + suffix};
+    float *raw = new_floats(n), *got = new_floats(n + TAIL);
+    fill_normal(&r, raw, n, 0, 3);
+    memcpy(got, raw, n * sizeof *got);
+    fill_value(got + n, TAIL, SENTINEL);
+    uint8_t mask[MS_B * MS_T];
+    int32_t tokens[MS_B * MS_T];
+    for (int b = 0; b < MS_B; b++)
+        for (int t = 0; t < MS_T; t++) {
+            mask[b * MS_T + t] = t >= MS_LEFT_PAD[b];
+            tokens[b * MS_T + t] = t < MS_LEFT_PAD[b] || t == MS_T - 2 ? MS_PAD : 1 + t;
+        }
+    lk_score_mask m = {.causal = causal,
+                       .window = window,
+                       .attn_mask = padded ? mask : NULL,
+                       .tokens = padded ? tokens : NULL,
+                       .pad_id = padded ? MS_PAD : -1,
+                       .pad_score = pad_score};
+    if (suffix) m.queries = (lk_query_rows){first, row, rows};
+    lk_mask_scores(lk_cpu(), got, MS_B, MS_H, MS_T, scale, &m);
+    for (int b = 0; b < MS_B; b++)
+        for (int h = 0; h < MS_H; h++)
+            for (int q = first[b]; q < MS_T; q++)
+                for (int k = 0; k < MS_T; k++) {
+                    const size_t at =
+                        (((size_t)row[b] * MS_H + (size_t)h * (MS_T - first[b])) + (q - first[b])) *
+                            MS_T + k;
+                    const bool masked = causal && (k > q || (window > 0 && k <= q - window) ||
+                                                   (padded && !mask[b * MS_T + k]));
+                    float want = masked ? -INFINITY : raw[at] / scale;
+                    if (padded && tokens[b * MS_T + k] == MS_PAD) want = pad_score;
+                    cr_assert(memcmp(&got[at], &want, sizeof want) == 0,
+                              "mask_scores causal=%d window=%d padded=%d suffix=%d: b=%d h=%d "
+                              "q=%d k=%d is %g, want %g",
+                              causal, window, padded, suffix, b, h, q, k, (double)got[at],
+                              (double)want);
+                }
+    for (int i = 0; i < TAIL; i++)
+        cr_assert_eq(got[n + i], SENTINEL, "mask_scores wrote past its scores");
+    free(raw);
+    free(got);
+}
+
+Test(mask_scores, every_query) {
+    for (int padded = 0; padded < 2; padded++) {
+        check_mask_scores(true, 0, padded, false);
+        check_mask_scores(true, 3, padded, false);
+        check_mask_scores(false, 3, padded, false);
+    }
+}
+
+Test(mask_scores, suffix_queries) {
+    for (int padded = 0; padded < 2; padded++) {
+        check_mask_scores(true, 0, padded, true);
+        check_mask_scores(true, 3, padded, true);
+    }
+}
+
+/* Keys of MS_B rows continuing MS_P reference prompts: the prefix rows are
+ * the reference's, the rest the computed rows, copied exactly. */
+Test(splice_prefix, matches_definition) {
+    enum { MS_P = 3, C = 13 };
+    int32_t row[MS_B];
+    const int rows = ms_rows(MS_FIRST, row);
+    const size_t n = (size_t)MS_B * MS_T * C;
+    rng r = {1601};
+    float *prefix = new_floats((size_t)MS_P * MS_T * C), *computed = new_floats((size_t)rows * C);
+    float *got = new_floats(n + TAIL);
+    fill_normal(&r, prefix, (size_t)MS_P * MS_T * C, 0, 1);
+    fill_normal(&r, computed, (size_t)rows * C, 0, 1);
+    fill_value(got, n, NAN);
+    fill_value(got + n, TAIL, SENTINEL);
+    lk_splice_prefix(lk_cpu(), got, prefix, computed, (lk_query_rows){MS_FIRST, row, rows}, MS_B,
+                     MS_P, MS_T, C);
+    for (int b = 0; b < MS_B; b++)
+        for (int t = 0; t < MS_T; t++)
+            for (int c = 0; c < C; c++) {
+                const float want =
+                    t < MS_FIRST[b] ? prefix[((size_t)(b % MS_P) * MS_T + t) * C + c]
+                                    : computed[((size_t)row[b] + t - MS_FIRST[b]) * C + c];
+                const float g = got[((size_t)b * MS_T + t) * C + c];
+                cr_assert(memcmp(&g, &want, sizeof g) == 0, "splice b=%d t=%d c=%d: %g, want %g",
+                          b, t, c, (double)g, (double)want);
+            }
+    for (int i = 0; i < TAIL; i++)
+        cr_assert_eq(got[n + i], SENTINEL, "splice_prefix wrote past its output");
+    free(prefix);
+    free(computed);
+    free(got);
+}
+
+Test(gather_rows, matches_definition) {
+    enum { N = 9, C = 17, n = 5 };
+    const int32_t rows[n] = {8, 0, 3, 3, 7};
+    rng r = {1701};
+    float *inp = new_floats((size_t)N * C), *got = new_floats((size_t)n * C + TAIL);
+    fill_normal(&r, inp, (size_t)N * C, 0, 1);
+    fill_value(got, (size_t)n * C, NAN);
+    fill_value(got + (size_t)n * C, TAIL, SENTINEL);
+    lk_gather_rows(lk_cpu(), got, inp, rows, n, C);
+    for (int i = 0; i < n; i++)
+        cr_assert(memcmp(got + (size_t)i * C, inp + (size_t)rows[i] * C, C * sizeof *got) == 0,
+                  "gather_rows: row %d is not input row %d", i, rows[i]);
+    for (int i = 0; i < TAIL; i++)
+        cr_assert_eq(got[(size_t)n * C + i], SENTINEL, "gather_rows wrote past its output");
+    free(inp);
+    free(got);
 }
 
 /* ---- lk_set_threads ---------------------------------------------------- */
