@@ -18,8 +18,9 @@ positions, and the logit difference of two answer ids at the last position:
 - the values TL computed are compared with lensd's at the same indices
   (max |diff| <= 1e-3, else the report says WRONG);
 - the FLOP floor: the multiply-adds the patched runs need (each from its
-  patched layer on, as lensd runs them, with the unembedding at the metric's
-  position only), at this machine's measured OpenBLAS sgemm rate.
+  patched layer on and, with causal attention, from its patched position on,
+  as lensd runs them, with the unembedding at the metric's position only), at
+  this machine's measured OpenBLAS sgemm rate.
 
 Both sides use the machine as they find it (threads, BLAS); the report says
 what that was.
@@ -59,12 +60,19 @@ def sgemm_gflops() -> float:
     return 2 * 2048**3 / best / 1e9
 
 
-def sweep_flops(cfg, T: int, runs_per_layer: dict) -> float:
-    """Multiply-add FLOPs of the patched runs from their layers on, unembedding one position."""
+def sweep_flops(cfg, T: int, axes: list, shape: tuple) -> float:
+    """Multiply-add FLOPs the patched runs need: each from its layer on, at the positions
+    it can change (with causal attention, from its patched position on; every position for
+    the sweeps without a position axis), unembedding one position. axes and shape: the
+    sweep's labelled axes and values shape."""
     d, dm, H, dh, V, L = cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.d_head, cfg.d_vocab_out, cfg.n_layers
-    per_layer = 2 * T * (4 * d * H * dh + 2 * d * dm) + 2 * 2 * H * T * T * dh
-    unembed = 2 * d * V
-    return sum(n * ((L - layer) * per_layer + unembed) for layer, n in runs_per_layer.items())
+    names = [name for name, _ in axes]
+    grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    layer = grids[names.index("layer")]
+    pos_axis = next((names.index(a) for a in ("pos", "dest_pos") if a in names), None)
+    Q = T - grids[pos_axis] if pos_axis is not None else np.full(layer.shape, T)
+    per_block = 2 * Q * (4 * d * H * dh + 2 * d * dm) + 2 * 2 * H * Q * T * dh
+    return float(((L - layer) * per_block).sum() + layer.size * 2 * d * V)
 
 
 def main() -> None:
@@ -137,9 +145,9 @@ def main() -> None:
             tl_s = tl_per_run * got.runs
             mine = values[0][tuple(index.T)] if components else values[tuple(index.T)]
             worst = float(np.abs(mine - tl_vals).max())
-            per_layer = {layer: got.runs // cfg.n_layers for layer in range(cfg.n_layers)}  # equal by layer
-            floor_s = sweep_flops(cfg, T, per_layer) / (gflops * 1e9)
+            floor_s = sweep_flops(cfg, T, got.axes, values.shape) / (gflops * 1e9)
             rows.append({"sweep": sweep, "runs": got.runs, "passes": got.passes, "lensd_s": lensd_s,
+                         "work": full.block_positions / got.block_positions,
                          "full_s": full_s, "tl_s": tl_s, "tl_sampled": len(index), "worst": worst,
                          "floor_s": floor_s, "full_worst": float(np.abs(np.asarray(full) - values).max())})
             print(f"{sweep}: lensd {lensd_s:.2f} s (full recompute {full_s:.2f} s), TL ~{tl_s:.1f} s "
@@ -153,14 +161,16 @@ def main() -> None:
              f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}); one clean and "
              f"one corrupted prompt of {T} tokens; metric: logit difference at the last position. "
              f"TransformerLens's time is its per-run time on {args.sample} random indices "
-             f"(index_df) times the sweep's runs. Floor: the sweep's FLOPs from each patched layer "
-             f"on at {gflops:.0f} GFLOP/s (numpy sgemm, this machine).", "",
+             f"(index_df) times the sweep's runs. Floor: the FLOPs of the patched runs, each from "
+             f"its layer on and (causal position reuse) from its position on, at {gflops:.0f} "
+             f"GFLOP/s (numpy sgemm, this machine). Work saved: full recomputation's block "
+             f"positions over lensd's (positions computed x blocks run through).", "",
              "| sweep | runs | lensd passes | TransformerLens | lensd | TL / lensd | lensd, full recompute "
-             "| lensd / floor | max diff |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| work saved | lensd / floor | max diff |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['sweep']} | {r['runs']} | {r['passes']} | {r['tl_s']:.1f} s | {r['lensd_s']:.2f} s "
-                     f"| {r['tl_s'] / r['lensd_s']:.1f}x | {r['full_s']:.2f} s | "
+                     f"| {r['tl_s'] / r['lensd_s']:.1f}x | {r['full_s']:.2f} s | {r['work']:.1f}x | "
                      f"{r['lensd_s'] / r['floor_s']:.1f}x | {r['worst']:.2g} |")
     report = "\n".join(lines) + "\n"
     print(report)

@@ -47,6 +47,8 @@ class Patched:
             ``("component", [...])`` (the ``_every`` sweeps).
         clean_metric, corrupted_metric: the unpatched runs' metric.
         runs: patched runs (TransformerLens's forward passes); passes: lensd's.
+        block_positions: the work those passes did: positions computed x blocks
+            run through (runs x prompts x tokens x layers for full recomputation).
         seconds: the daemon's time for the sweep.
     """
 
@@ -59,6 +61,7 @@ class Patched:
         self.normalized = bool(data["normalized"])
         self.runs = int(data["runs"])
         self.passes = int(data["passes"])
+        self.block_positions = int(data["block_positions"])
         self.seconds = float(data["seconds"])
 
     @property
