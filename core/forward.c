@@ -52,6 +52,7 @@ typedef struct forward_ctx {
     const uint8_t *attn_mask;      /* [B, T] on the device, or NULL */
     const int32_t *logit_rows;     /* [B] on the device: the row of the N each prompt's logits
                                       come from; NULL for every row */
+    const int32_t *logit_ids;      /* [P, n] on the device (run->logit_ids), or NULL */
     float *logits;                 /* the unembedding's output on the device, or NULL */
     lens_err *err;
 } forward_ctx;
@@ -127,6 +128,7 @@ typedef struct buffers {
     float *mlp_in, *pre, *post, *mlp_out, *final_rows;
     float *logits;                 /* off the host only: [N or B, V] */
     int32_t *tokens, *logit_rows;  /* off the host only: [B, T], [B] */
+    int32_t *logit_ids;            /* off the host only: [P, n] */
     int32_t *first, *first_row;    /* off the host only, with a suffix: [B], [B] */
     uint8_t *attn_mask;            /* off the host only: [B, T] */
 } buffers;
@@ -146,7 +148,10 @@ static int carve(forward_ctx *x, buffers *b) {
     const size_t suffix_kv = x->suffix ? B * T * hd : 0;
     const size_t prefix_kv = x->suffix && off_host ? (size_t)x->suffix->prompts * T * hd : 0;
     const size_t suffix_rows = x->suffix && off_host ? B * sizeof(int32_t) : 0;
+    const lens_logit_ids *ids = x->run->logit_ids;
     const size_t logit_rows = x->run->logit_positions ? B : N;
+    const size_t logit_cols = ids ? (size_t)ids->n : (size_t)c->d_vocab_out;
+    const size_t id_count = ids && off_host ? (size_t)ids->P * ids->n : 0;
     const size_t f = sizeof(float);
     struct {
         void **dst;
@@ -176,7 +181,8 @@ static int carve(forward_ctx *x, buffers *b) {
         {(void **)&b->post, N * m * f},
         {(void **)&b->mlp_out, N * d * f},
         {(void **)&b->final_rows, B * d * f},
-        {(void **)&b->logits, off_host && x->run->logits ? logit_rows * c->d_vocab_out * f : 0},
+        {(void **)&b->logits, off_host && x->run->logits ? logit_rows * logit_cols * f : 0},
+        {(void **)&b->logit_ids, id_count * sizeof(int32_t)},
         {(void **)&b->tokens, off_host ? N * sizeof(int32_t) : 0},
         {(void **)&b->logit_rows, off_host ? B * sizeof(int32_t) : 0},
         {(void **)&b->first, suffix_rows},
@@ -220,6 +226,7 @@ static void place_inputs(forward_ctx *x, buffers *b, const int32_t *logit_rows) 
     x->attn_mask = batch->attn_mask;
     x->logit_rows = x->run->logit_positions ? logit_rows : NULL;
     x->logits = x->run->logits;
+    x->logit_ids = x->run->logit_ids ? x->run->logit_ids->ids : NULL;
     if (x->suffix)
         x->queries = (lk_query_rows){x->suffix->first, x->first_row, (int)x->N};
     if (lk_host_memory(x->dev)) return;
@@ -232,6 +239,11 @@ static void place_inputs(forward_ctx *x, buffers *b, const int32_t *logit_rows) 
     if (x->logit_rows) {
         lk_upload(x->dev, b->logit_rows, x->logit_rows, (size_t)x->B * sizeof(int32_t));
         x->logit_rows = b->logit_rows;
+    }
+    if (x->logit_ids) {
+        const lens_logit_ids *ids = x->run->logit_ids;
+        lk_upload(x->dev, b->logit_ids, ids->ids, (size_t)ids->P * ids->n * sizeof(int32_t));
+        x->logit_ids = b->logit_ids;
     }
     if (x->suffix) {
         lk_upload(x->dev, b->first, x->suffix->first, (size_t)x->B * sizeof(int32_t));
@@ -491,7 +503,12 @@ static int unembed(forward_ctx *x, buffers *b) {
         return fire(x, LENS_HOOK_UNEMBED_OUT, 0, x->logits);
     }
     lk_gather_rows(x->dev, b->final_rows, final, x->logit_rows, x->B, d);
-    lk_matmul(x->dev, x->logits, V, b->final_rows, d, w->W_U, V, w->b_U, x->B, d, V, false);
+    const lens_logit_ids *ids = x->run->logit_ids;
+    if (ids)
+        lk_matmul_columns(x->dev, x->logits, b->final_rows, w->W_U, w->b_U, x->logit_ids, x->B,
+                          ids->P, ids->n, d, V);
+    else
+        lk_matmul(x->dev, x->logits, V, b->final_rows, d, w->W_U, V, w->b_U, x->B, d, V, false);
     return 0;
 }
 
@@ -589,6 +606,22 @@ static int check_suffix(const lens_config *c, const lens_batch *batch, const len
     return 0;
 }
 
+static int check_logit_ids(const lens_config *c, const lens_run *run, lens_err *err) {
+    const lens_logit_ids *ids = run->logit_ids;
+    if (!run->logit_positions || ids->P < 1 || ids->n < 1) {
+        lens_err_set(err, "logits of chosen ids need logit positions and at least one id per prompt");
+        return -1;
+    }
+    for (int i = 0; i < ids->P * ids->n; i++) {
+        if (ids->ids[i] < 0 || ids->ids[i] >= c->d_vocab_out) {
+            lens_err_set(err, "output id %d is outside the output vocabulary of %d", ids->ids[i],
+                         c->d_vocab_out);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int check_batch(const lens_config *c, const lens_batch *batch, const lens_run *run,
                        lens_err *err) {
     if (batch->B < 1 || batch->T < 1) {
@@ -620,6 +653,7 @@ static int check_batch(const lens_config *c, const lens_batch *batch, const lens
         return -1;
     }
     if (run->suffix && check_suffix(c, batch, run, err)) return -1;
+    if (run->logit_ids && check_logit_ids(c, run, err)) return -1;
     for (int bi = 0; run->logits && run->logit_positions && bi < batch->B; bi++) {
         int t = run->logit_positions[bi];
         if (t < 0 || t >= batch->T) {
@@ -668,11 +702,14 @@ int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batc
         return -1;
     }
     place_inputs(&x, &b, rows + batch->B);
-    lk_graph *graph = any_hook_enabled(&x) || run->resid_start ? NULL : recorded_run(&x, &b);
+    /* recorded: the plain runs, the ones repeated with the same shape */
+    const bool plain = !any_hook_enabled(&x) && !run->resid_start && !run->logit_ids;
+    lk_graph *graph = plain ? recorded_run(&x, &b) : NULL;
     int rc = graph ? (lk_graph_launch(x.dev, graph), 0) : run_layers(&x, &b);
     if (rc == 0 && run->logits && x.logits != run->logits) {
         size_t rows = run->logit_positions ? (size_t)x.B : x.N;
-        lk_download(x.dev, run->logits, x.logits, rows * c->d_vocab_out * sizeof(float));
+        size_t cols = run->logit_ids ? (size_t)run->logit_ids->n : (size_t)c->d_vocab_out;
+        lk_download(x.dev, run->logits, x.logits, rows * cols * sizeof(float));
     }
     char why[512];
     if (lk_finish(x.dev, why, sizeof why)) {

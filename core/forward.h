@@ -9,8 +9,8 @@
  * The pass runs on the model's device (model.h, lens_model_place). The
  * callback always sees host memory: on a GPU each enabled activation is
  * copied once into a page-locked host buffer (and back when the run says the
- * callback may modify it). Runs with no hook enabled are recorded once per
- * batch shape and replayed (CUDA graphs).
+ * callback may modify it). Plain runs (no hook enabled, from the embeddings,
+ * every logit) are recorded once per batch shape and replayed (CUDA graphs).
  */
 #ifndef LENS_FORWARD_H
 #define LENS_FORWARD_H
@@ -61,6 +61,14 @@ typedef struct lens_suffix {
     const float *const *v;  /* the same for hook_v */
 } lens_suffix;
 
+/* Logits of chosen output ids only (lens_run.logit_ids): row b gets the
+ * logits of ids[b % P] (the answers of prompt b % P, for runs stacked from
+ * the same P prompts). */
+typedef struct lens_logit_ids {
+    const int32_t *ids; /* [P, n] host, each in [0, d_vocab_out) */
+    int P, n;
+} lens_logit_ids;
+
 typedef struct lens_run {
     const uint8_t *hooks_enabled; /* [lens_hook_slots(cfg)], or NULL for none */
     lens_hook_fn on_hook;
@@ -69,6 +77,8 @@ typedef struct lens_run {
     float *logits; /* out: [B, T, d_vocab_out], or [B, d_vocab_out] at logit_positions;
                       NULL to skip the unembedding */
     const int32_t *logit_positions; /* [B] or NULL for every position */
+    const lens_logit_ids *logit_ids; /* NULL: every output; else (with logit_positions)
+                                        logits is [B, n], those ids' logits only */
     int start_layer; /* the first block to run; 0 (the default): the whole pass */
     const float *resid_start; /* NULL: the pass embeds the tokens (start_layer must be 0).
                                  Else host [B, T, d_model] (with a suffix: [N, d_model],

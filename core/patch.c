@@ -229,6 +229,22 @@ static double metric_of(const lens_patch_metric *m, const float *rows, int P, in
     return sum / P;
 }
 
+/* The output ids a metric reads per prompt (answer, and wrong for a logit
+ * difference): 1 or 2. */
+static int metric_ids(const lens_patch_metric *m) {
+    return m->kind == LENS_METRIC_LOGIT_DIFF ? 2 : 1;
+}
+
+/* The metric of P prompts' answer logits [P, metric_ids(m)] (patched runs
+ * unembed only those; lens_logit_ids). */
+static double metric_of_answers(const lens_patch_metric *m, const float *answers, int P) {
+    const int k = metric_ids(m);
+    double sum = 0.0;
+    for (int p = 0; p < P; p++)
+        sum += k == 2 ? (double)(answers[2 * p] - answers[2 * p + 1]) : (double)answers[p];
+    return sum / P;
+}
+
 /* The state of one pass for the hook callback. */
 typedef struct pass_state {
     const sweep_def *sweep;
@@ -355,10 +371,11 @@ static int check_request(const lens_config *c, const lens_patch_request *req, le
 /* Buffers of one pass of up to `rows` rows (runs x P prompts) and `tokens`
  * computed positions: the corrupted tokens and mask repeated for every run,
  * each row's metric position, first computed position and first computed
- * row, room for the residual stream a pass starts from, the logits and a
- * hook table. */
+ * row, room for the residual stream a pass starts from, the answers'
+ * logits (ids: each prompt's answer ids) and a hook table. */
 typedef struct pass_buffers {
-    int32_t *tokens, *positions, *first, *first_row;
+    int32_t *tokens, *positions, *first, *first_row, *ids;
+    lens_logit_ids answers;
     uint8_t *mask;
     float *resid, *logits;
     uint8_t *enabled;
@@ -369,6 +386,7 @@ static void free_pass(pass_buffers *b) {
     free(b->positions);
     free(b->first);
     free(b->first_row);
+    free(b->ids);
     free(b->mask);
     free(b->resid);
     free(b->logits);
@@ -377,19 +395,20 @@ static void free_pass(pass_buffers *b) {
 
 static int alloc_pass(pass_buffers *b, const lens_config *c, const lens_token_batch *bad,
                       const lens_patch_metric *metric, size_t rows, size_t tokens, lens_err *err) {
-    const int P = bad->B, T = bad->T;
+    const int P = bad->B, T = bad->T, k = metric_ids(metric);
     *b = (pass_buffers){
         .tokens = malloc(rows * T * sizeof *b->tokens),
         .positions = malloc(rows * sizeof *b->positions),
         .first = calloc(rows, sizeof *b->first),
         .first_row = malloc(rows * sizeof *b->first_row),
+        .ids = malloc((size_t)P * k * sizeof *b->ids),
         .mask = bad->attn_mask ? malloc(rows * T) : NULL,
         .resid = malloc(tokens * c->d_model * sizeof *b->resid),
-        .logits = malloc(rows * c->d_vocab_out * sizeof *b->logits),
+        .logits = malloc(rows * k * sizeof *b->logits),
         .enabled = calloc(lens_hook_slots(c), 1),
     };
-    if (!b->tokens || !b->positions || !b->first || !b->first_row || (bad->attn_mask && !b->mask) ||
-        !b->resid || !b->logits || !b->enabled) {
+    if (!b->tokens || !b->positions || !b->first || !b->first_row || !b->ids ||
+        (bad->attn_mask && !b->mask) || !b->resid || !b->logits || !b->enabled) {
         free_pass(b);
         lens_err_set_code(err, LENS_ERR_NO_MEMORY, "out of host memory for %zu patched rows", rows);
         return -1;
@@ -400,6 +419,11 @@ static int alloc_pass(pass_buffers *b, const lens_config *c, const lens_token_ba
         b->positions[r] = metric->positions[r % P];
         b->first_row[r] = (int32_t)(r * T);
     }
+    for (int p = 0; p < P; p++) {
+        b->ids[p * k] = metric->answer[p];
+        if (k == 2) b->ids[p * k + 1] = metric->wrong[p];
+    }
+    b->answers = (lens_logit_ids){b->ids, P, k};
     return 0;
 }
 
@@ -479,7 +503,7 @@ static int run_passes(const lens_model *m, lens_workspace *ws, const lens_patch_
     const lens_config *c = &m->cfg;
     const sweep_def *s = &SWEEPS[req->sweep];
     const lens_token_batch *bad = req->corrupted;
-    const int P = bad->B, T = bad->T, V = c->d_vocab_out, L = c->n_layers;
+    const int P = bad->B, T = bad->T, L = c->n_layers;
     const size_t slots = lens_hook_slots(c);
     const bool reuse = reuses_positions(c, req);
     const float **keys = calloc((size_t)L, sizeof *keys), **values = calloc((size_t)L, sizeof *values);
@@ -517,13 +541,14 @@ static int run_passes(const lens_model *m, lens_workspace *ws, const lens_patch_
                               .hooks_modify = true,
                               .logits = b.logits,
                               .logit_positions = b.positions,
+                              .logit_ids = &b.answers,
                               .start_layer = start,
                               .resid_start = req->full_recompute ? NULL : b.resid,
                               .suffix = reuse ? &suffix : NULL};
         rc = lens_forward(m, ws, &batch, &run, err);
         for (long k = 0; rc == 0 && k < n; k++)
             out->values[items[i0 + k].out] =
-                (float)metric_of(&req->metric, b.logits + (size_t)k * P * V, P, V);
+                (float)metric_of_answers(&req->metric, b.logits + (size_t)k * P * b.answers.n, P);
         out->passes++;
         out->block_positions += (long)N * (L - start);
         i0 += n;
@@ -690,7 +715,7 @@ int lens_path_patch(const lens_model *m, lens_workspace *ws, const lens_path_req
     int max_layer, min_layer;
     if (check_path_request(c, req, &max_layer, &min_layer, err)) return -1;
     const lens_token_batch *bad = req->corrupted;
-    const int P = bad->B, T = bad->T, H = c->n_heads, V = c->d_vocab_out, L = c->n_layers;
+    const int P = bad->B, T = bad->T, H = c->n_heads, L = c->n_layers;
     const size_t slots = lens_hook_slots(c), per_input = (size_t)T * H * c->d_head;
     out->ndim = 2;
     out->shape[0] = max_layer;
@@ -754,11 +779,12 @@ int lens_path_patch(const lens_model *m, lens_workspace *ws, const lens_path_req
         st.record = false;
         const lens_run run2 = {.hooks_enabled = step2, .on_hook = path_hook, .user = &st,
                                .hooks_modify = true, .logits = b.logits,
-                               .logit_positions = b.positions, .start_layer = start2,
+                               .logit_positions = b.positions, .logit_ids = &b.answers, .start_layer = start2,
                                .resid_start = start2 > 0 ? b.resid : NULL};
         if (rc == 0) rc = lens_forward(m, ws, &batch, &run2, err);
         for (int k = 0; rc == 0 && k < n; k++)
-            out->values[i0 + k] = (float)metric_of(&req->metric, b.logits + (size_t)k * P * V, P, V);
+            out->values[i0 + k] =
+                (float)metric_of_answers(&req->metric, b.logits + (size_t)k * P * b.answers.n, P);
         out->passes += 2;
         out->block_positions += (long)n * P * T * (2 * L - start1 - start2);
         i0 += n;

@@ -140,6 +140,11 @@ void lk_sum_groups(lk_device *dev, float *out, const float *inp, const float *bi
     if (N > 0 && C > 0) dev->ops->sum_groups(dev, out, inp, bias, N, G, C);
 }
 
+void lk_matmul_columns(lk_device *dev, float *out, const float *x, const float *W,
+                       const float *bias, const int32_t *ids, int B, int P, int n, int C, int V) {
+    if (B > 0 && P > 0 && n > 0) dev->ops->matmul_columns(dev, out, x, W, bias, ids, B, P, n, C, V);
+}
+
 void lk_splice_prefix(lk_device *dev, float *out, const float *prefix, const float *computed,
                       lk_query_rows q, int B, int P, int T, int C) {
     if (B > 0 && T > 0 && C > 0) dev->ops->splice_prefix(dev, out, prefix, computed, q, B, P, T, C);

@@ -214,6 +214,14 @@ void lk_repeat_rows(lk_device *dev, float *out, const float *inp, int N, int R, 
 void lk_sum_groups(lk_device *dev, float *out, const float *inp, const float *bias, int N, int G,
                    int C);
 
+/* The logits of chosen output ids only: out[b, j] = x[b, :] . W[:, ids[b % P, j]]
+ * (+ bias[that id] when bias is not NULL) for b < B, j < n, from x [B, C] and
+ * W [C, V] (an unembedding); ids [P, n] is device memory, each in [0, V).
+ * Rows b, b + P, b + 2P, ... share their ids (runs of the same P prompts).
+ * Costs B*n*C multiply-adds instead of the B*V*C of every logit. */
+void lk_matmul_columns(lk_device *dev, float *out, const float *x, const float *W,
+                       const float *bias, const int32_t *ids, int B, int P, int n, int C, int V);
+
 /* out[i, C] = inp[rows[i], C] for i < n; rows [n] is device memory, each a
  * row of inp. */
 void lk_gather_rows(lk_device *dev, float *out, const float *inp, const int32_t *rows, int n,

@@ -45,6 +45,9 @@ typedef struct lk_ops {
     void (*repeat_rows)(lk_device *dev, float *out, const float *inp, int N, int R, int C);
     void (*sum_groups)(lk_device *dev, float *out, const float *inp, const float *bias, int N,
                        int G, int C);
+    void (*matmul_columns)(lk_device *dev, float *out, const float *x, const float *W,
+                           const float *bias, const int32_t *ids, int B, int P, int n, int C,
+                           int V);
     void (*splice_prefix)(lk_device *dev, float *out, const float *prefix,
                           const float *computed, lk_query_rows q, int B, int P, int T, int C);
     void (*gather_rows)(lk_device *dev, float *out, const float *inp, const int32_t *rows, int n,

@@ -283,6 +283,35 @@ static void cpu_mask_scores(lk_device *dev, float *scores, int B, int H, int T, 
     }
 }
 
+static void cpu_matmul_columns(lk_device *dev, float *out, const float *x, const float *W,
+                               const float *bias, const int32_t *ids, int B, int P, int n, int C,
+                               int V) {
+    // out is (B, n); x (B, C); W (C, V); ids (P, n). Each column of W is read once, strided,
+    // in chunks of CHUNK channels into w, and dotted with the rows that use it: in double
+    // within a chunk, the chunks' sums added in float (one chunk up to d_model 1024).
+    enum { CHUNK = 1024 };
+    float w[CHUNK];
+    for (int p = 0; p < P; p++) {
+        for (int j = 0; j < n; j++) {
+            const size_t id = (size_t)ids[p * n + j];
+            for (int b = p; b < B; b += P)
+                out[(size_t)b * n + j] = bias ? bias[id] : 0.0f;
+            for (int c0 = 0; c0 < C; c0 += CHUNK) {
+                const int k = C - c0 < CHUNK ? C - c0 : CHUNK;
+                for (int c = 0; c < k; c++)
+                    w[c] = W[(size_t)(c0 + c) * V + id];
+                for (int b = p; b < B; b += P) {
+                    const float *xb = x + (size_t)b * C + c0;
+                    double acc = 0.0;
+                    for (int c = 0; c < k; c++)
+                        acc += (double)xb[c] * w[c];
+                    out[(size_t)b * n + j] += (float)acc;
+                }
+            }
+        }
+    }
+}
+
 static void cpu_splice_prefix(lk_device *dev, float *out, const float *prefix,
                               const float *computed, lk_query_rows q, int B, int P, int T, int C) {
     // out is (B, T, C); prefix (P, T, C); computed (sum of T - q.start[b], C)
@@ -377,6 +406,7 @@ static const lk_ops cpu_ops = {
     .mask_scores = cpu_mask_scores,
     .repeat_rows = cpu_repeat_rows,
     .sum_groups = cpu_sum_groups,
+    .matmul_columns = cpu_matmul_columns,
     .splice_prefix = cpu_splice_prefix,
     .gather_rows = cpu_gather_rows,
 };

@@ -284,6 +284,21 @@ __global__ void mask_scores_kernel(float *scores, int B, int H, int T, float att
     }
 }
 
+/* One block per output (b, j) of lk_matmul_columns: a dot product of x's row
+ * with a (strided) column of W, summed in double. */
+__global__ void matmul_columns_kernel(float *out, const float *x, const float *W,
+                                      const float *bias, const int32_t *ids, int P, int n, int C,
+                                      int V) {
+    const size_t b = blockIdx.x / n, j = blockIdx.x % n;
+    const size_t id = (size_t)ids[(b % P) * n + j];
+    const float *xb = x + b * C;
+    double acc = 0.0;
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+        acc += (double)xb[c] * W[(size_t)c * V + id];
+    acc = block_reduce(acc, Sum(), 0.0);
+    if (threadIdx.x == 0) out[blockIdx.x] = (float)(acc + (bias ? bias[id] : 0.0f));
+}
+
 /* lk_splice_prefix; total = B*T*C. */
 __global__ void splice_prefix_kernel(float *out, const float *prefix, const float *computed,
                                      lk_query_rows q, int P, int T, int C, size_t total) {
@@ -530,6 +545,13 @@ static void cuda_mask_scores(lk_device *dev, float *scores, int B, int H, int T,
            attn_scale, *mask, total);
 }
 
+static void cuda_matmul_columns(lk_device *dev, float *out, const float *x, const float *W,
+                                const float *bias, const int32_t *ids, int B, int P, int n, int C,
+                                int V) {
+    launch(enter(dev), "matmul_columns", matmul_columns_kernel, (unsigned)B * (unsigned)n, out, x,
+           W, bias, ids, P, n, C, V);
+}
+
 static void cuda_splice_prefix(lk_device *dev, float *out, const float *prefix,
                                const float *computed, lk_query_rows q, int B, int P, int T,
                                int C) {
@@ -585,6 +607,7 @@ static const lk_ops cuda_ops = {
     .mask_scores = cuda_mask_scores,
     .repeat_rows = cuda_repeat_rows,
     .sum_groups = cuda_sum_groups,
+    .matmul_columns = cuda_matmul_columns,
     .splice_prefix = cuda_splice_prefix,
     .gather_rows = cuda_gather_rows,
 };

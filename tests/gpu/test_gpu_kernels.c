@@ -967,6 +967,35 @@ Test(gpu_kernels, gather_rows) {
     }
 }
 
+/* The logits of chosen ids (rows b, b + P share prompt b % P's); K = 79
+ * keeps the matrix-product tolerance rigorous. */
+Test(gpu_kernels, matmul_columns) {
+    NEED_GPU();
+    enum { B = 37, P = 5, n = 2, C = 79, V = 1031 };
+    rng r = {1401};
+    int32_t ids[P * n];
+    for (int i = 0; i < P * n; i++)
+        ids[i] = rng_int(&r, 0, V);
+    ids[0] = V - 1;
+    for (int with_bias = 0; with_bias < 2; with_bias++) {
+        float *x = randoms(&r, (size_t)B * C, -1, 1), *W = randoms(&r, (size_t)C * V, -1, 1);
+        float *bias = with_bias ? randoms(&r, V, -1, 1) : NULL, *img = out_image((size_t)B * n);
+        poison(img, n, B, n);
+
+        pair px = floats_pair(x, (size_t)B * C), pw = floats_pair(W, (size_t)C * V);
+        pair pb = floats_pair(bias, V), pi = pair_new(ids, sizeof ids);
+        pair po = out_pair(img, (size_t)B * n);
+        EACH_SIDE(s) {
+            lk_matmul_columns(dev[s], F(po, s), F(px, s), F(pw, s), F(pb, s), I32(pi, s), B, P, n,
+                              C, V);
+        }
+        check_close(&po, "matmul_columns B=%d P=%d n=%d C=%d bias=%d", B, P, n, C, with_bias);
+
+        FREE_PAIRS(&px, &pw, &pb, &pi, &po);
+        FREE_HOST(x, W, bias, img);
+    }
+}
+
 /* A suffix run's keys: the reference prompts' rows before each first
  * position (2 references for 3 rows, so row 2 continues reference 0), the
  * computed rows after. */

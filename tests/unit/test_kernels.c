@@ -1142,6 +1142,48 @@ Test(splice_prefix, matches_definition) {
     free(got);
 }
 
+/* The logits of chosen ids: rows b, b + P, ... share prompt b % P's ids; a
+ * K = C dot product plus a bias, so the matrix-product bound applies. C
+ * spans more than one of the CPU kernel's chunks of 1024 channels. */
+Test(matmul_columns, matches_definition) {
+    enum { B = 7, P = 3, n = 2, V = 101 };
+    static const int widths[] = {1, 64, 1500};
+    const int32_t ids[P * n] = {100, 0, 5, 5, 37, 99};
+    for (int wi = 0; wi < 3; wi++) {
+        for (int with_bias = 0; with_bias < 2; with_bias++) {
+            const int C = widths[wi];
+            rng r = {1801u + 2u * wi + with_bias};
+            float *x = new_floats((size_t)B * C), *W = new_floats((size_t)C * V);
+            float *bias = new_floats(V), *got = new_floats((size_t)B * n + TAIL);
+            fill_normal(&r, x, (size_t)B * C, 0, 1);
+            fill_normal(&r, W, (size_t)C * V, 0, 1);
+            fill_normal(&r, bias, V, 0, 1);
+            fill_value(got, (size_t)B * n, NAN);
+            fill_value(got + (size_t)B * n, TAIL, SENTINEL);
+            lk_matmul_columns(lk_cpu(), got, x, W, with_bias ? bias : NULL, ids, B, P, n, C, V);
+            for (int b = 0; b < B; b++)
+                for (int j = 0; j < n; j++) {
+                    const int id = ids[(b % P) * n + j];
+                    double want = with_bias ? bias[id] : 0.0, mag = fabs(want);
+                    for (int c = 0; c < C; c++) {
+                        want += (double)x[(size_t)b * C + c] * W[(size_t)c * V + id];
+                        mag += fabs((double)x[(size_t)b * C + c] * W[(size_t)c * V + id]);
+                    }
+                    const double g = got[(size_t)b * n + j];
+                    cr_assert(fabs(g - want) <= (C + 4) * U * mag,
+                              "matmul_columns C=%d bias=%d b=%d j=%d: %g, want %g", C, with_bias,
+                              b, j, g, want);
+                }
+            for (int i = 0; i < TAIL; i++)
+                cr_assert_eq(got[(size_t)B * n + i], SENTINEL, "matmul_columns wrote past its output");
+            free(x);
+            free(W);
+            free(bias);
+            free(got);
+        }
+    }
+}
+
 Test(gather_rows, matches_definition) {
     enum { N = 9, C = 17, n = 5 };
     const int32_t rows[n] = {8, 0, 3, 3, 7};
