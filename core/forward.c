@@ -137,9 +137,9 @@ static bool heads_split_input(const lens_config *c) {
     return c->use_split_qkv_input || c->use_attn_in;
 }
 
-/* Lays the buffers out in the workspace (growing it, on the model's device)
- * and returns 0, or -1. */
-static int carve(forward_ctx *x, buffers *b) {
+/* Lays the buffers out from base (or only measures them, with base NULL)
+ * and returns the bytes they take. */
+static size_t lay_out(const forward_ctx *x, buffers *b, char *base) {
     const lens_config *c = x->c;
     const size_t N = x->N, B = (size_t)x->B, d = (size_t)c->d_model, h = (size_t)c->n_heads;
     const size_t hd = h * (size_t)c->d_head, m = (size_t)c->d_mlp;
@@ -183,16 +183,25 @@ static int carve(forward_ctx *x, buffers *b) {
         {(void **)&b->final_rows, B * d * f},
         {(void **)&b->logits, off_host && x->run->logits ? logit_rows * logit_cols * f : 0},
         {(void **)&b->logit_ids, id_count * sizeof(int32_t)},
-        {(void **)&b->tokens, off_host ? N * sizeof(int32_t) : 0},
+        {(void **)&b->tokens, off_host ? B * T * sizeof(int32_t) : 0},
         {(void **)&b->logit_rows, off_host ? B * sizeof(int32_t) : 0},
         {(void **)&b->first, suffix_rows},
         {(void **)&b->first_row, suffix_rows},
-        {(void **)&b->attn_mask, off_host ? N : 0},
+        {(void **)&b->attn_mask, off_host ? B * T : 0},
     };
     const size_t n_plan = sizeof plan / sizeof plan[0];
     size_t total = 0;
-    for (size_t i = 0; i < n_plan; i++)
+    for (size_t i = 0; i < n_plan; i++) {
+        if (base) *plan[i].dst = plan[i].bytes ? base + total : NULL;
         total += (plan[i].bytes + 63) & ~(size_t)63;
+    }
+    return total;
+}
+
+/* Lays the buffers out in the workspace (growing it, on the model's device)
+ * and returns 0, or -1. */
+static int carve(forward_ctx *x, buffers *b) {
+    const size_t total = lay_out(x, b, NULL);
     lens_workspace *ws = x->ws;
     if (ws->dev != x->dev) lens_workspace_free(ws);
     ws->dev = x->dev;
@@ -210,11 +219,7 @@ static int carve(forward_ctx *x, buffers *b) {
         }
         ws->cap = total;
     }
-    char *p = ws->buf;
-    for (size_t i = 0; i < n_plan; i++) {
-        *plan[i].dst = plan[i].bytes ? p : NULL;
-        p += (plan[i].bytes + 63) & ~(size_t)63;
-    }
+    lay_out(x, b, ws->buf);
     return 0;
 }
 
@@ -230,10 +235,10 @@ static void place_inputs(forward_ctx *x, buffers *b, const int32_t *logit_rows) 
     if (x->suffix)
         x->queries = (lk_query_rows){x->suffix->first, x->first_row, (int)x->N};
     if (lk_host_memory(x->dev)) return;
-    lk_upload(x->dev, b->tokens, batch->tokens, x->N * sizeof(int32_t));
+    lk_upload(x->dev, b->tokens, batch->tokens, (size_t)x->B * x->T * sizeof(int32_t));
     x->tokens = b->tokens;
     if (batch->attn_mask) {
-        lk_upload(x->dev, b->attn_mask, batch->attn_mask, x->N);
+        lk_upload(x->dev, b->attn_mask, batch->attn_mask, (size_t)x->B * x->T);
         x->attn_mask = b->attn_mask;
     }
     if (x->logit_rows) {
@@ -665,6 +670,34 @@ static int check_batch(const lens_config *c, const lens_batch *batch, const lens
     return 0;
 }
 
+/* Each prompt's first row among the rows the run computes (rows[b]), the
+ * row its logits come from (rows[B + b], with logit positions), and their
+ * number: B*T, or with a suffix the sum of T - first[b]. */
+static size_t computed_rows(const lens_batch *batch, const lens_run *run, int32_t *rows) {
+    size_t N = 0;
+    for (int bi = 0; bi < batch->B; bi++) {
+        const int first = run->suffix ? run->suffix->first[bi] : 0;
+        if (rows) rows[bi] = (int32_t)N;
+        if (rows && run->logit_positions)
+            rows[batch->B + bi] = (int32_t)N + run->logit_positions[bi] - first;
+        N += (size_t)(batch->T - first);
+    }
+    return N;
+}
+
+size_t lens_forward_bytes(const lens_model *m, const lens_batch *batch, const lens_run *run) {
+    const forward_ctx x = {.m = m,
+                           .c = &m->cfg,
+                           .dev = m->device,
+                           .run = run,
+                           .B = batch->B,
+                           .T = batch->T,
+                           .N = computed_rows(batch, run, NULL),
+                           .suffix = run->suffix};
+    buffers b;
+    return lay_out(&x, &b, NULL);
+}
+
 int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batch,
                  const lens_run *run, lens_err *err) {
     const lens_config *c = &m->cfg;
@@ -676,13 +709,7 @@ int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batc
                           batch->B);
         return -1;
     }
-    size_t N = 0;
-    for (int bi = 0; bi < batch->B; bi++) {
-        const int first = run->suffix ? run->suffix->first[bi] : 0;
-        rows[bi] = (int32_t)N;
-        if (run->logit_positions) rows[batch->B + bi] = (int32_t)N + run->logit_positions[bi] - first;
-        N += (size_t)(batch->T - first);
-    }
+    const size_t N = computed_rows(batch, run, rows);
     forward_ctx x = {.m = m,
                      .c = c,
                      .w = &m->dw,

@@ -127,4 +127,10 @@ void lens_workspace_free(lens_workspace *ws);
 int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batch,
                  const lens_run *run, lens_err *err);
 
+/* The device memory, in bytes, lens_forward's workspace needs for this batch
+ * and run (its activations; the weights are already placed). Only the
+ * shapes count: the batch's tokens and the run's buffers are not read (a
+ * caller sizes batches by it before building them). */
+size_t lens_forward_bytes(const lens_model *m, const lens_batch *batch, const lens_run *run);
+
 #endif

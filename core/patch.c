@@ -564,15 +564,34 @@ done:
     return rc;
 }
 
-/* The most rows and positions of one pass: max_batch_tokens positions, or
- * one run if that is more. With position reuse a run computes about half
- * its positions, so a pass takes up to twice the runs. */
-static pass_limits limits_of(const lens_config *c, const lens_patch_request *req, long runs) {
+/* The positions one pass computes by default: LENS_PATCH_BATCH_TOKENS on
+ * the CPU, where larger passes gain nothing; on a GPU as many as a quarter
+ * of its free memory holds (the rest for the suffix runs' keys and values,
+ * the logits and other work), up to LENS_PATCH_MAX_BATCH_TOKENS. */
+static long pass_budget(const lens_model *m, int T) {
+    lk_device_info info;
+    lk_device_describe(m->device, &info);
+    if (info.host_memory) return LENS_PATCH_BATCH_TOKENS;
+    const lens_batch one = {.B = 1, .T = T};
+    const int32_t last = T - 1;
+    const lens_run run = {.logits = (float[1]){0}, .logit_positions = &last};
+    const size_t per_position = lens_forward_bytes(m, &one, &run) / (size_t)T + 1;
+    const size_t fits = info.free_bytes / 4 / per_position;
+    return fits < LENS_PATCH_BATCH_TOKENS       ? LENS_PATCH_BATCH_TOKENS
+           : fits > LENS_PATCH_MAX_BATCH_TOKENS ? LENS_PATCH_MAX_BATCH_TOKENS
+                                                : (long)fits;
+}
+
+/* The most rows and positions of one pass: the budget of positions, or one
+ * run if that is more. With position reuse a run computes about half its
+ * positions, so a pass takes up to twice the runs (and their keys and
+ * values at every position). */
+static pass_limits limits_of(const lens_model *m, const lens_patch_request *req, long runs) {
     const long P = req->corrupted->B, per_run = P * req->corrupted->T;
-    const long budget = req->max_batch_tokens ? req->max_batch_tokens : LENS_PATCH_BATCH_TOKENS;
+    const long budget = req->max_batch_tokens ? req->max_batch_tokens : pass_budget(m, req->corrupted->T);
     long R = budget / per_run;
     if (R < 1) R = 1;
-    if (reuses_positions(c, req)) R *= 2;
+    if (reuses_positions(&m->cfg, req)) R *= 2;
     if (R > runs) R = runs;
     return (pass_limits){(size_t)(R * P), (size_t)(budget > per_run ? budget : per_run)};
 }
@@ -609,7 +628,7 @@ int lens_patch(const lens_model *m, lens_workspace *ws, const lens_patch_request
         plain_run(m, ws, req->corrupted, corrupted_hooks, &req->metric, &corrupted,
                   &out->corrupted_metric, err))
         goto done;
-    if (run_passes(m, ws, req, items, out->runs, &clean, &corrupted, limits_of(c, req, out->runs),
+    if (run_passes(m, ws, req, items, out->runs, &clean, &corrupted, limits_of(m, req, out->runs),
                    out, err))
         goto done;
     if (req->metric.normalize && normalize(out, err)) goto done;
@@ -721,7 +740,7 @@ int lens_path_patch(const lens_model *m, lens_workspace *ws, const lens_path_req
     out->shape[0] = max_layer;
     out->shape[1] = H;
     out->runs = (long)max_layer * H;
-    const long per_pass = (req->max_batch_tokens ? req->max_batch_tokens : LENS_PATCH_BATCH_TOKENS) /
+    const long per_pass = (req->max_batch_tokens ? req->max_batch_tokens : pass_budget(m, T)) /
                           ((long)P * T);
     const int R = (int)(per_pass < 1 ? 1 : per_pass > H ? H : per_pass); /* senders of one layer */
     const size_t rows = (size_t)R * P;

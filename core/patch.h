@@ -87,7 +87,9 @@ typedef struct lens_patch_request {
     bool full_recompute; /* every patched run from the embeddings at every position (the
                             reference path) instead of from its layer's corrupted residual
                             stream at the positions it can change */
-    long max_batch_tokens; /* rows x positions per pass; 0: LENS_PATCH_BATCH_TOKENS */
+    long max_batch_tokens; /* positions computed per pass; 0: LENS_PATCH_BATCH_TOKENS on the
+                              CPU, as many as fit in a quarter of a GPU's free memory (up to
+                              LENS_PATCH_MAX_BATCH_TOKENS) */
     /* Called after each pass with runs done and in all; a nonzero return
      * cancels the sweep (lens_patch then fails with "cancelled"). May be NULL. */
     int (*progress)(void *user, long done, long total);
@@ -95,6 +97,7 @@ typedef struct lens_patch_request {
 } lens_patch_request;
 
 #define LENS_PATCH_BATCH_TOKENS 4096
+#define LENS_PATCH_MAX_BATCH_TOKENS 65536
 
 typedef struct lens_patch_result {
     int ndim;
@@ -132,7 +135,7 @@ typedef struct lens_path_request {
     lens_hook_kind receiver_input; /* LENS_HOOK_Q, LENS_HOOK_K or LENS_HOOK_V */
     bool full_recompute;   /* both steps from the embeddings (else from the first layer
                               each can change) */
-    long max_batch_tokens; /* 0: LENS_PATCH_BATCH_TOKENS */
+    long max_batch_tokens; /* as lens_patch_request's */
     int (*progress)(void *user, long done, long total);
     void *progress_user;
 } lens_path_request;

@@ -1,6 +1,7 @@
 /*
  * test_model_load.c: model discovery, config readers, checkpoint layouts and
- * their errors, weight processing invariants, and hook-point naming.
+ * their errors, weight processing invariants, hook-point naming, and the
+ * workspace a forward pass of the loaded model takes.
  *
  * Each test writes a tiny checkpoint (d_model 8, 2 heads, 1 layer, 6 tokens)
  * into a fresh temporary directory with lens_st_write; numbers checked here
@@ -15,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/forward.h"
 #include "core/hooks.h"
 #include "core/model.h"
 #include "core/safetensors.h"
@@ -450,5 +452,37 @@ Test(model_load, hook_names_shapes_and_gating) {
     /* GPT-2 has 17 per block + embed, pos_embed, ln_final x2, unembed x2 (TL 3.9) */
     cr_assert_eq(lens_hook_select_glob(&m->cfg, "*", enabled), 17 + 6);
     free(enabled);
+    lens_model_free(m);
+}
+
+/* lens_forward_bytes is exactly the workspace lens_forward then takes: for a
+ * run of every position and for a suffix run (causal position reuse), which
+ * computes only the rows from each prompt's first position on. */
+Test(model_load, forward_bytes_is_the_workspace_a_run_takes) {
+    write_gpt2(&(gpt2_opts){.prefix = ""});
+    lens_err err;
+    lens_model *m = load(LENS_PROC_NONE, &err);
+    cr_assert_not_null(m, "%s", err.msg);
+    enum { B = 2, T = 5 };
+    const int32_t tokens[B * T] = {256, 72, 101, 108, 108, 256, 111, 32, 119, 111};
+    const int32_t positions[B] = {4, 4}, first[B] = {2, 4};
+    static float logits[B * V], resid[B * T * D], reference[B * T * D];
+    const lens_batch batch = {.B = B, .T = T, .tokens = tokens};
+
+    lens_workspace ws = {0};
+    const lens_run every = {.logits = logits, .logit_positions = positions};
+    cr_assert_eq(lens_forward(m, &ws, &batch, &every, &err), 0, "%s", err.msg);
+    cr_assert_eq(ws.cap, lens_forward_bytes(m, &batch, &every));
+
+    const float *keys[1] = {reference};
+    const lens_suffix suffix = {first, B, keys, keys};
+    const lens_run suffix_run = {.logits = logits, .logit_positions = positions,
+                                 .resid_start = resid, .suffix = &suffix};
+    lens_workspace ws_suffix = {0};
+    cr_assert_eq(lens_forward(m, &ws_suffix, &batch, &suffix_run, &err), 0, "%s", err.msg);
+    cr_assert_eq(ws_suffix.cap, lens_forward_bytes(m, &batch, &suffix_run));
+    cr_assert_lt(ws_suffix.cap, ws.cap, "the suffix run computes 4 of 10 rows");
+    lens_workspace_free(&ws);
+    lens_workspace_free(&ws_suffix);
     lens_model_free(m);
 }
