@@ -14,6 +14,12 @@ HookedTransformer construction as bench/bench_cache.py):
   activation copied out of the GPU (forward_ms), and, separately, the whole
   `lensd cache` process writing a safetensors file that numpy reads (there
   is no HTTP yet: the daemon is issue 3);
+- run_with_cache through the daemon: a `lensd serve` on the GPU, the Python
+  client's run_with_cache of the same prompt, every hook point, to numpy;
+- the resid_pre and attn_head_out_by_pos patching sweeps through the daemon
+  (bench/bench_patch.py's prompts, 16 tokens) against
+  transformer_lens.patching on the GPU, its time measured on a sample of
+  indices and scaled to the sweep, as bench_patch.py does on the CPU;
 - the floor: the bytes of weights one forward must read, over the
   device-to-device copy bandwidth measured in the same run.
 
@@ -42,7 +48,12 @@ from safetensors.numpy import load_file
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_cache  # noqa: E402
+import bench_http  # noqa: E402
+import bench_patch  # noqa: E402
 import make_gpt2_small_random  # noqa: E402
+
+PATCH_SWEEPS = ["resid_pre", "attn_head_out_by_pos"]
+PATCH_TOKENS = 16
 
 TOLERANCE = bench_cache.TOLERANCE
 
@@ -78,6 +89,47 @@ def run_lensd(lensd: Path, model_dir: Path, device: str, tokens: np.ndarray, ext
     if p.returncode != 0:
         sys.exit(f"lensd failed ({p.returncode}): {p.stderr.strip()}")
     return json.loads([line for line in p.stderr.splitlines() if line.startswith("{")][-1])
+
+
+def through_daemon(lensd: Path, model_dir: Path, device: str, model, tokens: np.ndarray,
+                   tl_acts: dict, n: int, tl_device: str = "cuda") -> tuple[dict, list]:
+    """run_with_cache of tokens and the PATCH_SWEEPS through `lensd serve` on device, with
+    TransformerLens (model, on tl_device) timed on the same work: (cache row, patch rows)."""
+    import torch
+
+    import lensd as client
+
+    proc, url = bench_http.start_daemon(lensd, model_dir, device)
+    try:
+        m = client.Client(url, timeout=3600).model("gpt2")
+        times = []
+        for i in range(n + 2):
+            t0 = time.perf_counter()
+            logits, cache = m.run_with_cache(tokens)
+            if i >= 2:
+                times.append((time.perf_counter() - t0) * 1e3)
+        worst = max(bench_cache.max_abs_diff(np.asarray(cache[k]), v) for k, v in tl_acts.items())
+        cache_row = {"http_ms": statistics.median(times), "worst": worst}
+        log(json.dumps(cache_row))
+
+        clean, corrupted, answers, metric = bench_patch.patch_inputs(PATCH_TOKENS)
+        with torch.inference_mode():
+            _, clean_cache = model.run_with_cache(torch.from_numpy(clean).to(tl_device))
+        m.patch("resid_pre", clean[:, :4], corrupted[:, :4], answers=answers)  # warm-up
+        patch_rows = []
+        for sweep in PATCH_SWEEPS:
+            t0 = time.perf_counter()
+            got = m.patch(sweep, clean, corrupted, answers=answers)
+            lensd_s = time.perf_counter() - t0
+            tl_per_run, diff = bench_patch.tl_sampled(model, sweep, got, corrupted, clean_cache,
+                                                      metric, 24, device=tl_device)
+            patch_rows.append({"sweep": sweep, "runs": got.runs, "passes": got.passes,
+                               "lensd_s": lensd_s, "tl_s": tl_per_run * got.runs, "worst": diff})
+            log(json.dumps(patch_rows[-1]))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return cache_row, patch_rows
 
 
 def copy_bandwidth() -> float:
@@ -186,7 +238,11 @@ def main() -> None:
                  "bytes": sum(v.nbytes for v in tl_acts.values()), "worst": worst}
     log(json.dumps(cache_row))
 
-    report = render(gpu_name, bandwidth, floor_ms, rows, cache_row, ok,
+    http_row, patch_rows = through_daemon(lensd, model_dir, args.device, model, tokens, tl_acts, n)
+    if http_row["worst"] > TOLERANCE or any(r["worst"] > bench_patch.TOLERANCE for r in patch_rows):
+        ok = False
+        log(f"WRONG: through the daemon: {http_row}, {patch_rows}")
+    report = render(gpu_name, bandwidth, floor_ms, rows, cache_row, http_row, patch_rows, ok,
                     time.perf_counter() - started, torch.__version__)
     print(report)
     if args.out:
@@ -197,7 +253,8 @@ def main() -> None:
         sys.exit(1)
 
 
-def render(gpu, bandwidth, floor_ms, rows, cache_row, ok, wall_s, torch_version) -> str:
+def render(gpu, bandwidth, floor_ms, rows, cache_row, http_row, patch_rows, ok, wall_s,
+           torch_version) -> str:
     from importlib.metadata import version
 
     lines = [
@@ -232,9 +289,21 @@ def render(gpu, bandwidth, floor_ms, rows, cache_row, ok, wall_s, torch_version)
         f"{cache_row['engine_ms']:.1f} ms: {cache_row['tl_ms'] / cache_row['engine_ms']:.1f}x. "
         f"Through the command line instead (a `lensd cache` process, model load excluded, that "
         f"writes a safetensors file numpy then reads): {cache_row['process_ms']:.0f} ms, "
-        f"mostly process start and exit and the file; the daemon (HTTP) is what removes that. "
-        f"Worst |lensd - TL| {cache_row['worst']:.2g}.",
+        f"mostly process start and exit and the file. Through the daemon (HTTP, the Python "
+        f"client's run_with_cache to numpy arrays): {http_row['http_ms']:.1f} ms: "
+        f"{cache_row['tl_ms'] / http_row['http_ms']:.1f}x. "
+        f"Worst |lensd - TL| {max(cache_row['worst'], http_row['worst']):.2g}.",
+        "",
+        f"Patching sweeps through the daemon ({PATCH_TOKENS} tokens, logit difference at the last "
+        f"position; bench/bench_patch.py's prompts): TransformerLens's get_act_patch_* timed on "
+        f"24 random indices and scaled to the sweep's runs.",
+        "",
+        "| sweep | runs | lensd passes | TransformerLens | lensd | TL / lensd | max diff |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    for r in patch_rows:
+        lines.append(f"| {r['sweep']} | {r['runs']} | {r['passes']} | {r['tl_s']:.2f} s | "
+                     f"{r['lensd_s']:.3f} s | {r['tl_s'] / r['lensd_s']:.1f}x | {r['worst']:.2g} |")
     return "\n".join(lines) + "\n"
 
 

@@ -40,8 +40,10 @@ import make_gpt2_small_random  # noqa: E402
 PROMPT_IDS = [50256] + [(i * 7919) % 50000 for i in range(1, 16)]
 
 
-def start_daemon(lensd: Path, model_dir: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([str(lensd), "serve", "--model", f"gpt2={model_dir}", "--port", "0"],
+def start_daemon(lensd: Path, model_dir: Path, device: str = "cpu") -> tuple[subprocess.Popen, str]:
+    """`lensd serve` of model_dir as "gpt2" on device, on a free port, ready; (process, URL)."""
+    proc = subprocess.Popen([str(lensd), "serve", "--model", f"gpt2={model_dir}", "--port", "0",
+                             "--device", device],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     url = proc.stdout.readline().split()[-1]
     import lensd as client

@@ -273,6 +273,11 @@ def test_patch(model):
     normalized = model.patch("resid_pre", clean, corrupted, answers=[(" Mary", " John")], normalize=True)
     assert normalized[0, differ[0]] == pytest.approx(1.0, abs=1e-4)
     assert normalized.runs == result.runs and normalized.passes >= 1
+    # each run from its layer and its position on: less work than recomputing everything
+    full = model.patch("resid_pre", clean, corrupted, answers=[(" Mary", " John")], full_recompute=True)
+    assert full.block_positions == full.runs * len(tokens) * model.cfg.n_layers
+    assert 0 < result.block_positions < full.block_positions
+    assert np.abs(np.asarray(full) - np.asarray(result)).max() <= 1e-4
 
 
 def test_path_patching_and_progress(model, client):
