@@ -12,8 +12,7 @@ HookedTransformer construction as bench/bench_cache.py):
 - run_with_cache, every hook point, until the activations are in host
   memory: TransformerLens's cache as numpy arrays; lensd's engine with every
   activation copied out of the GPU (forward_ms), and, separately, the whole
-  `lensd cache` process writing a safetensors file that numpy reads (there
-  is no HTTP yet: the daemon is issue 3);
+  `lensd cache` process writing a safetensors file that numpy reads;
 - run_with_cache through the daemon: a `lensd serve` on the GPU, the Python
   client's run_with_cache of the same prompt, every hook point, to numpy;
 - the resid_pre and attn_head_out_by_pos patching sweeps through the daemon
