@@ -126,7 +126,7 @@ typedef struct buffers {
     float *k_all, *v_all;          /* a suffix run's keys and values at every position */
     float *prefix_k, *prefix_v;    /* off the host only: the reference run's [P, T, hd] */
     float *mlp_in, *pre, *post, *mlp_out, *final_rows;
-    float *logits;                 /* off the host only: [N or B, V] */
+    float *logits;                 /* off the host only: [N or B, V], or [B, n] of chosen ids */
     int32_t *tokens, *logit_rows;  /* off the host only: [B, T], [B] */
     int32_t *logit_ids;            /* off the host only: [P, n] */
     int32_t *first, *first_row;    /* off the host only, with a suffix: [B], [B] */
