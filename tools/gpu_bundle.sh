@@ -46,12 +46,14 @@ tar -cJf "$out/lib.tar.xz" -C "$out/lib" . && rm -rf "$out/lib"
 
 cp -r "$shared/data/gpt2-tokenizer" "$shared/data/arena-brackets" "$out/shared/data/"
 
-# TransformerLens and what it imports that the machine's Python 3.12 lacks.
+# TransformerLens and what it imports that the machine's Python 3.12 lacks, and
+# requests for the Python client (bench_gpu.py's runs through the daemon).
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 --platform any -d "$out/whl" \
   transformer-lens==3.9.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 \
-  better-abc==0.0.3 beartype==0.23.1 typeguard==4.6.0 fancy-einsum==0.0.3
+  better-abc==0.0.3 beartype==0.23.1 typeguard==4.6.0 fancy-einsum==0.0.3 \
+  requests==2.34.2 urllib3==2.8.0 idna==3.20 certifi==2026.10.18 charset-normalizer==3.5.2
 
 cat >"$out/run.sh" <<'RUN'
 #!/usr/bin/env bash
