@@ -20,8 +20,12 @@ positions, and the logit difference of two answer ids at the last position:
   (max |diff| <= 1e-3, else the report says WRONG);
 - the FLOP floor: the multiply-adds the patched runs need (each from its
   patched layer on and, with causal attention, from its patched position on,
-  as lensd runs them, with the unembedding at the metric's position only), at
-  this machine's measured OpenBLAS sgemm rate.
+  as lensd runs them, with the two answer logits at the metric's position
+  only), at this machine's best measured OpenBLAS sgemm rate;
+- `path_patch_heads` (not in the default list): path patching to the
+  queries of PATH_RECEIVERS against the ARENA method written with
+  TransformerLens hooks (tools/tl_path_patching.py), 2 forwards per sender,
+  timed on --sample senders.
 
 Both sides use the machine as they find it (threads, BLAS); the report says
 what that was.
@@ -40,6 +44,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO / "clients" / "python"))
+sys.path.insert(0, str(REPO / "tools"))
 import bench_cache  # noqa: E402
 import bench_http  # noqa: E402
 import make_gpt2_small_random  # noqa: E402
@@ -47,6 +52,8 @@ import make_gpt2_small_random  # noqa: E402
 DEFAULT_SWEEPS = ["resid_pre", "attn_out", "mlp_out", "attn_head_out_all_pos",
                   "attn_head_pattern_all_pos", "attn_head_out_by_pos", "block_every"]
 TOLERANCE = 1e-3
+# path_patch_heads: the receivers of the IOI paper's name movers' queries in gpt2-small
+PATH_RECEIVERS = [(9, 6), (9, 9), (10, 0)]
 
 
 def sgemm_gflops() -> float:
@@ -61,19 +68,13 @@ def sgemm_gflops() -> float:
     return 2 * 2048**3 / best / 1e9
 
 
-def sweep_flops(cfg, T: int, axes: list, shape: tuple) -> float:
-    """Multiply-add FLOPs the patched runs need: each from its layer on, at the positions
-    it can change (with causal attention, from its patched position on; every position for
-    the sweeps without a position axis), unembedding one position. axes and shape: the
-    sweep's labelled axes and values shape."""
-    d, dm, H, dh, V, L = cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.d_head, cfg.d_vocab_out, cfg.n_layers
-    names = [name for name, _ in axes]
-    grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
-    layer = grids[names.index("layer")]
-    pos_axis = next((names.index(a) for a in ("pos", "dest_pos") if a in names), None)
-    Q = T - grids[pos_axis] if pos_axis is not None else np.full(layer.shape, T)
-    per_block = 2 * Q * (4 * d * H * dh + 2 * d * dm) + 2 * 2 * H * Q * T * dh
-    return float(((L - layer) * per_block).sum() + layer.size * 2 * d * V)
+def sweep_flops(cfg, T: int, got, prompts: int = 1) -> float:
+    """Multiply-add FLOPs of the work the sweep's patched runs need, as lensd does it: its
+    block_positions (each run from its layer and, with causal attention, its position on;
+    path patching's two steps) at T keys each, and the two answer logits of every run."""
+    d, dm, H, dh = cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.d_head
+    per_block_position = 2 * (4 * d * H * dh + 2 * d * dm) + 2 * 2 * H * T * dh
+    return got.block_positions * per_block_position + got.runs * prompts * 2 * 2 * d
 
 
 def patch_inputs(T: int):
@@ -124,6 +125,30 @@ def tl_sampled(tl, sweep: str, got, corrupted: np.ndarray, clean_cache, metric, 
     return per_run, float(np.abs(mine - tl_vals).max())
 
 
+def tl_path_sampled(tl, got, clean: np.ndarray, corrupted: np.ndarray, metric, sample: int,
+                    device: str = "cpu") -> tuple[float, float]:
+    """Path patching to PATH_RECEIVERS' queries with TransformerLens hooks (the ARENA
+    method, tools/tl_path_patching.py) for `sample` random senders: (seconds per sender,
+    its caches counted once for the sweep, and max |lensd - TL| at those senders)."""
+    import torch
+    import tl_path_patching as pp
+
+    values = np.asarray(got)
+    rng = np.random.default_rng(0)
+    senders = np.stack(np.unravel_index(rng.choice(values.size, size=min(sample, values.size),
+                                                   replace=False), values.shape), axis=1)
+    with torch.inference_mode():
+        t = time.perf_counter()
+        caches = pp.z_caches(tl, torch.from_numpy(clean).to(device), torch.from_numpy(corrupted).to(device))
+        cache_s = time.perf_counter() - t
+        t = time.perf_counter()
+        tl_vals = [pp.path_patch_sender(tl, tuple(s), PATH_RECEIVERS, "q", metric,
+                                        torch.from_numpy(corrupted).to(device), caches) for s in senders]
+        per_sender = (time.perf_counter() - t) / len(senders)
+    worst = float(np.abs(values[tuple(senders.T)] - np.array(tl_vals)).max())
+    return per_sender + cache_s / got.runs, worst
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lensd", help="the lensd binary (default build/server/lensd, or $LENSD_BIN)")
@@ -158,20 +183,25 @@ def main() -> None:
         m.patch("resid_pre", clean[:, :4], corrupted[:, :4], answers=answers)  # warm-up
         for sweep in args.sweeps.split(","):
             bench_cache.wait_idle(30)
+            path = {"receivers": PATH_RECEIVERS, "receiver_input": "q"} if sweep == "path_patch_heads" else {}
             t = time.perf_counter()
-            got = m.patch(sweep, clean, corrupted, answers=answers)
+            got = m.patch(sweep, clean, corrupted, answers=answers, **path)
             lensd_s = time.perf_counter() - t
             full, full_s = None, None
             if got.runs <= args.full_max_runs:
                 t = time.perf_counter()
-                full = m.patch(sweep, clean, corrupted, answers=answers, full_recompute=True)
+                full = m.patch(sweep, clean, corrupted, answers=answers, full_recompute=True, **path)
                 full_s = time.perf_counter() - t
             values = np.asarray(got)
-            tl_per_run, worst = tl_sampled(tl, sweep, got, corrupted, clean_cache, metric, args.sample)
+            if path:
+                tl_per_run, worst = tl_path_sampled(tl, got, clean, corrupted, metric, args.sample)
+            else:
+                tl_per_run, worst = tl_sampled(tl, sweep, got, corrupted, clean_cache, metric, args.sample)
             tl_s = tl_per_run * got.runs
-            floor_s = sweep_flops(cfg, T, got.axes, values.shape) / (gflops * 1e9)
+            floor_s = sweep_flops(cfg, T, got) / (gflops * 1e9)
             rows.append({"sweep": sweep, "runs": got.runs, "passes": got.passes, "lensd_s": lensd_s,
-                         "work": got.runs * T * cfg.n_layers / got.block_positions,
+                         "work": (full.block_positions if full else got.runs * T * cfg.n_layers)
+                         / got.block_positions,
                          "full_s": full_s, "tl_s": tl_s, "worst": worst,
                          "floor_s": floor_s,
                          "full_worst": float(np.abs(np.asarray(full) - values).max()) if full else 0.0})

@@ -525,9 +525,10 @@ static int run_layers(forward_ctx *x, buffers *b) {
     } else {
         lk_upload(x->dev, b->resid, x->run->resid_start, x->N * x->c->d_model * sizeof(float));
     }
-    for (int l = x->run->start_layer; l < x->c->n_layers; l++)
+    const int end = x->run->end_layer ? x->run->end_layer : x->c->n_layers;
+    for (int l = x->run->start_layer; l < end; l++)
         if (block(x, b, l)) return -1;
-    return unembed(x, b);
+    return x->run->end_layer ? 0 : unembed(x, b);
 }
 
 static bool any_hook_enabled(const forward_ctx *x) {
@@ -652,6 +653,13 @@ static int check_batch(const lens_config *c, const lens_batch *batch, const lens
                      c->n_layers - 1);
         return -1;
     }
+    if (run->end_layer && (run->end_layer <= run->start_layer || run->end_layer > c->n_layers ||
+                           run->logits)) {
+        lens_err_set(err, "end layer %d must follow start layer %d, within the model's %d layers, "
+                          "and a run that stops early has no logits",
+                     run->end_layer, run->start_layer, c->n_layers);
+        return -1;
+    }
     if ((run->start_layer > 0 || run->suffix) && !run->resid_start) {
         lens_err_set(err, "a run from layer %d needs the residual stream entering it",
                      run->start_layer);
@@ -730,7 +738,8 @@ int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batc
     }
     place_inputs(&x, &b, rows + batch->B);
     /* recorded: the plain runs, the ones repeated with the same shape */
-    const bool plain = !any_hook_enabled(&x) && !run->resid_start && !run->logit_ids;
+    const bool plain = !any_hook_enabled(&x) && !run->resid_start && !run->logit_ids &&
+                       !run->end_layer;
     lk_graph *graph = plain ? recorded_run(&x, &b) : NULL;
     int rc = graph ? (lk_graph_launch(x.dev, graph), 0) : run_layers(&x, &b);
     if (rc == 0 && run->logits && x.logits != run->logits) {

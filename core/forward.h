@@ -80,6 +80,8 @@ typedef struct lens_run {
     const lens_logit_ids *logit_ids; /* NULL: every output; else (with logit_positions)
                                         logits is [B, n], those ids' logits only */
     int start_layer; /* the first block to run; 0 (the default): the whole pass */
+    int end_layer;   /* > 0: stop before this block (no unembedding; logits must be NULL);
+                        0 (the default): run to the end */
     const float *resid_start; /* NULL: the pass embeds the tokens (start_layer must be 0).
                                  Else host [B, T, d_model] (with a suffix: [N, d_model],
                                  packed), the residual stream entering start_layer

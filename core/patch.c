@@ -784,12 +784,14 @@ int lens_path_patch(const lens_model *m, lens_workspace *ws, const lens_path_req
             senders[n][0] = layer, senders[n][1] = (int)((i0 + n) % H);
         const lens_batch batch = {.B = n * P, .T = T, .tokens = b.tokens, .attn_mask = b.mask};
         /* step 1: from the sender's layer (everything before it is the corrupted run), or
-         * from the first receiver layer, so that every receiver's input is recorded */
+         * from the first receiver layer, so that every receiver's input is recorded; up to
+         * the last receiver layer (nothing after it is read) */
         const int start1 = req->full_recompute ? 0 : layer < min_layer ? layer : min_layer;
         if (start1 > 0) replicate_resid(&corrupted, start1, &b, (long)n * P, P, T, c->d_model);
         st.record = true;
         const lens_run run1 = {.hooks_enabled = step1, .on_hook = path_hook, .user = &st,
                                .hooks_modify = true, .start_layer = start1,
+                               .end_layer = max_layer + 1,
                                .resid_start = start1 > 0 ? b.resid : NULL};
         rc = lens_forward(m, ws, &batch, &run1, err);
         /* step 2: from the first receiver layer */
@@ -805,7 +807,7 @@ int lens_path_patch(const lens_model *m, lens_workspace *ws, const lens_path_req
             out->values[i0 + k] =
                 (float)metric_of_answers(&req->metric, b.logits + (size_t)k * P * b.answers.n, P);
         out->passes += 2;
-        out->block_positions += (long)n * P * T * (2 * L - start1 - start2);
+        out->block_positions += (long)n * P * T * (max_layer + 1 - start1 + L - start2);
         i0 += n;
         if (rc == 0 && req->progress && req->progress(req->progress_user, i0, out->runs)) {
             lens_err_set(err, "cancelled after %ld of %ld senders", i0, out->runs);

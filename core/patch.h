@@ -107,8 +107,8 @@ typedef struct lens_patch_result {
     long runs;       /* patched runs */
     long passes;     /* batched forward passes they took */
     long block_positions; /* their work: positions computed x blocks they ran through,
-                             summed over the passes (runs x prompts x T x n_layers
-                             with full recomputation) */
+                             summed over the passes (for lens_patch with full
+                             recomputation, runs x prompts x T x n_layers) */
 } lens_patch_result;
 
 /* Runs the sweep. Returns 0 with out filled, or -1 with a message: batches

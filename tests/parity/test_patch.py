@@ -156,44 +156,6 @@ def test_patch_refuses_what_the_model_lacks(daemon):
     assert "attention-only" in e.value.read().decode()
 
 
-def path_patching_reference(model, receivers, receiver_input, metric, clean, corrupted):
-    """ARENA's get_path_patching_to_heads (the IOI exercises), written with
-    TransformerLens hooks, with orig = corrupted and new = clean: for each
-    sender head below the last receiver layer, run the corrupted tokens with
-    every hook_z frozen to the corrupted run's except the sender's (from the
-    clean run), record the receivers' hook_<input>, then run the corrupted
-    tokens with only those receiver heads' inputs replaced."""
-    import torch
-    from transformer_lens.utilities import get_act_name
-
-    z_filter = lambda name: name.endswith("z")  # noqa: E731
-    _, new_cache = model.run_with_cache(clean, names_filter=z_filter)
-    _, orig_cache = model.run_with_cache(corrupted, names_filter=z_filter)
-    layers = sorted({layer for layer, _ in receivers})
-    names = [get_act_name(receiver_input, layer) for layer in layers]
-    results = torch.zeros(max(layers), model.cfg.n_heads)
-    for sender_layer in range(max(layers)):
-        for sender_head in range(model.cfg.n_heads):
-            def freeze(z, hook):
-                z[...] = orig_cache[hook.name][...]
-                if hook.layer() == sender_layer:
-                    z[:, :, sender_head] = new_cache[hook.name][:, :, sender_head]
-                return z
-
-            model.add_hook(z_filter, freeze)
-            _, patched = model.run_with_cache(corrupted, names_filter=lambda n: n in names)
-            model.reset_hooks(including_permanent=False)
-
-            def write_inputs(act, hook):
-                heads = [h for layer, h in receivers if layer == hook.layer()]
-                act[:, :, heads] = patched[hook.name][:, :, heads]
-                return act
-
-            logits = model.run_with_hooks(corrupted, fwd_hooks=[(lambda n: n in names, write_inputs)])
-            results[sender_layer, sender_head] = metric(logits)
-    return results.numpy()
-
-
 @pytest.mark.parametrize(("name", "receivers", "receiver_input"), [
     ("gpt2-a", [[1, 0], [1, 3]], "q"),
     ("neo", [[2, 1], [3, 0]], "v"),
@@ -204,9 +166,11 @@ def test_path_patching_matches_the_ioi_method(daemon, references, name, receiver
     import torch
 
     model, data, _, metric = references(name)
+    from tl_path_patching import path_patch_heads
+
     with torch.no_grad():
-        want = path_patching_reference(model, [tuple(r) for r in receivers], receiver_input, metric,
-                                       torch.tensor(data[0]), torch.tensor(data[1]))
+        want = path_patch_heads(model, [tuple(r) for r in receivers], receiver_input, metric,
+                                torch.tensor(data[0]), torch.tensor(data[1]))
     got = lensd_patch(daemon, name, "path_patch_heads", data, receivers=receivers,
                       receiver_input=receiver_input)
     assert list(got["values"]["shape"]) == list(want.shape)
