@@ -122,8 +122,9 @@ void lens_workspace_free(lens_workspace *ws);
 /* Runs the model on the batch. Returns 0, or -1 with a message for a token
  * outside the vocabulary, a batch longer than n_ctx, a logit position
  * outside the batch (or before its row's first computed position), a start
- * layer outside the model (or without its residual stream), a suffix on a
- * model without causal attention, an error returned by the hook callback, a device
+ * layer outside the model (or without its residual stream), an end layer
+ * not after it (or with logits), a suffix on a model without causal
+ * attention, an error returned by the hook callback, a device
  * without the memory for the activations (code LENS_ERR_NO_MEMORY) or a
  * device failure (LENS_ERR_DEVICE). */
 int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batch,
