@@ -96,7 +96,7 @@ def values(answer) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("name", "sweep"), CASES)
-def test_patch_matches_transformer_lens(daemon, references, name, sweep):
+def test_patch_matches_transformer_lens(daemon, references, parity_table, name, sweep):
     import torch
     from transformer_lens import patching
 
@@ -106,7 +106,8 @@ def test_patch_matches_transformer_lens(daemon, references, name, sweep):
             model, torch.tensor(data[1]), cache, metric).numpy()
     got = lensd_patch(daemon, name, sweep, data)
     assert list(got["values"]["shape"]) == list(want.shape)
-    problems, *_ = float_error(want, values(got))
+    problems, err, ref_max, bound = float_error(want, values(got))
+    parity_table.add(f"{name}/patch", f"patch {sweep}", err, ref_max, bound)
     assert not problems, f"{name} {sweep}: " + "; ".join(problems)
     assert got["runs"] == want.size
 
@@ -162,7 +163,8 @@ def test_patch_refuses_what_the_model_lacks(daemon):
     ("native-gelu", [[1, 2]], "k"),
     ("brackets", [[2, 0], [2, 1]], "q"),
 ])
-def test_path_patching_matches_the_ioi_method(daemon, references, name, receivers, receiver_input):
+def test_path_patching_matches_the_ioi_method(daemon, references, parity_table, name, receivers,
+                                              receiver_input):
     import torch
 
     model, data, _, metric = references(name)
@@ -175,7 +177,8 @@ def test_path_patching_matches_the_ioi_method(daemon, references, name, receiver
                       receiver_input=receiver_input)
     assert list(got["values"]["shape"]) == list(want.shape)
     assert np.ptp(want) > 1e-3, "a reference that does not vary by sender cannot tell paths apart"
-    problems, *_ = float_error(want, values(got))
+    problems, err, ref_max, bound = float_error(want, values(got))
+    parity_table.add(f"{name}/patch", f"patch path_patch_heads {receiver_input}", err, ref_max, bound)
     assert not problems, f"{name}: " + "; ".join(problems)
     full = lensd_patch(daemon, name, "path_patch_heads", data, receivers=receivers,
                        receiver_input=receiver_input, full_recompute=True)
