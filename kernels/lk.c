@@ -1,12 +1,40 @@
 /*
  * lk.c: the public calls of kernels/lk.h, dispatched to the device's backend,
- * and lk_open, which knows the backends this build has.
+ * and lk_open, which knows the backends this build has: the CPU's, linked
+ * in, and CUDA's, a module loaded on the first request for a GPU.
  */
 #include "kernels/lk_backend.h"
 
+#include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#ifdef LENS_CUDA_MODULE
+static pthread_once_t cuda_module_once = PTHREAD_ONCE_INIT;
+static lk_cuda_open_fn *cuda_module_open;
+static char cuda_module_error[512];
+
+static void load_cuda_module(void) {
+    /* found through the executable's run path or LD_LIBRARY_PATH; kept
+     * loaded for the life of the process */
+    void *module = dlopen(LENS_CUDA_MODULE, RTLD_NOW | RTLD_LOCAL);
+    if (module) *(void **)&cuda_module_open = dlsym(module, "lk_cuda_open");
+    if (!cuda_module_open)
+        snprintf(cuda_module_error, sizeof cuda_module_error,
+                 "the CUDA backend could not be loaded: %s", dlerror());
+}
+
+/* The CUDA backend's lk_cuda_open, loading its module on the first call;
+ * NULL with dlopen's reason in why when it cannot be loaded (the module or
+ * the CUDA libraries it needs are not installed). */
+static lk_cuda_open_fn *cuda_module(char *why, size_t why_len) {
+    pthread_once(&cuda_module_once, load_cuda_module);
+    if (!cuda_module_open) snprintf(why, why_len, "%s", cuda_module_error);
+    return cuda_module_open;
+}
+#endif
 
 lk_device *lk_open(const char *spec, char *why, size_t why_len) {
     if (strcmp(spec, "cpu") == 0) return lk_cpu_device();
@@ -19,8 +47,9 @@ lk_device *lk_open(const char *spec, char *why, size_t why_len) {
             return NULL;
         }
     }
-#ifdef LENS_HAVE_CUDA
-    return lk_cuda_open(ordinal, why, why_len);
+#ifdef LENS_CUDA_MODULE
+    lk_cuda_open_fn *cuda_open = cuda_module(why, why_len);
+    return cuda_open ? cuda_open(ordinal, why, why_len) : NULL;
 #else
     (void)ordinal;
     snprintf(why, why_len, "device %s: this lensd was built without CUDA (meson -Dcuda=enabled)",

@@ -35,7 +35,8 @@ typedef struct lk_graph lk_graph;
 /* ---- devices ---------------------------------------------------------- */
 
 /* Opens a device: "cpu", or "cuda" / "cuda:N" for GPU number N. Returns NULL
- * with the reason in why (no GPU, a build without CUDA, N out of range).
+ * with the reason in why (no GPU, a build without CUDA, the CUDA backend or
+ * its libraries not installed, N out of range).
  * "cpu" always succeeds and returns the one CPU device of the process. */
 lk_device *lk_open(const char *spec, char *why, size_t why_len);
 
@@ -64,6 +65,87 @@ bool lk_host_memory(const lk_device *dev);
 /* Sets the number of threads the CPU kernels use (0: the machine's cores).
  * Applies to the calling thread's OpenMP pool and to OpenBLAS. Can't fail. */
 void lk_set_threads(int n_threads);
+
+/* ---- the CPU and its BLAS (kernels/cpu/lk_cpu_blas.c) ------------------ */
+
+/* Instruction-set features that decide which BLAS kernel can run. A bit is
+ * set only when the CPU has the feature and the OS saves its registers, so
+ * that code using it runs (the same rule as /proc/cpuinfo's flags). The bits
+ * are consecutive from 1, so that a loop can visit them all. */
+enum {
+    LK_CPU_SSE3 = 1u << 0,
+    LK_CPU_AVX = 1u << 1,
+    LK_CPU_FMA = 1u << 2,
+    LK_CPU_AVX2 = 1u << 3,
+    LK_CPU_AVX512F = 1u << 4,
+    LK_CPU_AVX512BW = 1u << 5,
+    LK_CPU_AVX512DQ = 1u << 6,
+    LK_CPU_AVX512VL = 1u << 7,
+    LK_CPU_AVX512_BF16 = 1u << 8,
+    LK_CPU_AMX_TILE = 1u << 9,
+    LK_CPU_AMX_BF16 = 1u << 10,
+};
+
+typedef struct lk_cpu_info {
+    char name[64];   /* cpuid's brand string, "AMD EPYC 9B14"; "" where none */
+    char vendor[13]; /* "GenuineIntel", "AuthenticAMD" */
+    int family, model, stepping; /* as /proc/cpuinfo numbers them */
+    unsigned features;           /* LK_CPU_* */
+} lk_cpu_info;
+
+/* Reads the CPU this process runs on (cpuid and xgetbv). All zeros on CPUs
+ * other than x86-64. Can't fail. */
+void lk_cpu_identify(lk_cpu_info *info);
+
+/* The name of one LK_CPU_* feature as /proc/cpuinfo spells it ("avx2",
+ * "avx512_bf16"; "sse3", which /proc/cpuinfo calls "pni"), or NULL for a
+ * value that is not one. */
+const char *lk_cpu_feature_name(unsigned feature);
+
+/* Writes the names of the features in `features`, space-separated, into buf
+ * ("" when none). Can't fail; truncates to len. */
+void lk_cpu_feature_list(unsigned features, char *buf, size_t len);
+
+typedef struct lk_blas_info {
+    char library[16];   /* "OpenBLAS" */
+    char version[16];   /* "0.3.21" */
+    char kernel[32];    /* the kernel in use ("Haswell", "SkylakeX", "Prescott") */
+    char threading[16]; /* how it runs in parallel: "OpenMP", "pthreads", "none" */
+    int threads;        /* threads a product may use now */
+} lk_blas_info;
+
+/* Describes the BLAS library the CPU backend runs. Can't fail. */
+void lk_blas_describe(lk_blas_info *info);
+
+/* The OpenBLAS kernel to force (OPENBLAS_CORETYPE) on `cpu` when `running`
+ * needs fewer instructions than the CPU offers — the library fell back to an
+ * older or generic kernel — or NULL when `running` is as good as the CPU
+ * allows, or is a kernel this table does not know (a newer library's). */
+const char *lk_blas_preferred_kernel(const lk_cpu_info *cpu, const char *running);
+
+/* The kernel to try after `failed` computed wrong products (or crashed) on
+ * `cpu`: one instruction-set level down (AVX-512 -> AVX2 -> AVX -> SSE3),
+ * and no higher than the CPU's own level; NULL when `failed` is already the
+ * generic kernel. Repeated calls on their own results end at NULL. */
+const char *lk_blas_safer_kernel(const lk_cpu_info *cpu, const char *failed);
+
+/* A row-major sgemm as lensd calls it: c[M, N] = a[M, K] @ b + beta * c, b
+ * being [K, N], or [N, K] used transposed when b_transposed; lda/ldb/ldc are
+ * row strides. */
+typedef void lk_sgemm_fn(bool b_transposed, int M, int N, int K, float beta, const float *a,
+                         int lda, const float *b, int ldb, float *c, int ldc);
+
+/* The BLAS library's sgemm, as an lk_sgemm_fn. */
+lk_sgemm_fn lk_blas_sgemm;
+
+/* Checks sgemm (NULL: the library's) on small odd shapes in every way the
+ * CPU backend calls it — beta 0 and 1, b transposed, strided rows, one-row
+ * products, one product large enough to be threaded — against a plain
+ * double-precision loop. Returns 0 when every entry is within float32
+ * rounding of the exact product (2 (K + 1) FLT_EPSILON sum |a b|) and no
+ * entry past N in a row was written; else -1 with the first wrong entry in
+ * why. */
+int lk_blas_selfcheck(lk_sgemm_fn *sgemm, char *why, size_t why_len);
 
 /* ---- memory ----------------------------------------------------------- */
 

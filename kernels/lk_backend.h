@@ -63,8 +63,10 @@ struct lk_device {
 /* The CPU backend's device (kernels/cpu/lk_cpu.c). */
 lk_device *lk_cpu_device(void);
 
-/* Opens GPU number ordinal (kernels/cuda/lk_cuda.cu, in CUDA builds only).
- * Returns NULL with the reason in why. */
-lk_device *lk_cuda_open(int ordinal, char *why, size_t why_len);
+/* Opens GPU number ordinal; returns NULL with the reason in why. Defined by
+ * kernels/cuda/lk_cuda.cu, a module of its own that lk.c loads with dlopen
+ * and finds by this name. */
+typedef lk_device *lk_cuda_open_fn(int ordinal, char *why, size_t why_len);
+lk_cuda_open_fn lk_cuda_open;
 
 #endif

@@ -19,6 +19,7 @@
 #include "core/hooks.h"
 #include "core/prompt.h"
 #include "core/safetensors.h"
+#include "server/startup.h"
 #include "server/test_prompt.h"
 
 /* ---- options shared by the commands ------------------------------------- */
@@ -415,6 +416,7 @@ json_t *srv_model_info_json(const lens_model *m) {
     json_t *device = json_pack("{s:s, s:I, s:I, s:I}", "name", dev.name, "memory_total_bytes",
                                (json_int_t)dev.total_bytes, "memory_free_bytes",
                                (json_int_t)dev.free_bytes, "weights_bytes", (json_int_t)weights);
+    if (dev.host_memory && device) json_object_update_new(device, srv_host_json());
     return json_pack("{s:s, s:s, s:o, s:o, s:s, s:{s:i, s:i, s:i, s:b, s:b}, s:I, s:I, s:o}",
                      "name", m->name, "source", m->source, "device", device, "config", cfg,
                      "processing", processing,

@@ -1,14 +1,13 @@
 /*
  * main.c: the lensd executable's entry point: picks the command.
  */
+#include <stdbool.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#include "kernels/lk.h"
 #include "server/cli.h"
 #include "server/serve.h"
+#include "server/startup.h"
 
 static const char usage[] =
     "usage: lensd COMMAND [OPTIONS]\n"
@@ -38,19 +37,7 @@ static const char usage[] =
     "\n"
     "  lensd --version          print the version\n";
 
-/* OpenMP workers that spin while waiting take the cores that BLAS and other
- * processes need: on a shared 2-core machine a forward pass ran 5x slower
- * with libgomp's default spinning than with OMP_WAIT_POLICY=PASSIVE. libgomp
- * reads the variable before main() runs, so lensd sets it and restarts
- * itself once; a value the user set is kept. */
-static void prefer_passive_openmp(char **argv) {
-    if (getenv("OMP_WAIT_POLICY")) return;
-    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-    execv("/proc/self/exe", argv); /* on failure, run on with the default policy */
-}
-
 int main(int argc, char **argv) {
-    prefer_passive_openmp(argv);
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
@@ -60,14 +47,11 @@ int main(int argc, char **argv) {
         return 0;
     }
     const char *command = argv[1];
-    if (strcmp(command, "serve") == 0) {
-        lk_set_threads(0);
-        return srv_serve_main(argc - 1, argv + 1);
-    }
-    if (strcmp(command, "info") && strcmp(command, "run") && strcmp(command, "cache")) {
+    const bool serve = strcmp(command, "serve") == 0;
+    if (!serve && strcmp(command, "info") && strcmp(command, "run") && strcmp(command, "cache")) {
         fprintf(stderr, "lensd: unknown command \"%s\"\n\n%s", command, usage);
         return 2;
     }
-    lk_set_threads(0);
-    return srv_cli_main(command, argc - 1, argv + 1);
+    srv_prepare_process(argv);
+    return serve ? srv_serve_main(argc - 1, argv + 1) : srv_cli_main(command, argc - 1, argv + 1);
 }

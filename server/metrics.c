@@ -1,7 +1,8 @@
 /*
  * metrics.c: the counters behind GET /metrics, in Prometheus's text format:
  * requests by route and status, latency histograms by route, batch sizes,
- * and, read when scraped, queue depths and weight bytes per model.
+ * and, read when scraped, queue depths and weight bytes per model, and the
+ * CPU and BLAS kernel the CPU backend runs.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 
 #include "server/caches.h"
 #include "server/daemon.h"
+#include "server/startup.h"
 
 #define MAX_ROUTES 64
 #define N_BUCKETS 12
@@ -71,6 +73,41 @@ void srv_metrics_batch(int rows) {
     pthread_mutex_lock(&lock);
     observe(&batches, batch_buckets, rows);
     pthread_mutex_unlock(&lock);
+}
+
+/* Prints s as a label value: backslash, double quote and newline escaped. */
+static void print_label_value(FILE *f, const char *s) {
+    for (; *s; s++) {
+        if (*s == '\\' || *s == '"') fputc('\\', f);
+        if (*s == '\n')
+            fputs("\\n", f);
+        else
+            fputc(*s, f);
+    }
+}
+
+/* lensd_cpu_info: the CPU and the BLAS kernel the CPU backend runs, as
+ * labels of a constant 1 (the Prometheus convention for facts). */
+static void print_host_info(FILE *f) {
+    const srv_host *h = srv_host_get();
+    char features[256], threads[16];
+    lk_cpu_feature_list(h->cpu.features, features, sizeof features);
+    snprintf(threads, sizeof threads, "%d", h->blas.threads);
+    const char *labels[][2] = {
+        {"cpu", h->cpu.name},          {"features", features},
+        {"blas", h->blas.library},     {"blas_version", h->blas.version},
+        {"blas_kernel", h->blas.kernel}, {"blas_kernel_choice", h->kernel_choice},
+        {"blas_threads", threads},     {"self_check", h->self_check},
+    };
+    fputs("# HELP lensd_cpu_info The CPU and the BLAS library, version, kernel and threads the "
+          "CPU backend runs.\n# TYPE lensd_cpu_info gauge\nlensd_cpu_info{",
+          f);
+    for (size_t i = 0; i < sizeof labels / sizeof labels[0]; i++) {
+        fprintf(f, "%s%s=\"", i ? "," : "", labels[i][0]);
+        print_label_value(f, labels[i][1]);
+        fputc('"', f);
+    }
+    fputs("} 1\n", f);
 }
 
 /* Prints histogram h as name, labelled route="route" unless route is NULL. */
@@ -142,6 +179,7 @@ char *srv_metrics_text(size_t *len) {
     fprintf(f, "# HELP lensd_kept_cache_bytes Bytes of caches kept for later queries.\n"
                "# TYPE lensd_kept_cache_bytes gauge\nlensd_kept_cache_bytes %zu\n",
             srv_caches_bytes());
+    print_host_info(f);
     fclose(f);
     return text;
 }

@@ -17,6 +17,7 @@
 #include "server/caches.h"
 #include "server/cli.h"
 #include "server/daemon.h"
+#include "server/startup.h"
 
 srv_daemon srv_d;
 
@@ -118,6 +119,7 @@ int srv_serve_main(int argc, char **argv) {
         printf("dashboard: %s://%s%s%s:%d/\n", scheme, v6 ? "[" : "", cfg->host, v6 ? "]" : "",
                port);
     fflush(stdout);
+    srv_host_log(stderr);
     for (int i = 0; i < cfg->n_models; i++) {
         if (srv_load_model(&srv_d.models[i], &cfg->models[i], &err)) {
             fprintf(stderr, "lensd serve: %s\n", err.msg);

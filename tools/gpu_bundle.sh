@@ -15,7 +15,7 @@ out=$repo/.gpu
 cd "$repo"
 
 [ -f "$build/build.ninja" ] || meson setup "$build" -Dcuda=enabled -Dwerror=true >/dev/null
-ninja -C "$build" server/lensd tests/gpu/test_gpu_kernels >/dev/null
+ninja -C "$build" server/lensd tests/gpu/test_gpu_kernels kernels/liblenskernels_cuda.so >/dev/null
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib" "$out/build/server" "$out/build/tests/gpu" "$out/shared/data" "$out/whl"
 bins="$build/server/lensd $build/tests/gpu/test_gpu_kernels"
@@ -23,10 +23,13 @@ cp $bins "$out/bin/"
 echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!bench/results' || echo '+changes')" \
   >"$out/COMMIT"
 
-# Everything the binaries link but glibc, the C++ runtime and cuBLAS, which
-# the machine has in newer or matching versions (cuBLAS is far too large to
-# carry).
-ldd $bins | awk '$3 ~ /^\// {print $3}' | sort -u |
+# The CUDA backend, a module that lensd loads by name (found there through
+# LD_LIBRARY_PATH), and everything the binaries and it link but glibc, the
+# C++ runtime and cuBLAS, which the machine has in newer or matching versions
+# (cuBLAS is far too large to carry).
+module=$build/kernels/liblenskernels_cuda.so
+cp "$module" "$out/lib/"
+ldd $bins "$module" | awk '$3 ~ /^\// {print $3}' | sort -u |
   grep -v -E '/lib(c|m|dl|pthread|rt|stdc\+\+|gcc_s|cublas|cublasLt|cuda)\.so' |
   while read -r lib; do cp -L "$lib" "$out/lib/"; done
 
