@@ -24,7 +24,11 @@ WORKDIR /src
 COPY . .
 # The test suites need ../shared, the Python tooling and (for tests/gpu) a
 # GPU at build time: run tools/test.sh and tools/gpu_suite.sh outside.
-RUN meson setup /build -Dwerror=true -Dcuda=enabled && ninja -C /build server/lensd
+# meson install puts lensd in bin/, the CUDA backend module it loads in
+# lib/<multiarch>/lensd/ (lensd's run path) and models/ and web/ in
+# share/lensd/.
+RUN meson setup /build -Dwerror=true -Dcuda=enabled && ninja -C /build \
+    && meson install -C /build --destdir /out
 
 FROM nvidia/cuda:13.0.0-runtime-ubuntu24.04
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
@@ -32,9 +36,7 @@ RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-ins
       libmicrohttpd12t64 libuv1t64 libgnutls30t64 curl \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin lensd
-COPY --from=build /build/server/lensd /usr/local/bin/lensd
-COPY --from=build /src/models /usr/local/share/lensd/models
-COPY --from=build /src/web /usr/local/share/lensd/web
+COPY --from=build /out/usr/local /usr/local
 USER lensd
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s \
