@@ -181,13 +181,21 @@ def openblas_of(lib_path: str, prefix: str = "", suffix: str = "") -> str:
         return f"unknown ({e})"
 
 
-def lensd_blas(lensd: Path) -> str:
-    out = subprocess.run(["ldd", str(lensd)], capture_output=True, text=True).stdout
-    m = re.search(r"libopenblas\S*\s*=>\s*(\S+)", out)
-    if not m:
-        return "not linked to OpenBLAS"
-    # lensd sets OpenMP and OpenBLAS to omp_get_num_procs() threads at start.
-    return f"{m.group(1)}: {openblas_of(m.group(1))}; lensd sets {os.cpu_count()} threads"
+def lensd_blas(lensd: Path, model_dir: Path) -> str:
+    """The BLAS library, kernel and threads lensd runs here, as `lensd info` reports them
+    (lensd picks and checks its kernel when it starts)."""
+    out = subprocess.run([str(lensd), "info", "--model", str(model_dir)], capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        return f"unknown (lensd info failed: {out.stderr.strip()})"
+    b = json.loads(out.stdout)["device"]["blas"]
+    return (f"{b['library']} {b['version']}, kernel {b['kernel']} ({b['kernel_choice']}), "
+            f"{b['threading']}, {b['threads']} threads, self-check {b['self_check']}")
+
+
+def cpu_model() -> str:
+    return (f"{lscpu_field('Model name')} (family {lscpu_field('CPU family')}, model "
+            f"{lscpu_field('Model')}; {simd()})")
 
 
 def numpy_blas() -> str:
@@ -211,15 +219,14 @@ def source_tree() -> str:
     return f"commit {head}" + (" with uncommitted changes" if dirty else "")
 
 
-def environment(built: Path, lensd: Path) -> dict:
+def environment(built: Path, lensd: Path, model_dir: Path) -> dict:
     import torch
     import transformer_lens  # noqa: F401
     from importlib.metadata import version
 
     blas = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
     return {
-        "cpu": f"{lscpu_field('Model name')} (family {lscpu_field('CPU family')}, model "
-        f"{lscpu_field('Model')}; {simd()})",
+        "cpu": cpu_model(),
         "cpus": f"{os.cpu_count()} CPUs ({lscpu_field('Core(s) per socket')} cores per socket, "
         f"{lscpu_field('Thread(s) per core')} thread(s) per core)",
         "python": platform.python_version(),
@@ -231,7 +238,7 @@ def environment(built: Path, lensd: Path) -> dict:
         "numpy": f"{np.__version__}, {numpy_blas()}",
         "lensd": f"{subprocess.run([str(lensd), '--version'], capture_output=True, text=True).stdout.strip()} "
         f"({built}, built {time.strftime('%Y-%m-%d %H:%M', time.localtime(built.stat().st_mtime))} "
-        f"from {source_tree()}), {lensd_blas(lensd)}",
+        f"from {source_tree()}), {lensd_blas(lensd, model_dir)}",
         "env": ", ".join(
             f"{k}={os.environ[k]}"
             for k in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
@@ -553,7 +560,7 @@ def main() -> None:
     log(f"model: {workdir / 'gpt2-small-random'}")
     model_dir = make_gpt2_small_random.make(workdir / "gpt2-small-random", seed=args.seed)
 
-    env = environment(built, lensd)
+    env = environment(built, lensd, model_dir)
     for k, v in env.items():
         log(f"{k}: {v}")
 

@@ -33,8 +33,6 @@ what that was.
 
 import argparse
 import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -175,6 +173,8 @@ def main() -> None:
     with torch.inference_mode():
         _, clean_cache = tl.run_with_cache(torch.from_numpy(clean))
 
+    blas = bench_cache.lensd_blas(lensd, model_dir)
+    print(f"cpu: {bench_cache.cpu_model()}\nlensd's BLAS: {blas}", flush=True)
     gflops = sgemm_gflops()  # and again after the sweeps: the faster is the machine's rate
     proc, url = bench_http.start_daemon(lensd, model_dir)
     rows = []
@@ -219,7 +219,7 @@ def main() -> None:
     ok = all(r["worst"] <= TOLERANCE and r["full_worst"] <= TOLERANCE for r in rows)
     lines = [f"# Patching sweeps: lensd against TransformerLens ({time.strftime('%Y-%m-%d')})", "",
              f"bench/bench_patch.py; gpt2-small shape, random weights, float32, CPU backend, "
-             f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}); one clean and "
+             f"{os.cpu_count()} CPUs: {bench_cache.cpu_model()}; lensd's BLAS: {blas}; one clean and "
              f"one corrupted prompt of {T} tokens; metric: logit difference at the last position. "
              f"TransformerLens's time is its per-run time on {args.sample} random indices "
              f"(index_df) times the sweep's runs. Floor: the FLOPs of the patched runs, each from "
