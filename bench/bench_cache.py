@@ -376,6 +376,34 @@ def time_to_first_result(lensd: Path, model_dir: Path, tokens: np.ndarray, out: 
     return statistics.median(tl), statistics.median(ld), tl, ld
 
 
+def lensd_start_times(lensd: Path, model_dir: Path, runs: int) -> dict:
+    """Wall seconds from a fresh process to lensd's first logits: `lensd run` (test_prompt
+    on a short prompt, to its exit) and `lensd serve` (to its "lensd: ready" line); the
+    median of runs each."""
+    run_s, serve_s = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        r = subprocess.run([str(lensd), "run", "--model", str(model_dir), "--prompt",
+                            "The Eiffel Tower is in"], capture_output=True, text=True)
+        run_s.append(time.perf_counter() - t0)
+        if r.returncode != 0:
+            sys.exit(f"lensd run failed: {r.stderr.strip()}")
+        t0 = time.perf_counter()
+        p = subprocess.Popen([str(lensd), "serve", "--model", f"m={model_dir}", "--port", "0"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        ready = None
+        for line in p.stderr:
+            if line.startswith("lensd: ready"):
+                ready = time.perf_counter() - t0
+                break
+        p.terminate()
+        p.wait(timeout=60)
+        if ready is None:
+            sys.exit("lensd serve printed no ready line")
+        serve_s.append(ready)
+    return {"run_s": statistics.median(run_s), "serve_s": statistics.median(serve_s)}
+
+
 def measure_row(model, lensd, model_dir, tokens, full, n, out, label) -> dict:
     """One row: TransformerLens then lensd on the same tokens, then the checks."""
     load = OtherLoad()
@@ -410,7 +438,8 @@ def measure_first_result(lensd, model_dir, tokens, out, runs) -> dict:
     log(f"time to first result, {runs} fresh processes each ...")
     tl_s, lensd_s, tl_all, lensd_all = time_to_first_result(lensd, model_dir, tokens, out, runs)
     return {"runs": runs, "tl_s": tl_s, "lensd_s": lensd_s, "tl_all": tl_all,
-            "lensd_all": lensd_all, "other_cpus": load.cpus()}
+            "lensd_all": lensd_all, **lensd_start_times(lensd, model_dir, runs),
+            "other_cpus": load.cpus()}
 
 
 def quietest(args, label: str, measure) -> dict:
@@ -475,7 +504,9 @@ def render(env: dict, rows: list, first: dict, ok: bool, wall_s: float, tl_build
         + ", ".join(f"{t:.1f}" for t in first["tl_all"])
         + " s; lensd "
         + ", ".join(f"{t:.2f}" for t in first["lensd_all"])
-        + f" s; other CPUs busy {first['other_cpus']:.2f}).",
+        + f" s; other CPUs busy {first['other_cpus']:.2f}). lensd's first logits from a fresh "
+        f"process, median of {first['runs']}: `lensd run` (test_prompt) {first['run_s'] * 1e3:,.0f} "
+        f"ms to its exit, `lensd serve` {first['serve_s'] * 1e3:,.0f} ms to its ready line.",
         "",
         f"Correctness: lensd's logits against TransformerLens's on every row, and on the full-cache "
         f"rows every cached activation ({checked_hooks(rows)}), max abs difference within "
