@@ -56,9 +56,14 @@ static void cpu_matmul_batched(lk_device *dev, float *out, int ldo, size_t out_s
     const enum CBLAS_TRANSPOSE trans_b = b_transposed ? CblasTrans : CblasNoTrans;
     // Each product is small (one attention head of one prompt), so the
     // parallelism is across products with single-threaded BLAS inside.
-    int blas_threads = openblas_get_num_threads();
+    // OpenBLAS's OpenMP build sets OpenMP's thread count with its own, so
+    // the loop's threads are read first. Below about 4M multiply-adds in all
+    // (12 heads of 16 tokens, even 8 prompts of them) waking a second thread
+    // costs more than it saves.
+    const int blas_threads = openblas_get_num_threads();
+    const int loop_threads = (size_t)M * N * K * count >= ((size_t)4 << 20) ? omp_get_max_threads() : 1;
     openblas_set_num_threads(1);
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) num_threads(loop_threads)
     for (int i = 0; i < count; i++) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_b, M, N, K, 1.0f, a + i * a_step, lda,
                     b + i * b_step, ldb, 0.0f, out + i * out_step, ldo);
