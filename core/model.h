@@ -105,11 +105,11 @@ typedef struct lens_model {
     lens_weights w;
     lens_tokenizer *tok; /* NULL: token ids only */
     lens_token_rules rules;
-    unsigned processing; /* LENS_PROC_* flags applied to w */
-    size_t n_weight_floats;
+    unsigned processing;        /* LENS_PROC_* flags applied to w */
+    size_t n_weight_floats;     /* in the tensors of w */
     size_t n_nonfinite_weights; /* NaN/inf seen while loading (allowed, reported) */
-    float **blocks;             /* every weight allocation, freed with the model */
-    size_t n_blocks, cap_blocks;
+    void *arena;                /* one mapping holding every tensor of w, freed with the model */
+    size_t arena_bytes;
     lk_device *device;  /* where forwards run: the CPU unless lens_model_place moved it */
     lens_weights dw;    /* the weights as that device addresses them (w itself on the CPU) */
     void *device_block; /* the device's copy of the weights; NULL on the CPU */

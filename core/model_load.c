@@ -19,10 +19,13 @@
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/process.h"
 #include "core/safetensors.h"
@@ -140,24 +143,109 @@ static int source_open_dir(tensor_source *src, const char *dir, lens_err *err) {
     return rc;
 }
 
-/* ---- allocation and tensor reading -------------------------------------- */
+/* ---- the weight plan ---------------------------------------------------- */
 
-static float *model_alloc(lens_model *m, size_t n, lens_err *err) {
-    if (m->n_blocks == m->cap_blocks) {
-        size_t cap = m->cap_blocks ? 2 * m->cap_blocks : 64;
-        float **grown = realloc(m->blocks, cap * sizeof *grown);
-        if (!grown) goto oom;
-        m->blocks = grown;
-        m->cap_blocks = cap;
+/*
+ * Weights are planned, then read. The loaders below only name what they
+ * need: each source tensor is found, and its shape and dtype checked against
+ * the configuration, as it is named, and the plan records which internal
+ * tensor it fills and how. Once the whole checkpoint has checked out, every
+ * internal tensor is carved from one anonymous mapping (zero-filled by the
+ * kernel, so tensors that no source fills are zeros) and filled with pread
+ * straight from the file into its final layout, in blocks of rows spread
+ * over the OpenMP threads. No tensor passes through an intermediate copy; a
+ * tied unembedding is transposed from the embedding's blocks as they land.
+ *
+ * The mapping is faulted in before the reads, by each thread for its share
+ * in one call: the page faults of fresh memory (650 MB for GPT-2 small) are
+ * the largest part of loading, and cheaper so than taken one page at a time
+ * inside the reads. Huge pages would make them cheaper still where memory is
+ * at hand, but on a virtual machine that reports free memory to its host
+ * every fresh huge page also faults in the host: there MADV_HUGEPAGE took
+ * GPT-2 small's weights from 0.13 s to 0.75-1.7 s. So the pages are 4 KB.
+ */
+
+/* Floats per block of work when filling: a block that is rearranged goes
+ * through a scratch buffer of this size, which stays in the L2 cache. A
+ * transposed block is larger, so that each destination row gets a long run
+ * (few pages touched per block, whole cache lines written). */
+#define FILL_BLOCK 65536
+#define FILL_BLOCK_TRANSPOSED (4 * FILL_BLOCK)
+
+/* Each internal tensor starts on a cache line. */
+#define TENSOR_ALIGN 16
+
+/* One internal tensor: where its pointer goes and how many floats it has. */
+typedef struct plan_tensor {
+    float **field;
+    size_t n;
+} plan_tensor;
+
+/* How one source tensor (or a block of it) reaches the internal layout. Its
+ * `rows` rows of `width` values are read a block of rows at a time; each row
+ * is cut into n_parts runs of width / n_parts values, run k becoming that
+ * row of destination k (GPT-2's c_attn into W_Q|W_K|W_V, one head of TL's
+ * W_Q into its columns, or with one part a plain copy); and with
+ * `transposed`, the whole row also becomes that column of destination dst_t
+ * [width, rows] (an unembedding, or a GPT-Neo Linear weight). */
+typedef struct plan_fill {
+    const lens_st_file *file;
+    const lens_st_tensor *src;
+    int64_t first; /* source element where row 0 starts */
+    int64_t rows, width;
+    int n_parts;        /* 0 to 3 */
+    size_t dst[3];      /* plan tensor of each part */
+    int64_t dst_first;  /* element of each part's destination that row 0 goes to */
+    int64_t dst_stride; /* elements between rows there */
+    bool transposed;
+    size_t dst_t;
+    bool count; /* count non-finite values */
+} plan_fill;
+
+typedef struct weight_plan {
+    const tensor_source *src;
+    plan_tensor *tensors;
+    size_t n_tensors, cap_tensors;
+    plan_fill *fills;
+    size_t n_fills, cap_fills;
+} weight_plan;
+
+static void plan_free(weight_plan *p) {
+    free(p->tensors);
+    free(p->fills);
+}
+
+/* Adds an internal tensor of n floats whose pointer goes to *field; it is
+ * zeros unless fills write it. Sets *index to its number in the plan. */
+static int plan_zeros(weight_plan *p, float **field, size_t n, size_t *index, lens_err *err) {
+    if (p->n_tensors == p->cap_tensors) {
+        size_t cap = p->cap_tensors ? 2 * p->cap_tensors : 64;
+        plan_tensor *grown = realloc(p->tensors, cap * sizeof *grown);
+        if (!grown) {
+            lens_err_set(err, "out of memory planning the weights");
+            return -1;
+        }
+        p->tensors = grown;
+        p->cap_tensors = cap;
     }
-    float *p = calloc(n ? n : 1, sizeof(float));
-    if (!p) goto oom;
-    m->blocks[m->n_blocks++] = p;
-    m->n_weight_floats += n;
-    return p;
-oom:
-    lens_err_set(err, "out of memory allocating %zu floats of weights", n);
-    return NULL;
+    if (index) *index = p->n_tensors;
+    p->tensors[p->n_tensors++] = (plan_tensor){field, n};
+    return 0;
+}
+
+static int plan_add_fill(weight_plan *p, const plan_fill *fill, lens_err *err) {
+    if (p->n_fills == p->cap_fills) {
+        size_t cap = p->cap_fills ? 2 * p->cap_fills : 64;
+        plan_fill *grown = realloc(p->fills, cap * sizeof *grown);
+        if (!grown) {
+            lens_err_set(err, "out of memory planning the weights");
+            return -1;
+        }
+        p->fills = grown;
+        p->cap_fills = cap;
+    }
+    p->fills[p->n_fills++] = *fill;
+    return 0;
 }
 
 static void format_shape(char *buf, size_t len, int ndim, const int64_t *shape) {
@@ -168,12 +256,12 @@ static void format_shape(char *buf, size_t len, int ndim, const int64_t *shape) 
     if (used < len) snprintf(buf + used, len - used, "]");
 }
 
-/* Reads tensor `name` into a new float buffer after checking that its shape
- * is exactly `shape`. Counts non-finite values into m->n_nonfinite_weights. */
-static float *read_tensor(lens_model *m, const tensor_source *src, const char *name, int ndim,
-                          const int64_t *shape, lens_err *err) {
-    const lens_st_file *file = NULL;
-    const lens_st_tensor *t = source_find(src, name, &file);
+/* Finds tensor `name` and checks that its shape is exactly `shape` and its
+ * dtype a floating-point one. Returns NULL, naming file and tensor, if not. */
+static const lens_st_tensor *find_tensor(const tensor_source *src, const char *name, int ndim,
+                                         const int64_t *shape, const lens_st_file **file,
+                                         lens_err *err) {
+    const lens_st_tensor *t = source_find(src, name, file);
     if (!t) {
         lens_err_set(err, "%s: missing tensor \"%s\"",
                      src->n_files ? lens_st_path(src->files[0]) : "checkpoint", name);
@@ -187,47 +275,267 @@ static float *read_tensor(lens_model *m, const tensor_source *src, const char *n
         format_shape(want, sizeof want, ndim, shape);
         format_shape(got, sizeof got, t->ndim, t->shape);
         lens_err_set(err, "%s: tensor \"%s\" has shape %s but the config needs %s",
-                     lens_st_path(file), name, got, want);
+                     lens_st_path(*file), name, got, want);
         return NULL;
     }
-    float *out = model_alloc(m, (size_t)t->numel, err);
-    if (!out) return NULL;
-    if (lens_st_to_f32(file, t, out, err)) return NULL;
-    for (int64_t i = 0; i < t->numel; i++)
-        if (!isfinite(out[i])) m->n_nonfinite_weights++;
-    return out;
+    if (t->dtype != LENS_F32 && t->dtype != LENS_F16 && t->dtype != LENS_BF16 &&
+        t->dtype != LENS_F64) {
+        lens_err_set(err, "%s: tensor \"%s\": dtype %s is not a floating-point type",
+                     lens_st_path(*file), name, lens_dtype_name(t->dtype));
+        return NULL;
+    }
+    return t;
 }
 
-static float *read_tensor_1d(lens_model *m, const tensor_source *src, const char *name, int64_t n0,
-                             lens_err *err) {
-    int64_t shape[1] = {n0};
-    return read_tensor(m, src, name, 1, shape, err);
+/* Plans *field as tensor `name` of exactly `shape`, in the same layout. */
+static int plan_tensor_nd(weight_plan *p, float **field, const char *name, int ndim,
+                          const int64_t *shape, lens_err *err) {
+    const lens_st_file *file = NULL;
+    const lens_st_tensor *t = find_tensor(p->src, name, ndim, shape, &file, err);
+    size_t index;
+    if (!t || plan_zeros(p, field, (size_t)t->numel, &index, err)) return -1;
+    const int64_t width = shape[ndim - 1];
+    if (t->numel == 0) return 0;
+    return plan_add_fill(p,
+                         &(plan_fill){.file = file,
+                                      .src = t,
+                                      .rows = t->numel / width,
+                                      .width = width,
+                                      .n_parts = 1,
+                                      .dst = {index},
+                                      .dst_stride = width,
+                                      .count = true},
+                         err);
 }
 
-static float *read_tensor_2d(lens_model *m, const tensor_source *src, const char *name, int64_t n0,
-                             int64_t n1, lens_err *err) {
-    int64_t shape[2] = {n0, n1};
-    return read_tensor(m, src, name, 2, shape, err);
+static int plan_tensor_1d(weight_plan *p, float **field, const char *name, int64_t n0,
+                          lens_err *err) {
+    return plan_tensor_nd(p, field, name, 1, (int64_t[1]){n0}, err);
 }
 
-/* Returns a new [cols, rows] buffer holding the transpose of a[rows, cols],
- * copied in tiles so that both sides stay in cache (W_U is 50257 x 768). */
-static float *transposed(lens_model *m, const float *a, int rows, int cols, lens_err *err) {
-    enum { TILE = 64 };
-    float *out = model_alloc(m, (size_t)rows * cols, err);
-    if (!out) return NULL;
-    for (int r0 = 0; r0 < rows; r0 += TILE)
-        for (int c0 = 0; c0 < cols; c0 += TILE)
-            for (int r = r0; r < r0 + TILE && r < rows; r++)
-                for (int c = c0; c < c0 + TILE && c < cols; c++)
-                    out[(size_t)c * rows + r] = a[(size_t)r * cols + c];
-    return out;
+static int plan_tensor_2d(weight_plan *p, float **field, const char *name, int64_t n0, int64_t n1,
+                          lens_err *err) {
+    return plan_tensor_nd(p, field, name, 2, (int64_t[2]){n0, n1}, err);
 }
 
-static float *read_transposed(lens_model *m, const tensor_source *src, const char *name, int rows,
-                              int cols, lens_err *err) {
-    float *raw = read_tensor_2d(m, src, name, rows, cols, err);
-    return raw ? transposed(m, raw, rows, cols, err) : NULL;
+/* Plans *field [cols, rows] as the transpose of tensor `name` [rows, cols]. */
+static int plan_transposed(weight_plan *p, float **field, const char *name, int64_t rows,
+                           int64_t cols, lens_err *err) {
+    const lens_st_file *file = NULL;
+    const lens_st_tensor *t = find_tensor(p->src, name, 2, (int64_t[2]){rows, cols}, &file, err);
+    size_t index;
+    if (!t || plan_zeros(p, field, (size_t)t->numel, &index, err)) return -1;
+    if (t->numel == 0) return 0;
+    return plan_add_fill(p,
+                         &(plan_fill){.file = file,
+                                      .src = t,
+                                      .rows = rows,
+                                      .width = cols,
+                                      .transposed = true,
+                                      .dst_t = index,
+                                      .count = true},
+                         err);
+}
+
+/* Plans *field [cols, rows] as the transpose of tensor `name` [rows, cols],
+ * which is already planned as itself (a tied unembedding): it is written
+ * from the same reads, and its values are not counted again. */
+static int plan_tied_transposed(weight_plan *p, float **field, const char *name, lens_err *err) {
+    const lens_st_tensor *t = source_find(p->src, name, NULL);
+    for (size_t i = 0; t && i < p->n_fills; i++) {
+        if (p->fills[i].src != t || p->fills[i].n_parts != 1 || p->fills[i].transposed) continue;
+        if (plan_zeros(p, field, (size_t)t->numel, &p->fills[i].dst_t, err)) return -1;
+        p->fills[i].transposed = true;
+        return 0;
+    }
+    lens_err_set(err, "tensor \"%s\" is tied to one that was not read", name);
+    return -1;
+}
+
+/* Plans each of n_parts fields as a slice of tensor `name` of exactly
+ * `shape`, cut along its last axis: field k holds, of every row, the values
+ * [k * cols, (k + 1) * cols) with cols = shape[ndim - 1] / n_parts. */
+static int plan_split(weight_plan *p, float **fields[], int n_parts, const char *name, int ndim,
+                      const int64_t *shape, lens_err *err) {
+    const lens_st_file *file = NULL;
+    const lens_st_tensor *t = find_tensor(p->src, name, ndim, shape, &file, err);
+    if (!t) return -1;
+    const int64_t width = shape[ndim - 1], cols = width / n_parts;
+    plan_fill fill = {.file = file,
+                      .src = t,
+                      .rows = t->numel / width,
+                      .width = width,
+                      .n_parts = n_parts,
+                      .dst_stride = cols,
+                      .count = true};
+    for (int k = 0; k < n_parts; k++)
+        if (plan_zeros(p, fields[k], (size_t)(fill.rows * cols), &fill.dst[k], err)) return -1;
+    return t->numel ? plan_add_fill(p, &fill, err) : 0;
+}
+
+/* The number of infinities and NaNs in x[n]: floats whose exponent bits
+ * are all ones. Counted in 32 bits per piece, which vectorises. */
+static size_t count_nonfinite(const float *x, size_t n) {
+    size_t total = 0;
+    for (size_t i0 = 0; i0 < n; i0 += FILL_BLOCK) {
+        const size_t i1 = n - i0 < FILL_BLOCK ? n : i0 + FILL_BLOCK;
+        uint32_t bad = 0;
+        for (size_t i = i0; i < i1; i++) {
+            uint32_t bits;
+            memcpy(&bits, &x[i], sizeof bits);
+            bad += (bits & 0x7f800000u) == 0x7f800000u;
+        }
+        total += bad;
+    }
+    return total;
+}
+
+/* dst[c * ld + r] = src[r * cols + c] for r < rows, c < cols, in blocks of
+ * 4 x 4 (which the compiler makes into register shuffles, three times as
+ * fast as a plain loop for the 50257 x 768 unembedding). */
+static void transpose(float *dst, int64_t ld, const float *src, int64_t rows, int64_t cols) {
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        int64_t c = 0;
+        for (; c + 4 <= cols; c += 4) {
+            float t[4][4];
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 4; j++)
+                    t[j][i] = src[(r + i) * cols + c + j];
+            for (int j = 0; j < 4; j++)
+                memcpy(dst + (c + j) * ld + r, t[j], sizeof t[j]);
+        }
+        for (; c < cols; c++)
+            for (int i = 0; i < 4; i++)
+                dst[c * ld + r + i] = src[(r + i) * cols + c];
+    }
+    for (; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++)
+            dst[c * ld + r] = src[r * cols + c];
+}
+
+/* Whether fill f reads straight into its one destination, not through the
+ * scratch buffer. */
+static bool fill_is_direct(const plan_fill *f) {
+    return f->n_parts == 1 && f->dst_stride == f->width;
+}
+
+/* Source rows per block of work of fill f. */
+static int64_t fill_block_rows(const plan_fill *f) {
+    const int64_t block = f->transposed ? FILL_BLOCK_TRANSPOSED : FILL_BLOCK;
+    return f->width < block ? block / f->width : 1;
+}
+
+/* Fills one block: rows [r0, r1) of fill f. Counts non-finite values read
+ * into *nonfinite; scratch holds the block unless the fill is direct. */
+static int fill_block(const weight_plan *p, const plan_fill *f, int64_t r0, int64_t r1,
+                      float *scratch, size_t *nonfinite, lens_err *err) {
+    const int64_t width = f->width, n = (r1 - r0) * width;
+    float *buf = fill_is_direct(f)
+                     ? *p->tensors[f->dst[0]].field + f->dst_first + r0 * f->dst_stride
+                     : scratch;
+    if (lens_st_read_f32(f->file, f->src, f->first + r0 * width, n, buf, err)) return -1;
+    if (f->count) *nonfinite += count_nonfinite(buf, (size_t)n);
+    if (!fill_is_direct(f)) {
+        const int64_t cols = f->n_parts ? width / f->n_parts : 0;
+        for (int64_t r = r0; r < r1; r++)
+            for (int k = 0; k < f->n_parts; k++)
+                memcpy(*p->tensors[f->dst[k]].field + f->dst_first + r * f->dst_stride,
+                       buf + (r - r0) * width + k * cols, (size_t)cols * sizeof(float));
+    }
+    if (f->transposed) transpose(*p->tensors[f->dst_t].field + r0, f->rows, buf, r1 - r0, width);
+    return 0;
+}
+
+/* One block of work: rows [r0, r1) of a fill. */
+typedef struct fill_work {
+    const plan_fill *fill;
+    int64_t r0, r1;
+} fill_work;
+
+/* Allocates every planned tensor in one mapping (m->arena) and fills them.
+ * Returns -1 when out of memory or a read fails (naming file and tensor). */
+static int plan_run(lens_model *m, const weight_plan *p, lens_err *err) {
+    size_t total = 0;
+    for (size_t i = 0; i < p->n_tensors; i++) {
+        total += (p->tensors[i].n + TENSOR_ALIGN - 1) & ~(size_t)(TENSOR_ALIGN - 1);
+        m->n_weight_floats += p->tensors[i].n;
+    }
+    size_t bytes = (total ? total : 1) * sizeof(float);
+    void *arena = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (arena == MAP_FAILED) {
+        lens_err_set_code(err, LENS_ERR_NO_MEMORY, "out of memory allocating %zu MB of weights",
+                          bytes >> 20);
+        return -1;
+    }
+    m->arena = arena;
+    m->arena_bytes = bytes;
+    float *next = arena;
+    for (size_t i = 0; i < p->n_tensors; i++) {
+        *p->tensors[i].field = next;
+        next += (p->tensors[i].n + TENSOR_ALIGN - 1) & ~(size_t)(TENSOR_ALIGN - 1);
+    }
+
+    size_t n_work = 0, scratch_floats = 0;
+    for (size_t i = 0; i < p->n_fills; i++) {
+        const plan_fill *f = &p->fills[i];
+        const int64_t per = fill_block_rows(f);
+        n_work += (size_t)((f->rows + per - 1) / per);
+        const size_t block = (size_t)(per * f->width);
+        if (!fill_is_direct(f) && block > scratch_floats) scratch_floats = block;
+    }
+    fill_work *work = malloc((n_work ? n_work : 1) * sizeof *work);
+    if (!work) {
+        lens_err_set(err, "out of memory planning the weights");
+        return -1;
+    }
+    n_work = 0;
+    for (size_t i = 0; i < p->n_fills; i++) {
+        const plan_fill *f = &p->fills[i];
+        const int64_t per = fill_block_rows(f);
+        for (int64_t r0 = 0; r0 < f->rows; r0 += per)
+            work[n_work++] = (fill_work){f, r0, r0 + per < f->rows ? r0 + per : f->rows};
+    }
+
+    size_t nonfinite = 0;
+    int failed = 0;
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+#pragma omp parallel reduction(+ : nonfinite)
+    {
+        /* Each thread first faults in its share of the pages in one call:
+         * cheaper than the reads taking the faults one page at a time.
+         * Before Linux 5.14 the kernel refuses, and the reads fault. */
+        const size_t share = (bytes / (size_t)omp_get_num_threads() + page - 1) / page * page;
+        const size_t at = share * (size_t)omp_get_thread_num();
+        if (at < bytes)
+            madvise((char *)arena + at, bytes - at < share ? bytes - at : share,
+                    MADV_POPULATE_WRITE);
+#pragma omp barrier
+        float *scratch = malloc((scratch_floats ? scratch_floats : 1) * sizeof *scratch);
+#pragma omp for schedule(dynamic)
+        for (size_t i = 0; i < n_work; i++) {
+            int stop;
+#pragma omp atomic read
+            stop = failed;
+            if (stop) continue;
+            lens_err mine;
+            if (!scratch)
+                lens_err_set(&mine, "out of memory filling the weights");
+            else if (fill_block(p, work[i].fill, work[i].r0, work[i].r1, scratch, &nonfinite,
+                                &mine) == 0)
+                continue;
+#pragma omp critical(lens_model_fill_error)
+            if (!failed) {
+                if (err) *err = mine;
+#pragma omp atomic write
+                failed = 1;
+            }
+        }
+        free(scratch);
+    }
+    free(work);
+    m->n_nonfinite_weights += nonfinite;
+    return failed ? -1 : 0;
 }
 
 /* ---- configuration ------------------------------------------------------ */
@@ -581,142 +889,138 @@ static int read_native_config(lens_config *c, json_t *root, const char *file, le
 /* The final LayerNorm and the unembedding of a GPT-2 or GPT-Neo checkpoint:
  * W_U is lm_head.weight transposed, or the embedding's when they are tied;
  * b_U is zeros, as TL's conversions make it. */
-static int load_hf_final(lens_model *m, const tensor_source *src, const char *prefix,
-                         lens_err *err) {
+static int plan_hf_final(lens_model *m, weight_plan *p, const char *prefix, lens_err *err) {
     const int d = m->cfg.d_model, V = m->cfg.d_vocab;
     lens_weights *w = &m->w;
     char name[256];
     snprintf(name, sizeof name, "%sln_f.weight", prefix);
-    if (!(w->ln_final_w = read_tensor_1d(m, src, name, d, err))) return -1;
+    if (plan_tensor_1d(p, &w->ln_final_w, name, d, err)) return -1;
     snprintf(name, sizeof name, "%sln_f.bias", prefix);
-    if (!(w->ln_final_b = read_tensor_1d(m, src, name, d, err))) return -1;
-    bool tied = !source_find(src, "lm_head.weight", NULL);
-    float *lm = tied ? w->W_E : read_tensor_2d(m, src, "lm_head.weight", V, d, err);
-    if (!lm || !(w->W_U = transposed(m, lm, V, d, err))) return -1;
-    return (w->b_U = model_alloc(m, (size_t)V, err)) ? 0 : -1;
+    if (plan_tensor_1d(p, &w->ln_final_b, name, d, err)) return -1;
+    snprintf(name, sizeof name, "%swte.weight", prefix);
+    if (source_find(p->src, "lm_head.weight", NULL)
+            ? plan_transposed(p, &w->W_U, "lm_head.weight", V, d, err)
+            : plan_tied_transposed(p, &w->W_U, name, err))
+        return -1;
+    return plan_zeros(p, &w->b_U, (size_t)V, NULL, err);
 }
 
-/* Loads the weights of a GPT-2 checkpoint the way TL's convert_gpt2_weights
- * does: c_attn [d, 3d] splits into W_Q|W_K|W_V, Conv1D weights are already
- * [in, out]. */
-static int load_gpt2_weights(lens_model *m, const tensor_source *src, lens_err *err) {
+/* Plans the weights of a GPT-2 checkpoint the way TL's convert_gpt2_weights
+ * maps them: c_attn [d, 3d] splits into W_Q|W_K|W_V (and its bias into
+ * b_Q|b_K|b_V), Conv1D weights are already [in, out]. */
+static int plan_gpt2_weights(lens_model *m, weight_plan *p, lens_err *err) {
     const lens_config *c = &m->cfg;
     lens_weights *w = &m->w;
     const int d = c->d_model, mlp = c->d_mlp, V = c->d_vocab;
-    const char *p = source_find(src, "transformer.wte.weight", NULL) ? "transformer." : "";
+    const char *pre = source_find(p->src, "transformer.wte.weight", NULL) ? "transformer." : "";
     char name[256];
 #define NAME(...) (snprintf(name, sizeof name, __VA_ARGS__), name)
-    if (!(w->W_E = read_tensor_2d(m, src, NAME("%swte.weight", p), V, d, err)) ||
-        !(w->W_pos = read_tensor_2d(m, src, NAME("%swpe.weight", p), c->n_ctx, d, err)))
+    if (plan_tensor_2d(p, &w->W_E, NAME("%swte.weight", pre), V, d, err) ||
+        plan_tensor_2d(p, &w->W_pos, NAME("%swpe.weight", pre), c->n_ctx, d, err))
         return -1;
     for (int l = 0; l < c->n_layers; l++) {
         lens_layer_weights *lw = &w->layers[l];
-        float *qkv, *qkv_b;
-        if (!(lw->ln1_w = read_tensor_1d(m, src, NAME("%sh.%d.ln_1.weight", p, l), d, err)) ||
-            !(lw->ln1_b = read_tensor_1d(m, src, NAME("%sh.%d.ln_1.bias", p, l), d, err)) ||
-            !(qkv =
-                  read_tensor_2d(m, src, NAME("%sh.%d.attn.c_attn.weight", p, l), d, 3 * d, err)) ||
-            !(qkv_b = read_tensor_1d(m, src, NAME("%sh.%d.attn.c_attn.bias", p, l), 3 * d, err)) ||
-            !(lw->W_O =
-                  read_tensor_2d(m, src, NAME("%sh.%d.attn.c_proj.weight", p, l), d, d, err)) ||
-            !(lw->b_O = read_tensor_1d(m, src, NAME("%sh.%d.attn.c_proj.bias", p, l), d, err)) ||
-            !(lw->ln2_w = read_tensor_1d(m, src, NAME("%sh.%d.ln_2.weight", p, l), d, err)) ||
-            !(lw->ln2_b = read_tensor_1d(m, src, NAME("%sh.%d.ln_2.bias", p, l), d, err)) ||
-            !(lw->W_in =
-                  read_tensor_2d(m, src, NAME("%sh.%d.mlp.c_fc.weight", p, l), d, mlp, err)) ||
-            !(lw->b_in = read_tensor_1d(m, src, NAME("%sh.%d.mlp.c_fc.bias", p, l), mlp, err)) ||
-            !(lw->W_out =
-                  read_tensor_2d(m, src, NAME("%sh.%d.mlp.c_proj.weight", p, l), mlp, d, err)) ||
-            !(lw->b_out = read_tensor_1d(m, src, NAME("%sh.%d.mlp.c_proj.bias", p, l), d, err)))
+        float **qkv[3] = {&lw->W_Q, &lw->W_K, &lw->W_V};
+        float **qkv_b[3] = {&lw->b_Q, &lw->b_K, &lw->b_V};
+        if (plan_tensor_1d(p, &lw->ln1_w, NAME("%sh.%d.ln_1.weight", pre, l), d, err) ||
+            plan_tensor_1d(p, &lw->ln1_b, NAME("%sh.%d.ln_1.bias", pre, l), d, err) ||
+            plan_split(p, qkv, 3, NAME("%sh.%d.attn.c_attn.weight", pre, l), 2,
+                       (int64_t[2]){d, 3 * d}, err) ||
+            plan_split(p, qkv_b, 3, NAME("%sh.%d.attn.c_attn.bias", pre, l), 1, (int64_t[1]){3 * d},
+                       err) ||
+            plan_tensor_2d(p, &lw->W_O, NAME("%sh.%d.attn.c_proj.weight", pre, l), d, d, err) ||
+            plan_tensor_1d(p, &lw->b_O, NAME("%sh.%d.attn.c_proj.bias", pre, l), d, err) ||
+            plan_tensor_1d(p, &lw->ln2_w, NAME("%sh.%d.ln_2.weight", pre, l), d, err) ||
+            plan_tensor_1d(p, &lw->ln2_b, NAME("%sh.%d.ln_2.bias", pre, l), d, err) ||
+            plan_tensor_2d(p, &lw->W_in, NAME("%sh.%d.mlp.c_fc.weight", pre, l), d, mlp, err) ||
+            plan_tensor_1d(p, &lw->b_in, NAME("%sh.%d.mlp.c_fc.bias", pre, l), mlp, err) ||
+            plan_tensor_2d(p, &lw->W_out, NAME("%sh.%d.mlp.c_proj.weight", pre, l), mlp, d, err) ||
+            plan_tensor_1d(p, &lw->b_out, NAME("%sh.%d.mlp.c_proj.bias", pre, l), d, err))
             return -1;
-        float **parts[3] = {&lw->W_Q, &lw->W_K, &lw->W_V};
-        float **biases[3] = {&lw->b_Q, &lw->b_K, &lw->b_V};
-        for (int k = 0; k < 3; k++) {
-            float *part = model_alloc(m, (size_t)d * d, err);
-            float *bias = model_alloc(m, (size_t)d, err);
-            if (!part || !bias) return -1;
-            for (int r = 0; r < d; r++)
-                memcpy(part + (size_t)r * d, qkv + (size_t)r * 3 * d + (size_t)k * d,
-                       (size_t)d * sizeof(float));
-            memcpy(bias, qkv_b + (size_t)k * d, (size_t)d * sizeof(float));
-            *parts[k] = part;
-            *biases[k] = bias;
-        }
     }
 #undef NAME
-    return load_hf_final(m, src, p, err);
+    return plan_hf_final(m, p, pre, err);
 }
 
-/* Loads a GPT-Neo checkpoint as TL's convert_neo_weights does: nn.Linear
+/* Plans a GPT-Neo checkpoint as TL's convert_neo_weights maps it: nn.Linear
  * weights are [out, in] and get transposed; Q, K and V have no bias. */
-static int load_neo_weights(lens_model *m, const tensor_source *src, lens_err *err) {
+static int plan_neo_weights(lens_model *m, weight_plan *p, lens_err *err) {
     const lens_config *c = &m->cfg;
     lens_weights *w = &m->w;
     const int d = c->d_model, mlp = c->d_mlp, V = c->d_vocab;
-    const char *p = source_find(src, "transformer.wte.weight", NULL) ? "transformer." : "";
+    const char *pre = source_find(p->src, "transformer.wte.weight", NULL) ? "transformer." : "";
     char name[256];
 #define NAME(...) (snprintf(name, sizeof name, __VA_ARGS__), name)
-    if (!(w->W_E = read_tensor_2d(m, src, NAME("%swte.weight", p), V, d, err))) return -1;
-    if (!(w->W_pos = read_tensor_2d(m, src, NAME("%swpe.weight", p), c->n_ctx, d, err))) return -1;
+    if (plan_tensor_2d(p, &w->W_E, NAME("%swte.weight", pre), V, d, err) ||
+        plan_tensor_2d(p, &w->W_pos, NAME("%swpe.weight", pre), c->n_ctx, d, err))
+        return -1;
     for (int l = 0; l < c->n_layers; l++) {
         lens_layer_weights *lw = &w->layers[l];
-        if (!(lw->ln1_w = read_tensor_1d(m, src, NAME("%sh.%d.ln_1.weight", p, l), d, err)) ||
-            !(lw->ln1_b = read_tensor_1d(m, src, NAME("%sh.%d.ln_1.bias", p, l), d, err)) ||
-            !(lw->W_Q = read_transposed(m, src, NAME("%sh.%d.attn.attention.q_proj.weight", p, l),
-                                        d, d, err)) ||
-            !(lw->W_K = read_transposed(m, src, NAME("%sh.%d.attn.attention.k_proj.weight", p, l),
-                                        d, d, err)) ||
-            !(lw->W_V = read_transposed(m, src, NAME("%sh.%d.attn.attention.v_proj.weight", p, l),
-                                        d, d, err)) ||
-            !(lw->W_O = read_transposed(m, src, NAME("%sh.%d.attn.attention.out_proj.weight", p, l),
-                                        d, d, err)) ||
-            !(lw->b_O = read_tensor_1d(m, src, NAME("%sh.%d.attn.attention.out_proj.bias", p, l), d,
-                                       err)) ||
-            !(lw->ln2_w = read_tensor_1d(m, src, NAME("%sh.%d.ln_2.weight", p, l), d, err)) ||
-            !(lw->ln2_b = read_tensor_1d(m, src, NAME("%sh.%d.ln_2.bias", p, l), d, err)) ||
-            !(lw->W_in =
-                  read_transposed(m, src, NAME("%sh.%d.mlp.c_fc.weight", p, l), mlp, d, err)) ||
-            !(lw->b_in = read_tensor_1d(m, src, NAME("%sh.%d.mlp.c_fc.bias", p, l), mlp, err)) ||
-            !(lw->W_out =
-                  read_transposed(m, src, NAME("%sh.%d.mlp.c_proj.weight", p, l), d, mlp, err)) ||
-            !(lw->b_out = read_tensor_1d(m, src, NAME("%sh.%d.mlp.c_proj.bias", p, l), d, err)) ||
-            !(lw->b_Q = model_alloc(m, (size_t)d, err)) ||
-            !(lw->b_K = model_alloc(m, (size_t)d, err)) ||
-            !(lw->b_V = model_alloc(m, (size_t)d, err)))
+        if (plan_tensor_1d(p, &lw->ln1_w, NAME("%sh.%d.ln_1.weight", pre, l), d, err) ||
+            plan_tensor_1d(p, &lw->ln1_b, NAME("%sh.%d.ln_1.bias", pre, l), d, err) ||
+            plan_transposed(p, &lw->W_Q, NAME("%sh.%d.attn.attention.q_proj.weight", pre, l), d, d,
+                            err) ||
+            plan_transposed(p, &lw->W_K, NAME("%sh.%d.attn.attention.k_proj.weight", pre, l), d, d,
+                            err) ||
+            plan_transposed(p, &lw->W_V, NAME("%sh.%d.attn.attention.v_proj.weight", pre, l), d, d,
+                            err) ||
+            plan_transposed(p, &lw->W_O, NAME("%sh.%d.attn.attention.out_proj.weight", pre, l), d,
+                            d, err) ||
+            plan_tensor_1d(p, &lw->b_O, NAME("%sh.%d.attn.attention.out_proj.bias", pre, l), d,
+                           err) ||
+            plan_tensor_1d(p, &lw->ln2_w, NAME("%sh.%d.ln_2.weight", pre, l), d, err) ||
+            plan_tensor_1d(p, &lw->ln2_b, NAME("%sh.%d.ln_2.bias", pre, l), d, err) ||
+            plan_transposed(p, &lw->W_in, NAME("%sh.%d.mlp.c_fc.weight", pre, l), mlp, d, err) ||
+            plan_tensor_1d(p, &lw->b_in, NAME("%sh.%d.mlp.c_fc.bias", pre, l), mlp, err) ||
+            plan_transposed(p, &lw->W_out, NAME("%sh.%d.mlp.c_proj.weight", pre, l), d, mlp, err) ||
+            plan_tensor_1d(p, &lw->b_out, NAME("%sh.%d.mlp.c_proj.bias", pre, l), d, err) ||
+            plan_zeros(p, &lw->b_Q, (size_t)d, NULL, err) ||
+            plan_zeros(p, &lw->b_K, (size_t)d, NULL, err) ||
+            plan_zeros(p, &lw->b_V, (size_t)d, NULL, err))
             return -1;
     }
 #undef NAME
-    return load_hf_final(m, src, p, err);
+    return plan_hf_final(m, p, pre, err);
 }
 
-/* Reads TL's [h, d, dh] W_Q/W_K/W_V into the internal [d, h*dh]. */
-static float *read_tl_qkv(lens_model *m, const tensor_source *src, const char *name,
-                          lens_err *err) {
+/* Plans TL's [h, d, dh] W_Q/W_K/W_V as the internal [d, h*dh]: head i's
+ * block becomes columns [i*dh, (i+1)*dh). */
+static int plan_tl_qkv(lens_model *m, weight_plan *p, float **field, const char *name,
+                       lens_err *err) {
     const lens_config *c = &m->cfg;
-    int64_t shape[3] = {c->n_heads, c->d_model, c->d_head};
-    float *raw = read_tensor(m, src, name, 3, shape, err);
-    if (!raw) return NULL;
     const int h = c->n_heads, d = c->d_model, dh = c->d_head;
-    float *out = model_alloc(m, (size_t)h * d * dh, err);
-    if (!out) return NULL;
-    for (int i = 0; i < h; i++)
-        for (int r = 0; r < d; r++)
-            memcpy(out + (size_t)r * h * dh + (size_t)i * dh, raw + ((size_t)i * d + r) * dh,
-                   (size_t)dh * sizeof(float));
-    return out;
+    const lens_st_file *file = NULL;
+    const lens_st_tensor *t = find_tensor(p->src, name, 3, (int64_t[3]){h, d, dh}, &file, err);
+    size_t index;
+    if (!t || plan_zeros(p, field, (size_t)t->numel, &index, err)) return -1;
+    for (int i = 0; i < h && t->numel; i++)
+        if (plan_add_fill(p,
+                          &(plan_fill){.file = file,
+                                       .src = t,
+                                       .first = (int64_t)i * d * dh,
+                                       .rows = d,
+                                       .width = dh,
+                                       .n_parts = 1,
+                                       .dst = {index},
+                                       .dst_first = (int64_t)i * dh,
+                                       .dst_stride = (int64_t)h * dh,
+                                       .count = true},
+                          err))
+            return -1;
+    return 0;
 }
 
 /* A tensor that TL fills with zeros when a state dict lacks it (biases). */
-static float *read_optional(lens_model *m, const tensor_source *src, const char *name, int ndim,
-                            const int64_t *shape, lens_err *err) {
-    if (source_find(src, name, NULL)) return read_tensor(m, src, name, ndim, shape, err);
+static int plan_optional(weight_plan *p, float **field, const char *name, int ndim,
+                         const int64_t *shape, lens_err *err) {
+    if (source_find(p->src, name, NULL)) return plan_tensor_nd(p, field, name, ndim, shape, err);
     size_t n = 1;
     for (int i = 0; i < ndim; i++)
         n *= (size_t)shape[i];
-    return model_alloc(m, n, err);
+    return plan_zeros(p, field, n, NULL, err);
 }
 
-static int load_native_weights(lens_model *m, const tensor_source *src, lens_err *err) {
+static int plan_native_weights(lens_model *m, weight_plan *p, lens_err *err) {
     const lens_config *c = &m->cfg;
     lens_weights *w = &m->w;
     const int d = c->d_model, mlp = c->d_mlp, h = c->n_heads, dh = c->d_head;
@@ -724,46 +1028,57 @@ static int load_native_weights(lens_model *m, const tensor_source *src, lens_err
     char name[256];
 #define NAME(...) (snprintf(name, sizeof name, __VA_ARGS__), name)
     int64_t s_d[1] = {d}, s_m[1] = {mlp}, s_hdh[2] = {h, dh}, s_vout[1] = {c->d_vocab_out};
-    if (!(w->W_E = read_tensor_2d(m, src, "embed.W_E", c->d_vocab, d, err)) ||
-        !(w->W_pos = read_tensor_2d(m, src, "pos_embed.W_pos", c->n_ctx, d, err)))
+    if (plan_tensor_2d(p, &w->W_E, "embed.W_E", c->d_vocab, d, err) ||
+        plan_tensor_2d(p, &w->W_pos, "pos_embed.W_pos", c->n_ctx, d, err))
         return -1;
     for (int l = 0; l < c->n_layers; l++) {
         lens_layer_weights *lw = &w->layers[l];
-        if (has_ln && (!(lw->ln1_w = read_tensor_1d(m, src, NAME("blocks.%d.ln1.w", l), d, err)) ||
-                       !(lw->ln1_b = read_tensor_1d(m, src, NAME("blocks.%d.ln1.b", l), d, err))))
+        if (has_ln && (plan_tensor_1d(p, &lw->ln1_w, NAME("blocks.%d.ln1.w", l), d, err) ||
+                       plan_tensor_1d(p, &lw->ln1_b, NAME("blocks.%d.ln1.b", l), d, err)))
             return -1;
         int64_t s_o[3] = {h, dh, d};
-        if (!(lw->W_Q = read_tl_qkv(m, src, NAME("blocks.%d.attn.W_Q", l), err)) ||
-            !(lw->W_K = read_tl_qkv(m, src, NAME("blocks.%d.attn.W_K", l), err)) ||
-            !(lw->W_V = read_tl_qkv(m, src, NAME("blocks.%d.attn.W_V", l), err)) ||
-            !(lw->b_Q = read_optional(m, src, NAME("blocks.%d.attn.b_Q", l), 2, s_hdh, err)) ||
-            !(lw->b_K = read_optional(m, src, NAME("blocks.%d.attn.b_K", l), 2, s_hdh, err)) ||
-            !(lw->b_V = read_optional(m, src, NAME("blocks.%d.attn.b_V", l), 2, s_hdh, err)) ||
-            !(lw->W_O = read_tensor(m, src, NAME("blocks.%d.attn.W_O", l), 3, s_o, err)) ||
-            !(lw->b_O = read_optional(m, src, NAME("blocks.%d.attn.b_O", l), 1, s_d, err)))
+        if (plan_tl_qkv(m, p, &lw->W_Q, NAME("blocks.%d.attn.W_Q", l), err) ||
+            plan_tl_qkv(m, p, &lw->W_K, NAME("blocks.%d.attn.W_K", l), err) ||
+            plan_tl_qkv(m, p, &lw->W_V, NAME("blocks.%d.attn.W_V", l), err) ||
+            plan_optional(p, &lw->b_Q, NAME("blocks.%d.attn.b_Q", l), 2, s_hdh, err) ||
+            plan_optional(p, &lw->b_K, NAME("blocks.%d.attn.b_K", l), 2, s_hdh, err) ||
+            plan_optional(p, &lw->b_V, NAME("blocks.%d.attn.b_V", l), 2, s_hdh, err) ||
+            plan_tensor_nd(p, &lw->W_O, NAME("blocks.%d.attn.W_O", l), 3, s_o, err) ||
+            plan_optional(p, &lw->b_O, NAME("blocks.%d.attn.b_O", l), 1, s_d, err))
             return -1;
         if (c->attn_only) continue;
-        if (has_ln && (!(lw->ln2_w = read_tensor_1d(m, src, NAME("blocks.%d.ln2.w", l), d, err)) ||
-                       !(lw->ln2_b = read_tensor_1d(m, src, NAME("blocks.%d.ln2.b", l), d, err))))
+        if (has_ln && (plan_tensor_1d(p, &lw->ln2_w, NAME("blocks.%d.ln2.w", l), d, err) ||
+                       plan_tensor_1d(p, &lw->ln2_b, NAME("blocks.%d.ln2.b", l), d, err)))
             return -1;
-        if (!(lw->W_in = read_tensor_2d(m, src, NAME("blocks.%d.mlp.W_in", l), d, mlp, err)) ||
-            !(lw->b_in = read_optional(m, src, NAME("blocks.%d.mlp.b_in", l), 1, s_m, err)) ||
-            !(lw->W_out = read_tensor_2d(m, src, NAME("blocks.%d.mlp.W_out", l), mlp, d, err)) ||
-            !(lw->b_out = read_optional(m, src, NAME("blocks.%d.mlp.b_out", l), 1, s_d, err)))
+        if (plan_tensor_2d(p, &lw->W_in, NAME("blocks.%d.mlp.W_in", l), d, mlp, err) ||
+            plan_optional(p, &lw->b_in, NAME("blocks.%d.mlp.b_in", l), 1, s_m, err) ||
+            plan_tensor_2d(p, &lw->W_out, NAME("blocks.%d.mlp.W_out", l), mlp, d, err) ||
+            plan_optional(p, &lw->b_out, NAME("blocks.%d.mlp.b_out", l), 1, s_d, err))
             return -1;
         if (c->act_fn == LENS_ACT_SOLU_LN && has_ln &&
-            (!(lw->mlp_ln_w = read_tensor_1d(m, src, NAME("blocks.%d.mlp.ln.w", l), mlp, err)) ||
-             !(lw->mlp_ln_b = read_tensor_1d(m, src, NAME("blocks.%d.mlp.ln.b", l), mlp, err))))
+            (plan_tensor_1d(p, &lw->mlp_ln_w, NAME("blocks.%d.mlp.ln.w", l), mlp, err) ||
+             plan_tensor_1d(p, &lw->mlp_ln_b, NAME("blocks.%d.mlp.ln.b", l), mlp, err)))
             return -1;
     }
-    if (has_ln && (!(w->ln_final_w = read_tensor_1d(m, src, "ln_final.w", d, err)) ||
-                   !(w->ln_final_b = read_tensor_1d(m, src, "ln_final.b", d, err))))
+    if (has_ln && (plan_tensor_1d(p, &w->ln_final_w, "ln_final.w", d, err) ||
+                   plan_tensor_1d(p, &w->ln_final_b, "ln_final.b", d, err)))
         return -1;
-    if (!(w->W_U = read_tensor_2d(m, src, "unembed.W_U", d, c->d_vocab_out, err)) ||
-        !(w->b_U = read_optional(m, src, "unembed.b_U", 1, s_vout, err)))
+    if (plan_tensor_2d(p, &w->W_U, "unembed.W_U", d, c->d_vocab_out, err) ||
+        plan_optional(p, &w->b_U, "unembed.b_U", 1, s_vout, err))
         return -1;
 #undef NAME
     return 0;
+}
+
+/* Plans the weights with plan_weights, then allocates and reads them. */
+static int load_weights(lens_model *m, const tensor_source *src,
+                        int (*plan_weights)(lens_model *, weight_plan *, lens_err *),
+                        lens_err *err) {
+    weight_plan plan = {.src = src};
+    int rc = plan_weights(m, &plan, err);
+    if (rc == 0) rc = plan_run(m, &plan, err);
+    plan_free(&plan);
+    return rc;
 }
 
 /* ---- tokenizers and token rules ---------------------------------------- */
@@ -988,9 +1303,7 @@ static json_t *load_json(const char *path, lens_err *err) {
 void lens_model_free(lens_model *m) {
     if (!m) return;
     lens_model_place(m, lk_cpu(), NULL);
-    for (size_t i = 0; i < m->n_blocks; i++)
-        free(m->blocks[i]);
-    free(m->blocks);
+    if (m->arena) munmap(m->arena, m->arena_bytes);
     free(m->w.layers);
     free(m->cfg.layer_is_local);
     lens_tok_free(m->tok);
@@ -1007,9 +1320,10 @@ static int load_hf_dir(lens_model *m, const char *dir, lens_err *err) {
     if (root && read_hf_config(&m->cfg, root, config_path, err) == 0 &&
         (m->w.layers = calloc((size_t)m->cfg.n_layers, sizeof *m->w.layers)) &&
         source_open_dir(&src, dir, err) == 0) {
-        rc = strcmp(m->cfg.architecture, "GPTNeoForCausalLM") == 0
-                 ? load_neo_weights(m, &src, err)
-                 : load_gpt2_weights(m, &src, err);
+        rc = load_weights(m, &src,
+                          strcmp(m->cfg.architecture, "GPTNeoForCausalLM") == 0 ? plan_neo_weights
+                                                                                : plan_gpt2_weights,
+                          err);
         if (rc == 0) rc = load_hf_tokenizer(m, dir, err);
     }
     source_close(&src);
@@ -1033,7 +1347,7 @@ static int load_native(lens_model *m, const char *config_path, unsigned *process
         char *weights = path_join(dir, json_get_str(lensd, "weights", "model.safetensors"));
         json_t *proc = json_object_get(lensd, "processing");
         rc = weights ? source_add(&src, weights, err) : -1;
-        if (rc == 0) rc = load_native_weights(m, &src, err);
+        if (rc == 0) rc = load_weights(m, &src, plan_native_weights, err);
         if (rc == 0) rc = load_native_tokenizer(m, lensd, dir, config_path, err);
         if (rc == 0 && json_is_string(proc))
             rc = lens_processing_parse(json_string_value(proc), processing, err);

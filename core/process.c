@@ -6,6 +6,15 @@
  * matrices are [n_in, d_model], so it means subtracting each row's mean.
  * Sums accumulate in double; TL's float32 sums differ from them by rounding.
  * refactor_factored_attn_matrices needs SVDs: LAPACK's dgesdd, in double.
+ *
+ * Each step is a list of pieces (a kernel over some rows or columns of one
+ * matrix) that touch disjoint data, run in one parallel loop: a thread per
+ * piece, not per matrix, since waking threads for each of a hundred small
+ * loops costs more than the loops. Every sum still runs over its row or
+ * column in index order in one double, so results do not depend on the
+ * threads; the kernels only sum several rows side by side (independent
+ * chains of additions, which one core overlaps) and fuse passes over a
+ * matrix where TL makes several.
  */
 #include "core/process.h"
 
@@ -16,124 +25,263 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* b[n] += ln_b[r] @ W[r, n] over rows r < R (W is [R, N]): an LN bias moved
- * into the bias of the layer that reads the LN's output. Walks W row by row
- * (W_U is [d_model, d_vocab]: column walks would miss the cache); sum is
- * scratch of N doubles. */
-static void fold_bias(float *b, const float *W, const float *ln_b, int R, int N, double *sum) {
-    memset(sum, 0, (size_t)N * sizeof *sum);
-    for (int r = 0; r < R; r++) {
-        const float *row = W + (size_t)r * N;
-        for (int n = 0; n < N; n++)
-            sum[n] += (double)row[n] * ln_b[r];
-    }
-    for (int n = 0; n < N; n++)
-        b[n] += (float)sum[n];
-}
+/* Columns per block of a column-wise pass over a wide matrix: a block of a
+ * [768, n] matrix (384 KB) stays in the L2 cache from one pass over it to
+ * the next. A matrix up to NARROW_COLS wide is one block: its passes then
+ * stream whole rows, which outruns the strided reads of narrow blocks. */
+#define COLS_AT_ONCE 128
+#define NARROW_COLS 1024
 
-/* W[r, n] *= ln_w[r]: an LN weight moved into the reading matrix. */
-static void scale_rows(float *W, const float *ln_w, int R, int N) {
-    for (int r = 0; r < R; r++)
-        for (int n = 0; n < N; n++)
-            W[(size_t)r * N + n] *= ln_w[r];
-}
+/* Rows whose sums center_rows runs side by side. */
+#define ROWS_AT_ONCE 8
 
-/* Subtracts from each column of W[R, N] its mean over the R rows; sum is
- * scratch of N doubles. */
-static void center_columns(float *W, int R, int N, double *sum) {
-    memset(sum, 0, (size_t)N * sizeof *sum);
-    for (int r = 0; r < R; r++) {
-        const float *row = W + (size_t)r * N;
-        for (int n = 0; n < N; n++)
-            sum[n] += row[n];
-    }
-    for (int r = 0; r < R; r++) {
-        float *row = W + (size_t)r * N;
-        for (int n = 0; n < N; n++)
-            row[n] -= (float)(sum[n] / R);
+/* About the floats of one piece of a step: big matrices (W_E, W_U) are cut
+ * into pieces of this size, so that threads share them evenly. */
+#define PIECE_FLOATS (1 << 20)
+
+/* b[n] += ln_b[r] @ W[r, n] over rows r < R, for columns n0 <= n < n1 (W is
+ * [R, N]): a bias moved into the bias of the layer that reads it. Walks W
+ * row by row within each block of columns (W_U is [d_model, d_vocab]:
+ * column walks would miss the cache). */
+static void fold_bias(float *b, const float *W, const float *ln_b, int R, int N, int n0, int n1) {
+    for (; n0 < n1; n0 += COLS_AT_ONCE) {
+        const int nb = n1 - n0 < COLS_AT_ONCE ? n1 - n0 : COLS_AT_ONCE;
+        double sum[COLS_AT_ONCE] = {0};
+        for (int r = 0; r < R; r++) {
+            const float *row = W + (size_t)r * N + n0;
+            for (int j = 0; j < nb; j++)
+                sum[j] += (double)row[j] * ln_b[r];
+        }
+        for (int j = 0; j < nb; j++)
+            b[n0 + j] += (float)sum[j];
     }
 }
 
-/* Subtracts from each row of W[R, N] its mean over the N columns. */
-static void center_rows(float *W, int R, int N) {
-    for (int r = 0; r < R; r++) {
-        float *row = W + (size_t)r * N;
-        double sum = 0.0;
-        for (int n = 0; n < N; n++)
-            sum += row[n];
-        float mean = (float)(sum / N);
-        for (int n = 0; n < N; n++)
-            row[n] -= mean;
+/* Folds the LN that precedes a reading matrix W[R, N] (R the LN's width)
+ * into columns n0 <= n < n1 of it, as TL's three steps do: b[n] += ln_b @
+ * W[:, n]; W[r, n] *= ln_w[r]; then each column of W loses its mean over
+ * the rows. Per block of columns (all of them up to NARROW_COLS), one pass
+ * makes both column sums (the bias's from W as it was, the mean's from W
+ * scaled) and a second pass subtracts the means. */
+static void fold_norm(float *W, float *b, const float *ln_w, const float *ln_b, int R, int N,
+                      int n0, int n1) {
+    const int block = n1 - n0 <= NARROW_COLS ? n1 - n0 : COLS_AT_ONCE;
+    for (; n0 < n1; n0 += block) {
+        const int nb = n1 - n0 < block ? n1 - n0 : block;
+        double bias[NARROW_COLS] = {0}, sum[NARROW_COLS] = {0};
+        float mean[NARROW_COLS];
+        for (int r = 0; r < R; r++) {
+            float *row = W + (size_t)r * N + n0;
+            for (int j = 0; j < nb; j++) {
+                bias[j] += (double)row[j] * ln_b[r];
+                row[j] *= ln_w[r];
+                sum[j] += row[j];
+            }
+        }
+        for (int j = 0; j < nb; j++) {
+            b[n0 + j] += (float)bias[j];
+            mean[j] = (float)(sum[j] / R);
+        }
+        for (int r = 0; r < R; r++) {
+            float *row = W + (size_t)r * N + n0;
+            for (int j = 0; j < nb; j++)
+                row[j] -= mean[j];
+        }
     }
 }
 
-/* Folds the LN that precedes a reading matrix into it: bias, then weight,
- * then centring over the LN's width (the rows). */
-static void fold_norm_into(float *W, float *b, const float *ln_w, const float *ln_b, int R, int N,
-                           double *sums) {
-    fold_bias(b, W, ln_b, R, N, sums);
-    scale_rows(W, ln_w, R, N);
-    center_columns(W, R, N, sums);
+/* Subtracts from each of the rows r0 <= r < r1 of W[R, N] its mean over the
+ * N columns. A row's sum is one chain of dependent additions; ROWS_AT_ONCE
+ * rows are summed together so that their chains overlap. */
+static void center_rows(float *W, int N, int r0, int r1) {
+    for (; r0 < r1; r0 += ROWS_AT_ONCE) {
+        const int nr = r1 - r0 < ROWS_AT_ONCE ? r1 - r0 : ROWS_AT_ONCE;
+        float *rows = W + (size_t)r0 * N;
+        double sum[ROWS_AT_ONCE] = {0};
+        if (nr == ROWS_AT_ONCE) {
+            for (int n = 0; n < N; n++)
+                for (int k = 0; k < ROWS_AT_ONCE; k++)
+                    sum[k] += rows[(size_t)k * N + n];
+        } else {
+            for (int k = 0; k < nr; k++)
+                for (int n = 0; n < N; n++)
+                    sum[k] += rows[(size_t)k * N + n];
+        }
+        for (int k = 0; k < nr; k++) {
+            const float mean = (float)(sum[k] / N);
+            for (int n = 0; n < N; n++)
+                rows[(size_t)k * N + n] -= mean;
+        }
+    }
 }
 
-static void fold_layer_norm(lens_model *m, double *sums) {
+/* b_O += sum over heads of b_V[h] @ W_O[h]; b_V = 0; b_O centred again
+ * when centring applies. Exact because every row of an attention pattern
+ * sums to 1 (or the row is all zeros, where TL gives the same answer only up
+ * to this bias; so does lensd). W_O is [hd, d]. */
+static void fold_value_bias(float *b_O, const float *W_O, float *b_V, int hd, int d,
+                            bool recenter) {
+    fold_bias(b_O, W_O, b_V, hd, d, 0, d);
+    memset(b_V, 0, (size_t)hd * sizeof(float));
+    if (recenter) center_rows(b_O, d, 0, 1);
+}
+
+/* ---- steps as lists of pieces ------------------------------------------- */
+
+typedef enum piece_kind {
+    PIECE_FOLD_NORM,       /* fold_norm of columns [from, to) */
+    PIECE_CENTER_ROWS,     /* center_rows of rows [from, to) */
+    PIECE_FOLD_VALUE_BIAS, /* fold_value_bias of one layer (W = W_O, b = b_O, v = b_V) */
+} piece_kind;
+
+typedef struct piece {
+    piece_kind kind;
+    float *W, *b, *v;
+    const float *ln_w, *ln_b;
+    int R, N, from, to;
+    bool recenter;
+} piece;
+
+typedef struct step {
+    piece *pieces;
+    size_t n, cap;
+    bool failed; /* out of memory: nothing of the step has run */
+} step;
+
+static void step_add(step *st, piece p) {
+    if (st->failed) return;
+    if (st->n == st->cap) {
+        size_t cap = st->cap ? 2 * st->cap : 64;
+        piece *grown = realloc(st->pieces, cap * sizeof *grown);
+        if (!grown) {
+            st->failed = true;
+            return;
+        }
+        st->pieces = grown;
+        st->cap = cap;
+    }
+    st->pieces[st->n++] = p;
+}
+
+/* Adds fold_norm of all of W[R, N]: a narrow matrix in one piece, a wide
+ * one in pieces of whole blocks of columns. */
+static void add_fold_norm(step *st, float *W, float *b, const float *ln_w, const float *ln_b, int R,
+                          int N) {
+    int cols = PIECE_FLOATS / R / COLS_AT_ONCE * COLS_AT_ONCE;
+    if (cols < COLS_AT_ONCE) cols = COLS_AT_ONCE;
+    if (N <= NARROW_COLS) cols = N;
+    for (int n0 = 0; n0 < N; n0 += cols)
+        step_add(st, (piece){.kind = PIECE_FOLD_NORM,
+                             .W = W,
+                             .b = b,
+                             .ln_w = ln_w,
+                             .ln_b = ln_b,
+                             .R = R,
+                             .N = N,
+                             .from = n0,
+                             .to = N - n0 < cols ? N : n0 + cols});
+}
+
+/* Adds center_rows of all of W[R, N] (a vector: R = 1), in pieces of whole
+ * groups of rows. */
+static void add_center_rows(step *st, float *W, int R, int N) {
+    int rows = PIECE_FLOATS / N / ROWS_AT_ONCE * ROWS_AT_ONCE;
+    if (rows < ROWS_AT_ONCE) rows = ROWS_AT_ONCE;
+    for (int r0 = 0; r0 < R; r0 += rows)
+        step_add(st, (piece){.kind = PIECE_CENTER_ROWS,
+                             .W = W,
+                             .R = R,
+                             .N = N,
+                             .from = r0,
+                             .to = R - r0 < rows ? R : r0 + rows});
+}
+
+/* Runs the pieces of st, spread over the threads, and empties it. Returns
+ * -1 if building it ran out of memory (then none of it has run). */
+static int step_run(step *st, lens_err *err) {
+    if (st->failed) {
+        free(st->pieces);
+        *st = (step){0};
+        lens_err_set(err, "out of memory processing weights");
+        return -1;
+    }
+#pragma omp parallel for schedule(dynamic)
+    for (size_t i = 0; i < st->n; i++) {
+        const piece *p = &st->pieces[i];
+        switch (p->kind) {
+        case PIECE_FOLD_NORM:
+            fold_norm(p->W, p->b, p->ln_w, p->ln_b, p->R, p->N, p->from, p->to);
+            break;
+        case PIECE_CENTER_ROWS:
+            center_rows(p->W, p->N, p->from, p->to);
+            break;
+        case PIECE_FOLD_VALUE_BIAS:
+            fold_value_bias(p->b, p->W, p->v, p->R, p->N, p->recenter);
+            break;
+        }
+    }
+    st->n = 0;
+    return 0;
+}
+
+static void fold_layer_norm(lens_model *m, step *st) {
     lens_config *c = &m->cfg;
     const int d = c->d_model, hd = c->n_heads * c->d_head, mlp = c->d_mlp;
     for (int l = 0; l < c->n_layers; l++) {
         lens_layer_weights *lw = &m->w.layers[l];
-        fold_norm_into(lw->W_Q, lw->b_Q, lw->ln1_w, lw->ln1_b, d, hd, sums);
-        fold_norm_into(lw->W_K, lw->b_K, lw->ln1_w, lw->ln1_b, d, hd, sums);
-        fold_norm_into(lw->W_V, lw->b_V, lw->ln1_w, lw->ln1_b, d, hd, sums);
-        lw->ln1_w = lw->ln1_b = NULL;
+        add_fold_norm(st, lw->W_Q, lw->b_Q, lw->ln1_w, lw->ln1_b, d, hd);
+        add_fold_norm(st, lw->W_K, lw->b_K, lw->ln1_w, lw->ln1_b, d, hd);
+        add_fold_norm(st, lw->W_V, lw->b_V, lw->ln1_w, lw->ln1_b, d, hd);
         if (c->attn_only) continue;
-        fold_norm_into(lw->W_in, lw->b_in, lw->ln2_w, lw->ln2_b, d, mlp, sums);
-        lw->ln2_w = lw->ln2_b = NULL;
-        if (lw->mlp_ln_w) {
-            /* SoLU's LN over d_mlp is read by W_out [d_mlp, d_model]. */
-            fold_norm_into(lw->W_out, lw->b_out, lw->mlp_ln_w, lw->mlp_ln_b, mlp, d, sums);
-            lw->mlp_ln_w = lw->mlp_ln_b = NULL;
-        }
+        add_fold_norm(st, lw->W_in, lw->b_in, lw->ln2_w, lw->ln2_b, d, mlp);
+        /* SoLU's LN over d_mlp is read by W_out [d_mlp, d_model]. */
+        if (lw->mlp_ln_w)
+            add_fold_norm(st, lw->W_out, lw->b_out, lw->mlp_ln_w, lw->mlp_ln_b, mlp, d);
     }
-    fold_norm_into(m->w.W_U, m->w.b_U, m->w.ln_final_w, m->w.ln_final_b, d, c->d_vocab_out, sums);
+    add_fold_norm(st, m->w.W_U, m->w.b_U, m->w.ln_final_w, m->w.ln_final_b, d, c->d_vocab_out);
+}
+
+/* After fold_layer_norm's pieces have run: the LNs are gone. */
+static void drop_layer_norms(lens_model *m) {
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        lens_layer_weights *lw = &m->w.layers[l];
+        lw->ln1_w = lw->ln1_b = lw->ln2_w = lw->ln2_b = lw->mlp_ln_w = lw->mlp_ln_b = NULL;
+    }
     m->w.ln_final_w = m->w.ln_final_b = NULL;
-    c->normalization = LENS_NORM_LNPRE;
+    m->cfg.normalization = LENS_NORM_LNPRE;
 }
 
-static void center_vector(float *v, int n) {
-    center_rows(v, 1, n);
-}
-
-static void center_writing_weights(lens_model *m) {
+static void center_writing_weights(lens_model *m, step *st) {
     lens_config *c = &m->cfg;
     const int d = c->d_model, hd = c->n_heads * c->d_head;
-    center_rows(m->w.W_E, c->d_vocab, d);
-    center_rows(m->w.W_pos, c->n_ctx, d);
+    add_center_rows(st, m->w.W_E, c->d_vocab, d);
+    add_center_rows(st, m->w.W_pos, c->n_ctx, d);
     for (int l = 0; l < c->n_layers; l++) {
         lens_layer_weights *lw = &m->w.layers[l];
-        center_rows(lw->W_O, hd, d);
-        center_vector(lw->b_O, d);
+        add_center_rows(st, lw->W_O, hd, d);
+        add_center_rows(st, lw->b_O, 1, d);
         if (c->attn_only) continue;
-        center_rows(lw->W_out, c->d_mlp, d);
-        center_vector(lw->b_out, d);
+        add_center_rows(st, lw->W_out, c->d_mlp, d);
+        add_center_rows(st, lw->b_out, 1, d);
     }
 }
 
-static void center_unembed(lens_model *m) {
-    center_rows(m->w.W_U, m->cfg.d_model, m->cfg.d_vocab_out);
-    center_vector(m->w.b_U, m->cfg.d_vocab_out);
+static void center_unembed(lens_model *m, step *st) {
+    add_center_rows(st, m->w.W_U, m->cfg.d_model, m->cfg.d_vocab_out);
+    add_center_rows(st, m->w.b_U, 1, m->cfg.d_vocab_out);
 }
 
-/* b_O += sum over heads of b_V[h] @ W_O[h]; b_V = 0. Exact because every
- * row of an attention pattern sums to 1 (or the row is all zeros, where TL
- * gives the same answer only up to this bias; so does lensd). */
-static void fold_value_biases(lens_model *m, bool recenter, double *sums) {
+static void fold_value_biases(lens_model *m, bool recenter, step *st) {
     lens_config *c = &m->cfg;
-    const int d = c->d_model, hd = c->n_heads * c->d_head;
     for (int l = 0; l < c->n_layers; l++) {
         lens_layer_weights *lw = &m->w.layers[l];
-        fold_bias(lw->b_O, lw->W_O, lw->b_V, hd, d, sums);
-        memset(lw->b_V, 0, (size_t)hd * sizeof(float));
-        if (recenter) center_vector(lw->b_O, d);
+        step_add(st, (piece){.kind = PIECE_FOLD_VALUE_BIAS,
+                             .W = lw->W_O,
+                             .b = lw->b_O,
+                             .v = lw->b_V,
+                             .R = c->n_heads * c->d_head,
+                             .N = c->d_model,
+                             .recenter = recenter});
     }
 }
 
@@ -246,12 +394,12 @@ out:
     return rc;
 }
 
-static int refactor_factored_attn_matrices(lens_model *m, double *sums, lens_err *err) {
+static int refactor_factored_attn_matrices(lens_model *m, lens_err *err) {
     const lens_config *c = &m->cfg;
     for (int l = 0; l < c->n_layers; l++) {
         lens_layer_weights *lw = &m->w.layers[l];
         /* b_V @ W_O moves into b_O before W_V and W_O are replaced */
-        fold_bias(lw->b_O, lw->W_O, lw->b_V, c->n_heads * c->d_head, c->d_model, sums);
+        fold_bias(lw->b_O, lw->W_O, lw->b_V, c->n_heads * c->d_head, c->d_model, 0, c->d_model);
         memset(lw->b_V, 0, (size_t)c->n_heads * c->d_head * sizeof(float));
         for (int hi = 0; hi < c->n_heads; hi++) {
             if (refactor_head(m, lw, hi)) {
@@ -269,39 +417,36 @@ static int refactor_factored_attn_matrices(lens_model *m, double *sums, lens_err
 int lens_process_weights(lens_model *m, unsigned flags, lens_err *err) {
     lens_config *c = &m->cfg;
     unsigned applied = 0;
-    /* scratch for column sums: as wide as the widest matrix */
-    int widest = c->d_vocab_out;
-    const int widths[] = {c->d_model, c->n_heads * c->d_head, c->d_mlp};
-    for (size_t i = 0; i < sizeof widths / sizeof widths[0]; i++)
-        if (widths[i] > widest) widest = widths[i];
-    double *sums = malloc((size_t)widest * sizeof *sums);
-    if (!sums) {
-        lens_err_set(err, "out of memory processing weights");
-        return -1;
-    }
+    step st = {0};
+    int rc = 0;
     if ((flags & LENS_PROC_FOLD_LN) && c->normalization == LENS_NORM_LN) {
-        fold_layer_norm(m, sums);
+        fold_layer_norm(m, &st);
+        if ((rc = step_run(&st, err))) goto out;
+        drop_layer_norms(m);
         applied |= LENS_PROC_FOLD_LN;
     }
     bool ln_like = c->normalization == LENS_NORM_LN || c->normalization == LENS_NORM_LNPRE;
     if ((flags & LENS_PROC_CENTER_WRITING_WEIGHTS) && ln_like) {
-        center_writing_weights(m);
+        center_writing_weights(m, &st);
+        if ((rc = step_run(&st, err))) goto out;
         applied |= LENS_PROC_CENTER_WRITING_WEIGHTS;
     }
     if (flags & LENS_PROC_CENTER_UNEMBED) {
-        center_unembed(m);
+        center_unembed(m, &st);
+        if ((rc = step_run(&st, err))) goto out;
         applied |= LENS_PROC_CENTER_UNEMBED;
     }
     if (flags & LENS_PROC_FOLD_VALUE_BIASES) {
-        fold_value_biases(m, (flags & LENS_PROC_CENTER_WRITING_WEIGHTS) && ln_like, sums);
+        fold_value_biases(m, (flags & LENS_PROC_CENTER_WRITING_WEIGHTS) && ln_like, &st);
+        if ((rc = step_run(&st, err))) goto out;
         applied |= LENS_PROC_FOLD_VALUE_BIASES;
     }
-    int rc = 0;
     if (flags & LENS_PROC_REFACTOR_FACTORED_ATTN_MATRICES) {
-        rc = refactor_factored_attn_matrices(m, sums, err);
+        rc = refactor_factored_attn_matrices(m, err);
         applied |= LENS_PROC_REFACTOR_FACTORED_ATTN_MATRICES;
     }
-    free(sums);
+out:
+    free(st.pieces);
     m->processing = applied;
     return rc;
 }

@@ -5,12 +5,15 @@
  * every entry against the rules in safetensors.h and keeps the parsed header
  * alive: tensor names and metadata strings point into it, tensor data points
  * into the mapping. Nothing is copied and nothing is converted until a caller
- * asks lens_st_to_f32.
+ * asks lens_st_to_f32 (from the mapping) or lens_st_read_f32 (with pread on
+ * the descriptor kept open, for loaders that want the bytes in their own
+ * memory without also faulting them into the mapping).
  *
  * Deliberately not here: big-endian hosts (the format is little-endian and
  * the bytes are handed out as they are), lazy or partial header parsing, and
  * protection against the file being truncated by someone else while mapped
- * (that raises SIGBUS, as for any mmap reader).
+ * (that raises SIGBUS, as for any mmap reader; lens_st_read_f32 reports it
+ * as an error instead).
  */
 #include "core/safetensors.h"
 
@@ -48,6 +51,7 @@ static const struct {
 
 struct lens_st_file {
     char *path;
+    int fd; /* kept open for lens_st_read_f32 */
     void *map;
     size_t map_size;
     json_t *header;          /* owns the strings that names point to */
@@ -382,10 +386,9 @@ lens_st_file *lens_st_open(const char *path, lens_err *err) {
         return NULL;
     }
     void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    int map_errno = errno;
-    close(fd);
     if (map == MAP_FAILED) {
-        lens_err_set(err, "%s: cannot mmap: %s", path, strerror(map_errno));
+        lens_err_set(err, "%s: cannot mmap: %s", path, strerror(errno));
+        close(fd);
         return NULL;
     }
     lens_st_file *f = calloc(1, sizeof *f);
@@ -395,9 +398,11 @@ lens_st_file *lens_st_open(const char *path, lens_err *err) {
         free(f);
         free(path_copy);
         munmap(map, (size_t)st.st_size);
+        close(fd);
         return NULL;
     }
     f->path = path_copy;
+    f->fd = fd;
     f->map = map;
     f->map_size = (size_t)st.st_size;
     if (lens_st_parse(f, err) != 0) {
@@ -410,6 +415,7 @@ lens_st_file *lens_st_open(const char *path, lens_err *err) {
 void lens_st_close(lens_st_file *file) {
     if (!file) return;
     munmap(file->map, file->map_size);
+    close(file->fd);
     json_decref(file->header);
     free(file->tensors);
     free(file->by_name);
@@ -469,33 +475,90 @@ static float lens_st_bf16_to_f32(uint16_t h) {
     return f;
 }
 
-int lens_st_to_f32(const lens_st_file *file, const lens_st_tensor *t, float *out, lens_err *err) {
-    /* Sources may sit at any byte offset in the file: every load is a memcpy. */
-    const unsigned char *src = t->data;
-    switch (t->dtype) {
+static int lens_st_is_float(lens_dtype dtype) {
+    return dtype == LENS_F64 || dtype == LENS_F32 || dtype == LENS_F16 || dtype == LENS_BF16;
+}
+
+static int lens_st_not_float(const lens_st_file *file, const lens_st_tensor *t, lens_err *err) {
+    lens_st_tensor_err(err, file->path, t->name, "dtype %s is not a floating-point type",
+                       lens_dtype_name(t->dtype));
+    return -1;
+}
+
+/* Converts n elements of floating-point dtype at src to out[n]. Sources may
+ * sit at any byte offset in the file: every load is a memcpy. */
+static void lens_st_convert(lens_dtype dtype, const unsigned char *src, size_t n, float *out) {
+    switch (dtype) {
     case LENS_F32:
-        if (t->nbytes) memcpy(out, src, t->nbytes);
-        return 0;
+        if (n) memcpy(out, src, n * sizeof *out);
+        break;
     case LENS_F64:
-        for (int64_t i = 0; i < t->numel; i++) {
+        for (size_t i = 0; i < n; i++) {
             double d;
             memcpy(&d, src + 8 * i, sizeof d);
             out[i] = (float)d; /* round to nearest, ties to even */
         }
-        return 0;
-    case LENS_F16:
-    case LENS_BF16:
-        for (int64_t i = 0; i < t->numel; i++) {
+        break;
+    default:
+        for (size_t i = 0; i < n; i++) {
             uint16_t h;
             memcpy(&h, src + 2 * i, sizeof h);
-            out[i] = t->dtype == LENS_F16 ? lens_st_f16_to_f32(h) : lens_st_bf16_to_f32(h);
+            out[i] = dtype == LENS_F16 ? lens_st_f16_to_f32(h) : lens_st_bf16_to_f32(h);
         }
-        return 0;
-    default:
-        lens_st_tensor_err(err, file->path, t->name, "dtype %s is not a floating-point type",
-                           lens_dtype_name(t->dtype));
+        break;
+    }
+}
+
+int lens_st_to_f32(const lens_st_file *file, const lens_st_tensor *t, float *out, lens_err *err) {
+    if (!lens_st_is_float(t->dtype)) return lens_st_not_float(file, t, err);
+    lens_st_convert(t->dtype, t->data, (size_t)t->numel, out);
+    return 0;
+}
+
+/* Reads len bytes at offset of the file into buf, through short reads and
+ * signals. */
+static int lens_st_pread(const lens_st_file *file, const lens_st_tensor *t, void *buf, size_t len,
+                         uint64_t offset, lens_err *err) {
+    for (size_t done = 0; done < len;) {
+        ssize_t got = pread(file->fd, (char *)buf + done, len - done, (off_t)(offset + done));
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+            lens_st_tensor_err(err, file->path, t->name, "reading %zu bytes at offset %llu: %s",
+                               len, (unsigned long long)offset,
+                               got < 0 ? strerror(errno)
+                                       : "the file is shorter than its header says");
+            return -1;
+        }
+        done += (size_t)got;
+    }
+    return 0;
+}
+
+int lens_st_read_f32(const lens_st_file *file, const lens_st_tensor *t, int64_t first, int64_t n,
+                     float *out, lens_err *err) {
+    if (!lens_st_is_float(t->dtype)) return lens_st_not_float(file, t, err);
+    if (first < 0 || n < 0 || first > t->numel || n > t->numel - first) {
+        lens_st_tensor_err(err, file->path, t->name,
+                           "%lld elements from element %lld are outside its %lld elements",
+                           (long long)n, (long long)first, (long long)t->numel);
         return -1;
     }
+    const size_t size = lens_dtype_size(t->dtype);
+    uint64_t offset =
+        (uint64_t)((const unsigned char *)t->data - (const unsigned char *)file->map) +
+        (uint64_t)first * size;
+    if (t->dtype == LENS_F32) return lens_st_pread(file, t, out, (size_t)n * size, offset, err);
+    /* other dtypes are read a piece at a time into a buffer and converted */
+    enum { PIECE = 4096 };
+    double piece[PIECE];
+    for (int64_t done = 0; done < n;) {
+        size_t count = n - done < PIECE ? (size_t)(n - done) : PIECE;
+        if (lens_st_pread(file, t, piece, count * size, offset + (uint64_t)done * size, err))
+            return -1;
+        lens_st_convert(t->dtype, (const unsigned char *)piece, count, out + done);
+        done += (int64_t)count;
+    }
+    return 0;
 }
 
 /* ---- writer ------------------------------------------------------------ */

@@ -76,8 +76,20 @@ const lens_st_tensor *lens_st_find(const lens_st_file *file, const char *name);
 const char *lens_st_metadata(const lens_st_file *file, const char *key);
 
 /* Converts a floating-point tensor (F64, F32, F16, BF16) to float32 into
- * out[numel]. Returns -1 (naming file and tensor) for other dtypes. */
+ * out[numel], from the mapping. Returns -1 (naming file and tensor) for
+ * other dtypes. */
 int lens_st_to_f32(const lens_st_file *file, const lens_st_tensor *t, float *out, lens_err *err);
+
+/* Converts elements [first, first + n) of a floating-point tensor to float32
+ * into out[n], as lens_st_to_f32 does, but reads them from the file with
+ * pread: F32 bytes go from the page cache straight into out, and the
+ * mapping is not touched (its pages neither faulted in nor counted in the
+ * process's resident memory). Safe to call from several threads at once on
+ * one file. Returns -1 (naming file and tensor) for other dtypes, a range
+ * outside the tensor, or a failed or short read (the file truncated since it
+ * was opened). */
+int lens_st_read_f32(const lens_st_file *file, const lens_st_tensor *t, int64_t first, int64_t n,
+                     float *out, lens_err *err);
 
 /* A tensor to write: `data` holds numel * lens_dtype_size(dtype) bytes in
  * row-major order. */
@@ -105,7 +117,7 @@ char *lens_st_encode_header(const lens_st_out *tensors, size_t n, const lens_st_
 
 /* Writes the tensors (in order) and metadata to path, replacing it. Returns
  * 0, or -1 on error naming the path. */
-int lens_st_write(const char *path, const lens_st_out *tensors, size_t n,
-                  const lens_st_meta *meta, size_t n_meta, lens_err *err);
+int lens_st_write(const char *path, const lens_st_out *tensors, size_t n, const lens_st_meta *meta,
+                  size_t n_meta, lens_err *err);
 
 #endif

@@ -52,9 +52,18 @@ typedef enum tok_kind { KIND_BPE, KIND_LIST } tok_kind;
 
 /* ---- string -> id hash table (open addressing, linear probing) ---------- */
 
+/* Key bytes live in blocks that are never moved (slots point into them) and
+ * are freed together with the table. */
+typedef struct key_block {
+    struct key_block *next;
+    size_t used, cap;
+    char bytes[];
+} key_block;
+
 typedef struct str_slot {
-    char *key; /* owned, NUL-terminated; NULL marks an empty slot */
-    size_t len;
+    const char *key; /* NUL-terminated, in the table's key blocks; NULL marks an empty slot */
+    uint32_t len;
+    uint32_t hash; /* of the key, so that probes and growing rarely touch key bytes */
     int32_t id;
 } str_slot;
 
@@ -62,51 +71,72 @@ typedef struct str_table {
     str_slot *slots;
     size_t cap; /* a power of two */
     size_t count;
+    key_block *keys; /* the block being filled first */
 } str_table;
 
-static uint64_t hash_bytes(const char *s, size_t len) {
-    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+static uint32_t hash_bytes(const char *s, size_t len) {
+    uint32_t h = 0x811c9dc5u; /* FNV-1a */
     for (size_t i = 0; i < len; i++) {
         h ^= (uint8_t)s[i];
-        h *= 0x100000001b3ull;
+        h *= 0x01000193u;
     }
     return h;
 }
 
-static str_slot *str_table_find(const str_table *t, const char *key, size_t len) {
-    if (t->cap == 0) return NULL;
+static str_slot *str_table_find(const str_table *t, const char *key, size_t len, uint32_t hash) {
     size_t mask = t->cap - 1;
-    for (size_t i = hash_bytes(key, len) & mask;; i = (i + 1) & mask) {
+    for (size_t i = hash & mask;; i = (i + 1) & mask) {
         str_slot *s = &t->slots[i];
         if (!s->key) return s;
-        if (s->len == len && memcmp(s->key, key, len) == 0) return s;
+        if (s->hash == hash && s->len == len && memcmp(s->key, key, len) == 0) return s;
     }
 }
 
-static int str_table_grow(str_table *t) {
-    size_t cap = t->cap ? t->cap * 2 : 1024;
+/* Makes room for at least n keys at most half full. */
+static int str_table_reserve(str_table *t, size_t n) {
+    if (2 * n <= t->cap) return 0;
+    size_t cap = t->cap ? t->cap : 1024;
+    while (cap < 2 * n)
+        cap *= 2;
     str_slot *slots = calloc(cap, sizeof *slots);
     if (!slots) return -1;
-    str_table bigger = {slots, cap, t->count};
+    str_table bigger = {slots, cap, t->count, t->keys};
     for (size_t i = 0; i < t->cap; i++)
         if (t->slots[i].key)
-            *str_table_find(&bigger, t->slots[i].key, t->slots[i].len) = t->slots[i];
+            *str_table_find(&bigger, t->slots[i].key, t->slots[i].len, t->slots[i].hash) =
+                t->slots[i];
     free(t->slots);
     *t = bigger;
     return 0;
 }
 
+/* A stable copy of key[len] (NUL-terminated) in the table's key blocks. */
+static const char *str_table_store(str_table *t, const char *key, size_t len) {
+    if (!t->keys || t->keys->cap - t->keys->used < len + 1) {
+        size_t cap = len + 1 > 65536 ? len + 1 : 65536;
+        key_block *block = malloc(sizeof *block + cap);
+        if (!block) return NULL;
+        *block = (key_block){t->keys, 0, cap};
+        t->keys = block;
+    }
+    char *copy = t->keys->bytes + t->keys->used;
+    memcpy(copy, key, len);
+    copy[len] = '\0';
+    t->keys->used += len + 1;
+    return copy;
+}
+
 /* Maps key to id, replacing the id of an existing key. Returns the (stable)
- * stored copy of the key, or NULL when out of memory. */
+ * stored copy of the key, or NULL when out of memory (or for a key of 4 GB
+ * or more). */
 static const char *str_table_put(str_table *t, const char *key, size_t len, int32_t id) {
-    if (2 * (t->count + 1) > t->cap && str_table_grow(t) < 0) return NULL;
-    str_slot *s = str_table_find(t, key, len);
+    if (len >= UINT32_MAX || str_table_reserve(t, t->count + 1) < 0) return NULL;
+    uint32_t hash = hash_bytes(key, len);
+    str_slot *s = str_table_find(t, key, len, hash);
     if (!s->key) {
-        char *copy = malloc(len + 1);
+        const char *copy = str_table_store(t, key, len);
         if (!copy) return NULL;
-        memcpy(copy, key, len);
-        copy[len] = '\0';
-        *s = (str_slot){copy, len, id};
+        *s = (str_slot){copy, (uint32_t)len, hash, id};
         t->count++;
     }
     s->id = id;
@@ -114,13 +144,16 @@ static const char *str_table_put(str_table *t, const char *key, size_t len, int3
 }
 
 static int32_t str_table_get(const str_table *t, const char *key, size_t len) {
-    const str_slot *s = str_table_find(t, key, len);
-    return s && s->key ? s->id : -1;
+    if (t->cap == 0 || len >= UINT32_MAX) return -1;
+    const str_slot *s = str_table_find(t, key, len, hash_bytes(key, len));
+    return s->key ? s->id : -1;
 }
 
 static void str_table_free(str_table *t) {
-    for (size_t i = 0; i < t->cap; i++)
-        free(t->slots[i].key);
+    for (key_block *b = t->keys, *next; b; b = next) {
+        next = b->next;
+        free(b);
+    }
     free(t->slots);
 }
 
@@ -152,8 +185,12 @@ static merge_slot *merge_table_find(const merge_table *t, uint64_t pair) {
     }
 }
 
-static int merge_table_grow(merge_table *t) {
-    size_t cap = t->cap ? t->cap * 2 : 1024;
+/* Makes room for at least n merges at most half full. */
+static int merge_table_reserve(merge_table *t, size_t n) {
+    if (2 * n <= t->cap) return 0;
+    size_t cap = t->cap ? t->cap : 1024;
+    while (cap < 2 * n)
+        cap *= 2;
     merge_slot *slots = malloc(cap * sizeof *slots);
     if (!slots) return -1;
     for (size_t i = 0; i < cap; i++)
@@ -169,7 +206,7 @@ static int merge_table_grow(merge_table *t) {
 /* A pair listed twice keeps its later rank, as HF's merge map does. */
 static int merge_table_put(merge_table *t, int32_t left, int32_t right, int32_t rank,
                            int32_t merged) {
-    if (2 * (t->count + 1) > t->cap && merge_table_grow(t) < 0) return -1;
+    if (merge_table_reserve(t, t->count + 1) < 0) return -1;
     merge_slot *s = merge_table_find(t, pack_pair(left, right));
     if (s->pair == NO_PAIR) t->count++;
     *s = (merge_slot){pack_pair(left, right), rank, merged};
@@ -486,7 +523,8 @@ static int add_merge(lens_tokenizer *tok, const char *left, size_t left_len, con
                      size_t right_len, size_t rank, lens_err *err) {
     int32_t left_id = str_table_get(&tok->entries, left, left_len);
     int32_t right_id = str_table_get(&tok->entries, right, right_len);
-    char *joined = malloc(left_len + right_len + 1);
+    char small[256];
+    char *joined = left_len + right_len <= sizeof small ? small : malloc(left_len + right_len);
     if (!joined) {
         lens_err_set(err, "out of memory");
         return -1;
@@ -494,7 +532,7 @@ static int add_merge(lens_tokenizer *tok, const char *left, size_t left_len, con
     memcpy(joined, left, left_len);
     memcpy(joined + left_len, right, right_len);
     int32_t merged_id = str_table_get(&tok->entries, joined, left_len + right_len);
-    free(joined);
+    if (joined != small) free(joined);
     if (left_id < 0 || right_id < 0 || merged_id < 0) {
         const char *missing = left_id < 0 ? left : right;
         size_t missing_len = left_id < 0 ? left_len : right_len;
@@ -598,6 +636,14 @@ static int load_merges_txt(lens_tokenizer *tok, const char *path, lens_err *err)
     size_t len;
     char *text = read_file(path, &len, err);
     if (!text) return -1;
+    size_t lines = 1;
+    for (const char *nl = text; (nl = memchr(nl, '\n', len - (size_t)(nl - text))); nl++)
+        lines++;
+    if (merge_table_reserve(&tok->merges, lines) < 0) {
+        lens_err_set(err, "%s: out of memory", path);
+        free(text);
+        return -1;
+    }
     size_t rank = 0, line_no = 0;
     for (size_t pos = 0; pos < len;) {
         char *line = text + pos;
@@ -627,19 +673,178 @@ static int load_merges_txt(lens_tokenizer *tok, const char *path, lens_err *err)
     return 0;
 }
 
+/*
+ * vocab.json is one flat JSON object from entry to id: 50k entries, which
+ * jansson would make into as many objects only for them to be copied into
+ * the table and freed again (most of the time of loading a tokenizer). The
+ * direct reader below takes that shape straight from the file's bytes into
+ * the table. It accepts only what jansson reads the same way: well-formed
+ * UTF-8, no control characters, the JSON escapes (a \u0000 or a lone
+ * surrogate is refused, as jansson refuses them), integer ids, no entry
+ * twice. Anything else, wrong or merely unusual, makes it give up and the
+ * file is read with jansson, whose result, the entries or the error, is then
+ * the answer.
+ */
+
+static char *skip_json_space(char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+static int hex_digit(char c) {
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+/* Reads the 4 hex digits after "\u" at p (p + 4 <= end). Returns the code
+ * unit, or -1. */
+static int32_t read_hex4(const char *p) {
+    int32_t v = 0;
+    for (int i = 0; i < 4; i++) {
+        int digit = hex_digit(p[i]);
+        if (digit < 0) return -1;
+        v = v << 4 | digit;
+    }
+    return v;
+}
+
+/* Decodes the JSON string whose opening quote is at *p, in place: its text
+ * goes to *text (*len bytes, within the string's own bytes, which it never
+ * outgrows) and *p moves past the closing quote. Returns -1 for anything
+ * that the direct reader does not take. */
+static int read_json_string(char **p, const char *end, char **text, size_t *len) {
+    char *in = *p + 1, *out = in;
+    *text = in;
+    while (in < end && *in != '"') {
+        uint8_t c = (uint8_t)*in;
+        if (c < 0x20) return -1;
+        if (c >= 0x80) {
+            size_t invalid_len,
+                n = utf8_sequence((const uint8_t *)in, (size_t)(end - in), &invalid_len);
+            if (n == 0) return -1;
+            memmove(out, in, n);
+            in += n;
+            out += n;
+            continue;
+        }
+        if (c != '\\') {
+            *out++ = *in++;
+            continue;
+        }
+        if (end - in < 2) return -1;
+        char e = in[1];
+        in += 2;
+        static const char plain[] = "\"\\/bfnrt", meaning[] = "\"\\/\b\f\n\r\t";
+        const char *known = e ? strchr(plain, e) : NULL;
+        if (known) {
+            *out++ = meaning[known - plain];
+            continue;
+        }
+        if (e != 'u' || end - in < 4) return -1;
+        int32_t cp = read_hex4(in);
+        in += 4;
+        if (cp >= 0xDC00 && cp <= 0xDFFF) return -1;
+        if (cp >= 0xD800 && cp <= 0xDBFF) {
+            if (end - in < 6 || in[0] != '\\' || in[1] != 'u') return -1;
+            int32_t low = read_hex4(in + 2);
+            if (low < 0xDC00 || low > 0xDFFF) return -1;
+            in += 6;
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+        }
+        if (cp <= 0) return -1;
+        out += utf8_put((uint32_t)cp, out);
+    }
+    if (in >= end) return -1;
+    *len = (size_t)(out - *text);
+    *p = in + 1;
+    return 0;
+}
+
+/* Reads a JSON integer (-?(0|[1-9][0-9]*), not followed by a fraction or an
+ * exponent, within int64) at *p. */
+static int read_json_integer(char **p, const char *end, int64_t *value) {
+    const char *s = *p;
+    bool negative = s < end && *s == '-';
+    if (negative) s++;
+    if (s >= end || *s < '0' || *s > '9' ||
+        (*s == '0' && s + 1 < end && s[1] >= '0' && s[1] <= '9'))
+        return -1;
+    uint64_t v = 0;
+    for (; s < end && *s >= '0' && *s <= '9'; s++) {
+        if (v > (UINT64_C(1) << 63) / 10) return -1;
+        v = v * 10 + (uint64_t)(*s - '0');
+    }
+    if (v > (negative ? UINT64_C(1) << 63 : (UINT64_C(1) << 63) - 1)) return -1;
+    if (s < end && (*s == '.' || *s == 'e' || *s == 'E')) return -1;
+    *value = negative ? (int64_t)(0 - v) : (int64_t)v;
+    *p = (char *)s;
+    return 0;
+}
+
+/* Reads the vocabulary object in text[len] (decoding its strings in place)
+ * into tok's table. Returns -1 (tok then holds part of it) for anything the
+ * direct reader does not take. */
+static int parse_vocab_direct(lens_tokenizer *tok, char *text, size_t len) {
+    const char *end = text + len;
+    size_t colons = 0; /* at least one per entry: room enough in the table */
+    for (const char *c = text; (c = memchr(c, ':', (size_t)(end - c))); c++)
+        colons++;
+    if (str_table_reserve(&tok->entries, colons) < 0) return -1;
+    char *p = skip_json_space(text, end);
+    if (p >= end || *p++ != '{') return -1;
+    p = skip_json_space(p, end);
+    for (bool first = true; p < end && *p != '}'; first = false) {
+        char *key;
+        size_t key_len;
+        int64_t id;
+        if (!first && (p >= end || *p++ != ',')) return -1;
+        p = skip_json_space(p, end);
+        if (p >= end || *p != '"' || read_json_string(&p, end, &key, &key_len) < 0) return -1;
+        p = skip_json_space(p, end);
+        if (p >= end || *p++ != ':') return -1;
+        p = skip_json_space(p, end);
+        if (read_json_integer(&p, end, &id) < 0) return -1;
+        if (str_table_get(&tok->entries, key, key_len) >= 0) return -1; /* jansson: last one wins */
+        if (set_entry(tok, key, key_len, id, false, NULL) < 0) return -1;
+        p = skip_json_space(p, end);
+    }
+    if (p >= end) return -1;
+    return skip_json_space(p + 1, end) == end ? 0 : -1;
+}
+
+/* Loads vocab.json directly into tok's table. Returns -1 (tok then holds
+ * part of it; the caller starts again with jansson) for a file that cannot
+ * be read or does not have the plain shape described above. */
+static int load_vocab_direct(lens_tokenizer *tok, const char *path) {
+    size_t len;
+    char *text = read_file(path, &len, NULL);
+    if (!text) return -1;
+    int rc = parse_vocab_direct(tok, text, len);
+    free(text);
+    return rc;
+}
+
 lens_tokenizer *lens_tok_load_bpe(const char *vocab_json_path, const char *merges_txt_path,
                                   lens_err *err) {
     lens_tokenizer *tok = tok_new(KIND_BPE, err);
     if (!tok) return NULL;
-    json_error_t jerr;
-    json_t *vocab = json_load_file(vocab_json_path, 0, &jerr);
-    if (!vocab) {
-        lens_err_set(err, "%s: %s (line %d, column %d)", vocab_json_path, jerr.text, jerr.line,
-                     jerr.column);
-        goto fail;
+    int rc = load_vocab_direct(tok, vocab_json_path);
+    if (rc < 0) {
+        lens_tok_free(tok);
+        if (!(tok = tok_new(KIND_BPE, err))) return NULL;
+        json_error_t jerr;
+        json_t *vocab = json_load_file(vocab_json_path, 0, &jerr);
+        if (!vocab) {
+            lens_err_set(err, "%s: %s (line %d, column %d)", vocab_json_path, jerr.text, jerr.line,
+                         jerr.column);
+            goto fail;
+        }
+        rc = load_vocab_object(tok, vocab, err);
+        json_decref(vocab);
     }
-    int rc = load_vocab_object(tok, vocab, err);
-    json_decref(vocab);
     if (rc < 0 || find_byte_ids(tok, err) < 0) {
         lens_err_prefix(err, "%s", vocab_json_path);
         goto fail;
@@ -730,6 +935,10 @@ static int check_hf_pipeline(const json_t *root, const json_t *model, lens_err *
 static int load_merges_json(lens_tokenizer *tok, const json_t *merges, lens_err *err) {
     if (!json_is_array(merges)) {
         lens_err_set(err, "model.merges is not an array");
+        return -1;
+    }
+    if (merge_table_reserve(&tok->merges, json_array_size(merges)) < 0) {
+        lens_err_set(err, "out of memory");
         return -1;
     }
     size_t rank;

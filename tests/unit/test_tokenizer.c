@@ -336,6 +336,113 @@ Test(load_errors, malformed_vocab_json) {
     free(path);
 }
 
+/* vocab.json is read directly, without jansson, when it is a plain object of
+ * integer ids; these check that it reads every JSON spelling of an entry as
+ * jansson does, and that what it does not take goes to jansson. */
+
+/* GPT-2's 256 byte entries (ids 0..255), each spelled with a \\u escape when
+ * `escaped`, then `extra` (entries after a comma, or ""), the whole laid out
+ * with the given whitespace between tokens. */
+static char *byte_vocab_json(bool escaped, const char *space, const char *extra) {
+    size_t cap = 65536, used = 0;
+    char *json = malloc(cap);
+    cr_assert_not_null(json);
+    used += (size_t)snprintf(json + used, cap - used, "%s{", space);
+    int next_extra = 256;
+    for (int b = 0; b < 256; b++) {
+        int printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+        int cp = printable ? b : next_extra++;
+        char spelled[16];
+        if (escaped || cp == '"' || cp == '\\')
+            snprintf(spelled, sizeof spelled, "\\u%04X", cp);
+        else if (cp < 0x80)
+            snprintf(spelled, sizeof spelled, "%c", cp);
+        else
+            snprintf(spelled, sizeof spelled, "%c%c", 0xC0 | cp >> 6, 0x80 | (cp & 0x3F));
+        used += (size_t)snprintf(json + used, cap - used, "%s%s\"%s\"%s:%s%d", b ? "," : "", space,
+                                 spelled, space, space, b);
+    }
+    snprintf(json + used, cap - used, "%s%s}%s", extra, space, space);
+    return json;
+}
+
+static lens_tokenizer *load_vocab_text(const char *json, lens_err *err) {
+    char *vocab = write_temp(json);
+    char *merges = write_temp("#version: 0.2\n");
+    lens_tokenizer *tok = lens_tok_load_bpe(vocab, merges, err);
+    unlink(vocab);
+    unlink(merges);
+    free(vocab);
+    free(merges);
+    return tok;
+}
+
+Test(load_errors, vocab_json_spellings_read_as_jansson_reads_them) {
+    static const char extra[] =
+        ", \"a\\\"b\": 300, \"back\\\\slash\": 301, \"sl\\/ash\": 302,"
+        "\"\\b\\f\\n\\r\\t\": 303, \"\\ud83d\\ude00\": 304, \"\xc3\xa9t\xc3\xa9\": 305,"
+        "\"caf\\u00e9\": 306, \"\\u20AC\": 307, \"\": 308";
+    const struct {
+        const char *entry;
+        int32_t id;
+    } want[] = {{"a\"b", 300},        {"back\\slash", 301},      {"sl/ash", 302},
+                {"\b\f\n\r\t", 303},  {"\xf0\x9f\x98\x80", 304}, {"\xc3\xa9t\xc3\xa9", 305},
+                {"caf\xc3\xa9", 306}, {"\xe2\x82\xac", 307},     {"", 308}};
+    const char *spaces[] = {"", " ", "\n\t \r\n"};
+    for (int escaped = 0; escaped < 2; escaped++) {
+        for (size_t s = 0; s < 3; s++) {
+            char *json = byte_vocab_json(escaped, spaces[s], extra);
+            lens_err err = {0};
+            lens_tokenizer *tok = load_vocab_text(json, &err);
+            cr_assert_not_null(tok, "escaped %d, space %zu: %s", escaped, s, err.msg);
+            cr_assert_eq(lens_tok_lookup(tok, "\xc4\xa0"), 32, "the space byte, U+0120");
+            cr_assert_eq(lens_tok_lookup(tok, "\""), '"');
+            for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+                cr_assert_eq(lens_tok_lookup(tok, want[i].entry), want[i].id, "entry %zu", i);
+            lens_tok_free(tok);
+            free(json);
+        }
+    }
+}
+
+Test(load_errors, vocab_json_unusual_shapes_go_to_jansson) {
+    /* an entry given twice: jansson keeps the last id */
+    char *json = byte_vocab_json(false, " ", ", \"zz\": 300, \"zz\": 301");
+    lens_err err = {0};
+    lens_tokenizer *tok = load_vocab_text(json, &err);
+    cr_assert_not_null(tok, "%s", err.msg);
+    cr_assert_eq(lens_tok_lookup(tok, "zz"), 301);
+    lens_tok_free(tok);
+    free(json);
+    /* each of these is an error, and jansson's message (or the tokenizer's
+     * on what jansson read) is the one given */
+    const struct {
+        const char *extra, *needle;
+    } cases[] = {
+        {", \"x\": 1.0", "\"x\" is not an integer"},
+        {", \"x\": 1e3", "\"x\" is not an integer"},
+        {", \"x\": 99999999999999999999", "line 1"},
+        {", \"x\": -1", "id -1 of \"x\" is out of range"},
+        {", \"x\": 01", "line 1"},
+        {", \"\\ud800\": 300", "line 1"},
+        {", \"\\udc00x\": 300", "line 1"},
+        {", \"\\u0000\": 300", "line 1"},
+        {", \"a\\qb\": 300", "line 1"},
+        {", \"\xff\": 300", "line 1"},
+        {", \"\xc0\xaf\": 300", "line 1"},
+        {", \"tab\there\": 300", "line 1"},
+        {",", "line 1"},
+        {", \"x\" 300", "line 1"},
+        {", \"x\": 300 }", "line 1"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        json = byte_vocab_json(false, "", cases[i].extra);
+        cr_assert_null(load_vocab_text(json, &err), "case %zu loaded", i);
+        cr_assert(strstr(err.msg, cases[i].needle), "case %zu: %s", i, err.msg);
+        free(json);
+    }
+}
+
 Test(load_errors, malformed_merges_txt) {
     char vocab[4096], merges[4096];
     gpt2_paths(vocab, merges, sizeof vocab);
