@@ -440,24 +440,33 @@ static double bf16_reference(uint16_t h) {
     return s ? -v : v;
 }
 
-/* Writes all 65536 bit patterns as one tensor of dtype and converts them. */
-static void convert_all_patterns(lens_dtype dtype, double (*reference)(uint16_t)) {
+/* Writes all 65536 bit patterns of a 16-bit dtype as one tensor "all" and
+ * opens the file. */
+static lens_st_file *open_all_patterns(lens_dtype dtype) {
     uint16_t *bits = malloc(65536 * sizeof *bits);
-    float *got = malloc(65536 * sizeof *got);
-    cr_assert(bits && got);
+    cr_assert(bits);
     for (uint32_t i = 0; i < 65536; i++)
         bits[i] = (uint16_t)i;
     path_buf p = scratch("patterns.safetensors");
     const lens_st_out out = {"all", dtype, 1, {65536}, bits};
     lens_err err = {0};
     cr_assert_eq(lens_st_write(p.s, &out, 1, NULL, 0, &err), 0, "%s", err.msg);
+    free(bits);
     lens_st_file *f = lens_st_open(p.s, &err);
     cr_assert_not_null(f, "%s", err.msg);
+    return f;
+}
+
+/* Converts all 65536 bit patterns of dtype and checks each against reference. */
+static void convert_all_patterns(lens_dtype dtype, double (*reference)(uint16_t)) {
+    float *got = malloc(65536 * sizeof *got);
+    cr_assert(got);
+    lens_st_file *f = open_all_patterns(dtype);
+    lens_err err = {0};
     cr_assert_eq(lens_st_to_f32(f, lens_st_at(f, 0), got, &err), 0, "%s", err.msg);
     for (uint32_t i = 0; i < 65536; i++)
         expect_same_float(got[i], (float)reference((uint16_t)i), lens_dtype_name(dtype), (long)i);
     lens_st_close(f);
-    free(bits);
     free(got);
 }
 
@@ -632,22 +641,14 @@ Test(read_f32, ranges_equal_the_whole_conversion) {
 
 /* F16 is read a piece at a time: all 65536 patterns span several pieces. */
 Test(read_f32, f16_every_bit_pattern_across_pieces) {
-    uint16_t *bits = malloc(65536 * sizeof *bits);
     float *got = malloc(65536 * sizeof *got);
-    cr_assert(bits && got);
-    for (uint32_t i = 0; i < 65536; i++)
-        bits[i] = (uint16_t)i;
-    path_buf p = scratch("patterns.safetensors");
-    const lens_st_out out = {"all", LENS_F16, 1, {65536}, bits};
+    cr_assert(got);
+    lens_st_file *f = open_all_patterns(LENS_F16);
     lens_err err = {0};
-    cr_assert_eq(lens_st_write(p.s, &out, 1, NULL, 0, &err), 0, "%s", err.msg);
-    lens_st_file *f = lens_st_open(p.s, &err);
-    cr_assert_not_null(f, "%s", err.msg);
     cr_assert_eq(lens_st_read_f32(f, lens_st_at(f, 0), 1, 65535, got, &err), 0, "%s", err.msg);
     for (uint32_t i = 1; i < 65536; i++)
         expect_same_float(got[i - 1], (float)f16_reference((uint16_t)i), "F16", (long)i);
     lens_st_close(f);
-    free(bits);
     free(got);
 }
 
