@@ -215,35 +215,37 @@ static void plan_free(weight_plan *p) {
     free(p->fills);
 }
 
+/* Makes room for one more item in items (n used of *cap, each size bytes),
+ * doubling from 64. Returns the array, moved or not, or NULL when out of
+ * memory (items is then unchanged and still the caller's). */
+static void *plan_grow(void *items, size_t n, size_t *cap, size_t size, lens_err *err) {
+    if (n < *cap) return items;
+    const size_t grown_cap = *cap ? 2 * *cap : 64;
+    void *grown = realloc(items, grown_cap * size);
+    if (!grown) {
+        lens_err_set(err, "out of memory planning the weights");
+        return NULL;
+    }
+    *cap = grown_cap;
+    return grown;
+}
+
 /* Adds an internal tensor of n floats whose pointer goes to *field; it is
  * zeros unless fills write it. Sets *index to its number in the plan. */
 static int plan_zeros(weight_plan *p, float **field, size_t n, size_t *index, lens_err *err) {
-    if (p->n_tensors == p->cap_tensors) {
-        size_t cap = p->cap_tensors ? 2 * p->cap_tensors : 64;
-        plan_tensor *grown = realloc(p->tensors, cap * sizeof *grown);
-        if (!grown) {
-            lens_err_set(err, "out of memory planning the weights");
-            return -1;
-        }
-        p->tensors = grown;
-        p->cap_tensors = cap;
-    }
+    plan_tensor *tensors =
+        plan_grow(p->tensors, p->n_tensors, &p->cap_tensors, sizeof *tensors, err);
+    if (!tensors) return -1;
+    p->tensors = tensors;
     if (index) *index = p->n_tensors;
     p->tensors[p->n_tensors++] = (plan_tensor){field, n};
     return 0;
 }
 
 static int plan_add_fill(weight_plan *p, const plan_fill *fill, lens_err *err) {
-    if (p->n_fills == p->cap_fills) {
-        size_t cap = p->cap_fills ? 2 * p->cap_fills : 64;
-        plan_fill *grown = realloc(p->fills, cap * sizeof *grown);
-        if (!grown) {
-            lens_err_set(err, "out of memory planning the weights");
-            return -1;
-        }
-        p->fills = grown;
-        p->cap_fills = cap;
-    }
+    plan_fill *fills = plan_grow(p->fills, p->n_fills, &p->cap_fills, sizeof *fills, err);
+    if (!fills) return -1;
+    p->fills = fills;
     p->fills[p->n_fills++] = *fill;
     return 0;
 }

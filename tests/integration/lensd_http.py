@@ -319,8 +319,10 @@ def wait_until(check, timeout: float = 30, what: str = "condition"):
         time.sleep(0.02)
 
 
-def run_cli(lensd_bin: str, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run([lensd_bin, *args], capture_output=True, text=True, timeout=timeout)
+def run_cli(lensd_bin: str, args: list[str], timeout: float = 300,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([lensd_bin, *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)
     assert proc.returncode == 0, (f"lensd {' '.join(args)} exited {proc.returncode}\n"
                                   f"{proc.stderr[-4000:]}")
     return proc

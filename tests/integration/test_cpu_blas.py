@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 
 import pytest
 
-from lensd_http import model_path
+from lensd_http import model_path, run_cli
 
 AVX512 = {"avx512f", "avx512bw", "avx512dq", "avx512vl"}
 # OpenBLAS 0.3.x's x86-64 kernels by the instructions their sgemm needs
@@ -42,9 +41,7 @@ def info(lensd_bin: str, **env_changes) -> tuple[dict, str]:
             env.pop(key, None)
         else:
             env[key] = value
-    proc = subprocess.run([lensd_bin, "info", "--model", str(model_path("brackets"))],
-                          capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_cli(lensd_bin, ["info", "--model", str(model_path("brackets"))], env=env)
     return json.loads(proc.stdout)["device"], proc.stderr
 
 
