@@ -128,6 +128,11 @@ void lk_layernorm_pre(lk_device *dev, float *normalized, float *scale, const flo
     if (N > 0 && C > 0) dev->ops->layernorm_pre(dev, normalized, scale, inp, N, C, eps);
 }
 
+void lk_rmsnorm_pre(lk_device *dev, float *normalized, float *scale, const float *inp, int N,
+                    int C, float eps) {
+    if (N > 0 && C > 0) dev->ops->rmsnorm_pre(dev, normalized, scale, inp, N, C, eps);
+}
+
 void lk_affine(lk_device *dev, float *out, const float *inp, const float *w, const float *b, int N,
                int C) {
     if (N > 0 && C > 0) dev->ops->affine(dev, out, inp, w, b, N, C);
@@ -139,6 +144,25 @@ void lk_add(lk_device *dev, float *out, const float *a, const float *b, size_t n
 
 void lk_activation(lk_device *dev, lk_act act, float *out, const float *inp, size_t n) {
     if (n) dev->ops->activation(dev, act, out, inp, n);
+}
+
+void lk_gated_activation(lk_device *dev, lk_act act, float *out, const float *gate,
+                         const float *linear, size_t n) {
+    if (n) dev->ops->gated_activation(dev, act, out, gate, linear, n);
+}
+
+void lk_scale(lk_device *dev, float *x, size_t n, float factor) {
+    if (n) dev->ops->scale(dev, x, n, factor);
+}
+
+void lk_softcap(lk_device *dev, float *x, size_t n, float cap) {
+    if (n) dev->ops->softcap(dev, x, n, cap);
+}
+
+void lk_rotary(lk_device *dev, float *x, int N, int H, int dh, int rotary_dim, bool interleaved,
+               const float *cos, const float *sin, const int32_t *positions) {
+    if (N > 0 && H > 0 && rotary_dim > 0)
+        dev->ops->rotary(dev, x, N, H, dh, rotary_dim, interleaved, cos, sin, positions);
 }
 
 void lk_solu(lk_device *dev, float *out, const float *inp, int N, int C) {

@@ -215,6 +215,12 @@ void lk_matmul_batched(lk_device *dev, float *out, int ldo, size_t out_step, con
 void lk_layernorm_pre(lk_device *dev, float *normalized, float *scale, const float *inp, int N,
                       int C, float eps);
 
+/* The scaling half of RMSNorm, as TransformerLens splits it: for each row
+ * of inp[N,C], normalized = x / scale with scale = sqrt(mean(x^2) + eps).
+ * scale is [N]. normalized may alias inp. */
+void lk_rmsnorm_pre(lk_device *dev, float *normalized, float *scale, const float *inp, int N,
+                    int C, float eps);
+
 /* out[N,C] = inp * w[C] + b[C] (b may be NULL). out may alias inp. */
 void lk_affine(lk_device *dev, float *out, const float *inp, const float *w, const float *b, int N,
                int C);
@@ -232,6 +238,29 @@ typedef enum lk_act {
 
 /* out[n] = act(inp[n]) over n values; out may alias inp. */
 void lk_activation(lk_device *dev, lk_act act, float *out, const float *inp, size_t n);
+
+/* A gated MLP's hidden layer: out[n] = act(gate[n]) * linear[n] over n
+ * values. out may alias gate or linear. */
+void lk_gated_activation(lk_device *dev, lk_act act, float *out, const float *gate,
+                         const float *linear, size_t n);
+
+/* x[n] *= factor over n values (Gemma's embedding scale). */
+void lk_scale(lk_device *dev, float *x, size_t n, float factor);
+
+/* Soft-capping: x[n] = cap * tanh(x[n] / cap) over n values (Gemma 2's final
+ * logits). cap > 0. */
+void lk_softcap(lk_device *dev, float *x, size_t n, float cap);
+
+/* Rotary position embeddings of rows of x [N, H, dh] (row stride H * dh),
+ * in place: in each head, the first rotary_dim values (even) are rotated by
+ * the angles of the row's position, the rest are left alone. cos and sin are
+ * [n_positions, rotary_dim / 2] device tables (entry i of a position pairs
+ * with frequency i); positions [N] device, each a row of the tables.
+ * GPT-NeoX style (interleaved false) pairs value i with i + rotary_dim / 2:
+ *   out[i] = x[i] cos - x[i + r/2] sin, out[i + r/2] = x[i + r/2] cos + x[i] sin;
+ * GPT-J style (interleaved true) pairs 2i with 2i + 1 the same way. */
+void lk_rotary(lk_device *dev, float *x, int N, int H, int dh, int rotary_dim, bool interleaved,
+               const float *cos, const float *sin, const int32_t *positions);
 
 /* SoLU without its LayerNorm: out = x * softmax(x) over each row of
  * inp[N,C]. out may alias inp. */
@@ -269,12 +298,14 @@ typedef struct lk_score_mask {
     const int32_t *tokens;    /* [B, T] device; read when pad_id >= 0 */
     int32_t pad_id;           /* keys holding this token get score pad_score; -1 = none */
     float pad_score;
+    float softcap;            /* > 0: unmasked scores become softcap * tanh(score / softcap) */
     lk_query_rows queries;    /* NULL members: every position is a query */
 } lk_score_mask;
 
-/* Scores (query rows, key columns) become scores / attn_scale where
- * unmasked and -INFINITY where the causal, window or attention mask masks
- * them; then keys at pad tokens get pad_score whatever they were. The
+/* Scores (query rows, key columns) become scores / attn_scale (soft-capped
+ * after the division when mask->softcap > 0) where unmasked and -INFINITY
+ * where the causal, window or attention mask masks them; then keys at pad
+ * tokens get pad_score whatever they were. The
  * scores are [B, H, T, T], or with mask->queries prompt b's
  * [H, T - start[b], T] block at element row[b] * H * T (key positions
  * 0 .. T-1 always). */

@@ -31,10 +31,19 @@ typedef struct lk_ops {
                            bool b_transposed, int M, int K, int N, int count);
     void (*layernorm_pre)(lk_device *dev, float *normalized, float *scale, const float *inp, int N,
                           int C, float eps);
+    void (*rmsnorm_pre)(lk_device *dev, float *normalized, float *scale, const float *inp, int N,
+                        int C, float eps);
     void (*affine)(lk_device *dev, float *out, const float *inp, const float *w, const float *b,
                    int N, int C);
     void (*add)(lk_device *dev, float *out, const float *a, const float *b, size_t n);
     void (*activation)(lk_device *dev, lk_act act, float *out, const float *inp, size_t n);
+    void (*gated_activation)(lk_device *dev, lk_act act, float *out, const float *gate,
+                             const float *linear, size_t n);
+    void (*scale)(lk_device *dev, float *x, size_t n, float factor);
+    void (*softcap)(lk_device *dev, float *x, size_t n, float cap);
+    void (*rotary)(lk_device *dev, float *x, int N, int H, int dh, int rotary_dim,
+                   bool interleaved, const float *cos, const float *sin,
+                   const int32_t *positions);
     void (*solu)(lk_device *dev, float *out, const float *inp, int N, int C);
     void (*softmax_rows)(lk_device *dev, float *out, const float *inp, int N, int C);
     void (*embed)(lk_device *dev, float *tok_out, float *pos_out, const float *W_E,

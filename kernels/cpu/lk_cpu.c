@@ -93,6 +93,23 @@ static void cpu_layernorm_pre(lk_device *dev, float *normalized, float *scale, c
     }
 }
 
+static void cpu_rmsnorm_pre(lk_device *dev, float *normalized, float *scale, const float *inp, int N,
+                            int C, float eps) {
+    // inp, normalized are (N,C); scale is (N)
+#pragma omp parallel for if ((size_t)N * C > 16384)
+    for (int i = 0; i < N; i++) {
+        const float *x = inp + (size_t)i * C;
+        float *y = normalized + (size_t)i * C;
+        double sq = 0.0;
+        for (int c = 0; c < C; c++)
+            sq += (double)x[c] * x[c];
+        const float s = sqrtf((float)(sq / C) + eps);
+        scale[i] = s;
+        for (int c = 0; c < C; c++)
+            y[c] = x[c] / s;
+    }
+}
+
 static void cpu_affine(lk_device *dev, float *out, const float *inp, const float *w, const float *b, int N, int C) {
 #pragma omp parallel for if ((size_t)N * C > 16384)
     for (int i = 0; i < N; i++) {
@@ -237,6 +254,52 @@ static void cpu_activation(lk_device *dev, lk_act act, float *out, const float *
     }
 }
 
+static void cpu_gated_activation(lk_device *dev, lk_act act, float *out, const float *gate,
+                                 const float *linear, size_t n) {
+    // out = act(gate) * linear, in blocks that stay in the L1 cache
+    enum { BLOCK = 2048 };
+#pragma omp parallel for if (n > 65536)
+    for (size_t i0 = 0; i0 < n; i0 += BLOCK) {
+        const size_t k = n - i0 < BLOCK ? n - i0 : BLOCK;
+        float activated[BLOCK];
+        cpu_activation(dev, act, activated, gate + i0, k);
+        for (size_t i = 0; i < k; i++)
+            out[i0 + i] = activated[i] * linear[i0 + i];
+    }
+}
+
+static void cpu_scale(lk_device *dev, float *x, size_t n, float factor) {
+#pragma omp parallel for if (n > 65536)
+    for (size_t i = 0; i < n; i++)
+        x[i] *= factor;
+}
+
+static void cpu_softcap(lk_device *dev, float *x, size_t n, float cap) {
+#pragma omp parallel for if (n > 65536)
+    for (size_t i = 0; i < n; i++)
+        x[i] = cap * tanhf(x[i] / cap);
+}
+
+static void cpu_rotary(lk_device *dev, float *x, int N, int H, int dh, int rotary_dim,
+                       bool interleaved, const float *cos, const float *sin,
+                       const int32_t *positions) {
+    // x is (N, H, dh); cos, sin are (n_positions, rotary_dim/2); positions (N)
+    const int half = rotary_dim / 2;
+#pragma omp parallel for if ((size_t)N * H * rotary_dim > 65536)
+    for (int n = 0; n < N; n++) {
+        const float *c = cos + (size_t)positions[n] * half, *s = sin + (size_t)positions[n] * half;
+        for (int h = 0; h < H; h++) {
+            float *v = x + ((size_t)n * H + h) * dh;
+            for (int i = 0; i < half; i++) {
+                const int i1 = interleaved ? 2 * i : i, i2 = interleaved ? 2 * i + 1 : i + half;
+                const float a = v[i1], b = v[i2];
+                v[i1] = a * c[i] - b * s[i];
+                v[i2] = b * c[i] + a * s[i];
+            }
+        }
+    }
+}
+
 static void cpu_embed(lk_device *dev, float *tok_out, float *pos_out, const float *W_E,
                       const float *W_pos, const int32_t *tokens, const uint8_t *attn_mask, int B,
                       int T, int d) {
@@ -280,7 +343,9 @@ static void cpu_mask_scores(lk_device *dev, float *scores, int B, int H, int T, 
                 for (int ki = 0; ki < T; ki++) {
                     bool masked = mk.causal && (ki > qi || (mk.window > 0 && ki <= qi - mk.window) ||
                                                 (row_mask && !row_mask[ki]));
-                    sq[ki] = masked ? -INFINITY : sq[ki] / attn_scale;
+                    float score = sq[ki] / attn_scale;
+                    if (mk.softcap > 0) score = mk.softcap * tanhf(score / mk.softcap);
+                    sq[ki] = masked ? -INFINITY : score;
                     if (row_tokens && row_tokens[ki] == mk.pad_id) sq[ki] = mk.pad_score;
                 }
             }
@@ -402,9 +467,14 @@ static const lk_ops cpu_ops = {
     .matmul = cpu_matmul,
     .matmul_batched = cpu_matmul_batched,
     .layernorm_pre = cpu_layernorm_pre,
+    .rmsnorm_pre = cpu_rmsnorm_pre,
     .affine = cpu_affine,
     .add = cpu_add,
     .activation = cpu_activation,
+    .gated_activation = cpu_gated_activation,
+    .scale = cpu_scale,
+    .softcap = cpu_softcap,
+    .rotary = cpu_rotary,
     .solu = cpu_solu,
     .softmax_rows = cpu_softmax_rows,
     .embed = cpu_embed,
