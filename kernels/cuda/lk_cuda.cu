@@ -145,6 +145,23 @@ __global__ void layernorm_pre_kernel(float *normalized, float *scale, const floa
         y[c] = (x[c] - mean) / s;
 }
 
+/* One block per row of inp[N,C]: normalized[N,C] = x / scale and scale[N]
+ * = sqrt(mean(x^2) + eps). Squares of floats are exact in double, so only
+ * the order of the sum differs from the CPU's. */
+__global__ void rmsnorm_pre_kernel(float *normalized, float *scale, const float *inp, int C,
+                                   float eps) {
+    const size_t row = blockIdx.x;
+    const float *x = inp + row * C;
+    float *y = normalized + row * C;
+    double sq = 0.0;
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+        sq += __dmul_rn(x[c], x[c]);
+    const float s = sqrtf((float)(block_reduce(sq, Sum(), 0.0) / C) + eps);
+    if (threadIdx.x == 0) scale[row] = s;
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+        y[c] = x[c] / s;
+}
+
 /* out[N,C] = inp[N,C] * w[C] + b[C]; total = N*C. */
 __global__ void affine_kernel(float *out, const float *inp, const float *w, const float *b, int C,
                               size_t total) {
@@ -181,6 +198,46 @@ __device__ float activate(lk_act act, float x) {
 /* out[n] = act(inp[n]). */
 __global__ void activation_kernel(lk_act act, float *out, const float *inp, size_t n) {
     GRID_STRIDE(idx, n) out[idx] = activate(act, inp[idx]);
+}
+
+/* out[n] = act(gate[n]) * linear[n]: the activation above, then one
+ * product, as the CPU rounds them. */
+__global__ void gated_activation_kernel(lk_act act, float *out, const float *gate,
+                                        const float *linear, size_t n) {
+    GRID_STRIDE(idx, n) out[idx] = activate(act, gate[idx]) * linear[idx];
+}
+
+/* x[n] *= factor. */
+__global__ void scale_kernel(float *x, size_t n, float factor) {
+    GRID_STRIDE(idx, n) x[idx] *= factor;
+}
+
+/* cap * tanh(x / cap): lk_softcap's values and the soft-capped scores. */
+__device__ float soft_cap(float x, float cap) {
+    return cap * tanhf(x / cap);
+}
+
+/* x[n] = soft_cap(x[n], cap). */
+__global__ void softcap_kernel(float *x, size_t n, float cap) {
+    GRID_STRIDE(idx, n) x[idx] = soft_cap(x[idx], cap);
+}
+
+/* One thread per (row, head, pair) of x[N, H, dh], in place: the pair
+ * (i1, i2) of frequency i < half = rotary_dim / 2 is (i, i + half) in
+ * GPT-NeoX style, (2i, 2i + 1) interleaved (GPT-J); cos and sin are
+ * [n_positions, half], positions [N]; total = N*H*half. Each product is
+ * rounded before the sum, as on the CPU. */
+__global__ void rotary_kernel(float *x, int H, int dh, int half, bool interleaved, const float *cos,
+                              const float *sin, const int32_t *positions, size_t total) {
+    GRID_STRIDE(idx, total) {
+        const size_t i = idx % half, head = idx / half, n = head / H;
+        const size_t angle = (size_t)positions[n] * half + i;
+        const size_t i1 = interleaved ? 2 * i : i, i2 = interleaved ? 2 * i + 1 : i + half;
+        float *v = x + head * dh;
+        const float a = v[i1], b = v[i2], c = cos[angle], s = sin[angle];
+        v[i1] = __fmul_rn(a, c) - __fmul_rn(b, s);
+        v[i2] = __fmul_rn(b, c) + __fmul_rn(a, s);
+    }
 }
 
 /* One block per row of inp[N,C]: the row's maximum, with the CPU's compare. */
@@ -278,7 +335,9 @@ __global__ void mask_scores_kernel(float *scores, int B, int H, int T, float att
         const size_t key = (size_t)b * T + k;
         bool masked = m.causal && (k > q || (m.window > 0 && k <= q - m.window) ||
                                    (m.attn_mask && !m.attn_mask[key]));
-        float s = masked ? -INFINITY : scores[idx] / attn_scale;
+        float s = scores[idx] / attn_scale;
+        if (m.softcap > 0.0f) s = soft_cap(s, m.softcap);
+        if (masked) s = -INFINITY;
         if (m.pad_id >= 0 && m.tokens[key] == m.pad_id) s = m.pad_score;
         scores[idx] = s;
     }
@@ -508,6 +567,12 @@ static void cuda_layernorm_pre(lk_device *dev, float *normalized, float *scale, 
            C, eps);
 }
 
+static void cuda_rmsnorm_pre(lk_device *dev, float *normalized, float *scale, const float *inp,
+                             int N, int C, float eps) {
+    launch(enter(dev), "rmsnorm_pre", rmsnorm_pre_kernel, (unsigned)N, normalized, scale, inp, C,
+           eps);
+}
+
 static void cuda_affine(lk_device *dev, float *out, const float *inp, const float *w,
                         const float *b, int N, int C) {
     const size_t total = (size_t)N * C;
@@ -520,6 +585,29 @@ static void cuda_add(lk_device *dev, float *out, const float *a, const float *b,
 
 static void cuda_activation(lk_device *dev, lk_act act, float *out, const float *inp, size_t n) {
     launch(enter(dev), "activation", activation_kernel, blocks_for(n), act, out, inp, n);
+}
+
+static void cuda_gated_activation(lk_device *dev, lk_act act, float *out, const float *gate,
+                                  const float *linear, size_t n) {
+    launch(enter(dev), "gated_activation", gated_activation_kernel, blocks_for(n), act, out, gate,
+           linear, n);
+}
+
+static void cuda_scale(lk_device *dev, float *x, size_t n, float factor) {
+    launch(enter(dev), "scale", scale_kernel, blocks_for(n), x, n, factor);
+}
+
+static void cuda_softcap(lk_device *dev, float *x, size_t n, float cap) {
+    launch(enter(dev), "softcap", softcap_kernel, blocks_for(n), x, n, cap);
+}
+
+static void cuda_rotary(lk_device *dev, float *x, int N, int H, int dh, int rotary_dim,
+                        bool interleaved, const float *cos, const float *sin,
+                        const int32_t *positions) {
+    const int half = rotary_dim / 2;
+    const size_t total = (size_t)N * H * half;
+    launch(enter(dev), "rotary", rotary_kernel, blocks_for(total), x, H, dh, half, interleaved, cos,
+           sin, positions, total);
 }
 
 static void cuda_solu(lk_device *dev, float *out, const float *inp, int N, int C) {
@@ -598,9 +686,14 @@ static const lk_ops cuda_ops = {
     .matmul = cuda_matmul,
     .matmul_batched = cuda_matmul_batched,
     .layernorm_pre = cuda_layernorm_pre,
+    .rmsnorm_pre = cuda_rmsnorm_pre,
     .affine = cuda_affine,
     .add = cuda_add,
     .activation = cuda_activation,
+    .gated_activation = cuda_gated_activation,
+    .scale = cuda_scale,
+    .softcap = cuda_softcap,
+    .rotary = cuda_rotary,
     .solu = cuda_solu,
     .softmax_rows = cuda_softmax_rows,
     .embed = cuda_embed,

@@ -33,6 +33,12 @@
  *   nothing: GELU of x near -4 is 0.5x(1 + t) with t near -1 carrying an
  *   absolute error of an ulp of 1, and x*w + b with and without FMA differs
  *   by up to u|x*w|. Inputs are kept where those stay below it.
+ *   lk_gated_activation's linear factor lies in [-1, 1], so the product
+ *   carries at most the activation's error plus one rounding. lk_softcap
+ *   and soft-capped scores are a division, tanhf (a few ulps on each
+ *   side) and a product. lk_rotary rounds both products before their sum
+ *   on both sides (__fmul_rn on the GPU); with |x|, |cos|, |sin| <= 1, a
+ *   result that cancels is still within ATOL.
  * - Matrix products: a K-term float32 dot product, in any order or blocking,
  *   is within (K + 2) u (sum_k |a_ik b_kj| + |bias_j| + |out_ij| when
  *   accumulating) of the exact value (Higham, "Accuracy and Stability of
@@ -43,7 +49,9 @@
  *   needs full float32.
  * - Copies (lk_embed, lk_repeat_rows, lk_splice_prefix, lk_gather_rows) must be exact, and so
  *   must masking: -INFINITY wherever the CPU has -INFINITY, and exactly 0
- *   from softmax for -INFINITY inputs, all-masked rows included.
+ *   from softmax for -INFINITY inputs, all-masked rows included. lk_scale
+ *   is one correctly rounded product per value: exact too, and so are the
+ *   values past rotary_dim that lk_rotary must leave alone.
  */
 #include <criterion/criterion.h>
 #include <criterion/hooks.h>
@@ -601,6 +609,44 @@ Test(gpu_kernels, layernorm_pre) {
     check_layernorm(304, 1, 769, false);
 }
 
+/* Rows as check_layernorm's, but for N > 2 row 1 is small enough
+ * (mean(x^2) about 3e-6) for eps to matter and row 2 is zeros (scale
+ * sqrt(eps), normalized 0). */
+static void check_rmsnorm(uint64_t seed, int N, int C, float eps, bool in_place) {
+    rng r = {seed};
+    const size_t n = (size_t)N * C;
+    float *x = randoms(&r, n, -2.5f, 3.5f), *img = out_image(n), *scale_img = out_image(N);
+    if (N > 2) {
+        for (int c = 0; c < C; c++)
+            x[C + c] *= 1e-3f;
+        fill_value(x + 2 * (size_t)C, C, 0.0f);
+    }
+    if (in_place)
+        memcpy(img, x, n * sizeof *x);
+    else
+        poison(img, C, N, C);
+    poison(scale_img, N, 1, N);
+
+    pair px = floats_pair(x, n), po = out_pair(img, n), ps = out_pair(scale_img, N);
+    EACH_SIDE(s) {
+        lk_rmsnorm_pre(dev[s], F(po, s), F(ps, s), in_place ? F(po, s) : F(px, s), N, C, eps);
+    }
+    check_close(&po, "rmsnorm_pre normalized N=%d C=%d eps=%g in_place=%d", N, C, eps, in_place);
+    check_close(&ps, "rmsnorm_pre scale N=%d C=%d eps=%g in_place=%d", N, C, eps, in_place);
+
+    FREE_PAIRS(&px, &po, &ps);
+    FREE_HOST(x, img, scale_img);
+}
+
+Test(gpu_kernels, rmsnorm_pre) {
+    NEED_GPU();
+    check_rmsnorm(1501, 37, 1, 1e-5f, false);
+    check_rmsnorm(1502, 37, 769, 1e-6f, false);
+    check_rmsnorm(1503, 37, 769, 1e-5f, true);
+    check_rmsnorm(1504, 1, 769, 1e-6f, false);
+    check_rmsnorm(1505, 5, 4099, 1e-6f, false);
+}
+
 Test(gpu_kernels, affine) {
     NEED_GPU();
     const int N = 37, C = 769;
@@ -686,6 +732,152 @@ Test(gpu_kernels, activation) {
                 FREE_PAIRS(&px, &po);
                 FREE_HOST(x, img);
             }
+}
+
+/* out separate from both inputs, or over gate, or over linear. */
+Test(gpu_kernels, gated_activation) {
+    NEED_GPU();
+    static const char *const OUT[] = {"separate", "gate", "linear"};
+    for (int act = LK_RELU; act <= LK_SILU; act++)
+        for (int li = 0; li < 3; li++)
+            for (int alias = 0; alias < 3; alias++) {
+                const size_t n = LENGTHS[li];
+                rng r = {(uint64_t)1600 + 10 * act + 3 * li + alias};
+                float *gate = activation_inputs(&r, n), *linear = randoms(&r, n, -1, 1);
+                float *img = out_image(n);
+                if (alias == 0) poison(img, (int)n, 1, (int)n);
+                if (alias == 1) memcpy(img, gate, n * sizeof *gate);
+                if (alias == 2) memcpy(img, linear, n * sizeof *linear);
+
+                pair pg = floats_pair(gate, n), pl = floats_pair(linear, n), po = out_pair(img, n);
+                EACH_SIDE(s) {
+                    const float *g = alias == 1 ? F(po, s) : F(pg, s);
+                    const float *l = alias == 2 ? F(po, s) : F(pl, s);
+                    lk_gated_activation(dev[s], (lk_act)act, F(po, s), g, l, n);
+                }
+                check_close(&po, "gated_activation %s n=%zu out=%s", ACT_NAMES[act], n, OUT[alias]);
+
+                FREE_PAIRS(&pg, &pl, &po);
+                FREE_HOST(gate, linear, img);
+            }
+}
+
+/* ---- lk_scale and lk_softcap ------------------------------------------- */
+
+/* Gemma's embedding scales sqrt(d_model) (2B and 9B), and an exact one. */
+Test(gpu_kernels, scale) {
+    NEED_GPU();
+    const float factors[] = {sqrtf(2048.0f), sqrtf(3584.0f), 0.125f};
+    for (int fi = 0; fi < 3; fi++)
+        for (int li = 0; li < 3; li++) {
+            const size_t n = LENGTHS[li];
+            rng r = {(uint64_t)1701 + 3 * fi + li};
+            float *x = randoms(&r, n, -10, 10), *img = out_image(n);
+            memcpy(img, x, n * sizeof *x);
+
+            pair po = out_pair(img, n);
+            EACH_SIDE(s) lk_scale(dev[s], F(po, s), n, factors[fi]);
+            check_exact(&po, "scale n=%zu factor=%.9g", n, (double)factors[fi]);
+
+            FREE_PAIRS(&po);
+            FREE_HOST(x, img);
+        }
+}
+
+/* Gemma 2's caps of final logits (30) and attention scores (50), and a
+ * small one; values from zero, where tanh is linear, to six caps, where it
+ * has saturated, led by zeros of both signs. */
+Test(gpu_kernels, softcap) {
+    NEED_GPU();
+    static const float caps[] = {30.0f, 50.0f, 0.5f};
+    for (int ci = 0; ci < 3; ci++)
+        for (int li = 0; li < 3; li++) {
+            const size_t n = LENGTHS[li];
+            const float cap = caps[ci];
+            rng r = {(uint64_t)1801 + 3 * ci + li};
+            float *x = randoms(&r, n, -6 * cap, 6 * cap), *img = out_image(n);
+            x[0] = 0.0f;
+            if (n > 1) x[1] = -0.0f;
+            memcpy(img, x, n * sizeof *x);
+
+            pair po = out_pair(img, n);
+            EACH_SIDE(s) lk_softcap(dev[s], F(po, s), n, cap);
+            check_close(&po, "softcap n=%zu cap=%g", n, (double)cap);
+
+            FREE_PAIRS(&po);
+            FREE_HOST(x, img);
+        }
+}
+
+/* ---- lk_rotary ---------------------------------------------------------- */
+
+enum { ROT_POSITIONS = 67 };
+
+/* cos and sin [ROT_POSITIONS, rotary_dim / 2] of the angles
+ * p * 10000^(-2i / rotary_dim), computed in double and rounded, as a model
+ * loader fills them. */
+static void rotary_tables(float *cos_t, float *sin_t, int rotary_dim) {
+    const int half = rotary_dim / 2;
+    for (int p = 0; p < ROT_POSITIONS; p++)
+        for (int i = 0; i < half; i++) {
+            const double angle = p * pow(10000.0, -2.0 * i / rotary_dim);
+            cos_t[p * half + i] = (float)cos(angle);
+            sin_t[p * half + i] = (float)sin(angle);
+        }
+}
+
+typedef struct {
+    int N, H, dh, rotary_dim;
+} rot_case;
+
+/* x [N, H, dh] rotated in place; positions are drawn at random (out of
+ * order, repeated), the first being the tables' last row. */
+static void check_rotary(uint64_t seed, rot_case c, bool interleaved) {
+    rng r = {seed};
+    const int half = c.rotary_dim / 2;
+    const size_t n = (size_t)c.N * c.H * c.dh, table = (size_t)ROT_POSITIONS * half;
+    float *x = randoms(&r, n, -1, 1), *img = out_image(n);
+    float *cos_t = host_floats(table), *sin_t = host_floats(table);
+    int32_t *pos = host_alloc((size_t)c.N * sizeof *pos);
+    rotary_tables(cos_t, sin_t, c.rotary_dim);
+    for (int i = 0; i < c.N; i++)
+        pos[i] = rng_int(&r, 0, ROT_POSITIONS);
+    pos[0] = ROT_POSITIONS - 1;
+    memcpy(img, x, n * sizeof *x);
+
+    const char *style = interleaved ? "GPT-J" : "GPT-NeoX";
+    pair po = out_pair(img, n), pc = floats_pair(cos_t, table), ps = floats_pair(sin_t, table);
+    pair pp = pair_new(pos, (size_t)c.N * sizeof *pos);
+    EACH_SIDE(s) {
+        lk_rotary(dev[s], F(po, s), c.N, c.H, c.dh, c.rotary_dim, interleaved, F(pc, s), F(ps, s),
+                  I32(pp, s));
+    }
+    check_close(&po, "rotary %s N=%d H=%d dh=%d rotary_dim=%d", style, c.N, c.H, c.dh,
+                c.rotary_dim);
+    float *got = fetch(&po, GPU);
+    for (size_t head = 0; head < (size_t)c.N * c.H; head++)
+        for (int j = c.rotary_dim; j < c.dh; j++) {
+            const size_t at = head * c.dh + j;
+            cr_assert(memcmp(&got[at], &x[at], sizeof *got) == 0,
+                      "rotary %s N=%d H=%d dh=%d rotary_dim=%d: value %d of head row %zu, past "
+                      "rotary_dim, changed from %.9g to %.9g on the gpu",
+                      style, c.N, c.H, c.dh, c.rotary_dim, j, head, (double)x[at], (double)got[at]);
+        }
+
+    free(got);
+    FREE_PAIRS(&po, &pc, &ps, &pp);
+    FREE_HOST(x, img, cos_t, sin_t, pos);
+}
+
+/* Whole heads, partial rotary (Pythia's rotary_pct 0.25: 20 of 80), an odd
+ * head size, one pair, and 4099 rows of Llama-sized heads (32 of 128). */
+Test(gpu_kernels, rotary) {
+    NEED_GPU();
+    static const rot_case cases[] = {{37, 5, 64, 64}, {37, 3, 80, 20}, {11, 7, 23, 10},
+                                     {1, 1, 2, 2},    {3, 2, 9, 2},    {4099, 32, 128, 128}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        for (int interleaved = 0; interleaved < 2; interleaved++)
+            check_rotary(1901 + 2 * i + interleaved, cases[i], interleaved);
 }
 
 /* ---- lk_softmax_rows and lk_solu --------------------------------------- */
@@ -834,6 +1026,7 @@ typedef struct {
     bool causal;
     int window;
     bool attn_mask, pad_id, suffix;
+    float softcap;
 } ms_case;
 
 /* Suffix queries (lk_query_rows): each prompt's first query position. */
@@ -867,7 +1060,8 @@ static void check_mask_scores(uint64_t seed, ms_case c) {
                                  .attn_mask = c.attn_mask ? U8(pm, s) : NULL,
                                  .tokens = c.pad_id ? I32(pt, s) : NULL,
                                  .pad_id = c.pad_id ? PAD_ID : -1,
-                                 .pad_score = -1e5f};
+                                 .pad_score = -1e5f,
+                                 .softcap = c.softcap};
         if (c.suffix) m.queries = (lk_query_rows){I32(pf, s), I32(pr, s), rows};
         lk_mask_scores(dev[s], F(po, s), PROMPTS, H, SEQ, sqrtf(D_HEAD), &m);
     }
@@ -888,18 +1082,36 @@ static void check_mask_scores(uint64_t seed, ms_case c) {
 Test(gpu_kernels, mask_scores) {
     NEED_GPU();
     static const ms_case cases[] = {
-        {"causal", true, 0, false, false, false},
-        {"causal window 3", true, 3, false, false, false},
-        {"causal left padding", true, 0, true, false, false},
-        {"causal left padding pad_id", true, 0, true, true, false},
-        {"causal window 3 left padding pad_id", true, 3, true, true, false},
-        {"bidirectional", false, 3, true, false, false},
-        {"bidirectional pad_id", false, 0, true, true, false},
-        {"causal suffix queries", true, 0, false, false, true},
-        {"causal window 3 left padding pad_id suffix queries", true, 3, true, true, true},
+        {"causal", true, 0, false, false, false, 0.0f},
+        {"causal window 3", true, 3, false, false, false, 0.0f},
+        {"causal left padding", true, 0, true, false, false, 0.0f},
+        {"causal left padding pad_id", true, 0, true, true, false, 0.0f},
+        {"causal window 3 left padding pad_id", true, 3, true, true, false, 0.0f},
+        {"bidirectional", false, 3, true, false, false, 0.0f},
+        {"bidirectional pad_id", false, 0, true, true, false, 0.0f},
+        {"causal suffix queries", true, 0, false, false, true, 0.0f},
+        {"causal window 3 left padding pad_id suffix queries", true, 3, true, true, true, 0.0f},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         check_mask_scores(901 + i, cases[i]);
+}
+
+/* Soft-capped scores (Gemma 2): its cap of 50, and a cap of 1 where tanh
+ * bends scores of [-2, 2] (raw scores over sqrt(D_HEAD)) strongly. */
+Test(gpu_kernels, mask_scores_softcap) {
+    NEED_GPU();
+    static const ms_case cases[] = {
+        {"causal softcap 50", true, 0, false, false, false, 50.0f},
+        {"causal window 3 softcap 50", true, 3, false, false, false, 50.0f},
+        {"causal softcap 1", true, 0, false, false, false, 1.0f},
+        {"causal window 3 softcap 1", true, 3, false, false, false, 1.0f},
+        {"causal window 3 left padding pad_id softcap 1", true, 3, true, true, false, 1.0f},
+        {"bidirectional softcap 1", false, 3, true, false, false, 1.0f},
+        {"causal window 3 left padding pad_id suffix queries softcap 1", true, 3, true, true, true,
+         1.0f},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        check_mask_scores(2001 + i, cases[i]);
 }
 
 /* ---- lk_repeat_rows, lk_sum_groups, lk_gather_rows --------------------- */

@@ -8,7 +8,7 @@
  * strides wider than the rows (heads side by side in a [T, n_heads * d_head]
  * buffer, as core/forward.c addresses them), accumulation, bias or none, and
  * the special values each contract names (-INFINITY in softmax, constant
- * LayerNorm rows, aliasing).
+ * LayerNorm rows, zero RMSNorm rows, aliasing).
  *
  * Output buffers are filled with a sentinel and the cells a call must write
  * with NaN (or, when accumulating, with the values it adds to), so a kernel
@@ -54,6 +54,25 @@
  *   variance does not see that shift to first order (the centred values sum
  *   to zero), so scale is good to a few u: 8u, plus (u*max|x|/scale)^2.
  *   normalized gets 4u*max|x|/scale + (4u + 2*scale's tolerance)*|ref|.
+ * - RMSNorm: mean(x^2) is summed in double (exact squares, a negligible
+ *   2^-53 per term), rounded to float32 (u), eps added in float32 (u), so
+ *   mean(x^2) + eps is good to 2u; sqrt halves that and rounds: scale is
+ *   within 1.5u, checked at 3u. x / scale adds a rounding: 2.5u, checked at
+ *   5u. No centring, so no cancellation term.
+ * - lk_scale is one float product, correctly rounded: half an ulp.
+ * - Gated activation: act(gate) carries the activation's tolerance above;
+ *   times linear that scales by |linear|, and the product rounds once more
+ *   (2u |ref|, plus 2^-149 for products among the subnormals).
+ * - Soft-capping: x / cap rounds (u) and tanh's relative condition number
+ *   z tanh'(z) / tanh(z) is at most 1, so that passes through; glibc's
+ *   tanhf is within 2 ulps (4u); the product rounds (u): 6u, and 7u for
+ *   soft-capped scores, whose division by attn_scale adds one. Both are
+ *   checked at 16u |ref|.
+ * - Rotary: x_i cos - x_j sin (and the other of the pair) rounds both
+ *   products and the sum: within u (|x_i cos| + |x_j sin|) + u |ref| <=
+ *   2u (|x_i cos| + |x_j sin|), checked at 4u times that sum, which stays
+ *   meaningful where the two terms cancel. Values past rotary_dim are
+ *   copied, exactly.
  */
 #include <criterion/criterion.h>
 
@@ -268,6 +287,68 @@ static void ref_layernorm_row(double *norm, double *norm_tol, double *scale, dou
         norm[c] = (x[c] - mean) / s;
         norm_tol[c] = 4 * shift + (4 * U + 2 * rel_s) * fabs(norm[c]);
     }
+}
+
+/* RMSNorm's scaling of one row of C values: normalized_c = x_c / scale,
+ * scale = sqrt(mean(x^2) + eps); tolerances as described at the top. */
+static void ref_rmsnorm_row(double *norm, double *norm_tol, double *scale, double *scale_tol,
+                            const float *x, int C, float eps) {
+    double sq = 0.0;
+    for (int c = 0; c < C; c++)
+        sq += (double)x[c] * x[c];
+    const double s = sqrt(sq / C + (double)eps);
+    *scale = s;
+    *scale_tol = 3 * U * s;
+    for (int c = 0; c < C; c++) {
+        norm[c] = x[c] / s;
+        norm_tol[c] = 5 * U * fabs(norm[c]);
+    }
+}
+
+/* Soft-capping: cap * tanh(x / cap). */
+static double ref_softcap(double x, double cap) {
+    return cap * tanh(x / cap);
+}
+
+/* The soft-capping tolerance described at the top. */
+static double softcap_tol(double want) {
+    return 16 * U * fabs(want);
+}
+
+/* Rotary embeddings of x [N, H, dh] as TransformerLens writes them (its
+ * apply_rotary): the first rotary_dim values of each head become
+ * x * cos + rotate(x) * sin, where GPT-NeoX style repeats the r/2 table
+ * entries as (c_0 .. c_{r/2-1}, c_0 .. c_{r/2-1}) and rotates halves,
+ * rotate(x) = (-x_{r/2} .. -x_{r-1}, x_0 .. x_{r/2-1}), and GPT-J style
+ * repeats each entry twice (c_0, c_0, c_1, c_1, ...) and rotates pairs,
+ * rotate(x) = (-x_1, x_0, -x_3, x_2, ...). The entries are row pos[n] of
+ * cos_t and sin_t [n_positions, r/2]; values past r are copied. want and
+ * tol are laid out like x; tol as described at the top. */
+static void ref_rotary(double *want, double *tol, const float *x, int N, int H, int dh,
+                       int rotary_dim, bool interleaved, const float *cos_t, const float *sin_t,
+                       const int32_t *pos) {
+    const int half = rotary_dim / 2;
+    for (int n = 0; n < N; n++)
+        for (int h = 0; h < H; h++) {
+            const size_t at = ((size_t)n * H + h) * dh;
+            const float *v = x + at;
+            const float *c = cos_t + (size_t)pos[n] * half, *s = sin_t + (size_t)pos[n] * half;
+            for (int j = 0; j < dh; j++) {
+                want[at + j] = v[j];
+                tol[at + j] = 0.0;
+            }
+            for (int j = 0; j < rotary_dim; j++) {
+                const int f = interleaved ? j / 2 : j % half;
+                double rotated;
+                if (interleaved)
+                    rotated = j % 2 == 0 ? -(double)v[j + 1] : v[j - 1];
+                else
+                    rotated = j < half ? -(double)v[j + half] : v[j - half];
+                const double a = (double)v[j] * c[f], b = rotated * s[f];
+                want[at + j] = a + b;
+                tol[at + j] = 4 * U * (fabs(a) + fabs(b));
+            }
+        }
 }
 
 static double ref_relu(double x) {
@@ -689,6 +770,81 @@ Test(layernorm_pre, constant_rows) {
     }
 }
 
+/* ---- lk_rmsnorm_pre ---------------------------------------------------- */
+
+/* Runs lk_rmsnorm_pre on inp [N, C] (in place when in_place) and checks
+ * both outputs. */
+static void check_rmsnorm(const char *what, const float *inp, int N, int C, float eps,
+                          bool in_place) {
+    const size_t n = (size_t)N * C;
+    expected norm = expect_new(n), scale = expect_new((size_t)N);
+    for (int i = 0; i < N; i++)
+        ref_rmsnorm_row(norm.want + (size_t)i * C, norm.tol + (size_t)i * C, &scale.want[i],
+                        &scale.tol[i], inp + (size_t)i * C, C, eps);
+    fill_value(scale.out, (size_t)N, NAN);
+    if (in_place) {
+        memcpy(norm.out, inp, n * sizeof *inp);
+        lk_rmsnorm_pre(lk_cpu(), norm.out, scale.out, norm.out, N, C, eps);
+    } else {
+        fill_value(norm.out, n, NAN);
+        lk_rmsnorm_pre(lk_cpu(), norm.out, scale.out, inp, N, C, eps);
+    }
+    char buf[160];
+    snprintf(buf, sizeof buf, "rmsnorm %s N=%d C=%d eps=%g in_place=%d: normalized", what, N, C,
+             eps, in_place);
+    assert_expected(buf, &norm);
+    snprintf(buf, sizeof buf, "rmsnorm %s N=%d C=%d eps=%g in_place=%d: scale", what, N, C, eps,
+             in_place);
+    assert_expected(buf, &scale);
+    expect_free(&norm);
+    expect_free(&scale);
+}
+
+static const float RMS_EPS[] = {1e-5f, 1e-6f, 1e-12f};
+
+/* LayerNorm's rows (means up to 1000, spreads from 1e-3 to 30): RMSNorm
+ * does not centre, so the mean counts in the scale. */
+Test(rmsnorm_pre, matches_definition) {
+    static const int rows[] = {1, 3, 17, 20};
+    static const int widths[] = {1, 3, 17, 64, 129, 768};
+    rng r = {750};
+    for (int ni = 0; ni < 4; ni++)
+        for (int ci = 0; ci < 6; ci++)
+            for (int ei = 0; ei < 3; ei++) {
+                float *x = layernorm_rows(&r, rows[ni], widths[ci]);
+                check_rmsnorm("random", x, rows[ni], widths[ci], RMS_EPS[ei], false);
+                free(x);
+            }
+}
+
+Test(rmsnorm_pre, in_place) {
+    rng r = {751};
+    for (int ci = 0; ci < N_SIZES; ci++) {
+        float *x = layernorm_rows(&r, 20, SIZES[ci]);
+        check_rmsnorm("random", x, 20, SIZES[ci], 1e-6f, true);
+        free(x);
+    }
+}
+
+/* Zero rows give scale sqrt(eps) and normalized exactly 0; rows of values
+ * near 1e-4, whose mean square is below eps, are scaled mostly by eps. */
+Test(rmsnorm_pre, zero_and_small_rows) {
+    static const int widths[] = {1, 3, 17, 64, 129, 768};
+    rng r = {752};
+    for (int ci = 0; ci < 6; ci++)
+        for (int ei = 0; ei < 3; ei++) {
+            const int N = 4, C = widths[ci];
+            float *x = new_floats((size_t)N * C);
+            fill_value(x, (size_t)C, 0.0f);
+            fill_normal(&r, x + C, (size_t)C, 0, 1e-4);
+            fill_normal(&r, x + 2 * (size_t)C, (size_t)C, 1e-4, 1e-5);
+            fill_value(x + 3 * (size_t)C, (size_t)C, 0.0f);
+            check_rmsnorm("zero and small", x, N, C, RMS_EPS[ei], false);
+            check_rmsnorm("zero and small", x, N, C, RMS_EPS[ei], true);
+            free(x);
+        }
+}
+
 /* ---- lk_affine --------------------------------------------------------- */
 
 static void check_affine(rng *r, int N, int C, bool with_bias, bool in_place) {
@@ -828,28 +984,52 @@ static float *activation_inputs(rng *r, size_t n) {
     return x;
 }
 
-/* Checks activation act against ref for every length, out of place and in place; exact
- * demands equality, cancels adds the GELUs' 2^-21*|x| for x < 0. */
-static void check_activation(const char *name, lk_act act, double (*ref)(double), bool exact,
-                             bool cancels) {
+/* Each lk_act with its reference: exact demands equality, cancels adds the
+ * GELUs' 2^-21*|x| for x < 0 to the tolerance. Indexed by lk_act. */
+typedef struct {
+    const char *name;
+    lk_act act;
+    double (*ref)(double);
+    bool exact, cancels;
+} act_case;
+
+static const act_case ACTS[] = {
+    {"relu", LK_RELU, ref_relu, true, false},
+    {"gelu", LK_GELU, ref_gelu, false, true},
+    {"gelu_new", LK_GELU_NEW, ref_gelu_new, false, true},
+    {"gelu_fast", LK_GELU_FAST, ref_gelu_fast, false, true},
+    {"silu", LK_SILU, ref_silu, false, false},
+};
+#define N_ACTS (sizeof ACTS / sizeof ACTS[0])
+
+/* The tolerance of a's value at x, want being the reference (see the top). */
+static double act_tol(const act_case *a, float x, double want) {
+    if (a->exact) return 0.0;
+    double tol = 1e-6 * fabs(want) + FLT_MIN;
+    if (a->cancels && x < 0) tol += 0x1p-21 * fabs(x);
+    return tol;
+}
+
+/* Checks activation a against its reference for every length, out of place
+ * and in place. */
+static void check_activation(const act_case *a) {
     rng r = {1000};
     for (size_t li = 0; li < N_LENGTHS; li++) {
         const size_t n = LENGTHS[li];
         float *x = activation_inputs(&r, n);
         expected e = expect_new(n);
         for (size_t i = 0; i < n; i++) {
-            e.want[i] = ref(x[i]);
-            e.tol[i] = exact ? 0.0 : 1e-6 * fabs(e.want[i]) + FLT_MIN;
-            if (cancels && x[i] < 0) e.tol[i] += 0x1p-21 * fabs(x[i]);
+            e.want[i] = a->ref(x[i]);
+            e.tol[i] = act_tol(a, x[i], e.want[i]);
         }
         char what[64];
         fill_value(e.out, n, NAN);
-        lk_activation(lk_cpu(), act, e.out, x, n);
-        snprintf(what, sizeof what, "%s n=%zu", name, n);
+        lk_activation(lk_cpu(), a->act, e.out, x, n);
+        snprintf(what, sizeof what, "%s n=%zu", a->name, n);
         assert_expected(what, &e);
         memcpy(e.out, x, n * sizeof *x);
-        lk_activation(lk_cpu(), act, e.out, e.out, n);
-        snprintf(what, sizeof what, "%s n=%zu in place", name, n);
+        lk_activation(lk_cpu(), a->act, e.out, e.out, n);
+        snprintf(what, sizeof what, "%s n=%zu in place", a->name, n);
         assert_expected(what, &e);
         expect_free(&e);
         free(x);
@@ -857,23 +1037,168 @@ static void check_activation(const char *name, lk_act act, double (*ref)(double)
 }
 
 Test(activation, relu) {
-    check_activation("relu", LK_RELU, ref_relu, true, false);
+    check_activation(&ACTS[LK_RELU]);
 }
 
 Test(activation, gelu_erf) {
-    check_activation("gelu", LK_GELU, ref_gelu, false, true);
+    check_activation(&ACTS[LK_GELU]);
 }
 
 Test(activation, gelu_new) {
-    check_activation("gelu_new", LK_GELU_NEW, ref_gelu_new, false, true);
+    check_activation(&ACTS[LK_GELU_NEW]);
 }
 
 Test(activation, gelu_fast) {
-    check_activation("gelu_fast", LK_GELU_FAST, ref_gelu_fast, false, true);
+    check_activation(&ACTS[LK_GELU_FAST]);
 }
 
 Test(activation, silu) {
-    check_activation("silu", LK_SILU, ref_silu, false, false);
+    check_activation(&ACTS[LK_SILU]);
+}
+
+/* ---- lk_gated_activation ----------------------------------------------- */
+
+/* act(gate) * linear for every lk_act and length, with out separate, over
+ * gate and over linear; the lengths cross the CPU kernel's blocks of 2048
+ * and its threshold for going parallel. */
+Test(gated_activation, matches_definition) {
+    static const char *const OUT[] = {"separate", "gate", "linear"};
+    rng r = {1050};
+    for (size_t ai = 0; ai < N_ACTS; ai++)
+        for (size_t li = 0; li < N_LENGTHS; li++) {
+            const act_case *a = &ACTS[ai];
+            const size_t n = LENGTHS[li];
+            float *gate = activation_inputs(&r, n), *linear = new_floats(n);
+            fill_normal(&r, linear, n, 0, 1);
+            expected e = expect_new(n);
+            for (size_t i = 0; i < n; i++) {
+                const double act = a->ref(gate[i]);
+                e.want[i] = act * linear[i];
+                e.tol[i] =
+                    act_tol(a, gate[i], act) * fabs(linear[i]) + 2 * U * fabs(e.want[i]) + 0x1p-149;
+            }
+            for (int alias = 0; alias < 3; alias++) {
+                const float *g = gate, *l = linear;
+                if (alias == 0) fill_value(e.out, n, NAN);
+                if (alias == 1) g = memcpy(e.out, gate, n * sizeof *gate);
+                if (alias == 2) l = memcpy(e.out, linear, n * sizeof *linear);
+                lk_gated_activation(lk_cpu(), a->act, e.out, g, l, n);
+                char what[80];
+                snprintf(what, sizeof what, "gated %s n=%zu out=%s", a->name, n, OUT[alias]);
+                assert_expected(what, &e);
+            }
+            expect_free(&e);
+            free(gate);
+            free(linear);
+        }
+}
+
+/* ---- lk_scale and lk_softcap ------------------------------------------- */
+
+/* Gemma's embedding scales sqrt(d_model) (2B and 9B), an exact factor and
+ * a negative one. */
+Test(scale, correctly_rounded) {
+    const float factors[] = {sqrtf(2048.0f), sqrtf(3584.0f), 0.125f, -3.0f};
+    rng r = {1060};
+    for (int fi = 0; fi < 4; fi++)
+        for (size_t li = 0; li < N_LENGTHS; li++) {
+            const size_t n = LENGTHS[li];
+            float *x = new_floats(n);
+            fill_normal(&r, x, n, 0, 10);
+            expected e = expect_new(n);
+            for (size_t i = 0; i < n; i++) {
+                e.want[i] = (double)x[i] * factors[fi];
+                e.tol[i] = 0.5 * ulp_f(e.want[i]);
+            }
+            memcpy(e.out, x, n * sizeof *x);
+            lk_scale(lk_cpu(), e.out, n, factors[fi]);
+            char what[64];
+            snprintf(what, sizeof what, "scale n=%zu factor=%.9g", n, (double)factors[fi]);
+            assert_expected(what, &e);
+            expect_free(&e);
+            free(x);
+        }
+}
+
+/* Gemma 2's caps of final logits (30) and attention scores (50), and small
+ * ones; values of sd 2 caps (tanh's curve and its saturation), led by
+ * EXTREMES. */
+Test(softcap, matches_definition) {
+    static const float caps[] = {30.0f, 50.0f, 1.0f, 0.5f};
+    rng r = {1070};
+    for (int ci = 0; ci < 4; ci++)
+        for (size_t li = 0; li < N_LENGTHS; li++) {
+            const size_t n = LENGTHS[li];
+            const float cap = caps[ci];
+            float *x = new_floats(n);
+            fill_normal(&r, x, n, 0, 2 * cap);
+            if (n >= N_EXTREMES) memcpy(x, EXTREMES, sizeof EXTREMES);
+            expected e = expect_new(n);
+            for (size_t i = 0; i < n; i++) {
+                e.want[i] = ref_softcap(x[i], cap);
+                e.tol[i] = softcap_tol(e.want[i]);
+            }
+            memcpy(e.out, x, n * sizeof *x);
+            lk_softcap(lk_cpu(), e.out, n, cap);
+            char what[64];
+            snprintf(what, sizeof what, "softcap n=%zu cap=%g", n, (double)cap);
+            assert_expected(what, &e);
+            expect_free(&e);
+            free(x);
+        }
+}
+
+/* ---- lk_rotary ---------------------------------------------------------- */
+
+enum { ROT_POSITIONS = 67 };
+
+/* cos and sin [ROT_POSITIONS, rotary_dim / 2] of the angles
+ * p * 10000^(-2i / rotary_dim), rounded to float32 as a model loader fills
+ * them. */
+static void rotary_tables(float *cos_t, float *sin_t, int rotary_dim) {
+    const int half = rotary_dim / 2;
+    for (int p = 0; p < ROT_POSITIONS; p++)
+        for (int i = 0; i < half; i++) {
+            const double angle = p * pow(10000.0, -2.0 * i / rotary_dim);
+            cos_t[p * half + i] = (float)cos(angle);
+            sin_t[p * half + i] = (float)sin(angle);
+        }
+}
+
+/* Whole heads, partial rotary (Pythia's rotary_pct 0.25: 20 of 80), odd
+ * head sizes, one pair, and one large enough for the CPU loop to go
+ * parallel; positions drawn at random (out of order, repeated), the first
+ * being the tables' last row. */
+Test(rotary, matches_definition) {
+    static const int cases[][4] = {{1, 1, 2, 2},   {3, 2, 8, 8}, {17, 3, 64, 64},  {5, 4, 80, 20},
+                                   {7, 3, 23, 10}, {3, 2, 9, 2}, {129, 12, 64, 32}};
+    rng r = {1080};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++)
+        for (int interleaved = 0; interleaved < 2; interleaved++) {
+            const int N = cases[ci][0], H = cases[ci][1], dh = cases[ci][2], rd = cases[ci][3];
+            const size_t n = (size_t)N * H * dh, table = (size_t)ROT_POSITIONS * (rd / 2);
+            float *x = new_floats(n), *cos_t = new_floats(table), *sin_t = new_floats(table);
+            int32_t *pos = malloc((size_t)N * sizeof *pos);
+            cr_assert_not_null(pos, "out of memory");
+            fill_normal(&r, x, n, 0, 1);
+            rotary_tables(cos_t, sin_t, rd);
+            for (int i = 0; i < N; i++)
+                pos[i] = (int32_t)(rng_next(&r) % ROT_POSITIONS);
+            pos[0] = ROT_POSITIONS - 1;
+            expected e = expect_new(n);
+            ref_rotary(e.want, e.tol, x, N, H, dh, rd, interleaved, cos_t, sin_t, pos);
+            memcpy(e.out, x, n * sizeof *x);
+            lk_rotary(lk_cpu(), e.out, N, H, dh, rd, interleaved, cos_t, sin_t, pos);
+            char what[96];
+            snprintf(what, sizeof what, "rotary %s N=%d H=%d dh=%d rotary_dim=%d",
+                     interleaved ? "GPT-J" : "GPT-NeoX", N, H, dh, rd);
+            assert_expected(what, &e);
+            expect_free(&e);
+            free(x);
+            free(cos_t);
+            free(sin_t);
+            free(pos);
+        }
 }
 
 /* ---- lk_softmax_rows and lk_solu --------------------------------------- */
@@ -1040,11 +1365,13 @@ static int ms_rows(const int32_t *first, int32_t row[MS_B]) {
 }
 
 /* lk_mask_scores against the definition, for dense scores (every query) or
- * packed suffix queries: the score of (b, h, q, k) is raw / scale unless the
- * causal mask (k > q), the window (k <= q - window) or the left padding
- * masks it (-inf; causal only), then pad_score where key k holds the pad id.
- * One division or a constant per element: bit for bit. */
-static void check_mask_scores(bool causal, int window, bool padded, bool suffix) {
+ * packed suffix queries: the score of (b, h, q, k) is raw / scale
+ * (softcap * tanh(raw / scale / softcap) when softcap > 0) unless the causal
+ * mask (k > q), the window (k <= q - window) or the left padding masks it
+ * (-inf; causal only), then pad_score where key k holds the pad id. Without
+ * a softcap, one division or a constant per element: bit for bit; with one,
+ * the soft-capping tolerance of the top where not masked. */
+static void check_mask_scores(bool causal, int window, bool padded, bool suffix, float softcap) {
     const int32_t zeros[MS_B] = {0};
     const int32_t *first = suffix ? MS_FIRST : zeros;
     int32_t row[MS_B];
@@ -1068,7 +1395,8 @@ static void check_mask_scores(bool causal, int window, bool padded, bool suffix)
                        .attn_mask = padded ? mask : NULL,
                        .tokens = padded ? tokens : NULL,
                        .pad_id = padded ? MS_PAD : -1,
-                       .pad_score = pad_score};
+                       .pad_score = pad_score,
+                       .softcap = softcap};
     if (suffix) m.queries = (lk_query_rows){first, row, rows};
     lk_mask_scores(lk_cpu(), got, MS_B, MS_H, MS_T, scale, &m);
     for (int b = 0; b < MS_B; b++)
@@ -1080,13 +1408,23 @@ static void check_mask_scores(bool causal, int window, bool padded, bool suffix)
                             MS_T + k;
                     const bool masked = causal && (k > q || (window > 0 && k <= q - window) ||
                                                    (padded && !mask[b * MS_T + k]));
-                    float want = masked ? -INFINITY : raw[at] / scale;
-                    if (padded && tokens[b * MS_T + k] == MS_PAD) want = pad_score;
-                    cr_assert(memcmp(&got[at], &want, sizeof want) == 0,
-                              "mask_scores causal=%d window=%d padded=%d suffix=%d: b=%d h=%d "
-                              "q=%d k=%d is %g, want %g",
-                              causal, window, padded, suffix, b, h, q, k, (double)got[at],
-                              (double)want);
+                    const bool capped = softcap > 0 && !masked;
+                    double want = masked ? -INFINITY : raw[at] / scale, tol = 0.0;
+                    if (capped) {
+                        want = ref_softcap((double)raw[at] / scale, softcap);
+                        tol = softcap_tol(want);
+                    }
+                    if (padded && tokens[b * MS_T + k] == MS_PAD) {
+                        want = pad_score;
+                        tol = 0.0;
+                    }
+                    const float want_f = (float)want;
+                    cr_assert(tol > 0.0 ? fabs(got[at] - want) <= tol
+                                        : memcmp(&got[at], &want_f, sizeof want_f) == 0,
+                              "mask_scores causal=%d window=%d padded=%d suffix=%d softcap=%g: "
+                              "b=%d h=%d q=%d k=%d is %.9g, want %.9g",
+                              causal, window, padded, suffix, (double)softcap, b, h, q, k,
+                              (double)got[at], want);
                 }
     for (int i = 0; i < TAIL; i++)
         cr_assert_eq(got[n + i], SENTINEL, "mask_scores wrote past its scores");
@@ -1096,17 +1434,32 @@ static void check_mask_scores(bool causal, int window, bool padded, bool suffix)
 
 Test(mask_scores, every_query) {
     for (int padded = 0; padded < 2; padded++) {
-        check_mask_scores(true, 0, padded, false);
-        check_mask_scores(true, 3, padded, false);
-        check_mask_scores(false, 3, padded, false);
+        check_mask_scores(true, 0, padded, false, 0.0f);
+        check_mask_scores(true, 3, padded, false, 0.0f);
+        check_mask_scores(false, 3, padded, false, 0.0f);
     }
 }
 
 Test(mask_scores, suffix_queries) {
     for (int padded = 0; padded < 2; padded++) {
-        check_mask_scores(true, 0, padded, true);
-        check_mask_scores(true, 3, padded, true);
+        check_mask_scores(true, 0, padded, true, 0.0f);
+        check_mask_scores(true, 3, padded, true, 0.0f);
     }
+}
+
+/* Gemma 2's cap of 50, and a cap of 1 that bends the scores (raw sd 3 over
+ * scale 2.5) strongly, with and without a window, padding and suffix
+ * queries. */
+Test(mask_scores, softcap) {
+    static const float caps[] = {50.0f, 1.0f};
+    for (int ci = 0; ci < 2; ci++)
+        for (int padded = 0; padded < 2; padded++) {
+            check_mask_scores(true, 0, padded, false, caps[ci]);
+            check_mask_scores(true, 3, padded, false, caps[ci]);
+            check_mask_scores(false, 3, padded, false, caps[ci]);
+            check_mask_scores(true, 0, padded, true, caps[ci]);
+            check_mask_scores(true, 3, padded, true, caps[ci]);
+        }
 }
 
 /* Keys of MS_B rows continuing MS_P reference prompts: the prefix rows are
@@ -1215,31 +1568,37 @@ static void assert_same_bits(const char *what, const float *one, const float *al
 }
 
 Test(threads, elementwise_kernels_agree) {
-    static const struct {
-        const char *name;
-        lk_act act;
-    } acts[] = {{"relu", LK_RELU},
-                {"gelu", LK_GELU},
-                {"gelu_new", LK_GELU_NEW},
-                {"gelu_fast", LK_GELU_FAST},
-                {"silu", LK_SILU}};
     const size_t n = 300007;
     rng r = {1300};
     float *x = activation_inputs(&r, n), *y = new_floats(n);
     float *one = new_floats(n), *all = new_floats(n);
     fill_normal(&r, y, n, 0, 1);
-    for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++) {
+    for (size_t i = 0; i < N_ACTS; i++) {
+        char what[32];
         lk_set_threads(1);
-        lk_activation(lk_cpu(), acts[i].act, one, x, n);
+        lk_activation(lk_cpu(), ACTS[i].act, one, x, n);
         lk_set_threads(0);
-        lk_activation(lk_cpu(), acts[i].act, all, x, n);
-        assert_same_bits(acts[i].name, one, all, n);
+        lk_activation(lk_cpu(), ACTS[i].act, all, x, n);
+        assert_same_bits(ACTS[i].name, one, all, n);
+        lk_set_threads(1);
+        lk_gated_activation(lk_cpu(), ACTS[i].act, one, x, y, n);
+        lk_set_threads(0);
+        lk_gated_activation(lk_cpu(), ACTS[i].act, all, x, y, n);
+        snprintf(what, sizeof what, "gated %s", ACTS[i].name);
+        assert_same_bits(what, one, all, n);
     }
     lk_set_threads(1);
     lk_add(lk_cpu(), one, x, y, n);
     lk_set_threads(0);
     lk_add(lk_cpu(), all, x, y, n);
     assert_same_bits("add", one, all, n);
+    memcpy(one, y, n * sizeof *y);
+    memcpy(all, y, n * sizeof *y);
+    lk_set_threads(1);
+    lk_softcap(lk_cpu(), one, n, 1.0f);
+    lk_set_threads(0);
+    lk_softcap(lk_cpu(), all, n, 1.0f);
+    assert_same_bits("softcap", one, all, n);
     free(x);
     free(y);
     free(one);
@@ -1277,6 +1636,12 @@ Test(threads, row_kernels_agree) {
     lk_layernorm_pre(lk_cpu(), all, scale_all, x, N, C, 1e-5f);
     assert_same_bits("layernorm_pre normalized", one, all, n);
     assert_same_bits("layernorm_pre scale", scale_one, scale_all, (size_t)N);
+    lk_set_threads(1);
+    lk_rmsnorm_pre(lk_cpu(), one, scale_one, x, N, C, 1e-6f);
+    lk_set_threads(0);
+    lk_rmsnorm_pre(lk_cpu(), all, scale_all, x, N, C, 1e-6f);
+    assert_same_bits("rmsnorm_pre normalized", one, all, n);
+    assert_same_bits("rmsnorm_pre scale", scale_one, scale_all, (size_t)N);
     free(x);
     free(w);
     free(b);
