@@ -5,8 +5,9 @@
  *
  * Shapes: B batch, T positions, N = B*T rows (or, in a run with a suffix,
  * the computed rows: sum over b of Q_b = T - first[b], packed), d d_model,
- * h n_heads, dh d_head, hd = h*dh, m d_mlp, V d_vocab_out. Activations live
- * in one workspace; each buffer below is carved from it per run.
+ * h n_heads, kv n_kv_heads, dh d_head, hd = h*dh, kvd = kv*dh, m d_mlp,
+ * V d_vocab_out. Activations live in one workspace; each buffer below is
+ * carved from it per run.
  */
 #include "core/forward.h"
 
@@ -53,6 +54,7 @@ typedef struct forward_ctx {
     const int32_t *logit_rows;     /* [B] on the device: the row of the N each prompt's logits
                                       come from; NULL for every row */
     const int32_t *logit_ids;      /* [P, n] on the device (run->logit_ids), or NULL */
+    const int32_t *positions;      /* [N] on the device: each row's rotary position, or NULL */
     float *logits;                 /* the unembedding's output on the device, or NULL */
     lens_err *err;
 } forward_ctx;
@@ -124,8 +126,9 @@ typedef struct buffers {
     float *head_inputs[3]; /* q, k, v inputs [N, h, d] when heads split the attention input */
     float *q, *k, *v, *z, *scores, *pattern, *result, *attn_out;
     float *k_all, *v_all;          /* a suffix run's keys and values at every position */
-    float *prefix_k, *prefix_v;    /* off the host only: the reference run's [P, T, hd] */
-    float *mlp_in, *pre, *post, *mlp_out, *final_rows;
+    float *prefix_k, *prefix_v;    /* off the host only: the reference run's [P, T, kvd] */
+    float *mlp_in, *pre, *pre_linear, *post, *mlp_out, *final_rows;
+    int32_t *positions;            /* off the host only, rotary models: [N] */
     float *logits;                 /* off the host only: [N or B, V], or [B, n] of chosen ids */
     int32_t *tokens, *logit_rows;  /* off the host only: [B, T], [B] */
     int32_t *logit_ids;            /* off the host only: [P, n] */
@@ -143,10 +146,12 @@ static size_t lay_out(const forward_ctx *x, buffers *b, char *base) {
     const lens_config *c = x->c;
     const size_t N = x->N, B = (size_t)x->B, d = (size_t)c->d_model, h = (size_t)c->n_heads;
     const size_t hd = h * (size_t)c->d_head, m = (size_t)c->d_mlp;
+    const size_t kvd = (size_t)c->n_kv_heads * (size_t)c->d_head;
     const size_t T = (size_t)x->T, attn = N * h * T;
     const bool split = heads_split_input(c), off_host = !lk_host_memory(x->dev);
-    const size_t suffix_kv = x->suffix ? B * T * hd : 0;
-    const size_t prefix_kv = x->suffix && off_host ? (size_t)x->suffix->prompts * T * hd : 0;
+    const bool rotary = c->positions == LENS_POS_ROTARY;
+    const size_t suffix_kv = x->suffix ? B * T * kvd : 0;
+    const size_t prefix_kv = x->suffix && off_host ? (size_t)x->suffix->prompts * T * kvd : 0;
     const size_t suffix_rows = x->suffix && off_host ? B * sizeof(int32_t) : 0;
     const lens_logit_ids *ids = x->run->logit_ids;
     const size_t logit_rows = x->run->logit_positions ? B : N;
@@ -165,8 +170,8 @@ static size_t lay_out(const forward_ctx *x, buffers *b, char *base) {
         {(void **)&b->head_inputs[1], split ? N * h * d * f : 0},
         {(void **)&b->head_inputs[2], split ? N * h * d * f : 0},
         {(void **)&b->q, N * hd * f},
-        {(void **)&b->k, N * hd * f},
-        {(void **)&b->v, N * hd * f},
+        {(void **)&b->k, N * kvd * f},
+        {(void **)&b->v, N * kvd * f},
         {(void **)&b->k_all, suffix_kv * f},
         {(void **)&b->v_all, suffix_kv * f},
         {(void **)&b->prefix_k, prefix_kv * f},
@@ -178,6 +183,7 @@ static size_t lay_out(const forward_ctx *x, buffers *b, char *base) {
         {(void **)&b->attn_out, N * d * f},
         {(void **)&b->mlp_in, c->attn_only ? 0 : N * d * f},
         {(void **)&b->pre, N * m * f},
+        {(void **)&b->pre_linear, c->gated_mlp ? N * m * f : 0},
         {(void **)&b->post, N * m * f},
         {(void **)&b->mlp_out, N * d * f},
         {(void **)&b->final_rows, B * d * f},
@@ -188,6 +194,7 @@ static size_t lay_out(const forward_ctx *x, buffers *b, char *base) {
         {(void **)&b->first, suffix_rows},
         {(void **)&b->first_row, suffix_rows},
         {(void **)&b->attn_mask, off_host ? B * T : 0},
+        {(void **)&b->positions, off_host && rotary ? N * sizeof(int32_t) : 0},
     };
     const size_t n_plan = sizeof plan / sizeof plan[0];
     size_t total = 0;
@@ -223,10 +230,13 @@ static int carve(forward_ctx *x, buffers *b) {
     return 0;
 }
 
-/* Points x at the batch's tokens, mask, logit rows (host logit_rows [B])
- * and suffix rows on the device, uploading them off the host. */
-static void place_inputs(forward_ctx *x, buffers *b, const int32_t *logit_rows) {
+/* Points x at the batch's tokens, mask, logit rows (host logit_rows [B]),
+ * rotary positions (host positions [N], or NULL) and suffix rows on the
+ * device, uploading them off the host. */
+static void place_inputs(forward_ctx *x, buffers *b, const int32_t *logit_rows,
+                         const int32_t *positions) {
     const lens_batch *batch = x->batch;
+    x->positions = positions;
     x->tokens = batch->tokens;
     x->attn_mask = batch->attn_mask;
     x->logit_rows = x->run->logit_positions ? logit_rows : NULL;
@@ -235,6 +245,10 @@ static void place_inputs(forward_ctx *x, buffers *b, const int32_t *logit_rows) 
     if (x->suffix)
         x->queries = (lk_query_rows){x->suffix->first, x->first_row, (int)x->N};
     if (lk_host_memory(x->dev)) return;
+    if (positions) {
+        lk_upload(x->dev, b->positions, positions, x->N * sizeof(int32_t));
+        x->positions = b->positions;
+    }
     lk_upload(x->dev, b->tokens, batch->tokens, (size_t)x->B * x->T * sizeof(int32_t));
     x->tokens = b->tokens;
     if (batch->attn_mask) {
@@ -261,30 +275,42 @@ static void place_inputs(forward_ctx *x, buffers *b, const int32_t *logit_rows) 
 
 /* hook_embed, hook_pos_embed, and their sum into resid. With an attention
  * mask, positions count real tokens only and pads get no position embedding
- * (TL's get_offset_position_ids). */
+ * (TL's get_offset_position_ids). Rotary models have no position
+ * embedding: their positions enter q and k. */
 static int embed(forward_ctx *x, buffers *b) {
     const int d = x->c->d_model;
     if (fire(x, LENS_HOOK_TOKENS, 0, (void *)x->batch->tokens)) return -1;
     float *tok_embed = b->resid, *pos_embed = b->resid_mid;
+    if (x->c->positions == LENS_POS_ROTARY) {
+        lk_gather_rows(x->dev, tok_embed, x->w->W_E, x->tokens, (int)x->N, d);
+        return fire(x, LENS_HOOK_EMBED, 0, tok_embed);
+    }
     lk_embed(x->dev, tok_embed, pos_embed, x->w->W_E, x->w->W_pos, x->tokens, x->attn_mask, x->B,
              x->T, d);
-    if (fire(x, LENS_HOOK_EMBED, 0, tok_embed) || fire(x, LENS_HOOK_POS_EMBED, 0, pos_embed))
-        return -1;
+    if (fire(x, LENS_HOOK_EMBED, 0, tok_embed)) return -1;
+    if (fire(x, LENS_HOOK_POS_EMBED, 0, pos_embed)) return -1;
     lk_add(x->dev, b->resid, tok_embed, pos_embed, x->N * (size_t)d);
     return 0;
 }
 
-/* A LayerNorm as TL runs it on rows of width C: hook_scale and
- * hook_normalized fire on (x - mean) / scale, then the weight and bias apply
- * (LN) or not (LNPre). out may alias inp. */
-static int layer_norm(forward_ctx *x, lens_norm norm, const float *w, const float *bias, float *out,
-                      float *scale, const float *inp, size_t rows, int C, lens_hook_kind scale_hook,
-                      lens_hook_kind normalized_hook, int layer) {
-    lk_layernorm_pre(x->dev, out, scale, inp, (int)rows, C, x->c->eps);
+/* A LayerNorm or RMSNorm as TL runs it on rows of width C: hook_scale and
+ * hook_normalized fire on (x - mean) / scale or x / scale, then the weight
+ * (and a LayerNorm's bias) apply unless the norm is LNPre / RMSPre. out may
+ * alias inp. */
+static int normalize(forward_ctx *x, lens_norm norm, const float *w, const float *bias, float *out,
+                     float *scale, const float *inp, size_t rows, int C, lens_hook_kind scale_hook,
+                     lens_hook_kind normalized_hook, int layer) {
+    const bool rms = norm == LENS_NORM_RMS || norm == LENS_NORM_RMSPRE;
+    if (rms)
+        lk_rmsnorm_pre(x->dev, out, scale, inp, (int)rows, C, x->c->eps);
+    else
+        lk_layernorm_pre(x->dev, out, scale, inp, (int)rows, C, x->c->eps);
     if (fire(x, scale_hook, layer, scale) || fire(x, normalized_hook, layer, out)) return -1;
-    if (norm == LENS_NORM_LN) lk_affine(x->dev, out, out, w, bias, (int)rows, C);
+    if (norm == LENS_NORM_LN || norm == LENS_NORM_RMS)
+        lk_affine(x->dev, out, out, w, rms ? NULL : bias, (int)rows, C);
     return 0;
 }
+
 
 /* Scores of one layer: q.k / attn_scale, then TL's masks and the pad-key
  * mask (-1e5). TL applies the causal, local-window and attention masks
@@ -294,16 +320,20 @@ static int layer_norm(forward_ctx *x, lens_norm norm, const float *w, const floa
 static void attention_scores(const forward_ctx *x, const buffers *b, const float *keys, int layer) {
     const lens_config *c = x->c;
     const int B = x->B, T = x->T, h = c->n_heads, dh = c->d_head, hd = h * dh;
+    const int kv = c->n_kv_heads, group = h / kv, kvd = kv * dh;
     float attn_scale = c->attn_scale;
     if (c->scale_attn_by_inverse_layer_idx) attn_scale *= (float)(layer + 1);
-    // scores[bi, hi] (Q,T) = q[bi, :, hi, :] (Q,dh) @ keys[bi, :, hi, :]^T (T,dh), for bi's Q
-    // query rows; heads sit side by side
+    // scores[bi, hi] (Q,T) = q[bi, :, hi, :] (Q,dh) @ keys[bi, :, hi / group, :]^T (T,dh), for
+    // bi's Q query rows; heads sit side by side, and the group of query heads that share a key
+    // head is one batched product
     for (int bi = 0; bi < B; bi++) {
         const int Q = T - first_position(x, bi);
         const size_t row = first_row(x, bi);
-        lk_matmul_batched(x->dev, b->scores + row * h * T, T, (size_t)Q * T, b->q + row * hd, hd,
-                          (size_t)dh, keys + (size_t)bi * T * hd, hd, (size_t)dh, true, Q, dh, T,
-                          h);
+        for (int g = 0; g < kv; g++)
+            lk_matmul_batched(x->dev, b->scores + (row * h + (size_t)g * group * Q) * T, T,
+                              (size_t)Q * T, b->q + row * hd + (size_t)g * group * dh, hd,
+                              (size_t)dh, keys + (size_t)bi * T * kvd + (size_t)g * dh, kvd, 0,
+                              true, Q, dh, T, group);
     }
     const bool local = c->use_local_attn && c->layer_is_local[layer];
     const lk_score_mask mask = {
@@ -313,6 +343,7 @@ static void attention_scores(const forward_ctx *x, const buffers *b, const float
         .tokens = x->tokens,
         .pad_id = x->m->rules.mask_pad_keys ? x->m->rules.pad_id : -1,
         .pad_score = PAD_KEY_SCORE,
+        .softcap = c->attn_softcap,
         .queries = x->queries,
     };
     lk_mask_scores(x->dev, b->scores, B, h, T, attn_scale, &mask);
@@ -324,42 +355,49 @@ static void attention_scores(const forward_ctx *x, const buffers *b, const float
 static void project_qkv(const forward_ctx *x, const buffers *b, const lens_layer_weights *lw,
                         float *const inputs[3]) {
     const lens_config *c = x->c;
-    const int d = c->d_model, h = c->n_heads, dh = c->d_head, hd = h * dh;
+    const int d = c->d_model, dh = c->d_head;
     const int N = (int)x->N;
     const float *W[3] = {lw->W_Q, lw->W_K, lw->W_V};
     const float *bias[3] = {lw->b_Q, lw->b_K, lw->b_V};
+    const int heads[3] = {c->n_heads, c->n_kv_heads, c->n_kv_heads};
     float *out[3] = {b->q, b->k, b->v};
     for (int i = 0; i < 3; i++) {
+        const int width = heads[i] * dh;
         if (!heads_split_input(c)) {
-            lk_matmul(x->dev, out[i], hd, b->normed, d, W[i], hd, bias[i], N, d, hd, false);
+            lk_matmul(x->dev, out[i], width, b->normed, d, W[i], width, bias[i], N, d, width,
+                      false);
             continue;
         }
-        for (int hi = 0; hi < h; hi++)
-            lk_matmul(x->dev, out[i] + (size_t)hi * dh, hd, inputs[i] + (size_t)hi * d, h * d,
-                      W[i] + (size_t)hi * dh, hd, bias[i] + (size_t)hi * dh, N, d, dh, false);
+        for (int hi = 0; hi < heads[i]; hi++)
+            lk_matmul(x->dev, out[i] + (size_t)hi * dh, width, inputs[i] + (size_t)hi * d,
+                      heads[i] * d, W[i] + (size_t)hi * dh, width, bias[i] + (size_t)hi * dh, N,
+                      d, dh, false);
     }
 }
 
-/* A suffix run's keys (or values) at every position into all [B, T, hd]:
- * the reference run's host [P, T, hd] before each row's first position
- * (staged in prefix off the host), the computed rows [N, hd] after. */
+/* A suffix run's keys (or values) at every position into all [B, T, kvd]:
+ * the reference run's host [P, T, kvd] before each row's first position
+ * (staged in prefix off the host), the computed rows [N, kvd] after. */
 static void join_prefix(const forward_ctx *x, float *all, float *prefix, const float *reference,
                         const float *computed) {
-    const int P = x->suffix->prompts, T = x->T, hd = x->c->n_heads * x->c->d_head;
+    const int P = x->suffix->prompts, T = x->T, kvd = x->c->n_kv_heads * x->c->d_head;
     const float *from = reference;
     if (!lk_host_memory(x->dev)) {
-        lk_upload(x->dev, prefix, reference, (size_t)P * T * hd * sizeof(float));
+        lk_upload(x->dev, prefix, reference, (size_t)P * T * kvd * sizeof(float));
         from = prefix;
     }
-    lk_splice_prefix(x->dev, all, from, computed, x->queries, x->B, P, T, hd);
+    lk_splice_prefix(x->dev, all, from, computed, x->queries, x->B, P, T, kvd);
 }
 
-static int attention(forward_ctx *x, buffers *b, int layer) {
+/* The input of attention (TL's ln1 of resid_pre, per head when the input
+ * is split by head) into b->normed or b->head_inputs; *inputs say which. */
+static int attention_input(forward_ctx *x, buffers *b, int layer, float *inputs[3]) {
     const lens_config *c = x->c;
     const lens_layer_weights *lw = &x->w->layers[layer];
-    const int B = x->B, T = x->T, d = c->d_model, h = c->n_heads, dh = c->d_head, hd = h * dh;
+    const int d = c->d_model, h = c->n_heads;
     const size_t N = x->N;
-    float *inputs[3] = {b->normed, b->normed, b->normed};
+    const bool pre_norm = c->normalization != LENS_NORM_NONE && c->norm_placement != LENS_NORM_AFTER;
+    inputs[0] = inputs[1] = inputs[2] = b->normed;
     if (heads_split_input(c)) {
         /* TL repeats resid_pre per head ([B, T, h, d]) and normalises each copy. */
         lk_repeat_rows(x->dev, b->head_inputs[0], b->resid, (int)N, h, d);
@@ -374,21 +412,72 @@ static int attention(forward_ctx *x, buffers *b, int layer) {
         if (c->use_split_qkv_input)
             for (int i = 0; i < 3; i++)
                 if (fire(x, split_hooks[i], layer, inputs[i])) return -1;
-        for (int i = 0; i < 3 && c->normalization != LENS_NORM_NONE; i++)
-            if (layer_norm(x, c->normalization, lw->ln1_w, lw->ln1_b, inputs[i], b->scale,
-                           inputs[i], N * h, d, LENS_HOOK_LN1_SCALE, LENS_HOOK_LN1_NORMALIZED,
-                           layer))
+        for (int i = 0; i < 3 && pre_norm; i++)
+            if (normalize(x, c->normalization, lw->ln1_w, lw->ln1_b, inputs[i], b->scale,
+                          inputs[i], N * h, d, LENS_HOOK_LN1_SCALE, LENS_HOOK_LN1_NORMALIZED,
+                          layer))
                 return -1;
-    } else if (c->normalization != LENS_NORM_NONE) {
-        if (layer_norm(x, c->normalization, lw->ln1_w, lw->ln1_b, b->normed, b->scale, b->resid, N,
-                       d, LENS_HOOK_LN1_SCALE, LENS_HOOK_LN1_NORMALIZED, layer))
-            return -1;
-    } else {
-        lk_copy(x->dev, b->normed, b->resid, N * d * sizeof(float));
+        return 0;
     }
+    if (pre_norm)
+        return normalize(x, c->normalization, lw->ln1_w, lw->ln1_b, b->normed, b->scale, b->resid,
+                         N, d, LENS_HOOK_LN1_SCALE, LENS_HOOK_LN1_NORMALIZED, layer);
+    lk_copy(x->dev, b->normed, b->resid, N * d * sizeof(float));
+    return 0;
+}
+
+/* q/k norms (RMSNorm with weight, per head or over all heads) and rotary
+ * embeddings on q [N, h, dh] and k [N, kv, dh], with their hook points. */
+static int position_queries_keys(forward_ctx *x, buffers *b, int layer) {
+    const lens_config *c = x->c;
+    const lens_layer_weights *lw = &x->w->layers[layer];
+    const int dh = c->d_head, N = (int)x->N;
+    const int heads[2] = {c->n_heads, c->n_kv_heads};
+    float *qk[2] = {b->q, b->k};
+    const float *norm_w[2] = {lw->q_norm_w, lw->k_norm_w};
+    static const lens_hook_kind norm_hooks[2][2] = {
+        {LENS_HOOK_Q_NORM_SCALE, LENS_HOOK_Q_NORM_NORMALIZED},
+        {LENS_HOOK_K_NORM_SCALE, LENS_HOOK_K_NORM_NORMALIZED}};
+    for (int i = 0; i < 2 && c->qk_norm != LENS_QK_NORM_NONE; i++) {
+        const bool per_head = c->qk_norm == LENS_QK_NORM_PER_HEAD;
+        const int rows = per_head ? N * heads[i] : N, width = per_head ? dh : heads[i] * dh;
+        if (normalize(x, LENS_NORM_RMS, norm_w[i], NULL, qk[i], b->scale, qk[i], (size_t)rows,
+                      width, norm_hooks[i][0], norm_hooks[i][1], layer))
+            return -1;
+    }
+    if (c->positions != LENS_POS_ROTARY) return 0;
+    const int table = c->use_local_attn && c->layer_is_local[layer] ? 1 : 0;
+    static const lens_hook_kind rot_hooks[2] = {LENS_HOOK_ROT_Q, LENS_HOOK_ROT_K};
+    for (int i = 0; i < 2; i++) {
+        lk_rotary(x->dev, qk[i], N, heads[i], dh, c->rotary.dim, c->rotary.interleaved,
+                  x->w->rotary_cos[table], x->w->rotary_sin[table], x->positions);
+        if (fire(x, rot_hooks[i], layer, qk[i])) return -1;
+    }
+    return 0;
+}
+
+/* A norm on a block's output (ln1_post / ln2_post: Gemma 2/3's sandwich
+ * norms, OLMo 2's only norms) in place, with its hook points. They keep
+ * their weights whatever fold_ln did, and every family that has them uses
+ * RMSNorm. */
+static int output_norm_in_place(forward_ctx *x, buffers *b, float *out, const float *w,
+                                lens_hook_kind scale_hook, lens_hook_kind normalized_hook,
+                                int layer) {
+    return normalize(x, LENS_NORM_RMS, w, NULL, out, b->scale, out, x->N, x->c->d_model,
+                     scale_hook, normalized_hook, layer);
+}
+
+static int attention(forward_ctx *x, buffers *b, int layer) {
+    const lens_config *c = x->c;
+    const lens_layer_weights *lw = &x->w->layers[layer];
+    const int B = x->B, T = x->T, d = c->d_model, h = c->n_heads, dh = c->d_head, hd = h * dh;
+    const int kv = c->n_kv_heads, group = h / kv, kvd = kv * dh;
+    const size_t N = x->N;
+    float *inputs[3];
+    if (attention_input(x, b, layer, inputs)) return -1;
     project_qkv(x, b, lw, inputs);
     if (fire(x, LENS_HOOK_Q, layer, b->q) || fire(x, LENS_HOOK_K, layer, b->k) ||
-        fire(x, LENS_HOOK_V, layer, b->v))
+        fire(x, LENS_HOOK_V, layer, b->v) || position_queries_keys(x, b, layer))
         return -1;
     const float *keys = b->k, *values = b->v;
     if (x->suffix) {
@@ -400,13 +489,15 @@ static int attention(forward_ctx *x, buffers *b, int layer) {
     if (fire(x, LENS_HOOK_ATTN_SCORES, layer, b->scores)) return -1;
     lk_softmax_rows(x->dev, b->pattern, b->scores, (int)N * h, T);
     if (fire(x, LENS_HOOK_PATTERN, layer, b->pattern)) return -1;
-    // z[bi, :, hi, :] (Q,dh) = pattern[bi, hi] (Q,T) @ values[bi, :, hi, :] (T,dh)
+    // z[bi, :, hi, :] (Q,dh) = pattern[bi, hi] (Q,T) @ values[bi, :, hi / group, :] (T,dh)
     for (int bi = 0; bi < B; bi++) {
         const int Q = T - first_position(x, bi);
         const size_t row = first_row(x, bi);
-        lk_matmul_batched(x->dev, b->z + row * hd, hd, (size_t)dh, b->pattern + row * h * T, T,
-                          (size_t)Q * T, values + (size_t)bi * T * hd, hd, (size_t)dh, false, Q,
-                          T, dh, h);
+        for (int g = 0; g < kv; g++)
+            lk_matmul_batched(x->dev, b->z + row * hd + (size_t)g * group * dh, hd, (size_t)dh,
+                              b->pattern + (row * h + (size_t)g * group * Q) * T, T,
+                              (size_t)Q * T, values + (size_t)bi * T * kvd + (size_t)g * dh, kvd,
+                              0, false, Q, T, dh, group);
     }
     if (fire(x, LENS_HOOK_Z, layer, b->z)) return -1;
     if (c->use_attn_result) {
@@ -419,6 +510,10 @@ static int attention(forward_ctx *x, buffers *b, int layer) {
     } else {
         lk_matmul(x->dev, b->attn_out, d, b->z, hd, lw->W_O, d, lw->b_O, (int)N, hd, d, false);
     }
+    if (c->norm_placement != LENS_NORM_BEFORE &&
+        output_norm_in_place(x, b, b->attn_out, lw->ln1_post_w, LENS_HOOK_LN1_POST_SCALE,
+                             LENS_HOOK_LN1_POST_NORMALIZED, layer))
+        return -1;
     return fire(x, LENS_HOOK_ATTN_OUT, layer, b->attn_out);
 }
 
@@ -439,49 +534,73 @@ static lk_act kernel_activation(lens_act act) {
     return LK_GELU_NEW;
 }
 
-static int mlp(forward_ctx *x, buffers *b, int layer) {
+/* The MLP of a block on its input `in` (resid_mid, or resid_pre in
+ * parallel blocks) into b->mlp_out. */
+static int mlp(forward_ctx *x, buffers *b, const float *in, int layer) {
     const lens_config *c = x->c;
     const lens_layer_weights *lw = &x->w->layers[layer];
     const int d = c->d_model, m = c->d_mlp;
     const size_t N = x->N;
-    const float *in = b->resid_mid;
     if (c->use_hook_mlp_in) {
-        /* TL hooks a clone: an edit here changes the MLP's input, not resid_mid. */
-        lk_copy(x->dev, b->mlp_in, b->resid_mid, N * d * sizeof(float));
+        /* TL hooks a clone: an edit here changes the MLP's input, not the residual stream. */
+        lk_copy(x->dev, b->mlp_in, in, N * d * sizeof(float));
         if (fire(x, LENS_HOOK_MLP_IN, layer, b->mlp_in)) return -1;
         in = b->mlp_in;
     }
-    if (c->normalization != LENS_NORM_NONE) {
-        if (layer_norm(x, c->normalization, lw->ln2_w, lw->ln2_b, b->normed, b->scale, in, N, d,
-                       LENS_HOOK_LN2_SCALE, LENS_HOOK_LN2_NORMALIZED, layer))
+    if (c->shared_ln) {
+        in = b->normed; /* ln1's output, which attention read too (GPT-J, Phi) */
+    } else if (c->normalization != LENS_NORM_NONE && c->norm_placement != LENS_NORM_AFTER) {
+        if (normalize(x, c->normalization, lw->ln2_w, lw->ln2_b, b->normed, b->scale, in, N, d,
+                      LENS_HOOK_LN2_SCALE, LENS_HOOK_LN2_NORMALIZED, layer))
             return -1;
         in = b->normed;
     }
-    lk_matmul(x->dev, b->pre, m, in, d, lw->W_in, m, lw->b_in, (int)N, d, m, false);
-    if (fire(x, LENS_HOOK_MLP_PRE, layer, b->pre)) return -1;
-    if (c->act_fn == LENS_ACT_SOLU_LN) {
-        lk_solu(x->dev, b->post, b->pre, (int)N, m);
-        if (fire(x, LENS_HOOK_MLP_MID, layer, b->post)) return -1;
-        lens_norm norm = lw->mlp_ln_w ? LENS_NORM_LN : LENS_NORM_LNPRE;
-        if (layer_norm(x, norm, lw->mlp_ln_w, lw->mlp_ln_b, b->post, b->scale, b->post, N, m,
-                       LENS_HOOK_MLP_LN_SCALE, LENS_HOOK_MLP_LN_NORMALIZED, layer))
-            return -1;
+    if (c->gated_mlp) {
+        // post = act(in @ W_gate) * (in @ W_in), TL's GatedMLP (b_in is zeros for these families)
+        lk_matmul(x->dev, b->pre, m, in, d, lw->W_gate, m, NULL, (int)N, d, m, false);
+        if (fire(x, LENS_HOOK_MLP_PRE, layer, b->pre)) return -1;
+        lk_matmul(x->dev, b->pre_linear, m, in, d, lw->W_in, m, lw->b_in, (int)N, d, m, false);
+        if (fire(x, LENS_HOOK_MLP_PRE_LINEAR, layer, b->pre_linear)) return -1;
+        lk_gated_activation(x->dev, kernel_activation(c->act_fn), b->post, b->pre, b->pre_linear,
+                            N * m);
     } else {
-        lk_activation(x->dev, kernel_activation(c->act_fn), b->post, b->pre, N * m);
+        lk_matmul(x->dev, b->pre, m, in, d, lw->W_in, m, lw->b_in, (int)N, d, m, false);
+        if (fire(x, LENS_HOOK_MLP_PRE, layer, b->pre)) return -1;
+        if (c->act_fn == LENS_ACT_SOLU_LN) {
+            lk_solu(x->dev, b->post, b->pre, (int)N, m);
+            if (fire(x, LENS_HOOK_MLP_MID, layer, b->post)) return -1;
+            lens_norm norm = lw->mlp_ln_w ? LENS_NORM_LN : LENS_NORM_LNPRE;
+            if (normalize(x, norm, lw->mlp_ln_w, lw->mlp_ln_b, b->post, b->scale, b->post, N, m,
+                          LENS_HOOK_MLP_LN_SCALE, LENS_HOOK_MLP_LN_NORMALIZED, layer))
+                return -1;
+        } else {
+            lk_activation(x->dev, kernel_activation(c->act_fn), b->post, b->pre, N * m);
+        }
     }
     if (fire(x, LENS_HOOK_MLP_POST, layer, b->post)) return -1;
     lk_matmul(x->dev, b->mlp_out, d, b->post, m, lw->W_out, d, lw->b_out, (int)N, m, d, false);
+    if (c->norm_placement != LENS_NORM_BEFORE &&
+        output_norm_in_place(x, b, b->mlp_out, lw->ln2_post_w, LENS_HOOK_LN2_POST_SCALE,
+                             LENS_HOOK_LN2_POST_NORMALIZED, layer))
+        return -1;
     return fire(x, LENS_HOOK_MLP_OUT, layer, b->mlp_out);
 }
 
 static int block(forward_ctx *x, buffers *b, int layer) {
-    const size_t nd = x->N * (size_t)x->c->d_model;
+    const lens_config *c = x->c;
+    const size_t nd = x->N * (size_t)c->d_model;
     if (fire(x, LENS_HOOK_RESID_PRE, layer, b->resid) || attention(x, b, layer)) return -1;
-    if (x->c->attn_only) {
+    if (c->attn_only) {
         lk_add(x->dev, b->resid, b->resid, b->attn_out, nd);
+    } else if (c->parallel_attn_mlp) {
+        /* resid_post = resid_pre + attn_out + mlp_out, the MLP reading resid_pre too */
+        if (mlp(x, b, b->resid, layer)) return -1;
+        lk_add(x->dev, b->resid, b->resid, b->attn_out, nd);
+        lk_add(x->dev, b->resid, b->resid, b->mlp_out, nd);
     } else {
         lk_add(x->dev, b->resid_mid, b->resid, b->attn_out, nd);
-        if (fire(x, LENS_HOOK_RESID_MID, layer, b->resid_mid) || mlp(x, b, layer)) return -1;
+        if (fire(x, LENS_HOOK_RESID_MID, layer, b->resid_mid) || mlp(x, b, b->resid_mid, layer))
+            return -1;
         lk_add(x->dev, b->resid, b->resid_mid, b->mlp_out, nd);
     }
     return fire(x, LENS_HOOK_RESID_POST, layer, b->resid);
@@ -495,25 +614,31 @@ static int unembed(forward_ctx *x, buffers *b) {
     const int d = c->d_model, V = c->d_vocab_out;
     float *final = b->resid;
     if (c->normalization != LENS_NORM_NONE) {
-        if (layer_norm(x, c->normalization, w->ln_final_w, w->ln_final_b, b->normed, b->scale,
-                       b->resid, x->N, d, LENS_HOOK_LN_FINAL_SCALE, LENS_HOOK_LN_FINAL_NORMALIZED,
-                       0))
+        if (normalize(x, c->normalization, w->ln_final_w, w->ln_final_b, b->normed, b->scale,
+                      b->resid, x->N, d, LENS_HOOK_LN_FINAL_SCALE, LENS_HOOK_LN_FINAL_NORMALIZED,
+                      0))
             return -1;
         final = b->normed;
     }
     if (fire(x, LENS_HOOK_UNEMBED_IN, 0, final)) return -1;
     if (!x->logits) return 0;
+    const lens_logit_ids *ids = x->run->logit_ids;
+    const size_t rows = x->logit_rows ? (size_t)x->B : x->N;
+    const size_t cols = ids ? (size_t)ids->n : (size_t)V;
     if (!x->logit_rows) {
         lk_matmul(x->dev, x->logits, V, final, d, w->W_U, V, w->b_U, (int)x->N, d, V, false);
-        return fire(x, LENS_HOOK_UNEMBED_OUT, 0, x->logits);
+        if (fire(x, LENS_HOOK_UNEMBED_OUT, 0, x->logits)) return -1;
+    } else {
+        lk_gather_rows(x->dev, b->final_rows, final, x->logit_rows, x->B, d);
+        if (ids)
+            lk_matmul_columns(x->dev, x->logits, b->final_rows, w->W_U, w->b_U, x->logit_ids,
+                              x->B, ids->P, ids->n, d, V);
+        else
+            lk_matmul(x->dev, x->logits, V, b->final_rows, d, w->W_U, V, w->b_U, x->B, d, V,
+                      false);
     }
-    lk_gather_rows(x->dev, b->final_rows, final, x->logit_rows, x->B, d);
-    const lens_logit_ids *ids = x->run->logit_ids;
-    if (ids)
-        lk_matmul_columns(x->dev, x->logits, b->final_rows, w->W_U, w->b_U, x->logit_ids, x->B,
-                          ids->P, ids->n, d, V);
-    else
-        lk_matmul(x->dev, x->logits, V, b->final_rows, d, w->W_U, V, w->b_U, x->B, d, V, false);
+    /* TL soft-caps the logits after the unembedding (and its hook) */
+    if (c->logit_softcap > 0) lk_softcap(x->dev, x->logits, rows * cols, c->logit_softcap);
     return 0;
 }
 
@@ -693,6 +818,25 @@ static size_t computed_rows(const lens_batch *batch, const lens_run *run, int32_
     return N;
 }
 
+/* The rotary position of each computed row ([N], malloc'd; NULL when out
+ * of memory): its position t, or with an attention mask TL's offset
+ * position (real tokens up to t, minus one, and 0 before the first). */
+static int32_t *rotary_positions(const lens_batch *batch, const lens_run *run, size_t N) {
+    int32_t *positions = malloc((N ? N : 1) * sizeof *positions);
+    if (!positions) return NULL;
+    size_t n = 0;
+    for (int bi = 0; bi < batch->B; bi++) {
+        const int first = run->suffix ? run->suffix->first[bi] : 0;
+        int seen = 0;
+        for (int t = 0; t < batch->T; t++) {
+            const uint8_t *mask = batch->attn_mask;
+            seen += mask && mask[(size_t)bi * batch->T + t];
+            if (t >= first) positions[n++] = mask ? (seen > 0 ? seen - 1 : 0) : t;
+        }
+    }
+    return positions;
+}
+
 size_t lens_forward_bytes(const lens_model *m, const lens_batch *batch, const lens_run *run) {
     const forward_ctx x = {.m = m,
                            .c = &m->cfg,
@@ -718,6 +862,12 @@ int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batc
         return -1;
     }
     const size_t N = computed_rows(batch, run, rows);
+    int32_t *positions = NULL;
+    if (c->positions == LENS_POS_ROTARY && !(positions = rotary_positions(batch, run, N))) {
+        free(rows);
+        lens_err_set_code(err, LENS_ERR_NO_MEMORY, "out of host memory for %zu positions", N);
+        return -1;
+    }
     forward_ctx x = {.m = m,
                      .c = c,
                      .w = &m->dw,
@@ -734,9 +884,10 @@ int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batc
     buffers b;
     if (carve(&x, &b)) {
         free(rows);
+        free(positions);
         return -1;
     }
-    place_inputs(&x, &b, rows + batch->B);
+    place_inputs(&x, &b, rows + batch->B, positions);
     /* recorded: the plain runs, the ones repeated with the same shape */
     const bool plain = !any_hook_enabled(&x) && !run->resid_start && !run->logit_ids &&
                        !run->end_layer;
@@ -755,5 +906,6 @@ int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batc
         rc = -1;
     }
     free(rows);
+    free(positions);
     return rc;
 }

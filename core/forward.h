@@ -56,8 +56,10 @@ typedef struct lens_batch {
 typedef struct lens_suffix {
     const int32_t *first;   /* [B] host, each in [0, T) */
     int prompts;            /* the reference run's P prompts: row b continues prompt b % P */
-    const float *const *k;  /* [n_layers] host [P, T, H, d_head]: the reference run's hook_k
-                               (read for the layers the run computes) */
+    const float *const *k;  /* [n_layers] host [P, T, n_kv_heads, d_head]: the reference
+                               run's keys as attention reads them (lens_attention_keys:
+                               hook_k, or hook_rot_k in rotary models), for the layers the
+                               run computes */
     const float *const *v;  /* the same for hook_v */
 } lens_suffix;
 

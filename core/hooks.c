@@ -23,20 +23,31 @@ static const char *const hook_formats[LENS_HOOK_KIND_COUNT] = {
     [LENS_HOOK_Q] = "blocks.%d.attn.hook_q",
     [LENS_HOOK_K] = "blocks.%d.attn.hook_k",
     [LENS_HOOK_V] = "blocks.%d.attn.hook_v",
+    [LENS_HOOK_Q_NORM_SCALE] = "blocks.%d.attn.q_norm.hook_scale",
+    [LENS_HOOK_Q_NORM_NORMALIZED] = "blocks.%d.attn.q_norm.hook_normalized",
+    [LENS_HOOK_K_NORM_SCALE] = "blocks.%d.attn.k_norm.hook_scale",
+    [LENS_HOOK_K_NORM_NORMALIZED] = "blocks.%d.attn.k_norm.hook_normalized",
+    [LENS_HOOK_ROT_Q] = "blocks.%d.attn.hook_rot_q",
+    [LENS_HOOK_ROT_K] = "blocks.%d.attn.hook_rot_k",
     [LENS_HOOK_ATTN_SCORES] = "blocks.%d.attn.hook_attn_scores",
     [LENS_HOOK_PATTERN] = "blocks.%d.attn.hook_pattern",
     [LENS_HOOK_Z] = "blocks.%d.attn.hook_z",
     [LENS_HOOK_RESULT] = "blocks.%d.attn.hook_result",
+    [LENS_HOOK_LN1_POST_SCALE] = "blocks.%d.ln1_post.hook_scale",
+    [LENS_HOOK_LN1_POST_NORMALIZED] = "blocks.%d.ln1_post.hook_normalized",
     [LENS_HOOK_ATTN_OUT] = "blocks.%d.hook_attn_out",
     [LENS_HOOK_RESID_MID] = "blocks.%d.hook_resid_mid",
     [LENS_HOOK_MLP_IN] = "blocks.%d.hook_mlp_in",
     [LENS_HOOK_LN2_SCALE] = "blocks.%d.ln2.hook_scale",
     [LENS_HOOK_LN2_NORMALIZED] = "blocks.%d.ln2.hook_normalized",
     [LENS_HOOK_MLP_PRE] = "blocks.%d.mlp.hook_pre",
+    [LENS_HOOK_MLP_PRE_LINEAR] = "blocks.%d.mlp.hook_pre_linear",
     [LENS_HOOK_MLP_MID] = "blocks.%d.mlp.hook_mid",
     [LENS_HOOK_MLP_LN_SCALE] = "blocks.%d.mlp.ln.hook_scale",
     [LENS_HOOK_MLP_LN_NORMALIZED] = "blocks.%d.mlp.ln.hook_normalized",
     [LENS_HOOK_MLP_POST] = "blocks.%d.mlp.hook_post",
+    [LENS_HOOK_LN2_POST_SCALE] = "blocks.%d.ln2_post.hook_scale",
+    [LENS_HOOK_LN2_POST_NORMALIZED] = "blocks.%d.ln2_post.hook_normalized",
     [LENS_HOOK_MLP_OUT] = "blocks.%d.hook_mlp_out",
     [LENS_HOOK_RESID_POST] = "blocks.%d.hook_resid_post",
     [LENS_HOOK_LN_FINAL_SCALE] = "ln_final.hook_scale",
@@ -45,16 +56,40 @@ static const char *const hook_formats[LENS_HOOK_KIND_COUNT] = {
     [LENS_HOOK_UNEMBED_OUT] = "unembed.hook_out",
 };
 
+lens_hook_kind lens_attention_keys(const lens_config *cfg) {
+    return cfg->positions == LENS_POS_ROTARY ? LENS_HOOK_ROT_K : LENS_HOOK_K;
+}
+
 bool lens_hook_is_per_layer(lens_hook_kind kind) {
     return kind >= LENS_HOOK_RESID_PRE && kind <= LENS_HOOK_RESID_POST;
 }
 
 bool lens_hook_exists(const lens_config *cfg, lens_hook_kind kind) {
+    const bool post_only = cfg->norm_placement == LENS_NORM_AFTER;
     const bool norm = cfg->normalization != LENS_NORM_NONE;
     const bool mlp = !cfg->attn_only;
+    const bool output_norms = norm && cfg->norm_placement != LENS_NORM_BEFORE;
     switch (kind) {
     case LENS_HOOK_TOKENS:
         return cfg->use_hook_tokens;
+    case LENS_HOOK_POS_EMBED:
+        return cfg->positions == LENS_POS_STANDARD;
+    case LENS_HOOK_Q_NORM_SCALE:
+    case LENS_HOOK_Q_NORM_NORMALIZED:
+    case LENS_HOOK_K_NORM_SCALE:
+    case LENS_HOOK_K_NORM_NORMALIZED:
+        return cfg->qk_norm != LENS_QK_NORM_NONE;
+    case LENS_HOOK_ROT_Q:
+    case LENS_HOOK_ROT_K:
+        return cfg->positions == LENS_POS_ROTARY;
+    case LENS_HOOK_LN1_POST_SCALE:
+    case LENS_HOOK_LN1_POST_NORMALIZED:
+        return output_norms;
+    case LENS_HOOK_LN2_POST_SCALE:
+    case LENS_HOOK_LN2_POST_NORMALIZED:
+        return output_norms && mlp;
+    case LENS_HOOK_MLP_PRE_LINEAR:
+        return mlp && cfg->gated_mlp;
     case LENS_HOOK_ATTN_IN:
         return cfg->use_attn_in;
     case LENS_HOOK_Q_INPUT:
@@ -63,12 +98,14 @@ bool lens_hook_exists(const lens_config *cfg, lens_hook_kind kind) {
         return cfg->use_split_qkv_input;
     case LENS_HOOK_LN1_SCALE:
     case LENS_HOOK_LN1_NORMALIZED:
+        return norm && !post_only;
     case LENS_HOOK_LN_FINAL_SCALE:
     case LENS_HOOK_LN_FINAL_NORMALIZED:
         return norm;
     case LENS_HOOK_RESULT:
         return cfg->use_attn_result;
     case LENS_HOOK_RESID_MID:
+        return mlp && !cfg->parallel_attn_mlp;
     case LENS_HOOK_MLP_PRE:
     case LENS_HOOK_MLP_POST:
     case LENS_HOOK_MLP_OUT:
@@ -77,7 +114,7 @@ bool lens_hook_exists(const lens_config *cfg, lens_hook_kind kind) {
         return mlp && cfg->use_hook_mlp_in;
     case LENS_HOOK_LN2_SCALE:
     case LENS_HOOK_LN2_NORMALIZED:
-        return mlp && norm;
+        return mlp && norm && !post_only && !cfg->shared_ln;
     case LENS_HOOK_MLP_MID:
     case LENS_HOOK_MLP_LN_SCALE:
     case LENS_HOOK_MLP_LN_NORMALIZED:
@@ -146,17 +183,40 @@ int lens_hook_shape(const lens_config *cfg, lens_hook hook, int B, int T,
         shape[2] = hook.kind == LENS_HOOK_LN1_SCALE ? 1 : d;
         return 3;
     case LENS_HOOK_LN2_SCALE:
+    case LENS_HOOK_LN1_POST_SCALE:
+    case LENS_HOOK_LN2_POST_SCALE:
     case LENS_HOOK_MLP_LN_SCALE:
     case LENS_HOOK_LN_FINAL_SCALE:
         shape[2] = 1;
         return 3;
     case LENS_HOOK_Q:
-    case LENS_HOOK_K:
-    case LENS_HOOK_V:
+    case LENS_HOOK_ROT_Q:
     case LENS_HOOK_Z:
         shape[2] = h;
         shape[3] = dh;
         return 4;
+    case LENS_HOOK_K:
+    case LENS_HOOK_ROT_K:
+    case LENS_HOOK_V:
+        shape[2] = cfg->n_kv_heads;
+        shape[3] = dh;
+        return 4;
+    case LENS_HOOK_Q_NORM_SCALE:
+    case LENS_HOOK_Q_NORM_NORMALIZED:
+    case LENS_HOOK_K_NORM_SCALE:
+    case LENS_HOOK_K_NORM_NORMALIZED: {
+        /* per head: [B, T, heads, 1 or dh]; over the whole projection: [B, T, 1 or heads*dh] */
+        const bool is_q = hook.kind <= LENS_HOOK_Q_NORM_NORMALIZED;
+        const bool scale = hook.kind == LENS_HOOK_Q_NORM_SCALE || hook.kind == LENS_HOOK_K_NORM_SCALE;
+        const int64_t heads = is_q ? h : cfg->n_kv_heads;
+        if (cfg->qk_norm == LENS_QK_NORM_WHOLE) {
+            shape[2] = scale ? 1 : heads * dh;
+            return 3;
+        }
+        shape[2] = heads;
+        shape[3] = scale ? 1 : dh;
+        return 4;
+    }
     case LENS_HOOK_ATTN_SCORES:
     case LENS_HOOK_PATTERN:
         shape[1] = h;
@@ -164,6 +224,7 @@ int lens_hook_shape(const lens_config *cfg, lens_hook hook, int B, int T,
         shape[3] = T;
         return 4;
     case LENS_HOOK_MLP_PRE:
+    case LENS_HOOK_MLP_PRE_LINEAR:
     case LENS_HOOK_MLP_MID:
     case LENS_HOOK_MLP_LN_NORMALIZED:
     case LENS_HOOK_MLP_POST:

@@ -32,20 +32,31 @@ typedef enum lens_hook_kind {
     LENS_HOOK_Q,
     LENS_HOOK_K,
     LENS_HOOK_V,
+    LENS_HOOK_Q_NORM_SCALE,
+    LENS_HOOK_Q_NORM_NORMALIZED,
+    LENS_HOOK_K_NORM_SCALE,
+    LENS_HOOK_K_NORM_NORMALIZED,
+    LENS_HOOK_ROT_Q,
+    LENS_HOOK_ROT_K,
     LENS_HOOK_ATTN_SCORES,
     LENS_HOOK_PATTERN,
     LENS_HOOK_Z,
     LENS_HOOK_RESULT,
+    LENS_HOOK_LN1_POST_SCALE,
+    LENS_HOOK_LN1_POST_NORMALIZED,
     LENS_HOOK_ATTN_OUT,
     LENS_HOOK_RESID_MID,
     LENS_HOOK_MLP_IN,
     LENS_HOOK_LN2_SCALE,
     LENS_HOOK_LN2_NORMALIZED,
     LENS_HOOK_MLP_PRE,
+    LENS_HOOK_MLP_PRE_LINEAR,
     LENS_HOOK_MLP_MID,
     LENS_HOOK_MLP_LN_SCALE,
     LENS_HOOK_MLP_LN_NORMALIZED,
     LENS_HOOK_MLP_POST,
+    LENS_HOOK_LN2_POST_SCALE,
+    LENS_HOOK_LN2_POST_NORMALIZED,
     LENS_HOOK_MLP_OUT,
     LENS_HOOK_RESID_POST, /* last per-layer kind */
     LENS_HOOK_LN_FINAL_SCALE,
@@ -60,6 +71,12 @@ typedef struct lens_hook {
     int layer; /* 0 for the kinds outside the blocks */
 } lens_hook;
 
+/* The hook whose values attention's scores read as keys: hook_rot_k in
+ * rotary models (keys after their norm and rotation), hook_k otherwise.
+ * Runs that continue another (forward.h's lens_suffix) take its keys from
+ * here. */
+lens_hook_kind lens_attention_keys(const lens_config *cfg);
+
 /* True for kinds that exist once per block. */
 bool lens_hook_is_per_layer(lens_hook_kind kind);
 
@@ -73,8 +90,11 @@ size_t lens_hook_slot(const lens_config *cfg, lens_hook hook);
 /* Writes TL's name for hook into buf ("blocks.0.attn.hook_q"). */
 void lens_hook_name(lens_hook hook, char *buf, size_t buflen);
 
-/* Parses a full TL hook name. Returns -1 with a message listing the nearest
- * names when it is not a hook point of this model. */
+/* Parses a full TL hook name, or one of TransformerBridge's canonical names
+ * for the same point ("blocks.0.hook_in" for blocks.0.hook_resid_pre,
+ * "blocks.0.attn.q.hook_out" for blocks.0.attn.hook_q, ...). Returns -1
+ * with a message listing the nearest names when it is not a hook point of
+ * this model. */
 int lens_hook_parse(const lens_config *cfg, const char *name, lens_hook *out, lens_err *err);
 
 /* TL's shape of the activation at hook for a batch of B prompts of T
@@ -87,8 +107,9 @@ lens_dtype lens_hook_dtype(lens_hook_kind kind);
 /* Calls fn(user, hook) for every hook point of the model in firing order. */
 void lens_hook_foreach(const lens_config *cfg, void (*fn)(void *user, lens_hook hook), void *user);
 
-/* Sets enabled[slot] = 1 for every hook point whose name matches the shell
- * glob pattern (fnmatch). Returns the number of points matched. */
+/* Sets enabled[slot] = 1 for every hook point whose name (or canonical
+ * TransformerBridge name) matches the shell glob pattern (fnmatch). Returns
+ * the number of points matched. */
 size_t lens_hook_select_glob(const lens_config *cfg, const char *pattern, uint8_t *enabled);
 
 #endif

@@ -13,6 +13,8 @@ int lens_hook_head_axis(lens_hook_kind kind) {
     case LENS_HOOK_Q:
     case LENS_HOOK_K:
     case LENS_HOOK_V:
+    case LENS_HOOK_ROT_Q:
+    case LENS_HOOK_ROT_K:
     case LENS_HOOK_Z:
     case LENS_HOOK_RESULT:
     case LENS_HOOK_Q_INPUT:

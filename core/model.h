@@ -17,6 +17,16 @@
  *   W_in [d, m]; b_in [m]; W_out [m, d]; b_out [d]
  *   W_U [d, Vo]; b_U [Vo]
  *   ln*_w, ln*_b [d] (mlp_ln_* [m]) — NULL where the normalisation has none.
+ * With grouped-query attention (kv = n_key_value_heads < h) keys and values
+ * have kv heads: W_K, W_V [d, kv*dh], b_K, b_V [kv*dh]; query head i reads
+ * key/value head i / (h / kv), as TL's repeat_interleave does.
+ * Gated MLPs add W_gate [d, m]: hidden = act(x @ W_gate) * (x @ W_in) + b_in.
+ * Sandwich norms (Gemma 2/3) add ln1_post_w, ln2_post_w [d] on the outputs;
+ * q/k norms add q_norm_w, k_norm_w ([dh] per head, or [h*dh] / [kv*dh] over
+ * the whole projection, OLMo 2). Gemma's RMSNorm weights are stored as
+ * 1 + w, the form TL converts them to. Rotary models have no W_pos; their
+ * rotary tables are rotary_cos/sin [n_ctx, rotary_dim / 2], one pair per
+ * rotary base (index 1: local layers, Gemma 3).
  */
 #ifndef LENS_MODEL_H
 #define LENS_MODEL_H
@@ -31,9 +41,42 @@
 
 typedef enum lens_norm {
     LENS_NORM_NONE,
-    LENS_NORM_LN,    /* LayerNorm with weight and bias */
-    LENS_NORM_LNPRE, /* LayerNorm without them (after fold_ln) */
+    LENS_NORM_LN,     /* LayerNorm with weight and bias */
+    LENS_NORM_LNPRE,  /* LayerNorm without them (after fold_ln) */
+    LENS_NORM_RMS,    /* RMSNorm with its weight */
+    LENS_NORM_RMSPRE, /* RMSNorm without it (after fold_ln) */
 } lens_norm;
+
+/* Where the blocks' normalisations sit. */
+typedef enum lens_norm_placement {
+    LENS_NORM_BEFORE,   /* pre-norm: ln1 before attention, ln2 before the MLP */
+    LENS_NORM_SANDWICH, /* pre-norm plus ln1_post / ln2_post on the outputs (Gemma 2/3) */
+    LENS_NORM_AFTER,    /* ln1 / ln2 on the outputs only (OLMo 2) */
+} lens_norm_placement;
+
+typedef enum lens_qk_norm {
+    LENS_QK_NORM_NONE,
+    LENS_QK_NORM_PER_HEAD, /* RMSNorm over each head's d_head (Qwen3, Gemma 3) */
+    LENS_QK_NORM_WHOLE,    /* RMSNorm over all heads at once (OLMo 2) */
+} lens_qk_norm;
+
+typedef enum lens_positions {
+    LENS_POS_STANDARD, /* learned W_pos added to the embeddings */
+    LENS_POS_ROTARY,   /* rotary embeddings of q and k */
+} lens_positions;
+
+/* Rotary embeddings: which values rotate, how they pair and their frequencies. */
+typedef struct lens_rotary {
+    int dim;           /* values of each head that rotate (even, <= d_head) */
+    bool interleaved;  /* GPT-J's adjacent pairs; else GPT-NeoX's halves */
+    double base;       /* theta of the global layers */
+    double base_local; /* theta of the local (sliding-window) layers */
+    /* frequency scaling of the global layers: "linear" divides every
+     * frequency by factor; "llama3" is Llama 3.1's NTK-by-parts */
+    enum { LENS_ROPE_PLAIN, LENS_ROPE_LINEAR, LENS_ROPE_LLAMA3 } scaling;
+    double factor, low_freq_factor, high_freq_factor;
+    int original_context;
+} lens_rotary;
 
 typedef enum lens_act {
     LENS_ACT_RELU,
@@ -60,9 +103,19 @@ enum {
 typedef struct lens_config {
     char architecture[64]; /* original_architecture, e.g. "GPT2LMHeadModel" */
     int n_layers, d_model, n_heads, d_head, d_mlp, n_ctx, d_vocab, d_vocab_out;
+    int n_kv_heads; /* key/value heads: n_heads, or fewer with grouped-query attention */
     lens_act act_fn;
-    lens_norm normalization; /* in force now (fold_ln turns LN into LNPre) */
+    lens_norm normalization; /* in force now (fold_ln turns LN into LNPre, RMS into RMSPre) */
+    lens_norm_placement norm_placement;
+    lens_qk_norm qk_norm;
     float eps;
+    lens_positions positions;
+    lens_rotary rotary;
+    bool gated_mlp;
+    bool parallel_attn_mlp;  /* attention and MLP both read resid_pre (NeoX, GPT-J, Phi) */
+    bool shared_ln;          /* the MLP reads ln1's output: there is no ln2 (GPT-J, Phi) */
+    float attn_softcap;      /* > 0: scores become cap * tanh(scores / cap) (Gemma 2) */
+    float logit_softcap;     /* > 0: the same on the final logits */
     bool use_attn_scale;
     float attn_scale; /* scores are divided by this (sqrt(d_head) by default) */
     bool scale_attn_by_inverse_layer_idx;
@@ -78,10 +131,13 @@ typedef struct lens_config {
 typedef struct lens_layer_weights {
     float *ln1_w, *ln1_b;
     float *W_Q, *W_K, *W_V, *b_Q, *b_K, *b_V;
+    float *q_norm_w, *k_norm_w;
     float *W_O, *b_O;
+    float *ln1_post_w;
     float *ln2_w, *ln2_b;
-    float *W_in, *b_in, *W_out, *b_out;
+    float *W_gate, *W_in, *b_in, *W_out, *b_out;
     float *mlp_ln_w, *mlp_ln_b;
+    float *ln2_post_w;
 } lens_layer_weights;
 
 typedef struct lens_weights {
@@ -89,6 +145,7 @@ typedef struct lens_weights {
     lens_layer_weights *layers; /* [n_layers] */
     float *ln_final_w, *ln_final_b;
     float *W_U, *b_U;
+    float *rotary_cos[2], *rotary_sin[2]; /* [n_ctx, rotary.dim / 2]: global, local */
 } lens_weights;
 
 /* How text becomes a batch for this model (TransformerLens's to_tokens). */

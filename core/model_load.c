@@ -27,6 +27,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/arch.h"
+#include "core/json_fields.h"
 #include "core/process.h"
 #include "core/safetensors.h"
 
@@ -199,6 +201,8 @@ typedef struct plan_fill {
     int64_t dst_stride; /* elements between rows there */
     bool transposed;
     size_t dst_t;
+    int64_t dst_t_column; /* the transpose's first column in dst_t */
+    int64_t dst_t_width;  /* dst_t's row length (rows, unless rows fill a slice of it) */
     bool count; /* count non-finite values */
 } plan_fill;
 
@@ -320,23 +324,35 @@ static int plan_tensor_2d(weight_plan *p, float **field, const char *name, int64
     return plan_tensor_nd(p, field, name, 2, (int64_t[2]){n0, n1}, err);
 }
 
-/* Plans *field [cols, rows] as the transpose of tensor `name` [rows, cols]. */
-static int plan_transposed(weight_plan *p, float **field, const char *name, int64_t rows,
-                           int64_t cols, lens_err *err) {
+/* Plans rows [row0, row0 + n) of tensor `name` [rows, cols], transposed,
+ * as columns [column, column + n) of planned tensor dst [cols, width]. */
+static int plan_rows_transposed(weight_plan *p, size_t dst, int64_t width, int64_t column,
+                                const char *name, int64_t rows, int64_t cols, int64_t row0,
+                                int64_t n, lens_err *err) {
     const lens_st_file *file = NULL;
     const lens_st_tensor *t = find_tensor(p->src, name, 2, (int64_t[2]){rows, cols}, &file, err);
-    size_t index;
-    if (!t || plan_zeros(p, field, (size_t)t->numel, &index, err)) return -1;
-    if (t->numel == 0) return 0;
+    if (!t) return -1;
+    if (n == 0 || cols == 0) return 0;
     return plan_add_fill(p,
                          &(plan_fill){.file = file,
                                       .src = t,
-                                      .rows = rows,
+                                      .first = row0 * cols,
+                                      .rows = n,
                                       .width = cols,
                                       .transposed = true,
-                                      .dst_t = index,
+                                      .dst_t = dst,
+                                      .dst_t_column = column,
+                                      .dst_t_width = width,
                                       .count = true},
                          err);
+}
+
+/* Plans *field [cols, rows] as the transpose of tensor `name` [rows, cols]. */
+static int plan_transposed(weight_plan *p, float **field, const char *name, int64_t rows,
+                           int64_t cols, lens_err *err) {
+    size_t index;
+    return plan_zeros(p, field, (size_t)(rows * cols), &index, err) ||
+           plan_rows_transposed(p, index, rows, 0, name, rows, cols, 0, rows, err);
 }
 
 /* Plans *field [cols, rows] as the transpose of tensor `name` [rows, cols],
@@ -348,6 +364,7 @@ static int plan_tied_transposed(weight_plan *p, float **field, const char *name,
         if (p->fills[i].src != t || p->fills[i].n_parts != 1 || p->fills[i].transposed) continue;
         if (plan_zeros(p, field, (size_t)t->numel, &p->fills[i].dst_t, err)) return -1;
         p->fills[i].transposed = true;
+        p->fills[i].dst_t_width = p->fills[i].rows;
         return 0;
     }
     lens_err_set(err, "tensor \"%s\" is tied to one that was not read", name);
@@ -445,7 +462,9 @@ static int fill_block(const weight_plan *p, const plan_fill *f, int64_t r0, int6
                 memcpy(*p->tensors[f->dst[k]].field + f->dst_first + r * f->dst_stride,
                        buf + (r - r0) * width + k * cols, (size_t)cols * sizeof(float));
     }
-    if (f->transposed) transpose(*p->tensors[f->dst_t].field + r0, f->rows, buf, r1 - r0, width);
+    if (f->transposed)
+        transpose(*p->tensors[f->dst_t].field + f->dst_t_column + r0, f->dst_t_width, buf, r1 - r0,
+                  width);
     return 0;
 }
 
@@ -542,60 +561,6 @@ static int plan_run(lens_model *m, const weight_plan *p, lens_err *err) {
 
 /* ---- configuration ------------------------------------------------------ */
 
-static int json_get_int(json_t *obj, const char *key, int fallback, bool required, int *out,
-                        const char *file, lens_err *err) {
-    json_t *v = json_object_get(obj, key);
-    if (!v || json_is_null(v)) {
-        if (required) {
-            lens_err_set(err, "%s: missing field \"%s\"", file, key);
-            return -1;
-        }
-        *out = fallback;
-        return 0;
-    }
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT_MAX) {
-        lens_err_set(err, "%s: field \"%s\" must be a non-negative integer", file, key);
-        return -1;
-    }
-    *out = (int)json_integer_value(v);
-    return 0;
-}
-
-static int json_get_bool(json_t *obj, const char *key, bool fallback, bool *out, const char *file,
-                         lens_err *err) {
-    json_t *v = json_object_get(obj, key);
-    if (!v || json_is_null(v)) {
-        *out = fallback;
-        return 0;
-    }
-    if (!json_is_boolean(v)) {
-        lens_err_set(err, "%s: field \"%s\" must be true or false", file, key);
-        return -1;
-    }
-    *out = json_is_true(v);
-    return 0;
-}
-
-static int json_get_float(json_t *obj, const char *key, float fallback, float *out,
-                          const char *file, lens_err *err) {
-    json_t *v = json_object_get(obj, key);
-    if (!v || json_is_null(v)) {
-        *out = fallback;
-        return 0;
-    }
-    if (!json_is_number(v)) {
-        lens_err_set(err, "%s: field \"%s\" must be a number", file, key);
-        return -1;
-    }
-    *out = (float)json_number_value(v);
-    return 0;
-}
-
-static const char *json_get_str(json_t *obj, const char *key, const char *fallback) {
-    const char *s = json_string_value(json_object_get(obj, key));
-    return s ? s : fallback;
-}
-
 static const struct {
     const char *name;
     lens_act act;
@@ -621,6 +586,10 @@ const char *lens_norm_name(lens_norm norm) {
         return "LN";
     case LENS_NORM_LNPRE:
         return "LNPre";
+    case LENS_NORM_RMS:
+        return "RMS";
+    case LENS_NORM_RMSPRE:
+        return "RMSPre";
     case LENS_NORM_NONE:
         return "None";
     }
@@ -662,28 +631,16 @@ static int alloc_local_layers(lens_config *c, lens_err *err) {
     return 0;
 }
 
-/* Expands GPT-Neo's attention_types [[["global","local"], 6]] (or TL's
- * already expanded attn_types ["global", "local", ...]) into layer_is_local. */
-static int parse_attention_types(lens_config *c, json_t *types, bool nested, const char *file,
-                                 lens_err *err) {
-    int layer = 0;
+/* Reads TL's attn_types ["global", "local", ...] into layer_is_local. */
+static int parse_attention_types(lens_config *c, json_t *types, const char *file, lens_err *err) {
     size_t i;
     json_t *entry;
+    if (json_array_size(types) != (size_t)c->n_layers) goto bad;
     json_array_foreach(types, i, entry) {
-        json_t *kinds = nested ? json_array_get(entry, 0) : NULL;
-        int repeat = nested ? (int)json_integer_value(json_array_get(entry, 1)) : 1;
-        size_t n_kinds = nested ? json_array_size(kinds) : 1;
-        if (nested && (!json_is_array(kinds) || repeat < 0)) goto bad;
-        for (int r = 0; r < repeat; r++) {
-            for (size_t k = 0; k < n_kinds; k++) {
-                const char *kind = json_string_value(nested ? json_array_get(kinds, k) : entry);
-                if (!kind || (strcmp(kind, "global") && strcmp(kind, "local"))) goto bad;
-                if (layer >= c->n_layers) goto bad;
-                c->layer_is_local[layer++] = strcmp(kind, "local") == 0;
-            }
-        }
+        const char *kind = json_string_value(entry);
+        if (!kind || (strcmp(kind, "global") && strcmp(kind, "local"))) goto bad;
+        c->layer_is_local[i] = strcmp(kind, "local") == 0;
     }
-    if (layer != c->n_layers) goto bad;
     return 0;
 bad:
     lens_err_set(err,
@@ -697,74 +654,6 @@ static void set_attn_scale(lens_config *c) {
     c->attn_scale = c->use_attn_scale ? sqrtf((float)c->d_head) : 1.0f;
 }
 
-static int read_hf_config(lens_config *c, json_t *root, const char *file, lens_err *err) {
-    json_t *archs = json_object_get(root, "architectures");
-    const char *arch = json_string_value(json_array_get(archs, 0));
-    const char *model_type = json_get_str(root, "model_type", "");
-    if (!arch)
-        arch = strcmp(model_type, "gpt_neo") == 0 ? "GPTNeoForCausalLM"
-               : strcmp(model_type, "gpt2") == 0  ? "GPT2LMHeadModel"
-                                                  : "";
-    snprintf(c->architecture, sizeof c->architecture, "%s", arch);
-    c->normalization = LENS_NORM_LN;
-    c->causal = true;
-    c->default_prepend_bos = true;
-    const char *act = json_get_str(root, "activation_function", "gelu_new");
-    if (parse_act(act, &c->act_fn, file, err)) return -1;
-    if (json_get_float(root, "layer_norm_epsilon", 1e-5f, &c->eps, file, err)) return -1;
-    if (json_get_int(root, "vocab_size", 0, true, &c->d_vocab, file, err)) return -1;
-    c->d_vocab_out = c->d_vocab;
-
-    if (strcmp(arch, "GPT2LMHeadModel") == 0 || strcmp(arch, "GPT2Model") == 0) {
-        snprintf(c->architecture, sizeof c->architecture, "GPT2LMHeadModel");
-        if (json_get_int(root, "n_embd", 0, true, &c->d_model, file, err) ||
-            json_get_int(root, "n_head", 0, true, &c->n_heads, file, err) ||
-            json_get_int(root, "n_layer", 0, true, &c->n_layers, file, err) ||
-            json_get_int(root, "n_positions", 1024, false, &c->n_ctx, file, err) ||
-            json_get_int(root, "n_ctx", c->n_ctx, false, &c->n_ctx, file, err) ||
-            json_get_int(root, "n_inner", 0, false, &c->d_mlp, file, err) ||
-            json_get_bool(root, "scale_attn_weights", true, &c->use_attn_scale, file, err) ||
-            json_get_bool(root, "scale_attn_by_inverse_layer_idx", false,
-                          &c->scale_attn_by_inverse_layer_idx, file, err))
-            return -1;
-        if (c->n_heads == 0 || c->d_model % c->n_heads) goto bad_heads;
-        if (c->d_mlp == 0) c->d_mlp = 4 * c->d_model;
-        c->d_head = c->d_model / c->n_heads;
-        if (alloc_local_layers(c, err)) return -1;
-    } else if (strcmp(arch, "GPTNeoForCausalLM") == 0) {
-        if (json_get_int(root, "hidden_size", 0, true, &c->d_model, file, err) ||
-            json_get_int(root, "num_heads", 0, true, &c->n_heads, file, err) ||
-            json_get_int(root, "num_layers", 0, true, &c->n_layers, file, err) ||
-            json_get_int(root, "max_position_embeddings", 2048, false, &c->n_ctx, file, err) ||
-            json_get_int(root, "intermediate_size", 0, false, &c->d_mlp, file, err) ||
-            json_get_int(root, "window_size", 256, false, &c->window_size, file, err))
-            return -1;
-        if (c->n_heads == 0 || c->d_model % c->n_heads) goto bad_heads;
-        if (c->d_mlp == 0) c->d_mlp = 4 * c->d_model;
-        c->d_head = c->d_model / c->n_heads;
-        c->use_attn_scale = false; /* GPT-Neo does not scale q.k by 1/sqrt(d_head) */
-        c->use_local_attn = true;
-        if (alloc_local_layers(c, err)) return -1;
-        json_t *types = json_object_get(root, "attention_types");
-        if (!json_is_array(types)) {
-            lens_err_set(err, "%s: GPT-Neo config needs \"attention_types\"", file);
-            return -1;
-        }
-        if (parse_attention_types(c, types, true, file, err)) return -1;
-    } else {
-        lens_err_set(err,
-                     "%s: architecture \"%s\" is not supported (GPT2LMHeadModel, "
-                     "GPTNeoForCausalLM)",
-                     file, arch);
-        return -1;
-    }
-    set_attn_scale(c);
-    return check_dims(c, file, err);
-bad_heads:
-    lens_err_set(err, "%s: the model width must be a multiple of the number of heads", file);
-    return -1;
-}
-
 /* Refuses HookedTransformerConfig values that lensd does not implement, so a
  * model is never silently run with different semantics. */
 static int check_native_unsupported(json_t *root, const char *file, lens_err *err) {
@@ -776,7 +665,7 @@ static int check_native_unsupported(json_t *root, const char *file, lens_err *er
             return -1;
         }
     }
-    const char *pos = json_get_str(root, "positional_embedding_type", "standard");
+    const char *pos = lens_json_str(root, "positional_embedding_type", "standard");
     if (strcmp(pos, "standard")) {
         lens_err_set(err,
                      "%s: positional_embedding_type \"%s\" is not supported yet "
@@ -804,22 +693,23 @@ static int check_native_unsupported(json_t *root, const char *file, lens_err *er
 static int read_native_config(lens_config *c, json_t *root, const char *file, lens_err *err) {
     if (check_native_unsupported(root, file, err)) return -1;
     snprintf(c->architecture, sizeof c->architecture, "%s",
-             json_get_str(root, "original_architecture", "HookedTransformer"));
-    if (json_get_int(root, "n_layers", 0, true, &c->n_layers, file, err) ||
-        json_get_int(root, "d_model", 0, true, &c->d_model, file, err) ||
-        json_get_int(root, "n_ctx", 0, true, &c->n_ctx, file, err) ||
-        json_get_int(root, "d_head", 0, true, &c->d_head, file, err) ||
-        json_get_int(root, "n_heads", -1, false, &c->n_heads, file, err) ||
-        json_get_int(root, "d_vocab", 0, true, &c->d_vocab, file, err) ||
-        json_get_bool(root, "attn_only", false, &c->attn_only, file, err))
+             lens_json_str(root, "original_architecture", "HookedTransformer"));
+    if (lens_json_int(root, "n_layers", 0, true, &c->n_layers, file, err) ||
+        lens_json_int(root, "d_model", 0, true, &c->d_model, file, err) ||
+        lens_json_int(root, "n_ctx", 0, true, &c->n_ctx, file, err) ||
+        lens_json_int(root, "d_head", 0, true, &c->d_head, file, err) ||
+        lens_json_int(root, "n_heads", -1, false, &c->n_heads, file, err) ||
+        lens_json_int(root, "d_vocab", 0, true, &c->d_vocab, file, err) ||
+        lens_json_bool(root, "attn_only", false, &c->attn_only, file, err))
         return -1;
     json_t *n_heads = json_object_get(root, "n_heads");
     if (json_is_integer(n_heads) && json_integer_value(n_heads) == -1) c->n_heads = -1;
     if (c->n_heads <= 0) c->n_heads = c->d_head ? c->d_model / c->d_head : 0;
+    c->n_kv_heads = c->n_heads;
     json_t *d_mlp = json_object_get(root, "d_mlp");
     if (!d_mlp || json_is_null(d_mlp)) {
         c->d_mlp = c->attn_only ? 0 : 4 * c->d_model;
-    } else if (json_get_int(root, "d_mlp", 0, false, &c->d_mlp, file, err)) {
+    } else if (lens_json_int(root, "d_mlp", 0, false, &c->d_mlp, file, err)) {
         return -1;
     }
     json_t *vout = json_object_get(root, "d_vocab_out");
@@ -838,7 +728,7 @@ static int read_native_config(lens_config *c, json_t *root, const char *file, le
     }
     json_t *norm = json_object_get(root, "normalization_type");
     const char *norm_name =
-        json_is_null(norm) ? "None" : json_get_str(root, "normalization_type", "LN");
+        json_is_null(norm) ? "None" : lens_json_str(root, "normalization_type", "LN");
     if (strcmp(norm_name, "LN") == 0)
         c->normalization = LENS_NORM_LN;
     else if (strcmp(norm_name, "LNPre") == 0)
@@ -850,29 +740,29 @@ static int read_native_config(lens_config *c, json_t *root, const char *file, le
                      norm_name);
         return -1;
     }
-    const char *dir = json_get_str(root, "attention_dir", "causal");
+    const char *dir = lens_json_str(root, "attention_dir", "causal");
     if (strcmp(dir, "causal") && strcmp(dir, "bidirectional")) {
         lens_err_set(err, "%s: attention_dir must be \"causal\" or \"bidirectional\"", file);
         return -1;
     }
     c->causal = strcmp(dir, "causal") == 0;
-    if (json_get_float(root, "eps", 1e-5f, &c->eps, file, err) ||
-        json_get_bool(root, "use_attn_scale", true, &c->use_attn_scale, file, err) ||
-        json_get_bool(root, "scale_attn_by_inverse_layer_idx", false,
+    if (lens_json_float(root, "eps", 1e-5f, &c->eps, file, err) ||
+        lens_json_bool(root, "use_attn_scale", true, &c->use_attn_scale, file, err) ||
+        lens_json_bool(root, "scale_attn_by_inverse_layer_idx", false,
                       &c->scale_attn_by_inverse_layer_idx, file, err) ||
-        json_get_bool(root, "use_local_attn", false, &c->use_local_attn, file, err) ||
-        json_get_int(root, "window_size", 0, false, &c->window_size, file, err) ||
-        json_get_bool(root, "use_attn_result", false, &c->use_attn_result, file, err) ||
-        json_get_bool(root, "use_split_qkv_input", false, &c->use_split_qkv_input, file, err) ||
-        json_get_bool(root, "use_hook_mlp_in", false, &c->use_hook_mlp_in, file, err) ||
-        json_get_bool(root, "use_attn_in", false, &c->use_attn_in, file, err) ||
-        json_get_bool(root, "use_hook_tokens", false, &c->use_hook_tokens, file, err) ||
-        json_get_bool(root, "default_prepend_bos", true, &c->default_prepend_bos, file, err))
+        lens_json_bool(root, "use_local_attn", false, &c->use_local_attn, file, err) ||
+        lens_json_int(root, "window_size", 0, false, &c->window_size, file, err) ||
+        lens_json_bool(root, "use_attn_result", false, &c->use_attn_result, file, err) ||
+        lens_json_bool(root, "use_split_qkv_input", false, &c->use_split_qkv_input, file, err) ||
+        lens_json_bool(root, "use_hook_mlp_in", false, &c->use_hook_mlp_in, file, err) ||
+        lens_json_bool(root, "use_attn_in", false, &c->use_attn_in, file, err) ||
+        lens_json_bool(root, "use_hook_tokens", false, &c->use_hook_tokens, file, err) ||
+        lens_json_bool(root, "default_prepend_bos", true, &c->default_prepend_bos, file, err))
         return -1;
     if (check_dims(c, file, err)) return -1;
     set_attn_scale(c);
     float attn_scale;
-    if (json_get_float(root, "attn_scale", -1.0f, &attn_scale, file, err)) return -1;
+    if (lens_json_float(root, "attn_scale", -1.0f, &attn_scale, file, err)) return -1;
     if (c->use_attn_scale && attn_scale > 0) c->attn_scale = attn_scale;
     if (alloc_local_layers(c, err)) return -1;
     if (c->use_local_attn) {
@@ -881,108 +771,251 @@ static int read_native_config(lens_config *c, json_t *root, const char *file, le
             lens_err_set(err, "%s: use_local_attn needs \"attn_types\" and \"window_size\"", file);
             return -1;
         }
-        if (parse_attention_types(c, types, false, file, err)) return -1;
+        if (parse_attention_types(c, types, file, err)) return -1;
     }
     return 0;
 }
 
-/* ---- weights ------------------------------------------------------------ */
+/* ---- Hugging Face checkpoints, by the architecture table ---------------- */
 
-/* The final LayerNorm and the unembedding of a GPT-2 or GPT-Neo checkpoint:
- * W_U is lm_head.weight transposed, or the embedding's when they are tied;
- * b_U is zeros, as TL's conversions make it. */
-static int plan_hf_final(lens_model *m, weight_plan *p, const char *prefix, lens_err *err) {
-    const int d = m->cfg.d_model, V = m->cfg.d_vocab;
-    lens_weights *w = &m->w;
-    char name[256];
-    snprintf(name, sizeof name, "%sln_f.weight", prefix);
-    if (plan_tensor_1d(p, &w->ln_final_w, name, d, err)) return -1;
-    snprintf(name, sizeof name, "%sln_f.bias", prefix);
-    if (plan_tensor_1d(p, &w->ln_final_b, name, d, err)) return -1;
-    snprintf(name, sizeof name, "%swte.weight", prefix);
-    if (source_find(p->src, "lm_head.weight", NULL)
-            ? plan_transposed(p, &w->W_U, "lm_head.weight", V, d, err)
-            : plan_tied_transposed(p, &w->W_U, name, err))
-        return -1;
-    return plan_zeros(p, &w->b_U, (size_t)V, NULL, err);
+/* Names of one checkpoint's tensors: the table's patterns with the model's
+ * prefix when the file uses it ("transformer.h.0..." or "h.0..."). */
+typedef struct hf_names {
+    const lens_arch_tensors *t;
+    const char *prefix;
+    char buf[256];
+} hf_names;
+
+/* The checkpoint name of pattern (with layer for %d), or NULL for none. */
+static const char *hf_name(hf_names *n, const char *pattern, int layer) {
+    if (!pattern) return NULL;
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+    int used = snprintf(n->buf, sizeof n->buf, "%s", n->prefix);
+    snprintf(n->buf + used, sizeof n->buf - (size_t)used, pattern, layer);
+#pragma GCC diagnostic pop
+    return n->buf;
 }
 
-/* Plans the weights of a GPT-2 checkpoint the way TL's convert_gpt2_weights
- * maps them: c_attn [d, 3d] splits into W_Q|W_K|W_V (and its bias into
- * b_Q|b_K|b_V), Conv1D weights are already [in, out]. */
-static int plan_gpt2_weights(lens_model *m, weight_plan *p, lens_err *err) {
-    const lens_config *c = &m->cfg;
-    lens_weights *w = &m->w;
-    const int d = c->d_model, mlp = c->d_mlp, V = c->d_vocab;
-    const char *pre = source_find(p->src, "transformer.wte.weight", NULL) ? "transformer." : "";
-    char name[256];
-#define NAME(...) (snprintf(name, sizeof name, __VA_ARGS__), name)
-    if (plan_tensor_2d(p, &w->W_E, NAME("%swte.weight", pre), V, d, err) ||
-        plan_tensor_2d(p, &w->W_pos, NAME("%swpe.weight", pre), c->n_ctx, d, err))
-        return -1;
-    for (int l = 0; l < c->n_layers; l++) {
-        lens_layer_weights *lw = &w->layers[l];
-        float **qkv[3] = {&lw->W_Q, &lw->W_K, &lw->W_V};
-        float **qkv_b[3] = {&lw->b_Q, &lw->b_K, &lw->b_V};
-        if (plan_tensor_1d(p, &lw->ln1_w, NAME("%sh.%d.ln_1.weight", pre, l), d, err) ||
-            plan_tensor_1d(p, &lw->ln1_b, NAME("%sh.%d.ln_1.bias", pre, l), d, err) ||
-            plan_split(p, qkv, 3, NAME("%sh.%d.attn.c_attn.weight", pre, l), 2,
-                       (int64_t[2]){d, 3 * d}, err) ||
-            plan_split(p, qkv_b, 3, NAME("%sh.%d.attn.c_attn.bias", pre, l), 1, (int64_t[1]){3 * d},
-                       err) ||
-            plan_tensor_2d(p, &lw->W_O, NAME("%sh.%d.attn.c_proj.weight", pre, l), d, d, err) ||
-            plan_tensor_1d(p, &lw->b_O, NAME("%sh.%d.attn.c_proj.bias", pre, l), d, err) ||
-            plan_tensor_1d(p, &lw->ln2_w, NAME("%sh.%d.ln_2.weight", pre, l), d, err) ||
-            plan_tensor_1d(p, &lw->ln2_b, NAME("%sh.%d.ln_2.bias", pre, l), d, err) ||
-            plan_tensor_2d(p, &lw->W_in, NAME("%sh.%d.mlp.c_fc.weight", pre, l), d, mlp, err) ||
-            plan_tensor_1d(p, &lw->b_in, NAME("%sh.%d.mlp.c_fc.bias", pre, l), mlp, err) ||
-            plan_tensor_2d(p, &lw->W_out, NAME("%sh.%d.mlp.c_proj.weight", pre, l), mlp, d, err) ||
-            plan_tensor_1d(p, &lw->b_out, NAME("%sh.%d.mlp.c_proj.bias", pre, l), d, err))
-            return -1;
-    }
-#undef NAME
-    return plan_hf_final(m, p, pre, err);
+/* Plans *field [in, out] from a weight matrix: Conv1D's [in, out] as it
+ * is, nn.Linear's [out, in] transposed. */
+static int plan_matrix(weight_plan *p, bool conv1d, float **field, const char *name, int64_t in,
+                       int64_t out, lens_err *err) {
+    return conv1d ? plan_tensor_2d(p, field, name, in, out, err)
+                  : plan_transposed(p, field, name, out, in, err);
 }
 
-/* Plans a GPT-Neo checkpoint as TL's convert_neo_weights maps it: nn.Linear
- * weights are [out, in] and get transposed; Q, K and V have no bias. */
-static int plan_neo_weights(lens_model *m, weight_plan *p, lens_err *err) {
+/* Plans a bias of n values: tensor `name`, or zeros (as TL's conversions
+ * make them) where the family has none (name NULL) or the file lacks an
+ * optional one. */
+static int plan_bias(weight_plan *p, float **field, const char *name, bool optional, int64_t n,
+                     lens_err *err) {
+    if (name && (!optional || source_find(p->src, name, NULL)))
+        return plan_tensor_1d(p, field, name, n, err);
+    return plan_zeros(p, field, (size_t)n, NULL, err);
+}
+
+/* Plans values [first, first + n) of 1-D tensor `name` [total] into
+ * planned tensor dst from element dst_first. */
+static int plan_slice(weight_plan *p, size_t dst, int64_t dst_first, const char *name,
+                      int64_t total, int64_t first, int64_t n, lens_err *err) {
+    const lens_st_file *file = NULL;
+    const lens_st_tensor *t = find_tensor(p->src, name, 1, (int64_t[1]){total}, &file, err);
+    if (!t) return -1;
+    return plan_add_fill(p,
+                         &(plan_fill){.file = file,
+                                      .src = t,
+                                      .first = first,
+                                      .rows = 1,
+                                      .width = n,
+                                      .n_parts = 1,
+                                      .dst = {dst},
+                                      .dst_first = dst_first,
+                                      .dst_stride = n,
+                                      .count = true},
+                         err);
+}
+
+/* W_Q, W_K, W_V and their biases of layer l in any of the table's layouts:
+ * q [d, h*dh], k and v [d, kv*dh]. */
+static int plan_hf_qkv(lens_model *m, const lens_arch *arch, weight_plan *p, hf_names *n, int l,
+                       lens_err *err) {
     const lens_config *c = &m->cfg;
+    const lens_arch_tensors *t = n->t;
+    lens_layer_weights *lw = &m->w.layers[l];
+    const int64_t d = c->d_model, dh = c->d_head, hd = (int64_t)c->n_heads * dh;
+    const int64_t kvd = (int64_t)c->n_kv_heads * dh;
+    float **W[3] = {&lw->W_Q, &lw->W_K, &lw->W_V}, **b[3] = {&lw->b_Q, &lw->b_K, &lw->b_V};
+    const int64_t width[3] = {hd, kvd, kvd};
+    char fused[256], fused_bias[256];
+    snprintf(fused, sizeof fused, "%s", hf_name(n, t->q, l));
+    snprintf(fused_bias, sizeof fused_bias, "%s", t->q_b ? hf_name(n, t->q_b, l) : "");
+    const bool has_bias = t->q_b && (!arch->optional_biases || source_find(p->src, fused_bias, NULL));
+    switch (t->qkv_layout) {
+    case LENS_QKV_SEPARATE: {
+        const char *weights[3] = {t->q, t->k, t->v}, *biases[3] = {t->q_b, t->k_b, t->v_b};
+        for (int i = 0; i < 3; i++)
+            if (plan_matrix(p, arch->conv1d, W[i], hf_name(n, weights[i], l), d, width[i], err) ||
+                plan_bias(p, b[i], hf_name(n, biases[i], l), arch->optional_biases, width[i], err))
+                return -1;
+        return 0;
+    }
+    case LENS_QKV_CONV1D:
+        return plan_split(p, W, 3, fused, 2, (int64_t[2]){d, 3 * hd}, err) ||
+               plan_split(p, b, 3, fused_bias, 1, (int64_t[1]){3 * hd}, err);
+    case LENS_QKV_FUSED_ROWS:
+    case LENS_QKV_FUSED_HEADS: {
+        const int64_t rows = hd + 2 * kvd;
+        size_t dst[3], bias_dst[3];
+        for (int i = 0; i < 3; i++)
+            if (plan_zeros(p, W[i], (size_t)(d * width[i]), &dst[i], err) ||
+                plan_zeros(p, b[i], (size_t)width[i], &bias_dst[i], err))
+                return -1;
+        if (t->qkv_layout == LENS_QKV_FUSED_ROWS) {
+            /* rows q | k | v */
+            for (int i = 0, row0 = 0; i < 3; row0 += (int)width[i], i++)
+                if (plan_rows_transposed(p, dst[i], width[i], 0, fused, rows, d, row0, width[i],
+                                         err) ||
+                    (has_bias && plan_slice(p, bias_dst[i], 0, fused_bias, rows, row0, width[i],
+                                            err)))
+                    return -1;
+            return 0;
+        }
+        /* GPT-NeoX: rows (head, q|k|v, dh), TL's "(i qkv h) m -> qkv i m h" */
+        for (int hi = 0; hi < c->n_heads; hi++)
+            for (int i = 0; i < 3; i++) {
+                const int64_t row0 = ((int64_t)hi * 3 + i) * dh;
+                if (plan_rows_transposed(p, dst[i], hd, hi * dh, fused, rows, d, row0, dh, err) ||
+                    (has_bias &&
+                     plan_slice(p, bias_dst[i], hi * dh, fused_bias, rows, row0, dh, err)))
+                    return -1;
+            }
+        return 0;
+    }
+    }
+    return -1;
+}
+
+/* W_gate and W_in of a gated MLP ([d, m] each), or W_in and b_in. */
+static int plan_hf_mlp_in(lens_model *m, const lens_arch *arch, weight_plan *p, hf_names *n, int l,
+                          lens_err *err) {
+    const lens_config *c = &m->cfg;
+    const lens_arch_tensors *t = n->t;
+    lens_layer_weights *lw = &m->w.layers[l];
+    const int64_t d = c->d_model, mlp = c->d_mlp;
+    if (!c->gated_mlp)
+        return plan_matrix(p, arch->conv1d, &lw->W_in, hf_name(n, t->up, l), d, mlp, err) ||
+               plan_bias(p, &lw->b_in, hf_name(n, t->up_b, l), arch->optional_biases, mlp, err);
+    if (t->gate_layout == LENS_GATE_SEPARATE)
+        return plan_matrix(p, false, &lw->W_gate, hf_name(n, t->gate, l), d, mlp, err) ||
+               plan_matrix(p, false, &lw->W_in, hf_name(n, t->up, l), d, mlp, err);
+    /* Phi-3's gate_up_proj: rows gate | up */
+    char fused[256];
+    snprintf(fused, sizeof fused, "%s", hf_name(n, t->gate, l));
+    size_t gate, up;
+    return plan_zeros(p, &lw->W_gate, (size_t)(d * mlp), &gate, err) ||
+           plan_zeros(p, &lw->W_in, (size_t)(d * mlp), &up, err) ||
+           plan_rows_transposed(p, gate, mlp, 0, fused, 2 * mlp, d, 0, mlp, err) ||
+           plan_rows_transposed(p, up, mlp, 0, fused, 2 * mlp, d, mlp, mlp, err);
+}
+
+/* A norm's weight of width n, and its bias where the family has one. */
+static int plan_norm(weight_plan *p, hf_names *n, float **w, const char *w_name, float **b,
+                     const char *b_name, int layer, int64_t width, lens_err *err) {
+    if (!w_name) return 0;
+    if (plan_tensor_1d(p, w, hf_name(n, w_name, layer), width, err)) return -1;
+    return b_name ? plan_tensor_1d(p, b, hf_name(n, b_name, layer), width, err) : 0;
+}
+
+/* Plans every weight of a Hugging Face checkpoint by its architecture's
+ * table, as TL's convert_*_weights functions map them. */
+static int plan_hf_weights(lens_model *m, const lens_arch *arch, weight_plan *p, lens_err *err) {
+    const lens_config *c = &m->cfg;
+    const lens_arch_tensors *t = &arch->tensors;
     lens_weights *w = &m->w;
-    const int d = c->d_model, mlp = c->d_mlp, V = c->d_vocab;
-    const char *pre = source_find(p->src, "transformer.wte.weight", NULL) ? "transformer." : "";
-    char name[256];
-#define NAME(...) (snprintf(name, sizeof name, __VA_ARGS__), name)
-    if (plan_tensor_2d(p, &w->W_E, NAME("%swte.weight", pre), V, d, err) ||
-        plan_tensor_2d(p, &w->W_pos, NAME("%swpe.weight", pre), c->n_ctx, d, err))
+    const int64_t d = c->d_model, mlp = c->d_mlp, V = c->d_vocab, dh = c->d_head;
+    hf_names n = {.t = t, .prefix = t->prefix};
+    if (!source_find(p->src, hf_name(&n, t->embed, 0), NULL)) n.prefix = "";
+    char embed[256];
+    snprintf(embed, sizeof embed, "%s", hf_name(&n, t->embed, 0));
+    if (plan_tensor_2d(p, &w->W_E, embed, V, d, err) ||
+        (t->pos_embed && plan_tensor_2d(p, &w->W_pos, hf_name(&n, t->pos_embed, 0), c->n_ctx, d,
+                                        err)))
         return -1;
+    const int64_t q_norm = c->qk_norm == LENS_QK_NORM_WHOLE ? (int64_t)c->n_heads * dh : dh;
+    const int64_t k_norm = c->qk_norm == LENS_QK_NORM_WHOLE ? (int64_t)c->n_kv_heads * dh : dh;
     for (int l = 0; l < c->n_layers; l++) {
         lens_layer_weights *lw = &w->layers[l];
-        if (plan_tensor_1d(p, &lw->ln1_w, NAME("%sh.%d.ln_1.weight", pre, l), d, err) ||
-            plan_tensor_1d(p, &lw->ln1_b, NAME("%sh.%d.ln_1.bias", pre, l), d, err) ||
-            plan_transposed(p, &lw->W_Q, NAME("%sh.%d.attn.attention.q_proj.weight", pre, l), d, d,
-                            err) ||
-            plan_transposed(p, &lw->W_K, NAME("%sh.%d.attn.attention.k_proj.weight", pre, l), d, d,
-                            err) ||
-            plan_transposed(p, &lw->W_V, NAME("%sh.%d.attn.attention.v_proj.weight", pre, l), d, d,
-                            err) ||
-            plan_transposed(p, &lw->W_O, NAME("%sh.%d.attn.attention.out_proj.weight", pre, l), d,
-                            d, err) ||
-            plan_tensor_1d(p, &lw->b_O, NAME("%sh.%d.attn.attention.out_proj.bias", pre, l), d,
-                           err) ||
-            plan_tensor_1d(p, &lw->ln2_w, NAME("%sh.%d.ln_2.weight", pre, l), d, err) ||
-            plan_tensor_1d(p, &lw->ln2_b, NAME("%sh.%d.ln_2.bias", pre, l), d, err) ||
-            plan_transposed(p, &lw->W_in, NAME("%sh.%d.mlp.c_fc.weight", pre, l), mlp, d, err) ||
-            plan_tensor_1d(p, &lw->b_in, NAME("%sh.%d.mlp.c_fc.bias", pre, l), mlp, err) ||
-            plan_transposed(p, &lw->W_out, NAME("%sh.%d.mlp.c_proj.weight", pre, l), d, mlp, err) ||
-            plan_tensor_1d(p, &lw->b_out, NAME("%sh.%d.mlp.c_proj.bias", pre, l), d, err) ||
-            plan_zeros(p, &lw->b_Q, (size_t)d, NULL, err) ||
-            plan_zeros(p, &lw->b_K, (size_t)d, NULL, err) ||
-            plan_zeros(p, &lw->b_V, (size_t)d, NULL, err))
+        if (plan_norm(p, &n, &lw->ln1_w, t->ln1_w, &lw->ln1_b, t->ln1_b, l, d, err) ||
+            plan_hf_qkv(m, arch, p, &n, l, err) ||
+            (t->q_norm && (plan_tensor_1d(p, &lw->q_norm_w, hf_name(&n, t->q_norm, l), q_norm,
+                                          err) ||
+                           plan_tensor_1d(p, &lw->k_norm_w, hf_name(&n, t->k_norm, l), k_norm,
+                                          err))) ||
+            plan_matrix(p, arch->conv1d, &lw->W_O, hf_name(&n, t->o, l), c->n_heads * dh, d,
+                        err) ||
+            plan_bias(p, &lw->b_O, hf_name(&n, t->o_b, l), arch->optional_biases, d, err) ||
+            (t->ln1_post_w &&
+             plan_tensor_1d(p, &lw->ln1_post_w, hf_name(&n, t->ln1_post_w, l), d, err)) ||
+            plan_norm(p, &n, &lw->ln2_w, t->ln2_w, &lw->ln2_b, t->ln2_b, l, d, err) ||
+            plan_hf_mlp_in(m, arch, p, &n, l, err) ||
+            plan_matrix(p, arch->conv1d, &lw->W_out, hf_name(&n, t->down, l), mlp, d, err) ||
+            plan_bias(p, &lw->b_out, hf_name(&n, t->down_b, l), arch->optional_biases, d, err) ||
+            (t->ln2_post_w &&
+             plan_tensor_1d(p, &lw->ln2_post_w, hf_name(&n, t->ln2_post_w, l), d, err)))
             return -1;
     }
-#undef NAME
-    return plan_hf_final(m, p, pre, err);
+    if (plan_norm(p, &n, &w->ln_final_w, t->final_w, &w->ln_final_b, t->final_b, 0, d, err))
+        return -1;
+    /* the unembedding: its own matrix transposed, or the embedding's when tied */
+    if (source_find(p->src, t->unembed, NULL)
+            ? plan_transposed(p, &w->W_U, t->unembed, V, d, err)
+            : plan_tied_transposed(p, &w->W_U, embed, err))
+        return -1;
+    if (plan_bias(p, &w->b_U, t->unembed_b, arch->optional_biases, V, err)) return -1;
+    if (c->positions != LENS_POS_ROTARY) return 0;
+    const size_t table = (size_t)c->n_ctx * (size_t)(c->rotary.dim / 2);
+    for (int kind = 0; kind < (c->use_local_attn ? 2 : 1); kind++)
+        if (plan_zeros(p, &w->rotary_cos[kind], table, NULL, err) ||
+            plan_zeros(p, &w->rotary_sin[kind], table, NULL, err))
+            return -1;
+    return 0;
+}
+
+/* What the table says about the stored weights, applied once they are
+ * read: Gemma's norm weights become 1 + w and its embeddings are scaled by
+ * sqrt(d_model) (as TL's convert_gemma_weights does, in float32); rotary
+ * models get their tables. */
+static void finish_hf_weights(lens_model *m, const lens_arch *arch) {
+    const lens_config *c = &m->cfg;
+    lens_weights *w = &m->w;
+    const size_t d = (size_t)c->d_model;
+    if (arch->norm_offset != 0) {
+        for (size_t i = 0; i < d; i++)
+            w->ln_final_w[i] += arch->norm_offset;
+        for (int l = 0; l < c->n_layers; l++) {
+            lens_layer_weights *lw = &w->layers[l];
+            float *layer_norms[] = {lw->ln1_w, lw->ln1_post_w, lw->ln2_w, lw->ln2_post_w,
+                                    lw->q_norm_w, lw->k_norm_w};
+            const size_t widths[] = {d, d, d, d, (size_t)c->d_head, (size_t)c->d_head};
+            for (size_t k = 0; k < sizeof layer_norms / sizeof layer_norms[0]; k++)
+                for (size_t i = 0; layer_norms[k] && i < widths[k]; i++)
+                    layer_norms[k][i] += arch->norm_offset;
+        }
+    }
+    if (arch->scale_embed) {
+        const float factor = (float)sqrt((double)c->d_model);
+        for (size_t i = 0; i < (size_t)c->d_vocab * d; i++)
+            w->W_E[i] *= factor;
+    }
+    if (c->positions == LENS_POS_ROTARY) {
+        lens_rotary_tables(&c->rotary, c->rotary.base, true, c->n_ctx, w->rotary_cos[0],
+                           w->rotary_sin[0]);
+        /* local layers keep their own base and are never scaled (Gemma 3) */
+        if (w->rotary_cos[1])
+            lens_rotary_tables(&c->rotary, c->rotary.base_local, false, c->n_ctx,
+                               w->rotary_cos[1], w->rotary_sin[1]);
+    }
 }
 
 /* Plans TL's [h, d, dh] W_Q/W_K/W_V as the internal [d, h*dh]: head i's
@@ -1072,13 +1105,15 @@ static int plan_native_weights(lens_model *m, weight_plan *p, lens_err *err) {
     return 0;
 }
 
-/* Plans the weights with plan_weights, then allocates and reads them. */
-static int load_weights(lens_model *m, const tensor_source *src,
-                        int (*plan_weights)(lens_model *, weight_plan *, lens_err *),
+/* Plans the weights (by the architecture table for a Hugging Face
+ * checkpoint, arch NULL for a TL-native one), then allocates and reads
+ * them. */
+static int load_weights(lens_model *m, const tensor_source *src, const lens_arch *arch,
                         lens_err *err) {
     weight_plan plan = {.src = src};
-    int rc = plan_weights(m, &plan, err);
+    int rc = arch ? plan_hf_weights(m, arch, &plan, err) : plan_native_weights(m, &plan, err);
     if (rc == 0) rc = plan_run(m, &plan, err);
+    if (rc == 0 && arch) finish_hf_weights(m, arch);
     plan_free(&plan);
     return rc;
 }
@@ -1129,10 +1164,10 @@ static int load_native_tokenizer(lens_model *m, json_t *lensd, const char *dir, 
                                  lens_err *err) {
     json_t *spec = json_object_get(lensd, "tokenizer");
     if (spec && !json_is_null(spec)) {
-        const char *type = json_get_str(spec, "type", "");
+        const char *type = lens_json_str(spec, "type", "");
         if (strcmp(type, "list") == 0) {
             json_t *tokens = json_object_get(spec, "tokens");
-            const char *split = json_get_str(spec, "split", "chars");
+            const char *split = lens_json_str(spec, "split", "chars");
             size_t n = json_array_size(tokens);
             const char **list = calloc(n ? n : 1, sizeof *list);
             if (!list) {
@@ -1159,13 +1194,13 @@ static int load_native_tokenizer(lens_model *m, json_t *lensd, const char *dir, 
                 err);
             free(list);
         } else if (strcmp(type, "bpe") == 0) {
-            char *vocab = path_join(dir, json_get_str(spec, "vocab", "vocab.json"));
-            char *merges = path_join(dir, json_get_str(spec, "merges", "merges.txt"));
+            char *vocab = path_join(dir, lens_json_str(spec, "vocab", "vocab.json"));
+            char *merges = path_join(dir, lens_json_str(spec, "merges", "merges.txt"));
             m->tok = vocab && merges ? lens_tok_load_bpe(vocab, merges, err) : NULL;
             free(vocab);
             free(merges);
         } else if (strcmp(type, "hf") == 0) {
-            char *path = path_join(dir, json_get_str(spec, "file", "tokenizer.json"));
+            char *path = path_join(dir, lens_json_str(spec, "file", "tokenizer.json"));
             m->tok = path ? lens_tok_load_hf_json(path, err) : NULL;
             free(path);
         } else {
@@ -1201,8 +1236,8 @@ static int load_native_tokenizer(lens_model *m, json_t *lensd, const char *dir, 
             return -1;
         }
     }
-    if (json_get_bool(lensd, "append_eos", false, &m->rules.append_eos, file, err) ||
-        json_get_bool(lensd, "mask_pad_keys", false, &m->rules.mask_pad_keys, file, err))
+    if (lens_json_bool(lensd, "append_eos", false, &m->rules.append_eos, file, err) ||
+        lens_json_bool(lensd, "mask_pad_keys", false, &m->rules.mask_pad_keys, file, err))
         return -1;
     if ((m->rules.append_eos && m->rules.eos_id < 0) ||
         (m->rules.mask_pad_keys && m->rules.pad_id < 0)) {
@@ -1319,13 +1354,11 @@ static int load_hf_dir(lens_model *m, const char *dir, lens_err *err) {
     json_t *root = config_path ? load_json(config_path, err) : NULL;
     tensor_source src = {0};
     int rc = -1;
-    if (root && read_hf_config(&m->cfg, root, config_path, err) == 0 &&
+    const lens_arch *arch = root ? lens_arch_find(root, config_path, err) : NULL;
+    if (arch && lens_arch_read_config(arch, &m->cfg, root, config_path, err) == 0 &&
         (m->w.layers = calloc((size_t)m->cfg.n_layers, sizeof *m->w.layers)) &&
         source_open_dir(&src, dir, err) == 0) {
-        rc = load_weights(m, &src,
-                          strcmp(m->cfg.architecture, "GPTNeoForCausalLM") == 0 ? plan_neo_weights
-                                                                                : plan_gpt2_weights,
-                          err);
+        rc = load_weights(m, &src, arch, err);
         if (rc == 0) rc = load_hf_tokenizer(m, dir, err);
     }
     source_close(&src);
@@ -1346,10 +1379,10 @@ static int load_native(lens_model *m, const char *config_path, unsigned *process
         lens_err_set(err, "%s: \"lensd\" must be an object", config_path);
     } else if (read_native_config(&m->cfg, root, config_path, err) == 0 &&
                (m->w.layers = calloc((size_t)m->cfg.n_layers, sizeof *m->w.layers))) {
-        char *weights = path_join(dir, json_get_str(lensd, "weights", "model.safetensors"));
+        char *weights = path_join(dir, lens_json_str(lensd, "weights", "model.safetensors"));
         json_t *proc = json_object_get(lensd, "processing");
         rc = weights ? source_add(&src, weights, err) : -1;
-        if (rc == 0) rc = load_weights(m, &src, plan_native_weights, err);
+        if (rc == 0) rc = load_weights(m, &src, NULL, err);
         if (rc == 0) rc = load_native_tokenizer(m, lensd, dir, config_path, err);
         if (rc == 0 && json_is_string(proc))
             rc = lens_processing_parse(json_string_value(proc), processing, err);

@@ -281,11 +281,14 @@ static int patch_rows(void *user, lens_hook hook, lens_tensor *act, lens_err *er
         }
         case AT_POS_HEAD:
         case AT_HEAD: {
-            const size_t dh = (size_t)shape[nd - 1];
+            /* q and z have H heads; k and v of a grouped-query model fewer, and query head
+             * it->head reads (so patches) key/value head it->head / (H / heads) */
+            const size_t dh = (size_t)shape[nd - 1], heads = (size_t)shape[nd - 2];
+            const size_t head = (size_t)it->head / (H / heads);
             const int t0 = c->set == AT_HEAD ? 0 : it->pos, t1 = c->set == AT_HEAD ? st->T : it->pos + 1;
             for (int t = t0; t < t1; t++)
-                memcpy(dst + ((row + t) * H + it->head) * dh,
-                       src + ((p * T + t) * H + it->head) * dh, dh * sizeof *dst);
+                memcpy(dst + ((row + t) * heads + head) * dh,
+                       src + ((p * T + t) * heads + head) * dh, dh * sizeof *dst);
             break;
         }
         case PATTERN_HEAD:
@@ -515,7 +518,7 @@ static int run_passes(const lens_model *m, lens_workspace *ws, const lens_patch_
     }
     if (alloc_pass(&b, c, bad, &req->metric, lim.rows, lim.tokens, err)) goto done;
     for (int l = 0; reuse && l < L; l++) {
-        keys[l] = lens_cache_find(corrupted, LENS_HOOK_K, l)->data;
+        keys[l] = lens_cache_find(corrupted, lens_attention_keys(c), l)->data;
         values[l] = lens_cache_find(corrupted, LENS_HOOK_V, l)->data;
     }
     const lens_suffix suffix = {b.first, P, keys, values};
@@ -621,7 +624,7 @@ int lens_patch(const lens_model *m, lens_workspace *ws, const lens_patch_request
         for (int k = 0; k < s->n_components; k++)
             clean_hooks[lens_hook_slot(c, (lens_hook){s->components[k].kind, l})] = 1;
         corrupted_hooks[lens_hook_slot(c, (lens_hook){LENS_HOOK_RESID_PRE, l})] = !req->full_recompute;
-        corrupted_hooks[lens_hook_slot(c, (lens_hook){LENS_HOOK_K, l})] = reuse;
+        corrupted_hooks[lens_hook_slot(c, (lens_hook){lens_attention_keys(c), l})] = reuse;
         corrupted_hooks[lens_hook_slot(c, (lens_hook){LENS_HOOK_V, l})] = reuse;
     }
     if (plain_run(m, ws, req->clean, clean_hooks, &req->metric, &clean, &out->clean_metric, err) ||
@@ -702,6 +705,12 @@ static int check_path_request(const lens_config *c, const lens_path_request *req
     if (req->receiver_input != LENS_HOOK_Q && req->receiver_input != LENS_HOOK_K &&
         req->receiver_input != LENS_HOOK_V) {
         lens_err_set(err, "the receivers' input must be q, k or v");
+        return -1;
+    }
+    if (req->receiver_input != LENS_HOOK_Q && c->n_kv_heads != c->n_heads) {
+        lens_err_set(err, "path patching into k or v needs as many key/value heads as query heads "
+                          "(this model has %d of %d); patch the receivers' q",
+                     c->n_kv_heads, c->n_heads);
         return -1;
     }
     if (req->n_receivers < 1) {

@@ -18,25 +18,38 @@ typedef struct weight_slot {
 } weight_slot;
 
 /* Lists every weight tensor of the model (NULL ones included, with their
- * size) into slots, which must hold 6 + 18 * n_layers entries. Returns
- * the count. */
+ * size) into slots, which must hold WEIGHT_SLOTS(n_layers) entries.
+ * Returns the count. */
+#define WEIGHT_SLOTS(n_layers) (10 + 24 * (size_t)(n_layers))
 static size_t list_weights(const lens_model *m, lens_weights *dw, weight_slot *slots) {
     const lens_config *c = &m->cfg;
     const size_t d = (size_t)c->d_model, hd = (size_t)c->n_heads * c->d_head;
-    const size_t mlp = (size_t)c->d_mlp;
+    const size_t kvd = (size_t)c->n_kv_heads * c->d_head, mlp = (size_t)c->d_mlp;
+    const size_t q_norm = c->qk_norm == LENS_QK_NORM_WHOLE ? hd : (size_t)c->d_head;
+    const size_t k_norm = c->qk_norm == LENS_QK_NORM_WHOLE ? kvd : (size_t)c->d_head;
+    const size_t table = (size_t)c->n_ctx * (size_t)(c->rotary.dim / 2);
     size_t n = 0;
 #define SLOT(field, count) slots[n++] = (weight_slot){&m->w.field, &dw->field, (count)}
     SLOT(W_E, (size_t)c->d_vocab * d);
     SLOT(W_pos, (size_t)c->n_ctx * d);
+    for (int kind = 0; kind < 2; kind++) {
+        SLOT(rotary_cos[kind], table);
+        SLOT(rotary_sin[kind], table);
+    }
     for (int l = 0; l < c->n_layers; l++) {
         SLOT(layers[l].ln1_w, d);
         SLOT(layers[l].ln1_b, d);
         SLOT(layers[l].W_Q, d * hd);
-        SLOT(layers[l].W_K, d * hd);
-        SLOT(layers[l].W_V, d * hd);
+        SLOT(layers[l].W_K, d * kvd);
+        SLOT(layers[l].W_V, d * kvd);
         SLOT(layers[l].b_Q, hd);
-        SLOT(layers[l].b_K, hd);
-        SLOT(layers[l].b_V, hd);
+        SLOT(layers[l].b_K, kvd);
+        SLOT(layers[l].b_V, kvd);
+        SLOT(layers[l].q_norm_w, q_norm);
+        SLOT(layers[l].k_norm_w, k_norm);
+        SLOT(layers[l].ln1_post_w, d);
+        SLOT(layers[l].ln2_post_w, d);
+        SLOT(layers[l].W_gate, d * mlp);
         SLOT(layers[l].W_O, hd * d);
         SLOT(layers[l].b_O, d);
         SLOT(layers[l].ln2_w, d);
@@ -75,7 +88,7 @@ int lens_model_place(lens_model *m, lk_device *dev, lens_err *err) {
         return 0;
     }
     lens_weights dw = {0};
-    weight_slot *slots = malloc((6 + 18 * (size_t)m->cfg.n_layers) * sizeof *slots);
+    weight_slot *slots = malloc(WEIGHT_SLOTS(m->cfg.n_layers) * sizeof *slots);
     dw.layers = calloc((size_t)m->cfg.n_layers, sizeof *dw.layers);
     if (!slots || !dw.layers) {
         free(slots);

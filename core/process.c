@@ -62,9 +62,18 @@ static void fold_bias(float *b, const float *W, const float *ln_b, int R, int N,
  * W[:, n]; W[r, n] *= ln_w[r]; then each column of W loses its mean over
  * the rows. Per block of columns (all of them up to NARROW_COLS), one pass
  * makes both column sums (the bias's from W as it was, the mean's from W
- * scaled) and a second pass subtracts the means. */
-static void fold_norm(float *W, float *b, const float *ln_w, const float *ln_b, int R, int N,
-                      int n0, int n1) {
+ * scaled) and a second pass subtracts the means. An RMSNorm (ln_b NULL,
+ * center false) folds its weight only, as TL folds RMSNorm. */
+static void fold_norm(float *W, float *b, const float *ln_w, const float *ln_b, bool center, int R,
+                      int N, int n0, int n1) {
+    if (!ln_b && !center) {
+        for (int r = 0; r < R; r++) {
+            float *row = W + (size_t)r * N;
+            for (int n = n0; n < n1; n++)
+                row[n] *= ln_w[r];
+        }
+        return;
+    }
     const int block = n1 - n0 <= NARROW_COLS ? n1 - n0 : COLS_AT_ONCE;
     for (; n0 < n1; n0 += block) {
         const int nb = n1 - n0 < block ? n1 - n0 : block;
@@ -115,14 +124,20 @@ static void center_rows(float *W, int N, int r0, int r1) {
     }
 }
 
-/* b_O += sum over heads of b_V[h] @ W_O[h]; b_V = 0; b_O centred again
- * when centring applies. Exact because every row of an attention pattern
+/* b_O += sum over heads of b_V[h / group] @ W_O[h] (group query heads
+ * share a value head); b_V = 0; b_O centred again when centring applies. Exact because every row of an attention pattern
  * sums to 1 (or the row is all zeros, where TL gives the same answer only up
  * to this bias; so does lensd). W_O is [hd, d]. */
-static void fold_value_bias(float *b_O, const float *W_O, float *b_V, int hd, int d,
-                            bool recenter) {
-    fold_bias(b_O, W_O, b_V, hd, d, 0, d);
-    memset(b_V, 0, (size_t)hd * sizeof(float));
+static void fold_value_bias(float *b_O, const float *W_O, float *b_V, int hd, int d, int dh,
+                            int group, bool recenter) {
+    if (group == 1) {
+        fold_bias(b_O, W_O, b_V, hd, d, 0, d);
+    } else {
+        for (int hi = 0; hi < hd / dh; hi++)
+            fold_bias(b_O, W_O + (size_t)hi * dh * d, b_V + (size_t)(hi / group) * dh, dh, d, 0,
+                      d);
+    }
+    memset(b_V, 0, (size_t)(hd / group) * sizeof(float));
     if (recenter) center_rows(b_O, d, 0, 1);
 }
 
@@ -139,6 +154,8 @@ typedef struct piece {
     float *W, *b, *v;
     const float *ln_w, *ln_b;
     int R, N, from, to;
+    int d_head, group; /* PIECE_FOLD_VALUE_BIAS: heads and how many share a value head */
+    bool center;       /* PIECE_FOLD_NORM: a LayerNorm (centres), not an RMSNorm */
     bool recenter;
 } piece;
 
@@ -167,6 +184,7 @@ static void step_add(step *st, piece p) {
  * one in pieces of whole blocks of columns. */
 static void add_fold_norm(step *st, float *W, float *b, const float *ln_w, const float *ln_b, int R,
                           int N) {
+    const bool center = ln_b != NULL;
     int cols = PIECE_FLOATS / R / COLS_AT_ONCE * COLS_AT_ONCE;
     if (cols < COLS_AT_ONCE) cols = COLS_AT_ONCE;
     if (N <= NARROW_COLS) cols = N;
@@ -176,6 +194,7 @@ static void add_fold_norm(step *st, float *W, float *b, const float *ln_w, const
                              .b = b,
                              .ln_w = ln_w,
                              .ln_b = ln_b,
+                             .center = center,
                              .R = R,
                              .N = N,
                              .from = n0,
@@ -210,13 +229,13 @@ static int step_run(step *st, lens_err *err) {
         const piece *p = &st->pieces[i];
         switch (p->kind) {
         case PIECE_FOLD_NORM:
-            fold_norm(p->W, p->b, p->ln_w, p->ln_b, p->R, p->N, p->from, p->to);
+            fold_norm(p->W, p->b, p->ln_w, p->ln_b, p->center, p->R, p->N, p->from, p->to);
             break;
         case PIECE_CENTER_ROWS:
             center_rows(p->W, p->N, p->from, p->to);
             break;
         case PIECE_FOLD_VALUE_BIAS:
-            fold_value_bias(p->b, p->W, p->v, p->R, p->N, p->recenter);
+            fold_value_bias(p->b, p->W, p->v, p->R, p->N, p->d_head, p->group, p->recenter);
             break;
         }
     }
@@ -224,16 +243,25 @@ static int step_run(step *st, lens_err *err) {
     return 0;
 }
 
+/* Folds every norm before a reading matrix into it: ln1 into W_Q, W_K,
+ * W_V; ln2 (ln1 where the MLP shares it) into W_in and W_gate; ln_final
+ * into W_U. Norms on outputs (ln1_post, ln2_post) have nothing after them
+ * to fold into and stay. */
 static void fold_layer_norm(lens_model *m, step *st) {
     lens_config *c = &m->cfg;
     const int d = c->d_model, hd = c->n_heads * c->d_head, mlp = c->d_mlp;
+    const int kvd = c->n_kv_heads * c->d_head;
     for (int l = 0; l < c->n_layers; l++) {
         lens_layer_weights *lw = &m->w.layers[l];
         add_fold_norm(st, lw->W_Q, lw->b_Q, lw->ln1_w, lw->ln1_b, d, hd);
-        add_fold_norm(st, lw->W_K, lw->b_K, lw->ln1_w, lw->ln1_b, d, hd);
-        add_fold_norm(st, lw->W_V, lw->b_V, lw->ln1_w, lw->ln1_b, d, hd);
+        add_fold_norm(st, lw->W_K, lw->b_K, lw->ln1_w, lw->ln1_b, d, kvd);
+        add_fold_norm(st, lw->W_V, lw->b_V, lw->ln1_w, lw->ln1_b, d, kvd);
         if (c->attn_only) continue;
-        add_fold_norm(st, lw->W_in, lw->b_in, lw->ln2_w, lw->ln2_b, d, mlp);
+        const float *ln2_w = c->shared_ln ? lw->ln1_w : lw->ln2_w;
+        const float *ln2_b = c->shared_ln ? lw->ln1_b : lw->ln2_b;
+        add_fold_norm(st, lw->W_in, lw->b_in, ln2_w, ln2_b, d, mlp);
+        /* TL's gated MLP adds b_in after the gate, so an RMSNorm (no bias) folds cleanly */
+        if (lw->W_gate) add_fold_norm(st, lw->W_gate, NULL, ln2_w, NULL, d, mlp);
         /* SoLU's LN over d_mlp is read by W_out [d_mlp, d_model]. */
         if (lw->mlp_ln_w)
             add_fold_norm(st, lw->W_out, lw->b_out, lw->mlp_ln_w, lw->mlp_ln_b, mlp, d);
@@ -248,14 +276,14 @@ static void drop_layer_norms(lens_model *m) {
         lw->ln1_w = lw->ln1_b = lw->ln2_w = lw->ln2_b = lw->mlp_ln_w = lw->mlp_ln_b = NULL;
     }
     m->w.ln_final_w = m->w.ln_final_b = NULL;
-    m->cfg.normalization = LENS_NORM_LNPRE;
+    m->cfg.normalization = m->cfg.normalization == LENS_NORM_RMS ? LENS_NORM_RMSPRE : LENS_NORM_LNPRE;
 }
 
 static void center_writing_weights(lens_model *m, step *st) {
     lens_config *c = &m->cfg;
     const int d = c->d_model, hd = c->n_heads * c->d_head;
     add_center_rows(st, m->w.W_E, c->d_vocab, d);
-    add_center_rows(st, m->w.W_pos, c->n_ctx, d);
+    if (m->w.W_pos) add_center_rows(st, m->w.W_pos, c->n_ctx, d);
     for (int l = 0; l < c->n_layers; l++) {
         lens_layer_weights *lw = &m->w.layers[l];
         add_center_rows(st, lw->W_O, hd, d);
@@ -281,6 +309,8 @@ static void fold_value_biases(lens_model *m, bool recenter, step *st) {
                              .v = lw->b_V,
                              .R = c->n_heads * c->d_head,
                              .N = c->d_model,
+                             .d_head = c->d_head,
+                             .group = c->n_heads / c->n_kv_heads,
                              .recenter = recenter});
     }
 }
@@ -419,7 +449,10 @@ int lens_process_weights(lens_model *m, unsigned flags, lens_err *err) {
     unsigned applied = 0;
     step st = {0};
     int rc = 0;
-    if ((flags & LENS_PROC_FOLD_LN) && c->normalization == LENS_NORM_LN) {
+    /* TL folds LayerNorm and RMSNorm, but not the norms of post-norm models (OLMo 2) */
+    const bool foldable = (c->normalization == LENS_NORM_LN || c->normalization == LENS_NORM_RMS) &&
+                          c->norm_placement != LENS_NORM_AFTER;
+    if ((flags & LENS_PROC_FOLD_LN) && foldable) {
         fold_layer_norm(m, &st);
         if ((rc = step_run(&st, err))) goto out;
         drop_layer_norms(m);
@@ -431,7 +464,8 @@ int lens_process_weights(lens_model *m, unsigned flags, lens_err *err) {
         if ((rc = step_run(&st, err))) goto out;
         applied |= LENS_PROC_CENTER_WRITING_WEIGHTS;
     }
-    if (flags & LENS_PROC_CENTER_UNEMBED) {
+    /* soft-capped logits do not shift with W_U's mean: TL leaves W_U alone (Gemma 2) */
+    if ((flags & LENS_PROC_CENTER_UNEMBED) && c->logit_softcap <= 0) {
         center_unembed(m, &st);
         if ((rc = step_run(&st, err))) goto out;
         applied |= LENS_PROC_CENTER_UNEMBED;
@@ -440,6 +474,13 @@ int lens_process_weights(lens_model *m, unsigned flags, lens_err *err) {
         fold_value_biases(m, (flags & LENS_PROC_CENTER_WRITING_WEIGHTS) && ln_like, &st);
         if ((rc = step_run(&st, err))) goto out;
         applied |= LENS_PROC_FOLD_VALUE_BIASES;
+    }
+    if ((flags & LENS_PROC_REFACTOR_FACTORED_ATTN_MATRICES) &&
+        (c->positions == LENS_POS_ROTARY || c->n_kv_heads != c->n_heads)) {
+        lens_err_set(err, "refactor_factored_attn_matrices needs learned positions and as many "
+                          "key/value heads as query heads");
+        rc = -1;
+        goto out;
     }
     if (flags & LENS_PROC_REFACTOR_FACTORED_ATTN_MATRICES) {
         rc = refactor_factored_attn_matrices(m, err);
