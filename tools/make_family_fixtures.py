@@ -382,17 +382,24 @@ def legacy_groups(bridge, cache) -> dict[str, list[str]]:
     return out
 
 
-def effective_processing(bridge, no_processing: bool) -> list[str]:
-    """What process_weights actually applied (ProcessWeights.process_weights' gates)."""
+def effective_processing(bridge, cache, no_processing: bool) -> list[str]:
+    """What process_weights actually applied. fold_ln is measured: some pre-norm
+    (ln1, ln2, ln_final) has hook_out == hook_normalized, i.e. its weight was
+    folded away (OLMo 2 folds nothing; Phi-3 folds in its own preprocess_weights).
+    The others follow ProcessWeights.process_weights' gates: centering of the
+    writing weights only for LayerNorm models, center_unembed off under a final
+    soft cap."""
+    import torch
+
     if no_processing:
         return []
     cfg, adapter = bridge.cfg, bridge.adapter
     out = []
-    ln = getattr(cfg, "normalization_type", "LN")
-    if getattr(adapter, "supports_fold_ln", True) or hasattr(adapter, "preprocess_weights"):
+    norms = [n for n in ("blocks.0.ln1", "blocks.0.ln2", "ln_final") if f"{n}.hook_out" in cache]
+    if any(torch.equal(cache[f"{n}.hook_out"], cache[f"{n}.hook_normalized"]) for n in norms):
         out.append("fold_ln")
-    if (getattr(adapter, "supports_center_writing_weights", True) and ln in ("LN", "LNPre")
-            and not getattr(cfg, "final_rms", False)):
+    if (getattr(adapter, "supports_center_writing_weights", True)
+            and getattr(cfg, "normalization_type", "LN") in ("LN", "LNPre") and not getattr(cfg, "final_rms", False)):
         out.append("center_writing_weights")
     cap = getattr(cfg, "output_logits_soft_cap", None)
     if not (cap is not None and cap > 0):
@@ -480,9 +487,10 @@ def bridge_step(out: Path, model_ids: list[str]) -> None:
                 ref, hf_ref = save_case(out, case_id, arrays, hf_arrays)
                 cases.append(case_entry(out, case_id, model_id, mode_args + input_args + row_args(rows, ids),
                                         ref, hf_ref, arrays, how, () if no_proc else DEFAULT_PROCESSING,
-                                        effective_processing(bridge, no_proc),
+                                        effective_processing(bridge, cache, no_proc),
                                         {"hf_error": err, "reference_tl": TL4_VERSION}))
                 info["aliases"] = {k: v for k, v in groups.items() if v}
+                info.setdefault("hook_order", {})[label] = list(arrays)
             del bridge
         models[model_id] = info
     (out / "bridge_step.json").write_text(json.dumps({
@@ -503,7 +511,7 @@ def tl3_step(out: Path, model_id: str) -> list[dict]:
     model_dir = out / "models" / model_id
     hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
                                               attn_implementation="eager").eval()
-    cases = []
+    cases, order = [], {}
     for label, mode_args, no_proc in MODES:
         flags = () if no_proc else DEFAULT_PROCESSING
         model = tn.build_hf_tl(model_dir, flags, hf_model=hf)
@@ -541,7 +549,8 @@ def tl3_step(out: Path, model_id: str) -> list[dict]:
             ref, hf_ref = save_case(out, case_id, arrays, hf_arrays)
             cases.append(case_entry(out, case_id, model_id, mode_args + input_args + row_args(rows, ids), ref,
                                     hf_ref, arrays, how, flags, flags, {"hf_error": err, "reference_tl": "3.9.0"}))
-    return cases
+            order[label] = list(arrays)
+    return cases, order
 
 
 # --------------------------------------------------------------------------
@@ -581,14 +590,15 @@ def main(argv=None) -> int:
     (out / "bridge_step.json").unlink(missing_ok=True)
 
     models = {}
-    for seed, model_id in enumerate(ids, start=11):
-        models[model_id] = make_model(out / "models" / model_id, model_id, seed)
+    for model_id in ids:  # a model's seed is its place in MODELS, so --only builds the same bytes
+        models[model_id] = make_model(out / "models" / model_id, model_id, 11 + list(MODELS).index(model_id))
     t_models = time.time() - started
 
-    tl3_cases = []
+    tl3_cases, tl3_order = [], {}
     for model_id in ids:
         if MODELS[model_id][4].get("tl3"):
-            tl3_cases += tl3_step(out, model_id)
+            more, tl3_order[model_id] = tl3_step(out, model_id)
+            tl3_cases += more
 
     tl4 = tl4_path()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tl4)] + [p for p in
@@ -599,6 +609,8 @@ def main(argv=None) -> int:
     (out / "bridge_step.json").unlink()
     for model_id, info in step["models"].items():
         models[model_id].update(info)
+        if model_id in tl3_order:  # the bridge's own order is not the reference's
+            models[model_id]["hook_order"] = tl3_order[model_id]
     cases = step["cases"] + tl3_cases
     order = {m: i for i, m in enumerate(ids)}
     cases.sort(key=lambda c: (order[c["model_id"]], c["id"]))
