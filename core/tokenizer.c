@@ -1,35 +1,39 @@
 /*
- * tokenizer.c: text <-> token ids for byte-level BPE (GPT-2, GPT-Neo) and for
- * plain token lists. The contract is in tokenizer.h.
+ * tokenizer.c: text <-> token ids as Hugging Face's `tokenizers` library
+ * computes them, for BPE models and for plain token lists. The contract is in
+ * tokenizer.h; the pipeline's data structure in tokenizer_internal.h. This
+ * file holds the tables, GPT-2's two-file loader, the token-list tokenizer,
+ * and running the pipeline; tokenizer_json.c and tokenizer_dir.c fill it from
+ * files.
  *
- * Encoding follows Hugging Face tokenizers step by step, so that ids match
- * GPT2TokenizerFast exactly:
- *  1. added tokens are cut out of the text first, leftmost-longest, the
- *     non-normalized ones before the normalized ones (two passes, as HF);
- *  2. each remaining segment is split by the GPT-2 pre-tokenizer regex (PCRE2,
- *     JIT when available);
- *  3. each piece's bytes start as one symbol per byte and adjacent symbols are
- *     merged lowest merge rank first (a min-heap of candidate pairs over a
- *     linked list of symbols, stale candidates skipped when popped).
+ * Encoding follows HF step by step, so that ids match exactly:
+ *  1. added tokens whose text is matched raw (normalized false) are cut out
+ *     first, leftmost-longest (a byte trie), with lstrip/rstrip/single_word;
+ *  2. each remaining segment goes through the normalizers (NFC/NFKC through
+ *     utf8proc, Prepend, Replace, Strip), then the added tokens matched on
+ *     normalized text are cut out of it;
+ *  3. the pre-tokenizer steps (Split, Digits, Metaspace, ByteLevel) cut the
+ *     rest into words, each step streaming its pieces into the next;
+ *  4. each word starts as one symbol per character (per byte for byte-level
+ *     words; unknown characters become <0xNN> byte tokens or the unknown
+ *     token), and adjacent symbols are merged lowest merge rank first (a
+ *     min-heap of candidate pairs over a linked list, stale ones skipped).
+ * Decoding runs HF's decoders (ByteLevel, Metaspace, Replace, ByteFallback,
+ * Fuse, Strip) over the tokens' texts; a ByteLevel-only decoder is a table of
+ * bytes per id.
  *
- * What it deliberately is not: a general tokenizer.json interpreter. Files with
- * a normalizer, a pre-tokenizer other than plain ByteLevel, BPE dropout,
- * subword prefixes or suffixes, byte fallback, ignore_merges or single_word
- * added tokens are refused rather than approximated. There is no per-word
- * cache: a loaded tokenizer is never written again, so threads share it
- * without locks.
+ * What it deliberately is not: a general tokenizers interpreter (WordPiece,
+ * Unigram, BERT-style normalizers are refused by the loaders, never
+ * approximated). There is no per-word cache: a loaded tokenizer is never
+ * written again, so threads share it without locks.
  */
-#define PCRE2_CODE_UNIT_WIDTH 8
-
-#include "core/tokenizer.h"
+#include "core/tokenizer_internal.h"
 
 #include <errno.h>
-#include <jansson.h>
-#include <pcre2.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
 
 /*
  * The GPT-2 pre-tokenizer regex. HF runs it on Oniguruma, whose \s is the
@@ -44,35 +48,15 @@
 static const char GPT2_PATTERN[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+"
                                    "| ?[^" WS "\\p{L}\\p{N}]+|[" WS "]+(?![^" WS "])|[" WS "]+";
 
-/* Ids are stored as int32_t; this bound also keeps a hostile vocab file from
- * making us allocate gigabytes for one huge id. */
-#define MAX_TOKEN_ID (1 << 26)
-
-typedef enum tok_kind { KIND_BPE, KIND_LIST } tok_kind;
-
 /* ---- string -> id hash table (open addressing, linear probing) ---------- */
 
 /* Key bytes live in blocks that are never moved (slots point into them) and
  * are freed together with the table. */
-typedef struct key_block {
+struct key_block {
     struct key_block *next;
     size_t used, cap;
     char bytes[];
-} key_block;
-
-typedef struct str_slot {
-    const char *key; /* NUL-terminated, in the table's key blocks; NULL marks an empty slot */
-    uint32_t len;
-    uint32_t hash; /* of the key, so that probes and growing rarely touch key bytes */
-    int32_t id;
-} str_slot;
-
-typedef struct str_table {
-    str_slot *slots;
-    size_t cap; /* a power of two */
-    size_t count;
-    key_block *keys; /* the block being filled first */
-} str_table;
+};
 
 static uint32_t hash_bytes(const char *s, size_t len) {
     uint32_t h = 0x811c9dc5u; /* FNV-1a */
@@ -93,7 +77,7 @@ static str_slot *str_table_find(const str_table *t, const char *key, size_t len,
 }
 
 /* Makes room for at least n keys at most half full. */
-static int str_table_reserve(str_table *t, size_t n) {
+int str_table_reserve(str_table *t, size_t n) {
     if (2 * n <= t->cap) return 0;
     size_t cap = t->cap ? t->cap : 1024;
     while (cap < 2 * n)
@@ -126,10 +110,7 @@ static const char *str_table_store(str_table *t, const char *key, size_t len) {
     return copy;
 }
 
-/* Maps key to id, replacing the id of an existing key. Returns the (stable)
- * stored copy of the key, or NULL when out of memory (or for a key of 4 GB
- * or more). */
-static const char *str_table_put(str_table *t, const char *key, size_t len, int32_t id) {
+const char *str_table_put(str_table *t, const char *key, size_t len, int32_t id) {
     if (len >= UINT32_MAX || str_table_reserve(t, t->count + 1) < 0) return NULL;
     uint32_t hash = hash_bytes(key, len);
     str_slot *s = str_table_find(t, key, len, hash);
@@ -143,13 +124,13 @@ static const char *str_table_put(str_table *t, const char *key, size_t len, int3
     return s->key;
 }
 
-static int32_t str_table_get(const str_table *t, const char *key, size_t len) {
+int32_t str_table_get(const str_table *t, const char *key, size_t len) {
     if (t->cap == 0 || len >= UINT32_MAX) return -1;
     const str_slot *s = str_table_find(t, key, len, hash_bytes(key, len));
     return s->key ? s->id : -1;
 }
 
-static void str_table_free(str_table *t) {
+void str_table_free(str_table *t) {
     for (key_block *b = t->keys, *next; b; b = next) {
         next = b->next;
         free(b);
@@ -160,18 +141,6 @@ static void str_table_free(str_table *t) {
 /* ---- (left id, right id) -> merge hash table ---------------------------- */
 
 #define NO_PAIR UINT64_MAX
-
-typedef struct merge_slot {
-    uint64_t pair; /* left << 32 | right; NO_PAIR marks an empty slot */
-    int32_t rank;  /* line number in merges.txt, 0 first: lower merges first */
-    int32_t merged;
-} merge_slot;
-
-typedef struct merge_table {
-    merge_slot *slots;
-    size_t cap; /* a power of two */
-    size_t count;
-} merge_table;
 
 static uint64_t pack_pair(int32_t left, int32_t right) {
     return (uint64_t)(uint32_t)left << 32 | (uint32_t)right;
@@ -186,7 +155,7 @@ static merge_slot *merge_table_find(const merge_table *t, uint64_t pair) {
 }
 
 /* Makes room for at least n merges at most half full. */
-static int merge_table_reserve(merge_table *t, size_t n) {
+int merge_table_reserve(merge_table *t, size_t n) {
     if (2 * n <= t->cap) return 0;
     size_t cap = t->cap ? t->cap : 1024;
     while (cap < 2 * n)
@@ -218,40 +187,6 @@ static const merge_slot *merge_table_get(const merge_table *t, int32_t left, int
     const merge_slot *s = merge_table_find(t, pack_pair(left, right));
     return s->pair == NO_PAIR ? NULL : s;
 }
-
-/* ---- the tokenizer ------------------------------------------------------ */
-
-typedef struct added_token {
-    char *content;
-    size_t len;
-    int32_t id;
-    bool lstrip, rstrip, normalized;
-} added_token;
-
-struct lens_tokenizer {
-    tok_kind kind;
-    lens_split split;   /* KIND_LIST only */
-    size_t n_ids;       /* largest id + 1 */
-    str_table entries;  /* entry text -> id; added tokens win over the model vocab */
-    uint32_t *text_off; /* [n_ids + 1]: id i decodes to text_bytes[text_off[i] .. text_off[i+1]) */
-    char *text_bytes;
-
-    /* KIND_BPE */
-    merge_table merges;
-    int32_t byte_id[256]; /* id of the one-byte token for each byte */
-    added_token *added;
-    size_t n_added;
-    pcre2_code *pretokenizer;
-
-    /* KIND_LIST */
-    size_t longest_entry; /* bytes */
-    bool has_multichar_entry;
-
-    /* While loading only: the entry text of each id (pointers into entries). */
-    const char **id_text;
-    size_t *id_text_len;
-    size_t id_text_cap;
-};
 
 /* ---- UTF-8 -------------------------------------------------------------- */
 
@@ -289,6 +224,11 @@ static size_t utf8_sequence(const uint8_t *s, size_t n, size_t *invalid_len) {
     return need + 1;
 }
 
+size_t tok_utf8_len(const uint8_t *s, size_t n) {
+    size_t invalid_len;
+    return n ? utf8_sequence(s, n, &invalid_len) : 0;
+}
+
 static int utf8_validate(const char *text, size_t len, lens_err *err) {
     const uint8_t *s = (const uint8_t *)text;
     size_t invalid_len;
@@ -307,8 +247,7 @@ static int utf8_validate(const char *text, size_t len, lens_err *err) {
     return 0;
 }
 
-/* Decodes the code point of a well-formed sequence of n bytes. */
-static uint32_t utf8_code_point(const uint8_t *s, size_t n) {
+uint32_t tok_utf8_decode(const uint8_t *s, size_t n) {
     static const uint8_t lead_mask[5] = {0, 0x7F, 0x1F, 0x0F, 0x07};
     uint32_t cp = s[0] & lead_mask[n];
     for (size_t i = 1; i < n; i++)
@@ -316,7 +255,7 @@ static uint32_t utf8_code_point(const uint8_t *s, size_t n) {
     return cp;
 }
 
-static size_t utf8_put(uint32_t cp, char *out) {
+size_t tok_utf8_put(uint32_t cp, char *out) {
     if (cp < 0x80) {
         out[0] = (char)cp;
         return 1;
@@ -339,12 +278,63 @@ static size_t utf8_put(uint32_t cp, char *out) {
     return 4;
 }
 
-/* Rust's char::is_whitespace, i.e. the Unicode White_Space property: what HF
- * strips beside an added token with lstrip or rstrip. */
+/* The code point at s[0 .. n) of valid UTF-8 and its length in *len. */
+static uint32_t next_char(const char *s, size_t n, size_t *len) {
+    size_t invalid_len;
+    *len = utf8_sequence((const uint8_t *)s, n, &invalid_len);
+    return tok_utf8_decode((const uint8_t *)s, *len);
+}
+
+/* Start of the character that ends at s[end] (valid UTF-8, end > 0). */
+static size_t char_start_before(const char *s, size_t end) {
+    size_t start = end - 1;
+    while (start > 0 && ((uint8_t)s[start] & 0xC0) == 0x80)
+        start--;
+    return start;
+}
+
+/* Rust's char::is_whitespace, i.e. the Unicode White_Space property. */
 static bool is_unicode_space(uint32_t cp) {
     return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
            (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
            cp == 0x205F || cp == 0x3000;
+}
+
+/* Rust's char::is_numeric: general categories Nd, Nl and No. */
+static bool is_numeric(uint32_t cp) {
+    if (cp < 0x80) return cp >= '0' && cp <= '9';
+    utf8proc_category_t c = utf8proc_category((utf8proc_int32_t)cp);
+    return c == UTF8PROC_CATEGORY_ND || c == UTF8PROC_CATEGORY_NL || c == UTF8PROC_CATEGORY_NO;
+}
+
+/* The regex crate's \w, which HF's single_word tests beside an added token:
+ * Alphabetic, marks, decimal digits, connector punctuation, join controls.
+ * Alphabetic is taken as the letters, Nl, and the symbols with the
+ * Other_Alphabetic property (circled and squared Latin letters). */
+static bool is_word_char(uint32_t cp) {
+    if (cp < 0x80)
+        return (cp >= '0' && cp <= '9') || (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z') ||
+               cp == '_';
+    if (cp == 0x200C || cp == 0x200D || (cp >= 0x24B6 && cp <= 0x24E9) ||
+        (cp >= 0x1F130 && cp <= 0x1F149) || (cp >= 0x1F150 && cp <= 0x1F169) ||
+        (cp >= 0x1F170 && cp <= 0x1F189))
+        return true;
+    switch (utf8proc_category((utf8proc_int32_t)cp)) {
+    case UTF8PROC_CATEGORY_LU:
+    case UTF8PROC_CATEGORY_LL:
+    case UTF8PROC_CATEGORY_LT:
+    case UTF8PROC_CATEGORY_LM:
+    case UTF8PROC_CATEGORY_LO:
+    case UTF8PROC_CATEGORY_NL:
+    case UTF8PROC_CATEGORY_MN:
+    case UTF8PROC_CATEGORY_MC:
+    case UTF8PROC_CATEGORY_ME:
+    case UTF8PROC_CATEGORY_ND:
+    case UTF8PROC_CATEGORY_PC:
+        return true;
+    default:
+        return false;
+    }
 }
 
 /* ---- GPT-2's byte <-> printable character mapping ----------------------- */
@@ -352,34 +342,45 @@ static bool is_unicode_space(uint32_t cp) {
 /* GPT-2 spells each byte as a printable character: the printable Latin-1
  * bytes as themselves, the other 68 as U+0100.. in byte order (space is
  * U+0120 'Ġ'). This is bytes_to_unicode() of GPT-2's encoder.py. */
-typedef struct byte_alphabet {
-    uint32_t code_point[256]; /* byte -> the character that spells it */
-    int16_t byte[256 + 68];   /* character -> the byte it spells, or -1 */
-} byte_alphabet;
-
-static void byte_alphabet_init(byte_alphabet *a) {
-    uint32_t next_extra = 256;
-    for (unsigned b = 0; b < 256; b++) {
-        bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
-        a->code_point[b] = printable ? b : next_extra++;
+uint32_t tok_byte_char(uint8_t b) {
+    static uint32_t code_point[256];
+    static bool ready;
+    if (!ready) {
+        uint32_t next_extra = 256;
+        for (unsigned i = 0; i < 256; i++) {
+            bool printable = (i >= '!' && i <= '~') || (i >= 0xA1 && i <= 0xAC) || i >= 0xAE;
+            code_point[i] = printable ? i : next_extra++;
+        }
+        ready = true;
     }
-    for (size_t cp = 0; cp < sizeof a->byte / sizeof a->byte[0]; cp++)
-        a->byte[cp] = -1;
-    for (unsigned b = 0; b < 256; b++)
-        a->byte[a->code_point[b]] = (int16_t)b;
+    return code_point[b];
 }
 
-/* The bytes a vocabulary entry stands for: its characters mapped back to
- * bytes if every one of them spells a byte, else its own UTF-8 text (HF's
- * ByteLevel decoder does the same, e.g. for "<|endoftext|>"'s literal text).
- * Writes at most len bytes to out and returns how many. */
-static size_t entry_bytes(const byte_alphabet *alphabet, const char *text, size_t len, char *out) {
-    const uint8_t *s = (const uint8_t *)text;
-    size_t n_out = 0, invalid_len;
+/* The byte GPT-2's character cp spells, or -1. */
+static int char_byte(uint32_t cp) {
+    if (cp < 0x100) {
+        bool printable = (cp >= '!' && cp <= '~') || (cp >= 0xA1 && cp <= 0xAC) || cp >= 0xAE;
+        return printable ? (int)cp : -1;
+    }
+    if (cp >= 0x100 + 68) return -1;
+    uint32_t k = cp - 0x100; /* the k-th non-printable byte */
+    for (unsigned b = 0; b < 256; b++) {
+        bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+        if (!printable && k-- == 0) return (int)b;
+    }
+    return -1;
+}
+
+/* The bytes a token's text stands for under HF's ByteLevel decoder: its
+ * characters mapped back to bytes if every one of them spells a byte, else
+ * its own UTF-8 text (e.g. "<|endoftext|>"'s literal text). Writes at most
+ * len bytes to out and returns how many. */
+static size_t byte_level_bytes(const char *text, size_t len, char *out) {
+    size_t n_out = 0;
     for (size_t i = 0; i < len;) {
-        size_t n = utf8_sequence(s + i, len - i, &invalid_len);
-        uint32_t cp = n ? utf8_code_point(s + i, n) : UINT32_MAX;
-        int b = cp < sizeof alphabet->byte / sizeof alphabet->byte[0] ? alphabet->byte[cp] : -1;
+        size_t n;
+        uint32_t cp = next_char(text + i, len - i, &n);
+        int b = n ? char_byte(cp) : -1;
         if (b < 0) {
             memcpy(out, text, len);
             return len;
@@ -390,28 +391,117 @@ static size_t entry_bytes(const byte_alphabet *alphabet, const char *text, size_
     return n_out;
 }
 
+/* ---- regexes ------------------------------------------------------------- */
+
+static pcre2_code *compile_pcre2(const char *pattern, size_t len, const char *what,
+                                 lens_err *err) {
+    int code;
+    PCRE2_SIZE offset;
+    pcre2_code *re =
+        pcre2_compile((PCRE2_SPTR)pattern, len, PCRE2_UTF | PCRE2_UCP, &code, &offset, NULL);
+    if (!re) {
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(code, msg, sizeof msg);
+        lens_err_set(err, "%s: regex \"%.*s\": %s at offset %zu", what, (int)(len > 200 ? 200 : len),
+                     pattern, (char *)msg, (size_t)offset);
+        return NULL;
+    }
+    /* Without JIT support pcre2_match interprets the pattern: slower, same
+     * matches, so a failure here is not an error. */
+    pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
+    return re;
+}
+
+pcre2_code *tok_gpt2_regex(lens_err *err) {
+    return compile_pcre2(GPT2_PATTERN, sizeof GPT2_PATTERN - 1, "GPT-2 pre-tokenizer", err);
+}
+
+/*
+ * HF compiles Regex patterns with Oniguruma (Ruby syntax). The patterns of
+ * real tokenizers read the same in PCRE2 but for \s (spelled out as above);
+ * what the two engines read differently is refused: \w \W \b \B (Unicode
+ * word classes differ), \h \H (a hex digit in Oniguruma), \S inside a class,
+ * ^ and $ (line anchors in Ruby syntax), (?m) (dot-all in Ruby) and class
+ * intersection (&&). \uHHHH becomes \x{HHHH}.
+ */
+pcre2_code *tok_compile_regex(const char *pattern, size_t len, const char *what, lens_err *err) {
+    size_t cap = 8 * len + 256;
+    char *out = malloc(cap);
+    if (!out) {
+        lens_err_set(err, "out of memory");
+        return NULL;
+    }
+    size_t n = 0;
+    int class_depth = 0;
+    const char *refused = NULL;
+    char escape[3] = "\\?";
+    for (size_t i = 0; i < len && !refused; i++) {
+        char c = pattern[i];
+        if (n + sizeof(WS) + 8 > cap) {
+            refused = "(too long)";
+            break;
+        }
+        if (c == '\\' && i + 1 < len) {
+            char e = pattern[++i];
+            if (e == 's') {
+                n += (size_t)sprintf(out + n, class_depth ? "%s" : "[%s]", WS);
+            } else if (e == 'S') {
+                if (class_depth) refused = "\\S inside a character class";
+                n += (size_t)sprintf(out + n, "[^%s]", WS);
+            } else if (strchr("wWbBhH", e)) {
+                escape[1] = e;
+                refused = escape;
+            } else if (e == 'u' && i + 4 < len) {
+                n += (size_t)sprintf(out + n, "\\x{%.4s}", pattern + i + 1);
+                i += 4;
+            } else {
+                out[n++] = '\\';
+                out[n++] = e;
+            }
+            continue;
+        }
+        if (class_depth == 0 && (c == '^' || c == '$')) {
+            refused = c == '^' ? "^" : "$";
+        } else if (c == '[') {
+            class_depth++;
+        } else if (c == ']' && class_depth > 0) {
+            class_depth--;
+        } else if (class_depth && c == '&' && i + 1 < len && pattern[i + 1] == '&') {
+            refused = "&&";
+        } else if (!class_depth && c == '(' && i + 2 < len && pattern[i + 1] == '?' &&
+                   strchr("imx-", pattern[i + 2])) {
+            for (size_t k = i + 2; k < len && pattern[k] != ')' && pattern[k] != ':'; k++)
+                if (pattern[k] == 'm') refused = "(?m)";
+        }
+        out[n++] = c;
+    }
+    pcre2_code *re = NULL;
+    if (refused)
+        lens_err_set(err, "%s: regex \"%.*s\" uses %s, which Oniguruma and PCRE2 read differently",
+                     what, (int)(len > 200 ? 200 : len), pattern, refused);
+    else
+        re = compile_pcre2(out, n, what, err);
+    free(out);
+    return re;
+}
+
 /* ---- loading ------------------------------------------------------------ */
 
-static lens_tokenizer *tok_new(tok_kind kind, lens_err *err) {
+lens_tokenizer *tok_new(tok_kind kind, lens_err *err) {
     lens_tokenizer *tok = calloc(1, sizeof *tok);
     if (!tok) {
         lens_err_set(err, "out of memory");
         return NULL;
     }
     tok->kind = kind;
+    tok->unk_id = -1;
     return tok;
 }
 
-/* Records that id spells text. With replace false, an id that already spells
- * something else is an error (two vocabulary entries with one id); with
- * replace true (added tokens) the new text wins for both directions. */
-static int set_entry(lens_tokenizer *tok, const char *text, size_t len, int64_t id, bool replace,
-                     lens_err *err) {
-    if (id < 0 || id >= MAX_TOKEN_ID) {
-        lens_err_set(err, "id %lld of \"%.64s\" is out of range [0, %d)", (long long)id, text,
-                     MAX_TOKEN_ID);
-        return -1;
-    }
+/* Records that id spells text (a pointer into a table). With replace false,
+ * an id that already spells something is an error. */
+static int set_id_text(lens_tokenizer *tok, const char *text, size_t len, int64_t id, bool replace,
+                       lens_err *err) {
     if ((size_t)id >= tok->id_text_cap) {
         size_t cap = tok->id_text_cap ? tok->id_text_cap : 1024;
         while (cap <= (size_t)id)
@@ -432,19 +522,240 @@ static int set_entry(lens_tokenizer *tok, const char *text, size_t len, int64_t 
                      tok->id_text[id], text);
         return -1;
     }
-    const char *stored = str_table_put(&tok->entries, text, len, (int32_t)id);
-    if (!stored) {
-        lens_err_set(err, "out of memory");
-        return -1;
-    }
-    tok->id_text[id] = stored;
+    tok->id_text[id] = text;
     tok->id_text_len[id] = len;
     if ((size_t)id >= tok->n_ids) tok->n_ids = (size_t)id + 1;
     return 0;
 }
 
-/* Builds the per-id decoded bytes from id_text and drops id_text. Ids that
- * spell nothing (gaps) decode to nothing, as in HF. */
+static int check_id(const char *text, int64_t id, lens_err *err) {
+    if (id < 0 || id >= MAX_TOKEN_ID) {
+        lens_err_set(err, "id %lld of \"%.64s\" is out of range [0, %d)", (long long)id, text,
+                     MAX_TOKEN_ID);
+        return -1;
+    }
+    return 0;
+}
+
+int tok_add_vocab(lens_tokenizer *tok, const char *text, size_t len, int64_t id, lens_err *err) {
+    if (check_id(text, id, err) < 0) return -1;
+    const char *stored = str_table_put(&tok->vocab, text, len, (int32_t)id);
+    if (!stored) {
+        lens_err_set(err, "out of memory");
+        return -1;
+    }
+    return set_id_text(tok, stored, len, id, false, err);
+}
+
+int32_t tok_lookup(const lens_tokenizer *tok, const char *text, size_t len) {
+    int32_t id = str_table_get(&tok->added_by_text, text, len);
+    return id >= 0 ? id : str_table_get(&tok->vocab, text, len);
+}
+
+int64_t tok_next_added_id(const lens_tokenizer *tok) {
+    int64_t next = (int64_t)tok->vocab.count;
+    for (size_t i = 0; i < tok->n_added; i++)
+        if (tok->added[i].id >= next) next = tok->added[i].id + 1;
+    return next;
+}
+
+int tok_add_merge(lens_tokenizer *tok, const char *left, size_t left_len, const char *right,
+                  size_t right_len, size_t rank, lens_err *err) {
+    int32_t left_id = str_table_get(&tok->vocab, left, left_len);
+    int32_t right_id = str_table_get(&tok->vocab, right, right_len);
+    /* HF's merged token is left + right[len(prefix)..]. */
+    size_t cut = tok->prefix_len <= right_len ? tok->prefix_len : 0;
+    size_t joined_len = left_len + right_len - cut;
+    char small[256];
+    char *joined = joined_len <= sizeof small ? small : malloc(joined_len);
+    if (!joined) {
+        lens_err_set(err, "out of memory");
+        return -1;
+    }
+    memcpy(joined, left, left_len);
+    memcpy(joined + left_len, right + cut, right_len - cut);
+    int32_t merged_id = str_table_get(&tok->vocab, joined, joined_len);
+    if (left_id < 0 || right_id < 0 || merged_id < 0) {
+        const char *missing = left_id < 0 ? left : right_id < 0 ? right : joined;
+        size_t missing_len = left_id < 0 ? left_len : right_id < 0 ? right_len : joined_len;
+        lens_err_set(err, "merge %zu: \"%.*s\" is not in the vocabulary", rank + 1,
+                     (int)(missing_len > 64 ? 64 : missing_len), missing);
+        if (joined != small) free(joined);
+        return -1;
+    }
+    if (joined != small) free(joined);
+    if (rank >= MAX_TOKEN_ID) {
+        lens_err_set(err, "more than %d merges", MAX_TOKEN_ID);
+        return -1;
+    }
+    if (merge_table_put(&tok->merges, left_id, right_id, (int32_t)rank, merged_id) < 0) {
+        lens_err_set(err, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+int tok_add_merge_ids(lens_tokenizer *tok, int32_t left, int32_t right, int32_t merged, size_t rank,
+                      lens_err *err) {
+    if (rank >= MAX_TOKEN_ID) {
+        lens_err_set(err, "more than %d merges", MAX_TOKEN_ID);
+        return -1;
+    }
+    if (merge_table_put(&tok->merges, left, right, (int32_t)rank, merged) < 0) {
+        lens_err_set(err, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+typedef struct byte_buf {
+    char *bytes;
+    size_t len, cap;
+} byte_buf;
+
+static int buf_reserve(byte_buf *b, size_t n) {
+    if (n <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < n)
+        cap *= 2;
+    char *bytes = realloc(b->bytes, cap);
+    if (!bytes) return -1;
+    b->bytes = bytes;
+    b->cap = cap;
+    return 0;
+}
+
+static int buf_append(byte_buf *b, const char *s, size_t n) {
+    if (buf_reserve(b, b->len + n + 1) < 0) return -1;
+    memcpy(b->bytes + b->len, s, n);
+    b->len += n;
+    return 0;
+}
+
+static int normalize(const lens_tokenizer *tok, const char *text, size_t len, byte_buf bufs[2],
+                     const char **out, size_t *out_len, lens_err *err);
+
+int tok_add_added(lens_tokenizer *tok, const char *content, size_t len, int64_t id, bool lstrip,
+                  bool rstrip, bool normalized, bool single_word, bool special, lens_err *err) {
+    if (len == 0) {
+        lens_err_set(err, "added token %lld is empty", (long long)id);
+        return -1;
+    }
+    if (check_id(content, id, err) < 0) return -1;
+    if (str_table_get(&tok->added_by_text, content, len) >= 0) {
+        lens_err_set(err, "added token \"%.64s\" is listed twice", content);
+        return -1;
+    }
+    const char *stored = str_table_put(&tok->added_by_text, content, len, (int32_t)id);
+    if (!stored || set_id_text(tok, stored, len, id, true, err) < 0) {
+        if (!stored) lens_err_set(err, "out of memory");
+        return -1;
+    }
+    added_token *grown = realloc(tok->added, (tok->n_added + 1) * sizeof *grown);
+    if (!grown) {
+        lens_err_set(err, "out of memory");
+        return -1;
+    }
+    tok->added = grown;
+    added_token *t = &tok->added[tok->n_added];
+    *t = (added_token){.len = len, .id = (int32_t)id, .lstrip = lstrip, .rstrip = rstrip,
+                       .normalized = normalized, .single_word = single_word, .special = special};
+    /* A normalized token is matched as the normalizers spell it. */
+    const char *pattern = content;
+    size_t pattern_len = len;
+    byte_buf bufs[2] = {{0}, {0}};
+    if (normalized && tok->n_norms > 0 &&
+        normalize(tok, content, len, bufs, &pattern, &pattern_len, err) < 0) {
+        free(bufs[0].bytes);
+        free(bufs[1].bytes);
+        return -1;
+    }
+    t->content = malloc(len + 1);
+    t->pattern = malloc(pattern_len + 1);
+    if (t->content && t->pattern) {
+        memcpy(t->content, content, len);
+        t->content[len] = '\0';
+        memcpy(t->pattern, pattern, pattern_len);
+        t->pattern[pattern_len] = '\0';
+        t->pattern_len = pattern_len;
+    }
+    free(bufs[0].bytes);
+    free(bufs[1].bytes);
+    tok->n_added++;
+    if (!t->content || !t->pattern) {
+        lens_err_set(err, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* Adds added[index]'s pattern to trie. A pattern listed twice keeps the
+ * first token, as the first one added wins in HF's automaton. */
+static int trie_insert(added_trie *trie, const added_token *t, int32_t index) {
+    if (!trie->nodes) {
+        trie->cap_nodes = 64;
+        trie->nodes = malloc(trie->cap_nodes * sizeof *trie->nodes);
+        if (!trie->nodes) return -1;
+        trie->nodes[0] = (trie_node){-1, -1, -1, 0};
+        trie->n_nodes = 1;
+        for (int b = 0; b < 256; b++)
+            trie->root_child[b] = -1;
+    }
+    int32_t node = 0;
+    for (size_t i = 0; i < t->pattern_len; i++) {
+        uint8_t byte = (uint8_t)t->pattern[i];
+        int32_t child = node == 0 ? trie->root_child[byte] : trie->nodes[node].first_child;
+        if (node != 0)
+            while (child >= 0 && trie->nodes[child].byte != byte)
+                child = trie->nodes[child].next_sibling;
+        if (child < 0) {
+            if (trie->n_nodes == trie->cap_nodes) {
+                trie_node *grown =
+                    realloc(trie->nodes, 2 * trie->cap_nodes * sizeof *trie->nodes);
+                if (!grown) return -1;
+                trie->nodes = grown;
+                trie->cap_nodes *= 2;
+            }
+            child = (int32_t)trie->n_nodes++;
+            trie->nodes[child] = (trie_node){-1, trie->nodes[node].first_child, -1, byte};
+            trie->nodes[node].first_child = child;
+            if (node == 0) trie->root_child[byte] = child;
+        }
+        node = child;
+    }
+    if (trie->nodes[node].token < 0) trie->nodes[node].token = index;
+    trie->only_first = -1;
+    for (int b = 0, seen = 0; b < 256; b++) {
+        if (trie->root_child[b] < 0) continue;
+        trie->only_first = seen++ ? -1 : b;
+        if (seen > 1) break;
+    }
+    return 0;
+}
+
+/* The longest pattern of trie that starts at text[at], as an index into
+ * added[] (its length in *match_len), or -1. */
+static int32_t trie_longest(const added_trie *trie, const lens_tokenizer *tok, const char *text,
+                            size_t at, size_t end, size_t *match_len) {
+    int32_t best = -1;
+    int32_t node = trie->root_child[(uint8_t)text[at]];
+    for (size_t i = at; node >= 0;) {
+        if (trie->nodes[node].token >= 0) {
+            best = trie->nodes[node].token;
+            *match_len = i + 1 - at;
+        }
+        if (++i >= end) break;
+        uint8_t byte = (uint8_t)text[i];
+        node = trie->nodes[node].first_child;
+        while (node >= 0 && trie->nodes[node].byte != byte)
+            node = trie->nodes[node].next_sibling;
+    }
+    (void)tok;
+    return best;
+}
+
+/* Builds the per-id texts from id_text and drops id_text: each id's bytes
+ * under a ByteLevel-only decoder, else its token text. */
 static int finish_texts(lens_tokenizer *tok, lens_err *err) {
     size_t total = 0;
     for (size_t i = 0; i < tok->n_ids; i++)
@@ -455,20 +766,20 @@ static int finish_texts(lens_tokenizer *tok, lens_err *err) {
     }
     tok->text_off = malloc((tok->n_ids + 1) * sizeof *tok->text_off);
     tok->text_bytes = malloc(total ? total : 1);
-    if (!tok->text_off || !tok->text_bytes) {
+    tok->has_text = malloc(tok->n_ids ? tok->n_ids : 1);
+    if (!tok->text_off || !tok->text_bytes || !tok->has_text) {
         lens_err_set(err, "out of memory");
         return -1;
     }
-    byte_alphabet alphabet;
-    byte_alphabet_init(&alphabet);
     uint32_t off = 0;
     for (size_t i = 0; i < tok->n_ids; i++) {
         tok->text_off[i] = off;
         const char *text = tok->id_text[i];
+        tok->has_text[i] = text != NULL;
         if (!text) continue;
         size_t len = tok->id_text_len[i];
-        if (tok->kind == KIND_BPE) {
-            off += (uint32_t)entry_bytes(&alphabet, text, len, tok->text_bytes + off);
+        if (tok->kind == KIND_BPE && tok->decode_bytes) {
+            off += (uint32_t)byte_level_bytes(text, len, tok->text_bytes + off);
         } else {
             memcpy(tok->text_bytes + off, text, len);
             off += (uint32_t)len;
@@ -482,124 +793,33 @@ static int finish_texts(lens_tokenizer *tok, lens_err *err) {
     return 0;
 }
 
-static int load_vocab_object(lens_tokenizer *tok, const json_t *vocab, lens_err *err) {
-    if (!json_is_object(vocab)) {
-        lens_err_set(err, "the vocabulary is not a JSON object");
-        return -1;
-    }
-    const char *key;
-    json_t *value;
-    json_object_foreach((json_t *)vocab, key, value) {
-        if (!json_is_integer(value)) {
-            lens_err_set(err, "the id of \"%.64s\" is not an integer", key);
-            return -1;
-        }
-        if (set_entry(tok, key, strlen(key), json_integer_value(value), false, err) < 0) return -1;
-    }
-    return 0;
-}
-
-/* Finds the one-byte tokens; every byte must have one, or some text could not
- * be encoded. */
-static int find_byte_ids(lens_tokenizer *tok, lens_err *err) {
-    byte_alphabet alphabet;
-    byte_alphabet_init(&alphabet);
+int tok_finish(lens_tokenizer *tok, lens_err *err) {
     for (unsigned b = 0; b < 256; b++) {
-        char spelled[4];
-        size_t len = utf8_put(alphabet.code_point[b], spelled);
-        tok->byte_id[b] = str_table_get(&tok->entries, spelled, len);
-        if (tok->byte_id[b] < 0) {
-            lens_err_set(err, "the vocabulary has no entry \"%.*s\" for byte 0x%02x", (int)len,
-                         spelled, b);
-            return -1;
-        }
+        char spelled[8];
+        size_t len = tok_utf8_put(tok_byte_char((uint8_t)b), spelled);
+        tok->byte_id[b] = str_table_get(&tok->vocab, spelled, len);
+        snprintf(spelled, sizeof spelled, "<0x%02X>", b);
+        tok->fallback_id[b] = str_table_get(&tok->vocab, spelled, 6);
     }
-    return 0;
-}
-
-/* Adds merge number rank: left + right -> their concatenation. All three must
- * be model vocabulary entries, so merges are added before added tokens. */
-static int add_merge(lens_tokenizer *tok, const char *left, size_t left_len, const char *right,
-                     size_t right_len, size_t rank, lens_err *err) {
-    int32_t left_id = str_table_get(&tok->entries, left, left_len);
-    int32_t right_id = str_table_get(&tok->entries, right, right_len);
-    char small[256];
-    char *joined = left_len + right_len <= sizeof small ? small : malloc(left_len + right_len);
-    if (!joined) {
-        lens_err_set(err, "out of memory");
-        return -1;
+    for (unsigned c = 0; c < 128; c++) {
+        char one = (char)c;
+        tok->ascii_id[c] = str_table_get(&tok->vocab, &one, 1);
     }
-    memcpy(joined, left, left_len);
-    memcpy(joined + left_len, right, right_len);
-    int32_t merged_id = str_table_get(&tok->entries, joined, left_len + right_len);
-    if (joined != small) free(joined);
-    if (left_id < 0 || right_id < 0 || merged_id < 0) {
-        const char *missing = left_id < 0 ? left : right;
-        size_t missing_len = left_id < 0 ? left_len : right_len;
-        if (left_id >= 0 && right_id >= 0)
-            lens_err_set(err, "merge %zu: \"%.*s%.*s\" is not in the vocabulary", rank + 1,
-                         (int)(left_len > 64 ? 64 : left_len), left,
-                         (int)(right_len > 64 ? 64 : right_len), right);
-        else
-            lens_err_set(err, "merge %zu: \"%.*s\" is not in the vocabulary", rank + 1,
-                         (int)(missing_len > 64 ? 64 : missing_len), missing);
-        return -1;
-    }
-    if (rank >= MAX_TOKEN_ID) {
-        lens_err_set(err, "more than %d merges", MAX_TOKEN_ID);
-        return -1;
-    }
-    if (merge_table_put(&tok->merges, left_id, right_id, (int32_t)rank, merged_id) < 0) {
-        lens_err_set(err, "out of memory");
-        return -1;
-    }
-    return 0;
-}
-
-static int add_added_token(lens_tokenizer *tok, const char *content, size_t len, int64_t id,
-                           bool lstrip, bool rstrip, bool normalized, lens_err *err) {
-    if (len == 0) {
-        lens_err_set(err, "added token %lld is empty", (long long)id);
-        return -1;
-    }
+    tok->all_bytes = true;
+    for (unsigned b = 0; b < 256; b++)
+        tok->all_bytes = tok->all_bytes && tok->byte_id[b] >= 0;
+    if (tok->unk_token) tok->unk_id = str_table_get(&tok->vocab, tok->unk_token, strlen(tok->unk_token));
     for (size_t i = 0; i < tok->n_added; i++) {
-        if (tok->added[i].len == len && memcmp(tok->added[i].content, content, len) == 0) {
-            lens_err_set(err, "added token \"%.64s\" is listed twice", content);
+        added_trie *trie = tok->added[i].normalized ? &tok->normalized_trie : &tok->raw_trie;
+        if (trie_insert(trie, &tok->added[i], (int32_t)i) < 0) {
+            lens_err_set(err, "out of memory");
             return -1;
         }
     }
-    if (set_entry(tok, content, len, id, true, err) < 0) return -1;
-    added_token *grown = realloc(tok->added, (tok->n_added + 1) * sizeof *grown);
-    char *copy = malloc(len);
-    if (grown) tok->added = grown;
-    if (!grown || !copy) {
-        free(copy);
-        lens_err_set(err, "out of memory");
-        return -1;
-    }
-    memcpy(copy, content, len);
-    tok->added[tok->n_added++] = (added_token){copy, len, (int32_t)id, lstrip, rstrip, normalized};
-    return 0;
+    return finish_texts(tok, err);
 }
 
-static int compile_pretokenizer(lens_tokenizer *tok, lens_err *err) {
-    int code;
-    PCRE2_SIZE offset;
-    tok->pretokenizer = pcre2_compile((PCRE2_SPTR)GPT2_PATTERN, PCRE2_ZERO_TERMINATED,
-                                      PCRE2_UTF | PCRE2_UCP, &code, &offset, NULL);
-    if (!tok->pretokenizer) {
-        PCRE2_UCHAR msg[256];
-        pcre2_get_error_message(code, msg, sizeof msg);
-        lens_err_set(err, "pre-tokenizer regex: %s at offset %zu", (char *)msg, (size_t)offset);
-        return -1;
-    }
-    /* Without JIT support pcre2_match interprets the pattern: slower, same
-     * matches, so a failure here is not an error. */
-    pcre2_jit_compile(tok->pretokenizer, PCRE2_JIT_COMPLETE);
-    return 0;
-}
-
-static char *read_file(const char *path, size_t *len, lens_err *err) {
+char *tok_read_file(const char *path, size_t *len, lens_err *err) {
     FILE *f = fopen(path, "rb");
     if (!f) {
         lens_err_set(err, "%s: %s", path, strerror(errno));
@@ -608,8 +828,8 @@ static char *read_file(const char *path, size_t *len, lens_err *err) {
     size_t cap = 1 << 20, n = 0;
     char *buf = malloc(cap);
     while (buf) {
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap) break;
+        n += fread(buf + n, 1, cap - n - 1, f);
+        if (n < cap - 1) break;
         char *bigger = realloc(buf, cap * 2);
         if (!bigger) free(buf);
         buf = bigger;
@@ -626,15 +846,16 @@ static char *read_file(const char *path, size_t *len, lens_err *err) {
         lens_err_set(err, "%s: read error", path);
         return NULL;
     }
+    buf[n] = '\0';
     *len = n;
     return buf;
 }
 
-/* Parses merges.txt: an optional "#version" first line, then one merge per
- * line, "left right" (lines may end in \r\n; empty lines are skipped). */
-static int load_merges_txt(lens_tokenizer *tok, const char *path, lens_err *err) {
+/* Parses merges.txt: one merge per line, "left right" (lines may end in
+ * \r\n; empty lines and "#version" lines are skipped, as HF does). */
+int tok_load_merges_txt(lens_tokenizer *tok, const char *path, lens_err *err) {
     size_t len;
-    char *text = read_file(path, &len, err);
+    char *text = tok_read_file(path, &len, err);
     if (!text) return -1;
     size_t lines = 1;
     for (const char *nl = text; (nl = memchr(nl, '\n', len - (size_t)(nl - text))); nl++)
@@ -653,7 +874,7 @@ static int load_merges_txt(lens_tokenizer *tok, const char *path, lens_err *err)
         line_no++;
         if (line_len > 0 && line[line_len - 1] == '\r') line_len--;
         if (line_len == 0) continue;
-        if (line_no == 1 && line_len >= 8 && memcmp(line, "#version", 8) == 0) continue;
+        if (line_len >= 8 && memcmp(line, "#version", 8) == 0) continue;
         char *space = memchr(line, ' ', line_len);
         size_t left_len = space ? (size_t)(space - line) : 0;
         size_t right_len = space ? line_len - left_len - 1 : 0;
@@ -663,7 +884,7 @@ static int load_merges_txt(lens_tokenizer *tok, const char *path, lens_err *err)
             free(text);
             return -1;
         }
-        if (add_merge(tok, line, left_len, space + 1, right_len, rank++, err) < 0) {
+        if (tok_add_merge(tok, line, left_len, space + 1, right_len, rank++, err) < 0) {
             lens_err_prefix(err, "%s: line %zu", path, line_no);
             free(text);
             return -1;
@@ -755,7 +976,7 @@ static int read_json_string(char **p, const char *end, char **text, size_t *len)
             cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
         }
         if (cp <= 0) return -1;
-        out += utf8_put((uint32_t)cp, out);
+        out += tok_utf8_put((uint32_t)cp, out);
     }
     if (in >= end) return -1;
     *len = (size_t)(out - *text);
@@ -792,7 +1013,7 @@ static int parse_vocab_direct(lens_tokenizer *tok, char *text, size_t len) {
     size_t colons = 0; /* at least one per entry: room enough in the table */
     for (const char *c = text; (c = memchr(c, ':', (size_t)(end - c))); c++)
         colons++;
-    if (str_table_reserve(&tok->entries, colons) < 0) return -1;
+    if (str_table_reserve(&tok->vocab, colons) < 0) return -1;
     char *p = skip_json_space(text, end);
     if (p >= end || *p++ != '{') return -1;
     p = skip_json_space(p, end);
@@ -807,56 +1028,100 @@ static int parse_vocab_direct(lens_tokenizer *tok, char *text, size_t len) {
         if (p >= end || *p++ != ':') return -1;
         p = skip_json_space(p, end);
         if (read_json_integer(&p, end, &id) < 0) return -1;
-        if (str_table_get(&tok->entries, key, key_len) >= 0) return -1; /* jansson: last one wins */
-        if (set_entry(tok, key, key_len, id, false, NULL) < 0) return -1;
+        if (str_table_get(&tok->vocab, key, key_len) >= 0) return -1; /* jansson: last one wins */
+        if (tok_add_vocab(tok, key, key_len, id, NULL) < 0) return -1;
         p = skip_json_space(p, end);
     }
     if (p >= end) return -1;
     return skip_json_space(p + 1, end) == end ? 0 : -1;
 }
 
-/* Loads vocab.json directly into tok's table. Returns -1 (tok then holds
- * part of it; the caller starts again with jansson) for a file that cannot
- * be read or does not have the plain shape described above. */
-static int load_vocab_direct(lens_tokenizer *tok, const char *path) {
+static int load_vocab_object(lens_tokenizer *tok, const json_t *vocab, lens_err *err) {
+    if (!json_is_object(vocab)) {
+        lens_err_set(err, "the vocabulary is not a JSON object");
+        return -1;
+    }
+    const char *key;
+    json_t *value;
+    json_object_foreach((json_t *)vocab, key, value) {
+        if (!json_is_integer(value)) {
+            lens_err_set(err, "the id of \"%.64s\" is not an integer", key);
+            return -1;
+        }
+        if (tok_add_vocab(tok, key, strlen(key), json_integer_value(value), err) < 0) return -1;
+    }
+    return 0;
+}
+
+/* Empties the model vocabulary, for a fresh start with jansson. */
+static void clear_vocab(lens_tokenizer *tok) {
+    str_table_free(&tok->vocab);
+    memset(&tok->vocab, 0, sizeof tok->vocab);
+    free(tok->id_text);
+    free(tok->id_text_len);
+    tok->id_text = NULL;
+    tok->id_text_len = NULL;
+    tok->id_text_cap = 0;
+    tok->n_ids = 0;
+}
+
+int tok_load_vocab_json(lens_tokenizer *tok, const char *path, lens_err *err) {
     size_t len;
-    char *text = read_file(path, &len, NULL);
-    if (!text) return -1;
-    int rc = parse_vocab_direct(tok, text, len);
+    char *text = tok_read_file(path, &len, NULL);
+    int rc = text ? parse_vocab_direct(tok, text, len) : -1;
     free(text);
+    if (rc == 0) return 0;
+    clear_vocab(tok);
+    json_error_t jerr;
+    json_t *vocab = json_load_file(path, 0, &jerr);
+    if (!vocab) {
+        lens_err_set(err, "%s: %s (line %d, column %d)", path, jerr.text, jerr.line, jerr.column);
+        return -1;
+    }
+    rc = load_vocab_object(tok, vocab, err);
+    json_decref(vocab);
+    if (rc < 0) lens_err_prefix(err, "%s", path);
     return rc;
+}
+
+/* Every byte must have a one-byte token in a byte-level vocabulary built
+ * from GPT-2's files, or some text could not be encoded. */
+static int check_byte_ids(const lens_tokenizer *tok, lens_err *err) {
+    for (unsigned b = 0; b < 256; b++) {
+        char spelled[4];
+        size_t len = tok_utf8_put(tok_byte_char((uint8_t)b), spelled);
+        if (str_table_get(&tok->vocab, spelled, len) < 0) {
+            lens_err_set(err, "the vocabulary has no entry \"%.*s\" for byte 0x%02x", (int)len,
+                         spelled, b);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 lens_tokenizer *lens_tok_load_bpe(const char *vocab_json_path, const char *merges_txt_path,
                                   lens_err *err) {
     lens_tokenizer *tok = tok_new(KIND_BPE, err);
     if (!tok) return NULL;
-    int rc = load_vocab_direct(tok, vocab_json_path);
-    if (rc < 0) {
-        lens_tok_free(tok);
-        if (!(tok = tok_new(KIND_BPE, err))) return NULL;
-        json_error_t jerr;
-        json_t *vocab = json_load_file(vocab_json_path, 0, &jerr);
-        if (!vocab) {
-            lens_err_set(err, "%s: %s (line %d, column %d)", vocab_json_path, jerr.text, jerr.line,
-                         jerr.column);
-            goto fail;
-        }
-        rc = load_vocab_object(tok, vocab, err);
-        json_decref(vocab);
-    }
-    if (rc < 0 || find_byte_ids(tok, err) < 0) {
+    if (tok_load_vocab_json(tok, vocab_json_path, err) < 0) goto fail;
+    if (check_byte_ids(tok, err) < 0) {
         lens_err_prefix(err, "%s", vocab_json_path);
         goto fail;
     }
-    if (load_merges_txt(tok, merges_txt_path, err) < 0) goto fail;
+    if (tok_load_merges_txt(tok, merges_txt_path, err) < 0) goto fail;
+    tok->pretoks[0] = (pretok_step){.kind = PRE_BYTE_LEVEL, .regex = tok_gpt2_regex(err)};
+    tok->n_pretoks = 1;
+    if (!tok->pretoks[0].regex) goto fail;
+    tok->decs[0] = (dec_step){.kind = DEC_BYTE_LEVEL};
+    tok->n_decs = 1;
+    tok->has_decoder = tok->decode_bytes = true;
     /* GPT2TokenizerFast's one special token; it gets the next id if the
      * vocabulary lacks it, as HF would give it. */
     static const char eot[] = "<|endoftext|>";
-    int32_t eot_id = str_table_get(&tok->entries, eot, strlen(eot));
-    if (add_added_token(tok, eot, strlen(eot), eot_id >= 0 ? eot_id : (int64_t)tok->n_ids, false,
-                        false, false, err) < 0 ||
-        compile_pretokenizer(tok, err) < 0 || finish_texts(tok, err) < 0)
+    int32_t eot_id = str_table_get(&tok->vocab, eot, strlen(eot));
+    if (tok_add_added(tok, eot, strlen(eot), eot_id >= 0 ? eot_id : tok_next_added_id(tok), false,
+                      false, false, false, true, err) < 0 ||
+        tok_finish(tok, err) < 0)
         goto fail;
     return tok;
 fail:
@@ -864,170 +1129,21 @@ fail:
     return NULL;
 }
 
-/* A missing key reads as null. */
-static bool json_is_null_or_absent(const json_t *v) {
-    return !v || json_is_null(v);
-}
-
-static bool json_is_false_or_absent(const json_t *v) {
-    return !v || json_is_false(v);
-}
-
-static bool json_is_empty_string_or_absent(const json_t *v) {
-    return json_is_null_or_absent(v) || (json_is_string(v) && json_string_length(v) == 0);
-}
-
-static const char *json_type_name(const json_t *obj) {
-    const char *type = json_string_value(json_object_get(obj, "type"));
-    return type ? type : "(no type)";
-}
-
-/* Refuses any part of a tokenizer.json that would make HF's ids differ from
- * plain byte-level BPE. */
-static int check_hf_pipeline(const json_t *root, const json_t *model, lens_err *err) {
-    if (!json_is_object(model)) {
-        lens_err_set(err, "no \"model\" object");
-        return -1;
-    }
-    const char *type = json_string_value(json_object_get(model, "type"));
-    if (!type || strcmp(type, "BPE") != 0) {
-        lens_err_set(err, "model type \"%s\" is not supported (only BPE)", type ? type : "");
-        return -1;
-    }
-    if (!json_is_null_or_absent(json_object_get(model, "dropout")) ||
-        !json_is_empty_string_or_absent(json_object_get(model, "continuing_subword_prefix")) ||
-        !json_is_empty_string_or_absent(json_object_get(model, "end_of_word_suffix")) ||
-        !json_is_false_or_absent(json_object_get(model, "byte_fallback")) ||
-        !json_is_false_or_absent(json_object_get(model, "ignore_merges"))) {
-        lens_err_set(err, "BPE options dropout, continuing_subword_prefix, end_of_word_suffix, "
-                          "byte_fallback and ignore_merges are not supported");
-        return -1;
-    }
-    const json_t *normalizer = json_object_get(root, "normalizer");
-    if (!json_is_null_or_absent(normalizer)) {
-        lens_err_set(err, "normalizer \"%s\" is not supported", json_type_name(normalizer));
-        return -1;
-    }
-    const json_t *pre = json_object_get(root, "pre_tokenizer");
-    const char *pre_type = json_string_value(json_object_get(pre, "type"));
-    if (!pre_type || strcmp(pre_type, "ByteLevel") != 0) {
-        lens_err_set(err, "pre_tokenizer \"%s\" is not supported (only ByteLevel)",
-                     pre ? json_type_name(pre) : "null");
-        return -1;
-    }
-    const json_t *use_regex = json_object_get(pre, "use_regex");
-    if (!json_is_false(json_object_get(pre, "add_prefix_space")) ||
-        (use_regex && !json_is_true(use_regex))) {
-        lens_err_set(err, "ByteLevel pre_tokenizer must have add_prefix_space false and "
-                          "use_regex true");
-        return -1;
-    }
-    const json_t *decoder = json_object_get(root, "decoder");
-    if (!json_is_null_or_absent(decoder) && strcmp(json_type_name(decoder), "ByteLevel") != 0) {
-        lens_err_set(err, "decoder \"%s\" is not supported (only ByteLevel)",
-                     json_type_name(decoder));
-        return -1;
-    }
-    return 0;
-}
-
-/* model.merges: "left right" strings (older files) or ["left", "right"]. */
-static int load_merges_json(lens_tokenizer *tok, const json_t *merges, lens_err *err) {
-    if (!json_is_array(merges)) {
-        lens_err_set(err, "model.merges is not an array");
-        return -1;
-    }
-    if (merge_table_reserve(&tok->merges, json_array_size(merges)) < 0) {
-        lens_err_set(err, "out of memory");
-        return -1;
-    }
-    size_t rank;
-    json_t *merge;
-    json_array_foreach(merges, rank, merge) {
-        const char *left = NULL, *right = NULL;
-        size_t left_len = 0, right_len = 0;
-        if (json_is_string(merge)) {
-            const char *s = json_string_value(merge);
-            const char *space = strchr(s, ' ');
-            if (space && !strchr(space + 1, ' ')) {
-                left = s;
-                left_len = (size_t)(space - s);
-                right = space + 1;
-                right_len = strlen(right);
-            }
-        } else if (json_is_array(merge) && json_array_size(merge) == 2 &&
-                   json_is_string(json_array_get(merge, 0)) &&
-                   json_is_string(json_array_get(merge, 1))) {
-            left = json_string_value(json_array_get(merge, 0));
-            left_len = json_string_length(json_array_get(merge, 0));
-            right = json_string_value(json_array_get(merge, 1));
-            right_len = json_string_length(json_array_get(merge, 1));
-        }
-        if (!left || left_len == 0 || right_len == 0) {
-            lens_err_set(err, "model.merges[%zu] is neither \"left right\" nor [left, right]",
-                         rank);
-            return -1;
-        }
-        if (add_merge(tok, left, left_len, right, right_len, rank, err) < 0) return -1;
-    }
-    return 0;
-}
-
-/* Every added token is matched in the text, special or not, as HF does. */
-static int load_added_tokens(lens_tokenizer *tok, const json_t *added, lens_err *err) {
-    if (json_is_null_or_absent(added)) return 0;
-    if (!json_is_array(added)) {
-        lens_err_set(err, "added_tokens is not an array");
-        return -1;
-    }
-    size_t i;
-    json_t *entry;
-    json_array_foreach(added, i, entry) {
-        const json_t *id = json_object_get(entry, "id");
-        const json_t *content = json_object_get(entry, "content");
-        if (!json_is_integer(id) || !json_is_string(content)) {
-            lens_err_set(err, "added_tokens[%zu] lacks an integer id or a string content", i);
-            return -1;
-        }
-        if (json_is_true(json_object_get(entry, "single_word"))) {
-            lens_err_set(err, "added token \"%.64s\": single_word is not supported",
-                         json_string_value(content));
-            return -1;
-        }
-        if (add_added_token(tok, json_string_value(content), json_string_length(content),
-                            json_integer_value(id), json_is_true(json_object_get(entry, "lstrip")),
-                            json_is_true(json_object_get(entry, "rstrip")),
-                            !json_is_false(json_object_get(entry, "normalized")), err) < 0)
-            return -1;
-    }
-    return 0;
-}
-
 lens_tokenizer *lens_tok_load_hf_json(const char *tokenizer_json_path, lens_err *err) {
-    lens_tokenizer *tok = tok_new(KIND_BPE, err);
-    if (!tok) return NULL;
     json_error_t jerr;
     json_t *root = json_load_file(tokenizer_json_path, 0, &jerr);
     if (!root) {
         lens_err_set(err, "%s: %s (line %d, column %d)", tokenizer_json_path, jerr.text, jerr.line,
                      jerr.column);
-        lens_tok_free(tok);
         return NULL;
     }
-    const json_t *model = json_object_get(root, "model");
-    int rc = check_hf_pipeline(root, model, err);
-    if (rc == 0) rc = load_vocab_object(tok, json_object_get(model, "vocab"), err);
-    if (rc == 0) rc = find_byte_ids(tok, err);
-    if (rc == 0) rc = load_merges_json(tok, json_object_get(model, "merges"), err);
-    if (rc == 0) rc = load_added_tokens(tok, json_object_get(root, "added_tokens"), err);
+    lens_tokenizer *tok = tok_from_hf_json(root, err);
     json_decref(root);
-    if (rc == 0) rc = compile_pretokenizer(tok, err);
-    if (rc == 0) rc = finish_texts(tok, err);
-    if (rc < 0) {
-        lens_err_prefix(err, "%s", tokenizer_json_path);
+    if (tok && tok_finish(tok, err) < 0) {
         lens_tok_free(tok);
-        return NULL;
+        tok = NULL;
     }
+    if (!tok) lens_err_prefix(err, "%s", tokenizer_json_path);
     return tok;
 }
 
@@ -1054,12 +1170,12 @@ lens_tokenizer *lens_tok_from_list(const char *const *tokens, size_t n, lens_spl
             lens_err_prefix(err, "token %zu", i);
             goto fail;
         }
-        int32_t seen = str_table_get(&tok->entries, tokens[i], len);
+        int32_t seen = str_table_get(&tok->vocab, tokens[i], len);
         if (seen >= 0) {
             lens_err_set(err, "token %zu (\"%.64s\") duplicates token %d", i, tokens[i], seen);
             goto fail;
         }
-        if (set_entry(tok, tokens[i], len, (int64_t)i, false, err) < 0) goto fail;
+        if (tok_add_vocab(tok, tokens[i], len, (int64_t)i, err) < 0) goto fail;
         size_t invalid_len;
         if (utf8_sequence((const uint8_t *)tokens[i], len, &invalid_len) < len)
             tok->has_multichar_entry = true;
@@ -1074,14 +1190,35 @@ fail:
 
 void lens_tok_free(lens_tokenizer *tok) {
     if (!tok) return;
-    str_table_free(&tok->entries);
+    str_table_free(&tok->vocab);
+    str_table_free(&tok->added_by_text);
     free(tok->merges.slots);
-    for (size_t i = 0; i < tok->n_added; i++)
+    for (size_t i = 0; i < tok->n_added; i++) {
         free(tok->added[i].content);
+        free(tok->added[i].pattern);
+    }
     free(tok->added);
-    pcre2_code_free(tok->pretokenizer);
+    free(tok->raw_trie.nodes);
+    free(tok->normalized_trie.nodes);
+    for (size_t i = 0; i < tok->n_norms; i++) {
+        free(tok->norms[i].text);
+        free(tok->norms[i].literal);
+        pcre2_code_free(tok->norms[i].regex);
+    }
+    for (size_t i = 0; i < tok->n_pretoks; i++) {
+        free(tok->pretoks[i].literal);
+        pcre2_code_free(tok->pretoks[i].regex);
+    }
+    for (size_t i = 0; i < tok->n_decs; i++) {
+        free(tok->decs[i].literal);
+        free(tok->decs[i].text);
+    }
+    free(tok->unk_token);
+    free(tok->prefix);
+    free(tok->suffix);
     free(tok->text_off);
     free(tok->text_bytes);
+    free(tok->has_text);
     free(tok->id_text);
     free(tok->id_text_len);
     free(tok);
@@ -1092,7 +1229,129 @@ size_t lens_tok_vocab_size(const lens_tokenizer *tok) {
 }
 
 int32_t lens_tok_lookup(const lens_tokenizer *tok, const char *entry) {
-    return str_table_get(&tok->entries, entry, strlen(entry));
+    return tok_lookup(tok, entry, strlen(entry));
+}
+
+/* ---- normalizers -------------------------------------------------------- */
+
+/* Runs one normalizer over text[len] into out (emptied first). Returns -1
+ * with err set, or -2 when out of memory. */
+static int normalize_step(const norm_step *step, const char *text, size_t len, byte_buf *out,
+                          pcre2_match_data *match, lens_err *err) {
+    out->len = 0;
+    switch (step->kind) {
+    case NORM_NFC:
+    case NORM_NFD:
+    case NORM_NFKC:
+    case NORM_NFKD: {
+        bool ascii = true;
+        for (size_t i = 0; i < len && ascii; i++)
+            ascii = (uint8_t)text[i] < 0x80;
+        if (ascii) return buf_append(out, text, len) < 0 ? -2 : 0;
+        int options = UTF8PROC_STABLE |
+                      (step->kind == NORM_NFC || step->kind == NORM_NFKC ? UTF8PROC_COMPOSE
+                                                                         : UTF8PROC_DECOMPOSE) |
+                      (step->kind == NORM_NFKC || step->kind == NORM_NFKD ? UTF8PROC_COMPAT : 0);
+        utf8proc_uint8_t *mapped = NULL;
+        utf8proc_ssize_t n = utf8proc_map((const utf8proc_uint8_t *)text, (utf8proc_ssize_t)len,
+                                          &mapped, (utf8proc_option_t)options);
+        if (n < 0) {
+            lens_err_set(err, "normalizer: %s", utf8proc_errmsg(n));
+            return -1;
+        }
+        int rc = buf_append(out, (const char *)mapped, (size_t)n);
+        free(mapped);
+        return rc < 0 ? -2 : 0;
+    }
+    case NORM_PREPEND:
+        if (len == 0) return 0;
+        return buf_append(out, step->text, step->text_len) < 0 || buf_append(out, text, len) < 0
+                   ? -2
+                   : 0;
+    case NORM_STRIP: {
+        size_t start = 0, end = len, n;
+        while (step->left && start < end && is_unicode_space(next_char(text + start, end - start, &n)))
+            start += n;
+        while (step->right && end > start) {
+            size_t at = char_start_before(text, end);
+            if (!is_unicode_space(next_char(text + at, end - at, &n))) break;
+            end = at;
+        }
+        return buf_append(out, text + start, end - start) < 0 ? -2 : 0;
+    }
+    case NORM_REPLACE: {
+        if (buf_reserve(out, len + 1) < 0) return -2;
+        size_t pos = 0;
+        while (pos <= len) {
+            size_t match_start, match_end;
+            if (step->literal) {
+                const char *hit = pos < len ? memmem(text + pos, len - pos, step->literal,
+                                                     step->literal_len)
+                                            : NULL;
+                if (!hit) break;
+                match_start = (size_t)(hit - text);
+                match_end = match_start + step->literal_len;
+            } else {
+                int rc = pcre2_match(step->regex, (PCRE2_SPTR)text, len, pos, PCRE2_NO_UTF_CHECK,
+                                     match, NULL);
+                if (rc == PCRE2_ERROR_NOMATCH) break;
+                if (rc < 0) {
+                    lens_err_set(err, "Replace normalizer: regex match failed (%d)", rc);
+                    return -1;
+                }
+                PCRE2_SIZE *span = pcre2_get_ovector_pointer(match);
+                match_start = span[0];
+                match_end = span[1];
+            }
+            if (buf_append(out, text + pos, match_start - pos) < 0 ||
+                buf_append(out, step->text, step->text_len) < 0)
+                return -2;
+            if (match_end == match_start) { /* an empty match: keep one character, go on */
+                if (match_end >= len) {
+                    pos = len + 1;
+                    break;
+                }
+                size_t n;
+                next_char(text + match_end, len - match_end, &n);
+                if (buf_append(out, text + match_end, n) < 0) return -2;
+                match_end += n;
+            }
+            pos = match_end;
+        }
+        return pos < len && buf_append(out, text + pos, len - pos) < 0 ? -2 : 0;
+    }
+    }
+    return 0;
+}
+
+/* Runs the normalizers over text[len]; the result is *out[*out_len], text
+ * itself or one of bufs. */
+static int normalize(const lens_tokenizer *tok, const char *text, size_t len, byte_buf bufs[2],
+                     const char **out, size_t *out_len, lens_err *err) {
+    pcre2_match_data *match = NULL;
+    *out = text;
+    *out_len = len;
+    for (size_t i = 0; i < tok->n_norms; i++) {
+        if (tok->norms[i].regex && !match && !(match = pcre2_match_data_create(1, NULL))) {
+            lens_err_set(err, "out of memory");
+            return -1;
+        }
+        byte_buf *dst = &bufs[i % 2];
+        int rc = normalize_step(&tok->norms[i], *out, *out_len, dst, match, err);
+        if (rc == -1) {
+            pcre2_match_data_free(match);
+            return -1;
+        }
+        if (rc < 0 || buf_reserve(dst, 1) < 0) {
+            pcre2_match_data_free(match);
+            lens_err_set(err, "out of memory");
+            return -1;
+        }
+        *out = dst->bytes;
+        *out_len = dst->len;
+    }
+    pcre2_match_data_free(match);
+    return 0;
 }
 
 /* ---- encoding ----------------------------------------------------------- */
@@ -1116,11 +1375,15 @@ typedef struct merge_candidate {
 typedef struct encode_state {
     int32_t *ids;
     size_t n_ids, cap_ids;
+    int32_t *word_ids; /* a word's first symbols */
+    size_t n_word, cap_word_ids;
     symbol *syms;
     merge_candidate *heap;
-    size_t cap_word;    /* capacity of syms and heap, in bytes of word */
-    size_t *next_match; /* [2 * n_added]: per pass, where each added token next occurs */
+    size_t cap_syms;
     pcre2_match_data *match;
+    byte_buf norm_bufs[2];
+    byte_buf step_bufs[MAX_STEPS]; /* the text a pre-tokenizer step passes on */
+    byte_buf scratch;              /* a character with prefix/suffix; a mapped word */
 } encode_state;
 
 static int push_id(encode_state *st, int32_t id, lens_err *err) {
@@ -1135,6 +1398,21 @@ static int push_id(encode_state *st, int32_t id, lens_err *err) {
         st->cap_ids = cap;
     }
     st->ids[st->n_ids++] = id;
+    return 0;
+}
+
+static int push_word_id(encode_state *st, int32_t id, lens_err *err) {
+    if (st->n_word == st->cap_word_ids) {
+        size_t cap = st->cap_word_ids ? st->cap_word_ids * 2 : 256;
+        int32_t *ids = realloc(st->word_ids, cap * sizeof *ids);
+        if (!ids) {
+            lens_err_set(err, "out of memory");
+            return -1;
+        }
+        st->word_ids = ids;
+        st->cap_word_ids = cap;
+    }
+    st->word_ids[st->n_word++] = id;
     return 0;
 }
 
@@ -1173,32 +1451,37 @@ static void push_candidate(const lens_tokenizer *tok, encode_state *st, size_t *
     if (m) heap_push(st->heap, n_heap, (merge_candidate){m->rank, pos, m});
 }
 
-/* BPE on one pre-tokenized piece. Each merge can add at most two candidates
- * and removes a symbol, so the heap never holds more than 3 * len entries. */
-static int encode_word(const lens_tokenizer *tok, const uint8_t *word, size_t len, encode_state *st,
-                       lens_err *err) {
-    if (len == 1) return push_id(st, tok->byte_id[word[0]], err);
-    if (len > INT32_MAX / 4) {
-        lens_err_set(err, "a pre-tokenized piece of %zu bytes is too long", len);
+/* Makes room for n symbols (and 3 * n merge candidates). */
+static int reserve_syms(encode_state *st, size_t n, lens_err *err) {
+    if (n > INT32_MAX / 4) {
+        lens_err_set(err, "a pre-tokenized piece of %zu symbols is too long", n);
         return -1;
     }
-    if (len > st->cap_word) {
-        symbol *syms = realloc(st->syms, len * sizeof *syms);
+    if (n > st->cap_syms) {
+        symbol *syms = realloc(st->syms, n * sizeof *syms);
         if (syms) st->syms = syms;
-        merge_candidate *heap = realloc(st->heap, 3 * len * sizeof *heap);
+        merge_candidate *heap = realloc(st->heap, 3 * n * sizeof *heap);
         if (heap) st->heap = heap;
         if (!syms || !heap) {
             lens_err_set(err, "out of memory");
             return -1;
         }
-        st->cap_word = len;
+        st->cap_syms = n;
     }
+    return 0;
+}
+
+/* Merges the symbols st->syms[0 .. n) (ids set, n >= 2) and pushes the
+ * result. Each merge can add at most two candidates and removes a symbol, so
+ * the heap never holds more than 3 * n entries. */
+static int merge_syms(const lens_tokenizer *tok, encode_state *st, size_t n, lens_err *err) {
     symbol *syms = st->syms;
-    for (size_t i = 0; i < len; i++)
-        syms[i] =
-            (symbol){tok->byte_id[word[i]], (int32_t)i - 1, i + 1 < len ? (int32_t)i + 1 : -1};
+    for (size_t i = 0; i < n; i++) {
+        syms[i].prev = (int32_t)i - 1;
+        syms[i].next = i + 1 < n ? (int32_t)i + 1 : -1;
+    }
     size_t n_heap = 0;
-    for (size_t i = 0; i + 1 < len; i++)
+    for (size_t i = 0; i + 1 < n; i++)
         push_candidate(tok, st, &n_heap, (int32_t)i);
     while (n_heap > 0) {
         merge_candidate c = heap_pop(st->heap, &n_heap);
@@ -1218,15 +1501,322 @@ static int encode_word(const lens_tokenizer *tok, const uint8_t *word, size_t le
     return 0;
 }
 
-/* Splits a segment free of added tokens with the GPT-2 regex and encodes each
- * piece. The segment is the whole subject, so (?!\S) sees its end as HF's
- * per-segment pre-tokenizer does. */
-static int encode_plain(const lens_tokenizer *tok, const char *seg, size_t len, encode_state *st,
-                        lens_err *err) {
+/* Merges the symbols st->word_ids[0 .. n_word) and pushes the result. */
+static int merge_word(const lens_tokenizer *tok, encode_state *st, lens_err *err) {
+    size_t n = st->n_word;
+    if (n <= 1) return n == 1 ? push_id(st, st->word_ids[0], err) : 0;
+    if (reserve_syms(st, n, err) < 0) return -1;
+    for (size_t i = 0; i < n; i++)
+        st->syms[i].id = st->word_ids[i];
+    return merge_syms(tok, st, n, err);
+}
+
+/* The unknown-token run waiting to be added (HF's fuse_unk joins runs). */
+typedef struct unk_state {
+    bool pending;
+} unk_state;
+
+/* A character (its text s[len], with prefix/suffix already on) that is not
+ * in the vocabulary: its <0xNN> byte tokens with byte_fallback, else the
+ * unknown token, else nothing, as HF's BPE does. */
+static int missing_char(const lens_tokenizer *tok, const char *s, size_t len, unk_state *unk,
+                        encode_state *st, lens_err *err) {
+    if (tok->byte_fallback) {
+        bool all = true;
+        for (size_t i = 0; i < len && all; i++)
+            all = tok->fallback_id[(uint8_t)s[i]] >= 0;
+        if (all) {
+            for (size_t i = 0; i < len; i++)
+                if (push_word_id(st, tok->fallback_id[(uint8_t)s[i]], err) < 0) return -1;
+            return 0;
+        }
+    }
+    if (!tok->unk_token) return 0;
+    if (tok->unk_id < 0) {
+        lens_err_set(err, "the unknown token \"%.64s\" is not in the vocabulary", tok->unk_token);
+        return -1;
+    }
+    if (unk->pending && !tok->fuse_unk && push_word_id(st, tok->unk_id, err) < 0) return -1;
+    unk->pending = true;
+    return 0;
+}
+
+static int found_char(encode_state *st, int32_t id, unk_state *unk, const lens_tokenizer *tok,
+                      lens_err *err) {
+    if (unk->pending) {
+        unk->pending = false;
+        if (push_word_id(st, tok->unk_id, err) < 0) return -1;
+    }
+    return push_word_id(st, id, err);
+}
+
+/* Encodes one word with the BPE model. A byte-level word is raw bytes, each
+ * standing for GPT-2's character of that byte; any other word is UTF-8, one
+ * symbol per character. */
+static int encode_word(const lens_tokenizer *tok, const char *word, size_t len, bool byte_level,
+                       encode_state *st, lens_err *err) {
+    if (len == 0) return 0;
+    const uint8_t *w = (const uint8_t *)word;
+    if (byte_level && len == 1 && tok->byte_id[w[0]] >= 0 && !tok->prefix && !tok->suffix)
+        return push_id(st, tok->byte_id[w[0]], err);
+    if (tok->ignore_merges) {
+        const char *key = word;
+        size_t key_len = len;
+        if (byte_level) {
+            st->scratch.len = 0;
+            for (size_t i = 0; i < len; i++) {
+                char c[4];
+                if (buf_append(&st->scratch, c, tok_utf8_put(tok_byte_char(w[i]), c)) < 0) {
+                    lens_err_set(err, "out of memory");
+                    return -1;
+                }
+            }
+            key = st->scratch.bytes;
+            key_len = st->scratch.len;
+        }
+        int32_t id = str_table_get(&tok->vocab, key, key_len);
+        if (id >= 0) return push_id(st, id, err);
+    }
+    bool affixes = tok->prefix || tok->suffix;
+    if (byte_level && !affixes && tok->all_bytes) { /* GPT-2's case: one known symbol per byte */
+        if (reserve_syms(st, len, err) < 0) return -1;
+        for (size_t i = 0; i < len; i++)
+            st->syms[i].id = tok->byte_id[w[i]];
+        return merge_syms(tok, st, len, err);
+    }
+    st->n_word = 0;
+    unk_state unk = {false};
+    for (size_t i = 0; i < len;) {
+        char mapped[4];
+        const char *c = word + i;
+        size_t c_len;
+        if (byte_level) {
+            c_len = 1;
+            if (!affixes && tok->byte_id[w[i]] >= 0) {
+                if (found_char(st, tok->byte_id[w[i]], &unk, tok, err) < 0) return -1;
+                i++;
+                continue;
+            }
+            c = mapped;
+            size_t mapped_len = tok_utf8_put(tok_byte_char(w[i]), mapped);
+            i++;
+            c_len = mapped_len;
+            if (!affixes) {
+                if (missing_char(tok, c, c_len, &unk, st, err) < 0) return -1;
+                continue;
+            }
+        } else {
+            size_t invalid_len;
+            c_len = utf8_sequence(w + i, len - i, &invalid_len);
+            i += c_len;
+            if (!affixes) {
+                int32_t id = c_len == 1 && w[i - 1] < 0x80 ? tok->ascii_id[w[i - 1]]
+                                                            : str_table_get(&tok->vocab, c, c_len);
+                int rc = id >= 0 ? found_char(st, id, &unk, tok, err)
+                                 : missing_char(tok, c, c_len, &unk, st, err);
+                if (rc < 0) return -1;
+                continue;
+            }
+        }
+        /* With a continuing-subword prefix or an end-of-word suffix. */
+        bool first = (byte_level ? i - 1 : i - c_len) == 0, last = i == len;
+        st->scratch.len = 0;
+        if ((!first && tok->prefix && buf_append(&st->scratch, tok->prefix, tok->prefix_len) < 0) ||
+            buf_append(&st->scratch, c, c_len) < 0 ||
+            (last && tok->suffix && buf_append(&st->scratch, tok->suffix, tok->suffix_len) < 0)) {
+            lens_err_set(err, "out of memory");
+            return -1;
+        }
+        int32_t id = str_table_get(&tok->vocab, st->scratch.bytes, st->scratch.len);
+        int rc = id >= 0 ? found_char(st, id, &unk, tok, err)
+                         : missing_char(tok, st->scratch.bytes, st->scratch.len, &unk, st, err);
+        if (rc < 0) return -1;
+    }
+    if (unk.pending && push_word_id(st, tok->unk_id, err) < 0) return -1;
+    return merge_word(tok, st, err);
+}
+
+static int pretokenize(const lens_tokenizer *tok, size_t step, const char *s, size_t len,
+                       bool first, encode_state *st, lens_err *err);
+
+/* One kept piece of a Split or Digits step: into the next step. */
+typedef struct split_emit {
+    const lens_tokenizer *tok;
+    size_t next_step;
+    const char *s;
+    bool first;
+    encode_state *st;
+    lens_err *err;
+    split_behavior behavior;
+    bool have, pending_match, prev_match;
+    size_t pending_start, pending_end;
+} split_emit;
+
+static int emit_group(split_emit *e, size_t start, size_t end) {
+    if (start == end) return 0;
+    return pretokenize(e->tok, e->next_step, e->s + start, end - start, e->first && start == 0,
+                       e->st, e->err);
+}
+
+/* Takes the next part (a match of the pattern or the text between two) and
+ * keeps or joins it as HF's SplitDelimiterBehavior does. */
+static int split_part(split_emit *e, size_t start, size_t end, bool is_match) {
+    int rc = 0;
+    switch (e->behavior) {
+    case SPLIT_ISOLATED:
+        return emit_group(e, start, end);
+    case SPLIT_REMOVED:
+        return is_match ? 0 : emit_group(e, start, end);
+    case SPLIT_MERGED_WITH_PREVIOUS:
+    case SPLIT_CONTIGUOUS: {
+        bool join = e->behavior == SPLIT_CONTIGUOUS ? is_match == e->prev_match
+                                                    : is_match && !e->prev_match;
+        e->prev_match = is_match;
+        if (e->have && join) {
+            e->pending_end = end;
+            return 0;
+        }
+        if (e->have) rc = emit_group(e, e->pending_start, e->pending_end);
+        e->have = true;
+        e->pending_start = start;
+        e->pending_end = end;
+        return rc;
+    }
+    case SPLIT_MERGED_WITH_NEXT:
+        if (e->have && e->pending_match && !is_match) {
+            e->have = false;
+            return emit_group(e, e->pending_start, end);
+        }
+        if (e->have) rc = emit_group(e, e->pending_start, e->pending_end);
+        e->have = true;
+        e->pending_match = is_match;
+        e->pending_start = start;
+        e->pending_end = end;
+        return rc;
+    }
+    return 0;
+}
+
+static int split_flush(split_emit *e) {
+    if (!e->have) return 0;
+    e->have = false;
+    return emit_group(e, e->pending_start, e->pending_end);
+}
+
+/* The parts of s[len] around the matches of a Split step's pattern, as HF's
+ * Pattern::find_matches gives them (invert flips which are matches). */
+static int split_by_pattern(const pretok_step *p, const char *s, size_t len, split_emit *e,
+                            encode_state *st, lens_err *err) {
+    size_t prev = 0, pos = 0;
+    while (pos <= len) {
+        size_t match_start, match_end;
+        if (p->literal) {
+            const char *hit = pos < len ? memmem(s + pos, len - pos, p->literal, p->literal_len)
+                                        : NULL;
+            if (!hit) break;
+            match_start = (size_t)(hit - s);
+            match_end = match_start + p->literal_len;
+        } else {
+            int rc = pcre2_match(p->regex, (PCRE2_SPTR)s, len, pos, PCRE2_NO_UTF_CHECK, st->match,
+                                 NULL);
+            if (rc == PCRE2_ERROR_NOMATCH) break;
+            if (rc < 0) {
+                PCRE2_UCHAR msg[256];
+                pcre2_get_error_message(rc, msg, sizeof msg);
+                lens_err_set(err, "pre-tokenizer regex failed at byte %zu: %s", pos, (char *)msg);
+                return -1;
+            }
+            PCRE2_SIZE *span = pcre2_get_ovector_pointer(st->match);
+            match_start = span[0];
+            match_end = span[1];
+        }
+        if (prev != match_start && split_part(e, prev, match_start, p->invert) < 0) return -1;
+        if (split_part(e, match_start, match_end, !p->invert) < 0) return -1;
+        prev = match_end;
+        if (match_end == match_start) {
+            if (match_end >= len) break;
+            size_t n;
+            next_char(s + match_end, len - match_end, &n);
+            match_end += n;
+        }
+        pos = match_end;
+    }
+    if (prev < len && split_part(e, prev, len, p->invert) < 0) return -1;
+    return split_flush(e);
+}
+
+/* Digits: each numeric character is a match (runs of them joined unless
+ * individual_digits, i.e. CONTIGUOUS). */
+static int split_digits(const char *s, size_t len, split_emit *e) {
+    size_t last = 0;
+    for (size_t i = 0; i < len;) {
+        size_t n;
+        uint32_t cp = next_char(s + i, len - i, &n);
+        if (is_numeric(cp)) {
+            if (last < i && split_part(e, last, i, false) < 0) return -1;
+            if (split_part(e, i, i + n, true) < 0) return -1;
+            last = i + n;
+        }
+        i += n;
+    }
+    if (last < len && split_part(e, last, len, false) < 0) return -1;
+    return split_flush(e);
+}
+
+/* Metaspace: ' ' becomes the replacement, which may be prepended, and the
+ * text may be split before each replacement (MergedWithNext). */
+static int metaspace(const lens_tokenizer *tok, size_t step, const char *s, size_t len, bool first,
+                     encode_state *st, lens_err *err) {
+    const pretok_step *p = &tok->pretoks[step];
+    byte_buf *out = &st->step_bufs[step];
+    out->len = 0;
+    bool starts = len >= p->replacement_len && memcmp(s, p->replacement, p->replacement_len) == 0;
+    bool starts_space = len > 0 && s[0] == ' ';
+    bool prepend = !starts && !starts_space &&
+                   (p->prepend == PREPEND_ALWAYS || (p->prepend == PREPEND_FIRST && first));
+    if (prepend && buf_append(out, p->replacement, p->replacement_len) < 0) goto oom;
+    for (size_t i = 0; i < len;) {
+        const char *space = memchr(s + i, ' ', len - i);
+        size_t run = space ? (size_t)(space - (s + i)) : len - i;
+        if (buf_append(out, s + i, run) < 0) goto oom;
+        i += run;
+        if (space) {
+            if (buf_append(out, p->replacement, p->replacement_len) < 0) goto oom;
+            i++;
+        }
+    }
+    if (buf_reserve(out, 1) < 0) goto oom;
+    if (!p->split) return pretokenize(tok, step + 1, out->bytes, out->len, first, st, err);
+    split_emit e = {.tok = tok, .next_step = step + 1, .s = out->bytes, .first = first, .st = st,
+                    .err = err, .behavior = SPLIT_MERGED_WITH_NEXT};
+    pretok_step literal = {.literal = (char *)p->replacement, .literal_len = p->replacement_len};
+    return split_by_pattern(&literal, out->bytes, out->len, &e, st, err);
+oom:
+    lens_err_set(err, "out of memory");
+    return -1;
+}
+
+/* ByteLevel: a prefix space if asked, GPT-2's regex if asked, then the
+ * pieces go to the model as bytes. */
+static int byte_level(const lens_tokenizer *tok, size_t step, const char *s, size_t len,
+                      encode_state *st, lens_err *err) {
+    const pretok_step *p = &tok->pretoks[step];
+    if (p->add_prefix_space && (len == 0 || s[0] != ' ')) {
+        byte_buf *out = &st->step_bufs[step];
+        out->len = 0;
+        if (buf_append(out, " ", 1) < 0 || buf_append(out, s, len) < 0) {
+            lens_err_set(err, "out of memory");
+            return -1;
+        }
+        s = out->bytes;
+        len = out->len;
+    }
+    if (!p->regex) return encode_word(tok, s, len, true, st, err);
     size_t off = 0;
     while (off < len) {
-        int rc = pcre2_match(tok->pretokenizer, (PCRE2_SPTR)seg, len, off, PCRE2_NO_UTF_CHECK,
-                             st->match, NULL);
+        int rc = pcre2_match(p->regex, (PCRE2_SPTR)s, len, off, PCRE2_NO_UTF_CHECK, st->match,
+                             NULL);
+        if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) {
             PCRE2_UCHAR msg[256];
             pcre2_get_error_message(rc, msg, sizeof msg);
@@ -1234,22 +1824,48 @@ static int encode_plain(const lens_tokenizer *tok, const char *seg, size_t len, 
             return -1;
         }
         PCRE2_SIZE *span = pcre2_get_ovector_pointer(st->match);
-        if (encode_word(tok, (const uint8_t *)seg + span[0], span[1] - span[0], st, err) < 0)
-            return -1;
+        /* Isolated: text between matches is a piece too (GPT-2's regex
+         * leaves none). */
+        if (span[0] > off && encode_word(tok, s + off, span[0] - off, true, st, err) < 0) return -1;
+        if (encode_word(tok, s + span[0], span[1] - span[0], true, st, err) < 0) return -1;
         off = span[1];
+        if (span[1] == span[0]) { /* an empty match: step over one character */
+            size_t n;
+            next_char(s + off, len - off, &n);
+            off += n;
+        }
+    }
+    return off < len ? encode_word(tok, s + off, len - off, true, st, err) : 0;
+}
+
+/* Runs pre-tokenizer step `step` (and those after it) on s[len]; `first` is
+ * true when s starts the input (HF: its original offset is 0). Past the last
+ * step the piece is a word for the model. */
+static int pretokenize(const lens_tokenizer *tok, size_t step, const char *s, size_t len,
+                       bool first, encode_state *st, lens_err *err) {
+    if (len == 0) return 0;
+    if (step == tok->n_pretoks) return encode_word(tok, s, len, false, st, err);
+    const pretok_step *p = &tok->pretoks[step];
+    split_emit e = {.tok = tok, .next_step = step + 1, .s = s, .first = first, .st = st,
+                    .err = err, .behavior = p->behavior};
+    switch (p->kind) {
+    case PRE_SPLIT:
+        return split_by_pattern(p, s, len, &e, st, err);
+    case PRE_DIGITS:
+        return split_digits(s, len, &e);
+    case PRE_METASPACE:
+        return metaspace(tok, step, s, len, first, st, err);
+    case PRE_BYTE_LEVEL:
+        return byte_level(tok, step, s, len, st, err);
     }
     return 0;
 }
 
 /* Start of the run of Unicode white space that ends at text[at], not before lo. */
 static size_t space_run_start(const char *text, size_t lo, size_t at) {
-    const uint8_t *s = (const uint8_t *)text;
     while (at > lo) {
-        size_t start = at - 1, invalid_len;
-        while (start > lo && (s[start] & 0xC0) == 0x80)
-            start--;
-        size_t n = utf8_sequence(s + start, at - start, &invalid_len);
-        if (!is_unicode_space(utf8_code_point(s + start, n))) break;
+        size_t start = char_start_before(text, at), n;
+        if (start < lo || !is_unicode_space(next_char(text + start, at - start, &n))) break;
         at = start;
     }
     return at;
@@ -1257,78 +1873,87 @@ static size_t space_run_start(const char *text, size_t lo, size_t at) {
 
 /* End of the run of Unicode white space that starts at text[at], not after hi. */
 static size_t space_run_end(const char *text, size_t at, size_t hi) {
-    const uint8_t *s = (const uint8_t *)text;
-    size_t invalid_len;
     while (at < hi) {
-        size_t n = utf8_sequence(s + at, hi - at, &invalid_len);
-        if (!is_unicode_space(utf8_code_point(s + at, n))) break;
+        size_t n;
+        if (!is_unicode_space(next_char(text + at, hi - at, &n))) break;
         at += n;
     }
     return at;
 }
 
-#define NO_MATCH SIZE_MAX
-
-static size_t find_added(const added_token *t, const char *text, size_t from, size_t end) {
-    const char *hit = memmem(text + from, end - from, t->content, t->len);
-    return hit ? (size_t)(hit - text) : NO_MATCH;
+/* HF's single_word: no word character touches the match on either side. */
+static bool is_single_word(const char *text, size_t len, size_t start, size_t end) {
+    size_t n;
+    if (start > 0) {
+        size_t at = char_start_before(text, start);
+        if (is_word_char(next_char(text + at, start - at, &n))) return false;
+    }
+    return end >= len || !is_word_char(next_char(text + end, len - end, &n));
 }
 
-/* Encodes text[start .. end). Pass 0 cuts out the added tokens that match
- * the raw text (normalized false), pass 1 those that match normalized text
- * (no normalizer is supported, so the same text), then the rest goes to the
- * pre-tokenizer. Matches are leftmost-longest and non-overlapping like HF's
- * Aho-Corasick search, which resumes after the matched text even when rstrip
- * took white space beyond it: a token that starts with white space can then
- * match again inside that white space, and HF emits both. */
-static int encode_segment(const lens_tokenizer *tok, const char *text, size_t start, size_t end,
-                          int pass, encode_state *st, lens_err *err) {
-    if (pass == 2) return encode_plain(tok, text + start, end - start, st, err);
-    size_t *next = st->next_match + pass * tok->n_added;
-    for (size_t k = 0; k < tok->n_added; k++)
-        next[k] = tok->added[k].normalized == (pass == 1)
-                      ? find_added(&tok->added[k], text, start, end)
-                      : NO_MATCH;
-    size_t pos = start;         /* end of the text consumed so far */
-    size_t search_from = start; /* end of the last match, before rstrip */
-    for (;;) {
-        size_t best = NO_MATCH;
-        for (size_t k = 0; k < tok->n_added; k++) {
-            if (next[k] != NO_MATCH && next[k] < search_from)
-                next[k] = find_added(&tok->added[k], text, search_from, end);
-            if (next[k] == NO_MATCH) continue;
-            if (best == NO_MATCH || next[k] < next[best] ||
-                (next[k] == next[best] && tok->added[k].len > tok->added[best].len))
-                best = k;
+static int encode_normalized(const lens_tokenizer *tok, const char *text, size_t len, bool first,
+                             encode_state *st, lens_err *err);
+
+/* Cuts the added tokens of `trie` out of text[len] (leftmost-longest, as
+ * HF's automaton; the search resumes after the matched text even when
+ * rstrip took white space beyond it), pushing their ids; each segment
+ * between them goes on to the normalizers (raw pass) or the pre-tokenizer
+ * (normalized pass). `first`: text starts the input. */
+static int cut_added(const lens_tokenizer *tok, const added_trie *trie, bool raw_pass,
+                     const char *text, size_t len, bool first, encode_state *st, lens_err *err) {
+    size_t pos = 0; /* end of the text consumed so far */
+    if (trie->nodes) {
+        for (size_t at = 0; at < len;) {
+            if (trie->only_first >= 0) {
+                const char *next = memchr(text + at, trie->only_first, len - at);
+                if (!next) break;
+                at = (size_t)(next - text);
+            } else if (trie->root_child[(uint8_t)text[at]] < 0) {
+                at++;
+                continue;
+            }
+            size_t match_len = 0;
+            int32_t k = trie_longest(trie, tok, text, at, len, &match_len);
+            if (k < 0) {
+                at++;
+                continue;
+            }
+            const added_token *t = &tok->added[k];
+            size_t match_start = at, match_end = at + match_len;
+            at = match_end;
+            if (t->single_word && !is_single_word(text, len, match_start, match_end)) continue;
+            if (t->lstrip) match_start = space_run_start(text, pos, match_start);
+            if (t->rstrip) match_end = space_run_end(text, match_end, len);
+            if (pos < match_start) {
+                int rc = raw_pass ? encode_normalized(tok, text + pos, match_start - pos,
+                                                      first && pos == 0, st, err)
+                                  : pretokenize(tok, 0, text + pos, match_start - pos,
+                                                first && pos == 0, st, err);
+                if (rc < 0) return -1;
+            }
+            if (push_id(st, t->id, err) < 0) return -1;
+            pos = match_end;
         }
-        if (best == NO_MATCH) break;
-        const added_token *t = &tok->added[best];
-        size_t match_start = next[best], match_end = next[best] + t->len;
-        search_from = match_end;
-        if (t->lstrip) match_start = space_run_start(text, pos, match_start);
-        if (t->rstrip) match_end = space_run_end(text, match_end, end);
-        if (pos < match_start && encode_segment(tok, text, pos, match_start, pass + 1, st, err) < 0)
-            return -1;
-        if (push_id(st, t->id, err) < 0) return -1;
-        pos = match_end;
     }
-    return pos < end ? encode_segment(tok, text, pos, end, pass + 1, st, err) : 0;
+    if (pos >= len) return 0;
+    return raw_pass ? encode_normalized(tok, text + pos, len - pos, first && pos == 0, st, err)
+                    : pretokenize(tok, 0, text + pos, len - pos, first && pos == 0, st, err);
 }
 
-static int encode_bpe(const lens_tokenizer *tok, const char *text, size_t len, encode_state *st,
-                      lens_err *err) {
-    st->match = pcre2_match_data_create_from_pattern(tok->pretokenizer, NULL);
-    st->next_match = malloc((2 * tok->n_added + 1) * sizeof *st->next_match);
-    if (!st->match || !st->next_match) {
-        lens_err_set(err, "out of memory");
+/* A segment free of raw-matched added tokens: normalized, then cut at the
+ * normalized-matched ones. */
+static int encode_normalized(const lens_tokenizer *tok, const char *text, size_t len, bool first,
+                             encode_state *st, lens_err *err) {
+    if (tok->n_norms > 0 &&
+        normalize(tok, text, len, st->norm_bufs, &text, &len, err) < 0)
         return -1;
-    }
-    return encode_segment(tok, text, 0, len, 0, st, err);
+    if (len == 0) return 0;
+    return cut_added(tok, &tok->normalized_trie, false, text, len, first, st, err);
 }
 
 static int encode_piece(const lens_tokenizer *tok, const char *piece, size_t len, size_t at,
                         encode_state *st, lens_err *err) {
-    int32_t id = str_table_get(&tok->entries, piece, len);
+    int32_t id = str_table_get(&tok->vocab, piece, len);
     if (id < 0) {
         lens_err_set(err, "\"%.*s\" (at byte %zu) is not in the token list",
                      (int)(len > 64 ? 64 : len), piece, at);
@@ -1363,7 +1988,7 @@ static int encode_list(const lens_tokenizer *tok, const char *text, size_t len, 
         if (tok->has_multichar_entry) {
             size_t longest = len - pos < tok->longest_entry ? len - pos : tok->longest_entry;
             for (size_t n = longest; n > char_len; n--) {
-                if (str_table_get(&tok->entries, text + pos, n) >= 0) {
+                if (str_table_get(&tok->vocab, text + pos, n) >= 0) {
                     piece_len = n;
                     break;
                 }
@@ -1382,12 +2007,23 @@ int lens_tok_encode(const lens_tokenizer *tok, const char *text, size_t len, int
     if (utf8_validate(text, len, err) < 0) return -1;
     if (len == 0) return 0;
     encode_state st = {0};
-    int rc = tok->kind == KIND_BPE ? encode_bpe(tok, text, len, &st, err)
-                                   : encode_list(tok, text, len, &st, err);
+    int rc;
+    if (tok->kind == KIND_BPE) {
+        st.match = pcre2_match_data_create(1, NULL);
+        rc = st.match ? cut_added(tok, &tok->raw_trie, true, text, len, true, &st, err) : -1;
+        if (!st.match) lens_err_set(err, "out of memory");
+    } else {
+        rc = encode_list(tok, text, len, &st, err);
+    }
+    free(st.word_ids);
     free(st.syms);
     free(st.heap);
-    free(st.next_match);
     pcre2_match_data_free(st.match);
+    free(st.norm_bufs[0].bytes);
+    free(st.norm_bufs[1].bytes);
+    for (size_t i = 0; i < MAX_STEPS; i++)
+        free(st.step_bufs[i].bytes);
+    free(st.scratch.bytes);
     if (rc < 0) {
         free(st.ids);
         return -1;
@@ -1399,18 +2035,212 @@ int lens_tok_encode(const lens_tokenizer *tok, const char *text, size_t len, int
 
 /* ---- decoding ----------------------------------------------------------- */
 
+/* Appends bytes[len] to out as from_utf8_lossy reads them: each maximal
+ * invalid subpart becomes U+FFFD. out has room for 3 * len bytes. */
+static size_t append_lossy(const char *bytes, size_t len, char *out) {
+    size_t out_len = 0, invalid_len;
+    for (size_t i = 0; i < len;) {
+        size_t seq = utf8_sequence((const uint8_t *)bytes + i, len - i, &invalid_len);
+        if (seq) {
+            memcpy(out + out_len, bytes + i, seq);
+            out_len += seq;
+            i += seq;
+        } else {
+            out_len += tok_utf8_put(0xFFFD, out + out_len);
+            i += invalid_len;
+        }
+    }
+    return out_len;
+}
+
+/* The tokens a decoder step works on: token i is bytes[off[i] .. off[i+1]). */
+typedef struct token_list {
+    byte_buf text;
+    size_t *off;
+    size_t n, cap;
+} token_list;
+
+static int list_begin(token_list *l, size_t n) {
+    l->text.len = 0;
+    l->n = 0;
+    if (n + 1 > l->cap) {
+        size_t *off = realloc(l->off, (n + 1) * sizeof *off);
+        if (!off) return -1;
+        l->off = off;
+        l->cap = n + 1;
+    }
+    l->off[0] = 0;
+    return 0;
+}
+
+/* Ends the token being written (its bytes appended to l->text already). */
+static int list_end_token(token_list *l) {
+    if (l->n + 2 > l->cap) {
+        size_t cap = 2 * l->cap + 2;
+        size_t *off = realloc(l->off, cap * sizeof *off);
+        if (!off) return -1;
+        l->off = off;
+        l->cap = cap;
+    }
+    l->off[++l->n] = l->text.len;
+    return 0;
+}
+
+static int list_push(token_list *l, const char *s, size_t len) {
+    return buf_append(&l->text, s, len) < 0 ? -1 : list_end_token(l);
+}
+
+/* HF's ByteFallback reads a token as a byte when it is 6 bytes, "<0x", two
+ * characters u8::from_str_radix takes in base 16, ">". */
+static int fallback_byte(const char *s, size_t len) {
+    if (len != 6 || memcmp(s, "<0x", 3) != 0 || s[5] != '>') return -1;
+    int hi = hex_digit(s[3]), lo = hex_digit(s[4]);
+    if (s[3] == '+' && lo >= 0) return lo; /* from_str_radix takes a sign */
+    return hi >= 0 && lo >= 0 ? hi * 16 + lo : -1;
+}
+
+static int flush_fallback_bytes(token_list *out, byte_buf *bytes) {
+    if (bytes->len == 0) return 0;
+    int rc = 0;
+    if (utf8_validate(bytes->bytes, bytes->len, NULL) == 0) {
+        rc = list_push(out, bytes->bytes, bytes->len);
+    } else {
+        for (size_t i = 0; i < bytes->len && rc == 0; i++)
+            rc = list_push(out, "\xEF\xBF\xBD", 3);
+    }
+    bytes->len = 0;
+    return rc;
+}
+
+/* Runs one decoder step from `in` into `out`. */
+static int decode_step(const dec_step *d, const token_list *in, token_list *out, byte_buf *tmp) {
+    if (list_begin(out, in->n) < 0) return -1;
+    const char *base = in->text.bytes;
+    switch (d->kind) {
+    case DEC_BYTE_LEVEL: {
+        tmp->len = 0;
+        if (buf_reserve(tmp, in->text.len + 1) < 0) return -1;
+        for (size_t i = 0; i < in->n; i++)
+            tmp->len += byte_level_bytes(base + in->off[i], in->off[i + 1] - in->off[i],
+                                         tmp->bytes + tmp->len);
+        if (buf_reserve(&out->text, 3 * tmp->len + 1) < 0) return -1;
+        out->text.len = append_lossy(tmp->bytes, tmp->len, out->text.bytes);
+        return list_end_token(out);
+    }
+    case DEC_FUSE:
+        if (buf_append(&out->text, base, in->text.len) < 0) return -1;
+        return list_end_token(out);
+    case DEC_BYTE_FALLBACK:
+        tmp->len = 0;
+        for (size_t i = 0; i < in->n; i++) {
+            const char *s = base + in->off[i];
+            size_t len = in->off[i + 1] - in->off[i];
+            int byte = fallback_byte(s, len);
+            if (byte >= 0) {
+                char b = (char)byte;
+                if (buf_append(tmp, &b, 1) < 0) return -1;
+                continue;
+            }
+            if (flush_fallback_bytes(out, tmp) < 0 || list_push(out, s, len) < 0) return -1;
+        }
+        return flush_fallback_bytes(out, tmp);
+    case DEC_REPLACE:
+    case DEC_METASPACE:
+    case DEC_STRIP:
+        break;
+    }
+    for (size_t i = 0; i < in->n; i++) {
+        const char *s = base + in->off[i];
+        size_t len = in->off[i + 1] - in->off[i];
+        if (d->kind == DEC_STRIP) {
+            /* Up to `start` leading and `stop` trailing content characters. */
+            size_t start = 0, end = len, n, cut = 0;
+            for (; cut < d->start && start < len; cut++) {
+                if (next_char(s + start, len - start, &n) != d->content) break;
+                start += n;
+            }
+            for (cut = 0; cut < d->stop && end > start; cut++) {
+                size_t at = char_start_before(s, end);
+                if (next_char(s + at, end - at, &n) != d->content) break;
+                end = at;
+            }
+            if (list_push(out, s + start, end - start) < 0) return -1;
+            continue;
+        }
+        bool drop = d->kind == DEC_METASPACE && i == 0 && d->prepend != PREPEND_NEVER;
+        for (size_t at = 0; at < len;) {
+            if (at + d->literal_len <= len && memcmp(s + at, d->literal, d->literal_len) == 0) {
+                const char *with = d->kind == DEC_REPLACE ? d->text : " ";
+                size_t with_len = d->kind == DEC_REPLACE ? d->text_len : (drop ? 0 : 1);
+                if (buf_append(&out->text, with, with_len) < 0) return -1;
+                at += d->literal_len;
+                continue;
+            }
+            size_t n = tok_utf8_len((const uint8_t *)s + at, len - at);
+            if (buf_append(&out->text, s + at, n) < 0) return -1;
+            at += n;
+        }
+        if (list_end_token(out) < 0) return -1;
+    }
+    return 0;
+}
+
+/* Decodes through the decoder steps: the tokens' texts, each step in turn,
+ * then joined (with ' ' when there is no decoder, as HF). */
+static char *decode_steps(const lens_tokenizer *tok, const int32_t *ids, size_t n, size_t *len,
+                          lens_err *err) {
+    token_list lists[2] = {{{0}, NULL, 0, 0}, {{0}, NULL, 0, 0}};
+    byte_buf tmp = {0};
+    char *out = NULL;
+    if (list_begin(&lists[0], n) < 0) goto oom;
+    for (size_t i = 0; i < n; i++) {
+        if (!tok->has_text[ids[i]]) continue;
+        uint32_t off = tok->text_off[ids[i]];
+        if (list_push(&lists[0], tok->text_bytes + off, tok->text_off[ids[i] + 1] - off) < 0)
+            goto oom;
+    }
+    size_t cur = 0;
+    for (size_t s = 0; s < tok->n_decs; s++, cur ^= 1)
+        if (decode_step(&tok->decs[s], &lists[cur], &lists[cur ^ 1], &tmp) < 0) goto oom;
+    const token_list *done = &lists[cur];
+    size_t total = done->text.len + (done->n ? done->n - 1 : 0);
+    out = malloc(total + 1);
+    if (!out) goto oom;
+    size_t pos = 0;
+    for (size_t i = 0; i < done->n; i++) {
+        if (i > 0 && !tok->has_decoder) out[pos++] = ' ';
+        size_t piece = done->off[i + 1] - done->off[i];
+        memcpy(out + pos, done->text.bytes + done->off[i], piece);
+        pos += piece;
+    }
+    out[pos] = '\0';
+    *len = pos;
+    goto done;
+oom:
+    lens_err_set(err, "out of memory");
+done:
+    free(lists[0].text.bytes);
+    free(lists[0].off);
+    free(lists[1].text.bytes);
+    free(lists[1].off);
+    free(tmp.bytes);
+    return out;
+}
+
 char *lens_tok_decode(const lens_tokenizer *tok, const int32_t *ids, size_t n, size_t *len,
                       lens_err *err) {
-    bool spaced = tok->kind == KIND_LIST && tok->split == LENS_SPLIT_WHITESPACE;
-    size_t raw_len = 0;
     for (size_t i = 0; i < n; i++) {
         if (ids[i] < 0 || (size_t)ids[i] >= tok->n_ids) {
             lens_err_set(err, "token id %d (position %zu) is out of range [0, %zu)", ids[i], i,
                          tok->n_ids);
             return NULL;
         }
-        raw_len += tok->text_off[ids[i] + 1] - tok->text_off[ids[i]] + (spaced && i > 0);
     }
+    if (tok->kind == KIND_BPE && !tok->decode_bytes) return decode_steps(tok, ids, n, len, err);
+    bool spaced = tok->kind == KIND_LIST && tok->split == LENS_SPLIT_WHITESPACE;
+    size_t raw_len = 0;
+    for (size_t i = 0; i < n; i++)
+        raw_len += tok->text_off[ids[i] + 1] - tok->text_off[ids[i]] + (spaced && i > 0);
     /* One invalid byte becomes the three bytes of U+FFFD. */
     char *raw = malloc(raw_len + 1), *out = malloc(3 * raw_len + 1);
     if (!raw || !out) {
@@ -1426,18 +2256,7 @@ char *lens_tok_decode(const lens_tokenizer *tok, const int32_t *ids, size_t n, s
         memcpy(raw + pos, tok->text_bytes + off, piece);
         pos += piece;
     }
-    size_t out_len = 0, invalid_len;
-    for (size_t i = 0; i < raw_len;) {
-        size_t seq = utf8_sequence((const uint8_t *)raw + i, raw_len - i, &invalid_len);
-        if (seq) {
-            memcpy(out + out_len, raw + i, seq);
-            out_len += seq;
-            i += seq;
-        } else {
-            out_len += utf8_put(0xFFFD, out + out_len);
-            i += invalid_len;
-        }
-    }
+    size_t out_len = append_lossy(raw, raw_len, out);
     free(raw);
     out[out_len] = '\0';
     *len = out_len;

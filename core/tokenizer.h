@@ -3,22 +3,26 @@
  * TransformerLens wraps produce them.
  *
  * Two kinds:
- *  - byte-level BPE (GPT-2, GPT-Neo): from vocab.json + merges.txt, or from a
- *    tokenizer.json whose model is BPE with a ByteLevel pre-tokenizer. The
- *    GPT-2 pre-tokenizer regex runs on PCRE2 with Unicode properties. Special
- *    tokens (tokenizer.json "added_tokens"; "<|endoftext|>" for the
- *    vocab.json form) are matched literally in the text first, as HF does.
- *    Ids are identical to GPT2TokenizerFast built from the same files.
+ *  - BPE, as Hugging Face's `tokenizers` runs it (ids identical to it, and
+ *    decodings identical to its decode): from a tokenizer.json (normalizers,
+ *    pre-tokenizers, the BPE model with byte fallback, added tokens,
+ *    decoders; tokenizer_json.c lists what is supported and refuses the
+ *    rest by name), from GPT-2's vocab.json + merges.txt, or from a whole
+ *    model directory (lens_tok_load_dir: also SentencePiece and tiktoken
+ *    tokenizer.model files, built as transformers builds them). Regexes run
+ *    on PCRE2 with Unicode properties, normalization on utf8proc.
  *  - a plain token list (algorithmic models): id i is tokens[i]; text is split
  *    into single characters (LENS_SPLIT_CHARS) or at whitespace
  *    (LENS_SPLIT_WHITESPACE), and every piece must be in the list.
  *
- * This layer knows nothing of BOS/EOS/padding; the model decides those.
+ * Encoding adds no BOS/EOS/padding: the model decides those, from what
+ * lens_tok_load_dir reports in lens_tok_specials.
  * A tokenizer is immutable after loading and may be shared across threads.
  */
 #ifndef LENS_TOKENIZER_H
 #define LENS_TOKENIZER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -36,9 +40,32 @@ typedef enum lens_split {
 lens_tokenizer *lens_tok_load_bpe(const char *vocab_json_path, const char *merges_txt_path,
                                   lens_err *err);
 
-/* Loads a Hugging Face tokenizer.json (BPE model, ByteLevel pre-tokenizer and
- * decoder). Returns NULL on error, or if the file describes another kind. */
+/* Loads a Hugging Face tokenizer.json as `tokenizers.Tokenizer.from_file`
+ * reads it (no tokenizer_config.json: see lens_tok_load_dir). Returns NULL on
+ * error, naming the file and the field, or if the file describes a model or
+ * a step that is not supported. */
 lens_tokenizer *lens_tok_load_hf_json(const char *tokenizer_json_path, lens_err *err);
+
+/* What a tokenizer's files say about special tokens (ids, -1 where none). */
+typedef struct lens_tok_specials {
+    int32_t bos_id, eos_id, pad_id, unk_id;
+    bool adds_bos; /* encoding a single text with add_special_tokens adds BOS first (HF's
+                      post-processor / add_bos_token) */
+    bool adds_eos; /* ... and EOS last */
+} lens_tok_specials;
+
+/* Loads the tokenizer of a Hugging Face model directory: tokenizer.json if
+ * present, else tokenizer.model (SentencePiece BPE as transformers'
+ * LlamaTokenizerFast converts it, or a tiktoken file as Llama 3 ships it),
+ * else vocab.json + merges.txt (as the tokenizer_class of
+ * tokenizer_config.json builds them: GPT-2's, GPT-NeoX's, CodeGen's or
+ * Qwen2's pipeline). Special tokens come from tokenizer_config.json
+ * (bos_token, eos_token, pad_token, unk_token, add_bos_token, add_eos_token,
+ * added_tokens_decoder) and special_tokens_map.json, and from the
+ * post-processor, following transformers 5.23's AutoTokenizer: named special
+ * tokens missing from the vocabulary are added as it adds them. `specials`
+ * may be NULL. Returns NULL with a message naming the file and field. */
+lens_tokenizer *lens_tok_load_dir(const char *dir, lens_tok_specials *specials, lens_err *err);
 
 /* Makes a tokenizer over a plain list of n token strings (copied). Returns
  * NULL on error (empty or duplicate entries). */
@@ -51,24 +78,27 @@ void lens_tok_free(lens_tokenizer *tok);
 /* Number of ids (largest id + 1). */
 size_t lens_tok_vocab_size(const lens_tokenizer *tok);
 
-/* Encodes len bytes of text (no BOS/EOS added). On success *ids is a
+/* Encodes len bytes of text as HF's encode(text, add_special_tokens=False):
+ * no BOS/EOS added, added tokens in the text matched. On success *ids is a
  * malloc'd array of *n ids (caller frees; may be NULL when *n is 0).
- * Returns -1 for text that is not valid UTF-8 (naming the byte offset) or,
- * for a list tokenizer, a piece not in the list (naming it). */
+ * Returns -1 for text that is not valid UTF-8 (naming the byte offset), for
+ * a list tokenizer a piece not in the list (naming it), or for a BPE model
+ * whose unknown token is needed but missing from its vocabulary. */
 int lens_tok_encode(const lens_tokenizer *tok, const char *text, size_t len, int32_t **ids,
                     size_t *n, lens_err *err);
 
 /* Decodes ids into malloc'd, NUL-terminated UTF-8 text (*len bytes, not
- * counting the NUL), as HF's decode(ids, clean_up_tokenization_spaces=False):
+ * counting the NUL), as HF's decode(ids, skip_special_tokens=False,
+ * clean_up_tokenization_spaces=False) through the tokenizer's decoders:
  * byte sequences that are not valid UTF-8 become U+FFFD the way Rust's
- * String::from_utf8_lossy replaces them. A list tokenizer joins its pieces
+ * String::from_utf8_lossy replaces them (ByteFallback: one per byte). A list tokenizer joins its pieces
  * (with no separator for CHARS, one space for WHITESPACE). Returns NULL for
  * an id out of range. */
 char *lens_tok_decode(const lens_tokenizer *tok, const int32_t *ids, size_t n, size_t *len,
                       lens_err *err);
 
-/* The id of an exact vocabulary entry (as spelled in vocab.json, e.g.
- * "<|endoftext|>" or "\u0120the"), or -1 if there is none. */
+/* The id of an exact added token or vocabulary entry (as spelled in
+ * vocab.json, e.g. "<|endoftext|>" or "\u0120the"), or -1 if there is none. */
 int32_t lens_tok_lookup(const lens_tokenizer *tok, const char *entry);
 
 #endif

@@ -2,7 +2,7 @@
  * tok_driver.c: test-only command line front end to core/tokenizer.c, used by
  * test_hf_tokenizer_parity.py to compare lensd's tokenizer with Hugging Face.
  *
- *   tok_driver (--bpe VOCAB_JSON MERGES_TXT | --json TOKENIZER_JSON) MODE ARGS
+ *   tok_driver (--bpe VOCAB_JSON MERGES_TXT | --json TOKENIZER_JSON | --dir DIR) MODE ARGS
  *
  *   encode IN OUT     IN: JSON list of documents, each a string or a list of
  *                     byte values (to send invalid UTF-8). OUT: a list with,
@@ -12,9 +12,12 @@
  *   decode_each OUT   OUT: the decoding of every id alone, id 0 first.
  *   bench IN OUT      encodes every document of IN five times; OUT:
  *                     {"bytes": ..., "seconds": best pass, "mb_per_s": ...}.
+ *   specials OUT      (--dir only) lens_tok_specials as {"bos_id": ..., "eos_id",
+ *                     "pad_id", "unk_id", "adds_bos", "adds_eos", "vocab_size"}.
  *
  * Not part of lensd; it exits 1 with a message on any trouble of its own.
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,10 +155,13 @@ static json_t *bench(const lens_tokenizer *tok, const json_t *docs) {
 }
 
 int main(int argc, char **argv) {
-    const char *usage = "tok_driver (--bpe VOCAB MERGES | --json TOKENIZER_JSON) "
-                        "(encode IN OUT | decode IN OUT | decode_each OUT | bench IN OUT)";
+    const char *usage = "tok_driver (--bpe VOCAB MERGES | --json TOKENIZER_JSON | --dir DIR) "
+                        "(encode IN OUT | decode IN OUT | decode_each OUT | bench IN OUT | "
+                        "specials OUT)";
     lens_err err;
     lens_tokenizer *tok = NULL;
+    lens_tok_specials specials;
+    bool from_dir = false;
     int arg = 1;
     if (argc > 3 && strcmp(argv[1], "--bpe") == 0) {
         tok = lens_tok_load_bpe(argv[2], argv[3], &err);
@@ -163,12 +169,23 @@ int main(int argc, char **argv) {
     } else if (argc > 2 && strcmp(argv[1], "--json") == 0) {
         tok = lens_tok_load_hf_json(argv[2], &err);
         arg = 3;
+    } else if (argc > 2 && strcmp(argv[1], "--dir") == 0) {
+        tok = lens_tok_load_dir(argv[2], &specials, &err);
+        from_dir = true;
+        arg = 3;
     } else {
         die("usage", usage);
     }
     if (!tok) die("loading", err.msg);
     if (argc == arg + 2 && strcmp(argv[arg], "decode_each") == 0) {
         save_json(decode_each(tok), argv[arg + 1]);
+    } else if (argc == arg + 2 && strcmp(argv[arg], "specials") == 0 && from_dir) {
+        save_json(json_pack("{s:i, s:i, s:i, s:i, s:b, s:b, s:I}", "bos_id", specials.bos_id,
+                            "eos_id", specials.eos_id, "pad_id", specials.pad_id, "unk_id",
+                            specials.unk_id, "adds_bos", specials.adds_bos, "adds_eos",
+                            specials.adds_eos, "vocab_size",
+                            (json_int_t)lens_tok_vocab_size(tok)),
+                  argv[arg + 1]);
     } else if (argc == arg + 3) {
         const char *mode = argv[arg];
         json_t *in = load_json(argv[arg + 1]), *out = NULL;
