@@ -116,6 +116,12 @@ def test_family(family_case, family_root, run_lensd, parity_table, tmp_path):
     got = load_file(str(out))
 
     problems: list[tuple[str, str]] = []
+    if "tokens" in got:
+        msgs, _ = compare_tensor("tokens", ref["tokens"], got["tokens"])
+        if msgs:  # every other tensor would differ too; keep them out of the table
+            pytest.fail(f"{case['model_id']} ({model['architecture']}): first difference at tokens: {msgs[0]}\n"
+                        f"case {case['id']}; args {case['args']}\nTL tokens {ref['tokens'].tolist()}\n"
+                        f"lensd tokens {got['tokens'].tolist()}", pytrace=False)
     for name in _forward_order(ref, model.get("hook_order", {}).get(mode, [])):
         if name not in got:
             problems.append((name, "missing in lensd output"))
