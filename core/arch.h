@@ -72,6 +72,8 @@ typedef struct lens_arch {
     bool shared_ln;   /* one LayerNorm feeds attention and MLP (GPT-J, Phi): ln2 = ln1 */
     float norm_offset; /* Gemma's RMSNorm multiplies by 1 + w: the stored w gets this added */
     bool scale_embed; /* the embeddings are multiplied by sqrt(d_model) (Gemma) */
+    bool no_default_bos; /* text prompts get no BOS unless asked (TransformerBridge's
+                            default_prepend_bos False: Pythia, Qwen 2/3, Phi) */
     bool optional_biases; /* the config can turn biases off (attention_bias): a bias the file
                              lacks is zeros; otherwise every bias the table names must be there */
     lens_arch_tensors tensors;

@@ -14,8 +14,11 @@
  * last for q, k, v, z, result; else second from last) lands on another axis:
  * the head axis of the [batch, pos, head, d] split-input hooks and of ln1
  * under split inputs, the batch axis of hook_tokens. */
-int lens_capture_pos_axis(lens_hook_kind kind) {
-    return kind == LENS_HOOK_ATTN_SCORES || kind == LENS_HOOK_PATTERN ? 2 : 1;
+int lens_capture_pos_axis(const lens_config *cfg, lens_hook_kind kind) {
+    return kind == LENS_HOOK_ATTN_SCORES || kind == LENS_HOOK_PATTERN ||
+                   lens_hook_heads_first(cfg, kind)
+               ? 2
+               : 1;
 }
 
 typedef struct chunk_state {
@@ -28,7 +31,7 @@ typedef struct chunk_state {
 /* Copies act (the chunk's rows) into dst, the whole batch's tensor, keeping
  * the requested positions of axis; int32 ids become int64. */
 static void copy_rows(lens_captured *dst, const lens_tensor *act, const chunk_state *st) {
-    const int axis = lens_capture_pos_axis(dst->hook.kind);
+    const int axis = lens_capture_pos_axis(st->cfg, dst->hook.kind);
     const size_t len = (size_t)act->shape[axis];
     const int32_t *keep = st->req->positions;
     const size_t P = keep ? (size_t)st->req->n_positions : len;
@@ -93,7 +96,8 @@ static void alloc_tensor(void *user, lens_hook hook) {
     lens_hook_name(hook, t->name, sizeof t->name);
     t->dtype = hook.kind == LENS_HOOK_TOKENS ? LENS_I64 : LENS_F32;
     t->ndim = lens_hook_shape(st->cfg, hook, st->out->B, st->out->T, t->shape);
-    if (st->req->positions) t->shape[lens_capture_pos_axis(hook.kind)] = st->req->n_positions;
+    if (st->req->positions)
+        t->shape[lens_capture_pos_axis(st->cfg, hook.kind)] = st->req->n_positions;
     size_t numel = 1;
     for (int i = 0; i < t->ndim; i++)
         numel *= (size_t)t->shape[i];

@@ -48,8 +48,9 @@ typedef struct lens_cache {
 } lens_cache;
 
 /* The axis a position slice cuts: the query axis (2) of attention scores and
- * patterns, axis 1 of everything else (TL's pos_slice, see capture.c). */
-int lens_capture_pos_axis(lens_hook_kind kind);
+ * patterns and of the hooks laid out heads first (lens_hook_heads_first),
+ * axis 1 of everything else (TL's pos_slice, see capture.c). */
+int lens_capture_pos_axis(const lens_config *cfg, lens_hook_kind kind);
 
 /* Runs the batch capturing what req asks into out. out must be zeroed, or
  * hold the result of an earlier call with the same model, batch shape and

@@ -69,6 +69,13 @@ static size_t first_row(const forward_ctx *x, int b) { return (size_t)x->first_r
 /* The shape the hook callback sees (forward.h: packed in a suffix run). */
 static int activation_shape(const forward_ctx *x, lens_hook hook, int64_t shape[LENS_MAX_DIMS]) {
     if (!x->suffix) return lens_hook_shape(x->c, hook, x->B, x->T, shape);
+    if (lens_hook_heads_first(x->c, hook.kind)) {
+        /* packed rows keep lensd's own order: [N, heads, 1 or d_head] */
+        int64_t full[LENS_MAX_DIMS];
+        lens_hook_shape(x->c, hook, 1, 1, full);
+        shape[0] = (int64_t)x->N, shape[1] = full[1], shape[2] = full[3];
+        return 3;
+    }
     if (hook.kind == LENS_HOOK_ATTN_SCORES || hook.kind == LENS_HOOK_PATTERN) {
         shape[0] = (int64_t)x->c->n_heads * (int64_t)x->N;
         shape[1] = x->T;
@@ -100,6 +107,33 @@ static int grow_stage(forward_ctx *x, size_t bytes) {
     return 0;
 }
 
+/* dst[b, j, i, :] = src[b, i, j, :] for src [B, I, J, X] (host memory). */
+static void swap_axes(float *dst, const float *src, int64_t B, int64_t I, int64_t J, int64_t X) {
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < I; i++)
+            for (int64_t j = 0; j < J; j++)
+                memcpy(dst + ((b * J + j) * I + i) * X, src + ((b * I + i) * J + j) * X,
+                       (size_t)X * sizeof *dst);
+}
+
+/* Calls the hook on host (the activation in lensd's [B, T, heads, X]
+ * order) transposed to TL's [B, heads, T, X] (lens_hook_heads_first), and
+ * writes changes back when the run lets the callback modify activations. */
+static int fire_heads_first(forward_ctx *x, lens_hook hook, lens_tensor *t, float *host) {
+    const int64_t B = t->shape[0], heads = t->shape[1], T = t->shape[2], X = t->shape[3];
+    float *swapped = malloc((size_t)(B * heads * T * X) * sizeof *swapped);
+    if (!swapped) {
+        lens_err_set_code(x->err, LENS_ERR_NO_MEMORY, "out of host memory for an activation");
+        return -1;
+    }
+    swap_axes(swapped, host, B, T, heads, X);
+    t->data = swapped;
+    int rc = x->run->on_hook(x->run->user, hook, t, x->err);
+    if (rc == 0 && x->run->hooks_modify) swap_axes(host, swapped, B, heads, T, X);
+    free(swapped);
+    return rc;
+}
+
 /* Fires hook (kind, layer) on data if it is enabled. hook_tokens' data is
  * the batch's host tokens; other data is device memory, which the callback
  * sees through the staging buffer unless the device is the host. */
@@ -108,15 +142,19 @@ static int fire(forward_ctx *x, lens_hook_kind kind, int layer, void *data) {
     lens_hook hook = {kind, layer};
     lens_tensor t = {.data = data, .dtype = kind == LENS_HOOK_TOKENS ? LENS_I32 : LENS_F32};
     t.ndim = activation_shape(x, hook, t.shape);
+    const bool heads_first = !x->suffix && lens_hook_heads_first(x->c, kind);
     if (kind == LENS_HOOK_TOKENS || lk_host_memory(x->dev))
-        return x->run->on_hook(x->run->user, hook, &t, x->err);
+        return heads_first ? fire_heads_first(x, hook, &t, data)
+                           : x->run->on_hook(x->run->user, hook, &t, x->err);
     size_t bytes = sizeof(float);
     for (int i = 0; i < t.ndim; i++)
         bytes *= (size_t)t.shape[i];
     if (grow_stage(x, bytes)) return -1;
     lk_download(x->dev, x->ws->stage, data, bytes);
     t.data = x->ws->stage;
-    if (x->run->on_hook(x->run->user, hook, &t, x->err)) return -1;
+    if (heads_first ? fire_heads_first(x, hook, &t, x->ws->stage)
+                    : x->run->on_hook(x->run->user, hook, &t, x->err))
+        return -1;
     if (x->run->hooks_modify) lk_upload(x->dev, data, x->ws->stage, bytes);
     return 0;
 }
@@ -819,8 +857,9 @@ static size_t computed_rows(const lens_batch *batch, const lens_run *run, int32_
 }
 
 /* The rotary position of each computed row ([N], malloc'd; NULL when out
- * of memory): its position t, or with an attention mask TL's offset
- * position (real tokens up to t, minus one, and 0 before the first). */
+ * of memory): its position t, or with an attention mask (left padding) the
+ * real tokens up to t minus one, and 1 at masked positions, as
+ * TransformerBridge passes position ids to Hugging Face's forward. */
 static int32_t *rotary_positions(const lens_batch *batch, const lens_run *run, size_t N) {
     int32_t *positions = malloc((N ? N : 1) * sizeof *positions);
     if (!positions) return NULL;
@@ -830,8 +869,9 @@ static int32_t *rotary_positions(const lens_batch *batch, const lens_run *run, s
         int seen = 0;
         for (int t = 0; t < batch->T; t++) {
             const uint8_t *mask = batch->attn_mask;
-            seen += mask && mask[(size_t)bi * batch->T + t];
-            if (t >= first) positions[n++] = mask ? (seen > 0 ? seen - 1 : 0) : t;
+            const bool real = !mask || mask[(size_t)bi * batch->T + t];
+            seen += real;
+            if (t >= first) positions[n++] = !mask ? t : real ? seen - 1 : 1;
         }
     }
     return positions;

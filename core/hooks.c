@@ -56,6 +56,11 @@ static const char *const hook_formats[LENS_HOOK_KIND_COUNT] = {
     [LENS_HOOK_UNEMBED_OUT] = "unembed.hook_out",
 };
 
+bool lens_hook_heads_first(const lens_config *cfg, lens_hook_kind kind) {
+    return cfg->qk_norm == LENS_QK_NORM_PER_HEAD && kind >= LENS_HOOK_Q_NORM_SCALE &&
+           kind <= LENS_HOOK_K_NORM_NORMALIZED;
+}
+
 lens_hook_kind lens_attention_keys(const lens_config *cfg) {
     return cfg->positions == LENS_POS_ROTARY ? LENS_HOOK_ROT_K : LENS_HOOK_K;
 }
@@ -139,6 +144,78 @@ void lens_hook_name(lens_hook hook, char *buf, size_t buflen) {
 #pragma GCC diagnostic pop
 }
 
+/* TransformerBridge's canonical names of hook (TL 4.x, beside the legacy
+ * names under enable_compatibility_mode) into names[]; returns how many.
+ * Only names whose values are exactly this hook's are listed: the bridge's
+ * hook_attn_out of a model with output norms is ln1_post.hook_out, its
+ * attn.hook_out there (before the norm) has no lensd hook. */
+static int hook_aliases(const lens_config *cfg, lens_hook hook, char names[3][96]) {
+    const bool output_norms = cfg->norm_placement != LENS_NORM_BEFORE;
+    const bool gated = cfg->gated_mlp;
+    const char *formats[3] = {NULL, NULL, NULL};
+    switch (hook.kind) {
+    case LENS_HOOK_TOKENS:
+        formats[0] = "embed.hook_in";
+        break;
+    case LENS_HOOK_EMBED:
+        formats[0] = "embed.hook_out";
+        break;
+    case LENS_HOOK_RESID_PRE:
+        formats[0] = "blocks.%d.hook_in";
+        formats[1] = cfg->norm_placement != LENS_NORM_AFTER ? "blocks.%d.ln1.hook_in" : NULL;
+        formats[2] = cfg->parallel_attn_mlp && !cfg->shared_ln ? "blocks.%d.ln2.hook_in" : NULL;
+        break;
+    case LENS_HOOK_Q:
+        formats[0] = "blocks.%d.attn.q.hook_out";
+        break;
+    case LENS_HOOK_K:
+        formats[0] = "blocks.%d.attn.k.hook_out";
+        break;
+    case LENS_HOOK_V:
+        formats[0] = "blocks.%d.attn.v.hook_out";
+        break;
+    case LENS_HOOK_Z:
+        formats[0] = "blocks.%d.attn.o.hook_in";
+        break;
+    case LENS_HOOK_ATTN_OUT:
+        formats[0] = output_norms ? "blocks.%d.ln1_post.hook_out" : "blocks.%d.attn.hook_out";
+        formats[1] = output_norms ? NULL : "blocks.%d.attn.o.hook_out";
+        break;
+    case LENS_HOOK_RESID_MID:
+        formats[0] = cfg->norm_placement == LENS_NORM_AFTER ? "blocks.%d.mlp.hook_in"
+                                                            : "blocks.%d.ln2.hook_in";
+        break;
+    case LENS_HOOK_MLP_PRE:
+        formats[0] = gated ? "blocks.%d.mlp.gate.hook_out" : "blocks.%d.mlp.in.hook_out";
+        break;
+    case LENS_HOOK_MLP_PRE_LINEAR:
+        formats[0] = "blocks.%d.mlp.in.hook_out";
+        break;
+    case LENS_HOOK_MLP_POST:
+        formats[0] = "blocks.%d.mlp.out.hook_in";
+        break;
+    case LENS_HOOK_MLP_OUT:
+        formats[0] = output_norms ? "blocks.%d.ln2_post.hook_out" : "blocks.%d.mlp.hook_out";
+        formats[1] = output_norms ? NULL : "blocks.%d.mlp.out.hook_out";
+        break;
+    case LENS_HOOK_RESID_POST:
+        formats[0] = "blocks.%d.hook_out";
+        break;
+    case LENS_HOOK_UNEMBED_OUT:
+        formats[0] = "hook_unembed";
+        break;
+    default:
+        break;
+    }
+    int n = 0;
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+    for (int i = 0; i < 3; i++)
+        if (formats[i]) snprintf(names[n++], sizeof names[0], formats[i], hook.layer);
+#pragma GCC diagnostic pop
+    return n;
+}
+
 void lens_hook_foreach(const lens_config *cfg, void (*fn)(void *user, lens_hook hook), void *user) {
     for (int kind = LENS_HOOK_TOKENS; kind < LENS_HOOK_RESID_PRE; kind++)
         if (lens_hook_exists(cfg, (lens_hook_kind)kind)) fn(user, (lens_hook){kind, 0});
@@ -205,7 +282,7 @@ int lens_hook_shape(const lens_config *cfg, lens_hook hook, int B, int T,
     case LENS_HOOK_Q_NORM_NORMALIZED:
     case LENS_HOOK_K_NORM_SCALE:
     case LENS_HOOK_K_NORM_NORMALIZED: {
-        /* per head: [B, T, heads, 1 or dh]; over the whole projection: [B, T, 1 or heads*dh] */
+        /* per head: [B, heads, T, 1 or dh]; over the whole projection: [B, T, 1 or heads*dh] */
         const bool is_q = hook.kind <= LENS_HOOK_Q_NORM_NORMALIZED;
         const bool scale = hook.kind == LENS_HOOK_Q_NORM_SCALE || hook.kind == LENS_HOOK_K_NORM_SCALE;
         const int64_t heads = is_q ? h : cfg->n_kv_heads;
@@ -213,7 +290,9 @@ int lens_hook_shape(const lens_config *cfg, lens_hook hook, int B, int T,
             shape[2] = scale ? 1 : heads * dh;
             return 3;
         }
-        shape[2] = heads;
+        /* TransformerBridge's layout (HF's): heads before positions */
+        shape[1] = heads;
+        shape[2] = T;
         shape[3] = scale ? 1 : dh;
         return 4;
     }
@@ -264,6 +343,7 @@ static size_t edit_distance(const char *a, const char *b) {
 }
 
 typedef struct parse_state {
+    const lens_config *cfg;
     const char *wanted;
     bool found;
     lens_hook hook;
@@ -275,7 +355,12 @@ static void parse_visit(void *user, lens_hook hook) {
     parse_state *st = user;
     char name[96];
     lens_hook_name(hook, name, sizeof name);
-    if (strcmp(name, st->wanted) == 0) {
+    char aliases[3][96];
+    const int n_aliases = hook_aliases(st->cfg, hook, aliases);
+    bool same = strcmp(name, st->wanted) == 0;
+    for (int i = 0; i < n_aliases && !same; i++)
+        same = strcmp(aliases[i], st->wanted) == 0;
+    if (same) {
         st->found = true;
         st->hook = hook;
         return;
@@ -295,7 +380,8 @@ static void parse_visit(void *user, lens_hook hook) {
 }
 
 int lens_hook_parse(const lens_config *cfg, const char *name, lens_hook *out, lens_err *err) {
-    parse_state st = {.wanted = name, .near_dist = {(size_t)-1, (size_t)-1, (size_t)-1}};
+    parse_state st = {
+        .cfg = cfg, .wanted = name, .near_dist = {(size_t)-1, (size_t)-1, (size_t)-1}};
     lens_hook_foreach(cfg, parse_visit, &st);
     if (st.found) {
         *out = st.hook;
@@ -316,9 +402,13 @@ typedef struct glob_state {
 
 static void glob_visit(void *user, lens_hook hook) {
     glob_state *st = user;
-    char name[96];
+    char name[96], aliases[3][96];
     lens_hook_name(hook, name, sizeof name);
-    if (fnmatch(st->pattern, name, 0) == 0) {
+    const int n_aliases = hook_aliases(st->cfg, hook, aliases);
+    bool match = fnmatch(st->pattern, name, 0) == 0;
+    for (int i = 0; i < n_aliases && !match; i++)
+        match = fnmatch(st->pattern, aliases[i], 0) == 0;
+    if (match) {
         st->enabled[lens_hook_slot(st->cfg, hook)] = 1;
         st->matched++;
     }

@@ -77,6 +77,13 @@ typedef struct lens_hook {
  * here. */
 lens_hook_kind lens_attention_keys(const lens_config *cfg);
 
+/* True for hooks whose activation TL lays out heads before positions
+ * ([B, heads, T, ...]) although lensd computes it positions first
+ * ([B, T, heads, ...]): the per-head q/k norms, which TransformerBridge
+ * hooks inside Hugging Face's attention. The forward pass transposes them
+ * for the hook callback. */
+bool lens_hook_heads_first(const lens_config *cfg, lens_hook_kind kind);
+
 /* True for kinds that exist once per block. */
 bool lens_hook_is_per_layer(lens_hook_kind kind);
 

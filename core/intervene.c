@@ -8,7 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-int lens_hook_head_axis(lens_hook_kind kind) {
+int lens_hook_head_axis(const lens_config *cfg, lens_hook_kind kind) {
+    if (lens_hook_heads_first(cfg, kind)) return 1;
     switch (kind) {
     case LENS_HOOK_Q:
     case LENS_HOOK_K:
@@ -37,9 +38,10 @@ static bool member(const int32_t *list, int n, int64_t x) {
     return false;
 }
 
-static int apply(const lens_intervention *it, lens_tensor *act, int row0, lens_err *err) {
-    const int ndim = act->ndim, pos_axis = lens_capture_pos_axis(it->hook.kind);
-    const int head_axis = lens_hook_head_axis(it->hook.kind);
+static int apply(const lens_config *cfg, const lens_intervention *it, lens_tensor *act, int row0,
+                 lens_err *err) {
+    const int ndim = act->ndim, pos_axis = lens_capture_pos_axis(cfg, it->hook.kind);
+    const int head_axis = lens_hook_head_axis(cfg, it->hook.kind);
     const int64_t last = act->shape[ndim - 1];
     size_t per_row = 1;
     for (int i = 1; i < ndim; i++)
@@ -110,7 +112,7 @@ int lens_intervene(void *user, lens_hook hook, lens_tensor *act, int row0, lens_
         }
         char name[96];
         lens_hook_name(hook, name, sizeof name);
-        if (apply(it, act, row0, err)) {
+        if (apply(list->cfg, it, act, row0, err)) {
             lens_err_prefix(err, "%s", name);
             return -1;
         }

@@ -39,8 +39,9 @@ typedef struct lens_intervention_list {
 } lens_intervention_list;
 
 /* The head axis of a hook's activation (2 for [batch, pos, head, ...], 1 for
- * attention scores and patterns), or -1 where it has none. */
-int lens_hook_head_axis(lens_hook_kind kind);
+ * attention scores, patterns and the hooks laid out heads first), or -1
+ * where it has none. */
+int lens_hook_head_axis(const lens_config *cfg, lens_hook_kind kind);
 
 /* Applies every item of user (a lens_intervention_list) whose hook is hook
  * to act, rows row0.. of the batch. Matches lens_cache_request.intervention.

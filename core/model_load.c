@@ -1127,37 +1127,25 @@ static int32_t lookup_or_fail(const lens_tokenizer *tok, const char *entry, cons
     return id;
 }
 
-/* GPT-2 and GPT-Neo: BOS = EOS = PAD = <|endoftext|>, as TL sets them. */
+/* The tokenizer of a Hugging Face directory and TL's token rules: BOS,
+ * EOS and PAD from the tokenizer's files, a missing PAD or BOS being the
+ * EOS (TL's set_tokenizer), and GPT-2's <|endoftext|> where the files name
+ * none (GPT-2's own vocab.json + merges.txt). */
 static int load_hf_tokenizer(lens_model *m, const char *dir, lens_err *err) {
-    char *json_path = path_join(dir, "tokenizer.json");
-    char *vocab = path_join(dir, "vocab.json");
-    char *merges = path_join(dir, "merges.txt");
-    int rc = -1;
-    if (!json_path || !vocab || !merges) {
-        lens_err_set(err, "out of memory");
-    } else if (path_exists(vocab) && path_exists(merges)) {
-        m->tok = lens_tok_load_bpe(vocab, merges, err);
-    } else if (path_exists(json_path)) {
-        m->tok = lens_tok_load_hf_json(json_path, err);
-    } else {
-        lens_err_set(err, "%s: no tokenizer (vocab.json + merges.txt, or tokenizer.json)", dir);
+    lens_tok_specials specials;
+    if (!(m->tok = lens_tok_load_dir(dir, &specials, err))) return -1;
+    if (specials.eos_id < 0) specials.eos_id = lens_tok_lookup(m->tok, "<|endoftext|>");
+    if (specials.bos_id < 0) specials.bos_id = specials.eos_id;
+    if (specials.pad_id < 0) specials.pad_id = specials.eos_id;
+    m->rules.bos_id = specials.bos_id;
+    m->rules.eos_id = specials.eos_id;
+    m->rules.pad_id = specials.pad_id;
+    if ((size_t)m->cfg.d_vocab < lens_tok_vocab_size(m->tok)) {
+        lens_err_set(err, "%s: the tokenizer has %zu tokens but the model only %d", dir,
+                     lens_tok_vocab_size(m->tok), m->cfg.d_vocab);
+        return -1;
     }
-    if (m->tok) {
-        int32_t eot = lookup_or_fail(m->tok, "<|endoftext|>", "end-of-text token", dir, err);
-        if (eot >= 0) {
-            m->rules.bos_id = m->rules.eos_id = m->rules.pad_id = eot;
-            rc = 0;
-        }
-        if ((size_t)m->cfg.d_vocab < lens_tok_vocab_size(m->tok)) {
-            lens_err_set(err, "%s: the tokenizer has %zu tokens but the model only %d", dir,
-                         lens_tok_vocab_size(m->tok), m->cfg.d_vocab);
-            rc = -1;
-        }
-    }
-    free(json_path);
-    free(vocab);
-    free(merges);
-    return rc;
+    return 0;
 }
 
 static int load_native_tokenizer(lens_model *m, json_t *lensd, const char *dir, const char *file,
@@ -1262,7 +1250,34 @@ static const struct {
     {"gpt-neo-1.3B", "EleutherAI/gpt-neo-1.3B"},
     {"gpt-neo-2.7B", "EleutherAI/gpt-neo-2.7B"},
     {"neo-125M", "EleutherAI/gpt-neo-125M"},
+    {"gpt-j", "EleutherAI/gpt-j-6B"},
+    {"gptj", "EleutherAI/gpt-j-6B"},
+    {"pythia", "EleutherAI/pythia-70m"},
+    {"mistral-7b", "mistralai/Mistral-7B-v0.1"},
+    {"mistral-7b-instruct", "mistralai/Mistral-7B-Instruct-v0.1"},
+    {"phi-3", "microsoft/Phi-3-mini-4k-instruct"},
+    {"olmo-2-1b", "allenai/OLMo-2-0425-1B"},
+    {"olmo-2-7b", "allenai/OLMo-2-1124-7B"},
 };
+
+/* Finds, in the hub cache directory `hub`, the one repository whose name
+ * (after its organisation) is `name` regardless of case, as TL's
+ * get_official_model_name matches "Llama-3.2-1B" to meta-llama/Llama-3.2-1B
+ * and "gemma-2-2b" to google/gemma-2-2b. Writes its "models--ORG--NAME"
+ * directory name into repo; returns false when none or several match. */
+static bool find_repo_by_name(const char *hub, const char *name, char *repo, size_t len) {
+    DIR *dir = opendir(hub);
+    if (!dir) return false;
+    int found = 0;
+    for (struct dirent *e; (e = readdir(dir));) {
+        if (strncmp(e->d_name, "models--", 8)) continue;
+        const char *sep = strstr(e->d_name + 8, "--");
+        if (sep && strcasecmp(sep + 2, name) == 0 && found++ == 0)
+            snprintf(repo, len, "%s", e->d_name);
+    }
+    closedir(dir);
+    return found == 1;
+}
 
 /* Resolves a Hugging Face id to its snapshot directory in the local hub
  * cache: refs/main names the revision; otherwise the only snapshot. */
@@ -1281,9 +1296,11 @@ static char *find_in_hf_cache(const char *id) {
         snprintf(hub, sizeof hub, "%s/.cache/huggingface/hub", home);
     else
         return NULL;
-    char repo[PATH_MAX];
+    char repo[PATH_MAX], by_name[NAME_MAX + 1];
     int n = snprintf(repo, sizeof repo, "%s/models--", hub);
-    for (const char *s = id; *s && n < (int)sizeof repo - 2; s++) {
+    const bool named = !strchr(id, '/') && find_repo_by_name(hub, id, by_name, sizeof by_name);
+    if (named) n = snprintf(repo, sizeof repo, "%s/%s", hub, by_name);
+    for (const char *s = id; !named && *s && n < (int)sizeof repo - 2; s++) {
         if (*s == '/') {
             repo[n++] = '-';
             repo[n++] = '-';

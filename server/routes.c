@@ -1400,13 +1400,17 @@ static int read_hooks(const lens_config *c, json_t *body, int T, hooks_request *
         }
         snprintf(field, sizeof field, "hooks[%d].heads", i);
         if (heads) {
-            if (lens_hook_head_axis(it->hook.kind) < 0) {
+            if (lens_hook_head_axis(c, it->hook.kind) < 0) {
                 srv_error(resp, 422, "unprocessable", field, "%s has no head axis", name);
                 return -1;
             }
             int *idx = NULL;
             json_t *wrapped = json_pack("{s:O}", "heads", heads);
-            int rc = read_indices(wrapped, "heads", c->n_heads, &idx, &n_heads, resp);
+            /* k and v of a grouped-query model have n_kv_heads heads */
+            int64_t hook_shape[LENS_MAX_DIMS];
+            lens_hook_shape(c, it->hook, 1, 1, hook_shape);
+            const int hook_heads = (int)hook_shape[lens_hook_head_axis(c, it->hook.kind)];
+            int rc = read_indices(wrapped, "heads", hook_heads, &idx, &n_heads, resp);
             json_decref(wrapped);
             if (rc) {
                 prefix_error_field(resp, prefix, "heads");

@@ -469,6 +469,31 @@ Test(model_load, hf_cache_by_id_and_alias) {
     }
 }
 
+/* A snapshot of ORG/NAME in the hub cache under dir, found by NAME alone
+ * in any case, as TL's get_official_model_name finds it; two
+ * repositories of the same name make the name ambiguous. */
+Test(model_load, hf_cache_by_name_without_org) {
+    char snap[384], cmd[1400];
+    snprintf(snap, sizeof snap, "%.300s/hub/models--TestOrg--Tiny-GPT2-1B/snapshots/abc", dir);
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s'", snap);
+    cr_assert_eq(system(cmd), 0);
+    char saved[384];
+    snprintf(saved, sizeof saved, "%s", dir);
+    snprintf(dir, sizeof dir, "%s", snap);
+    write_gpt2(&(gpt2_opts){.prefix = ""});
+    snprintf(dir, sizeof dir, "%s", saved);
+    setenv("HF_HOME", dir, 1);
+    lens_err err;
+    lens_model *m = lens_model_load("tiny-gpt2-1b", NULL, &err);
+    cr_assert_not_null(m, "%s", err.msg);
+    cr_assert_str_eq(m->source, snap);
+    lens_model_free(m);
+    snprintf(cmd, sizeof cmd, "mkdir -p '%.300s/hub/models--Other--tiny-gpt2-1B/snapshots/x'",
+             dir);
+    cr_assert_eq(system(cmd), 0);
+    cr_assert_null(lens_model_load("tiny-gpt2-1b", NULL, &err));
+}
+
 #define RELU ", \"act_fn\": \"relu\""
 
 static void write_native(const char *config_extra, bool with_ln) {
