@@ -368,7 +368,9 @@ def legacy_groups(bridge, cache) -> dict[str, list[str]]:
 
     Names reaching one HookPoint form a group; the key is the group's legacy
     name, the one whose last part is not hook_in/hook_out (exactly one such
-    name in every group TL 4.3 forms for these families)."""
+    name in every group TL 4.3 forms for these families). One exception: the
+    logits hook is keyed `unembed.hook_out`, HookedTransformer's (TL 3.9's and
+    lensd's GPT-2) name; the bridge's `hook_unembed` is listed as its alias."""
     hook_dict = bridge.hook_dict
     groups: dict[int, list[str]] = {}
     for name in cache:
@@ -378,6 +380,8 @@ def legacy_groups(bridge, cache) -> dict[str, list[str]]:
         legacy = [m for m in members if m.split(".")[-1] not in ("hook_in", "hook_out")]
         assert len(legacy) <= 1, f"hook point with several legacy names: {members}"
         key = legacy[0] if legacy else members[0]
+        if "unembed.hook_out" in members:
+            key = "unembed.hook_out"
         out[key] = [m for m in members if m != key]
     return out
 
