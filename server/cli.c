@@ -407,6 +407,23 @@ json_t *srv_model_info_json(const lens_model *m) {
         c->use_attn_result, "use_split_qkv_input", c->use_split_qkv_input, "use_hook_mlp_in",
         c->use_hook_mlp_in, "use_attn_in", c->use_attn_in, "use_hook_tokens", c->use_hook_tokens,
         "default_prepend_bos", c->default_prepend_bos);
+    /* the newer families' settings, under HookedTransformerConfig's names */
+    const bool rotary = c->positions == LENS_POS_ROTARY;
+    json_object_update_new(
+        cfg, json_pack("{s:o, s:s, s:o, s:o, s:b, s:b, s:b, s:f, s:f, s:b, s:b}",
+                       "n_key_value_heads",
+                       c->n_kv_heads != c->n_heads ? json_integer(c->n_kv_heads) : json_null(),
+                       "positional_embedding_type", rotary ? "rotary" : "standard", "rotary_dim",
+                       rotary ? json_integer(c->rotary.dim) : json_null(), "rotary_base",
+                       rotary ? json_real(c->rotary.base) : json_null(), "rotary_adjacent_pairs",
+                       rotary && c->rotary.interleaved, "gated_mlp", c->gated_mlp,
+                       "parallel_attn_mlp", c->parallel_attn_mlp, "attn_scores_soft_cap",
+                       c->attn_softcap > 0 ? (double)c->attn_softcap : -1.0,
+                       "output_logits_soft_cap",
+                       c->logit_softcap > 0 ? (double)c->logit_softcap : -1.0,
+                       "use_normalization_before_and_after",
+                       c->norm_placement == LENS_NORM_SANDWICH, "use_qk_norm",
+                       c->qk_norm != LENS_QK_NORM_NONE));
     json_t *hooks = json_array();
     void *visit[2] = {hooks, (void *)c};
     lens_hook_foreach(c, add_hook_json, visit);
