@@ -545,28 +545,68 @@ Test(hf_json, refuses_other_models) {
     assert_json_refused(root, "model type \"WordPiece\" is not supported");
 }
 
-Test(hf_json, refuses_normalizers) {
+/* Steps and fields lensd does not run are refused by name, never guessed. */
+Test(hf_json, refuses_unsupported_steps) {
     json_t *root = tiny_tokenizer_json();
-    json_object_set_new(root, "normalizer", json_pack("{s:s}", "type", "NFC"));
-    assert_json_refused(root, "normalizer \"NFC\" is not supported");
-}
-
-Test(hf_json, refuses_other_pre_tokenizers) {
-    json_t *root = tiny_tokenizer_json();
+    json_object_set_new(root, "normalizer", json_pack("{s:s}", "type", "Lowercase"));
+    assert_json_refused(root, "normalizer \"Lowercase\" is not supported");
+    root = tiny_tokenizer_json();
+    json_object_set_new(root, "normalizer",
+                        json_pack("{s:s, s:[{s:s}, {s:s}]}", "type", "Sequence", "normalizers",
+                                  "type", "NFC", "type", "BertNormalizer"));
+    assert_json_refused(root, "normalizer \"BertNormalizer\" is not supported");
+    root = tiny_tokenizer_json();
     json_object_set_new(root, "pre_tokenizer", json_pack("{s:s}", "type", "Whitespace"));
     assert_json_refused(root, "pre_tokenizer \"Whitespace\" is not supported");
     root = tiny_tokenizer_json();
-    json_object_set_new(json_object_get(root, "pre_tokenizer"), "add_prefix_space", json_true());
-    assert_json_refused(root, "add_prefix_space");
+    json_object_set_new(root, "pre_tokenizer",
+                        json_pack("{s:s, s:[{s:s, s:b}, {s:s, s:b}]}", "type", "Sequence",
+                                  "pretokenizers", "type", "ByteLevel", "add_prefix_space", 0,
+                                  "type", "Digits", "individual_digits", 1));
+    assert_json_refused(root, "ByteLevel step before other steps");
+    root = tiny_tokenizer_json();
+    json_object_set_new(root, "decoder", json_pack("{s:s}", "type", "WordPiece"));
+    assert_json_refused(root, "decoder \"WordPiece\" is not supported");
+    root = tiny_tokenizer_json();
+    json_object_set_new(root, "post_processor", json_pack("{s:s}", "type", "Mystery"));
+    assert_json_refused(root, "post_processor \"Mystery\" is not supported");
+    root = tiny_tokenizer_json();
+    json_object_set_new(json_object_get(root, "model"), "dropout", json_real(0.1));
+    assert_json_refused(root, "model.dropout");
 }
 
-Test(hf_json, refuses_single_word_added_tokens) {
+/* Regex features that Oniguruma (HF) and PCRE2 read differently. */
+Test(hf_json, refuses_regexes_read_differently) {
+    const char *patterns[] = {"\\w+", "\\b", "^a", "a$", "[\\S]", "(?m:.)", "[a&&b]", "\\h"};
+    const char *named[] = {"\\w", "\\b", "^", "$", "\\S inside", "(?m)", "&&", "\\h"};
+    for (size_t i = 0; i < sizeof patterns / sizeof patterns[0]; i++) {
+        json_t *root = tiny_tokenizer_json();
+        json_object_set_new(root, "pre_tokenizer",
+                            json_pack("{s:s, s:[{s:s, s:{s:s}, s:s, s:b}, {s:s, s:b, s:b}]}",
+                                      "type", "Sequence", "pretokenizers", "type", "Split",
+                                      "pattern", "Regex", patterns[i], "behavior", "Isolated",
+                                      "invert", 0, "type", "ByteLevel", "add_prefix_space", 0,
+                                      "use_regex", 0));
+        assert_json_refused(root, named[i]);
+    }
+}
+
+/* single_word: the token matches only where no word character touches it. */
+Test(hf_json, single_word_added_tokens) {
     json_t *root = tiny_tokenizer_json();
-    json_object_set_new(json_array_get(json_object_get(root, "added_tokens"), 0), "single_word",
-                        json_true());
-    assert_json_refused(root, "single_word is not supported");
+    json_t *added = json_object_get(root, "added_tokens");
+    json_array_append_new(added, json_pack("{s:i, s:s, s:b, s:b, s:b, s:b, s:b}", "id", 262,
+                                           "content", "lo", "single_word", 1, "lstrip", 0, "rstrip",
+                                           0, "normalized", 0, "special", 0));
+    lens_err err = {0};
+    lens_tokenizer *tok = load_json(root, &err);
+    cr_assert_not_null(tok, "%s", err.msg);
+    ASSERT_IDS(tok, "lo", 262);
+    ASSERT_IDS(tok, "a lo.", 'a', ' ', 262, '.');
+    ASSERT_IDS(tok, "hello", 259);                   /* inside a word: BPE, not the token */
+    ASSERT_IDS(tok, "lo\xc3\xa9", 'l', 'o', 0xC3, 0xA9); /* é is a word character */
+    lens_tok_free(tok);
 }
-
 Test(hf_json, refuses_bad_merges) {
     json_t *root = tiny_tokenizer_json();
     json_array_append_new(json_object_get(json_object_get(root, "model"), "merges"),
@@ -576,6 +616,236 @@ Test(hf_json, refuses_bad_merges) {
     json_array_append_new(json_object_get(json_object_get(root, "model"), "merges"),
                           json_string("o o"));
     assert_json_refused(root, "\"oo\" is not in the vocabulary");
+}
+
+/* ---- model directories (lens_tok_load_dir) -------------------------------- */
+
+/* A fresh temporary directory. */
+static char *make_temp_dir(void) {
+    char *dir = strdup("/tmp/lens_tok_dir_XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    return dir;
+}
+
+static void write_file(const char *dir, const char *name, const void *bytes, size_t len) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f, "%s", path);
+    cr_assert_eq(fwrite(bytes, 1, len, f), len);
+    fclose(f);
+}
+
+static void remove_dir(char *dir) {
+    char command[4200];
+    snprintf(command, sizeof command, "rm -rf '%s'", dir);
+    cr_assert_eq(system(command), 0);
+    free(dir);
+}
+
+/* A protobuf writer, enough for a SentencePiece ModelProto. */
+typedef struct pb_out {
+    uint8_t bytes[65536];
+    size_t len;
+} pb_out;
+
+static void pb_varint(pb_out *o, uint64_t v) {
+    do {
+        o->bytes[o->len++] = (uint8_t)((v & 0x7F) | (v > 0x7F ? 0x80 : 0));
+        v >>= 7;
+    } while (v);
+}
+
+static void pb_bytes(pb_out *o, unsigned field, const void *bytes, size_t len) {
+    pb_varint(o, field << 3 | 2);
+    pb_varint(o, len);
+    memcpy(o->bytes + o->len, bytes, len);
+    o->len += len;
+}
+
+static void spm_piece(pb_out *o, const char *piece, int type) {
+    pb_out p = {.len = 0};
+    pb_bytes(&p, 1, piece, strlen(piece));
+    p.bytes[p.len++] = 2 << 3 | 5; /* score: a float, ignored by the converter */
+    memset(p.bytes + p.len, 0, 4);
+    p.len += 4;
+    pb_varint(&p, 3 << 3);
+    pb_varint(&p, (uint64_t)type);
+    pb_bytes(o, 1, p.bytes, p.len);
+}
+
+/* A SentencePiece BPE model: <unk> <s> </s>, the 256 byte pieces (ids
+ * 3..258), then "▁" 259, "a" 260, "b" 261, "▁a" 262, "ab" 263, "▁ab" 264. */
+static void write_spm(const char *dir, int model_type) {
+    static pb_out o;
+    o.len = 0;
+    spm_piece(&o, "<unk>", 2);
+    spm_piece(&o, "<s>", 3);
+    spm_piece(&o, "</s>", 3);
+    for (int b = 0; b < 256; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        spm_piece(&o, name, 6);
+    }
+    const char *pieces[] = {"\xe2\x96\x81", "a", "b", "\xe2\x96\x81" "a", "ab", "\xe2\x96\x81" "ab"};
+    for (int i = 0; i < 6; i++)
+        spm_piece(&o, pieces[i], 1);
+    pb_out trainer = {.len = 0};
+    pb_varint(&trainer, 3 << 3);
+    pb_varint(&trainer, (uint64_t)model_type);
+    pb_bytes(&o, 2, trainer.bytes, trainer.len);
+    write_file(dir, "tokenizer.model", o.bytes, o.len);
+}
+
+static lens_tokenizer *load_dir(const char *dir, lens_tok_specials *specials) {
+    lens_err err = {0};
+    lens_tokenizer *tok = lens_tok_load_dir(dir, specials, &err);
+    cr_assert_not_null(tok, "%s", err.msg);
+    return tok;
+}
+
+static void assert_dir_refused(const char *dir, const char *needle) {
+    lens_err err = {0};
+    cr_assert_null(lens_tok_load_dir(dir, NULL, &err));
+    cr_assert(strstr(err.msg, needle), "message \"%s\" lacks \"%s\"", err.msg, needle);
+}
+
+static void assert_decodes(const lens_tokenizer *tok, const int32_t *ids, size_t n,
+                           const char *expected) {
+    size_t len;
+    char *text = decode(tok, ids, n, &len);
+    cr_assert_str_eq(text, expected);
+    free(text);
+}
+
+/* LlamaTokenizerFast's conversion: Metaspace with "first", merges generated
+ * in piece order, byte fallback, control pieces as added tokens, and the
+ * Replace / ByteFallback / Fuse / Strip decoder. */
+Test(load_dir, sentencepiece_model) {
+    char *dir = make_temp_dir();
+    write_spm(dir, 2);
+    lens_tok_specials sp;
+    lens_tokenizer *tok = load_dir(dir, &sp);
+    cr_assert_eq(lens_tok_vocab_size(tok), 265);
+    ASSERT_IDS(tok, "ab ab", 264, 264);
+    ASSERT_IDS(tok, "\xc3\xa9", 259, 3 + 0xC3, 3 + 0xA9);
+    ASSERT_IDS(tok, "<s>ab", 1, 263); /* no "▁" after an added token */
+    assert_decodes(tok, (const int32_t[]){264, 264}, 2, "ab ab");
+    assert_decodes(tok, (const int32_t[]){259, 3 + 0xC3, 3 + 0xA9}, 3, "\xc3\xa9");
+    assert_decodes(tok, (const int32_t[]){3 + 0xC3, 260}, 2, "\xef\xbf\xbd" "a");
+    assert_decodes(tok, (const int32_t[]){1, 262}, 2, "<s> a");
+    /* transformers 5.23 adds no BOS unless the config asks. */
+    cr_assert(sp.bos_id == 1 && sp.eos_id == 2 && sp.unk_id == 0 && sp.pad_id == -1);
+    cr_assert(!sp.adds_bos && !sp.adds_eos);
+    lens_tok_free(tok);
+    const char config[] = "{\"add_bos_token\": true, \"legacy\": true, \"model_max_length\": "
+                          "1000000000000000019884624838656}";
+    write_file(dir, "tokenizer_config.json", config, sizeof config - 1);
+    tok = load_dir(dir, &sp);
+    cr_assert(sp.adds_bos && !sp.adds_eos && sp.bos_id == 1);
+    ASSERT_IDS(tok, "<s>ab", 1, 264); /* legacy: "always" */
+    lens_tok_free(tok);
+    write_spm(dir, 1);
+    assert_dir_refused(dir, "SentencePiece model type 1 is not supported");
+    write_file(dir, "tokenizer.model", "\x0a\xff\xff", 3);
+    assert_dir_refused(dir, "not a SentencePiece model");
+    remove_dir(dir);
+}
+
+/* Llama 3's tiktoken file: ranks as ids, merges generated, Meta's regex and
+ * special tokens, BOS added. */
+Test(load_dir, tiktoken_model) {
+    char *dir = make_temp_dir();
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    static char text[8192];
+    size_t len = 0;
+    for (int b = 0; b < 256; b++)
+        len += (size_t)sprintf(text + len, "%c%c== %d\n", b64[b >> 2], b64[(b & 3) << 4], b);
+    /* "he" 256, "ll" 257, "hell" 258 */
+    len += (size_t)sprintf(text + len, "aGU= 256\nbGw= 257\naGVsbA== 258\n");
+    write_file(dir, "tokenizer.model", text, len);
+    lens_tok_specials sp;
+    lens_tokenizer *tok = load_dir(dir, &sp);
+    cr_assert_eq(lens_tok_vocab_size(tok), 259 + 256);
+    ASSERT_IDS(tok, "hello world", 258, 'o', ' ', 'w', 'o', 'r', 'l', 'd');
+    ASSERT_IDS(tok, "<|begin_of_text|>hell", 259, 258);
+    cr_assert_eq(lens_tok_lookup(tok, "<|eot_id|>"), 259 + 9);
+    cr_assert(sp.bos_id == 259 && sp.eos_id == 260 && sp.adds_bos && !sp.adds_eos);
+    assert_decodes(tok, (const int32_t[]){259, 258, 'o'}, 3, "<|begin_of_text|>hello");
+    lens_tok_free(tok);
+    const char bad[] = "aGU= 1\naGU 2\n";
+    write_file(dir, "tokenizer.model", bad, sizeof bad - 1);
+    assert_dir_refused(dir, "line 2 is not a base64 token and a rank");
+    remove_dir(dir);
+}
+
+/* vocab.json + merges.txt: the class's pipeline and default special tokens. */
+Test(load_dir, vocab_and_merges_by_class) {
+    char vocab[4096], merges[4096];
+    gpt2_paths(vocab, merges, sizeof vocab);
+    char *dir = make_temp_dir();
+    char command[12000];
+    snprintf(command, sizeof command, "cp '%s' '%s' '%s'/", vocab, merges, dir);
+    cr_assert_eq(system(command), 0);
+    lens_tok_specials sp;
+    lens_tokenizer *tok = load_dir(dir, &sp);
+    ASSERT_IDS(tok, "Hello world<|endoftext|>", 15496, 995, 50256);
+    cr_assert(sp.bos_id == 50256 && sp.eos_id == 50256 && sp.unk_id == 50256 && sp.pad_id == -1);
+    cr_assert(!sp.adds_bos);
+    lens_tok_free(tok);
+    const char with_bos[] = "{\"tokenizer_class\": \"GPT2TokenizerFast\", \"add_bos_token\": true,"
+                            " \"pad_token\": \"<pad>\"}";
+    write_file(dir, "tokenizer_config.json", with_bos, sizeof with_bos - 1);
+    tok = load_dir(dir, &sp);
+    cr_assert(sp.adds_bos && sp.bos_id == 50256);
+    cr_assert_eq(sp.pad_id, 50257, "a named token missing from the vocabulary is added");
+    ASSERT_IDS(tok, "a<pad>", 64, 50257);
+    lens_tok_free(tok);
+    const char bert[] = "{\"tokenizer_class\": \"BertTokenizer\"}";
+    write_file(dir, "tokenizer_config.json", bert, sizeof bert - 1);
+    assert_dir_refused(dir, "tokenizer_class \"BertTokenizer\" is not supported");
+    const char broken[] = "{\"tokenizer_class\": ";
+    write_file(dir, "tokenizer_config.json", broken, sizeof broken - 1);
+    assert_dir_refused(dir, "tokenizer_config.json");
+    remove_dir(dir);
+}
+
+Test(load_dir, empty_directory_is_named) {
+    char *dir = make_temp_dir();
+    assert_dir_refused(dir, "no tokenizer.json, tokenizer.model or vocab.json + merges.txt");
+    assert_dir_refused(dir, dir);
+    remove_dir(dir);
+}
+
+/* A tokenizer.json's post-processor says what a sequence gets, unless the
+ * config's add_bos_token / add_eos_token say otherwise (transformers). */
+Test(load_dir, post_processor_and_config_flags) {
+    char *dir = make_temp_dir();
+    json_t *root = tiny_tokenizer_json();
+    json_object_set_new(root, "post_processor",
+                        json_pack("{s:s, s:[{s:{s:s, s:i}}, {s:{s:s, s:i}}], s:{s:{s:s, s:[i]}}}",
+                                  "type", "TemplateProcessing", "single", "SpecialToken", "id",
+                                  "<|endoftext|>", "type_id", 0, "Sequence", "id", "A", "type_id",
+                                  0, "special_tokens", "<|endoftext|>", "id", "<|endoftext|>",
+                                  "ids", 261));
+    char *text = json_dumps(root, 0);
+    write_file(dir, "tokenizer.json", text, strlen(text));
+    free(text);
+    json_decref(root);
+    lens_tok_specials sp;
+    lens_tokenizer *tok = load_dir(dir, &sp);
+    cr_assert(sp.adds_bos && sp.bos_id == 261 && !sp.adds_eos, "bos %d", sp.bos_id);
+    lens_tok_free(tok);
+    const char flags[] = "{\"bos_token\": \"<mask>\", \"eos_token\": \"<|endoftext|>\", "
+                         "\"add_bos_token\": false, \"add_eos_token\": true}";
+    write_file(dir, "tokenizer_config.json", flags, sizeof flags - 1);
+    tok = load_dir(dir, &sp);
+    cr_assert(!sp.adds_bos && sp.adds_eos && sp.bos_id == 260 && sp.eos_id == 261);
+    lens_tok_free(tok);
+    const char clash[] = "{\"bos_token\": \"<mask>\"}";
+    write_file(dir, "tokenizer_config.json", clash, sizeof clash - 1);
+    assert_dir_refused(dir, "adds id 261 as BOS but the BOS token is id 260");
+    remove_dir(dir);
 }
 
 /* ---- plain token lists --------------------------------------------------- */
