@@ -21,6 +21,7 @@ Failures name the family and the first tensor (in forward order) that differs.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import subprocess
@@ -106,6 +107,56 @@ def compare_tensor(name: str, a: np.ndarray, b: np.ndarray) -> tuple[list[str], 
     return msgs, (err, ref_max, bound)
 
 
+# Hook points of the references that lensd does not produce, each with why.
+# A reference hook missing from lensd's output fails the test unless it
+# matches one of these (docs/API.md lists them too).
+NOT_PRODUCED = [
+    ("embed.hook_in", "the token ids: lensd's hook_tokens (with use_hook_tokens)"),
+    ("rotary_emb.*", "the bridge's rotary module: lensd keeps cos/sin as tables, not activations"),
+    ("blocks.*.attn.hook_cos", "the layer's rotary table"),
+    ("blocks.*.attn.hook_sin", "the layer's rotary table"),
+    ("blocks.*.ln*.hook_in", "a module input equal to resid_pre / resid_mid / the sublayer output"),
+    ("blocks.*.ln*.hook_out", "a norm's output: hook_normalized after fold_ln"),
+    ("ln_final.hook_in", "equal to the last hook_resid_post"),
+    ("ln_final.hook_out", "the final norm's output: unembed.hook_in"),
+    ("blocks.*.attn.hook_in", "attention's input: ln1's output"),
+    ("blocks.*.attn.[qkv].hook_in", "the projections' input: ln1's output"),
+    ("blocks.*.attn.o.hook_out", "the output projection's output before any output norm"),
+    ("blocks.*.attn.hook_out", "Gemma 2/3, OLMo 2: attention's output before ln1_post"),
+    ("blocks.*.attn.hook_hidden_states", "equal to hook_attn_out"),
+    ("blocks.*.attn.[qk]_norm.hook_in", "equal to hook_q / hook_k (transposed)"),
+    ("blocks.*.attn.[qk]_norm.hook_out", "the q/k norm's output: rotary's input"),
+    ("blocks.*.attn.hook_[qk]_normed", "the q/k norm's output: rotary's input"),
+    ("blocks.*.mlp.hook_in", "the MLP's input: ln2's output"),
+    ("blocks.*.mlp.in.hook_in", "the MLP's input: ln2's output"),
+    ("blocks.*.mlp.gate.hook_in", "the MLP's input: ln2's output"),
+    ("blocks.*.mlp.out.hook_out", "the down projection's output before any output norm"),
+    ("blocks.*.mlp.hook_out", "Gemma 2/3, OLMo 2: the MLP's output before ln2_post"),
+]
+# TL 3.9 (GPT-J's reference) copies GPT-J's one LayerNorm into ln2 and hooks it
+# twice; lensd, like the bridge for Phi, has no ln2 where the MLP shares ln1.
+SHARED_LN_NOT_PRODUCED = ["blocks.*.ln2.hook_scale", "blocks.*.ln2.hook_normalized"]
+
+
+def not_produced(name: str, architecture: str) -> bool:
+    if any(fnmatch.fnmatchcase(name, pattern) for pattern, _ in NOT_PRODUCED):
+        return True
+    return architecture == "GPTJForCausalLM" and any(
+        fnmatch.fnmatchcase(name, p) for p in SHARED_LN_NOT_PRODUCED)
+
+
+def left_pad_query_rows(tokens: np.ndarray, pad_id: int) -> np.ndarray:
+    """[B, T] True at a left-padded row's pad positions: the leading pad ids
+    but the last, which is the prompt's BOS when BOS is the pad id."""
+    pads = np.zeros(tokens.shape, dtype=bool)
+    for b, row in enumerate(tokens):
+        leading = 0
+        while leading < len(row) and row[leading] == pad_id:
+            leading += 1
+        pads[b, : max(leading - 1, 0)] = True
+    return pads
+
+
 def test_family(family_case, family_root, run_lensd, parity_table, tmp_path):
     case = family_case
     model = load_family_manifest()["models"][case["model_id"]]
@@ -122,14 +173,29 @@ def test_family(family_case, family_root, run_lensd, parity_table, tmp_path):
             pytest.fail(f"{case['model_id']} ({model['architecture']}): first difference at tokens: {msgs[0]}\n"
                         f"case {case['id']}; args {case['args']}\nTL tokens {ref['tokens'].tolist()}\n"
                         f"lensd tokens {got['tokens'].tolist()}", pytrace=False)
+    skipped = []
+    # GPT-J's reference (TL 3.9) rotates pad positions as position 0, the bridge as 1:
+    # a left pad's rotated q and k are arbitrary, so they are compared at real rows only
+    gptj_left = model["architecture"] == "GPTJForCausalLM" and "left" in case["args"]
+    pads = left_pad_query_rows(ref["tokens"], int(ref["tokens"][0, 0])) if gptj_left else None
     for name in _forward_order(ref, model.get("hook_order", {}).get(mode, [])):
         if name not in got:
-            problems.append((name, "missing in lensd output"))
+            if not_produced(name, model["architecture"]):
+                skipped.append(name)
+            else:
+                problems.append((name, "missing in lensd output"))
             continue
-        msgs, stats = compare_tensor(name, ref[name], got[name])
+        want, have = ref[name], got[name]
+        if pads is not None and name.endswith((".attn.hook_rot_q", ".attn.hook_rot_k")) \
+                and want.shape == have.shape:
+            want, have = want[~pads], have[~pads]
+        msgs, stats = compare_tensor(name, want, have)
         if stats is not None:
             parity_table.add(case["id"], name, *stats)
         problems += [(name, m) for m in msgs]
+    if skipped:
+        parity_table.notes.append(f"{case['id']}: {len(skipped)} bridge hook point(s) lensd does not produce "
+                                  f"(test_families.NOT_PRODUCED), e.g. {', '.join(skipped[:4])}")
     extra = sorted(got.keys() - ref.keys())
     if extra:
         parity_table.notes.append(f"{case['id']}: lensd output has {len(extra)} tensor(s) the TL reference "
