@@ -9,7 +9,7 @@
  * Encoding follows HF step by step, so that ids match exactly:
  *  1. added tokens whose text is matched raw (normalized false) are cut out
  *     first, leftmost-longest (a byte trie), with lstrip/rstrip/single_word;
- *  2. each remaining segment goes through the normalizers (NFC/NFKC through
+ *  2. each remaining segment goes through the normalizers (NFC through
  *     utf8proc, Prepend, Replace, Strip), then the added tokens matched on
  *     normalized text are cut out of it;
  *  3. the pre-tokenizer steps (Split, Digits, Metaspace, ByteLevel) cut the
@@ -300,9 +300,17 @@ static bool is_unicode_space(uint32_t cp) {
            cp == 0x205F || cp == 0x3000;
 }
 
-/* Rust's char::is_numeric: general categories Nd, Nl and No. */
+/* Rust's char::is_numeric: general categories Nd, Nl and No. Rust's tables
+ * are newer than utf8proc 2.8's (Unicode 15): the numbers they have beyond
+ * it are listed, as HF tokenizers 0.23.3's Digits classifies them. */
 static bool is_numeric(uint32_t cp) {
     if (cp < 0x80) return cp >= '0' && cp <= '9';
+    static const uint32_t rust_extra[][2] = {
+        {0x10D40, 0x10D49}, {0x116D0, 0x116E3}, {0x11BF0, 0x11BF9}, {0x11DE0, 0x11DE9},
+        {0x16130, 0x16139}, {0x16D70, 0x16D79}, {0x16FF4, 0x16FF6}, {0x1CCF0, 0x1CCF9},
+        {0x1E5F1, 0x1E5FA}};
+    for (size_t i = 0; i < sizeof rust_extra / sizeof rust_extra[0]; i++)
+        if (cp >= rust_extra[i][0] && cp <= rust_extra[i][1]) return true;
     utf8proc_category_t c = utf8proc_category((utf8proc_int32_t)cp);
     return c == UTF8PROC_CATEGORY_ND || c == UTF8PROC_CATEGORY_NL || c == UTF8PROC_CATEGORY_NO;
 }
@@ -412,20 +420,62 @@ static pcre2_code *compile_pcre2(const char *pattern, size_t len, const char *wh
     return re;
 }
 
-pcre2_code *tok_gpt2_regex(lens_err *err) {
-    return compile_pcre2(GPT2_PATTERN, sizeof GPT2_PATTERN - 1, "GPT-2 pre-tokenizer", err);
-}
 
 /*
  * HF compiles Regex patterns with Oniguruma (Ruby syntax). The patterns of
- * real tokenizers read the same in PCRE2 but for \s (spelled out as above);
- * what the two engines read differently is refused: \w \W \b \B (Unicode
- * word classes differ), \h \H (a hex digit in Oniguruma), \S inside a class,
- * ^ and $ (line anchors in Ruby syntax), (?m) (dot-all in Ruby) and class
+ * real tokenizers read the same in PCRE2 but for \s (spelled out as above)
+ * and the Unicode version: tokenizers 0.23's Oniguruma has Unicode 16.0,
+ * PCRE2 10.42 has 14.0, so \p{L}, \p{N} and \d get the characters that
+ * Oniguruma has in them beyond PCRE2 (the tables below: every code point
+ * classified by both, as HF tokenizers 0.23.3 and PCRE2 10.42 do; other
+ * \p{...} classes are taken as PCRE2 has them). What the two engines read
+ * differently is refused: \w \W \b \B (Unicode word classes differ), \h \H
+ * (a hex digit in Oniguruma), \S and negated classes inside a class, ^ and
+ * $ (line anchors in Ruby syntax), (?m) (dot-all in Ruby) and class
  * intersection (&&). \uHHHH becomes \x{HHHH}.
  */
+#define ONIG_EXTRA_LETTERS \
+    "\\x{1C89}-\\x{1C8A}\\x{A7CB}-\\x{A7CD}\\x{A7DA}-\\x{A7DC}\\x{105C0}-\\x{105F3}" \
+    "\\x{10D4A}-\\x{10D65}\\x{10D6F}-\\x{10D85}\\x{10EC2}-\\x{10EC4}" \
+    "\\x{1123F}-\\x{11240}\\x{11380}-\\x{11389}\\x{1138B}\\x{1138E}" \
+    "\\x{11390}-\\x{113B5}\\x{113B7}\\x{113D1}\\x{113D3}\\x{11BC0}-\\x{11BE0}" \
+    "\\x{11F02}\\x{11F04}-\\x{11F10}\\x{11F12}-\\x{11F33}\\x{1342F}" \
+    "\\x{13441}-\\x{13446}\\x{13460}-\\x{143FA}\\x{16100}-\\x{1611D}" \
+    "\\x{16D40}-\\x{16D6C}\\x{18CFF}\\x{1B132}\\x{1B155}\\x{1DF25}-\\x{1DF2A}" \
+    "\\x{1E030}-\\x{1E06D}\\x{1E4D0}-\\x{1E4EB}\\x{1E5D0}-\\x{1E5ED}\\x{1E5F0}" \
+    "\\x{2B739}\\x{2EBF0}-\\x{2EE5D}\\x{31350}-\\x{323AF}"
+#define ONIG_EXTRA_NUMBERS \
+    "\\x{10D40}-\\x{10D49}\\x{116D0}-\\x{116E3}\\x{11BF0}-\\x{11BF9}" \
+    "\\x{11F50}-\\x{11F59}\\x{16130}-\\x{16139}\\x{16D70}-\\x{16D79}" \
+    "\\x{1CCF0}-\\x{1CCF9}\\x{1D2C0}-\\x{1D2D3}\\x{1E4F0}-\\x{1E4F9}" \
+    "\\x{1E5F1}-\\x{1E5FA}"
+#define ONIG_EXTRA_DIGITS \
+    "\\x{10D40}-\\x{10D49}\\x{116D0}-\\x{116E3}\\x{11BF0}-\\x{11BF9}" \
+    "\\x{11F50}-\\x{11F59}\\x{16130}-\\x{16139}\\x{16D70}-\\x{16D79}" \
+    "\\x{1CCF0}-\\x{1CCF9}\\x{1E4F0}-\\x{1E4F9}\\x{1E5F1}-\\x{1E5FA}"
+
+/* What Oniguruma's class that pattern[at..] (just after a backslash) names
+ * has beyond PCRE2's, with *name_len the length of its name: \p{L}, \pL,
+ * \p{N}, \pN, \d and their negations; else NULL. */
+static const char *onig_extra(const char *pattern, size_t at, size_t len, size_t *name_len) {
+    static const struct {
+        const char *name, *extra;
+    } classes[] = {{"p{L}", ONIG_EXTRA_LETTERS}, {"pL", ONIG_EXTRA_LETTERS},
+                   {"P{L}", ONIG_EXTRA_LETTERS}, {"PL", ONIG_EXTRA_LETTERS},
+                   {"p{N}", ONIG_EXTRA_NUMBERS}, {"pN", ONIG_EXTRA_NUMBERS},
+                   {"P{N}", ONIG_EXTRA_NUMBERS}, {"PN", ONIG_EXTRA_NUMBERS},
+                   {"d", ONIG_EXTRA_DIGITS},     {"D", ONIG_EXTRA_DIGITS}};
+    for (size_t i = 0; i < sizeof classes / sizeof classes[0]; i++) {
+        size_t n = strlen(classes[i].name);
+        if (at + n <= len && memcmp(pattern + at, classes[i].name, n) == 0) {
+            *name_len = n;
+            return classes[i].extra;
+        }
+    }
+    return NULL;
+}
 pcre2_code *tok_compile_regex(const char *pattern, size_t len, const char *what, lens_err *err) {
-    size_t cap = 8 * len + 256;
+    size_t cap = 320 * len + 512; /* room for each escape's expansion */
     char *out = malloc(cap);
     if (!out) {
         lens_err_set(err, "out of memory");
@@ -437,9 +487,26 @@ pcre2_code *tok_compile_regex(const char *pattern, size_t len, const char *what,
     char escape[3] = "\\?";
     for (size_t i = 0; i < len && !refused; i++) {
         char c = pattern[i];
-        if (n + sizeof(WS) + 8 > cap) {
+        if (n + 400 > cap) {
             refused = "(too long)";
             break;
+        }
+        size_t name_len;
+        const char *extra = c == '\\' ? onig_extra(pattern, i + 1, len, &name_len) : NULL;
+        if (extra) {
+            bool negated = pattern[i + 1] == 'P' || pattern[i + 1] == 'D';
+            if (negated && class_depth) {
+                refused = "a negated property class inside a character class";
+                break;
+            }
+            /* \P{L} outside a class: [^\p{L}...]; \D: [^\d...]. */
+            char name[8];
+            memcpy(name, pattern + i + 1, name_len);
+            name[0] = negated ? (char)(name[0] + ('a' - 'A')) : name[0];
+            n += (size_t)sprintf(out + n, class_depth ? "\\%.*s%s" : negated ? "[^\\%.*s%s]" : "[\\%.*s%s]",
+                                 (int)name_len, name, extra);
+            i += name_len;
+            continue;
         }
         if (c == '\\' && i + 1 < len) {
             char e = pattern[++i];
@@ -483,6 +550,10 @@ pcre2_code *tok_compile_regex(const char *pattern, size_t len, const char *what,
         re = compile_pcre2(out, n, what, err);
     free(out);
     return re;
+}
+
+pcre2_code *tok_gpt2_regex(lens_err *err) {
+    return tok_compile_regex(GPT2_PATTERN, sizeof GPT2_PATTERN - 1, "GPT-2 pre-tokenizer", err);
 }
 
 /* ---- loading ------------------------------------------------------------ */
@@ -1240,21 +1311,14 @@ static int normalize_step(const norm_step *step, const char *text, size_t len, b
                           pcre2_match_data *match, lens_err *err) {
     out->len = 0;
     switch (step->kind) {
-    case NORM_NFC:
-    case NORM_NFD:
-    case NORM_NFKC:
-    case NORM_NFKD: {
-        bool ascii = true;
+    case NORM_NFC: {
+        bool ascii = true; /* ASCII is its own NFC */
         for (size_t i = 0; i < len && ascii; i++)
             ascii = (uint8_t)text[i] < 0x80;
         if (ascii) return buf_append(out, text, len) < 0 ? -2 : 0;
-        int options = UTF8PROC_STABLE |
-                      (step->kind == NORM_NFC || step->kind == NORM_NFKC ? UTF8PROC_COMPOSE
-                                                                         : UTF8PROC_DECOMPOSE) |
-                      (step->kind == NORM_NFKC || step->kind == NORM_NFKD ? UTF8PROC_COMPAT : 0);
         utf8proc_uint8_t *mapped = NULL;
         utf8proc_ssize_t n = utf8proc_map((const utf8proc_uint8_t *)text, (utf8proc_ssize_t)len,
-                                          &mapped, (utf8proc_option_t)options);
+                                          &mapped, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
         if (n < 0) {
             lens_err_set(err, "normalizer: %s", utf8proc_errmsg(n));
             return -1;

@@ -77,9 +77,6 @@ int merge_table_reserve(merge_table *t, size_t n);
 
 typedef enum norm_kind {
     NORM_NFC,
-    NORM_NFD,
-    NORM_NFKC,
-    NORM_NFKD,
     NORM_PREPEND, /* text before a non-empty segment */
     NORM_REPLACE, /* every match of literal or regex by text */
     NORM_STRIP,   /* white space at the left and/or right */

@@ -3,7 +3,7 @@
  * (tokenizer_internal.h). Each part is read as `tokenizers` deserializes it:
  * the BPE model (merges as "a b" or ["a", "b"], byte_fallback, unk_token and
  * fuse_unk, ignore_merges, continuing_subword_prefix / end_of_word_suffix),
- * the normalizers (Sequence, NFC, NFD, NFKC, NFKD, Prepend, Replace, Strip),
+ * the normalizers (Sequence, NFC, Prepend, Replace, Strip),
  * the pre-tokenizers (Sequence, Split, Digits, Metaspace, ByteLevel), the
  * added tokens, the decoders (Sequence, ByteLevel, Metaspace, Replace,
  * ByteFallback, Fuse, Strip) and what the post-processor (TemplateProcessing,
@@ -145,16 +145,18 @@ static int read_normalizer(lens_tokenizer *tok, const json_t *n, lens_err *err) 
     if (tok->n_norms == MAX_STEPS) return too_many("normalizer", err);
     norm_step *step = &tok->norms[tok->n_norms];
     *step = (norm_step){0};
-    static const struct {
-        const char *name;
-        norm_kind kind;
-    } unicode[] = {{"NFC", NORM_NFC}, {"NFD", NORM_NFD}, {"NFKC", NORM_NFKC}, {"NFKD", NORM_NFKD}};
-    for (size_t k = 0; k < sizeof unicode / sizeof unicode[0]; k++) {
-        if (strcmp(type, unicode[k].name) == 0) {
-            step->kind = unicode[k].kind;
-            tok->n_norms++;
-            return 0;
-        }
+    if (strcmp(type, "NFC") == 0) {
+        step->kind = NORM_NFC;
+        tok->n_norms++;
+        return 0;
+    }
+    if (strcmp(type, "NFD") == 0 || strcmp(type, "NFKC") == 0 || strcmp(type, "NFKD") == 0) {
+        /* HF's tables predate Unicode 13: for one code point (NFD) or some
+         * 130 (NFKC, NFKD) they decompose differently from utf8proc's. */
+        lens_err_set(err, "normalizer \"%s\" is not supported (only NFC: HF's Unicode tables "
+                          "for it differ from utf8proc's)",
+                     type);
+        return -1;
     }
     if (strcmp(type, "Prepend") == 0) {
         step->kind = NORM_PREPEND;

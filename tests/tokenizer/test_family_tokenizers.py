@@ -9,7 +9,8 @@ and loaded with lens_tok_load_dir through tests/tokenizer/tok_driver --dir
   SentencePiece tokenizer.model  transformers' LlamaTokenizerFast.from_pretrained(folder)
   tiktoken tokenizer.model       the `tiktoken` package with Meta's pattern and 256
                                  special tokens (ids); transformers' TikTokenConverter
-                                 of the same file (decoding, and its ids must agree)
+                                 of the same file (decoding, the code-point sweep, and
+                                 its ids must agree with tiktoken's on the corpus)
   vocab.json + merges.txt        transformers' AutoTokenizer.from_pretrained(folder)
 
 and checked, each a test of its own:
@@ -20,6 +21,10 @@ and checked, each a test of its own:
     transformers' AutoTokenizer reports for the folder (for the bare tiktoken
     file, which AutoTokenizer cannot name specials for, against Meta's
     tokenizer: BOS <|begin_of_text|> 128000 added, EOS <|end_of_text|> 128001).
+Then every code point beside letters, digits, punctuation and spaces (regex
+classes, NFC, Digits, byte fallback), and pipeline steps no family uses
+(Split behaviors, Metaspace options, unknown tokens, NFC + Strip, Replace)
+on edited copies of the trained families' tokenizer.json.
 Every count is printed (documents, ids, mismatches). A missing file fails.
 """
 
@@ -292,3 +297,135 @@ def test_encode_throughput(case, driver, corpus, workdir):
     print(f"\n{case}: {result['bytes']} bytes in {result['seconds']:.3f} s, "
           f"{result['mb_per_s']:.1f} MB/s")
     assert result["seconds"] < 2.0
+
+
+@pytest.mark.parametrize("case", ["gpt-neox", "llama-3", "qwen3", "llama-2", "phi-3",
+                                  "family:smollm", "family:gemma"])
+def test_every_code_point_like_hf(case, driver, workdir):
+    """Every Unicode scalar value beside a letter, a digit, punctuation and a
+    space: the regexes' classes (PCRE2 here, Oniguruma in HF), NFC
+    (utf8proc here, Rust's unicode-normalization in HF), Digits' numeric
+    characters and byte fallback, one code point at a time."""
+    ref = reference(case, workdir)
+    docs = make_corpus.code_point_sweep()
+    if ref.kind == "tiktoken":
+        # HF's regex engine (Oniguruma, Unicode 15), which lensd follows;
+        # tiktoken's has Unicode 16 and differs on its new letters and digits.
+        expected = [e.ids for e in ref.tok.encode_batch(docs, add_special_tokens=False)]
+    else:
+        expected = ref.encode(docs)
+    ours = run_driver(driver, ref.folder, "encode", docs, workdir)
+    bad = [i for i, (o, e) in enumerate(zip(ours, expected)) if o.get("ids") != e]
+    print(f"\n{case}: {len(docs)} documents, {sum(map(len, expected))} ids, {len(bad)} differ")
+    assert not bad, f"document {bad[0]} differs: {docs[bad[0]][:80]!r}"
+
+
+# ---- pipeline steps no family above uses ------------------------------------
+#
+# Each variant edits a family's tokenizer.json (its vocabulary trained on the
+# corpus) to use other steps or options, and lensd's --json loader is compared
+# with tokenizers.Tokenizer.from_str on ids and decodings.
+
+def _split(pattern, behavior, invert=False, regex=True):
+    return {"type": "Split", "pattern": {"Regex" if regex else "String": pattern},
+            "behavior": behavior, "invert": invert}
+
+
+def _byte_level(prefix=False, regex=False):
+    return {"type": "ByteLevel", "add_prefix_space": prefix, "trim_offsets": True,
+            "use_regex": regex}
+
+
+def _seq(*steps):
+    return {"type": "Sequence", "pretokenizers": list(steps)}
+
+
+VARIANTS = {
+    # byte-level vocabulary (smollm)
+    "split-removed": ("smollm", {"pre_tokenizer": _seq(_split(r"\s+", "Removed"), _byte_level())}),
+    "split-merged-with-previous": ("smollm", {"pre_tokenizer": _seq(
+        _split(r"[0-9]+|\p{L}+", "MergedWithPrevious"), _byte_level())}),
+    "split-merged-with-next-string": ("smollm", {"pre_tokenizer": _seq(
+        _split(" ", "MergedWithNext", regex=False), _byte_level(prefix=True))}),
+    "split-contiguous-inverted": ("smollm", {"pre_tokenizer": _seq(
+        _split(r"\p{P}", "Contiguous", invert=True), _byte_level(regex=True))}),
+    "digits-contiguous": ("smollm", {"pre_tokenizer": _seq(
+        {"type": "Digits", "individual_digits": False}, _byte_level(regex=True))}),
+    "byte-level-prefix-space": ("smollm", {"pre_tokenizer": _byte_level(prefix=True, regex=True)}),
+    "nfc-strip": ("smollm", {"normalizer": {"type": "Sequence", "normalizers": [
+        {"type": "NFC"}, {"type": "Strip", "strip_left": True, "strip_right": True}]}}),
+    "replace-regex-prepend": ("smollm", {"normalizer": {"type": "Sequence", "normalizers": [
+        {"type": "Replace", "pattern": {"Regex": r"\p{N}\p{L}|\d\d|\s\s"}, "content": "#"},
+        {"type": "Prepend", "prepend": "!"}]}}),
+    "replace-string": ("smollm", {"normalizer": {"type": "Replace", "pattern": {"String": "th"},
+                                                 "content": "TH"}}),
+    "no-decoder": ("smollm", {"decoder": None}),
+    # SentencePiece-style vocabulary with byte fallback (gemma)
+    "metaspace-always-split": ("gemma", {
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581",
+                          "prepend_scheme": "always", "split": True},
+        "decoder": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always",
+                    "split": True}}),
+    "metaspace-never": ("gemma", {
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581",
+                          "prepend_scheme": "never", "split": False},
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 2, "stop": 0}]}}),
+    "unk-not-fused": ("gemma", {"model": {"byte_fallback": False, "fuse_unk": False}}),
+    "unk-fused": ("gemma", {"model": {"byte_fallback": False, "fuse_unk": True}}),
+    "no-unk-token": ("gemma", {"model": {"byte_fallback": False, "unk_token": None}}),
+    "ignore-merges": ("gemma", {"model": {"ignore_merges": True},
+                                "pre_tokenizer": _split("\u2581", "MergedWithNext", regex=False)}),
+}
+
+
+def _variant_json(name, workdir):
+    family, change = VARIANTS[name]
+    folder = workdir / f"variant_base_{family}"
+    if not (folder / "tokenizer.json").is_file():
+        family_tokenizers.write_tokenizer(family, folder)
+    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    for key, value in change.items():
+        if key == "model":
+            data["model"].update(value)
+        else:
+            data[key] = value
+    path = workdir / f"variant_{name}.json"
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return path, Tokenizer.from_str(path.read_text(encoding="utf-8"))
+
+
+def _run_json(driver, path, mode, data, workdir):
+    in_path, out_path = workdir / f"v_{mode}_in.json", workdir / f"v_{mode}_out.json"
+    args = [driver, "--json", str(path), mode]
+    if data is not None:
+        in_path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+        args.append(str(in_path))
+    args.append(str(out_path))
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(args)} failed: {done.stderr}"
+    return json.loads(out_path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_pipeline_variant_matches_tokenizers(name, driver, corpus, workdir):
+    path, tok = _variant_json(name, workdir)
+    expected = [e.ids for e in tok.encode_batch(corpus, add_special_tokens=False)]
+    ours = run_json = _run_json(driver, path, "encode", corpus, workdir)
+    bad = [i for i, (o, e) in enumerate(zip(run_json, expected)) if o.get("ids") != e]
+    print(f"\n{name}: {len(corpus)} documents, {sum(map(len, expected))} ids, {len(bad)} differ")
+    if bad:
+        i = bad[0]
+        got = ours[i].get("ids") or ours[i]
+        pytest.fail(f"{len(bad)} documents differ; document {i}: lensd {str(got)[:300]}\n"
+                    f"HF {expected[i][:40]}")
+    each = _run_json(driver, path, "decode_each", None, workdir)
+    want = [tok.decode([i], skip_special_tokens=False) for i in range(tok.get_vocab_size())]
+    assert each == want
+    docs = _run_json(driver, path, "decode", expected, workdir)
+    assert [d.get("text") for d in docs] == [tok.decode(ids, skip_special_tokens=False)
+                                             for ids in expected]

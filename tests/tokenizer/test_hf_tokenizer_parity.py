@@ -11,8 +11,10 @@ document:
   - the refusal of invalid UTF-8, at the byte offset Python reports;
   - every Unicode code point beside a letter, a digit, punctuation and a space
     (the regex's character classes; PCRE2 here, Oniguruma in HF);
-  - added tokens with lstrip, rstrip and normalized set, in a tokenizer.json
-    made for this test.
+  - added tokens with lstrip, rstrip, single_word and normalized set, in a
+    tokenizer.json made for this test;
+  - what is not supported is refused, naming the step.
+The other families' tokenizers are compared in test_family_tokenizers.py.
 The GPT-2 files come from $LENSD_SHARED/data/gpt2-tokenizer (default
 ../shared beside the repository). Nothing is downloaded: HF runs offline.
 A missing driver or data file fails the tests; it never skips them.
@@ -274,14 +276,16 @@ def test_every_code_point_is_classified_like_hf(driver, loaders, hf_fast, workdi
 
 
 def test_added_token_flags_match_tokenizers(driver, tokenizer_json, corpus, workdir):
-    """lstrip/rstrip, normalized and non-normalized added tokens (matched in
-    two passes), leftmost-longest between overlapping ones, and added tokens
-    whose text is not byte-level (decoded as their own UTF-8)."""
+    """lstrip/rstrip, single_word, normalized and non-normalized added tokens
+    (matched in two passes), leftmost-longest between overlapping ones, and
+    added tokens whose text is not byte-level (decoded as their own UTF-8)."""
     tok = Tokenizer.from_file(str(tokenizer_json))
     tok.add_special_tokens([AddedToken("<mask>", lstrip=True, rstrip=True, normalized=False),
                             AddedToken("[SEP]", lstrip=True, normalized=False),
                             AddedToken("<|end", normalized=False)])
-    tok.add_tokens([AddedToken("h\u00e9llo w\u00f6rld", normalized=False),
+    tok.add_tokens([AddedToken("world", single_word=True, normalized=False),
+                    AddedToken("<w>", single_word=True, normalized=True),
+                    AddedToken("h\u00e9llo w\u00f6rld", normalized=False),
                     AddedToken("\u0120\u0120x", normalized=True),
                     AddedToken("ab", normalized=False),
                     AddedToken("abc", normalized=True),
@@ -291,7 +295,8 @@ def test_added_token_flags_match_tokenizers(driver, tokenizer_json, corpus, work
     rng = random.Random(3)
     pieces = ["<mask>", " <mask> ", "\t<mask>\u3000", "[SEP]", "  [SEP]  ", "<|end", "<|endoftext|>",
               "<|end<|endoftext|>", "h\u00e9llo w\u00f6rld", "\u0120\u0120x", "abc", "xabcx", "ab",
-              " the  ", " then", "\u00a0<mask>\u00a0"]
+              " the  ", " then", "\u00a0<mask>\u00a0", "world", " world ", "worlds", "_world",
+              "world\u00e9", "<w>", "a<w>b", " <w> ", "\u00e9<w>"]
     _, docs = corpus
     texts = []
     for doc in docs[:300]:
@@ -310,8 +315,12 @@ def test_added_token_flags_match_tokenizers(driver, tokenizer_json, corpus, work
 
 @pytest.mark.parametrize("change, message", [
     (lambda j: j["model"].update(type="WordPiece"), 'model type "WordPiece" is not supported'),
-    (lambda j: j.update(normalizer={"type": "NFC"}), 'normalizer "NFC" is not supported'),
-    (lambda j: j["added_tokens"][0].update(single_word=True), "single_word is not supported"),
+    (lambda j: j.update(normalizer={"type": "Lowercase"}), 'normalizer "Lowercase" is not supported'),
+    (lambda j: j.update(normalizer={"type": "NFKC"}), 'normalizer "NFKC" is not supported'),
+    (lambda j: j.update(pre_tokenizer={"type": "Whitespace"}),
+     'pre_tokenizer "Whitespace" is not supported'),
+    (lambda j: j.update(decoder={"type": "WordPiece", "prefix": "##"}),
+     'decoder "WordPiece" is not supported'),
 ])
 def test_unsupported_tokenizer_json_is_refused(change, message, driver, tokenizer_json, workdir):
     data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
