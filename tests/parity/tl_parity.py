@@ -114,6 +114,56 @@ def daemon_post(url: str, path: str, body: dict) -> dict:
         pytest.fail(f"POST {path}: {e.code} {e.read().decode()}", pytrace=False)
 
 
+def daemon_request(url: str, path: str, body: dict) -> tuple[int, dict]:
+    """POSTs JSON; returns (HTTP status, JSON answer), error statuses included."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=LENSD_TIMEOUT_S) as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read().decode() or "{}")
+
+
+def serve_models(lensd_bin: str, models: dict[str, Path]):
+    """A generator for a fixture: starts `lensd serve` on a free port with `models`
+    ({name: directory}) on DEVICE, yields its URL once /readyz answers, and stops
+    it at the end (SIGTERM; the exit status must be 0). The session daemon
+    (conftest.daemon) serves the fixture models; this serves any others."""
+    import tempfile
+    import time
+    import urllib.request
+
+    args = [lensd_bin, "serve", "--port", "0", "--device", DEVICE]
+    for name, path in models.items():
+        args += ["--model", f"{name}={path}"]
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True)
+        try:
+            line = proc.stdout.readline()
+            url = line.split()[-1] if line.strip() else ""
+            deadline = time.monotonic() + LENSD_TIMEOUT_S
+            while True:
+                try:
+                    with urllib.request.urlopen(url + "/readyz", timeout=5):
+                        break
+                except (OSError, ValueError):
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        log.seek(0)
+                        pytest.fail(f"lensd serve did not become ready: {' '.join(args)}\n"
+                                    f"{log.read()[-4000:]}", pytrace=False)
+                    time.sleep(0.1)
+            yield url
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+            code = proc.wait(timeout=60)
+        assert code == 0, f"lensd serve exited with {code}"
+
+
 def tl_model(fixtures: Path, name: str):
     """The HookedTransformer of fixture model `name`, processed as lensd loads it by default."""
     import tl_native as tn
