@@ -117,6 +117,14 @@ static int component_shape(const component *c, const lens_config *cfg, int T, in
     return 0;
 }
 
+/* Whether component c patches a key/value head that several query heads
+ * share (k or v of a grouped-query model): its runs are made for the first
+ * query head of each group only, and the group's other heads get that value
+ * (the head axis counts query heads; docs/API.md). */
+static bool shares_heads(const component *c, const lens_config *cfg) {
+    return (c->kind == LENS_HOOK_K || c->kind == LENS_HOOK_V) && cfg->n_kv_heads < cfg->n_heads;
+}
+
 int lens_sweep_shape(const lens_config *cfg, lens_sweep sweep, int T, int64_t shape[4],
                      long *runs) {
     const sweep_def *s = &SWEEPS[sweep];
@@ -125,7 +133,9 @@ int lens_sweep_shape(const lens_config *cfg, lens_sweep sweep, int T, int64_t sh
     long per = 1;
     for (int i = 0; i < n; i++)
         per *= (long)part[i];
-    *runs = per * s->n_components;
+    *runs = 0;
+    for (int c = 0; c < s->n_components; c++)
+        *runs += shares_heads(&s->components[c], cfg) ? per / cfg->n_heads * cfg->n_kv_heads : per;
     if (s->n_components == 1) {
         memcpy(shape, part, sizeof part);
         return n;
@@ -166,11 +176,13 @@ typedef struct patch_item {
     size_t out;
 } patch_item;
 
-/* Every run of the sweep, grouped by layer (all components of layer 0 first). */
+/* Every run of the sweep, grouped by layer (all components of layer 0 first):
+ * n of them (lens_sweep_shape's runs). A shared key/value head is run once,
+ * at the first query head of its group (shares_heads). */
 static patch_item *enumerate(const sweep_def *s, const lens_config *cfg, int T, long n) {
     patch_item *items = malloc((size_t)n * sizeof *items);
     if (!items) return NULL;
-    const int L = cfg->n_layers, H = cfg->n_heads;
+    const int L = cfg->n_layers, H = cfg->n_heads, group = cfg->n_heads / cfg->n_kv_heads;
     int64_t part[4];
     const int nd = component_shape(&s->components[0], cfg, T, part);
     size_t per = 1;
@@ -189,12 +201,12 @@ static patch_item *enumerate(const sweep_def *s, const lens_config *cfg, int T, 
                 break;
             case AT_POS_HEAD:
                 for (it.pos = 0; it.pos < T; it.pos++)
-                    for (it.head = 0; it.head < H; it.head++, k++)
+                    for (it.head = 0; it.head < H; it.head += shares_heads(comp, cfg) ? group : 1, k++)
                         it.out = base + ((size_t)l * T + it.pos) * H + it.head, items[k] = it;
                 break;
             case AT_HEAD:
             case PATTERN_HEAD:
-                for (it.head = 0; it.head < H; it.head++, k++)
+                for (it.head = 0; it.head < H; it.head += shares_heads(comp, cfg) ? group : 1, k++)
                     it.out = base + (size_t)l * H + it.head, items[k] = it;
                 break;
             case PATTERN_HEAD_DEST:
@@ -363,8 +375,10 @@ static int check_request(const lens_config *c, const lens_patch_request *req, le
     const sweep_def *s = &SWEEPS[req->sweep];
     for (int i = 0; i < s->n_components; i++) {
         if (!lens_hook_exists(c, s->components[i].kind)) {
-            lens_err_set(err, "sweep %s patches hook_%s, which this model (attention-only) lacks",
-                         s->name, s->components[i].name);
+            lens_err_set(err, "sweep %s patches hook_%s, which this model lacks (%s)", s->name,
+                         s->components[i].name,
+                         c->attn_only ? "it is attention-only"
+                                      : "its attention and MLP run in parallel: no resid_mid");
             return -1;
         }
     }
@@ -443,6 +457,25 @@ static void replicate_resid(const lens_cache *corrupted, int layer, const pass_b
     }
 }
 
+/* The number of values of out (its shape's product). */
+static size_t value_count(const lens_patch_result *out) {
+    size_t n = 1;
+    for (int i = 0; i < out->ndim; i++)
+        n *= (size_t)out->shape[i];
+    return n;
+}
+
+/* Gives every query head of a group the value of the run made for the
+ * group's first head, in the components that share key/value heads. */
+static void fill_shared_heads(const sweep_def *s, const lens_config *cfg,
+                              const patch_item *items, long n, lens_patch_result *out) {
+    const int group = cfg->n_heads / cfg->n_kv_heads;
+    for (long i = 0; i < n; i++)
+        if (shares_heads(&s->components[items[i].component], cfg))
+            for (int j = 1; j < group; j++)
+                out->values[items[i].out + (size_t)j] = out->values[items[i].out];
+}
+
 /* Rescales out's values so that the corrupted run scores 0 and the clean run 1. */
 static int normalize(lens_patch_result *out, lens_err *err) {
     const double span = out->clean_metric - out->corrupted_metric;
@@ -451,7 +484,7 @@ static int normalize(lens_patch_result *out, lens_err *err) {
                      out->clean_metric);
         return -1;
     }
-    for (long i = 0; i < out->runs; i++)
+    for (size_t i = 0; i < value_count(out); i++)
         out->values[i] = (float)((out->values[i] - out->corrupted_metric) / span);
     return 0;
 }
@@ -609,7 +642,7 @@ int lens_patch(const lens_model *m, lens_workspace *ws, const lens_patch_request
     const size_t slots = lens_hook_slots(c);
     uint8_t *clean_hooks = calloc(slots, 1), *corrupted_hooks = calloc(slots, 1);
     patch_item *items = enumerate(s, c, req->corrupted->T, out->runs);
-    out->values = malloc((size_t)out->runs * sizeof *out->values);
+    out->values = malloc(value_count(out) * sizeof *out->values);
     lens_cache clean = {0}, corrupted = {0};
     int rc = -1;
     if (!clean_hooks || !corrupted_hooks || !items || !out->values) {
@@ -634,6 +667,7 @@ int lens_patch(const lens_model *m, lens_workspace *ws, const lens_patch_request
     if (run_passes(m, ws, req, items, out->runs, &clean, &corrupted, limits_of(m, req, out->runs),
                    out, err))
         goto done;
+    fill_shared_heads(s, c, items, out->runs, out);
     if (req->metric.normalize && normalize(out, err)) goto done;
     rc = 0;
 done:

@@ -1899,6 +1899,13 @@ static int read_receivers(const lens_config *c, json_t *body, int (**out)[2], in
         return -1;
     }
     *input = !s || s[0] == 'q' ? LENS_HOOK_Q : s[0] == 'k' ? LENS_HOOK_K : LENS_HOOK_V;
+    if (*input != LENS_HOOK_Q && c->n_kv_heads != c->n_heads) {
+        srv_error(resp, 422, "unprocessable", "receiver_input",
+                  "path patching into k or v needs as many key/value heads as query heads (this "
+                  "model has %d of %d); patch the receivers' q",
+                  c->n_kv_heads, c->n_heads);
+        return -1;
+    }
     return 0;
 }
 

@@ -33,8 +33,8 @@ must equal its "full_recompute": true path within 1e-5 of the scale.
 test_patch_refuses_resid_mid_of_parallel_blocks: Pythia has no
 hook_resid_mid (attention and MLP both read resid_pre); TL's resid_mid sweep
 raises a KeyError on the bridge, lensd answers 400 naming the hook.
-test_patch_refusal_of_resid_mid_names_the_reason (xfail, strict): lensd's
-message calls Pythia "attention-only".
+test_patch_refusal_of_resid_mid_names_the_reason: the message says why
+(parallel attention and MLP), not "attention-only".
 
 test_run_with_hooks_matches_the_bridge: interventions (zero hook_z of two
 heads at two positions, scale hook_v of one key/value head, set
@@ -50,8 +50,8 @@ test_path_patching_matches_the_ioi_method: path_patch_heads with
 receiver_input "q" on the grouped-query models (and "k", "v" on Pythia,
 where the key/value heads are the query heads) against
 tools/tl_path_patching.py run on the bridge; test_path_patching_refuses_kv_on_gqa:
-"k" and "v" on llama2 are refused, saying why; test_path_patching_kv_on_gqa_is_422
-(xfail, strict): with the 422 docs/API.md promises (lensd answers 400).
+"k" and "v" on llama2 are refused, saying why; test_path_patching_kv_on_gqa_is_422:
+with the 422 docs/API.md promises.
 
 Runtime: about 25 s on 2 cores (the bridge child ~15 s of it).
 """
@@ -337,6 +337,20 @@ def expand_kv(want: np.ndarray, sweep: str, n_heads: int, n_kv: int) -> np.ndarr
     return want
 
 
+def patched_runs(sweep: str, values: np.ndarray, n_heads: int, n_kv: int) -> int:
+    """The runs lensd makes (TL's forward passes): one per value, except that a
+    k or v patch runs once per key/value head, not per query head sharing it."""
+    components = {"attn_head_all_pos_every": ["z", "q", "k", "v", "pattern"],
+                  "attn_head_by_pos_every": ["z", "q", "k", "v", "pattern"],
+                  "block_every": ["resid_pre", "attn_out", "mlp_out"]}.get(sweep)
+    shared = lambda name: name in ("k", "v") and n_kv < n_heads  # noqa: E731
+    if components is None:
+        kind = sweep.split("_")[2] if sweep.startswith("attn_head_") else sweep
+        return values.size // (n_heads // n_kv) if shared(kind) else values.size
+    per = values.size // len(components)
+    return sum(per // (n_heads // n_kv) if shared(c) else per for c in components)
+
+
 # ---- tests -----------------------------------------------------------------
 
 
@@ -358,7 +372,7 @@ def test_patch_matches_the_bridge(daemon, bridge, parity_table, model, sweep):
     problems, err, ref_max, bound = float_error(want, have)
     parity_table.add(f"{model}/family-patch", f"patch {sweep}", err, ref_max, bound)
     assert not problems, f"{model} {sweep}: " + "; ".join(problems)
-    assert got["runs"] == have.size
+    assert got["runs"] == patched_runs(sweep, have, n_heads, n_kv)
 
     full = values(lensd_patch(daemon, model, sweep, data, full_recompute=True))
     scale = max(1.0, float(np.abs(want).max()))
@@ -378,9 +392,6 @@ def test_patch_refuses_resid_mid_of_parallel_blocks(daemon, bridge):
     assert "hook_resid_mid" in answer["error"]["message"], answer
 
 
-@pytest.mark.xfail(strict=True, reason="lensd bug: core/patch.c check_request says every model that lacks a "
-                   "sweep's hook is '(attention-only)'; Pythia lacks hook_resid_mid because its attention "
-                   "and MLP run in parallel")
 def test_patch_refusal_of_resid_mid_names_the_reason(daemon):
     data = inputs("pythia")
     status, answer = daemon_request(daemon, "/v1/models/pythia/patch", {
@@ -455,9 +466,6 @@ def test_path_patching_refuses_kv_on_gqa(daemon, receiver_input):
     assert "key/value heads" in message and "2 of 4" in message and "q" in message, message
 
 
-@pytest.mark.xfail(strict=True, reason="lensd bug: docs/API.md promises a 422 for path patching into k/v of a "
-                   "grouped-query model; server/routes.c answers every lens_patch/lens_path_patch "
-                   "LENS_ERR_INVALID with 400 (engine_error)")
 @pytest.mark.parametrize("receiver_input", ["k", "v"])
 def test_path_patching_kv_on_gqa_is_422(daemon, receiver_input):
     status, answer = path_kv_request(daemon, receiver_input)
