@@ -42,7 +42,7 @@ static int read_activation(json_t *root, const char *key, const char *fallback, 
     return -1;
 }
 
-static int alloc_local_layers(lens_config *c, lens_err *err) {
+int lens_alloc_local_layers(lens_config *c, lens_err *err) {
     c->layer_is_local = calloc((size_t)c->n_layers, sizeof(bool));
     if (!c->layer_is_local) {
         lens_err_set(err, "out of memory");
@@ -193,7 +193,7 @@ static int read_gpt2(lens_config *c, json_t *root, const char *file, lens_err *e
         read_heads(c, root, "head_dim", file, err))
         return -1;
     if (c->d_mlp == 0) c->d_mlp = 4 * c->d_model;
-    return alloc_local_layers(c, err);
+    return lens_alloc_local_layers(c, err);
 }
 
 /* Expands GPT-Neo's attention_types [[["global","local"], 6]] into
@@ -236,7 +236,7 @@ static int read_gpt_neo(lens_config *c, json_t *root, const char *file, lens_err
         lens_json_int(root, "window_size", 256, false, &c->window_size, file, err) ||
         lens_json_float(root, "layer_norm_epsilon", 1e-5f, &c->eps, file, err) ||
         read_activation(root, "activation_function", "gelu_new", &c->act_fn, file, err) ||
-        read_heads(c, root, "head_dim", file, err) || alloc_local_layers(c, err) ||
+        read_heads(c, root, "head_dim", file, err) || lens_alloc_local_layers(c, err) ||
         read_neo_attention_types(c, root, file, err))
         return -1;
     if (c->d_mlp == 0) c->d_mlp = 4 * c->d_model;
@@ -266,7 +266,7 @@ static int read_gptj(lens_config *c, json_t *root, const char *file, lens_err *e
     if (c->d_mlp == 0) c->d_mlp = 4 * c->d_model;
     c->rotary.dim = rotary_dim;
     c->rotary.interleaved = true;
-    return alloc_local_layers(c, err);
+    return lens_alloc_local_layers(c, err);
 }
 
 static int read_gpt_neox(lens_config *c, json_t *root, const char *file, lens_err *err) {
@@ -282,7 +282,7 @@ static int read_gpt_neox(lens_config *c, json_t *root, const char *file, lens_er
         read_rotary(c, root, "rotary_pct", "rotary_emb_base", file, err))
         return -1;
     if (c->d_mlp == 0) c->d_mlp = 4 * c->d_model;
-    return alloc_local_layers(c, err);
+    return lens_alloc_local_layers(c, err);
 }
 
 static int read_phi(lens_config *c, json_t *root, const char *file, lens_err *err) {
@@ -301,7 +301,7 @@ static int read_phi(lens_config *c, json_t *root, const char *file, lens_err *er
         read_heads(c, root, "head_dim", file, err) ||
         read_rotary(c, root, "partial_rotary_factor", "rope_theta", file, err))
         return -1;
-    return alloc_local_layers(c, err);
+    return lens_alloc_local_layers(c, err);
 }
 
 /* Llama and the families built like it: Mistral, Qwen 2/3, Gemma 1/2/3,
@@ -327,7 +327,7 @@ static int read_llama_like(lens_config *c, json_t *root, const char *file, lens_
         lens_json_float(root, "query_pre_attn_scalar", 0, &query_pre_attn_scalar, file, err) ||
         read_heads(c, root, "head_dim", file, err) ||
         read_rotary(c, root, "partial_rotary_factor", "rope_theta", file, err) ||
-        alloc_local_layers(c, err))
+        lens_alloc_local_layers(c, err))
         return -1;
     if (mlp_bias) {
         /* TL's gated MLP adds b_in after the gate: it cannot hold HF's biased projections */
@@ -351,10 +351,22 @@ static int read_llama_like(lens_config *c, json_t *root, const char *file, lens_
 #define LLAMA_ENDS                                                                                 \
     .prefix = "model.", .embed = "embed_tokens.weight", .final_w = "norm.weight",                  \
     .unembed = "lm_head.weight"
-/* Llama's names: input_layernorm before attention, post_attention_layernorm before the MLP */
-#define LLAMA_TENSORS                                                                              \
-    {LLAMA_ENDS, LLAMA_ATTENTION, LLAMA_MLP, .ln1_w = "layers.%d.input_layernorm.weight",           \
-     .ln2_w = "layers.%d.post_attention_layernorm.weight"}
+/* Llama's norms: input_layernorm before attention, post_attention_layernorm before the MLP */
+#define LLAMA_NORMS                                                                                \
+    .ln1_w = "layers.%d.input_layernorm.weight", .ln2_w = "layers.%d.post_attention_layernorm.weight"
+#define LLAMA_TENSORS {LLAMA_ENDS, LLAMA_ATTENTION, LLAMA_MLP, LLAMA_NORMS}
+/* Gemma 2/3's: the same post_attention_layernorm name is the norm on attention's output */
+#define SANDWICH_NORMS                                                                             \
+    .ln1_w = "layers.%d.input_layernorm.weight",                                                   \
+    .ln1_post_w = "layers.%d.post_attention_layernorm.weight",                                     \
+    .ln2_w = "layers.%d.pre_feedforward_layernorm.weight",                                         \
+    .ln2_post_w = "layers.%d.post_feedforward_layernorm.weight"
+/* What every family built like Llama shares; Gemma's RMSNorm adds 1 to its weights and its
+ * embeddings are scaled */
+#define LLAMA_LIKE                                                                                 \
+    .norm = LENS_NORM_RMS, .gated_mlp = true, .optional_biases = true,                             \
+    .read_config = read_llama_like
+#define GEMMA_LIKE LLAMA_LIKE, .norm_offset = 1.0f, .scale_embed = true
 #define QK_NORMS .q_norm = "layers.%d.self_attn.q_norm.weight", .k_norm = "layers.%d.self_attn.k_norm.weight"
 
 static const lens_arch archs[] = {
@@ -478,100 +490,51 @@ static const lens_arch archs[] = {
                  .final_b = "final_layernorm.bias",
                  .unembed = "lm_head.weight",
                  .unembed_b = "lm_head.bias"}},
-    {.name = "LlamaForCausalLM",
-     .optional_biases = true,
-     .model_type = "llama",
-     .norm = LENS_NORM_RMS,
-     .gated_mlp = true,
-     .read_config = read_llama_like,
-     .tensors = LLAMA_TENSORS},
-    {.name = "MistralForCausalLM",
-     .optional_biases = true,
+    {LLAMA_LIKE, .name = "LlamaForCausalLM", .model_type = "llama", .tensors = LLAMA_TENSORS},
+    {LLAMA_LIKE,
+     .name = "MistralForCausalLM",
      .model_type = "mistral",
-     .norm = LENS_NORM_RMS,
-     .gated_mlp = true,
      .local_layers = LENS_LOCAL_ALL,
-     .read_config = read_llama_like,
      .tensors = LLAMA_TENSORS},
-    {.name = "Qwen2ForCausalLM",
-     .no_default_bos = true,
-     .optional_biases = true,
+    {LLAMA_LIKE,
+     .name = "Qwen2ForCausalLM",
      .model_type = "qwen2",
-     .norm = LENS_NORM_RMS,
-     .gated_mlp = true,
-     .local_layers = LENS_LOCAL_ALL,
-     .read_config = read_llama_like,
-     .tensors = LLAMA_TENSORS},
-    {.name = "Qwen3ForCausalLM",
      .no_default_bos = true,
-     .optional_biases = true,
-     .model_type = "qwen3",
-     .norm = LENS_NORM_RMS,
-     .qk_norm = LENS_QK_NORM_PER_HEAD,
-     .gated_mlp = true,
      .local_layers = LENS_LOCAL_ALL,
-     .read_config = read_llama_like,
-     .tensors = {LLAMA_ENDS, LLAMA_ATTENTION, LLAMA_MLP, QK_NORMS,
-                 .ln1_w = "layers.%d.input_layernorm.weight",
-                 .ln2_w = "layers.%d.post_attention_layernorm.weight"}},
-    {.name = "GemmaForCausalLM",
-     .optional_biases = true,
-     .model_type = "gemma",
-     .norm = LENS_NORM_RMS,
-     .gated_mlp = true,
-     .norm_offset = 1.0f,
-     .scale_embed = true,
-     .read_config = read_llama_like,
      .tensors = LLAMA_TENSORS},
-    {.name = "Gemma2ForCausalLM",
-     .optional_biases = true,
+    {LLAMA_LIKE,
+     .name = "Qwen3ForCausalLM",
+     .model_type = "qwen3",
+     .no_default_bos = true,
+     .qk_norm = LENS_QK_NORM_PER_HEAD,
+     .local_layers = LENS_LOCAL_ALL,
+     .tensors = {LLAMA_ENDS, LLAMA_ATTENTION, LLAMA_MLP, QK_NORMS, LLAMA_NORMS}},
+    {GEMMA_LIKE, .name = "GemmaForCausalLM", .model_type = "gemma", .tensors = LLAMA_TENSORS},
+    {GEMMA_LIKE,
+     .name = "Gemma2ForCausalLM",
      .model_type = "gemma2",
-     .norm = LENS_NORM_RMS,
      .placement = LENS_NORM_SANDWICH,
      .local_layers = LENS_LOCAL_EVEN,
-     .gated_mlp = true,
-     .norm_offset = 1.0f,
-     .scale_embed = true,
-     .read_config = read_llama_like,
-     .tensors = {LLAMA_ENDS, LLAMA_ATTENTION, LLAMA_MLP,
-                 .ln1_w = "layers.%d.input_layernorm.weight",
-                 .ln1_post_w = "layers.%d.post_attention_layernorm.weight",
-                 .ln2_w = "layers.%d.pre_feedforward_layernorm.weight",
-                 .ln2_post_w = "layers.%d.post_feedforward_layernorm.weight"}},
-    {.name = "Gemma3ForCausalLM",
-     .optional_biases = true,
+     .tensors = {LLAMA_ENDS, LLAMA_ATTENTION, LLAMA_MLP, SANDWICH_NORMS}},
+    {GEMMA_LIKE,
+     .name = "Gemma3ForCausalLM",
      .model_type = "gemma3_text",
-     .norm = LENS_NORM_RMS,
      .placement = LENS_NORM_SANDWICH,
      .qk_norm = LENS_QK_NORM_PER_HEAD,
      .local_layers = LENS_LOCAL_BUT_EVERY_NTH,
-     .gated_mlp = true,
-     .norm_offset = 1.0f,
-     .scale_embed = true,
-     .read_config = read_llama_like,
-     .tensors = {LLAMA_ENDS, LLAMA_ATTENTION, LLAMA_MLP, QK_NORMS,
-                 .ln1_w = "layers.%d.input_layernorm.weight",
-                 .ln1_post_w = "layers.%d.post_attention_layernorm.weight",
-                 .ln2_w = "layers.%d.pre_feedforward_layernorm.weight",
-                 .ln2_post_w = "layers.%d.post_feedforward_layernorm.weight"}},
-    {.name = "Olmo2ForCausalLM",
-     .optional_biases = true,
+     .tensors = {LLAMA_ENDS, LLAMA_ATTENTION, LLAMA_MLP, QK_NORMS, SANDWICH_NORMS}},
+    {LLAMA_LIKE,
+     .name = "Olmo2ForCausalLM",
      .model_type = "olmo2",
-     .norm = LENS_NORM_RMS,
      .placement = LENS_NORM_AFTER,
      .qk_norm = LENS_QK_NORM_WHOLE,
-     .gated_mlp = true,
-     .read_config = read_llama_like,
      .tensors = {LLAMA_ENDS, LLAMA_ATTENTION, LLAMA_MLP, QK_NORMS,
                  .ln1_post_w = "layers.%d.post_attention_layernorm.weight",
                  .ln2_post_w = "layers.%d.post_feedforward_layernorm.weight"}},
-    {.name = "Phi3ForCausalLM",
-     .optional_biases = true,
+    {LLAMA_LIKE,
+     .name = "Phi3ForCausalLM",
      .model_type = "phi3",
-     .norm = LENS_NORM_RMS,
-     .gated_mlp = true,
      .local_layers = LENS_LOCAL_ALL,
-     .read_config = read_llama_like,
      .tensors = {LLAMA_ENDS,
                  .ln1_w = "layers.%d.input_layernorm.weight",
                  .qkv_layout = LENS_QKV_FUSED_ROWS,

@@ -93,6 +93,10 @@ const lens_arch *lens_arch_find(json_t *config_root, const char *file, lens_err 
 int lens_arch_read_config(const lens_arch *arch, lens_config *c, json_t *root, const char *file,
                           lens_err *err);
 
+/* Allocates c->layer_is_local [n_layers], every layer global. Returns -1
+ * when out of memory. */
+int lens_alloc_local_layers(lens_config *c, lens_err *err);
+
 /* Writes the supported architecture names, comma-separated, into buf. */
 void lens_arch_list(char *buf, size_t len);
 

@@ -622,15 +622,6 @@ static int check_dims(const lens_config *c, const char *file, lens_err *err) {
     return 0;
 }
 
-static int alloc_local_layers(lens_config *c, lens_err *err) {
-    c->layer_is_local = calloc((size_t)c->n_layers, sizeof(bool));
-    if (!c->layer_is_local) {
-        lens_err_set(err, "out of memory");
-        return -1;
-    }
-    return 0;
-}
-
 /* Reads TL's attn_types ["global", "local", ...] into layer_is_local. */
 static int parse_attention_types(lens_config *c, json_t *types, const char *file, lens_err *err) {
     size_t i;
@@ -764,7 +755,7 @@ static int read_native_config(lens_config *c, json_t *root, const char *file, le
     float attn_scale;
     if (lens_json_float(root, "attn_scale", -1.0f, &attn_scale, file, err)) return -1;
     if (c->use_attn_scale && attn_scale > 0) c->attn_scale = attn_scale;
-    if (alloc_local_layers(c, err)) return -1;
+    if (lens_alloc_local_layers(c, err)) return -1;
     if (c->use_local_attn) {
         json_t *types = json_object_get(root, "attn_types");
         if (!json_is_array(types) || c->window_size < 1) {
