@@ -474,7 +474,10 @@ static const char *onig_extra(const char *pattern, size_t at, size_t len, size_t
     }
     return NULL;
 }
-pcre2_code *tok_compile_regex(const char *pattern, size_t len, const char *what, lens_err *err) {
+/* Translates and compiles pattern; with onig_tables false the classes keep
+ * PCRE2's tables. *has_classes says whether there were any to extend. */
+static pcre2_code *translate_regex(const char *pattern, size_t len, const char *what,
+                                   bool onig_tables, bool *has_classes, lens_err *err) {
     size_t cap = 320 * len + 512; /* room for each escape's expansion */
     char *out = malloc(cap);
     if (!out) {
@@ -494,6 +497,8 @@ pcre2_code *tok_compile_regex(const char *pattern, size_t len, const char *what,
         size_t name_len;
         const char *extra = c == '\\' ? onig_extra(pattern, i + 1, len, &name_len) : NULL;
         if (extra) {
+            *has_classes = true;
+            if (!onig_tables) extra = "";
             bool negated = pattern[i + 1] == 'P' || pattern[i + 1] == 'D';
             if (negated && class_depth) {
                 refused = "a negated property class inside a character class";
@@ -552,8 +557,46 @@ pcre2_code *tok_compile_regex(const char *pattern, size_t len, const char *what,
     return re;
 }
 
-pcre2_code *tok_gpt2_regex(lens_err *err) {
-    return tok_compile_regex(GPT2_PATTERN, sizeof GPT2_PATTERN - 1, "GPT-2 pre-tokenizer", err);
+int tok_compile_regex(const char *pattern, size_t len, const char *what, tok_regex *out,
+                      lens_err *err) {
+    bool has_classes = false;
+    out->full = NULL;
+    out->plain = translate_regex(pattern, len, what, false, &has_classes, err);
+    if (!out->plain) return -1;
+    if (has_classes && !(out->full = translate_regex(pattern, len, what, true, &has_classes, err))) {
+        pcre2_code_free(out->plain);
+        out->plain = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static void regex_free(tok_regex *re) {
+    pcre2_code_free(re->plain);
+    pcre2_code_free(re->full);
+}
+
+/* Whether s[len] holds a code point of the tables above (all at U+1C89,
+ * U+A7CB..U+A7DC or past U+FFFF): then only `full` reads it as HF does. */
+static bool needs_onig_tables(const char *s, size_t len) {
+    const uint8_t *b = (const uint8_t *)s;
+    for (size_t i = 0; i < len; i++) {
+        if (b[i] < 0xE1) continue;
+        if (b[i] >= 0xF0 || (i + 1 < len && ((b[i] == 0xE1 && b[i + 1] == 0xB2) ||
+                                             (b[i] == 0xEA && b[i + 1] == 0x9F))))
+            return true;
+    }
+    return false;
+}
+
+/* The compiled regex to run on s[len]. */
+static const pcre2_code *regex_for(const tok_regex *re, const char *s, size_t len) {
+    return re->full && needs_onig_tables(s, len) ? re->full : re->plain;
+}
+
+int tok_gpt2_regex(tok_regex *out, lens_err *err) {
+    return tok_compile_regex(GPT2_PATTERN, sizeof GPT2_PATTERN - 1, "GPT-2 pre-tokenizer", out,
+                             err);
 }
 
 /* ---- loading ------------------------------------------------------------ */
@@ -806,8 +849,8 @@ static int trie_insert(added_trie *trie, const added_token *t, int32_t index) {
 
 /* The longest pattern of trie that starts at text[at], as an index into
  * added[] (its length in *match_len), or -1. */
-static int32_t trie_longest(const added_trie *trie, const lens_tokenizer *tok, const char *text,
-                            size_t at, size_t end, size_t *match_len) {
+static int32_t trie_longest(const added_trie *trie, const char *text, size_t at, size_t end,
+                            size_t *match_len) {
     int32_t best = -1;
     int32_t node = trie->root_child[(uint8_t)text[at]];
     for (size_t i = at; node >= 0;) {
@@ -821,7 +864,6 @@ static int32_t trie_longest(const added_trie *trie, const lens_tokenizer *tok, c
         while (node >= 0 && trie->nodes[node].byte != byte)
             node = trie->nodes[node].next_sibling;
     }
-    (void)tok;
     return best;
 }
 
@@ -1180,9 +1222,9 @@ lens_tokenizer *lens_tok_load_bpe(const char *vocab_json_path, const char *merge
         goto fail;
     }
     if (tok_load_merges_txt(tok, merges_txt_path, err) < 0) goto fail;
-    tok->pretoks[0] = (pretok_step){.kind = PRE_BYTE_LEVEL, .regex = tok_gpt2_regex(err)};
+    tok->pretoks[0] = (pretok_step){.kind = PRE_BYTE_LEVEL};
     tok->n_pretoks = 1;
-    if (!tok->pretoks[0].regex) goto fail;
+    if (tok_gpt2_regex(&tok->pretoks[0].regex, err) < 0) goto fail;
     tok->decs[0] = (dec_step){.kind = DEC_BYTE_LEVEL};
     tok->n_decs = 1;
     tok->has_decoder = tok->decode_bytes = true;
@@ -1274,11 +1316,11 @@ void lens_tok_free(lens_tokenizer *tok) {
     for (size_t i = 0; i < tok->n_norms; i++) {
         free(tok->norms[i].text);
         free(tok->norms[i].literal);
-        pcre2_code_free(tok->norms[i].regex);
+        regex_free(&tok->norms[i].regex);
     }
     for (size_t i = 0; i < tok->n_pretoks; i++) {
         free(tok->pretoks[i].literal);
-        pcre2_code_free(tok->pretoks[i].regex);
+        regex_free(&tok->pretoks[i].regex);
     }
     for (size_t i = 0; i < tok->n_decs; i++) {
         free(tok->decs[i].literal);
@@ -1345,6 +1387,7 @@ static int normalize_step(const norm_step *step, const char *text, size_t len, b
     }
     case NORM_REPLACE: {
         if (buf_reserve(out, len + 1) < 0) return -2;
+        const pcre2_code *regex = step->literal ? NULL : regex_for(&step->regex, text, len);
         size_t pos = 0;
         while (pos <= len) {
             size_t match_start, match_end;
@@ -1356,7 +1399,7 @@ static int normalize_step(const norm_step *step, const char *text, size_t len, b
                 match_start = (size_t)(hit - text);
                 match_end = match_start + step->literal_len;
             } else {
-                int rc = pcre2_match(step->regex, (PCRE2_SPTR)text, len, pos, PCRE2_NO_UTF_CHECK,
+                int rc = pcre2_match(regex, (PCRE2_SPTR)text, len, pos, PCRE2_NO_UTF_CHECK,
                                      match, NULL);
                 if (rc == PCRE2_ERROR_NOMATCH) break;
                 if (rc < 0) {
@@ -1396,7 +1439,7 @@ static int normalize(const lens_tokenizer *tok, const char *text, size_t len, by
     *out = text;
     *out_len = len;
     for (size_t i = 0; i < tok->n_norms; i++) {
-        if (tok->norms[i].regex && !match && !(match = pcre2_match_data_create(1, NULL))) {
+        if (tok->norms[i].regex.plain && !match && !(match = pcre2_match_data_create(1, NULL))) {
             lens_err_set(err, "out of memory");
             return -1;
         }
@@ -1535,15 +1578,11 @@ static int reserve_syms(encode_state *st, size_t n, lens_err *err) {
     return 0;
 }
 
-/* Merges the symbols st->syms[0 .. n) (ids set, n >= 2) and pushes the
+/* Merges the linked symbols st->syms[0 .. n) (n >= 2) and pushes the
  * result. Each merge can add at most two candidates and removes a symbol, so
  * the heap never holds more than 3 * n entries. */
 static int merge_syms(const lens_tokenizer *tok, encode_state *st, size_t n, lens_err *err) {
     symbol *syms = st->syms;
-    for (size_t i = 0; i < n; i++) {
-        syms[i].prev = (int32_t)i - 1;
-        syms[i].next = i + 1 < n ? (int32_t)i + 1 : -1;
-    }
     size_t n_heap = 0;
     for (size_t i = 0; i + 1 < n; i++)
         push_candidate(tok, st, &n_heap, (int32_t)i);
@@ -1565,13 +1604,47 @@ static int merge_syms(const lens_tokenizer *tok, encode_state *st, size_t n, len
     return 0;
 }
 
+/* Words of at most this many symbols are merged by scanning their pairs,
+ * which beats the heap for them (most pre-tokenized words are short). */
+#define SHORT_WORD 24
+
+/* Merges ids[0 .. n) (2 <= n <= SHORT_WORD) in the heap's order: the pair
+ * of lowest rank, leftmost among equals, first. */
+static int merge_short(const lens_tokenizer *tok, int32_t *ids, size_t n, encode_state *st,
+                       lens_err *err) {
+    const merge_slot *pair[SHORT_WORD];
+    for (size_t i = 0; i + 1 < n; i++)
+        pair[i] = merge_table_get(&tok->merges, ids[i], ids[i + 1]);
+    while (n > 1) {
+        size_t best = n;
+        int32_t best_rank = INT32_MAX;
+        for (size_t i = 0; i + 1 < n; i++) {
+            if (pair[i] && pair[i]->rank < best_rank) {
+                best_rank = pair[i]->rank;
+                best = i;
+            }
+        }
+        if (best == n) break;
+        ids[best] = pair[best]->merged;
+        memmove(ids + best + 1, ids + best + 2, (n - best - 2) * sizeof *ids);
+        memmove(pair + best, pair + best + 1, (n - best - 2) * sizeof *pair);
+        n--;
+        if (best > 0) pair[best - 1] = merge_table_get(&tok->merges, ids[best - 1], ids[best]);
+        if (best + 1 < n) pair[best] = merge_table_get(&tok->merges, ids[best], ids[best + 1]);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (push_id(st, ids[i], err) < 0) return -1;
+    return 0;
+}
+
 /* Merges the symbols st->word_ids[0 .. n_word) and pushes the result. */
 static int merge_word(const lens_tokenizer *tok, encode_state *st, lens_err *err) {
     size_t n = st->n_word;
     if (n <= 1) return n == 1 ? push_id(st, st->word_ids[0], err) : 0;
+    if (n <= SHORT_WORD) return merge_short(tok, st->word_ids, n, st, err);
     if (reserve_syms(st, n, err) < 0) return -1;
     for (size_t i = 0; i < n; i++)
-        st->syms[i].id = st->word_ids[i];
+        st->syms[i] = (symbol){st->word_ids[i], (int32_t)i - 1, i + 1 < n ? (int32_t)i + 1 : -1};
     return merge_syms(tok, st, n, err);
 }
 
@@ -1614,6 +1687,25 @@ static int found_char(encode_state *st, int32_t id, unk_state *unk, const lens_t
     return push_word_id(st, id, err);
 }
 
+/* A byte-level word when every byte has its token (GPT-2's case): one
+ * symbol per byte, merged. */
+static int merge_known_bytes(const lens_tokenizer *tok, const uint8_t *w, size_t len,
+                             encode_state *st, lens_err *err) {
+        if (len == 1) return push_id(st, tok->byte_id[w[0]], err);
+        if (len <= SHORT_WORD) {
+            int32_t ids[SHORT_WORD];
+            for (size_t i = 0; i < len; i++)
+                ids[i] = tok->byte_id[w[i]];
+            return merge_short(tok, ids, len, st, err);
+        }
+        if (reserve_syms(st, len, err) < 0) return -1;
+        symbol *syms = st->syms;
+        for (size_t i = 0; i < len; i++)
+            syms[i] = (symbol){tok->byte_id[w[i]], (int32_t)i - 1, (int32_t)i + 1};
+        syms[len - 1].next = -1;
+        return merge_syms(tok, st, len, err);
+}
+
 /* Encodes one word with the BPE model. A byte-level word is raw bytes, each
  * standing for GPT-2's character of that byte; any other word is UTF-8, one
  * symbol per character. */
@@ -1621,8 +1713,9 @@ static int encode_word(const lens_tokenizer *tok, const char *word, size_t len, 
                        encode_state *st, lens_err *err) {
     if (len == 0) return 0;
     const uint8_t *w = (const uint8_t *)word;
-    if (byte_level && len == 1 && tok->byte_id[w[0]] >= 0 && !tok->prefix && !tok->suffix)
-        return push_id(st, tok->byte_id[w[0]], err);
+    bool affixes = tok->prefix || tok->suffix;
+    if (byte_level && !affixes && tok->all_bytes && !tok->ignore_merges)
+        return merge_known_bytes(tok, w, len, st, err);
     if (tok->ignore_merges) {
         const char *key = word;
         size_t key_len = len;
@@ -1641,13 +1734,8 @@ static int encode_word(const lens_tokenizer *tok, const char *word, size_t len, 
         int32_t id = str_table_get(&tok->vocab, key, key_len);
         if (id >= 0) return push_id(st, id, err);
     }
-    bool affixes = tok->prefix || tok->suffix;
-    if (byte_level && !affixes && tok->all_bytes) { /* GPT-2's case: one known symbol per byte */
-        if (reserve_syms(st, len, err) < 0) return -1;
-        for (size_t i = 0; i < len; i++)
-            st->syms[i].id = tok->byte_id[w[i]];
-        return merge_syms(tok, st, len, err);
-    }
+    if (byte_level && !affixes && tok->all_bytes) /* the word was not one entry */
+        return merge_known_bytes(tok, w, len, st, err);
     st->n_word = 0;
     unk_state unk = {false};
     for (size_t i = 0; i < len;) {
@@ -1771,6 +1859,7 @@ static int split_flush(split_emit *e) {
  * Pattern::find_matches gives them (invert flips which are matches). */
 static int split_by_pattern(const pretok_step *p, const char *s, size_t len, split_emit *e,
                             encode_state *st, lens_err *err) {
+    const pcre2_code *regex = p->literal ? NULL : regex_for(&p->regex, s, len);
     size_t prev = 0, pos = 0;
     while (pos <= len) {
         size_t match_start, match_end;
@@ -1781,7 +1870,7 @@ static int split_by_pattern(const pretok_step *p, const char *s, size_t len, spl
             match_start = (size_t)(hit - s);
             match_end = match_start + p->literal_len;
         } else {
-            int rc = pcre2_match(p->regex, (PCRE2_SPTR)s, len, pos, PCRE2_NO_UTF_CHECK, st->match,
+            int rc = pcre2_match(regex, (PCRE2_SPTR)s, len, pos, PCRE2_NO_UTF_CHECK, st->match,
                                  NULL);
             if (rc == PCRE2_ERROR_NOMATCH) break;
             if (rc < 0) {
@@ -1875,10 +1964,11 @@ static int byte_level(const lens_tokenizer *tok, size_t step, const char *s, siz
         s = out->bytes;
         len = out->len;
     }
-    if (!p->regex) return encode_word(tok, s, len, true, st, err);
+    if (!p->regex.plain) return encode_word(tok, s, len, true, st, err);
+    const pcre2_code *regex = regex_for(&p->regex, s, len);
     size_t off = 0;
     while (off < len) {
-        int rc = pcre2_match(p->regex, (PCRE2_SPTR)s, len, off, PCRE2_NO_UTF_CHECK, st->match,
+        int rc = pcre2_match(regex, (PCRE2_SPTR)s, len, off, PCRE2_NO_UTF_CHECK, st->match,
                              NULL);
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) {
@@ -1977,7 +2067,7 @@ static int cut_added(const lens_tokenizer *tok, const added_trie *trie, bool raw
                 continue;
             }
             size_t match_len = 0;
-            int32_t k = trie_longest(trie, tok, text, at, len, &match_len);
+            int32_t k = trie_longest(trie, text, at, len, &match_len);
             if (k < 0) {
                 at++;
                 continue;

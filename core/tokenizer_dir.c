@@ -515,8 +515,8 @@ static lens_tokenizer *load_tiktoken(const char *path, const char *data, size_t 
     tok->pretoks[0] = (pretok_step){.kind = PRE_SPLIT, .behavior = SPLIT_ISOLATED};
     tok->pretoks[1] = (pretok_step){.kind = PRE_BYTE_LEVEL};
     tok->n_pretoks = 2;
-    if (!(tok->pretoks[0].regex = tok_compile_regex(LLAMA3_PATTERN, sizeof LLAMA3_PATTERN - 1,
-                                                    "the Llama 3 pattern", err)))
+    if (tok_compile_regex(LLAMA3_PATTERN, sizeof LLAMA3_PATTERN - 1, "the Llama 3 pattern",
+                          &tok->pretoks[0].regex, err) < 0)
         goto fail;
     tok->decs[0] = (dec_step){.kind = DEC_BYTE_LEVEL};
     tok->n_decs = 1;
@@ -590,13 +590,13 @@ static lens_tokenizer *load_vocab_merges(const dir_files *f, lens_err *err) {
         tok->pretoks[0] = (pretok_step){.kind = PRE_SPLIT, .behavior = SPLIT_ISOLATED};
         tok->pretoks[1] = (pretok_step){.kind = PRE_BYTE_LEVEL, .add_prefix_space = prefix_space};
         tok->n_pretoks = 2;
-        tok->pretoks[0].regex =
-            tok_compile_regex(QWEN2_PATTERN, sizeof QWEN2_PATTERN - 1, "the Qwen2 pattern", err);
-        if (!tok->pretoks[0].regex) goto fail;
+        if (tok_compile_regex(QWEN2_PATTERN, sizeof QWEN2_PATTERN - 1, "the Qwen2 pattern",
+                              &tok->pretoks[0].regex, err) < 0)
+            goto fail;
     } else {
         tok->pretoks[0] = (pretok_step){.kind = PRE_BYTE_LEVEL, .add_prefix_space = prefix_space};
         tok->n_pretoks = 1;
-        if (!(tok->pretoks[0].regex = tok_gpt2_regex(err))) goto fail;
+        if (tok_gpt2_regex(&tok->pretoks[0].regex, err) < 0) goto fail;
     }
     tok->decs[0] = (dec_step){.kind = DEC_BYTE_LEVEL};
     tok->n_decs = 1;

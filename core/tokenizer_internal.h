@@ -75,6 +75,14 @@ int merge_table_reserve(merge_table *t, size_t n);
 
 /* ---- the pipeline ------------------------------------------------------- */
 
+/* A regex of HF's, compiled twice: `plain` with PCRE2's Unicode tables, and
+ * `full` (NULL when the pattern has no \p{L}, \p{N} or \d) with the code
+ * points that HF's Oniguruma has beyond them. Both read text without those
+ * code points alike, and `plain` is faster, so it runs wherever it can. */
+typedef struct tok_regex {
+    pcre2_code *plain, *full;
+} tok_regex;
+
 typedef enum norm_kind {
     NORM_NFC,
     NORM_PREPEND, /* text before a non-empty segment */
@@ -88,7 +96,7 @@ typedef struct norm_step {
     size_t text_len;
     char *literal; /* REPLACE with a String pattern */
     size_t literal_len;
-    pcre2_code *regex; /* REPLACE with a Regex pattern */
+    tok_regex regex; /* REPLACE with a Regex pattern */
     bool left, right;  /* STRIP */
 } norm_step;
 
@@ -114,7 +122,7 @@ typedef struct pretok_step {
     pretok_kind kind;
     split_behavior behavior; /* SPLIT (DIGITS: ISOLATED or CONTIGUOUS) */
     bool invert;             /* SPLIT */
-    pcre2_code *regex;       /* SPLIT with a Regex; BYTE_LEVEL with use_regex */
+    tok_regex regex;         /* SPLIT with a Regex; BYTE_LEVEL with use_regex */
     char *literal;           /* SPLIT with a String (matched as is) */
     size_t literal_len;
     char replacement[4]; /* METASPACE, as UTF-8 */
@@ -246,12 +254,14 @@ int64_t tok_next_added_id(const lens_tokenizer *tok);
 /* Finishes loading: tries, per-id texts, lookup caches. */
 int tok_finish(lens_tokenizer *tok, lens_err *err);
 
-/* Compiles a regex of HF's (Oniguruma syntax) for PCRE2, refusing what the
- * two engines read differently. `what` names the field in messages. */
-pcre2_code *tok_compile_regex(const char *pattern, size_t len, const char *what, lens_err *err);
+/* Compiles a regex of HF's (Oniguruma syntax) for PCRE2 into *out, refusing
+ * what the two engines read differently. `what` names the field in
+ * messages. Returns -1 on error. */
+int tok_compile_regex(const char *pattern, size_t len, const char *what, tok_regex *out,
+                      lens_err *err);
 
-/* GPT-2's pre-tokenizer regex, compiled. */
-pcre2_code *tok_gpt2_regex(lens_err *err);
+/* GPT-2's pre-tokenizer regex, compiled into *out. */
+int tok_gpt2_regex(tok_regex *out, lens_err *err);
 
 /* Reads a whole file (malloc'd, *len bytes, NUL-terminated). */
 char *tok_read_file(const char *path, size_t *len, lens_err *err);

@@ -65,12 +65,12 @@ static int optional_string(const json_t *obj, const char *key, const char *where
 
 /* A {"String": s} or {"Regex": r} pattern: *literal or *regex is set. */
 static int read_pattern(const json_t *obj, const char *where, char **literal, size_t *literal_len,
-                        pcre2_code **regex, lens_err *err) {
+                        tok_regex *regex, lens_err *err) {
     const json_t *pattern = json_object_get(obj, "pattern");
     const json_t *string = json_object_get(pattern, "String");
     const json_t *re = json_object_get(pattern, "Regex");
     *literal = NULL;
-    *regex = NULL;
+    *regex = (tok_regex){NULL, NULL};
     if (json_is_string(string) && json_string_length(string) > 0) {
         *literal = copy_string(json_string_value(string), json_string_length(string));
         *literal_len = json_string_length(string);
@@ -80,8 +80,7 @@ static int read_pattern(const json_t *obj, const char *where, char **literal, si
     if (json_is_string(re)) {
         char what[128];
         snprintf(what, sizeof what, "%s.pattern.Regex", where);
-        *regex = tok_compile_regex(json_string_value(re), json_string_length(re), what, err);
-        return *regex ? 0 : -1;
+        return tok_compile_regex(json_string_value(re), json_string_length(re), what, regex, err);
     }
     lens_err_set(err, "%s.pattern is neither a non-empty {\"String\": ...} nor {\"Regex\": ...}",
                  where);
@@ -263,7 +262,7 @@ static int read_pre_tokenizer(lens_tokenizer *tok, const json_t *p, lens_err *er
         step->kind = PRE_BYTE_LEVEL;
         step->add_prefix_space = flag(p, "add_prefix_space", true);
         tok->n_pretoks++;
-        if (flag(p, "use_regex", true) && !(step->regex = tok_gpt2_regex(err))) return -1;
+        if (flag(p, "use_regex", true) && tok_gpt2_regex(&step->regex, err) < 0) return -1;
         return 0;
     }
     lens_err_set(err, "pre_tokenizer \"%s\" is not supported", type);

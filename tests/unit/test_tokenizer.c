@@ -760,9 +760,10 @@ Test(load_dir, tiktoken_model) {
     static char text[8192];
     size_t len = 0;
     for (int b = 0; b < 256; b++)
-        len += (size_t)sprintf(text + len, "%c%c== %d\n", b64[b >> 2], b64[(b & 3) << 4], b);
+        len += (size_t)snprintf(text + len, sizeof text - len, "%c%c== %d\n", b64[b >> 2],
+                                b64[(b & 3) << 4], b);
     /* "he" 256, "ll" 257, "hell" 258 */
-    len += (size_t)sprintf(text + len, "aGU= 256\nbGw= 257\naGVsbA== 258\n");
+    len += (size_t)snprintf(text + len, sizeof text - len, "aGU= 256\nbGw= 257\naGVsbA== 258\n");
     write_file(dir, "tokenizer.model", text, len);
     lens_tok_specials sp;
     lens_tokenizer *tok = load_dir(dir, &sp);
