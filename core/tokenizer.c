@@ -350,33 +350,22 @@ static bool is_word_char(uint32_t cp) {
 /* GPT-2 spells each byte as a printable character: the printable Latin-1
  * bytes as themselves, the other 68 as U+0100.. in byte order (space is
  * U+0120 'Ġ'). This is bytes_to_unicode() of GPT-2's encoder.py. */
+static bool is_printable_byte(unsigned b) {
+    return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+}
+
+/* The 68 others, in order: 0x00-0x20, 0x7F-0xA0, 0xAD. */
 uint32_t tok_byte_char(uint8_t b) {
-    static uint32_t code_point[256];
-    static bool ready;
-    if (!ready) {
-        uint32_t next_extra = 256;
-        for (unsigned i = 0; i < 256; i++) {
-            bool printable = (i >= '!' && i <= '~') || (i >= 0xA1 && i <= 0xAC) || i >= 0xAE;
-            code_point[i] = printable ? i : next_extra++;
-        }
-        ready = true;
-    }
-    return code_point[b];
+    if (is_printable_byte(b)) return b;
+    return 256 + (b <= 0x20 ? b : b <= 0xA0 ? 33u + (b - 0x7Fu) : 67u);
 }
 
 /* The byte GPT-2's character cp spells, or -1. */
 static int char_byte(uint32_t cp) {
-    if (cp < 0x100) {
-        bool printable = (cp >= '!' && cp <= '~') || (cp >= 0xA1 && cp <= 0xAC) || cp >= 0xAE;
-        return printable ? (int)cp : -1;
-    }
+    if (cp < 0x100) return is_printable_byte(cp) ? (int)cp : -1;
     if (cp >= 0x100 + 68) return -1;
     uint32_t k = cp - 0x100; /* the k-th non-printable byte */
-    for (unsigned b = 0; b < 256; b++) {
-        bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
-        if (!printable && k-- == 0) return (int)b;
-    }
-    return -1;
+    return k < 33 ? (int)k : k < 67 ? (int)(0x7F + k - 33) : 0xAD;
 }
 
 /* The bytes a token's text stands for under HF's ByteLevel decoder: its

@@ -37,8 +37,10 @@ Families (FAMILIES lists them):
            transformers builds it from them (GPT2Tokenizer). The real HF
            OLMo-2 tokenizer.json (not in the shared data) splits with a
            cl100k-style regex instead; this one uses GPT-2's.
-  phi3     Phi-3.5-mini-instruct's tokenizer.json, with the tokenizer_config
-           of that model's snapshot written out here
+  phi3     Phi-3.5-mini-instruct's tokenizer.json, with a tokenizer_config.json
+           written here in that snapshot's shape (LlamaTokenizer, bos <s>, eos and
+           pad <|endoftext|>, no BOS added); the shared data has no copy of the
+           real file, so its fields are not byte-for-byte the snapshot's
 
 Needs the lensd venv (transformers, tokenizers, tiktoken); see tools/setup.sh.
 """
