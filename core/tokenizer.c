@@ -306,9 +306,9 @@ static bool is_unicode_space(uint32_t cp) {
 static bool is_numeric(uint32_t cp) {
     if (cp < 0x80) return cp >= '0' && cp <= '9';
     static const uint32_t rust_extra[][2] = {
-        {0x10D40, 0x10D49}, {0x116D0, 0x116E3}, {0x11BF0, 0x11BF9}, {0x11DE0, 0x11DE9},
-        {0x16130, 0x16139}, {0x16D70, 0x16D79}, {0x16FF4, 0x16FF6}, {0x1CCF0, 0x1CCF9},
-        {0x1E5F1, 0x1E5FA}};
+        {0x10D40, 0x10D49}, {0x116D0, 0x116E3}, {0x11BF0, 0x11BF9},
+        {0x11DE0, 0x11DE9}, {0x16130, 0x16139}, {0x16D70, 0x16D79},
+        {0x16FF4, 0x16FF6}, {0x1CCF0, 0x1CCF9}, {0x1E5F1, 0x1E5FA}};
     for (size_t i = 0; i < sizeof rust_extra / sizeof rust_extra[0]; i++)
         if (cp >= rust_extra[i][0] && cp <= rust_extra[i][1]) return true;
     utf8proc_category_t c = utf8proc_category((utf8proc_int32_t)cp);
@@ -390,8 +390,7 @@ static size_t byte_level_bytes(const char *text, size_t len, char *out) {
 
 /* ---- regexes ------------------------------------------------------------- */
 
-static pcre2_code *compile_pcre2(const char *pattern, size_t len, const char *what,
-                                 lens_err *err) {
+static pcre2_code *compile_pcre2(const char *pattern, size_t len, const char *what, lens_err *err) {
     int code;
     PCRE2_SIZE offset;
     pcre2_code *re =
@@ -399,8 +398,8 @@ static pcre2_code *compile_pcre2(const char *pattern, size_t len, const char *wh
     if (!re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(code, msg, sizeof msg);
-        lens_err_set(err, "%s: regex \"%.*s\": %s at offset %zu", what, (int)(len > 200 ? 200 : len),
-                     pattern, (char *)msg, (size_t)offset);
+        lens_err_set(err, "%s: regex \"%.*s\": %s at offset %zu", what,
+                     (int)(len > 200 ? 200 : len), pattern, (char *)msg, (size_t)offset);
         return NULL;
     }
     /* Without JIT support pcre2_match interprets the pattern: slower, same
@@ -408,7 +407,6 @@ static pcre2_code *compile_pcre2(const char *pattern, size_t len, const char *wh
     pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
     return re;
 }
-
 
 /*
  * HF compiles Regex patterns with Oniguruma (Ruby syntax). The patterns of
@@ -423,24 +421,24 @@ static pcre2_code *compile_pcre2(const char *pattern, size_t len, const char *wh
  * $ (line anchors in Ruby syntax), (?m) (dot-all in Ruby) and class
  * intersection (&&). \uHHHH becomes \x{HHHH}.
  */
-#define ONIG_EXTRA_LETTERS \
-    "\\x{1C89}-\\x{1C8A}\\x{A7CB}-\\x{A7CD}\\x{A7DA}-\\x{A7DC}\\x{105C0}-\\x{105F3}" \
-    "\\x{10D4A}-\\x{10D65}\\x{10D6F}-\\x{10D85}\\x{10EC2}-\\x{10EC4}" \
-    "\\x{1123F}-\\x{11240}\\x{11380}-\\x{11389}\\x{1138B}\\x{1138E}" \
-    "\\x{11390}-\\x{113B5}\\x{113B7}\\x{113D1}\\x{113D3}\\x{11BC0}-\\x{11BE0}" \
-    "\\x{11F02}\\x{11F04}-\\x{11F10}\\x{11F12}-\\x{11F33}\\x{1342F}" \
-    "\\x{13441}-\\x{13446}\\x{13460}-\\x{143FA}\\x{16100}-\\x{1611D}" \
-    "\\x{16D40}-\\x{16D6C}\\x{18CFF}\\x{1B132}\\x{1B155}\\x{1DF25}-\\x{1DF2A}" \
-    "\\x{1E030}-\\x{1E06D}\\x{1E4D0}-\\x{1E4EB}\\x{1E5D0}-\\x{1E5ED}\\x{1E5F0}" \
+#define ONIG_EXTRA_LETTERS                                                                         \
+    "\\x{1C89}-\\x{1C8A}\\x{A7CB}-\\x{A7CD}\\x{A7DA}-\\x{A7DC}\\x{105C0}-\\x{105F3}"               \
+    "\\x{10D4A}-\\x{10D65}\\x{10D6F}-\\x{10D85}\\x{10EC2}-\\x{10EC4}"                              \
+    "\\x{1123F}-\\x{11240}\\x{11380}-\\x{11389}\\x{1138B}\\x{1138E}"                               \
+    "\\x{11390}-\\x{113B5}\\x{113B7}\\x{113D1}\\x{113D3}\\x{11BC0}-\\x{11BE0}"                     \
+    "\\x{11F02}\\x{11F04}-\\x{11F10}\\x{11F12}-\\x{11F33}\\x{1342F}"                               \
+    "\\x{13441}-\\x{13446}\\x{13460}-\\x{143FA}\\x{16100}-\\x{1611D}"                              \
+    "\\x{16D40}-\\x{16D6C}\\x{18CFF}\\x{1B132}\\x{1B155}\\x{1DF25}-\\x{1DF2A}"                     \
+    "\\x{1E030}-\\x{1E06D}\\x{1E4D0}-\\x{1E4EB}\\x{1E5D0}-\\x{1E5ED}\\x{1E5F0}"                    \
     "\\x{2B739}\\x{2EBF0}-\\x{2EE5D}\\x{31350}-\\x{323AF}"
-#define ONIG_EXTRA_NUMBERS \
-    "\\x{10D40}-\\x{10D49}\\x{116D0}-\\x{116E3}\\x{11BF0}-\\x{11BF9}" \
-    "\\x{11F50}-\\x{11F59}\\x{16130}-\\x{16139}\\x{16D70}-\\x{16D79}" \
-    "\\x{1CCF0}-\\x{1CCF9}\\x{1D2C0}-\\x{1D2D3}\\x{1E4F0}-\\x{1E4F9}" \
+#define ONIG_EXTRA_NUMBERS                                                                         \
+    "\\x{10D40}-\\x{10D49}\\x{116D0}-\\x{116E3}\\x{11BF0}-\\x{11BF9}"                              \
+    "\\x{11F50}-\\x{11F59}\\x{16130}-\\x{16139}\\x{16D70}-\\x{16D79}"                              \
+    "\\x{1CCF0}-\\x{1CCF9}\\x{1D2C0}-\\x{1D2D3}\\x{1E4F0}-\\x{1E4F9}"                              \
     "\\x{1E5F1}-\\x{1E5FA}"
-#define ONIG_EXTRA_DIGITS \
-    "\\x{10D40}-\\x{10D49}\\x{116D0}-\\x{116E3}\\x{11BF0}-\\x{11BF9}" \
-    "\\x{11F50}-\\x{11F59}\\x{16130}-\\x{16139}\\x{16D70}-\\x{16D79}" \
+#define ONIG_EXTRA_DIGITS                                                                          \
+    "\\x{10D40}-\\x{10D49}\\x{116D0}-\\x{116E3}\\x{11BF0}-\\x{11BF9}"                              \
+    "\\x{11F50}-\\x{11F59}\\x{16130}-\\x{16139}\\x{16D70}-\\x{16D79}"                              \
     "\\x{1CCF0}-\\x{1CCF9}\\x{1E4F0}-\\x{1E4F9}\\x{1E5F1}-\\x{1E5FA}"
 
 /* What Oniguruma's class that pattern[at..] (just after a backslash) names
@@ -497,7 +495,10 @@ static pcre2_code *translate_regex(const char *pattern, size_t len, const char *
             char name[8];
             memcpy(name, pattern + i + 1, name_len);
             name[0] = negated ? (char)(name[0] + ('a' - 'A')) : name[0];
-            n += (size_t)sprintf(out + n, class_depth ? "\\%.*s%s" : negated ? "[^\\%.*s%s]" : "[\\%.*s%s]",
+            n += (size_t)sprintf(out + n,
+                                 class_depth ? "\\%.*s%s"
+                                 : negated   ? "[^\\%.*s%s]"
+                                             : "[\\%.*s%s]",
                                  (int)name_len, name, extra);
             i += name_len;
             continue;
@@ -552,7 +553,8 @@ int tok_compile_regex(const char *pattern, size_t len, const char *what, tok_reg
     out->full = NULL;
     out->plain = translate_regex(pattern, len, what, false, &has_classes, err);
     if (!out->plain) return -1;
-    if (has_classes && !(out->full = translate_regex(pattern, len, what, true, &has_classes, err))) {
+    if (has_classes &&
+        !(out->full = translate_regex(pattern, len, what, true, &has_classes, err))) {
         pcre2_code_free(out->plain);
         out->plain = NULL;
         return -1;
@@ -761,8 +763,13 @@ int tok_add_added(lens_tokenizer *tok, const char *content, size_t len, int64_t 
     }
     tok->added = grown;
     added_token *t = &tok->added[tok->n_added];
-    *t = (added_token){.len = len, .id = (int32_t)id, .lstrip = lstrip, .rstrip = rstrip,
-                       .normalized = normalized, .single_word = single_word, .special = special};
+    *t = (added_token){.len = len,
+                       .id = (int32_t)id,
+                       .lstrip = lstrip,
+                       .rstrip = rstrip,
+                       .normalized = normalized,
+                       .single_word = single_word,
+                       .special = special};
     /* A normalized token is matched as the normalizers spell it. */
     const char *pattern = content;
     size_t pattern_len = len;
@@ -813,8 +820,7 @@ static int trie_insert(added_trie *trie, const added_token *t, int32_t index) {
                 child = trie->nodes[child].next_sibling;
         if (child < 0) {
             if (trie->n_nodes == trie->cap_nodes) {
-                trie_node *grown =
-                    realloc(trie->nodes, 2 * trie->cap_nodes * sizeof *trie->nodes);
+                trie_node *grown = realloc(trie->nodes, 2 * trie->cap_nodes * sizeof *trie->nodes);
                 if (!grown) return -1;
                 trie->nodes = grown;
                 trie->cap_nodes *= 2;
@@ -910,7 +916,8 @@ int tok_finish(lens_tokenizer *tok, lens_err *err) {
     tok->all_bytes = true;
     for (unsigned b = 0; b < 256; b++)
         tok->all_bytes = tok->all_bytes && tok->byte_id[b] >= 0;
-    if (tok->unk_token) tok->unk_id = str_table_get(&tok->vocab, tok->unk_token, strlen(tok->unk_token));
+    if (tok->unk_token)
+        tok->unk_id = str_table_get(&tok->vocab, tok->unk_token, strlen(tok->unk_token));
     for (size_t i = 0; i < tok->n_added; i++) {
         added_trie *trie = tok->added[i].normalized ? &tok->normalized_trie : &tok->raw_trie;
         if (trie_insert(trie, &tok->added[i], (int32_t)i) < 0) {
@@ -1365,7 +1372,8 @@ static int normalize_step(const norm_step *step, const char *text, size_t len, b
                    : 0;
     case NORM_STRIP: {
         size_t start = 0, end = len, n;
-        while (step->left && start < end && is_unicode_space(next_char(text + start, end - start, &n)))
+        while (step->left && start < end &&
+               is_unicode_space(next_char(text + start, end - start, &n)))
             start += n;
         while (step->right && end > start) {
             size_t at = char_start_before(text, end);
@@ -1381,15 +1389,15 @@ static int normalize_step(const norm_step *step, const char *text, size_t len, b
         while (pos <= len) {
             size_t match_start, match_end;
             if (step->literal) {
-                const char *hit = pos < len ? memmem(text + pos, len - pos, step->literal,
-                                                     step->literal_len)
-                                            : NULL;
+                const char *hit =
+                    pos < len ? memmem(text + pos, len - pos, step->literal, step->literal_len)
+                              : NULL;
                 if (!hit) break;
                 match_start = (size_t)(hit - text);
                 match_end = match_start + step->literal_len;
             } else {
-                int rc = pcre2_match(regex, (PCRE2_SPTR)text, len, pos, PCRE2_NO_UTF_CHECK,
-                                     match, NULL);
+                int rc =
+                    pcre2_match(regex, (PCRE2_SPTR)text, len, pos, PCRE2_NO_UTF_CHECK, match, NULL);
                 if (rc == PCRE2_ERROR_NOMATCH) break;
                 if (rc < 0) {
                     lens_err_set(err, "Replace normalizer: regex match failed (%d)", rc);
@@ -1680,19 +1688,19 @@ static int found_char(encode_state *st, int32_t id, unk_state *unk, const lens_t
  * symbol per byte, merged. */
 static int merge_known_bytes(const lens_tokenizer *tok, const uint8_t *w, size_t len,
                              encode_state *st, lens_err *err) {
-        if (len == 1) return push_id(st, tok->byte_id[w[0]], err);
-        if (len <= SHORT_WORD) {
-            int32_t ids[SHORT_WORD];
-            for (size_t i = 0; i < len; i++)
-                ids[i] = tok->byte_id[w[i]];
-            return merge_short(tok, ids, len, st, err);
-        }
-        if (reserve_syms(st, len, err) < 0) return -1;
-        symbol *syms = st->syms;
+    if (len == 1) return push_id(st, tok->byte_id[w[0]], err);
+    if (len <= SHORT_WORD) {
+        int32_t ids[SHORT_WORD];
         for (size_t i = 0; i < len; i++)
-            syms[i] = (symbol){tok->byte_id[w[i]], (int32_t)i - 1, (int32_t)i + 1};
-        syms[len - 1].next = -1;
-        return merge_syms(tok, st, len, err);
+            ids[i] = tok->byte_id[w[i]];
+        return merge_short(tok, ids, len, st, err);
+    }
+    if (reserve_syms(st, len, err) < 0) return -1;
+    symbol *syms = st->syms;
+    for (size_t i = 0; i < len; i++)
+        syms[i] = (symbol){tok->byte_id[w[i]], (int32_t)i - 1, (int32_t)i + 1};
+    syms[len - 1].next = -1;
+    return merge_syms(tok, st, len, err);
 }
 
 /* Encodes one word with the BPE model. A byte-level word is raw bytes, each
@@ -1752,7 +1760,7 @@ static int encode_word(const lens_tokenizer *tok, const char *word, size_t len, 
             i += c_len;
             if (!affixes) {
                 int32_t id = c_len == 1 && w[i - 1] < 0x80 ? tok->ascii_id[w[i - 1]]
-                                                            : str_table_get(&tok->vocab, c, c_len);
+                                                           : str_table_get(&tok->vocab, c, c_len);
                 int rc = id >= 0 ? found_char(st, id, &unk, tok, err)
                                  : missing_char(tok, c, c_len, &unk, st, err);
                 if (rc < 0) return -1;
@@ -1853,14 +1861,14 @@ static int split_by_pattern(const pretok_step *p, const char *s, size_t len, spl
     while (pos <= len) {
         size_t match_start, match_end;
         if (p->literal) {
-            const char *hit = pos < len ? memmem(s + pos, len - pos, p->literal, p->literal_len)
-                                        : NULL;
+            const char *hit =
+                pos < len ? memmem(s + pos, len - pos, p->literal, p->literal_len) : NULL;
             if (!hit) break;
             match_start = (size_t)(hit - s);
             match_end = match_start + p->literal_len;
         } else {
-            int rc = pcre2_match(regex, (PCRE2_SPTR)s, len, pos, PCRE2_NO_UTF_CHECK, st->match,
-                                 NULL);
+            int rc =
+                pcre2_match(regex, (PCRE2_SPTR)s, len, pos, PCRE2_NO_UTF_CHECK, st->match, NULL);
             if (rc == PCRE2_ERROR_NOMATCH) break;
             if (rc < 0) {
                 PCRE2_UCHAR msg[256];
@@ -1929,8 +1937,13 @@ static int metaspace(const lens_tokenizer *tok, size_t step, const char *s, size
     }
     if (buf_reserve(out, 1) < 0) goto oom;
     if (!p->split) return pretokenize(tok, step + 1, out->bytes, out->len, first, st, err);
-    split_emit e = {.tok = tok, .next_step = step + 1, .s = out->bytes, .first = first, .st = st,
-                    .err = err, .behavior = SPLIT_MERGED_WITH_NEXT};
+    split_emit e = {.tok = tok,
+                    .next_step = step + 1,
+                    .s = out->bytes,
+                    .first = first,
+                    .st = st,
+                    .err = err,
+                    .behavior = SPLIT_MERGED_WITH_NEXT};
     pretok_step literal = {.literal = (char *)p->replacement, .literal_len = p->replacement_len};
     return split_by_pattern(&literal, out->bytes, out->len, &e, st, err);
 oom:
@@ -1957,8 +1970,7 @@ static int byte_level(const lens_tokenizer *tok, size_t step, const char *s, siz
     const pcre2_code *regex = regex_for(&p->regex, s, len);
     size_t off = 0;
     while (off < len) {
-        int rc = pcre2_match(regex, (PCRE2_SPTR)s, len, off, PCRE2_NO_UTF_CHECK, st->match,
-                             NULL);
+        int rc = pcre2_match(regex, (PCRE2_SPTR)s, len, off, PCRE2_NO_UTF_CHECK, st->match, NULL);
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) {
             PCRE2_UCHAR msg[256];
@@ -1989,8 +2001,13 @@ static int pretokenize(const lens_tokenizer *tok, size_t step, const char *s, si
     if (len == 0) return 0;
     if (step == tok->n_pretoks) return encode_word(tok, s, len, false, st, err);
     const pretok_step *p = &tok->pretoks[step];
-    split_emit e = {.tok = tok, .next_step = step + 1, .s = s, .first = first, .st = st,
-                    .err = err, .behavior = p->behavior};
+    split_emit e = {.tok = tok,
+                    .next_step = step + 1,
+                    .s = s,
+                    .first = first,
+                    .st = st,
+                    .err = err,
+                    .behavior = p->behavior};
     switch (p->kind) {
     case PRE_SPLIT:
         return split_by_pattern(p, s, len, &e, st, err);
@@ -2087,8 +2104,7 @@ static int cut_added(const lens_tokenizer *tok, const added_trie *trie, bool raw
  * normalized-matched ones. */
 static int encode_normalized(const lens_tokenizer *tok, const char *text, size_t len, bool first,
                              encode_state *st, lens_err *err) {
-    if (tok->n_norms > 0 &&
-        normalize(tok, text, len, st->norm_bufs, &text, &len, err) < 0)
+    if (tok->n_norms > 0 && normalize(tok, text, len, st->norm_bufs, &text, &len, err) < 0)
         return -1;
     if (len == 0) return 0;
     return cut_added(tok, &tok->normalized_trie, false, text, len, first, st, err);

@@ -91,9 +91,9 @@ int lens_tok_encode(const lens_tokenizer *tok, const char *text, size_t len, int
  * counting the NUL), as HF's decode(ids, skip_special_tokens=False,
  * clean_up_tokenization_spaces=False) through the tokenizer's decoders:
  * byte sequences that are not valid UTF-8 become U+FFFD the way Rust's
- * String::from_utf8_lossy replaces them (ByteFallback: one per byte). A list tokenizer joins its pieces
- * (with no separator for CHARS, one space for WHITESPACE). Returns NULL for
- * an id out of range. */
+ * String::from_utf8_lossy replaces them (ByteFallback: one per byte). A list tokenizer joins its
+ * pieces (with no separator for CHARS, one space for WHITESPACE). Returns NULL for an id out of
+ * range. */
 char *lens_tok_decode(const lens_tokenizer *tok, const int32_t *ids, size_t n, size_t *len,
                       lens_err *err);
 

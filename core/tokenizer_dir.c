@@ -58,8 +58,7 @@ typedef struct tok_class {
 
 static const tok_class CLASSES[] = {
     {"GPT2Tokenizer", PIPE_GPT2, "<|endoftext|>", "<|endoftext|>", "<|endoftext|>", NULL, NULL},
-    {"CodeGenTokenizer", PIPE_GPT2, "<|endoftext|>", "<|endoftext|>", "<|endoftext|>", NULL,
-     NULL},
+    {"CodeGenTokenizer", PIPE_GPT2, "<|endoftext|>", "<|endoftext|>", "<|endoftext|>", NULL, NULL},
     {"GPTNeoXTokenizer", PIPE_GPT_NEOX, "<|endoftext|>", "<|endoftext|>", "<|endoftext|>",
      "<|padding|>", NULL},
     {"Qwen2Tokenizer", PIPE_QWEN2, "<|endoftext|>", NULL, "<|endoftext|>", "<|endoftext|>", NULL},
@@ -70,8 +69,8 @@ static const tok_class CLASSES[] = {
 
 /* A class with no defaults: tokenizer.json as it is (transformers'
  * TokenizersBackend, e.g. for PreTrainedTokenizerFast). */
-static const tok_class BACKEND_CLASS = {"PreTrainedTokenizerFast", PIPE_TOKENIZER_JSON, NULL, NULL,
-                                        NULL, NULL, NULL};
+static const tok_class BACKEND_CLASS = {
+    "PreTrainedTokenizerFast", PIPE_TOKENIZER_JSON, NULL, NULL, NULL, NULL, NULL};
 
 /* transformers' special token attributes, in its order. */
 static const char *const NAMED[] = {"bos_token", "eos_token", "unk_token", "sep_token",
@@ -116,8 +115,8 @@ static int read_optional_json(const char *dir, const char *name, json_t **out, l
      * too big for jansson's; no integer of these files is read here. */
     *out = json_load_file(path, JSON_DECODE_INT_AS_REAL, &jerr);
     if (!*out || !json_is_object(*out)) {
-        lens_err_set(err, "%s: %s (line %d, column %d)", path, *out ? "not a JSON object" : jerr.text,
-                     jerr.line, jerr.column);
+        lens_err_set(err, "%s: %s (line %d, column %d)", path,
+                     *out ? "not a JSON object" : jerr.text, jerr.line, jerr.column);
         json_decref(*out);
         *out = NULL;
         return -1;
@@ -342,11 +341,17 @@ static lens_tokenizer *load_spm(const char *path, const uint8_t *data, size_t le
     bool prefix_space = json_flag(f->config, "add_prefix_space", true);
     bool legacy = json_flag(f->config, "legacy", false);
     prepend_scheme scheme = !prefix_space ? PREPEND_NEVER : legacy ? PREPEND_ALWAYS : PREPEND_FIRST;
-    tok->pretoks[0] = (pretok_step){.kind = PRE_METASPACE, .replacement = "\xE2\x96\x81",
-                                    .replacement_len = 3, .prepend = scheme, .split = false};
+    tok->pretoks[0] = (pretok_step){.kind = PRE_METASPACE,
+                                    .replacement = "\xE2\x96\x81",
+                                    .replacement_len = 3,
+                                    .prepend = scheme,
+                                    .split = false};
     tok->n_pretoks = 1;
-    tok->decs[0] = (dec_step){.kind = DEC_REPLACE, .literal = malloc(4), .literal_len = 3,
-                              .text = malloc(2), .text_len = 1};
+    tok->decs[0] = (dec_step){.kind = DEC_REPLACE,
+                              .literal = malloc(4),
+                              .literal_len = 3,
+                              .text = malloc(2),
+                              .text_len = 1};
     tok->decs[1] = (dec_step){.kind = DEC_BYTE_FALLBACK};
     tok->decs[2] = (dec_step){.kind = DEC_FUSE};
     tok->decs[3] = (dec_step){.kind = DEC_STRIP, .content = ' ', .start = 1, .stop = 0};
@@ -378,11 +383,16 @@ done:
 
 /* Meta's llama/tokenizer.py: the 256 special tokens after the BPE ranks. */
 static void llama3_special(size_t i, char *out, size_t size) {
-    static const char *const named[] = {
-        "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
-        "<|reserved_special_token_1|>", "<|reserved_special_token_2|>",
-        "<|reserved_special_token_3|>", "<|start_header_id|>", "<|end_header_id|>",
-        "<|reserved_special_token_4|>", "<|eot_id|>"};
+    static const char *const named[] = {"<|begin_of_text|>",
+                                        "<|end_of_text|>",
+                                        "<|reserved_special_token_0|>",
+                                        "<|reserved_special_token_1|>",
+                                        "<|reserved_special_token_2|>",
+                                        "<|reserved_special_token_3|>",
+                                        "<|start_header_id|>",
+                                        "<|end_header_id|>",
+                                        "<|reserved_special_token_4|>",
+                                        "<|eot_id|>"};
     if (i < 10)
         snprintf(out, size, "%s", named[i]);
     else
@@ -391,8 +401,8 @@ static void llama3_special(size_t i, char *out, size_t size) {
 
 static bool looks_like_tiktoken(const char *data, size_t len) {
     size_t i = 0;
-    while (i < len && (isalnum((unsigned char)data[i]) || data[i] == '+' || data[i] == '/' ||
-                       data[i] == '='))
+    while (i < len &&
+           (isalnum((unsigned char)data[i]) || data[i] == '+' || data[i] == '/' || data[i] == '='))
         i++;
     if (i == 0 || i >= len || data[i] != ' ') return false;
     size_t digits = 0;
@@ -480,7 +490,8 @@ static lens_tokenizer *load_tiktoken(const char *path, const char *data, size_t 
         if (!str_table_put(&raw, (const char *)bytes + used, (size_t)n, (int32_t)rank)) goto oom;
         size_t spelled_len = 0;
         for (long k = 0; k < n; k++)
-            spelled_len += tok_utf8_put(tok_byte_char(bytes[used + (size_t)k]), spelled + spelled_len);
+            spelled_len +=
+                tok_utf8_put(tok_byte_char(bytes[used + (size_t)k]), spelled + spelled_len);
         if (tok_add_vocab(tok, spelled, spelled_len, rank, err) < 0) goto fail;
         if (n_tokens == cap) {
             cap = cap ? 2 * cap : 4096;
@@ -574,9 +585,10 @@ static lens_tokenizer *load_vocab_merges(const dir_files *f, lens_err *err) {
     join_path(config, sizeof config, f->dir, "tokenizer_config.json");
     if (f->cls == &BACKEND_CLASS || f->cls->vocab_merges == PIPE_LLAMA ||
         f->cls->vocab_merges == PIPE_TOKENIZER_JSON) {
-        lens_err_set(err, "%s: tokenizer_class \"%s\" has no vocab.json + merges.txt form that "
-                          "lensd builds (GPT2Tokenizer, CodeGenTokenizer, GPTNeoXTokenizer, "
-                          "Qwen2Tokenizer)",
+        lens_err_set(err,
+                     "%s: tokenizer_class \"%s\" has no vocab.json + merges.txt form that "
+                     "lensd builds (GPT2Tokenizer, CodeGenTokenizer, GPTNeoXTokenizer, "
+                     "Qwen2Tokenizer)",
                      config, f->cls->name);
         return NULL;
     }
@@ -584,7 +596,8 @@ static lens_tokenizer *load_vocab_merges(const dir_files *f, lens_err *err) {
     if (!tok) return NULL;
     if (tok_load_vocab_json(tok, vocab, err) < 0 || tok_load_merges_txt(tok, merges, err) < 0)
         goto fail;
-    if (f->cls->vocab_merges != PIPE_GPT2) tok->norms[tok->n_norms++] = (norm_step){.kind = NORM_NFC};
+    if (f->cls->vocab_merges != PIPE_GPT2)
+        tok->norms[tok->n_norms++] = (norm_step){.kind = NORM_NFC};
     bool prefix_space = json_flag(f->config, "add_prefix_space", false);
     if (f->cls->vocab_merges == PIPE_QWEN2) {
         tok->pretoks[0] = (pretok_step){.kind = PRE_SPLIT, .behavior = SPLIT_ISOLATED};
@@ -623,8 +636,9 @@ static int add_like_transformers(lens_tokenizer *tok, const named_token *t, long
     int32_t known = str_table_get(&tok->vocab, t->content, len);
     int64_t id = known >= 0 ? known : tok_next_added_id(tok);
     if (listed >= 0 && id != listed) {
-        lens_err_set(err, "%s: \"%.64s\" is listed with id %lld, but transformers would give it "
-                          "%lld",
+        lens_err_set(err,
+                     "%s: \"%.64s\" is listed with id %lld, but transformers would give it "
+                     "%lld",
                      where, t->content, listed, (long long)id);
         return -1;
     }
@@ -700,9 +714,12 @@ static void config_post_processor(lens_tokenizer *tok, const dir_files *f) {
 
 static int fill_specials(const lens_tokenizer *tok, const dir_files *f, lens_tok_specials *out,
                          lens_err *err) {
-    lens_tok_specials s = {named_id(tok, &f->named[NAMED_BOS]), named_id(tok, &f->named[NAMED_EOS]),
-                           named_id(tok, &f->named[NAMED_PAD]), named_id(tok, &f->named[NAMED_UNK]),
-                           tok->n_post_prefix > 0, tok->n_post_suffix > 0};
+    lens_tok_specials s = {named_id(tok, &f->named[NAMED_BOS]),
+                           named_id(tok, &f->named[NAMED_EOS]),
+                           named_id(tok, &f->named[NAMED_PAD]),
+                           named_id(tok, &f->named[NAMED_UNK]),
+                           tok->n_post_prefix > 0,
+                           tok->n_post_suffix > 0};
     struct {
         const char *what;
         size_t n;
@@ -750,9 +767,11 @@ static lens_tokenizer *load_model_file(dir_files *f, lens_err *err) {
             tok->post_prefix[0] = tok_lookup(tok, "<|begin_of_text|>", 17);
             tok->n_post_prefix = 1;
         }
-    } else if (f->cls ? f->cls->vocab_merges != PIPE_LLAMA : f->config && json_object_get(f->config, "tokenizer_class")) {
-        lens_err_set(err, "%s: tokenizer_class \"%s\" is not built from a SentencePiece model "
-                          "(only LlamaTokenizer)",
+    } else if (f->cls ? f->cls->vocab_merges != PIPE_LLAMA
+                      : f->config && json_object_get(f->config, "tokenizer_class")) {
+        lens_err_set(err,
+                     "%s: tokenizer_class \"%s\" is not built from a SentencePiece model "
+                     "(only LlamaTokenizer)",
                      path, json_string_value(json_object_get(f->config, "tokenizer_class")));
     } else {
         if (!f->cls) f->cls = &CLASSES[4]; /* LlamaTokenizerFast */
@@ -797,8 +816,9 @@ lens_tokenizer *lens_tok_load_dir(const char *dir, lens_tok_specials *specials, 
         post_from_file = !f.config && tok->n_post_prefix > 0; /* Meta's BOS */
     } else if (file_exists(dir, "vocab.json") && file_exists(dir, "merges.txt")) {
         if (!known) {
-            lens_err_set(err, "%s/tokenizer_config.json: tokenizer_class \"%s\" is not supported "
-                              "with vocab.json + merges.txt",
+            lens_err_set(err,
+                         "%s/tokenizer_config.json: tokenizer_class \"%s\" is not supported "
+                         "with vocab.json + merges.txt",
                          dir, json_string_value(json_object_get(f.config, "tokenizer_class")));
             goto done;
         }

@@ -96,8 +96,8 @@ typedef struct norm_step {
     size_t text_len;
     char *literal; /* REPLACE with a String pattern */
     size_t literal_len;
-    tok_regex regex; /* REPLACE with a Regex pattern */
-    bool left, right;  /* STRIP */
+    tok_regex regex;  /* REPLACE with a Regex pattern */
+    bool left, right; /* STRIP */
 } norm_step;
 
 typedef enum pretok_kind {
@@ -175,23 +175,24 @@ typedef struct added_token {
 
 struct lens_tokenizer {
     tok_kind kind;
-    lens_split split; /* KIND_LIST only */
-    size_t n_ids;     /* largest id + 1 */
-    str_table vocab;  /* model vocabulary (KIND_LIST: the list) entry text -> id */
+    lens_split split;        /* KIND_LIST only */
+    size_t n_ids;            /* largest id + 1 */
+    str_table vocab;         /* model vocabulary (KIND_LIST: the list) entry text -> id */
     str_table added_by_text; /* added token content -> id */
-    uint32_t *text_off; /* [n_ids + 1]: id i decodes from text_bytes[text_off[i] .. text_off[i+1]) */
-    char *text_bytes;   /* per id: its bytes (decode_bytes) or its token text (decoder steps) */
-    bool *has_text;     /* [n_ids]: false for ids that spell nothing */
+    uint32_t
+        *text_off;    /* [n_ids + 1]: id i decodes from text_bytes[text_off[i] .. text_off[i+1]) */
+    char *text_bytes; /* per id: its bytes (decode_bytes) or its token text (decoder steps) */
+    bool *has_text;   /* [n_ids]: false for ids that spell nothing */
 
     /* KIND_BPE: the model */
     merge_table merges;
-    int32_t byte_id[256];       /* byte-level models: id of GPT-2's character for each byte */
-    int32_t fallback_id[256];   /* id of "<0xNN>", or -1 */
-    int32_t ascii_id[128];      /* id of each one-character ASCII entry, or -1 */
-    bool all_bytes; /* every byte_id is there */
+    int32_t byte_id[256];     /* byte-level models: id of GPT-2's character for each byte */
+    int32_t fallback_id[256]; /* id of "<0xNN>", or -1 */
+    int32_t ascii_id[128];    /* id of each one-character ASCII entry, or -1 */
+    bool all_bytes;           /* every byte_id is there */
     bool byte_fallback, fuse_unk, ignore_merges;
-    char *unk_token; /* NULL when the model has none */
-    int32_t unk_id;  /* -1 when unk_token is not in the vocabulary */
+    char *unk_token;       /* NULL when the model has none */
+    int32_t unk_id;        /* -1 when unk_token is not in the vocabulary */
     char *prefix, *suffix; /* continuing_subword_prefix, end_of_word_suffix, or NULL */
     size_t prefix_len, suffix_len;
 

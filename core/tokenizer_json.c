@@ -95,9 +95,12 @@ static int read_prepend_scheme(const json_t *obj, const char *where, prepend_sch
         *out = flag(obj, "add_prefix_space", true) ? PREPEND_ALWAYS : PREPEND_NEVER;
         return 0;
     }
-    if (strcmp(scheme, "first") == 0) *out = PREPEND_FIRST;
-    else if (strcmp(scheme, "always") == 0) *out = PREPEND_ALWAYS;
-    else if (strcmp(scheme, "never") == 0) *out = PREPEND_NEVER;
+    if (strcmp(scheme, "first") == 0)
+        *out = PREPEND_FIRST;
+    else if (strcmp(scheme, "always") == 0)
+        *out = PREPEND_ALWAYS;
+    else if (strcmp(scheme, "never") == 0)
+        *out = PREPEND_NEVER;
     else {
         lens_err_set(err, "%s.prepend_scheme \"%s\" is not first, always or never", where, scheme);
         return -1;
@@ -138,7 +141,9 @@ static int read_normalizer(lens_tokenizer *tok, const json_t *n, lens_err *err) 
         }
         size_t i;
         json_t *item;
-        json_array_foreach(list, i, item) if (read_normalizer(tok, item, err) < 0) return -1;
+        json_array_foreach(list, i, item) {
+            if (read_normalizer(tok, item, err) < 0) return -1;
+        }
         return 0;
     }
     if (tok->n_norms == MAX_STEPS) return too_many("normalizer", err);
@@ -152,8 +157,9 @@ static int read_normalizer(lens_tokenizer *tok, const json_t *n, lens_err *err) 
     if (strcmp(type, "NFD") == 0 || strcmp(type, "NFKC") == 0 || strcmp(type, "NFKD") == 0) {
         /* HF's tables predate Unicode 13: for one code point (NFD) or some
          * 130 (NFKC, NFKD) they decompose differently from utf8proc's. */
-        lens_err_set(err, "normalizer \"%s\" is not supported (only NFC: HF's Unicode tables "
-                          "for it differ from utf8proc's)",
+        lens_err_set(err,
+                     "normalizer \"%s\" is not supported (only NFC: HF's Unicode tables "
+                     "for it differ from utf8proc's)",
                      type);
         return -1;
     }
@@ -211,8 +217,9 @@ static int read_behavior(const json_t *p, split_behavior *out, lens_err *err) {
             return 0;
         }
     }
-    lens_err_set(err, "pre_tokenizer Split.behavior \"%s\" is not one of Removed, Isolated, "
-                      "MergedWithPrevious, MergedWithNext, Contiguous",
+    lens_err_set(err,
+                 "pre_tokenizer Split.behavior \"%s\" is not one of Removed, Isolated, "
+                 "MergedWithPrevious, MergedWithNext, Contiguous",
                  behavior ? behavior : "");
     return -1;
 }
@@ -228,7 +235,9 @@ static int read_pre_tokenizer(lens_tokenizer *tok, const json_t *p, lens_err *er
         }
         size_t i;
         json_t *item;
-        json_array_foreach(list, i, item) if (read_pre_tokenizer(tok, item, err) < 0) return -1;
+        json_array_foreach(list, i, item) {
+            if (read_pre_tokenizer(tok, item, err) < 0) return -1;
+        }
         return 0;
     }
     if (tok->n_pretoks == MAX_STEPS) return too_many("pre_tokenizer", err);
@@ -282,7 +291,9 @@ static int read_decoder(lens_tokenizer *tok, const json_t *d, lens_err *err) {
         }
         size_t i;
         json_t *item;
-        json_array_foreach(list, i, item) if (read_decoder(tok, item, err) < 0) return -1;
+        json_array_foreach(list, i, item) {
+            if (read_decoder(tok, item, err) < 0) return -1;
+        }
         return 0;
     }
     if (tok->n_decs == MAX_STEPS) return too_many("decoder", err);
@@ -290,7 +301,9 @@ static int read_decoder(lens_tokenizer *tok, const json_t *d, lens_err *err) {
     *step = (dec_step){0};
     if (strcmp(type, "ByteLevel") == 0 || strcmp(type, "ByteFallback") == 0 ||
         strcmp(type, "Fuse") == 0) {
-        step->kind = type[0] == 'F' ? DEC_FUSE : type[4] == 'L' ? DEC_BYTE_LEVEL : DEC_BYTE_FALLBACK;
+        step->kind = type[0] == 'F'   ? DEC_FUSE
+                     : type[4] == 'L' ? DEC_BYTE_LEVEL
+                                      : DEC_BYTE_FALLBACK;
         tok->n_decs++;
         return 0;
     }
@@ -365,12 +378,12 @@ static int append_ids(added_ids *to, const int32_t *ids, size_t n, lens_err *err
 
 /* The ids of a TemplateProcessing SpecialToken named `name`. */
 static int template_special(const json_t *post, const char *name, added_ids *to, lens_err *err) {
-    const json_t *ids = json_object_get(json_object_get(json_object_get(post, "special_tokens"),
-                                                        name),
-                                        "ids");
+    const json_t *ids =
+        json_object_get(json_object_get(json_object_get(post, "special_tokens"), name), "ids");
     if (!json_is_array(ids) || json_array_size(ids) == 0) {
-        lens_err_set(err, "post_processor TemplateProcessing: special token \"%s\" has no ids in "
-                          "special_tokens",
+        lens_err_set(err,
+                     "post_processor TemplateProcessing: special token \"%s\" has no ids in "
+                     "special_tokens",
                      name);
         return -1;
     }
@@ -380,8 +393,8 @@ static int template_special(const json_t *post, const char *name, added_ids *to,
         int32_t value = (int32_t)json_integer_value(id);
         if (!json_is_integer(id) || json_integer_value(id) < 0 ||
             json_integer_value(id) >= MAX_TOKEN_ID) {
-            lens_err_set(err, "post_processor TemplateProcessing: special token \"%s\" has a bad id",
-                         name);
+            lens_err_set(
+                err, "post_processor TemplateProcessing: special token \"%s\" has a bad id", name);
             return -1;
         }
         if (append_ids(to, &value, 1, err) < 0) return -1;
@@ -406,7 +419,8 @@ static int read_post(const json_t *post, added_ids *prefix, added_ids *suffix, l
         json_array_foreach(list, i, item) {
             /* Each wraps the result of those before it. */
             added_ids p, s;
-            if (read_post(item, &p, &s, err) < 0 || append_ids(&p, prefix->ids, prefix->n, err) < 0 ||
+            if (read_post(item, &p, &s, err) < 0 ||
+                append_ids(&p, prefix->ids, prefix->n, err) < 0 ||
                 append_ids(suffix, s.ids, s.n, err) < 0)
                 return -1;
             *prefix = p;
@@ -420,7 +434,8 @@ static int read_post(const json_t *post, added_ids *prefix, added_ids *suffix, l
             lens_err_set(err, "post_processor %s: cls and sep are not [token, id]", type);
             return -1;
         }
-        int32_t cls_id = (int32_t)json_integer_value(cls), sep_id = (int32_t)json_integer_value(sep);
+        int32_t cls_id = (int32_t)json_integer_value(cls),
+                sep_id = (int32_t)json_integer_value(sep);
         return append_ids(prefix, &cls_id, 1, err) < 0 ? -1 : append_ids(suffix, &sep_id, 1, err);
     }
     if (strcmp(type, "TemplateProcessing") == 0) {
@@ -441,8 +456,9 @@ static int read_post(const json_t *post, added_ids *prefix, added_ids *suffix, l
             } else if (special && id) {
                 if (template_special(post, id, seen_sequence ? suffix : prefix, err) < 0) return -1;
             } else {
-                lens_err_set(err, "post_processor TemplateProcessing: single[%zu] is neither a "
-                                  "SpecialToken nor the one sequence A",
+                lens_err_set(err,
+                             "post_processor TemplateProcessing: single[%zu] is neither a "
+                             "SpecialToken nor the one sequence A",
                              i);
                 return -1;
             }
@@ -480,7 +496,8 @@ static int read_model_options(lens_tokenizer *tok, const json_t *model, lens_err
         return -1;
     }
     const json_t *dropout = json_object_get(model, "dropout");
-    if (!is_null_or_absent(dropout) && !(json_is_number(dropout) && json_number_value(dropout) == 0)) {
+    if (!is_null_or_absent(dropout) &&
+        !(json_is_number(dropout) && json_number_value(dropout) == 0)) {
         lens_err_set(err, "model.dropout is not supported (only null or 0)");
         return -1;
     }
@@ -583,8 +600,9 @@ static int read_added_tokens(lens_tokenizer *tok, const json_t *added, lens_err 
         int32_t known = str_table_get(&tok->vocab, text, len);
         int64_t given = known >= 0 ? known : tok_next_added_id(tok);
         if (given != json_integer_value(id)) {
-            lens_err_set(err, "added_tokens[%zu] (\"%.64s\") has id %lld, but tokenizers gives it "
-                              "%lld",
+            lens_err_set(err,
+                         "added_tokens[%zu] (\"%.64s\") has id %lld, but tokenizers gives it "
+                         "%lld",
                          i, text, (long long)json_integer_value(id), (long long)given);
             return -1;
         }

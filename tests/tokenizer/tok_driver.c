@@ -183,8 +183,7 @@ int main(int argc, char **argv) {
         save_json(json_pack("{s:i, s:i, s:i, s:i, s:b, s:b, s:I}", "bos_id", specials.bos_id,
                             "eos_id", specials.eos_id, "pad_id", specials.pad_id, "unk_id",
                             specials.unk_id, "adds_bos", specials.adds_bos, "adds_eos",
-                            specials.adds_eos, "vocab_size",
-                            (json_int_t)lens_tok_vocab_size(tok)),
+                            specials.adds_eos, "vocab_size", (json_int_t)lens_tok_vocab_size(tok)),
                   argv[arg + 1]);
     } else if (argc == arg + 3) {
         const char *mode = argv[arg];

@@ -603,7 +603,7 @@ Test(hf_json, single_word_added_tokens) {
     cr_assert_not_null(tok, "%s", err.msg);
     ASSERT_IDS(tok, "lo", 262);
     ASSERT_IDS(tok, "a lo.", 'a', ' ', 262, '.');
-    ASSERT_IDS(tok, "hello", 259);                   /* inside a word: BPE, not the token */
+    ASSERT_IDS(tok, "hello", 259);                       /* inside a word: BPE, not the token */
     ASSERT_IDS(tok, "lo\xc3\xa9", 'l', 'o', 0xC3, 0xA9); /* é is a word character */
     lens_tok_free(tok);
 }
@@ -687,7 +687,14 @@ static void write_spm(const char *dir, int model_type) {
         snprintf(name, sizeof name, "<0x%02X>", b);
         spm_piece(&o, name, 6);
     }
-    const char *pieces[] = {"\xe2\x96\x81", "a", "b", "\xe2\x96\x81" "a", "ab", "\xe2\x96\x81" "ab"};
+    const char *pieces[] = {"\xe2\x96\x81",
+                            "a",
+                            "b",
+                            "\xe2\x96\x81"
+                            "a",
+                            "ab",
+                            "\xe2\x96\x81"
+                            "ab"};
     for (int i = 0; i < 6; i++)
         spm_piece(&o, pieces[i], 1);
     pb_out trainer = {.len = 0};
@@ -732,7 +739,9 @@ Test(load_dir, sentencepiece_model) {
     ASSERT_IDS(tok, "<s>ab", 1, 263); /* no "▁" after an added token */
     assert_decodes(tok, (const int32_t[]){264, 264}, 2, "ab ab");
     assert_decodes(tok, (const int32_t[]){259, 3 + 0xC3, 3 + 0xA9}, 3, "\xc3\xa9");
-    assert_decodes(tok, (const int32_t[]){3 + 0xC3, 260}, 2, "\xef\xbf\xbd" "a");
+    assert_decodes(tok, (const int32_t[]){3 + 0xC3, 260}, 2,
+                   "\xef\xbf\xbd"
+                   "a");
     assert_decodes(tok, (const int32_t[]){1, 262}, 2, "<s> a");
     /* transformers 5.23 adds no BOS unless the config asks. */
     cr_assert(sp.bos_id == 1 && sp.eos_id == 2 && sp.unk_id == 0 && sp.pad_id == -1);
