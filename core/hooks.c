@@ -396,6 +396,7 @@ int lens_hook_parse(const lens_config *cfg, const char *name, lens_hook *out, le
 typedef struct glob_state {
     const lens_config *cfg;
     const char *pattern;
+    bool aliases; /* match the canonical names instead of the legacy ones */
     uint8_t *enabled;
     size_t matched;
 } glob_state;
@@ -404,8 +405,8 @@ static void glob_visit(void *user, lens_hook hook) {
     glob_state *st = user;
     char name[96], aliases[3][96];
     lens_hook_name(hook, name, sizeof name);
-    const int n_aliases = hook_aliases(st->cfg, hook, aliases);
-    bool match = fnmatch(st->pattern, name, 0) == 0;
+    bool match = !st->aliases && fnmatch(st->pattern, name, 0) == 0;
+    const int n_aliases = st->aliases ? hook_aliases(st->cfg, hook, aliases) : 0;
     for (int i = 0; i < n_aliases && !match; i++)
         match = fnmatch(st->pattern, aliases[i], 0) == 0;
     if (match) {
@@ -415,7 +416,10 @@ static void glob_visit(void *user, lens_hook hook) {
 }
 
 size_t lens_hook_select_glob(const lens_config *cfg, const char *pattern, uint8_t *enabled) {
-    glob_state st = {cfg, pattern, enabled, 0};
+    glob_state st = {cfg, pattern, false, enabled, 0};
+    lens_hook_foreach(cfg, glob_visit, &st);
+    if (st.matched) return st.matched;
+    st.aliases = true;
     lens_hook_foreach(cfg, glob_visit, &st);
     return st.matched;
 }

@@ -114,9 +114,11 @@ lens_dtype lens_hook_dtype(lens_hook_kind kind);
 /* Calls fn(user, hook) for every hook point of the model in firing order. */
 void lens_hook_foreach(const lens_config *cfg, void (*fn)(void *user, lens_hook hook), void *user);
 
-/* Sets enabled[slot] = 1 for every hook point whose name (or canonical
- * TransformerBridge name) matches the shell glob pattern (fnmatch). Returns
- * the number of points matched. */
+/* Sets enabled[slot] = 1 for every hook point whose name matches the shell
+ * glob pattern (fnmatch) or, when no name does, whose canonical
+ * TransformerBridge name does (so TL's filters keep their meaning:
+ * "blocks.1.attn.hook_*" does not take hook_attn_out through its alias
+ * blocks.1.attn.hook_out). Returns the number of points matched. */
 size_t lens_hook_select_glob(const lens_config *cfg, const char *pattern, uint8_t *enabled);
 
 #endif
