@@ -1,26 +1,34 @@
-"""lensd against TransformerLens: run_with_cache and logits on gpt2-small, one machine.
+"""lensd against TransformerLens: run_with_cache and logits, one machine, one run.
 
     ~/.cache/lensd/venv/bin/python bench/bench_cache.py [--wait-idle S] [--quick]
-        [--workdir DIR] [--lensd BIN] [--repeat N]
+        [--models gpt2-small,smollm2-135m,pythia-160m] [--workdir DIR] [--lensd BIN]
+        [--repeat N] [--tl4 DIR]
 
 What it does, in one run (see bench/README.md for what each row means):
 
-1. makes, once, a random-weight model with gpt2-small's exact shape under
-   WORKDIR/gpt2-small-random (bench/make_gpt2_small_random.py);
-2. builds the equivalent HookedTransformer offline, as
-   HookedTransformer.from_pretrained does (TransformerLens's GPT-2 config
-   mapping, convert_gpt2_weights, load_and_process_state_dict with the
-   default processing);
+1. makes, once, random-weight models under WORKDIR: gpt2-small's exact shape
+   (gpt2-small-random, bench/make_gpt2_small_random.py) and, for the family
+   rows, SmolLM2-135M's (Llama) and Pythia-160M's (GPT-NeoX) exact shapes
+   (smollm2-135m-random, pythia-160m-random, bench/make_family_random.py);
+2. builds the reference offline: for gpt2-small the equivalent
+   HookedTransformer (TransformerLens 3.9), as HookedTransformer.from_pretrained
+   does (TransformerLens's GPT-2 config mapping, convert_gpt2_weights,
+   load_and_process_state_dict with the default processing); for the family
+   shapes TransformerLens 4.3's TransformerBridge.boot_transformers(dir) +
+   enable_compatibility_mode() (default processing), in a child process with
+   tools/setup_tl4.sh's folder first on PYTHONPATH (3.9 and 4.3 cannot share
+   one process);
 3. for prompts of 16 and 256 tokens, batch 1 and 8, full cache and logits
-   only, times TransformerLens (torch.inference_mode, one warm-up run, then
+   only, times the reference (torch.inference_mode, one warm-up run, then
    the median of N) and lensd (`lensd cache --repeat N --timings`,
    forward_ms_median); both get the same random token ids, so tokenization
    is not measured;
 4. times a fresh process from start to its first result, for both;
-5. checks lensd's logits against TransformerLens's on every row, and every
-   cached activation on the full-cache rows, so that a fast wrong answer
-   cannot pass;
-6. prints a Markdown table and writes it to WORKDIR/results.md.
+5. checks lensd's logits against the reference's on every row, and every
+   cached activation on the full-cache rows (for the bridge: every name the
+   two share; lensd emits TransformerLens's legacy names, the bridge legacy
+   and canonical ones), so that a fast wrong answer cannot pass;
+6. prints a Markdown table per model and writes them to WORKDIR/results.md.
 
 Nothing is downloaded, and the environment (thread counts, OPENBLAS_CORETYPE)
 is left as it is for both sides; the report says what each side used.
@@ -43,6 +51,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import make_family_random  # noqa: E402
 import make_gpt2_small_random  # noqa: E402
 
 BOS = 50256
@@ -91,6 +100,39 @@ with torch.inference_mode():
 print("FIRST_RESULT", len(cache), flush=True)
 """
 )
+
+# The reference for the family shapes: TransformerLens 4.3's TransformerBridge
+# in compatibility mode with the default processing (fold_ln,
+# center_writing_weights, center_unembed, fold_value_biases, as TL applies
+# them per family), booted offline from the local Hugging Face directory. It
+# runs in a child process with TL 4.3 first on PYTHONPATH; as TL_BUILD, the
+# same text is timed in the child and in the time-to-first-result script.
+BRIDGE_BUILD = """
+import logging, warnings
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+def build_tl(model_dir):
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    bridge = TransformerBridge.boot_transformers(model_dir, device="cpu", dtype=torch.float32)
+    bridge.enable_compatibility_mode(disable_warnings=True)
+    return bridge.eval()
+"""
+
+BRIDGE_FIRST_RESULT = (
+    BRIDGE_BUILD
+    + """
+import sys
+tokens = torch.tensor([[int(t) for t in sys.argv[2].split(",")]])
+with torch.inference_mode():
+    logits, cache = build_tl(sys.argv[1]).run_with_cache(tokens)
+print("FIRST_RESULT", len(cache), flush=True)
+"""
+)
+
+GPT2 = "gpt2-small"
+ALL_MODELS = (GPT2, *make_family_random.SHAPES)
 
 
 def log(msg: str) -> None:
@@ -252,12 +294,22 @@ def environment(built: Path, lensd: Path, model_dir: Path) -> dict:
 # ---------------------------------------------------------------- measurement
 
 
-def random_tokens(B: int, T: int, seed: int) -> np.ndarray:
-    """B rows of T ids in [0, 50256), each starting with BOS."""
+def random_tokens(B: int, T: int, seed: int, bos: int = BOS, low: int = 0, high: int = BOS) -> np.ndarray:
+    """B rows of T ids in [low, high), each starting with bos (gpt2-small: [0, 50256), BOS 50256)."""
     rng = np.random.default_rng(seed)
-    tokens = rng.integers(0, BOS, size=(B, T), dtype=np.int64)
-    tokens[:, 0] = BOS
+    tokens = rng.integers(low, high, size=(B, T), dtype=np.int64)
+    tokens[:, 0] = bos
     return tokens
+
+
+def model_tokens(shape: str, B: int, T: int, seed: int) -> np.ndarray:
+    """The row's token ids: gpt2-small's as before; for a family shape ids in [1, vocab) after
+    its BOS (0 in both, which is also the pad id the bridge's tokenizer gets, so it appears only
+    first)."""
+    if shape == GPT2:
+        return random_tokens(B, T, seed)
+    info = make_family_random.INFO[shape]
+    return random_tokens(B, T, seed, bos=info["bos"], low=1, high=info["vocab"])
 
 
 def tokens_args(tokens: np.ndarray) -> list:
@@ -320,6 +372,25 @@ def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     return worst
 
 
+def compare_shared(out: Path, cache) -> dict:
+    """Against the bridge's cache: every name the two share (lensd emits TransformerLens's legacy
+    names; the bridge's cache has those and its canonical ones, hook_in/hook_out, as aliases of
+    the same hook points). The names on one side only are listed, not failed."""
+    from safetensors import safe_open
+
+    worst, worst_name, n = 0.0, "", 0
+    with safe_open(str(out), framework="np") as f:
+        names = set(f.keys()) - {"tokens", "logits"}
+        theirs = set(cache.keys())
+        for name in sorted(names & theirs):
+            d = max_abs_diff(f.get_tensor(name), cache[name].numpy())
+            n += 1
+            if d > worst:
+                worst, worst_name = d, name
+    return {"n": n, "worst_name": worst_name, "worst": worst, "missing": [],
+            "lensd_only": sorted(names - theirs), "bridge_only": sorted(theirs - names)}
+
+
 def compare_cache(out: Path, cache) -> tuple:
     """(number of hooks compared, worst hook, its max |diff|, hooks missing on one side)."""
     from safetensors import safe_open
@@ -343,13 +414,14 @@ def lensd_logits(out: Path) -> np.ndarray:
         return f.get_tensor("logits")
 
 
-def time_to_first_result(lensd: Path, model_dir: Path, tokens: np.ndarray, out: Path, runs: int):
+def time_to_first_result(lensd: Path, model_dir: Path, tokens: np.ndarray, out: Path, runs: int,
+                         script: str = TL_FIRST_RESULT):
     ids = ",".join(str(int(t)) for t in tokens[0])
     tl, ld = [], []
     for _ in range(runs):
         t0 = time.perf_counter()
         p = subprocess.Popen(
-            [sys.executable, "-c", TL_FIRST_RESULT, str(model_dir), ids],
+            [sys.executable, "-c", script, str(model_dir), ids],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -404,8 +476,9 @@ def lensd_start_times(lensd: Path, model_dir: Path, runs: int) -> dict:
     return {"run_s": statistics.median(run_s), "serve_s": statistics.median(serve_s)}
 
 
-def measure_row(model, lensd, model_dir, tokens, full, n, out, label) -> dict:
-    """One row: TransformerLens then lensd on the same tokens, then the checks."""
+def measure_row(model, lensd, model_dir, tokens, full, n, out, label, bridge=False) -> dict:
+    """One row: TransformerLens (bridge: TL 4.3's TransformerBridge) then lensd on the same
+    tokens, then the checks."""
     load = OtherLoad()
     log(f"{label}: TransformerLens, 1 + {n} runs ...")
     tl_ms, tl_min, tl_first, tl_logits, tl_cache = time_tl(model, tokens, full, n)
@@ -423,7 +496,9 @@ def measure_row(model, lensd, model_dir, tokens, full, n, out, label) -> dict:
         "logits_diff": max_abs_diff(lensd_logits(out), tl_logits.numpy()),
         "file_mb": out.stat().st_size / 1e6, "other_cpus": other_cpus,
     }
-    if full:
+    if full and bridge:
+        row["check"] = {"label": label, **compare_shared(out, tl_cache)}
+    elif full:
         n_hooks, worst_name, worst, missing = compare_cache(out, tl_cache)
         row["check"] = {"label": label, "n": n_hooks, "worst_name": worst_name,
                         "worst": worst, "missing": missing}
@@ -433,10 +508,11 @@ def measure_row(model, lensd, model_dir, tokens, full, n, out, label) -> dict:
     return row
 
 
-def measure_first_result(lensd, model_dir, tokens, out, runs) -> dict:
+def measure_first_result(lensd, model_dir, tokens, out, runs, script: str = TL_FIRST_RESULT) -> dict:
     load = OtherLoad()
     log(f"time to first result, {runs} fresh processes each ...")
-    tl_s, lensd_s, tl_all, lensd_all = time_to_first_result(lensd, model_dir, tokens, out, runs)
+    tl_s, lensd_s, tl_all, lensd_all = time_to_first_result(lensd, model_dir, tokens, out, runs,
+                                                            script)
     return {"runs": runs, "tl_s": tl_s, "lensd_s": lensd_s, "tl_all": tl_all,
             "lensd_all": lensd_all, **lensd_start_times(lensd, model_dir, runs),
             "other_cpus": load.cpus()}
@@ -447,7 +523,8 @@ def quietest(args, label: str, measure) -> dict:
     (up to --attempts in all) while other processes used more than 0.2 CPUs
     during it; the attempt they disturbed least is kept."""
     best = None
-    for attempt in range(args.attempts if args.wait_idle else 1):
+    attempts = args.attempts if args.wait_idle else 1
+    for attempt in range(attempts):
         if args.wait_idle:
             wait_idle(args.wait_idle)
         got = measure()
@@ -455,11 +532,17 @@ def quietest(args, label: str, measure) -> dict:
             best = got
         if best["other_cpus"] <= 0.2:
             break
-        log(f"{label}: other processes used {got['other_cpus']:.2f} CPUs, measuring again")
+        log(f"{label}: other processes used {got['other_cpus']:.2f} CPUs"
+            + (", measuring again" if attempt + 1 < attempts else ", keeping the least disturbed"))
     return best
 
 
 # ---------------------------------------------------------------- report
+
+
+def _collapse(names) -> list:
+    """Names with the block index replaced by *, each once, in first-seen order."""
+    return list(dict.fromkeys(re.sub(r"^blocks\.\d+\.", "blocks.*.", n) for n in names))
 
 
 def checked_hooks(rows: list) -> str:
@@ -467,6 +550,17 @@ def checked_hooks(rows: list) -> str:
     if not full:
         return "none"
     worst = max(full, key=lambda r: r["check"]["worst"])["check"]
+    if "lensd_only" in worst:  # against the bridge: the shared names
+        lensd_only = sorted({m for r in full for m in r["check"]["lensd_only"]})
+        other = sorted({m for r in full for m in r["check"]["bridge_only"]})
+        aliases = [m for m in other if m.split(".")[-1] in ("hook_in", "hook_out")]
+        legacy = _collapse(m for m in other if m not in aliases)
+        text = (f"{full[0]['check']['n']} hook names shared with the bridge, worst "
+                f"{worst['worst_name']} at {worst['worst']:.1e} on {worst['label']}; lensd's names "
+                f"the bridge lacks: {', '.join(_collapse(lensd_only)) or 'none'}; the bridge's "
+                f"{len(other)} other names are {len(aliases)} canonical aliases (hook_in/hook_out of "
+                f"its components) and {', '.join(legacy) or 'nothing else'}")
+        return text
     missing = sorted({m for r in full for m in r["check"]["missing"]})
     text = (f"{full[0]['check']['n']} hook points, worst {worst['worst_name']} at "
             f"{worst['worst']:.1e} on {worst['label']}")
@@ -475,14 +569,25 @@ def checked_hooks(rows: list) -> str:
     return text
 
 
+def rows_ok(rows: list) -> bool:
+    return all(r["logits_diff"] <= TOLERANCE for r in rows) and all(
+        not r["check"]["missing"] and r["check"]["worst"] <= TOLERANCE and r["check"]["n"] > 0
+        for r in rows if "check" in r)
+
+
 def fmt_ms(ms: float) -> str:
     return f"{ms:,.1f}" if ms < 100 else f"{ms:,.0f}"
 
 
-def render(env: dict, rows: list, first: dict, ok: bool, wall_s: float, tl_build_s: float) -> str:
-    out = ["## lensd vs TransformerLens on gpt2-small (random weights, fp32, CPU)", ""]
+def render_section(sec: dict) -> list:
+    """One model's tables: sec has title, ref (the reference's column name), rows, first."""
+    rows, first, ref = sec["rows"], sec["first"], sec["ref"]
+    short = "TL" if ref == "TransformerLens" else "bridge"
+    out = [sec["title"], ""]
+    if sec.get("intro"):
+        out += [sec["intro"], ""]
     out += [
-        "| row | N | TransformerLens ms | lensd ms | TL / lensd | max abs diff: logits, activations |",
+        f"| row | N | {ref} ms | lensd ms | {short} / lensd | max abs diff: logits, activations |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -491,30 +596,36 @@ def render(env: dict, rows: list, first: dict, ok: bool, wall_s: float, tl_build
             f"| {r['label']} | {r['n']} | {fmt_ms(r['tl_ms'])} | {fmt_ms(r['lensd_ms'])} "
             f"| {r['tl_ms'] / r['lensd_ms']:.2f}x | {r['logits_diff']:.1e}{acts} |"
         )
-    out.append(
-        f"| time to first result (fresh process, 1x16, full cache) | {first['runs']} "
-        f"| {first['tl_s'] * 1e3:,.0f} | {first['lensd_s'] * 1e3:,.0f} "
-        f"| {first['tl_s'] / first['lensd_s']:.2f}x | |"
-    )
+    if first:
+        out.append(
+            f"| time to first result (fresh process, 1x16, full cache) | {first['runs']} "
+            f"| {first['tl_s'] * 1e3:,.0f} | {first['lensd_s'] * 1e3:,.0f} "
+            f"| {first['tl_s'] / first['lensd_s']:.2f}x | |"
+        )
     out += [
         "",
-        "ms: median of N timed runs (TransformerLens after one warm-up run; lensd's N runs include its "
-        "first, cold one). TL / lensd > 1 means lensd is faster. Time to first result: median of "
-        f"{first['runs']} fresh processes each (TransformerLens "
-        + ", ".join(f"{t:.1f}" for t in first["tl_all"])
-        + " s; lensd "
-        + ", ".join(f"{t:.2f}" for t in first["lensd_all"])
-        + f" s; other CPUs busy {first['other_cpus']:.2f}). lensd's first logits from a fresh "
-        f"process, median of {first['runs']}: `lensd run` (test_prompt) {first['run_s'] * 1e3:,.0f} "
-        f"ms to its exit, `lensd serve` {first['serve_s'] * 1e3:,.0f} ms to its ready line.",
+        f"ms: median of N timed runs ({ref} after one warm-up run; lensd's N runs include its "
+        f"first, cold one). {short} / lensd > 1 means lensd is faster.",
+    ]
+    if first:
+        out[-1] += (
+            f" Time to first result: median of {first['runs']} fresh processes each ({ref} "
+            + ", ".join(f"{t:.1f}" for t in first["tl_all"])
+            + " s; lensd "
+            + ", ".join(f"{t:.2f}" for t in first["lensd_all"])
+            + f" s; other CPUs busy {first['other_cpus']:.2f}). lensd's first logits from a fresh "
+            f"process, median of {first['runs']}: `lensd run` (test_prompt) "
+            f"{first['run_s'] * 1e3:,.0f} ms to its exit, `lensd serve` "
+            f"{first['serve_s'] * 1e3:,.0f} ms to its ready line.")
+    out += [
         "",
-        f"Correctness: lensd's logits against TransformerLens's on every row, and on the full-cache "
+        f"Correctness: lensd's logits against {ref}'s on every row, and on the full-cache "
         f"rows every cached activation ({checked_hooks(rows)}), max abs difference within "
-        f"{TOLERANCE:g}: **{'PASS' if ok else 'FAIL'}**.",
+        f"{TOLERANCE:g}: **{'PASS' if rows_ok(rows) else 'FAIL'}**.",
         "",
-        "### Breakdown",
+        f"### Breakdown{sec.get('breakdown_suffix', '')}",
         "",
-        "| row | TL first ms | lensd first ms | TL min ms | lensd min ms | lensd load ms "
+        f"| row | {short} first ms | lensd first ms | {short} min ms | lensd min ms | lensd load ms "
         "| lensd write ms | lensd file MB | other CPUs busy |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -526,9 +637,16 @@ def render(env: dict, rows: list, first: dict, ok: bool, wall_s: float, tl_build
             f"| {fmt_ms(t['load_ms'])} | {fmt_ms(t['write_ms'])} | {r['file_mb']:,.0f} "
             f"| {r['other_cpus']:.2f} |"
         )
+    out.append("")
+    return out
+
+
+def render(env: dict, sections: list, wall_s: float) -> str:
+    out = []
+    for sec in sections:
+        out += render_section(sec)
     out += [
-        "",
-        "first: the first forward after loading (TransformerLens's warm-up run; lensd's "
+        "first: the first forward after loading (the reference's warm-up run; lensd's "
         "`--repeat 1`, a one-shot `lensd cache`), which also allocates and faults in memory that "
         "later runs reuse. min: the fastest of the N runs. load and write: lensd reading and "
         "processing the weights, and writing (and fsyncing) the safetensors file, both outside "
@@ -542,11 +660,12 @@ def render(env: dict, rows: list, first: dict, ok: bool, wall_s: float, tl_build
         "",
     ]
     out += [f"- {k}: {v}" for k, v in env.items()]
-    out += [
-        f"- TransformerLens model build in this process: {tl_build_s:.1f} s; whole benchmark: "
-        f"{wall_s / 60:.1f} min",
-        "",
-    ]
+    for sec in sections:
+        for k, v in sec.get("ref_env", {}).items():
+            out.append(f"- {k}: {v}")
+        out.append(f"- {sec['ref']} model build ({sec['shape']}) in its process: "
+                   f"{sec['tl_build_s']:.1f} s; its rows took {sec['wall_s'] / 60:.1f} min")
+    out += [f"- whole benchmark: {wall_s / 60:.1f} min", ""]
     return "\n".join(out)
 
 
@@ -562,11 +681,124 @@ def find_lensd(arg):
     )
 
 
+def model_dir_of(workdir: Path, shape: str) -> Path:
+    return workdir / f"{shape}-random"
+
+
+def make_model(workdir: Path, shape: str, seed: int) -> Path:
+    log(f"model: {model_dir_of(workdir, shape)}")
+    if shape == GPT2:
+        return make_gpt2_small_random.make(model_dir_of(workdir, shape), seed=seed)
+    return make_family_random.make(model_dir_of(workdir, shape), shape, seed=seed)
+
+
+def run_rows(args, model, lensd: Path, model_dir: Path, shape: str, out: Path,
+             bridge: bool) -> list:
+    shapes = [(16, 1), (16, 8)] if args.quick else [(16, 1), (16, 8), (256, 1), (256, 8)]
+    rows = []
+    for T, B in shapes:
+        tokens = model_tokens(shape, B, T, seed=args.seed * 1000 + T * 10 + B)
+        n = args.repeat or (3 if args.quick else 10 if T <= 16 else 5)
+        for full in (True, False):
+            label = f"{B}x{T}, {'full cache' if full else 'logits only'}"
+            row = quietest(args, label, lambda: measure_row(model, lensd, model_dir, tokens,
+                                                            full, n, out, label, bridge))
+            rows.append(row)
+            out.unlink()
+    return rows
+
+
+def first_result(args, lensd: Path, model_dir: Path, shape: str, out: Path, script: str):
+    runs = 1 if args.quick else args.first_result_runs
+    if runs <= 0:
+        return None
+    return quietest(args, "time to first result", lambda: measure_first_result(
+        lensd, model_dir, model_tokens(shape, 1, 16, seed=args.seed), out, runs, script))
+
+
+def gpt2_section(args, lensd: Path, model_dir: Path, scratch: Path) -> dict:
+    """The gpt2-small rows against TransformerLens 3.9's HookedTransformer, in this process."""
+    t_start = time.perf_counter()
+    t0 = time.perf_counter()
+    ns: dict = {}
+    exec(TL_BUILD, ns)
+    model = ns["build_tl"](str(model_dir))
+    tl_build_s = time.perf_counter() - t0
+    log(f"TransformerLens model built in {tl_build_s:.1f} s")
+    out = scratch / "row.safetensors"
+    rows = run_rows(args, model, lensd, model_dir, GPT2, out, bridge=False)
+    del model
+    first = first_result(args, lensd, model_dir, GPT2, out, TL_FIRST_RESULT)
+    return {"shape": GPT2, "ref": "TransformerLens", "rows": rows, "first": first,
+            "tl_build_s": tl_build_s, "wall_s": time.perf_counter() - t_start,
+            "title": "## lensd vs TransformerLens on gpt2-small (random weights, fp32, CPU)"}
+
+
+def bridge_child(args) -> None:
+    """--bridge-child SHAPE: the family rows against TL 4.3's bridge (this process has TL 4.3
+    first on PYTHONPATH); writes the section as JSON to --child-out."""
+    import torch
+    import transformer_lens
+    from importlib.metadata import version
+
+    t_start = time.perf_counter()
+    shape, workdir = args.bridge_child, args.workdir.resolve()
+    lensd, model_dir = Path(args.lensd), model_dir_of(workdir, args.bridge_child)
+    scratch = workdir / "scratch"
+    t0 = time.perf_counter()
+    ns: dict = {}
+    exec(BRIDGE_BUILD, ns)
+    model = ns["build_tl"](str(model_dir))
+    tl_build_s = time.perf_counter() - t0
+    log(f"TransformerBridge booted in {tl_build_s:.1f} s ({type(model.adapter).__name__})")
+    ref_env = {
+        f"TransformerLens bridge ({shape})":
+        f"transformer_lens {version('transformer-lens')} from {Path(transformer_lens.__file__).parent}, "
+        f"{type(model.adapter).__name__}, compatibility mode (default processing), torch "
+        f"{torch.__version__} with {torch.get_num_threads()} threads",
+    }
+    out = scratch / "row.safetensors"
+    rows = run_rows(args, model, lensd, model_dir, shape, out, bridge=True)
+    del model
+    first = first_result(args, lensd, model_dir, shape, out, BRIDGE_FIRST_RESULT)
+    info = make_family_random.INFO[shape]
+    sec = {"shape": shape, "ref": "TL 4.3 bridge", "rows": rows, "first": first,
+           "tl_build_s": tl_build_s, "ref_env": ref_env, "wall_s": time.perf_counter() - t_start,
+           "breakdown_suffix": f" ({info['label']})",
+           "title": f"## lensd vs TransformerLens 4.3's TransformerBridge on the {info['label']} "
+           "(random weights, fp32, CPU)"}
+    args.child_out.write_text(json.dumps(sec))
+
+
+def family_section(args, lensd: Path, shape: str) -> dict:
+    """Runs this script again as --bridge-child SHAPE with TL 4.3 first on PYTHONPATH."""
+    tl4 = args.tl4.resolve()
+    if not (tl4 / "transformer_lens").is_dir():
+        sys.exit(f"no TransformerLens 4.3 in {tl4}: run tools/setup_tl4.sh (or pass --tl4 DIR)")
+    child_out = args.workdir.resolve() / "scratch" / f"{shape}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--bridge-child", shape,
+           "--child-out", str(child_out), "--lensd", str(lensd), "--workdir", str(args.workdir),
+           "--repeat", str(args.repeat), "--first-result-runs", str(args.first_result_runs),
+           "--seed", str(args.seed), "--wait-idle", str(args.wait_idle),
+           "--attempts", str(args.attempts)] + (["--quick"] if args.quick else [])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(tl4), os.environ.get("PYTHONPATH")) if p))
+    log(f"{shape}: TL 4.3 bridge rows in a child process (PYTHONPATH={tl4})")
+    if subprocess.run(cmd, env=env).returncode != 0:
+        sys.exit(f"the bridge rows of {shape} failed")
+    return json.loads(child_out.read_text())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, default=REPO / "build" / "bench",
-                    help="model, scratch files and results.md (default build/bench)")
+                    help="models, scratch files and results.md (default build/bench)")
     ap.add_argument("--lensd", help="the lensd binary (default build/server/lensd, or $LENSD_BIN)")
+    ap.add_argument("--models", default=",".join(ALL_MODELS),
+                    help=f"comma list of the row sets to run (default all: {','.join(ALL_MODELS)})")
+    ap.add_argument("--tl4", type=Path,
+                    default=Path(os.environ.get("LENSD_TL4", REPO / "build" / "tl4")),
+                    help="TransformerLens 4.3 (tools/setup_tl4.sh's folder), for the family rows")
     ap.add_argument("--repeat", type=int, default=0,
                     help="timed runs per row (default 10 at 16 tokens, 5 at 256)")
     ap.add_argument("--first-result-runs", type=int, default=3)
@@ -577,7 +809,16 @@ def main() -> None:
                     "the CPUs, and measure a disturbed row again (see --attempts)")
     ap.add_argument("--attempts", type=int, default=3,
                     help="with --wait-idle, measurements of a row at most (default 3)")
+    ap.add_argument("--bridge-child", choices=sorted(make_family_random.SHAPES), help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.bridge_child:
+        bridge_child(args)
+        return
+    models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in models if m not in ALL_MODELS]
+    if unknown or not models:
+        ap.error(f"unknown model(s) {unknown}; known: {', '.join(ALL_MODELS)}")
     t_start = time.perf_counter()
 
     workdir = args.workdir.resolve()
@@ -588,45 +829,20 @@ def main() -> None:
     built = find_lensd(args.lensd)
     lensd = scratch / "lensd"
     shutil.copy2(built, lensd)
-    log(f"model: {workdir / 'gpt2-small-random'}")
-    model_dir = make_gpt2_small_random.make(workdir / "gpt2-small-random", seed=args.seed)
+    dirs = {m: make_model(workdir, m, args.seed) for m in models}
 
-    env = environment(built, lensd, model_dir)
+    env = environment(built, lensd, dirs[models[0]])
     for k, v in env.items():
         log(f"{k}: {v}")
 
-    import torch
-
-    t0 = time.perf_counter()
-    ns: dict = {}
-    exec(TL_BUILD, ns)
-    model = ns["build_tl"](str(model_dir))
-    tl_build_s = time.perf_counter() - t0
-    log(f"TransformerLens model built in {tl_build_s:.1f} s")
-
-    shapes = [(16, 1), (16, 8)] if args.quick else [(16, 1), (16, 8), (256, 1), (256, 8)]
-    rows = []
-    out = scratch / "row.safetensors"
-    for T, B in shapes:
-        tokens = random_tokens(B, T, seed=args.seed * 1000 + T * 10 + B)
-        n = args.repeat or (3 if args.quick else 10 if T <= 16 else 5)
-        for full in (True, False):
-            label = f"{B}x{T}, {'full cache' if full else 'logits only'}"
-            row = quietest(args, label, lambda: measure_row(model, lensd, model_dir, tokens,
-                                                            full, n, out, label))
-            rows.append(row)
-            out.unlink()
-    del model
-
-    runs = 1 if args.quick else args.first_result_runs
-    first = quietest(args, "time to first result", lambda: measure_first_result(
-        lensd, model_dir, random_tokens(1, 16, seed=args.seed), out, runs))
+    sections = []
+    for m in models:
+        sections.append(gpt2_section(args, lensd, dirs[m], scratch) if m == GPT2
+                        else family_section(args, lensd, m))
     shutil.rmtree(scratch, ignore_errors=True)
 
-    ok = all(r["logits_diff"] <= TOLERANCE for r in rows) and all(
-        not r["check"]["missing"] and r["check"]["worst"] <= TOLERANCE
-        for r in rows if "check" in r)
-    report = render(env, rows, first, ok, time.perf_counter() - t_start, tl_build_s)
+    ok = all(rows_ok(sec["rows"]) for sec in sections)
+    report = render(env, sections, time.perf_counter() - t_start)
     (workdir / "results.md").write_text(report)
     print(report)
     log(f"written to {workdir / 'results.md'}")
