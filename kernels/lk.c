@@ -156,12 +156,13 @@ void lk_scale(lk_device *dev, float *x, size_t n, float factor) {
 }
 
 void lk_softcap(lk_device *dev, float *x, size_t n, float cap) {
-    if (n) dev->ops->softcap(dev, x, n, cap);
+    if (n && cap > 0) dev->ops->softcap(dev, x, n, cap);
 }
 
 void lk_rotary(lk_device *dev, float *x, int N, int H, int dh, int rotary_dim, bool interleaved,
                const float *cos, const float *sin, const int32_t *positions) {
-    if (N > 0 && H > 0 && rotary_dim > 0)
+    /* both backends rotate pairs inside a head: an odd or oversized width does nothing */
+    if (N > 0 && H > 0 && rotary_dim >= 2 && rotary_dim % 2 == 0 && rotary_dim <= dh)
         dev->ops->rotary(dev, x, N, H, dh, rotary_dim, interleaved, cos, sin, positions);
 }
 

@@ -248,12 +248,13 @@ void lk_gated_activation(lk_device *dev, lk_act act, float *out, const float *ga
 void lk_scale(lk_device *dev, float *x, size_t n, float factor);
 
 /* Soft-capping: x[n] = cap * tanh(x[n] / cap) over n values (Gemma 2's final
- * logits). cap > 0. */
+ * logits). Nothing happens unless cap > 0. */
 void lk_softcap(lk_device *dev, float *x, size_t n, float cap);
 
 /* Rotary position embeddings of rows of x [N, H, dh] (row stride H * dh),
- * in place: in each head, the first rotary_dim values (even) are rotated by
- * the angles of the row's position, the rest are left alone. cos and sin are
+ * in place: in each head, the first rotary_dim values (even, at most dh;
+ * any other width does nothing) are rotated by the angles of the row's
+ * position, the rest are left alone. cos and sin are
  * [n_positions, rotary_dim / 2] device tables (entry i of a position pairs
  * with frequency i); positions [N] device, each a row of the tables.
  * GPT-NeoX style (interleaved false) pairs value i with i + rotary_dim / 2:
