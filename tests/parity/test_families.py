@@ -22,41 +22,25 @@ Failures name the family and the first tensor (in forward order) that differs.
 from __future__ import annotations
 
 import fnmatch
-import json
-import os
-import subprocess
-import sys
+import functools
 from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
-from tl_parity import REPO, TOOLS, float_error
+from tl_parity import float_error, fresh_manifest
 
 import make_family_fixtures  # noqa: E402  (tools/ is on sys.path through tl_parity)
-
-_family_manifest: dict | None = None
-
 
 def family_fixtures_dir() -> Path:
     return make_family_fixtures.out_dir_default()
 
 
+@functools.cache
 def load_family_manifest() -> dict:
     """The family manifest, building the fixtures first when missing or stale."""
-    global _family_manifest
-    if _family_manifest is None:
-        root = family_fixtures_dir()
-        path = root / "manifest.json"
-        want = make_family_fixtures.generator_hash()
-        manifest = json.loads(path.read_text()) if path.is_file() else {}
-        if manifest.get("generator_hash") != want:
-            print(f"\nbuilding model-family fixtures in {root} ...", file=sys.stderr)
-            subprocess.run([sys.executable, str(TOOLS / "make_family_fixtures.py"), str(root)], check=True)
-            manifest = json.loads(path.read_text())
-            assert manifest["generator_hash"] == want
-        _family_manifest = manifest
-    return _family_manifest
+    return fresh_manifest(family_fixtures_dir(), make_family_fixtures, "make_family_fixtures.py",
+                          "model-family fixtures")
 
 
 def pytest_generate_tests(metafunc):

@@ -6,6 +6,7 @@ own: several test folders have a conftest.py).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -76,24 +77,24 @@ def fixtures_dir() -> Path:
     return Path(os.environ.get("LENSD_FIXTURES", REPO / "build" / "fixtures")).resolve()
 
 
-_manifest: dict | None = None
+def fresh_manifest(root: Path, generator, script: str, what: str) -> dict:
+    """root's manifest.json, first (re)building root with tools/SCRIPT when it is
+    missing or its generator_hash is not generator.generator_hash()."""
+    path = root / "manifest.json"
+    want = generator.generator_hash()
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    if manifest.get("generator_hash") != want:
+        print(f"\nbuilding {what} in {root} ...", file=sys.stderr)
+        subprocess.run([sys.executable, str(TOOLS / script), str(root)], check=True)
+        manifest = json.loads(path.read_text())
+        assert manifest["generator_hash"] == want
+    return manifest
 
 
+@functools.cache
 def load_manifest() -> dict:
     """The fixture manifest, building the fixtures first when missing or stale."""
-    global _manifest
-    if _manifest is None:
-        root = fixtures_dir()
-        path = root / "manifest.json"
-        want = make_fixtures.generator_hash()
-        manifest = json.loads(path.read_text()) if path.is_file() else {}
-        if manifest.get("generator_hash") != want:
-            print(f"\nbuilding parity fixtures in {root} ...", file=sys.stderr)
-            subprocess.run([sys.executable, str(TOOLS / "make_fixtures.py"), str(root)], check=True)
-            manifest = json.loads(path.read_text())
-            assert manifest["generator_hash"] == want
-        _manifest = manifest
-    return _manifest
+    return fresh_manifest(fixtures_dir(), make_fixtures, "make_fixtures.py", "parity fixtures")
 
 
 DAEMON_MODELS = ["gpt2-a", "neo", "native-gelu", "native-attnonly"]

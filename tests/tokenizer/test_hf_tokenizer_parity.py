@@ -54,16 +54,6 @@ hf_logging.set_verbosity_error()  # no "sequence longer than 1024" warnings
 
 
 @pytest.fixture(scope="module")
-def driver():
-    path = os.environ.get("LENSD_TOK_DRIVER")
-    if not path:
-        pytest.fail("LENSD_TOK_DRIVER is not set; point it at build/tests/tokenizer/tok_driver")
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"LENSD_TOK_DRIVER={path} is not an executable; build it first")
-    return path
-
-
-@pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("tokenizer_parity")
 

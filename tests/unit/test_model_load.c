@@ -447,18 +447,30 @@ Test(model_load, unknown_name_suggests_hf_cache) {
               err.msg);
 }
 
-Test(model_load, hf_cache_by_id_and_alias) {
-    char snap[384], refs[384], cmd[1400];
-    snprintf(snap, sizeof snap, "%.300s/hub/models--gpt2/snapshots/abc123", dir);
-    snprintf(refs, sizeof refs, "%.300s/hub/models--gpt2/refs", dir);
-    snprintf(cmd, sizeof cmd, "mkdir -p '%s' '%s' && printf abc123 > '%s/main'", snap, refs, refs);
+/* Writes a GPT-2 checkpoint as snapshot `snapshot` of hub repository
+ * `repo` ("models--ORG--NAME") under dir, with refs/main naming it when
+ * with_ref, and points HF_HOME at dir. The snapshot's path goes to snap. */
+static void write_hub_snapshot(const char *repo, const char *snapshot, bool with_ref,
+                               char snap[384]) {
+    char refs[384], cmd[1400], saved[384];
+    snprintf(snap, 384, "%.200s/hub/%.60s/snapshots/%.60s", dir, repo, snapshot);
+    snprintf(refs, sizeof refs, "%.200s/hub/%.60s/refs", dir, repo);
+    if (with_ref)
+        snprintf(cmd, sizeof cmd, "mkdir -p '%s' '%s' && printf %s > '%s/main'", snap, refs,
+                 snapshot, refs);
+    else
+        snprintf(cmd, sizeof cmd, "mkdir -p '%s'", snap);
     cr_assert_eq(system(cmd), 0);
-    char saved[384];
     snprintf(saved, sizeof saved, "%s", dir);
     snprintf(dir, sizeof dir, "%s", snap);
     write_gpt2(&(gpt2_opts){.prefix = ""});
     snprintf(dir, sizeof dir, "%s", saved);
     setenv("HF_HOME", dir, 1);
+}
+
+Test(model_load, hf_cache_by_id_and_alias) {
+    char snap[384];
+    write_hub_snapshot("models--gpt2", "abc123", true, snap);
     lens_err err;
     const char *names[] = {"gpt2", "gpt2-small"};
     for (int i = 0; i < 2; i++) {
@@ -473,24 +485,14 @@ Test(model_load, hf_cache_by_id_and_alias) {
  * in any case, as TL's get_official_model_name finds it; two
  * repositories of the same name make the name ambiguous. */
 Test(model_load, hf_cache_by_name_without_org) {
-    char snap[384], cmd[1400];
-    snprintf(snap, sizeof snap, "%.300s/hub/models--TestOrg--Tiny-GPT2-1B/snapshots/abc", dir);
-    snprintf(cmd, sizeof cmd, "mkdir -p '%s'", snap);
-    cr_assert_eq(system(cmd), 0);
-    char saved[384];
-    snprintf(saved, sizeof saved, "%s", dir);
-    snprintf(dir, sizeof dir, "%s", snap);
-    write_gpt2(&(gpt2_opts){.prefix = ""});
-    snprintf(dir, sizeof dir, "%s", saved);
-    setenv("HF_HOME", dir, 1);
+    char snap[384], other[384];
+    write_hub_snapshot("models--TestOrg--Tiny-GPT2-1B", "abc", false, snap);
     lens_err err;
     lens_model *m = lens_model_load("tiny-gpt2-1b", NULL, &err);
     cr_assert_not_null(m, "%s", err.msg);
     cr_assert_str_eq(m->source, snap);
     lens_model_free(m);
-    snprintf(cmd, sizeof cmd, "mkdir -p '%.300s/hub/models--Other--tiny-gpt2-1B/snapshots/x'",
-             dir);
-    cr_assert_eq(system(cmd), 0);
+    write_hub_snapshot("models--Other--tiny-gpt2-1B", "x", false, other);
     cr_assert_null(lens_model_load("tiny-gpt2-1b", NULL, &err));
 }
 
