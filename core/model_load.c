@@ -1465,6 +1465,15 @@ lens_model *lens_model_load(const char *spec, const lens_load_opts *opts, lens_e
         m->cfg.use_hook_mlp_in |= opts->use_hook_mlp_in;
         m->cfg.use_attn_in |= opts->use_attn_in;
     }
+    if ((m->cfg.use_split_qkv_input || m->cfg.use_attn_in) &&
+        (m->cfg.n_kv_heads != m->cfg.n_heads || m->cfg.shared_ln)) {
+        /* TL repeats the input per key/value head under GQA (lensd per query head), and a
+         * shared LayerNorm's one output, which the MLP reads, does not exist per head */
+        lens_err_set(err, "%s: use_split_qkv_input and use_attn_in are not supported with "
+                          "grouped-query attention or an MLP that shares ln1 (%s)",
+                     spec, m->cfg.architecture);
+        goto fail;
+    }
     if (lens_process_weights(m, processing, err)) goto fail;
     m->device = lk_cpu();
     m->dw = m->w;
