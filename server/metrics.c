@@ -98,6 +98,7 @@ static void print_host_info(FILE *f) {
         {"blas", h->blas.library},     {"blas_version", h->blas.version},
         {"blas_kernel", h->blas.kernel}, {"blas_kernel_choice", h->kernel_choice},
         {"blas_threads", threads},     {"self_check", h->self_check},
+        {"gemm_kernel", lk_gemm_name(h->gemm)},
     };
     fputs("# HELP lensd_cpu_info The CPU and the BLAS library, version, kernel and threads the "
           "CPU backend runs.\n# TYPE lensd_cpu_info gauge\nlensd_cpu_info{",

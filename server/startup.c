@@ -76,6 +76,33 @@ static int selfcheck_isolated(char *why, size_t why_len) {
     return -1;
 }
 
+/* lensd's own product kernel: the user's (LENSD_GEMM_KERNEL) where the
+ * CPU runs it, else the best the CPU runs. */
+static void choose_gemm_kernel(void) {
+    const lk_gemm_kernel best = lk_gemm_best(&host.cpu);
+    const char *asked = getenv("LENSD_GEMM_KERNEL");
+    host.gemm = best;
+    snprintf(host.gemm_choice, sizeof host.gemm_choice, "the best this CPU runs");
+    for (lk_gemm_kernel k = LK_GEMM_OPENBLAS; asked && k <= LK_GEMM_AVX512; k++) {
+        if (strcasecmp(asked, lk_gemm_name(k)) != 0) continue;
+        if (k <= best) {
+            host.gemm = k;
+            snprintf(host.gemm_choice, sizeof host.gemm_choice,
+                     "set by LENSD_GEMM_KERNEL=%s", asked);
+        } else {
+            snprintf(host.gemm_choice, sizeof host.gemm_choice,
+                     "the best this CPU runs; it cannot run LENSD_GEMM_KERNEL=%s", asked);
+        }
+        asked = NULL;
+    }
+    if (asked)
+        snprintf(host.gemm_choice, sizeof host.gemm_choice,
+                 "the best this CPU runs; LENSD_GEMM_KERNEL=%.40s is none of openblas, "
+                 "avx2, avx512",
+                 asked);
+    lk_gemm_choose(host.gemm);
+}
+
 void srv_prepare_process(char **argv) {
     lk_cpu_identify(&host.cpu);
     lk_blas_info loaded;
@@ -142,6 +169,7 @@ void srv_prepare_process(char **argv) {
         exit(1);
     }
     snprintf(host.self_check, sizeof host.self_check, "passed");
+    choose_gemm_kernel();
     lk_set_threads(0);
     lk_blas_describe(&host.blas);
 }
@@ -155,11 +183,12 @@ void srv_host_log(FILE *out) {
     lk_cpu_feature_list(host.cpu.features, features, sizeof features);
     fprintf(out,
             "lensd: cpu: %s (%s family %d model %d; %s); BLAS: %s %s, kernel %s (%s), %s, %d "
-            "thread%s, self-check %s\n",
+            "thread%s, self-check %s; own products of up to %d rows: %s (%s)\n",
             host.cpu.name[0] ? host.cpu.name : "unknown", host.cpu.vendor, host.cpu.family,
             host.cpu.model, features[0] ? features : "no SIMD features", host.blas.library,
             host.blas.version, host.blas.kernel, host.kernel_choice, host.blas.threading,
-            host.blas.threads, host.blas.threads == 1 ? "" : "s", host.self_check);
+            host.blas.threads, host.blas.threads == 1 ? "" : "s", host.self_check,
+            lk_gemm_max_rows(host.gemm), lk_gemm_name(host.gemm), host.gemm_choice);
 }
 
 json_t *srv_host_json(void) {
@@ -167,11 +196,14 @@ json_t *srv_host_json(void) {
     for (unsigned bit = 1; features && lk_cpu_feature_name(bit); bit <<= 1)
         if (host.cpu.features & bit)
             json_array_append_new(features, json_string(lk_cpu_feature_name(bit)));
-    return json_pack("{s:{s:s, s:s, s:i, s:i, s:i, s:o*}, s:{s:s, s:s, s:s, s:s, s:s, s:i, s:s}}",
+    return json_pack("{s:{s:s, s:s, s:i, s:i, s:i, s:o*}, s:{s:s, s:s, s:s, s:s, s:s, s:i, s:s}, "
+                     "s:{s:s, s:s, s:i}}",
                      "cpu", "name", host.cpu.name, "vendor", host.cpu.vendor, "family",
                      host.cpu.family, "model", host.cpu.model, "stepping", host.cpu.stepping,
                      "features", features, "blas", "library", host.blas.library, "version",
                      host.blas.version, "kernel", host.blas.kernel, "kernel_choice",
                      host.kernel_choice, "threading", host.blas.threading, "threads",
-                     host.blas.threads, "self_check", host.self_check);
+                     host.blas.threads, "self_check", host.self_check, "gemm", "kernel",
+                     lk_gemm_name(host.gemm), "choice", host.gemm_choice,
+                     "max_rows", lk_gemm_max_rows(host.gemm));
 }

@@ -17,6 +17,8 @@ typedef struct srv_host {
     lk_blas_info blas;        /* as it runs, with the CPU backend's threads set */
     char kernel_choice[1024]; /* who chose blas.kernel, and why */
     char self_check[256];     /* "passed", or what failed first (then a safer kernel runs) */
+    lk_gemm_kernel gemm;      /* lensd's own product kernel (lk_matmul's) */
+    char gemm_choice[160];    /* who chose it, and why */
 } srv_host;
 
 /* Prepares the process; call first in main with main's argv. Sets, where the
@@ -28,7 +30,9 @@ typedef struct srv_host {
  * the kernel that runs (lk_blas_selfcheck, in a child process, so that one
  * that crashes counts as failing): on a failure it logs why and restarts
  * with a safer kernel (lk_blas_safer_kernel); when none is left it exits
- * with status 1 and the reason, since every result would be wrong. Sets the
+ * with status 1 and the reason, since every result would be wrong. Chooses
+ * lensd's own product kernel: LENSD_GEMM_KERNEL (openblas, avx2, avx512)
+ * where set and the CPU runs it, else the best one the CPU runs. Sets the
  * CPU backend's threads to the machine's cores. Returns in the process that
  * goes on. */
 void srv_prepare_process(char **argv);

@@ -1,9 +1,10 @@
 /*
  * lk_cpu.c: the CPU backend of kernels/lk.h.
  *
- * Matrix products go to OpenBLAS's cblas_sgemm; everything else is a plain C
- * loop parallelised over rows with OpenMP. Reductions accumulate in double
- * where TransformerLens's float32 result would otherwise depend on the
+ * Matrix products go to lensd's own kernels (lk_cpu_gemm.c) up to a few
+ * hundred rows and to OpenBLAS's cblas_sgemm above; everything else is a
+ * plain C loop parallelised over rows with OpenMP. Reductions accumulate in
+ * double where TransformerLens's float32 result would otherwise depend on the
  * summation order more than on the data (LayerNorm means and variances,
  * softmax denominators). Not here: fusion, intrinsics, low precision.
  *
@@ -30,6 +31,11 @@ static void cpu_matmul(lk_device *dev, float *out, int ldo, const float *a, int 
                const float *bias, int M, int K, int N, bool accumulate) {
     // out is (M,N), a is (M,K), b is (K,N), bias is (N)
     if (M == 0 || N == 0) return;
+    const lk_gemm_kernel own = lk_gemm_chosen();
+    if (K > 0 && M <= lk_gemm_max_rows(own)) {
+        lk_gemm_matmul(own, out, ldo, a, lda, b, ldb, bias, M, K, N, accumulate);
+        return;
+    }
     float beta = accumulate ? 1.0f : 0.0f;
     if (K > 0) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a, lda, b, ldb, beta,
@@ -126,27 +132,27 @@ static void cpu_add(lk_device *dev, float *out, const float *a, const float *b, 
         out[i] = a[i] + b[i];
 }
 
-static void relu(float *out, const float *inp, size_t n) {
-#pragma omp parallel for if (n > 65536)
-    for (size_t i = 0; i < n; i++)
-        out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
-}
-
-static void gelu(float *out, const float *inp, size_t n) {
-#pragma omp parallel for if (n > 65536)
-    for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
-    }
-}
+/* Clones of a function for AVX-512 and AVX2 + FMA beside the baseline
+ * build, chosen at load by the CPU (GCC's target_clones): for the loops the
+ * compiler vectorises, which the baseline build does only 4 lanes wide. */
+#if defined(__x86_64__)
+#define VECTOR_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#else
+#define VECTOR_CLONES
+#endif
 
 /* exp(x) in plain arithmetic that the compiler vectorises (glibc's expf is
  * scalar): x = n ln2 + r with |r| <= ln2/2 (ln2 split in two for an exact
  * n ln2), exp(r) by its Taylor series to r^7/5040 (< 1.3e-7 relative), and
- * 2^n built in the exponent bits. x is clamped to [-87, 88], where the
- * result stays a normal float. */
-static inline float exp_poly(float x) {
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+ * 2^n applied as 2^(n/2) 2^(n - n/2), two factors built in the exponent bits
+ * that are normal floats for every n in [-150, 128]: results round to
+ * subnormals below exp(-87.3) and overflow to inf above exp(88.7) as expf's
+ * do. x is clamped to [-104, 89], past which those are the results anyway;
+ * below -104 (and at -inf) the result is 0, as a masked score's weight must
+ * be. */
+static inline __attribute__((always_inline)) float exp_poly(float x) {
+    const bool underflow = x < -104.0f;
+    x = underflow ? -104.0f : (x > 89.0f ? 89.0f : x);
     /* round x / ln2 to the nearest integer by the 1.5 * 2^23 trick */
     float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;
     float r = x - n * 0.693145752f - n * 1.42860677e-06f;
@@ -157,18 +163,46 @@ static inline float exp_poly(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
+    const int32_t n1 = (int32_t)n / 2, n2 = (int32_t)n - n1;
     union {
         int32_t i;
         float f;
-    } scale = {.i = ((int32_t)n + 127) << 23};
-    return p * scale.f;
+    } scale1 = {.i = (n1 + 127) << 23}, scale2 = {.i = (n2 + 127) << 23};
+    return underflow ? 0.0f : p * scale1.f * scale2.f;
 }
 
-static void gelu_new(float *out, const float *inp, size_t n) {
+/* erf(x) by Abramowitz and Stegun 7.1.26 (absolute error < 1.5e-7), through
+ * exp_poly so that it vectorises: the formula torch's vectorised erf uses
+ * for GELU on the CPU. */
+static inline __attribute__((always_inline)) float erf_poly(float x) {
+    const float t = 1.0f / (1.0f + 0.3275911f * fabsf(x));
+    float p = 1.061405429f;
+    p = p * t - 1.453152027f;
+    p = p * t + 1.421413741f;
+    p = p * t - 0.284496736f;
+    p = p * t + 0.254829592f;
+    return copysignf(1.0f - p * t * exp_poly(-x * x), x);
+}
+
+/* The activations, each on one block of n entries (out may alias inp). */
+typedef void activation_block(float *out, const float *inp, size_t n);
+
+VECTOR_CLONES static void relu(float *out, const float *inp, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
+}
+
+VECTOR_CLONES static void gelu(float *out, const float *inp, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + erf_poly(x * (float)M_SQRT1_2));
+    }
+}
+
+VECTOR_CLONES static void gelu_new(float *out, const float *inp, size_t n) {
     /* 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u)): the same function without
      * tanh's cancellation near -1, and vectorisable through exp_poly. */
     const float two_k = 2.0f * sqrtf(2.0f / (float)M_PI);
-#pragma omp parallel for simd if (n > 65536)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         out[i] = x / (1.0f + exp_poly(-two_k * (x + 0.044715f * x * x * x)));
@@ -176,24 +210,37 @@ static void gelu_new(float *out, const float *inp, size_t n) {
 }
 
 static void gelu_fast(float *out, const float *inp, size_t n) {
-#pragma omp parallel for if (n > 65536)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         out[i] = 0.5f * x * (1.0f + tanhf(x * 0.7978845608f * (1.0f + 0.044715f * x * x)));
     }
 }
 
-static void silu(float *out, const float *inp, size_t n) {
-#pragma omp parallel for if (n > 65536)
+VECTOR_CLONES static void silu(float *out, const float *inp, size_t n) {
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
-        out[i] = x / (1.0f + expf(-x));
+        out[i] = x / (1.0f + exp_poly(-x));
     }
 }
 
+static activation_block *activation_of(lk_act act) {
+    switch (act) {
+    case LK_RELU: return relu;
+    case LK_GELU: return gelu;
+    case LK_GELU_NEW: return gelu_new;
+    case LK_GELU_FAST: return gelu_fast;
+    case LK_SILU: return silu;
+    }
+    return relu;
+}
+
+/* Entries per block of an activation: a block and its output stay in L1. */
+enum { ACTIVATION_BLOCK = 2048 };
+
 /* Softmax of one row; see lk_softmax_rows. */
-static void softmax_row(float *y, const float *x, int C) {
+VECTOR_CLONES static void softmax_row(float *y, const float *x, int C) {
     float maxval = -INFINITY;
+#pragma omp simd reduction(max : maxval)
     for (int c = 0; c < C; c++)
         maxval = x[c] > maxval ? x[c] : maxval;
     if (maxval == -INFINITY) {
@@ -203,8 +250,9 @@ static void softmax_row(float *y, const float *x, int C) {
     }
     // maxval is subtracted only for numerical stability
     double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
     for (int c = 0; c < C; c++) {
-        y[c] = expf(x[c] - maxval);
+        y[c] = exp_poly(x[c] - maxval);
         sum += y[c];
     }
     float inv = (float)(1.0 / sum);
@@ -235,34 +283,21 @@ static void cpu_solu(lk_device *dev, float *out, const float *inp, int N, int C)
 }
 
 static void cpu_activation(lk_device *dev, lk_act act, float *out, const float *inp, size_t n) {
-    switch (act) {
-    case LK_RELU:
-        relu(out, inp, n);
-        break;
-    case LK_GELU:
-        gelu(out, inp, n);
-        break;
-    case LK_GELU_NEW:
-        gelu_new(out, inp, n);
-        break;
-    case LK_GELU_FAST:
-        gelu_fast(out, inp, n);
-        break;
-    case LK_SILU:
-        silu(out, inp, n);
-        break;
-    }
+    activation_block *f = activation_of(act);
+#pragma omp parallel for if (n > 65536)
+    for (size_t i0 = 0; i0 < n; i0 += ACTIVATION_BLOCK)
+        f(out + i0, inp + i0, n - i0 < ACTIVATION_BLOCK ? n - i0 : ACTIVATION_BLOCK);
 }
 
 static void cpu_gated_activation(lk_device *dev, lk_act act, float *out, const float *gate,
                                  const float *linear, size_t n) {
-    // out = act(gate) * linear, in blocks that stay in the L1 cache
-    enum { BLOCK = 2048 };
+    // out = act(gate) * linear
+    activation_block *f = activation_of(act);
 #pragma omp parallel for if (n > 65536)
-    for (size_t i0 = 0; i0 < n; i0 += BLOCK) {
-        const size_t k = n - i0 < BLOCK ? n - i0 : BLOCK;
-        float activated[BLOCK];
-        cpu_activation(dev, act, activated, gate + i0, k);
+    for (size_t i0 = 0; i0 < n; i0 += ACTIVATION_BLOCK) {
+        const size_t k = n - i0 < ACTIVATION_BLOCK ? n - i0 : ACTIVATION_BLOCK;
+        float activated[ACTIVATION_BLOCK];
+        f(activated, gate + i0, k);
         for (size_t i = 0; i < k; i++)
             out[i0 + i] = activated[i] * linear[i0 + i];
     }
@@ -326,6 +361,17 @@ static void cpu_embed(lk_device *dev, float *tok_out, float *pos_out, const floa
     }
 }
 
+/* scores[i] / attn_scale for i < n, soft-capped when softcap > 0. */
+VECTOR_CLONES static void scale_scores(float *scores, int n, float attn_scale, float softcap) {
+    if (softcap > 0) {
+        for (int i = 0; i < n; i++)
+            scores[i] = softcap * tanhf(scores[i] / attn_scale / softcap);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        scores[i] /= attn_scale;
+}
+
 static void cpu_mask_scores(lk_device *dev, float *scores, int B, int H, int T, float attn_scale,
                             const lk_score_mask *mask) {
     // prompt bi's block is (H, Q query, T key) for its Q queries from position q0
@@ -340,14 +386,19 @@ static void cpu_mask_scores(lk_device *dev, float *scores, int B, int H, int T, 
             const int32_t *row_tokens = mk.pad_id >= 0 ? mk.tokens + (size_t)bi * T : NULL;
             for (int qi = q0; qi < T; qi++) {
                 float *sq = s + (size_t)(qi - q0) * T;
-                for (int ki = 0; ki < T; ki++) {
-                    bool masked = mk.causal && (ki > qi || (mk.window > 0 && ki <= qi - mk.window) ||
-                                                (row_mask && !row_mask[ki]));
-                    float score = sq[ki] / attn_scale;
-                    if (mk.softcap > 0) score = mk.softcap * tanhf(score / mk.softcap);
-                    sq[ki] = masked ? -INFINITY : score;
-                    if (row_tokens && row_tokens[ki] == mk.pad_id) sq[ki] = mk.pad_score;
-                }
+                // the keys [lo, hi) that the causal mask and the window leave
+                const int lo = mk.causal && mk.window > 0 && qi - mk.window + 1 > 0
+                                   ? qi - mk.window + 1 : 0;
+                const int hi = mk.causal ? qi + 1 : T;
+                scale_scores(sq + lo, hi - lo, attn_scale, mk.softcap);
+                for (int ki = 0; ki < lo; ki++)
+                    sq[ki] = -INFINITY;
+                for (int ki = hi; ki < T; ki++)
+                    sq[ki] = -INFINITY;
+                for (int ki = lo; mk.causal && row_mask && ki < hi; ki++)
+                    if (!row_mask[ki]) sq[ki] = -INFINITY;
+                for (int ki = 0; row_tokens && ki < T; ki++)
+                    if (row_tokens[ki] == mk.pad_id) sq[ki] = mk.pad_score;
             }
         }
     }
