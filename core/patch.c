@@ -16,6 +16,11 @@
  * position) on (forward.h's lens_suffix), with the corrupted run's keys and
  * values before it. A pass then holds as many runs as fit in its budget of
  * computed positions.
+ *
+ * A run whose patch is, for every prompt, what the corrupted run has there
+ * bit for bit (the positions before the prompts first differ, masked pattern
+ * entries) is the corrupted run; it is answered with the corrupted metric
+ * and never computed.
  */
 #include "core/patch.h"
 
@@ -268,6 +273,66 @@ typedef struct pass_state {
     const lens_captured *const *clean; /* [component]: the clean activation at the pass's layer */
 } pass_state;
 
+/* Where prompt p's part of run it's patch lies in the component's
+ * activation of the P prompts, act ([P, T, ...] or the pattern's
+ * [P, H, T, T]): count spans of len floats, the first at offset, each next
+ * stride further (AT_HEAD's span per position; one span otherwise). Query
+ * head it->head of a grouped-query model reads (so patches) key/value head
+ * it->head / (H / heads) of k and v. */
+typedef struct patch_span {
+    size_t offset, len, stride;
+    int count;
+} patch_span;
+
+static patch_span source_span(const component *c, const patch_item *it, size_t p,
+                              const lens_captured *act, int T, int H) {
+    const int64_t *shape = act->shape;
+    const int nd = act->ndim;
+    const size_t t = (size_t)T, pos = (size_t)it->pos;
+    switch (c->set) {
+    case AT_POS: {
+        const size_t D = (size_t)shape[nd - 1];
+        return (patch_span){(p * t + pos) * D, D, 0, 1};
+    }
+    case AT_POS_HEAD:
+    case AT_HEAD: {
+        const size_t dh = (size_t)shape[nd - 1], heads = (size_t)shape[nd - 2];
+        const size_t head = (size_t)it->head / ((size_t)H / heads);
+        if (c->set == AT_POS_HEAD) return (patch_span){((p * t + pos) * heads + head) * dh, dh, 0, 1};
+        return (patch_span){(p * t * heads + head) * dh, dh, heads * dh, T};
+    }
+    case PATTERN_HEAD:
+    case PATTERN_HEAD_DEST:
+    case PATTERN_HEAD_DEST_SRC:
+        break;
+    }
+    const size_t block = (p * (size_t)H + (size_t)it->head) * t * t;
+    if (c->set == PATTERN_HEAD) return (patch_span){block, t * t, 0, 1};
+    if (c->set == PATTERN_HEAD_DEST) return (patch_span){block + pos * t, t, 0, 1};
+    return (patch_span){block + pos * t + (size_t)it->src, 1, 0, 1};
+}
+
+/* Whether run it's patch writes, for every prompt, exactly what the
+ * corrupted run has there (a position before the prompts first differ, a
+ * pattern entry both runs mask): the patched run is then the corrupted run,
+ * and its metric the corrupted run's. */
+static bool patch_changes_nothing(const sweep_def *s, const patch_item *it, const lens_cache *clean,
+                                  const lens_cache *corrupted, int P, int T, int H) {
+    const component *c = &s->components[it->component];
+    const lens_captured *from = lens_cache_find(clean, c->kind, it->layer);
+    const lens_captured *to = lens_cache_find(corrupted, c->kind, it->layer);
+    for (int p = 0; p < P; p++) {
+        const patch_span span = source_span(c, it, (size_t)p, from, T, H);
+        for (int i = 0; i < span.count; i++) {
+            const size_t at = span.offset + (size_t)i * span.stride;
+            if (memcmp((const float *)from->data + at, (const float *)to->data + at,
+                       span.len * sizeof(float)) != 0)
+                return false;
+        }
+    }
+    return true;
+}
+
 /* Copies run r / P's patch into row r of act, from prompt r % P of the
  * clean run. Row r's position t is computed row first_row[r] + t - first[r]
  * of act (forward.h's packed layout; the dense one when every first is 0). */
@@ -282,25 +347,23 @@ static int patch_rows(void *user, lens_hook hook, lens_tensor *act, lens_err *er
         const patch_item *it = &st->items[r / (size_t)st->P];
         const component *c = &st->sweep->components[it->component];
         if (c->kind != hook.kind || it->layer != hook.layer) continue;
-        const float *src = st->clean[it->component]->data;
+        const lens_captured *clean = st->clean[it->component];
         const size_t p = r % (size_t)st->P, first = (size_t)st->first[r];
         const size_t row = (size_t)st->first_row[r] - first; /* + t: position t's row */
+        const patch_span span = source_span(c, it, p, clean, st->T, st->H);
+        const float *src = (const float *)clean->data + span.offset;
         switch (c->set) {
-        case AT_POS: {
-            const size_t D = (size_t)shape[nd - 1];
-            memcpy(dst + (row + it->pos) * D, src + (p * T + it->pos) * D, D * sizeof *dst);
+        case AT_POS:
+            memcpy(dst + (row + it->pos) * span.len, src, span.len * sizeof *dst);
             break;
-        }
         case AT_POS_HEAD:
         case AT_HEAD: {
-            /* q and z have H heads; k and v of a grouped-query model fewer, and query head
-             * it->head reads (so patches) key/value head it->head / (H / heads) */
             const size_t dh = (size_t)shape[nd - 1], heads = (size_t)shape[nd - 2];
             const size_t head = (size_t)it->head / (H / heads);
-            const int t0 = c->set == AT_HEAD ? 0 : it->pos, t1 = c->set == AT_HEAD ? st->T : it->pos + 1;
-            for (int t = t0; t < t1; t++)
-                memcpy(dst + ((row + t) * heads + head) * dh,
-                       src + ((p * T + t) * heads + head) * dh, dh * sizeof *dst);
+            const int t0 = c->set == AT_HEAD ? 0 : it->pos;
+            for (int i = 0; i < span.count; i++)
+                memcpy(dst + ((row + t0 + i) * heads + head) * dh, src + (size_t)i * span.stride,
+                       dh * sizeof *dst);
             break;
         }
         case PATTERN_HEAD:
@@ -308,12 +371,10 @@ static int patch_rows(void *user, lens_hook hook, lens_tensor *act, lens_err *er
         case PATTERN_HEAD_DEST_SRC: {
             /* row r's [H, Q, T] block of query rows from first, Q = T - first */
             const size_t Q = T - first, block = H * ((size_t)st->first_row[r]) * T;
-            size_t at = block + (size_t)it->head * Q * T, from = (p * H + it->head) * T * T, n = T * T;
-            if (c->set != PATTERN_HEAD) {
-                at += ((size_t)it->pos - first) * T, from += (size_t)it->pos * T, n = T;
-            }
-            if (c->set == PATTERN_HEAD_DEST_SRC) at += (size_t)it->src, from += (size_t)it->src, n = 1;
-            memcpy(dst + at, src + from, n * sizeof *dst);
+            size_t at = block + (size_t)it->head * Q * T;
+            if (c->set != PATTERN_HEAD) at += ((size_t)it->pos - first) * T;
+            if (c->set == PATTERN_HEAD_DEST_SRC) at += (size_t)it->src;
+            memcpy(dst + at, src, span.len * sizeof *dst);
             break;
         }
         }
@@ -531,11 +592,12 @@ static long fill_pass(pass_buffers *b, const patch_item *items, long n_items, in
     return n;
 }
 
-/* The patched passes: items grouped by layer. */
+/* The patched passes of the runs in items, grouped by layer. */
 static int run_passes(const lens_model *m, lens_workspace *ws, const lens_patch_request *req,
                       const patch_item *items, long n_items, const lens_cache *clean,
                       const lens_cache *corrupted, pass_limits lim, lens_patch_result *out,
                       lens_err *err) {
+    const long done_before = out->unchanged_runs; /* for progress: runs settled without a pass */
     const lens_config *c = &m->cfg;
     const sweep_def *s = &SWEEPS[req->sweep];
     const lens_token_batch *bad = req->corrupted;
@@ -588,8 +650,10 @@ static int run_passes(const lens_model *m, lens_workspace *ws, const lens_patch_
         out->passes++;
         out->block_positions += (long)N * (L - start);
         i0 += n;
-        if (rc == 0 && req->progress && req->progress(req->progress_user, i0, n_items)) {
-            lens_err_set(err, "cancelled after %ld of %ld patched runs", i0, n_items);
+        if (rc == 0 && req->progress &&
+            req->progress(req->progress_user, done_before + i0, done_before + n_items)) {
+            lens_err_set(err, "cancelled after %ld of %ld patched runs", done_before + i0,
+                         done_before + n_items);
             rc = -1;
         }
     }
@@ -642,30 +706,48 @@ int lens_patch(const lens_model *m, lens_workspace *ws, const lens_patch_request
     const size_t slots = lens_hook_slots(c);
     uint8_t *clean_hooks = calloc(slots, 1), *corrupted_hooks = calloc(slots, 1);
     patch_item *items = enumerate(s, c, req->corrupted->T, out->runs);
+    patch_item *computed = malloc((size_t)out->runs * sizeof *computed);
     out->values = malloc(value_count(out) * sizeof *out->values);
     lens_cache clean = {0}, corrupted = {0};
     int rc = -1;
-    if (!clean_hooks || !corrupted_hooks || !items || !out->values) {
+    if (!clean_hooks || !corrupted_hooks || !items || !computed || !out->values) {
         lens_err_set_code(err, LENS_ERR_NO_MEMORY, "out of host memory for %ld patched runs",
                           out->runs);
         goto done;
     }
-    /* the clean activations to patch in; the corrupted residual stream each pass starts
-     * from, and with position reuse its keys and values */
+    /* the clean activations to patch in and (but for full recomputation) the corrupted ones
+     * they replace; the corrupted residual stream each pass starts from, and with position
+     * reuse its keys and values */
     const bool reuse = reuses_positions(c, req);
     for (int l = 0; l < c->n_layers; l++) {
-        for (int k = 0; k < s->n_components; k++)
-            clean_hooks[lens_hook_slot(c, (lens_hook){s->components[k].kind, l})] = 1;
         corrupted_hooks[lens_hook_slot(c, (lens_hook){LENS_HOOK_RESID_PRE, l})] = !req->full_recompute;
         corrupted_hooks[lens_hook_slot(c, (lens_hook){lens_attention_keys(c), l})] = reuse;
         corrupted_hooks[lens_hook_slot(c, (lens_hook){LENS_HOOK_V, l})] = reuse;
+        for (int k = 0; k < s->n_components; k++) {
+            const size_t slot = lens_hook_slot(c, (lens_hook){s->components[k].kind, l});
+            clean_hooks[slot] = 1;
+            corrupted_hooks[slot] |= !req->full_recompute;
+        }
     }
     if (plain_run(m, ws, req->clean, clean_hooks, &req->metric, &clean, &out->clean_metric, err) ||
         plain_run(m, ws, req->corrupted, corrupted_hooks, &req->metric, &corrupted,
                   &out->corrupted_metric, err))
         goto done;
-    if (run_passes(m, ws, req, items, out->runs, &clean, &corrupted, limits_of(m, req, out->runs),
-                   out, err))
+    /* a run whose patch changes nothing is the corrupted run; full recomputation computes
+     * every run (the reference path) */
+    long n_computed = 0;
+    for (long i = 0; i < out->runs; i++) {
+        if (!req->full_recompute && patch_changes_nothing(s, &items[i], &clean, &corrupted,
+                                                          req->corrupted->B, req->corrupted->T,
+                                                          c->n_heads)) {
+            out->values[items[i].out] = (float)out->corrupted_metric;
+            out->unchanged_runs++;
+        } else {
+            computed[n_computed++] = items[i];
+        }
+    }
+    if (n_computed > 0 && run_passes(m, ws, req, computed, n_computed, &clean, &corrupted,
+                                     limits_of(m, req, n_computed), out, err))
         goto done;
     fill_shared_heads(s, c, items, out->runs, out);
     if (req->metric.normalize && normalize(out, err)) goto done;
@@ -674,6 +756,7 @@ done:
     free(clean_hooks);
     free(corrupted_hooks);
     free(items);
+    free(computed);
     lens_cache_free(&clean);
     lens_cache_free(&corrupted);
     if (rc) lens_patch_result_free(out);

@@ -105,7 +105,11 @@ typedef struct lens_patch_result {
     float *values;   /* owned: the metric of each patched run, in TL's layout */
     double clean_metric, corrupted_metric; /* unpatched runs (before normalizing) */
     long runs;       /* patched runs */
-    long passes;     /* batched forward passes they took */
+    long unchanged_runs; /* of them, those whose patch is, for every prompt, what the
+                            corrupted run has there (bit for bit): each is the corrupted
+                            run, its value the corrupted metric, and it is not computed
+                            (lens_patch without full recomputation; else 0) */
+    long passes;     /* batched forward passes the others took */
     long block_positions; /* their work: positions computed x blocks they ran through,
                              summed over the passes (for lens_patch with full
                              recomputation, runs x prompts x T x n_layers) */

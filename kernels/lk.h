@@ -152,15 +152,16 @@ int lk_blas_selfcheck(lk_sgemm_fn *sgemm, char *why, size_t why_len);
 /* lensd's own CPU kernels for row-major products: they read the weight
  * operand where it lies and copy only a block of 128 rows of one 64-column
  * panel at a time, where OpenBLAS packs the whole operand on every call
- * (more than half its time at 16 rows). lk_matmul uses the chosen one for
- * products of at most lk_gemm_max_rows rows and OpenBLAS for the rest. */
+ * (more than half its time at 16 rows). lk_matmul and lk_matmul_batched
+ * (attention's per-head products, then one per thread) use the chosen one
+ * for products of at most lk_gemm_max_rows rows and OpenBLAS for the rest. */
 typedef enum lk_gemm_kernel {
     LK_GEMM_OPENBLAS, /* none of lensd's: every product goes to OpenBLAS */
     LK_GEMM_AVX2,     /* AVX2 + FMA, 4 x 24 register tiles */
     LK_GEMM_AVX512,   /* AVX-512F, 6 x 64 register tiles */
 } lk_gemm_kernel;
 
-/* The most rows lk_matmul gives `kernel`: where it stops being faster than
+/* The most rows lk_matmul and lk_matmul_batched give `kernel`: where it stops being faster than
  * OpenBLAS 0.3.21 on every gpt2, Pythia and SmolLM2 weight shape
  * (bench/results/gemm-2026-12-02.md): 512 for AVX-512 (against its SkylakeX
  * kernel), 64 for AVX2 (against its Haswell kernel); 0 for OpenBLAS. */
@@ -172,20 +173,22 @@ lk_gemm_kernel lk_gemm_best(const lk_cpu_info *cpu);
 /* The kernel's name: "openblas", "avx2", "avx512". */
 const char *lk_gemm_name(lk_gemm_kernel kernel);
 
-/* Sets the kernel lk_matmul uses from now on; it must be one the CPU runs
+/* Sets the kernel lk_matmul and lk_matmul_batched use from now on; it must be one the CPU runs
  * (at most lk_gemm_best's). Without a call: lk_gemm_best of this CPU. */
 void lk_gemm_choose(lk_gemm_kernel kernel);
 
-/* The kernel lk_matmul uses. */
+/* The kernel lk_matmul and lk_matmul_batched use. */
 lk_gemm_kernel lk_gemm_chosen(void);
 
-/* out[M,N] = a[M,K] @ b[K,N] (+ bias[N]), added to out when accumulate, as
- * lk_matmul computes it, by `kernel` (AVX2 or AVX-512, one the CPU runs) for
- * any M; threaded over column ranges with OpenMP's threads. Writes nothing
- * past column N of a row; does nothing when M, K or N is 0. */
+/* out[M,N] = a[M,K] @ b (+ bias[N]), b being [K,N] or, when b_transposed,
+ * [N,K] used transposed; added to out when accumulate. As lk_matmul and
+ * lk_matmul_batched compute it, by `kernel` (AVX2 or AVX-512, one the CPU
+ * runs) for any M; threaded over column ranges with OpenMP's threads, or on
+ * the calling thread alone inside a parallel region. Writes nothing past
+ * column N of a row; does nothing when M, K or N is 0. */
 void lk_gemm_matmul(lk_gemm_kernel kernel, float *out, int ldo, const float *a, int lda,
-                    const float *b, int ldb, const float *bias, int M, int K, int N,
-                    bool accumulate);
+                    const float *b, int ldb, bool b_transposed, const float *bias, int M, int K,
+                    int N, bool accumulate);
 
 /* ---- memory ----------------------------------------------------------- */
 

@@ -2080,11 +2080,12 @@ static void run_patch(srv_job *job) {
         json_array_append_new(axes, axis_json(axis_names[i], c, json_array_get(str_tokens, 0),
                                               components));
     json_t *fields = json_pack(
-        "{s:s, s:s, s:o, s:O, s:o, s:o, s:b, s:i, s:i, s:i, s:b, s:f}", "model", sm->name,
+        "{s:s, s:s, s:o, s:O, s:o, s:o, s:b, s:i, s:i, s:i, s:i, s:b, s:f}", "model", sm->name,
         "sweep", sweep_name, "axes", axes, "components", components, "clean_metric",
         srv_json_float((float)result.clean_metric), "corrupted_metric",
         srv_json_float((float)result.corrupted_metric), "normalized", normalize, "runs",
-        (json_int_t)result.runs, "passes", (json_int_t)result.passes, "block_positions",
+        (json_int_t)result.runs, "unchanged_runs", (json_int_t)result.unchanged_runs, "passes",
+        (json_int_t)result.passes, "block_positions",
         (json_int_t)result.block_positions, "full_recompute", full_recompute, "seconds", seconds);
     json_decref(components);
     json_decref(str_tokens);

@@ -33,7 +33,7 @@ static void cpu_matmul(lk_device *dev, float *out, int ldo, const float *a, int 
     if (M == 0 || N == 0) return;
     const lk_gemm_kernel own = lk_gemm_chosen();
     if (K > 0 && M <= lk_gemm_max_rows(own)) {
-        lk_gemm_matmul(own, out, ldo, a, lda, b, ldb, bias, M, K, N, accumulate);
+        lk_gemm_matmul(own, out, ldo, a, lda, b, ldb, false, bias, M, K, N, accumulate);
         return;
     }
     float beta = accumulate ? 1.0f : 0.0f;
@@ -59,6 +59,16 @@ static void cpu_matmul_batched(lk_device *dev, float *out, int ldo, size_t out_s
                        const float *b, int ldb, size_t b_step, bool b_transposed, int M, int K,
                        int N, int count) {
     if (M == 0 || N == 0 || count == 0) return;
+    const lk_gemm_kernel own = lk_gemm_chosen();
+    if (K > 0 && M <= lk_gemm_max_rows(own)) {
+        const int loop_threads =
+            (size_t)M * N * K * count >= ((size_t)4 << 20) ? omp_get_max_threads() : 1;
+#pragma omp parallel for schedule(dynamic) num_threads(loop_threads)
+        for (int i = 0; i < count; i++)
+            lk_gemm_matmul(own, out + i * out_step, ldo, a + i * a_step, lda, b + i * b_step, ldb,
+                           b_transposed, NULL, M, K, N, false);
+        return;
+    }
     const enum CBLAS_TRANSPOSE trans_b = b_transposed ? CblasTrans : CblasNoTrans;
     // Each product is small (one attention head of one prompt), so the
     // parallelism is across products with single-threaded BLAS inside.

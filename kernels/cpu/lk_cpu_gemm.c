@@ -224,20 +224,29 @@ __attribute__((target("avx2,fma"))) static void tile_rows_avx2(int R, const tile
     }
 }
 
-/* The columns [j0, j0 + w) (w <= the kernel's NR) of every row. Where more
- * than one row tile passes over a block of the panel, the block is first
- * copied into `packed` (KC x NR floats): the tiles then read it from L1 in
+/* The columns [j0, j0 + w) (w <= the kernel's NR) of every row. A block of a
+ * transposed b ([N, K]) is always copied into `packed` (KC x NR floats) as
+ * [K, N]; otherwise, where more than one row tile passes over a block of the
+ * panel, the block is copied there too: the tiles then read it from L1 in
  * order, instead of reading rows that lie a page or more apart (N >= 1024)
  * and miss the TLB on every k. */
-static void run_panel(lk_gemm_kernel kernel, const tile_job *base, int M, int K, int j0,
-                      int w, const float *bias, float *packed) {
+static void run_panel(lk_gemm_kernel kernel, const tile_job *base, bool transposed, int M,
+                      int K, int j0, int w, const float *bias, float *packed) {
     const int mr = kernel == LK_GEMM_AVX512 ? MR_512 : MR_256;
     const int nr = kernel == LK_GEMM_AVX512 ? NR_512 : NR_256;
     for (int k0 = 0; k0 < K; k0 += KC) {
         const int kc = K - k0 < KC ? K - k0 : KC;
         const float *b = base->b + (size_t)k0 * base->ldb + j0;
         int ldb = base->ldb;
-        if (M > mr) {
+        if (transposed) {
+            /* b is [N, K]: the block is columns k0.. of rows j0.. */
+            const float *rows = base->b + (size_t)j0 * base->ldb + k0;
+            for (int j = 0; j < w; j++)
+                for (int k = 0; k < kc; k++)
+                    packed[(size_t)k * nr + j] = rows[(size_t)j * base->ldb + k];
+            b = packed;
+            ldb = nr;
+        } else if (M > mr) {
             for (int k = 0; k < kc; k++) {
                 const float *row = b + (size_t)k * ldb;
                 _mm_prefetch(rows_ahead(row, PREFETCH_ROWS, ldb), _MM_HINT_T0);
@@ -315,18 +324,18 @@ lk_gemm_kernel lk_gemm_chosen(void) {
 }
 
 void lk_gemm_matmul(lk_gemm_kernel kernel, float *out, int ldo, const float *a, int lda,
-                        const float *b, int ldb, const float *bias, int M, int K, int N,
-                        bool accumulate) {
-    // out is (M,N), a is (M,K), b is (K,N), bias is (N)
+                    const float *b, int ldb, bool b_transposed, const float *bias, int M, int K,
+                    int N, bool accumulate) {
+    // out is (M,N), a is (M,K), b is (K,N) or, transposed, (N,K), bias is (N)
     if (M <= 0 || N <= 0 || K <= 0) return;
 #if defined(__x86_64__)
     const int panel = kernel == LK_GEMM_AVX512 ? NR_512 : NR_256;
     const int units = (N + COLUMN_UNIT - 1) / COLUMN_UNIT;
-    int threads = (size_t)M * N * K >= THREADED_MIN ? omp_get_max_threads() : 1;
+    int threads = (size_t)M * N * K >= THREADED_MIN && !omp_in_parallel() ? omp_get_max_threads() : 1;
     if (threads > units) threads = units;
     const tile_job base = {.a = a, .lda = lda, .b = b, .ldb = ldb, .c = out, .ldc = ldo,
                            .load_c = accumulate};
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) if (threads > 1)
     {
         const int t = omp_get_thread_num(), n = omp_get_num_threads();
         const int j_begin = (int)((int64_t)units * t / n) * COLUMN_UNIT;
@@ -335,7 +344,7 @@ void lk_gemm_matmul(lk_gemm_kernel kernel, float *out, int ldo, const float *a, 
         _Alignas(64) float packed[KC * NR_512];
         for (int j0 = j_begin; j0 < j_end; j0 += panel) {
             const int w = j_end - j0 < panel ? j_end - j0 : panel;
-            run_panel(kernel, &base, M, K, j0, w, bias, packed);
+            run_panel(kernel, &base, b_transposed, M, K, j0, w, bias, packed);
         }
     }
 #else
@@ -345,7 +354,8 @@ void lk_gemm_matmul(lk_gemm_kernel kernel, float *out, int ldo, const float *a, 
             float sum = accumulate ? out[(size_t)i * ldo + j] : 0.0f;
             if (bias) sum += bias[j];
             for (int k = 0; k < K; k++)
-                sum += a[(size_t)i * lda + k] * b[(size_t)k * ldb + j];
+                sum += a[(size_t)i * lda + k] *
+                       (b_transposed ? b[(size_t)j * ldb + k] : b[(size_t)k * ldb + j]);
             out[(size_t)i * ldo + j] = sum;
         }
 #endif

@@ -1,5 +1,6 @@
-"""The BLAS kernel lensd runs on this machine's CPU: chosen at start, checked,
-and reported by `lensd info`, the start-up log, /v1/models and /metrics.
+"""The BLAS kernel lensd runs on this machine's CPU, and lensd's own product
+kernel: chosen at start, checked, and reported by `lensd info`, the start-up
+log, /v1/models and /metrics.
 
 The CPU is read from /proc/cpuinfo here, independently of lensd's cpuid
 reader. A test that needs AVX2 or AVX-512 (or a CPU without FMA4) skips,
@@ -34,7 +35,7 @@ def info(lensd_bin: str, **env_changes) -> tuple[dict, str]:
     """`lensd info` on the brackets fixture with the environment changed
     (None removes a variable): its device entry and its stderr."""
     env = dict(os.environ)
-    for key in ("OPENBLAS_CORETYPE", "LENSD_BLAS_CHOICE", "LENSD_BLAS_REASON"):
+    for key in ("OPENBLAS_CORETYPE", "LENSD_BLAS_CHOICE", "LENSD_BLAS_REASON", "LENSD_GEMM_KERNEL"):
         env.pop(key, None)
     for key, value in env_changes.items():
         if value is None:
@@ -99,6 +100,27 @@ def test_a_kernel_openblas_does_not_know(lensd_bin):
         "OpenBLAS's own: it did not accept OPENBLAS_CORETYPE=NoSuchKernel")
 
 
+def test_own_product_kernel_is_the_widest_the_cpu_runs(lensd_bin):
+    flags = cpu_flags()
+    gemm = info(lensd_bin)[0]["gemm"]
+    want = "avx512" if "avx512f" in flags and "fma" in flags else (
+        "avx2" if {"avx2", "fma"} <= flags else "openblas")
+    assert gemm == {"kernel": want, "choice": "the best this CPU runs",
+                    "max_rows": {"avx512": 512, "avx2": 64, "openblas": 0}[want]}
+
+
+def test_own_product_kernel_set_by_the_user(lensd_bin):
+    gemm = info(lensd_bin, LENSD_GEMM_KERNEL="openblas")[0]["gemm"]
+    assert gemm == {"kernel": "openblas", "choice": "set by LENSD_GEMM_KERNEL=openblas",
+                    "max_rows": 0}
+    gemm = info(lensd_bin, LENSD_GEMM_KERNEL="sse9")[0]["gemm"]
+    assert gemm["choice"] == ("the best this CPU runs; LENSD_GEMM_KERNEL=sse9 is none of "
+                              "openblas, avx2, avx512")
+    if "avx512f" not in cpu_flags():
+        gemm = info(lensd_bin, LENSD_GEMM_KERNEL="avx512")[0]["gemm"]
+        assert gemm["choice"] == "the best this CPU runs; it cannot run LENSD_GEMM_KERNEL=avx512"
+
+
 def test_daemon_reports_the_kernel(lensd, get):
     line = lensd.wait_log(r"lensd: cpu: .*BLAS: OpenBLAS \S+, kernel (\S+) \(.*self-check passed")
     kernel = line.group(1)
@@ -111,3 +133,6 @@ def test_daemon_reports_the_kernel(lensd, get):
     assert metric, body.decode()[-2000:]
     assert f'blas_kernel="{kernel}"' in metric.group(1)
     assert f'blas_threads="{os.cpu_count()}"' in metric.group(1)
+    assert re.search(r'gemm_kernel="(avx512|avx2|openblas)"', metric.group(1))
+    assert re.search(r"self-check passed; own products of up to \d+ rows: (avx512|avx2|openblas) \(",
+                     lensd.log_text())

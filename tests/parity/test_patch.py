@@ -193,10 +193,11 @@ PADDED_CLEAN = ["When Mary and John went to the store, John gave a drink to", "T
 PADDED_CORRUPTED = ["When Mary and John went to the store, Mary gave a drink to", "Then Mary met Mary"]
 
 
-def expected_block_positions(got, n_layers: int, T: int, metric_positions) -> int:
-    """The work of the sweep's patched runs: for each run (an index of the values), each
-    prompt computes its positions from min(patched position, metric position) on (from 0
-    for sweeps without a position axis), through the blocks from the patched layer on."""
+def expected_block_positions(got, n_layers: int, T: int, metric_positions, unchanged) -> int:
+    """The work of the sweep's patched runs: for each run (an index of the values) but the
+    unchanged ones, each prompt computes its positions from min(patched position, metric
+    position) on (from 0 for sweeps without a position axis), through the blocks from the
+    patched layer on."""
     names = [a["name"] for a in got["axes"]]
     shape = got["values"]["shape"]
     grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
@@ -205,8 +206,48 @@ def expected_block_positions(got, n_layers: int, T: int, metric_positions) -> in
     total = 0
     for m in metric_positions:
         first = np.minimum(grids[pos_axis], m) if pos_axis is not None else np.zeros_like(layer)
-        total += int(((T - first) * (n_layers - layer)).sum())
+        total += int(((T - first) * (n_layers - layer))[~unchanged].sum())
     return total
+
+
+COMPONENT_HOOKS = {"resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid",
+                   "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out", "z": "attn.hook_z",
+                   "q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v",
+                   "pattern": "attn.hook_pattern"}
+
+
+def unchanged_runs(daemon, name: str, got, clean: dict, corrupted: dict) -> np.ndarray:
+    """Which of the sweep's runs patch in, for every prompt, bit for bit what the corrupted
+    run already has there (from the daemon's own caches of both runs): [values' shape]."""
+    names = [a["name"] for a in got["axes"]]
+    components = got["components"]
+    hooks = sorted({f"blocks.{layer}.{COMPONENT_HOOKS[c]}"
+                    for c in components for layer in got["axes"][names.index("layer")]["labels"]})
+    caches = [daemon_post(daemon, f"/v1/models/{name}/run_with_cache",
+                          {**batch, "names": hooks, "logits": False}) for batch in (clean, corrupted)]
+    acts = [{h: np.array(c[h]["data"], dtype=np.float32).reshape(c[h]["shape"]).view(np.uint32)
+             for h in hooks} for c in caches]
+    unchanged = np.zeros(got["values"]["shape"], dtype=bool)
+    for index in np.ndindex(*unchanged.shape):
+        at = dict(zip(names, index))
+        component = components[at.get("component", 0)]
+        hook = f"blocks.{at['layer']}.{COMPONENT_HOOKS[component]}"
+        pos = at.get("pos", at.get("dest_pos"))
+        parts = []
+        for act in (a[hook] for a in acts):
+            if component == "pattern":
+                part = act[:, at["head"]]
+                part = part if pos is None else part[:, pos]
+                part = part if "src_pos" not in at else part[:, at["src_pos"]]
+            elif component in ("z", "q", "k", "v"):
+                heads = {a["name"]: len(a["labels"]) for a in got["axes"]}["head"]
+                kv_head = at["head"] // (heads // act.shape[2])
+                part = act[:, :, kv_head] if pos is None else act[:, pos, kv_head]
+            else:
+                part = act[:, pos]
+            parts.append(part)
+        unchanged[index] = np.array_equal(parts[0], parts[1])
+    return unchanged
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
@@ -217,8 +258,10 @@ def test_position_reuse_matches_full_recompute_on_padded_prompts(daemon, name, s
     one on, or from its prompt's metric position if that comes first, with the corrupted
     run's keys and values before) gives full recomputation's values on padded batches
     whose prompts read the metric at different positions (right padding: each prompt's
-    last real token, before some patched positions), with GPT-Neo's local attention; and it
-    does exactly the work it claims."""
+    last real token, before some patched positions), with GPT-Neo's local attention; runs
+    whose patch is what the corrupted run has there (the shared first tokens, pads, masked
+    pattern entries) are the corrupted metric, and not computed; and it does exactly the
+    work it claims."""
     mask = np.array(daemon_post(daemon, f"/v1/models/{name}/tokenize", {
         "prompts": PADDED_CLEAN, "padding_side": padding_side})["attention_mask"])
     B, T = mask.shape
@@ -235,5 +278,11 @@ def test_position_reuse_matches_full_recompute_on_padded_prompts(daemon, name, s
     assert np.ptp(reference) > 1e-3, "a sweep whose values do not vary cannot tell runs apart"
 
     n_layers = len(got["axes"][[a["name"] for a in got["axes"]].index("layer")]["labels"])
-    assert full["block_positions"] == got["runs"] * B * T * n_layers
-    assert got["block_positions"] == expected_block_positions(got, n_layers, T, metric_positions)
+    assert full["block_positions"] == got["runs"] * B * T * n_layers and full["unchanged_runs"] == 0
+    unchanged = unchanged_runs(daemon, name, got, body["clean"], body["corrupted"])
+    assert got["unchanged_runs"] == unchanged.sum()
+    by_position = {"pos", "dest_pos"} & {a["name"] for a in got["axes"]}
+    assert unchanged.any() == bool(by_position), "the prompts share their first positions"
+    assert np.all(reused[unchanged] == np.float32(got["corrupted_metric"]))
+    assert got["block_positions"] == expected_block_positions(got, n_layers, T, metric_positions,
+                                                              unchanged)

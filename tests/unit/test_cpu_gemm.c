@@ -27,30 +27,31 @@ static float next_uniform(uint32_t *state) {
 
 typedef struct product_case {
     int M, K, N, lda_pad, ldb_pad, ldc_pad;
-    bool bias, accumulate;
+    bool bias, accumulate, b_transposed; /* b [K, N], or [N, K] used transposed */
 } product_case;
 
 /* Runs one case through `kernel`; the first wrong entry goes to why. Returns
  * true when every entry is within float32 rounding of the exact product
  * (2 (K + 2) FLT_EPSILON sum |terms|) and no pad entry changed. */
 static bool check_product(lk_gemm_kernel kernel, const product_case *p, char *why, size_t len) {
-    const int lda = p->K + p->lda_pad, ldb = p->N + p->ldb_pad, ldc = p->N + p->ldc_pad;
+    const int b_rows = p->b_transposed ? p->N : p->K, b_cols = p->b_transposed ? p->K : p->N;
+    const int lda = p->K + p->lda_pad, ldb = b_cols + p->ldb_pad, ldc = p->N + p->ldc_pad;
     float *a = malloc(sizeof(float) * (size_t)p->M * lda);
-    float *b = malloc(sizeof(float) * (size_t)p->K * ldb);
+    float *b = malloc(sizeof(float) * (size_t)b_rows * ldb);
     float *c = malloc(sizeof(float) * (size_t)p->M * ldc);
     float *c0 = malloc(sizeof(float) * (size_t)p->M * ldc);
     float *bias = malloc(sizeof(float) * (size_t)p->N);
     uint32_t state = (uint32_t)(p->M * 7919 + p->K * 131 + p->N);
     for (size_t i = 0; i < (size_t)p->M * lda; i++) a[i] = next_uniform(&state);
-    for (size_t i = 0; i < (size_t)p->K * ldb; i++) b[i] = next_uniform(&state);
+    for (size_t i = 0; i < (size_t)b_rows * ldb; i++) b[i] = next_uniform(&state);
     for (int j = 0; j < p->N; j++) bias[j] = next_uniform(&state);
     for (int i = 0; i < p->M; i++)
         for (int j = 0; j < ldc; j++)
             c0[(size_t)i * ldc + j] = j < p->N ? next_uniform(&state) : PAD;
     for (size_t i = 0; i < (size_t)p->M * ldc; i++) c[i] = c0[i];
 
-    lk_gemm_matmul(kernel, c, ldc, a, lda, b, ldb, p->bias ? bias : NULL, p->M, p->K, p->N,
-                       p->accumulate);
+    lk_gemm_matmul(kernel, c, ldc, a, lda, b, ldb, p->b_transposed, p->bias ? bias : NULL, p->M,
+                   p->K, p->N, p->accumulate);
 
     bool ok = true;
     for (int i = 0; i < p->M && ok; i++)
@@ -67,16 +68,18 @@ static bool check_product(lk_gemm_kernel kernel, const product_case *p, char *wh
             if (p->accumulate) exact += c0[(size_t)i * ldc + j], magnitude += fabs(exact);
             if (p->bias) exact += bias[j], magnitude += fabs(bias[j]);
             for (int k = 0; k < p->K; k++) {
-                const double term = (double)a[(size_t)i * lda + k] * b[(size_t)k * ldb + j];
+                const float bkj = p->b_transposed ? b[(size_t)j * ldb + k] : b[(size_t)k * ldb + j];
+                const double term = (double)a[(size_t)i * lda + k] * bkj;
                 exact += term;
                 magnitude += fabs(term);
             }
             const double bound = 2.0 * (p->K + 2) * FLT_EPSILON * magnitude;
             if (fabs(got - exact) > bound) {
                 snprintf(why, len,
-                         "%dx%dx%d (bias %d, accumulate %d): c[%d][%d] = %.9g, exact %.9g, "
-                         "bound %.3g",
-                         p->M, p->K, p->N, p->bias, p->accumulate, i, j, got, exact, bound);
+                         "%dx%dx%d (bias %d, accumulate %d, b transposed %d): c[%d][%d] = %.9g, "
+                         "exact %.9g, bound %.3g",
+                         p->M, p->K, p->N, p->bias, p->accumulate, p->b_transposed, i, j, got,
+                         exact, bound);
                 ok = false;
             }
         }
@@ -101,11 +104,12 @@ static void check_kernel(lk_gemm_kernel kernel) {
     for (size_t mi = 0; mi < sizeof row_counts / sizeof row_counts[0]; mi++)
         for (size_t ni = 0; ni < sizeof column_counts / sizeof column_counts[0]; ni++)
             for (size_t ki = 0; ki < sizeof k_counts / sizeof k_counts[0]; ki++) {
-                const int variant = (int)(mi + ni + ki) % 4;
+                const int variant = (int)(mi + ni + ki) % 8;
                 const product_case p = {
                     .M = row_counts[mi], .K = k_counts[ki], .N = column_counts[ni],
-                    .lda_pad = variant == 1 ? 5 : 0, .ldb_pad = variant >= 2 ? 3 : 0,
-                    .ldc_pad = 9, .bias = variant & 1, .accumulate = variant >= 2};
+                    .lda_pad = variant == 1 ? 5 : 0, .ldb_pad = variant % 4 >= 2 ? 3 : 0,
+                    .ldc_pad = 9, .bias = variant & 1, .accumulate = variant % 4 >= 2,
+                    .b_transposed = variant >= 4};
                 cr_assert(check_product(kernel, &p, why, sizeof why), "%s: %s",
                           lk_gemm_name(kernel), why);
                 cases++;

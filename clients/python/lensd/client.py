@@ -47,6 +47,9 @@ class Patched:
             ``("component", [...])`` (the ``_every`` sweeps).
         clean_metric, corrupted_metric: the unpatched runs' metric.
         runs: patched runs (TransformerLens's forward passes); passes: lensd's.
+        unchanged_runs: of the runs, those whose patch is what the corrupted
+            run already has there for every prompt (a position before the
+            prompts differ): their value is the corrupted metric, not computed.
         block_positions: the work those passes did: positions computed x blocks
             run through (runs x prompts x tokens x layers for full recomputation).
         seconds: the daemon's time for the sweep.
@@ -60,6 +63,7 @@ class Patched:
         self.corrupted_metric = float(data["corrupted_metric"])
         self.normalized = bool(data["normalized"])
         self.runs = int(data["runs"])
+        self.unchanged_runs = int(data["unchanged_runs"])
         self.passes = int(data["passes"])
         self.block_positions = int(data["block_positions"])
         self.seconds = float(data["seconds"])
