@@ -161,10 +161,11 @@ typedef enum lk_gemm_kernel {
     LK_GEMM_AVX512,   /* AVX-512F, 6 x 64 register tiles */
 } lk_gemm_kernel;
 
-/* The most rows lk_matmul and lk_matmul_batched give `kernel`: where it stops being faster than
- * OpenBLAS 0.3.21 on every gpt2, Pythia and SmolLM2 weight shape
- * (bench/results/gemm-2026-12-02.md): 512 for AVX-512 (against its SkylakeX
- * kernel), 64 for AVX2 (against its Haswell kernel); 0 for OpenBLAS. */
+/* The most rows lk_matmul and lk_matmul_batched give `kernel`: about where
+ * it stops being faster than OpenBLAS 0.3.21 on the weight shapes of gpt2,
+ * Pythia and SmolLM2 (bench/bench_gemm.c, bench/results/gemm-2026-12-02.md):
+ * 512 for AVX-512 (against its SkylakeX kernel; behind it at 2048 rows), 64
+ * for AVX2 (against its Haswell kernel); 0 for OpenBLAS. */
 int lk_gemm_max_rows(lk_gemm_kernel kernel);
 
 /* The fastest kernel `cpu` can run. */

@@ -11,9 +11,9 @@
  * register tile of MR rows by NR columns accumulates over k, reading one row
  * of the panel (NR consecutive floats of b) and broadcasting MR entries of a
  * per step, with the panel's next rows prefetched. k is cut into blocks of
- * KC; where several row tiles pass over a block, the block (KC x NR floats,
- * 32 KiB) is copied once into L1 for them, so that only the part of b in use
- * is ever copied, and only when it is reused.
+ * KC; where several row tiles pass over a block, the first copies the rows
+ * it reads (KC x NR floats, 32 KiB) into L1 for the others, so that only the
+ * part of b in use is ever copied, and only when it is reused.
  *
  *   out [M, N] (row stride ldo) = a [M, K] (lda) @ b [K, N] (ldb) + bias [N]
  *
@@ -58,6 +58,8 @@ typedef struct tile_job {
     int kc;            /* rows of the block */
     int w;             /* columns of the panel, at most the kernel's NR */
     bool load_c;       /* start from c (accumulate, or not the first block) */
+    float *pack;       /* or NULL: where to copy the block's rows of b as they are read,
+                          KC x NR floats, for the row tiles after this one */
 } tile_job;
 
 /* ---- AVX-512: tiles of 6 rows by 64 columns (24 accumulators) ---- */
@@ -98,6 +100,13 @@ tile_avx512(int R, bool full, const tile_job *t, const __mmask16 mask[4]) {
         _mm_prefetch(ahead + 192, _MM_HINT_T0);
         const __m512 b0 = LOAD_512(b, m0), b1 = LOAD_512(b + 16, m1);
         const __m512 b2 = LOAD_512(b + 32, m2), b3 = LOAD_512(b + 48, m3);
+        if (t->pack) {
+            float *row = t->pack + (size_t)k * NR_512;
+            _mm512_store_ps(row, b0);
+            _mm512_store_ps(row + 16, b1);
+            _mm512_store_ps(row + 32, b2);
+            _mm512_store_ps(row + 48, b3);
+        }
 #pragma GCC unroll 6
         for (int r = 0; r < R; r++) {
             const __m512 x = _mm512_set1_ps(a[r * lda]);
@@ -180,6 +189,12 @@ tile_avx2(int R, bool full, const tile_job *t, const __m256i mask[3]) {
         _mm_prefetch(ahead + 64, _MM_HINT_T0);
         _mm_prefetch(ahead + 92, _MM_HINT_T0);
         const __m256 b0 = LOAD_256(b, 0), b1 = LOAD_256(b + 8, 1), b2 = LOAD_256(b + 16, 2);
+        if (t->pack) {
+            float *row = t->pack + (size_t)k * NR_256;
+            _mm256_storeu_ps(row, b0);
+            _mm256_storeu_ps(row + 8, b1);
+            _mm256_storeu_ps(row + 16, b2);
+        }
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const __m256 x = _mm256_broadcast_ss(a + r * lda);
@@ -225,9 +240,9 @@ __attribute__((target("avx2,fma"))) static void tile_rows_avx2(int R, const tile
 }
 
 /* The columns [j0, j0 + w) (w <= the kernel's NR) of every row. A block of a
- * transposed b ([N, K]) is always copied into `packed` (KC x NR floats) as
+ * transposed b ([N, K]) is first copied into `packed` (KC x NR floats) as
  * [K, N]; otherwise, where more than one row tile passes over a block of the
- * panel, the block is copied there too: the tiles then read it from L1 in
+ * panel, the first tile copies the rows it reads there: the tiles then read it from L1 in
  * order, instead of reading rows that lie a page or more apart (N >= 1024)
  * and miss the TLB on every k. */
 static void run_panel(lk_gemm_kernel kernel, const tile_job *base, bool transposed, int M,
@@ -238,6 +253,7 @@ static void run_panel(lk_gemm_kernel kernel, const tile_job *base, bool transpos
         const int kc = K - k0 < KC ? K - k0 : KC;
         const float *b = base->b + (size_t)k0 * base->ldb + j0;
         int ldb = base->ldb;
+        bool pack_in_first_tile = false;
         if (transposed) {
             /* b is [N, K]: the block is columns k0.. of rows j0.. */
             const float *rows = base->b + (size_t)j0 * base->ldb + k0;
@@ -246,21 +262,15 @@ static void run_panel(lk_gemm_kernel kernel, const tile_job *base, bool transpos
                     packed[(size_t)k * nr + j] = rows[(size_t)j * base->ldb + k];
             b = packed;
             ldb = nr;
-        } else if (M > mr) {
-            for (int k = 0; k < kc; k++) {
-                const float *row = b + (size_t)k * ldb;
-                _mm_prefetch(rows_ahead(row, PREFETCH_ROWS, ldb), _MM_HINT_T0);
-                _mm_prefetch(rows_ahead(row, PREFETCH_ROWS, ldb) + 128, _MM_HINT_T0);
-                memcpy(packed + (size_t)k * nr, row, (size_t)w * sizeof(float));
-            }
-            b = packed;
-            ldb = nr;
+        } else {
+            pack_in_first_tile = M > mr;
         }
         for (int m0 = 0; m0 < M; m0 += mr) {
             tile_job t = *base;
             t.a += (size_t)m0 * base->lda + k0;
-            t.b = b;
-            t.ldb = ldb;
+            t.b = m0 > 0 && pack_in_first_tile ? packed : b;
+            t.ldb = m0 > 0 && pack_in_first_tile ? nr : ldb;
+            t.pack = m0 == 0 && pack_in_first_tile ? packed : NULL;
             t.c += (size_t)m0 * base->ldc + j0;
             t.bias = k0 == 0 && bias ? bias + j0 : NULL;
             t.kc = kc;
