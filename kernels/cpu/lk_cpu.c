@@ -61,9 +61,12 @@ static void cpu_matmul_batched(lk_device *dev, float *out, int ldo, size_t out_s
     if (M == 0 || N == 0 || count == 0) return;
     const lk_gemm_kernel own = lk_gemm_chosen();
     if (K > 0 && M <= lk_gemm_max_rows(own)) {
-        const int loop_threads =
-            (size_t)M * N * K * count >= ((size_t)4 << 20) ? omp_get_max_threads() : 1;
-#pragma omp parallel for schedule(dynamic) num_threads(loop_threads)
+        // across the products when there are enough of them to share out evenly; else one after
+        // another, each threaded over its columns (a head of a prompt at a time, as the
+        // forward of a model without grouped heads asks)
+        const bool across = count >= 4 * omp_get_max_threads() &&
+                            (size_t)M * N * K * count >= ((size_t)4 << 20);
+#pragma omp parallel for schedule(dynamic) if (across)
         for (int i = 0; i < count; i++)
             lk_gemm_matmul(own, out + i * out_step, ldo, a + i * a_step, lda, b + i * b_step, ldb,
                            b_transposed, NULL, M, K, N, false);
@@ -261,12 +264,13 @@ VECTOR_CLONES static void softmax_row(float *y, const float *x, int C) {
         return;
     }
     // maxval is subtracted only for numerical stability
+    // two loops: the vectoriser leaves a loop that mixes the float exp and the double sum scalar
+    for (int c = 0; c < C; c++)
+        y[c] = exp_poly(x[c] - maxval);
     double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
-    for (int c = 0; c < C; c++) {
-        y[c] = exp_poly(x[c] - maxval);
+    for (int c = 0; c < C; c++)
         sum += y[c];
-    }
     float inv = (float)(1.0 / sum);
     for (int c = 0; c < C; c++)
         y[c] *= inv;
