@@ -90,16 +90,14 @@ def build_tl(model_dir):
 # The time-to-first-result script: import, build, one run_with_cache, then
 # say so on stdout (the parent stops its clock on that line, so Python's
 # exit is not counted against TransformerLens).
-TL_FIRST_RESULT = (
-    TL_BUILD
-    + """
+FIRST_RESULT = """
 import sys
 tokens = torch.tensor([[int(t) for t in sys.argv[2].split(",")]])
 with torch.inference_mode():
     logits, cache = build_tl(sys.argv[1]).run_with_cache(tokens)
 print("FIRST_RESULT", len(cache), flush=True)
 """
-)
+TL_FIRST_RESULT = TL_BUILD + FIRST_RESULT
 
 # The reference for the family shapes: TransformerLens 4.3's TransformerBridge
 # in compatibility mode with the default processing (fold_ln,
@@ -120,16 +118,7 @@ def build_tl(model_dir):
     return bridge.eval()
 """
 
-BRIDGE_FIRST_RESULT = (
-    BRIDGE_BUILD
-    + """
-import sys
-tokens = torch.tensor([[int(t) for t in sys.argv[2].split(",")]])
-with torch.inference_mode():
-    logits, cache = build_tl(sys.argv[1]).run_with_cache(tokens)
-print("FIRST_RESULT", len(cache), flush=True)
-"""
-)
+BRIDGE_FIRST_RESULT = BRIDGE_BUILD + FIRST_RESULT
 
 GPT2 = "gpt2-small"
 ALL_MODELS = (GPT2, *make_family_random.SHAPES)

@@ -46,6 +46,19 @@ static inline const char *rows_ahead(const float *p, int rows, int ld) {
     return (const char *)((uintptr_t)p + (uintptr_t)rows * (uintptr_t)ld * sizeof(float));
 }
 
+/* The cases of a switch on a tile's row count R that call CALL(r) with r
+ * constant, so that the tile is compiled apart (its accumulators unrolled
+ * into registers) for each row count. */
+#define ROWS_1_TO_4(CALL)                                                                          \
+    case 4: CALL(4); break;                                                                        \
+    case 3: CALL(3); break;                                                                        \
+    case 2: CALL(2); break;                                                                        \
+    default: CALL(1); break;
+#define ROWS_1_TO_6(CALL)                                                                          \
+    case 6: CALL(6); break;                                                                        \
+    case 5: CALL(5); break;                                                                        \
+    ROWS_1_TO_4(CALL)
+
 /* One panel's block of k, given to a tile kernel. */
 typedef struct tile_job {
     const float *a; /* the tile's first row at its block's first k */
@@ -141,25 +154,15 @@ __attribute__((target("avx512f"))) static void tile_rows_avx512(int R, const til
         const int left = t->w - 16 * v;
         mask[v] = left >= 16 ? 0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
     }
+#define FULL_512(r) tile_avx512(r, true, t, mask)
+#define PART_512(r) tile_avx512(r, false, t, mask)
     if (t->w == NR_512) {
-        switch (R) {
-        case 6: tile_avx512(6, true, t, mask); break;
-        case 5: tile_avx512(5, true, t, mask); break;
-        case 4: tile_avx512(4, true, t, mask); break;
-        case 3: tile_avx512(3, true, t, mask); break;
-        case 2: tile_avx512(2, true, t, mask); break;
-        default: tile_avx512(1, true, t, mask); break;
-        }
+        switch (R) { ROWS_1_TO_6(FULL_512) }
     } else {
-        switch (R) {
-        case 6: tile_avx512(6, false, t, mask); break;
-        case 5: tile_avx512(5, false, t, mask); break;
-        case 4: tile_avx512(4, false, t, mask); break;
-        case 3: tile_avx512(3, false, t, mask); break;
-        case 2: tile_avx512(2, false, t, mask); break;
-        default: tile_avx512(1, false, t, mask); break;
-        }
+        switch (R) { ROWS_1_TO_6(PART_512) }
     }
+#undef FULL_512
+#undef PART_512
 }
 
 /* ---- AVX2 + FMA: tiles of 4 rows by 24 columns (12 accumulators) ---- */
@@ -222,21 +225,15 @@ __attribute__((target("avx2,fma"))) static void tile_rows_avx2(int R, const tile
     __m256i mask[3];
     for (int v = 0; v < 3; v++)
         mask[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(t->w - 8 * v), lane);
+#define FULL_256(r) tile_avx2(r, true, t, mask)
+#define PART_256(r) tile_avx2(r, false, t, mask)
     if (t->w == NR_256) {
-        switch (R) {
-        case 4: tile_avx2(4, true, t, mask); break;
-        case 3: tile_avx2(3, true, t, mask); break;
-        case 2: tile_avx2(2, true, t, mask); break;
-        default: tile_avx2(1, true, t, mask); break;
-        }
+        switch (R) { ROWS_1_TO_4(FULL_256) }
     } else {
-        switch (R) {
-        case 4: tile_avx2(4, false, t, mask); break;
-        case 3: tile_avx2(3, false, t, mask); break;
-        case 2: tile_avx2(2, false, t, mask); break;
-        default: tile_avx2(1, false, t, mask); break;
-        }
+        switch (R) { ROWS_1_TO_4(PART_256) }
     }
+#undef FULL_256
+#undef PART_256
 }
 
 /* The columns [j0, j0 + w) (w <= the kernel's NR) of every row. A block of a

@@ -98,7 +98,7 @@ static void check_kernel(lk_gemm_kernel kernel) {
     lk_cpu_info cpu;
     lk_cpu_identify(&cpu);
     if (lk_gemm_best(&cpu) < kernel)
-        cr_skip_test("this CPU cannot run the %s kernel", lk_gemm_name(kernel));
+        cr_skip_test("skipped: this CPU cannot run the %s kernel", lk_gemm_name(kernel));
     char why[512] = "";
     int cases = 0;
     for (size_t mi = 0; mi < sizeof row_counts / sizeof row_counts[0]; mi++)
@@ -131,7 +131,7 @@ Test(gemm, threaded_products_match) {
     lk_cpu_info cpu;
     lk_cpu_identify(&cpu);
     const lk_gemm_kernel best = lk_gemm_best(&cpu);
-    if (best == LK_GEMM_OPENBLAS) cr_skip_test("this CPU runs none of lensd's kernels");
+    if (best == LK_GEMM_OPENBLAS) cr_skip_test("skipped: this CPU runs none of lensd's own product kernels");
     const int saved = omp_get_max_threads();
     char why[512] = "";
     for (int threads = 2; threads <= 3; threads++) {
