@@ -40,6 +40,12 @@ static void copy_rows(lens_captured *dst, const lens_tensor *act, const chunk_st
         outer *= (size_t)act->shape[i];
     for (int i = axis + 1; i < act->ndim; i++)
         inner *= (size_t)act->shape[i];
+    if (!keep && act->dtype == LENS_F32) {
+        /* all positions: the chunk's rows are one run of dst */
+        lk_host_copy((float *)dst->data + (size_t)st->row0 * outer * len * inner, act->data,
+                     (size_t)st->rows * outer * len * inner * sizeof(float));
+        return;
+    }
     for (size_t b = 0; b < (size_t)st->rows; b++)
         for (size_t o = 0; o < outer; o++)
             for (size_t p = 0; p < P; p++) {

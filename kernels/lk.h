@@ -214,6 +214,12 @@ void lk_download(lk_device *dev, void *host_dst, const void *src, size_t bytes);
 /* Copies device -> device (queued). Regions must not overlap. */
 void lk_copy(lk_device *dev, void *dst, const void *src, size_t bytes);
 
+/* Copies bytes host -> host into memory that is not read again soon (a
+ * captured activation). Large copies run on every thread with streaming
+ * stores, which go past the cache and so leave the running forward's data in
+ * it; small ones are a memcpy. Regions must not overlap. */
+void lk_host_copy(void *dst, const void *src, size_t bytes);
+
 /* Waits for all queued work. Returns 0, or -1 with the first failure since
  * the last call (a kernel that could not start, a cuBLAS error) in why; the
  * failure is then cleared. */

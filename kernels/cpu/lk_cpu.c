@@ -20,11 +20,57 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 void lk_set_threads(int n_threads) {
     if (n_threads <= 0) n_threads = omp_get_num_procs();
     omp_set_num_threads(n_threads);
     openblas_set_num_threads(n_threads);
+}
+
+/* lk_host_copy: below STREAM_MIN bytes a memcpy; from THREADED_COPY_MIN
+ * bytes on, the threads take pieces of COPY_PIECE bytes. */
+#define STREAM_MIN ((size_t)64 << 10)
+#define THREADED_COPY_MIN ((size_t)1 << 20)
+#define COPY_PIECE ((size_t)256 << 10)
+
+/* Copies bytes with 16-byte streaming stores, the head up to dst's first
+ * 64-byte line and the tail after its last whole line by memcpy. */
+static void stream_copy(char *dst, const char *src, size_t bytes) {
+#if defined(__x86_64__)
+    size_t head = (64 - ((uintptr_t)dst & 63)) & 63;
+    if (head > bytes) head = bytes;
+    memcpy(dst, src, head);
+    size_t lines = (bytes - head) / 64;
+    char *d = dst + head;
+    const char *s = src + head;
+    for (size_t i = 0; i < lines; i++, d += 64, s += 64) {
+        _mm_stream_si128((__m128i *)d, _mm_loadu_si128((const __m128i *)s));
+        _mm_stream_si128((__m128i *)(d + 16), _mm_loadu_si128((const __m128i *)(s + 16)));
+        _mm_stream_si128((__m128i *)(d + 32), _mm_loadu_si128((const __m128i *)(s + 32)));
+        _mm_stream_si128((__m128i *)(d + 48), _mm_loadu_si128((const __m128i *)(s + 48)));
+    }
+    _mm_sfence();
+    memcpy(d, s, bytes - head - lines * 64);
+#else
+    memcpy(dst, src, bytes);
+#endif
+}
+
+void lk_host_copy(void *dst, const void *src, size_t bytes) {
+    if (bytes < STREAM_MIN) {
+        memcpy(dst, src, bytes);
+        return;
+    }
+    const size_t pieces = (bytes + COPY_PIECE - 1) / COPY_PIECE;
+#pragma omp parallel for schedule(static) if (bytes >= THREADED_COPY_MIN && !omp_in_parallel())
+    for (size_t i = 0; i < pieces; i++) {
+        const size_t from = i * COPY_PIECE;
+        stream_copy((char *)dst + from, (const char *)src + from,
+                    bytes - from < COPY_PIECE ? bytes - from : COPY_PIECE);
+    }
 }
 
 static void cpu_matmul(lk_device *dev, float *out, int ldo, const float *a, int lda, const float *b, int ldb,

@@ -1648,3 +1648,32 @@ Test(threads, row_kernels_agree) {
     free(one);
     free(all);
 }
+
+/* lk_host_copy at sizes on both sides of its memcpy / streaming / threaded
+ * thresholds (64 KiB, 1 MiB) and at every byte offset of source and
+ * destination within a 64-byte line: every byte arrives, none past the end
+ * is written. */
+Test(host_copy, every_size_and_alignment) {
+    const size_t sizes[] = {0, 1, 63, 64, 65, (64u << 10) - 1, (64u << 10) + 13,
+                            (1u << 20) - 5, (1u << 20) + 77, (3u << 20) + 1};
+    const size_t largest = (3u << 20) + 1, guard = 128;
+    unsigned char *src = malloc(largest + 64), *dst = malloc(largest + 64 + guard);
+    cr_assert(src && dst);
+    for (size_t i = 0; i < largest + 64; i++)
+        src[i] = (unsigned char)(i * 131u + 7u);
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+        for (size_t d_off = 0; d_off < 64; d_off += s < 5 ? 1 : 13)
+            for (size_t s_off = 0; s_off < 64; s_off += 29) {
+                const size_t n = sizes[s];
+                memset(dst, 0xA5, largest + 64 + guard);
+                lk_host_copy(dst + d_off, src + s_off, n);
+                cr_assert(memcmp(dst + d_off, src + s_off, n) == 0,
+                          "%zu bytes at offsets %zu <- %zu differ", n, d_off, s_off);
+                for (size_t i = 0; i < d_off; i++)
+                    cr_assert_eq(dst[i], 0xA5, "wrote before the destination");
+                for (size_t i = d_off + n; i < d_off + n + guard; i++)
+                    cr_assert_eq(dst[i], 0xA5, "%zu bytes: wrote past the end", n);
+            }
+    free(src);
+    free(dst);
+}
