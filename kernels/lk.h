@@ -164,8 +164,10 @@ typedef enum lk_gemm_kernel {
 /* The most rows lk_matmul and lk_matmul_batched give `kernel`: about where
  * it stops being faster than OpenBLAS 0.3.21 on the weight shapes of gpt2,
  * Pythia and SmolLM2 (bench/bench_gemm.c, bench/results/gemm-2026-12-02.md):
- * 512 for AVX-512 (against its SkylakeX kernel; behind it at 2048 rows), 64
- * for AVX2 (against its Haswell kernel); 0 for OpenBLAS. */
+ * 512 for AVX-512 (against its SkylakeX kernel on an Ice Lake Xeon; behind
+ * it at 2048 rows), 8 for AVX2 (against its Zen kernel on a Zen 3 EPYC,
+ * whole forwards: 1.23-1.5x at 4-8 rows, 0.82x at 16, 0.72x at 64;
+ * bench/results/zen3-2026-12-02.md); 0 for OpenBLAS. */
 int lk_gemm_max_rows(lk_gemm_kernel kernel);
 
 /* The fastest kernel `cpu` can run. */

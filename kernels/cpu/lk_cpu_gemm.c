@@ -299,7 +299,7 @@ lk_gemm_kernel lk_gemm_best(const lk_cpu_info *cpu) {
 int lk_gemm_max_rows(lk_gemm_kernel kernel) {
     switch (kernel) {
     case LK_GEMM_AVX512: return 512;
-    case LK_GEMM_AVX2: return 64;
+    case LK_GEMM_AVX2: return 8;
     default: return 0;
     }
 }
