@@ -107,7 +107,7 @@ static void alloc_tensor(void *user, lens_hook hook) {
     size_t numel = 1;
     for (int i = 0; i < t->ndim; i++)
         numel *= (size_t)t->shape[i];
-    st->failed = !(t->data = malloc(numel * lens_dtype_size(t->dtype) + 1));
+    st->failed = !(t->data = lk_host_buffer(numel * lens_dtype_size(t->dtype) + 1));
     st->out->n += !st->failed;
 }
 
@@ -125,7 +125,7 @@ static int allocate(const lens_model *m, const lens_token_batch *batch,
     if (!st.failed) lens_hook_foreach(c, alloc_tensor, &st);
     if (!st.failed && req->logits) {
         size_t rows = req->logit_positions ? (size_t)batch->B : (size_t)batch->B * batch->T;
-        st.failed = !(out->logits = malloc(rows * c->d_vocab_out * sizeof(float)));
+        st.failed = !(out->logits = lk_host_buffer(rows * c->d_vocab_out * sizeof(float)));
     }
     if (st.failed) {
         lens_err_set_code(err, LENS_ERR_NO_MEMORY, "out of host memory for the cache of a %dx%d batch",

@@ -216,6 +216,14 @@ void lk_download(lk_device *dev, void *host_dst, const void *src, size_t bytes);
 /* Copies device -> device (queued). Regions must not overlap. */
 void lk_copy(lk_device *dev, void *dst, const void *src, size_t bytes);
 
+/* bytes of host memory, 64-byte aligned, that free() releases; NULL when
+ * out of memory. From 2 MiB up it is aligned to 2 MiB and advised onto
+ * transparent huge pages (MADV_HUGEPAGE, which the kernel honours in its
+ * "madvise" and "always" modes), so that first touching it takes one page
+ * fault per 2 MiB instead of one per 4 KiB, and reading it misses the TLB
+ * less. For weights, workspaces and captured activations. */
+void *lk_host_buffer(size_t bytes);
+
 /* Copies bytes host -> host into memory that is not read again soon (a
  * captured activation). Large copies run on every thread with streaming
  * stores, which go past the cache and so leave the running forward's data in

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#include <sys/mman.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -28,6 +29,17 @@ void lk_set_threads(int n_threads) {
     if (n_threads <= 0) n_threads = omp_get_num_procs();
     omp_set_num_threads(n_threads);
     openblas_set_num_threads(n_threads);
+}
+
+#define HUGE_PAGE ((size_t)2 << 20)
+
+void *lk_host_buffer(size_t bytes) {
+    if (bytes < HUGE_PAGE) return aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    const size_t rounded = (bytes + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+    void *p = aligned_alloc(HUGE_PAGE, rounded);
+    /* advice only: where the kernel has no huge pages, 4 KiB pages serve */
+    if (p) (void)madvise(p, rounded, MADV_HUGEPAGE);
+    return p;
 }
 
 /* lk_host_copy: below STREAM_MIN bytes a memcpy; from THREADED_COPY_MIN
@@ -544,9 +556,7 @@ static void cpu_describe(lk_device *dev, lk_device_info *info) {
     snprintf(info->name, sizeof info->name, "cpu (%d cores)", omp_get_num_procs());
 }
 
-static void *cpu_alloc(lk_device *dev, size_t bytes) {
-    return aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-}
+static void *cpu_alloc(lk_device *dev, size_t bytes) { return lk_host_buffer(bytes); }
 
 static void cpu_free(lk_device *dev, void *ptr) { free(ptr); }
 

@@ -1677,3 +1677,18 @@ Test(host_copy, every_size_and_alignment) {
     free(src);
     free(dst);
 }
+
+/* lk_host_buffer: 64-byte aligned below 2 MiB, 2 MiB aligned from there on,
+ * every byte writable, released by free(). */
+Test(host_buffer, alignment_and_release) {
+    const size_t sizes[] = {1, 4096, (2u << 20) - 1, 2u << 20, (5u << 20) + 3};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        unsigned char *p = lk_host_buffer(sizes[s]);
+        cr_assert(p, "%zu bytes: NULL", sizes[s]);
+        const uintptr_t align = sizes[s] >= (2u << 20) ? (2u << 20) : 64;
+        cr_assert_eq((uintptr_t)p % align, 0, "%zu bytes at %p", sizes[s], (void *)p);
+        memset(p, 0x5A, sizes[s]);
+        cr_assert_eq(p[sizes[s] - 1], 0x5A);
+        free(p);
+    }
+}
