@@ -1650,9 +1650,9 @@ Test(threads, row_kernels_agree) {
 }
 
 /* lk_host_copy at sizes on both sides of its memcpy / streaming / threaded
- * thresholds (64 KiB, 1 MiB) and at every byte offset of source and
- * destination within a 64-byte line: every byte arrives, none past the end
- * is written. */
+ * thresholds (64 KiB, 1 MiB), at destination offsets across a 64-byte line
+ * (every one for the small sizes, every 13th for the large) and source
+ * offsets 0, 29 and 58: every byte arrives, none outside is written. */
 Test(host_copy, every_size_and_alignment) {
     const size_t sizes[] = {0, 1, 63, 64, 65, (64u << 10) - 1, (64u << 10) + 13,
                             (1u << 20) - 5, (1u << 20) + 77, (3u << 20) + 1};
