@@ -19,10 +19,11 @@ What it does, in one run (see bench/README.md for what each row means):
    tools/setup_tl4.sh's folder first on PYTHONPATH (3.9 and 4.3 cannot share
    one process);
 3. for prompts of 16 and 256 tokens, batch 1 and 8, full cache and logits
-   only, times the reference (torch.inference_mode, one warm-up run, then
-   the median of N) and lensd (`lensd cache --repeat N --timings`,
-   forward_ms_median); both get the same random token ids, so tokenization
-   is not measured;
+   only, times the reference (torch.inference_mode) and lensd (`lensd cache
+   --repeat k+1 --timings`, its forward_ms list): one uncounted warm-up
+   forward each, then the median of N timed runs taken in alternating rounds
+   (reference, lensd, reference, lensd); both get the same random token ids,
+   so tokenization is not measured;
 4. times a fresh process from start to its first result, for both;
 5. checks lensd's logits against the reference's on every row, and every
    cached activation on the full-cache rows (for the bridge: every name the
@@ -309,15 +310,14 @@ def tokens_args(tokens: np.ndarray) -> list:
 
 
 def time_tl(model, tokens: np.ndarray, full: bool, n: int):
-    """Median and min ms of n runs after one warm-up, the warm-up's ms, and
-    the last run's logits and cache."""
+    """The ms of each of n runs, and the last run's logits and cache."""
     import torch
 
     toks = torch.from_numpy(tokens)
     times = []
     logits = cache = None
     with torch.inference_mode():
-        for i in range(n + 1):
+        for _ in range(n):
             logits = cache = None  # free the previous run's tensors first
             t0 = time.perf_counter()
             if full:
@@ -325,7 +325,7 @@ def time_tl(model, tokens: np.ndarray, full: bool, n: int):
             else:
                 logits = model(toks)
             times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times[1:]), min(times[1:]), times[0], logits, cache
+    return times, logits, cache
 
 
 def run_lensd(lensd: Path, model_dir: Path, tokens: np.ndarray, full: bool, n: int, out: Path):
@@ -465,23 +465,39 @@ def lensd_start_times(lensd: Path, model_dir: Path, runs: int) -> dict:
     return {"run_s": statistics.median(run_s), "serve_s": statistics.median(serve_s)}
 
 
+ROUNDS = 2
+
+
 def measure_row(model, lensd, model_dir, tokens, full, n, out, label, bridge=False) -> dict:
-    """One row: TransformerLens (bridge: TL 4.3's TransformerBridge) then lensd on the same
-    tokens, then the checks."""
+    """One row: TransformerLens (bridge: TL 4.3's TransformerBridge) and lensd on the same
+    tokens, then the checks.
+
+    Both sides get one warm-up forward that is not counted: the reference's
+    first run in this process, and the first forward of each lensd process
+    (`--repeat k+1`; it also faults in the process's workspace and output
+    buffers). The n timed runs of each side are taken in ROUNDS alternating
+    rounds (reference, lensd, reference, lensd), so that a slow spell of the
+    machine, which on a shared VM lasts seconds, falls on both sides instead
+    of on whichever ran during it; the median is over all n."""
     load = OtherLoad()
-    log(f"{label}: TransformerLens, 1 + {n} runs ...")
-    tl_ms, tl_min, tl_first, tl_logits, tl_cache = time_tl(model, tokens, full, n)
-    log(f"{label}: lensd, 1 run, then {n} runs ...")
-    # A process's first forward also faults in its workspace and output
-    # buffers; later ones reuse them. --repeat 1 shows what a one-shot
-    # `lensd cache` pays, the --repeat N median the steady state.
-    lensd_first = run_lensd(lensd, model_dir, tokens, full, 1, out)["forward_ms_median"]
-    timings = run_lensd(lensd, model_dir, tokens, full, n, out)
+    per_round = max(1, -(-n // ROUNDS))
+    tl_times, ld_times, ld_firsts, timings = [], [], [], None
+    log(f"{label}: {ROUNDS} rounds of 1 + {per_round} runs each side ...")
+    tl_first = time_tl(model, tokens, full, 1)[0][0]
+    tl_logits = tl_cache = None
+    for _ in range(ROUNDS):
+        tl_logits = tl_cache = None  # free the last round's tensors first
+        times, tl_logits, tl_cache = time_tl(model, tokens, full, per_round)
+        tl_times += times
+        timings = run_lensd(lensd, model_dir, tokens, full, per_round + 1, out)
+        ld_firsts.append(timings["forward_ms_first"])
+        ld_times += timings["forward_ms"][1:]
     other_cpus = load.cpus()
     row = {
-        "label": label, "n": n, "tl_ms": tl_ms, "tl_min": tl_min, "tl_first": tl_first,
-        "lensd_ms": timings["forward_ms_median"], "lensd_first": lensd_first,
-        "timings": timings,
+        "label": label, "n": len(tl_times), "tl_ms": statistics.median(tl_times),
+        "tl_min": min(tl_times), "tl_first": tl_first,
+        "lensd_ms": statistics.median(ld_times), "lensd_min": min(ld_times),
+        "lensd_first": statistics.median(ld_firsts), "timings": timings,
         "logits_diff": max_abs_diff(lensd_logits(out), tl_logits.numpy()),
         "file_mb": out.stat().st_size / 1e6, "other_cpus": other_cpus,
     }
@@ -491,8 +507,8 @@ def measure_row(model, lensd, model_dir, tokens, full, n, out, label, bridge=Fal
         n_hooks, worst_name, worst, missing = compare_cache(out, tl_cache)
         row["check"] = {"label": label, "n": n_hooks, "worst_name": worst_name,
                         "worst": worst, "missing": missing}
-    log(f"{label}: TL {tl_ms:.1f} ms, lensd {row['lensd_ms']:.1f} ms "
-        f"({tl_ms / row['lensd_ms']:.2f}x), logits diff {row['logits_diff']:.1e}, "
+    log(f"{label}: TL {row['tl_ms']:.1f} ms, lensd {row['lensd_ms']:.1f} ms "
+        f"({row['tl_ms'] / row['lensd_ms']:.2f}x), logits diff {row['logits_diff']:.1e}, "
         f"other processes used {other_cpus:.2f} CPUs")
     return row
 
@@ -593,8 +609,9 @@ def render_section(sec: dict) -> list:
         )
     out += [
         "",
-        f"ms: median of N timed runs ({ref} after one warm-up run; lensd's N runs include its "
-        f"first, cold one). {short} / lensd > 1 means lensd is faster.",
+        f"ms: median of N timed runs each, after one warm-up forward each (uncounted), taken in "
+        f"{ROUNDS} alternating rounds ({ref}, lensd, {ref}, lensd). {short} / lensd > 1 means "
+        f"lensd is faster.",
     ]
     if first:
         out[-1] += (
@@ -622,7 +639,7 @@ def render_section(sec: dict) -> list:
         t = r["timings"]
         out.append(
             f"| {r['label']} | {fmt_ms(r['tl_first'])} | {fmt_ms(r['lensd_first'])} "
-            f"| {fmt_ms(r['tl_min'])} | {fmt_ms(t['forward_ms_min'])} "
+            f"| {fmt_ms(r['tl_min'])} | {fmt_ms(r['lensd_min'])} "
             f"| {fmt_ms(t['load_ms'])} | {fmt_ms(t['write_ms'])} | {r['file_mb']:,.0f} "
             f"| {r['other_cpus']:.2f} |"
         )
@@ -635,9 +652,10 @@ def render(env: dict, sections: list, wall_s: float) -> str:
     for sec in sections:
         out += render_section(sec)
     out += [
-        "first: the first forward after loading (the reference's warm-up run; lensd's "
-        "`--repeat 1`, a one-shot `lensd cache`), which also allocates and faults in memory that "
-        "later runs reuse. min: the fastest of the N runs. load and write: lensd reading and "
+        "first: the first forward after loading (the reference's warm-up run; for lensd the "
+        "median over its processes of each one's first forward, what a one-shot `lensd cache` "
+        "pays), which also allocates and faults in memory that later runs reuse. min: the fastest "
+        "of the N runs. load and write: lensd reading and "
         "processing the weights, and writing (and fsyncing) the safetensors file, both outside "
         "forward_ms.",
         "",
