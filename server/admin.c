@@ -164,6 +164,11 @@ srv_job *srv_admin_route(const char *method, const char *url, const char *body, 
     return job;
 }
 
+/* Admin jobs started and not yet answered. */
+static pthread_mutex_t in_flight_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t in_flight_done = PTHREAD_COND_INITIALIZER;
+static int in_flight;
+
 static void admin_load(srv_job *job) {
     srv_model_spec spec;
     read_spec(job->body, &spec, &job->response); /* checked by srv_admin_route */
@@ -178,9 +183,13 @@ static void admin_load(srv_job *job) {
     pthread_rwlock_wrlock(&srv_d.models_lock);
     srv_model *slot = NULL;
     bool taken = false;
+    /* checked under the lock that the shutdown's drain takes to stop every present
+     * model: a model added before it is stopped by it, none is added after */
+    const bool draining = srv_d.draining;
     for (int i = 0; i < srv_d.n_models; i++)
         taken |= srv_d.models[i].present && strcmp(srv_d.models[i].name, spec.name) == 0;
-    if (!taken && srv_d.n_models < srv_d.cap_models) slot = &srv_d.models[srv_d.n_models];
+    if (!taken && !draining && srv_d.n_models < srv_d.cap_models)
+        slot = &srv_d.models[srv_d.n_models];
     if (slot) {
         *slot = loaded;
         slot->name = strdup(spec.name);
@@ -197,7 +206,10 @@ static void admin_load(srv_job *job) {
     pthread_rwlock_unlock(&srv_d.models_lock);
     if (!slot) {
         srv_unload_model(&loaded);
-        if (taken)
+        if (draining)
+            srv_error(&job->response, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
+                      "the server is shutting down; %s was loaded but not added", spec.name);
+        else if (taken)
             srv_error(&job->response, MHD_HTTP_CONFLICT, "conflict", "name",
                       "a model called %s was loaded meanwhile", spec.name);
         else
@@ -239,16 +251,33 @@ static void *admin_thread(void *arg) {
     else
         admin_unload(job);
     MHD_resume_connection(job->connection);
+    pthread_mutex_lock(&in_flight_lock);
+    in_flight--;
+    pthread_cond_broadcast(&in_flight_done);
+    pthread_mutex_unlock(&in_flight_lock);
     return NULL;
 }
 
 void srv_admin_start(srv_job *job) {
+    pthread_mutex_lock(&in_flight_lock);
+    in_flight++;
+    pthread_mutex_unlock(&in_flight_lock);
     pthread_t thread;
     if (pthread_create(&thread, NULL, admin_thread, job)) {
         srv_error(&job->response, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
                   "cannot start a thread for this request");
         MHD_resume_connection(job->connection);
+        pthread_mutex_lock(&in_flight_lock);
+        in_flight--;
+        pthread_mutex_unlock(&in_flight_lock);
         return;
     }
     pthread_detach(thread);
+}
+
+void srv_admin_wait(void) {
+    pthread_mutex_lock(&in_flight_lock);
+    while (in_flight > 0)
+        pthread_cond_wait(&in_flight_done, &in_flight_lock);
+    pthread_mutex_unlock(&in_flight_lock);
 }

@@ -465,8 +465,8 @@ static const char *const limit_keys[] = {"max_body_bytes",       "max_prompts",
                                          "max_tokens",           "max_response_bytes",
                                          "max_kept_cache_bytes", "kept_cache_ttl_s",
                                          "queue_length",         "request_timeout_s",
-                                         "requests_per_minute",  "max_patch_tokens",
-                                         NULL};
+                                         "shutdown_timeout_s",   "requests_per_minute",
+                                         "max_patch_tokens",     NULL};
 
 /* A path setting of the file: a non-empty string (resolved against
  * base_dir) or null (none). */
@@ -518,6 +518,9 @@ static int parse_limits(srv_limits *l, const json_t *o, lens_err *err) {
         return -1;
     if ((v = json_object_get(o, "queue_length")) &&
         json_int_in(v, "limits.queue_length", 1, 1000000, &l->queue_length, err))
+        return -1;
+    if ((v = json_object_get(o, "shutdown_timeout_s")) &&
+        json_seconds(v, "limits.shutdown_timeout_s", &l->shutdown_timeout_s, err))
         return -1;
     if ((v = json_object_get(o, "request_timeout_s")) &&
         json_seconds(v, "limits.request_timeout_s", &l->request_timeout_s, err))
@@ -914,6 +917,7 @@ int srv_config_load(srv_config *cfg, int argc, char **argv, lens_err *err) {
             .kept_cache_ttl_s = SRV_DEFAULT_KEPT_CACHE_TTL_S,
             .queue_length = SRV_DEFAULT_QUEUE_LENGTH,
             .request_timeout_s = SRV_DEFAULT_REQUEST_TIMEOUT_S,
+            .shutdown_timeout_s = SRV_DEFAULT_SHUTDOWN_TIMEOUT_S,
             .requests_per_minute = 0,
             .max_patch_tokens = SRV_DEFAULT_MAX_PATCH_TOKENS,
         };

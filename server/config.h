@@ -38,6 +38,7 @@ typedef struct srv_limits {
     double kept_cache_ttl_s;     /* seconds a kept cache lives unused; default 600; > 0 */
     int queue_length;            /* waiting jobs per model; default 256; >= 1 */
     double request_timeout_s;    /* seconds; default 300; > 0 */
+    double shutdown_timeout_s;   /* SIGTERM to exit, at most; default 30; > 0 */
     int requests_per_minute;     /* per token; 0 = unlimited (default) */
     int max_patch_tokens;        /* patched runs x prompts x tokens in one sweep; default 20M */
 } srv_limits;
@@ -67,6 +68,7 @@ typedef struct srv_config {
 #define SRV_DEFAULT_KEPT_CACHE_TTL_S 600.0
 #define SRV_DEFAULT_QUEUE_LENGTH 256
 #define SRV_DEFAULT_REQUEST_TIMEOUT_S 300.0
+#define SRV_DEFAULT_SHUTDOWN_TIMEOUT_S 30.0
 #define SRV_DEFAULT_MAX_PATCH_TOKENS 20000000
 
 /* Finds lensd's data directory `name` ("models", "web"): first

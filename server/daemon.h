@@ -113,6 +113,10 @@ srv_model *srv_find_model(const char *name, size_t len);
 srv_job *srv_route(const char *method, const char *url, const char *accept, const char *body,
                    size_t body_len, srv_response *resp);
 
+/* Whether action[0..len-1] names a route under /v1/models/{m}/ (logits,
+ * patch, ...). */
+bool srv_is_model_action(const char *action, size_t len);
+
 /* Runs a job on its model's executor thread, filling job->response. */
 void srv_run_job(srv_job *job);
 
@@ -155,7 +159,9 @@ void srv_sched_submit(srv_job *job);
 int srv_sched_depth(const srv_model *m);
 
 /* Blocks until SIGINT or SIGTERM, then stops taking work, lets every queued
- * and running job finish, and stops the executors and the loop. */
+ * and running job finish, and stops the executors and the loop. From the
+ * signal on, a watchdog ends the process (status 1, after a line on stderr)
+ * if it has not exited within limits.shutdown_timeout_s. */
 void srv_sched_run_until_signal(void);
 
 /* ---- admin.c ---- */
@@ -168,6 +174,12 @@ srv_job *srv_admin_route(const char *method, const char *url, const char *body, 
 
 /* Runs an admin job on a thread of its own, then resumes its connection. */
 void srv_admin_start(srv_job *job);
+
+/* Waits until every admin job started has resumed its connection (at
+ * shutdown, before the HTTP side stops: libmicrohttpd aborts if a connection
+ * is still suspended then). A load that finishes while draining is answered
+ * 503 and its model not added. */
+void srv_admin_wait(void);
 
 /* Loads spec into slot sm (model, device, info JSON). Returns -1 with a
  * message. */

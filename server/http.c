@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,6 +33,7 @@ typedef struct request {
     const srv_token *token;
     char route[96];
     char model[128];
+    bool close_connection; /* answered before its body was read: do not read on */
     unsigned status;
     size_t bytes_out;
 } request;
@@ -44,23 +46,52 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* The route as logs and metrics name it: the model's name becomes {m}. */
-static void route_label(request *r, const char *method, const char *url) {
+/* The method as logs and metrics name it: GET, POST, DELETE or OTHER. */
+static const char *method_label(const char *method) {
+    static const char *const known[] = {"GET", "POST", "DELETE"};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (strcmp(method, known[i]) == 0) return known[i];
+    return "OTHER";
+}
+
+/* The route as logs and metrics name it, from a fixed set whatever the URL
+ * (so that junk URLs neither forge log lines nor use up the metrics' route
+ * slots): the model's name becomes {m}, ids {id}, anything lensd has no
+ * route for "(unknown)". The model's name, kept for the log line, has every
+ * byte outside printable ASCII, and any quote or backslash, replaced by '?'. */
+static void route_label(request *r, const char *method_name, const char *url) {
+    const char *method = method_label(method_name);
     const char *prefix = "/v1/models/";
     if (strncmp(url, prefix, strlen(prefix)) == 0) {
         const char *name = url + strlen(prefix);
         const char *slash = strchr(name, '/');
         size_t n = slash ? (size_t)(slash - name) : strlen(name);
-        snprintf(r->model, sizeof r->model, "%.*s", (int)n, name);
-        snprintf(r->route, sizeof r->route, "%s /v1/models/{m}%s", method, slash ? slash : "");
+        n = n < sizeof r->model - 1 ? n : sizeof r->model - 1;
+        for (size_t i = 0; i < n; i++) {
+            const unsigned char ch = (unsigned char)name[i];
+            r->model[i] = ch < 0x20 || ch > 0x7e || ch == '"' || ch == '\\' ? '?' : (char)ch;
+        }
+        r->model[n] = '\0';
+        const char *action = slash ? slash + 1 : "";
+        if (!*action)
+            snprintf(r->route, sizeof r->route, "%s /v1/models/{m}", method);
+        else
+            snprintf(r->route, sizeof r->route, "%s /v1/models/{m}/%s", method,
+                     srv_is_model_action(action, strlen(action)) ? action : "(unknown)");
     } else if (strncmp(url, "/v1/caches/", 11) == 0) {
         snprintf(r->route, sizeof r->route, "%s /v1/caches/{id}%s", method,
                  strchr(url + 11, '/') ? "/{name}" : "");
     } else if (strncmp(url, "/v1/progress/", 13) == 0) {
         snprintf(r->route, sizeof r->route, "%s /v1/progress/{id}", method);
+    } else if (strcmp(url, "/v1/admin/models") == 0) {
+        snprintf(r->route, sizeof r->route, "%s /v1/admin/models", method);
+    } else if (strncmp(url, "/v1/admin/models/", 17) == 0) {
+        snprintf(r->route, sizeof r->route, "%s /v1/admin/models/{name}", method);
     } else if (strcmp(url, "/healthz") == 0 || strcmp(url, "/readyz") == 0 ||
-               strcmp(url, "/metrics") == 0 || strncmp(url, "/v1/", 4) == 0) {
-        snprintf(r->route, sizeof r->route, "%s %.80s", method, url);
+               strcmp(url, "/metrics") == 0 || strcmp(url, "/v1/models") == 0) {
+        snprintf(r->route, sizeof r->route, "%s %s", method, url);
+    } else if (strncmp(url, "/v1/", 4) == 0) {
+        snprintf(r->route, sizeof r->route, "%s /v1/(unknown)", method);
     } else {
         snprintf(r->route, sizeof r->route, "%s (static)", method);
     }
@@ -87,10 +118,44 @@ static enum MHD_Result send_response(struct MHD_Connection *c, request *r, srv_r
     }
     if (resp->status == MHD_HTTP_UNAUTHORIZED)
         MHD_add_response_header(m, "WWW-Authenticate", "Bearer");
+    if (r->close_connection) MHD_add_response_header(m, "Connection", "close");
     r->status = resp->status;
     enum MHD_Result ok = MHD_queue_response(c, resp->status, m);
     MHD_destroy_response(m);
     return ok;
+}
+
+/* How a request says where its body ends: its Content-Length and
+ * Transfer-Encoding headers, counted. */
+typedef struct body_framing {
+    int content_lengths, transfer_encodings;
+} body_framing;
+
+static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value) {
+    (void)kind;
+    (void)value;
+    body_framing *f = cls;
+    f->content_lengths += strcasecmp(key, "Content-Length") == 0;
+    f->transfer_encodings += strcasecmp(key, "Transfer-Encoding") == 0;
+    return MHD_YES;
+}
+
+/* Refuses a request whose body could be read two ways (RFC 9112 6.3; behind
+ * a proxy that reads it the other way, the rest would be smuggled in as a
+ * request of its own): several Content-Length or Transfer-Encoding headers,
+ * or both kinds. Returns 0, or -1 with the refusal in resp; the connection
+ * is then closed after the answer, its body unread. */
+static int check_framing(struct MHD_Connection *c, request *r, srv_response *resp) {
+    body_framing f = {0};
+    MHD_get_connection_values(c, MHD_HEADER_KIND, count_framing, &f);
+    if (f.content_lengths + f.transfer_encodings <= 1) return 0;
+    r->close_connection = true;
+    srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", NULL,
+              "ambiguous body length: %d Content-Length and %d Transfer-Encoding headers; send "
+              "one of them, once",
+              f.content_lengths, f.transfer_encodings);
+    return -1;
 }
 
 /* Checks the bearer token and the rate limit of a /v1/ request. Returns 0,
@@ -215,7 +280,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         r->started = now_s();
         route_label(r, method, url);
         *con_cls = r;
-        if (check_access(c, url, r, &resp)) return send_response(c, r, &resp);
+        if (check_framing(c, r, &resp) || check_access(c, url, r, &resp))
+            return send_response(c, r, &resp);
         /* an over-long body is read and dropped, then refused: a client that writes its
          * whole body before reading would otherwise see a broken pipe, not the 413 */
         return MHD_YES;

@@ -16,6 +16,7 @@
 #include "core/attribution.h"
 #include "core/capture.h"
 #include "core/intervene.h"
+#include "core/logits.h"
 #include "core/patch.h"
 #include "core/prompt.h"
 #include "core/safetensors.h"
@@ -528,24 +529,6 @@ fail:
     srv_answer_free(a);
 }
 
-/* log_softmax of one row of V logits into out (double sums). */
-/* log(sum(exp(logits[0..V-1]))), in double, shifted by the maximum. */
-static double log_sum_exp(const float *logits, int V) {
-    float maxval = -INFINITY;
-    for (int v = 0; v < V; v++)
-        maxval = logits[v] > maxval ? logits[v] : maxval;
-    double sum = 0.0;
-    for (int v = 0; v < V; v++)
-        sum += exp((double)logits[v] - maxval);
-    return log(sum) + maxval;
-}
-
-static void log_softmax(const float *logits, float *out, int V) {
-    const double log_sum = log_sum_exp(logits, V);
-    for (int v = 0; v < V; v++)
-        out[v] = (float)((double)logits[v] - log_sum);
-}
-
 /* A logits request between its parsing and its answer. */
 typedef struct logits_request {
     srv_job *job;
@@ -609,34 +592,32 @@ static void logits_finish(logits_request *lr) {
     if (lr->want_log_probs) {
         if (!(logp = a->extra[1] = malloc((size_t)B * P * V * sizeof *logp))) goto oom;
         for (size_t r = 0; r < (size_t)B * P; r++)
-            log_softmax(rows + r * V, logp + r * V, V);
+            lens_log_softmax(rows + r * V, logp + r * V, V);
     }
     json_t *fields = json_pack("{s:s}", "model", job->model->name);
     if (top_k) {
         int64_t *ids = malloc((size_t)B * P * top_k * sizeof *ids);
         float *vals = a->extra[2] = malloc((size_t)B * P * top_k * sizeof *vals);
         float *probs = a->extra[4] = malloc((size_t)B * P * top_k * sizeof *probs);
+        int32_t *picked = malloc((size_t)top_k * sizeof *picked); /* one row's ids */
         a->extra[3] = (float *)ids;
-        if (!ids || !vals || !probs) {
+        if (!ids || !vals || !probs || !picked) {
+            free(picked);
             json_decref(fields);
             goto oom;
         }
         for (size_t r = 0; r < (size_t)B * P; r++) {
             const float *row = rows + r * V;
-            const double log_sum = log_sum_exp(row, V);
-            for (long k = 0; k < top_k; k++) { /* selection: k is small */
-                int best = -1;
-                for (int v = 0; v < V; v++) {
-                    bool taken = false;
-                    for (long j = 0; j < k && !taken; j++)
-                        taken = ids[r * top_k + j] == v;
-                    if (!taken && (best < 0 || row[v] > row[best])) best = v;
-                }
-                ids[r * top_k + k] = best;
-                vals[r * top_k + k] = row[best];
-                probs[r * top_k + k] = (float)exp((double)row[best] - log_sum);
+            const double log_sum = lens_log_sum_exp(row, V);
+            lens_top_k(row, V, (int)top_k, picked);
+            for (long k = 0; k < top_k; k++) {
+                const int32_t id = picked[k];
+                ids[r * top_k + k] = id;
+                vals[r * top_k + k] = row[id];
+                probs[r * top_k + k] = (float)exp((double)row[id] - log_sum);
             }
         }
+        free(picked);
         srv_answer_add(a, "top_k_ids", LENS_I64, 3, (int64_t[]){B, P, top_k}, ids);
         srv_answer_add(a, "top_k_logits", LENS_F32, 3, (int64_t[]){B, P, top_k}, vals);
         srv_answer_add(a, "top_k_probs", LENS_F32, 3, (int64_t[]){B, P, top_k}, probs);
@@ -651,24 +632,21 @@ static void logits_finish(logits_request *lr) {
         double total = 0.0;
         long counted = 0;
         float *per = malloc((size_t)B * (T > 1 ? T - 1 : 1) * sizeof *per);
-        float *tmp = malloc((size_t)V * sizeof *tmp);
-        if (!per || !tmp) {
-            free(per);
-            free(tmp);
+        if (!per) {
             json_decref(fields);
             goto oom;
         }
         for (int b = 0; b < B; b++)
             for (int t = 0; t + 1 < T; t++) {
-                log_softmax(a->cache.logits + ((size_t)b * T + t) * V, tmp, V);
+                const float *row = a->cache.logits + ((size_t)b * T + t) * V;
                 const uint8_t *mask = a->batch.attn_mask ? a->batch.attn_mask + (size_t)b * T : NULL;
                 const bool real = !mask || (mask[t] && mask[t + 1]);
-                float l = real ? -tmp[a->batch.tokens[(size_t)b * T + t + 1]] : 0.0f;
+                const int32_t next = a->batch.tokens[(size_t)b * T + t + 1];
+                float l = real ? -(float)((double)row[next] - lens_log_sum_exp(row, V)) : 0.0f;
                 per[(size_t)b * (T - 1) + t] = l;
                 total += l;
                 counted += real;
             }
-        free(tmp);
         if (lr->want_loss)
             json_object_set_new(fields, "loss", json_real(counted ? total / counted : NAN));
         if (lr->want_per_token) {
@@ -1627,23 +1605,18 @@ static uint64_t next_random(uint64_t *state) {
 }
 
 /* The next token from one row of logits: the argmax, or a sample from
- * softmax(logits / temperature) over the top_k largest (0: all). */
+ * softmax(logits / temperature) over the top_k largest (0: all); top_ids
+ * is scratch for top_k ids. */
 static int32_t pick_token(const float *logits, int V, bool sample, float temperature, int top_k,
-                          uint64_t *rng, float *scratch) {
+                          uint64_t *rng, int32_t *top_ids) {
     int best = 0;
     for (int v = 1; v < V; v++)
         if (logits[v] > logits[best]) best = v;
     if (!sample) return best;
     float cutoff = -INFINITY;
-    if (top_k > 0 && top_k < V) { /* the k-th largest logit, by counting */
-        memcpy(scratch, logits, (size_t)V * sizeof *scratch);
-        for (int k = 0; k < top_k; k++) {
-            int at = 0;
-            for (int v = 1; v < V; v++)
-                if (scratch[v] > scratch[at]) at = v;
-            cutoff = scratch[at];
-            scratch[at] = -INFINITY;
-        }
+    if (top_k > 0 && top_k < V) { /* the k-th largest logit */
+        lens_top_k(logits, V, top_k, top_ids);
+        cutoff = logits[top_ids[top_k - 1]];
     }
     double total = 0.0;
     for (int v = 0; v < V; v++)
@@ -1666,7 +1639,7 @@ static void run_generate(srv_job *job) {
     hooks_request h = {0};
     uint8_t *none = calloc(lens_hook_slots(c), 1), *intervene = calloc(lens_hook_slots(c), 1);
     int32_t *tokens = NULL, *last = NULL, *scratch_ids = NULL;
-    float *scratch = NULL;
+    int32_t *top_ids = NULL;
     bool sample, stop_at_eos;
     long max_new, top_k, seed;
     json_t *temperature_json = json_object_get(job->body, "temperature");
@@ -1709,12 +1682,12 @@ static void run_generate(srv_job *job) {
     const int T_max = start.T + (int)max_new > c->n_ctx ? c->n_ctx : start.T + (int)max_new;
     tokens = malloc((size_t)B * T_max * sizeof *tokens);
     last = malloc((size_t)B * sizeof *last);
-    scratch = malloc((size_t)V * sizeof *scratch);
+    top_ids = malloc((size_t)V * sizeof *top_ids);
     scratch_ids = malloc((size_t)T_max * sizeof *scratch_ids);
     int *length = calloc((size_t)B, sizeof *length);
     bool *done = calloc((size_t)B, sizeof *done);
     uint64_t rng = (uint64_t)seed;
-    if (!tokens || !last || !scratch || !scratch_ids || !length || !done) {
+    if (!tokens || !last || !top_ids || !scratch_ids || !length || !done) {
         free(length);
         free(done);
         srv_out_of_memory(resp);
@@ -1768,7 +1741,7 @@ static void run_generate(srv_job *job) {
         for (int b = 0; b < B; b++) {
             if (done[b] || length[b] >= T_max) continue;
             int32_t next = pick_token(out.logits + (size_t)b * V, V, sample, (float)temperature,
-                                      (int)top_k, &rng, scratch);
+                                      (int)top_k, &rng, top_ids);
             tokens[(size_t)b * T_max + length[b]++] = next;
             done[b] = stop_at_eos && next == m->rules.eos_id;
             all_done &= done[b] || length[b] >= T_max;
@@ -1804,7 +1777,7 @@ out:
     free(intervene);
     free(tokens);
     free(last);
-    free(scratch);
+    free(top_ids);
     free(scratch_ids);
     hooks_request_free(&h);
     lens_token_batch_free(&start);
@@ -2166,6 +2139,27 @@ static void raw_json(srv_response *resp, const char *json) {
     resp->body_len = strlen(json);
 }
 
+/* The routes under /v1/models/{m}/: each a POST, run as a job of its kind. */
+static const struct {
+    const char *action;
+    srv_job_kind kind;
+} model_actions[] = {{"tokenize", SRV_JOB_TOKENIZE},     {"detokenize", SRV_JOB_DETOKENIZE},
+                     {"logits", SRV_JOB_LOGITS},         {"run_with_cache", SRV_JOB_RUN_WITH_CACHE},
+                     {"attention", SRV_JOB_ATTENTION},   {"test_prompt", SRV_JOB_TEST_PROMPT},
+                     {"logit_diff", SRV_JOB_LOGIT_DIFF}, {"run_with_hooks", SRV_JOB_RUN_WITH_HOOKS},
+                     {"generate", SRV_JOB_GENERATE},     {"patch", SRV_JOB_PATCH}};
+#define N_MODEL_ACTIONS (sizeof model_actions / sizeof model_actions[0])
+
+/* The index in model_actions of the action action[0..len-1], or -1. */
+static int model_action(const char *action, size_t len) {
+    for (size_t i = 0; i < N_MODEL_ACTIONS; i++)
+        if (strlen(model_actions[i].action) == len && memcmp(action, model_actions[i].action, len) == 0)
+            return (int)i;
+    return -1;
+}
+
+bool srv_is_model_action(const char *action, size_t len) { return model_action(action, len) >= 0; }
+
 srv_job *srv_route(const char *method, const char *url, const char *accept, const char *body,
                    size_t body_len, srv_response *resp) {
     const bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
@@ -2236,24 +2230,14 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
                   (int)name_len, name);
         return NULL;
     }
-    static const struct {
-        const char *action;
-        srv_job_kind kind;
-    } actions[] = {{"tokenize", SRV_JOB_TOKENIZE},     {"detokenize", SRV_JOB_DETOKENIZE},
-                   {"logits", SRV_JOB_LOGITS},         {"run_with_cache", SRV_JOB_RUN_WITH_CACHE},
-                   {"attention", SRV_JOB_ATTENTION},   {"test_prompt", SRV_JOB_TEST_PROMPT},
-                   {"logit_diff", SRV_JOB_LOGIT_DIFF}, {"run_with_hooks", SRV_JOB_RUN_WITH_HOOKS},
-                   {"generate", SRV_JOB_GENERATE},     {"patch", SRV_JOB_PATCH}};
-    const char *action = slash + 1;
-    int found = -1;
-    for (int i = 0; i < (int)(sizeof actions / sizeof actions[0]) && found < 0; i++)
-        if (strcmp(action, actions[i].action) == 0) found = i;
+    const int found = model_action(slash + 1, strlen(slash + 1));
     if (found < 0) {
+        char list[256] = "";
+        for (size_t i = 0; i < N_MODEL_ACTIONS; i++)
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "",
+                     model_actions[i].action);
         srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", NULL,
-                  "no such route: %s (model routes: tokenize, detokenize, logits, "
-                  "run_with_cache, attention, test_prompt, logit_diff, run_with_hooks, "
-                  "generate, patch)",
-                  url);
+                  "no such route: %s (model routes: %s)", url, list);
         return NULL;
     }
     if (!post) {
@@ -2280,7 +2264,7 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
         srv_error(resp, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL, "out of memory");
         return NULL;
     }
-    job->kind = actions[found].kind;
+    job->kind = model_actions[found].kind;
     job->model = m;
     job->body = parsed;
     job->accept = accept;

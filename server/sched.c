@@ -6,9 +6,12 @@
  * SIGTERM. Each model has one executor thread, the only one that touches
  * the model and its device memory, which runs its queue in order.
  */
+#include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -163,6 +166,22 @@ int srv_sched_depth(const srv_model *m) {
     return depth;
 }
 
+/* Ends the process limits.shutdown_timeout_s after the signal, if it is
+ * still there: a sweep, a load or a client that keeps shutdown waiting
+ * longer is cut off rather than waited for. */
+static void *shutdown_watchdog(void *arg) {
+    (void)arg;
+    const double limit = srv_d.cfg.limits.shutdown_timeout_s;
+    struct timespec left = {(time_t)limit, (long)((limit - (double)(time_t)limit) * 1e9)};
+    while (nanosleep(&left, &left) == -1 && errno == EINTR) {
+    }
+    fprintf(stderr,
+            "lensd: still shutting down %g s after the signal (limits.shutdown_timeout_s): "
+            "exiting, work in flight cut off\n",
+            limit);
+    _exit(1);
+}
+
 /* SIGINT or SIGTERM: refuse new work, let the executors empty their queues,
  * then end the loop (loop thread). */
 static void drain(uv_signal_t *handle, int signum) {
@@ -171,6 +190,8 @@ static void drain(uv_signal_t *handle, int signum) {
     fprintf(stderr, "lensd: %s: finishing %s work, refusing new requests\n",
             signum == SIGINT ? "SIGINT" : "SIGTERM", "queued");
     srv_d.draining = 1;
+    pthread_t watchdog;
+    if (pthread_create(&watchdog, NULL, shutdown_watchdog, NULL) == 0) pthread_detach(watchdog);
     MHD_socket listener = MHD_quiesce_daemon(srv_d.http); /* no new connections */
     if (listener != MHD_INVALID_SOCKET) close(listener);
     pthread_mutex_lock(&inbox_lock);

@@ -137,6 +137,7 @@ int srv_serve_main(int argc, char **argv) {
     srv_d.ready = 1;
     fprintf(stderr, "lensd: ready: %d model%s\n", cfg->n_models, cfg->n_models == 1 ? "" : "s");
     srv_sched_run_until_signal();
+    srv_admin_wait();
     srv_http_stop();
     fprintf(stderr, "lensd: stopped\n");
     status = 0;

@@ -9,27 +9,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/logits.h"
 #include "core/prompt.h"
 #include "server/pyrepr.h"
 
 /* probs = softmax(logits) in double. */
 static void softmax_double(const float *logits, double *probs, int V) {
-    float maxval = -INFINITY;
+    const double log_sum = lens_log_sum_exp(logits, V);
     for (int v = 0; v < V; v++)
-        maxval = logits[v] > maxval ? logits[v] : maxval;
-    double sum = 0.0;
-    for (int v = 0; v < V; v++)
-        sum += (probs[v] = exp((double)logits[v] - maxval));
-    for (int v = 0; v < V; v++)
-        probs[v] /= sum;
-}
-
-/* Rank of token among V probabilities in descending order (0 = top). */
-static int rank_of(const double *probs, int V, int token) {
-    int rank = 0;
-    for (int v = 0; v < V; v++)
-        rank += probs[v] > probs[token] || (probs[v] == probs[token] && v < token);
-    return rank;
+        probs[v] = exp((double)logits[v] - log_sum);
 }
 
 static json_t *str_token_json(const lens_model *m, int32_t id) {
@@ -43,17 +31,11 @@ static json_t *str_token_json(const lens_model *m, int32_t id) {
 static json_t *top_k(const lens_model *m, const float *logits, const double *probs, int V, int k,
                      FILE *text) {
     json_t *list = json_array();
-    int *order = malloc((size_t)V * sizeof *order);
+    k = k < V ? k : V;
+    int32_t *order = k > 0 ? malloc((size_t)k * sizeof *order) : NULL;
     if (!order) return list;
-    for (int v = 0; v < V; v++)
-        order[v] = v;
-    for (int i = 0; i < k && i < V; i++) {
-        int best = i;
-        for (int j = i + 1; j < V; j++)
-            if (probs[order[j]] > probs[order[best]]) best = j;
-        int tmp = order[i];
-        order[i] = order[best];
-        order[best] = tmp;
+    lens_top_k(logits, V, k, order);
+    for (int i = 0; i < k; i++) {
         json_t *token = str_token_json(m, order[i]);
         fprintf(text, "Top %dth token. Logit: %5.2f Prob: %5.2f%% Token: |%s|\n", i,
                 logits[order[i]], 100.0 * probs[order[i]], json_string_value(token));
@@ -174,7 +156,7 @@ int srv_test_prompt(const lens_model *m, lens_workspace *ws, const char *prompt_
             const float *row = logits + ((size_t)a * T + index - 1) * V;
             const int32_t tok = tokens[(size_t)a * T + index];
             softmax_double(row, probs, V);
-            ranks[i * B + a] = rank_of(probs, V, tok);
+            ranks[i * B + a] = lens_rank(row, V, tok);
             fprintf(text, "Rank: %-8d Logit: %5.2f Prob: %5.2f%% Token: |%s|\n", ranks[i * B + a],
                     row[tok], 100.0 * probs[tok], answer_strs[a][i]);
             json_array_append_new(entries,

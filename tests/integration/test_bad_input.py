@@ -6,6 +6,7 @@ memory; the daemon keeps serving others while a client dawdles.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from dataclasses import dataclass, field as dc_field
@@ -355,3 +356,79 @@ def test_a_bad_config_file_is_refused_at_start(lensd_bin, models, tmp_path):
     assert proc.returncode == 1
     assert "limits.max_prompts" in proc.stderr
     assert "listening" not in proc.stdout
+
+
+def raw_exchange(lensd, request: bytes) -> tuple[bytes, bool]:
+    """Sends request bytes as they are; returns everything the daemon answers
+    within 10 s, and whether it closed the connection after."""
+    host, port = lensd.url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(request)
+        got = b""
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+        except TimeoutError:
+            return got, False
+        return got, True
+
+
+SMUGGLED = (b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+AMBIGUOUS_FRAMING = [
+    ("two Content-Length", b"Content-Length: 17\r\nContent-Length: 0\r\n"),
+    ("the same Content-Length twice", b"Content-Length: 17\r\nContent-Length: 17\r\n"),
+    ("Content-Length and chunked", b"Content-Length: 17\r\nTransfer-Encoding: chunked\r\n"),
+]
+
+
+@pytest.mark.parametrize("headers", [h for _, h in AMBIGUOUS_FRAMING],
+                         ids=[name for name, _ in AMBIGUOUS_FRAMING])
+def test_ambiguous_body_length_is_refused(lensd, get, headers):
+    """A body that a proxy and lensd could delimit differently is refused with
+    400 and the connection closed, so that no request hidden in it runs."""
+    body = b'{"prompt": "Hi"}\n'
+    assert len(body) == 17
+    request = (b"POST /v1/models/gpt2/logits HTTP/1.1\r\nHost: x\r\n"
+               b"Content-Type: application/json\r\n" + headers + b"\r\n" + body + SMUGGLED)
+    got, closed = raw_exchange(lensd, request)
+    status_line = got.split(b"\r\n", 1)[0]
+    assert status_line.startswith(b"HTTP/1.1 400"), got[:300]
+    assert b"ambiguous body length" in got
+    assert got.count(b"HTTP/1.1 ") == 1, "the request after the body was answered too"
+    assert closed
+    assert get("/healthz")[0] == 200
+
+
+def test_one_content_length_still_works(lensd):
+    body = b'{"prompt": "Hi"}\n'
+    got, _ = raw_exchange(lensd, b"POST /v1/models/gpt2/tokenize HTTP/1.1\r\nHost: x\r\n"
+                                 b"Content-Type: application/json\r\nConnection: close\r\n"
+                                 b"Content-Length: 17\r\n\r\n" + body)
+    assert got.startswith(b"HTTP/1.1 200"), got[:300]
+
+
+def test_junk_urls_neither_forge_logs_nor_use_up_metrics(start_daemon, models):
+    """URLs are the client's: a quote or newline in one (percent-encoded;
+    libmicrohttpd decodes it) must not make a log line or a /metrics series of
+    its own, and junk routes must not take the route labels real ones need."""
+    from urllib.parse import quote
+
+    d = start_daemon(["--model", f"gpt2={models['gpt2']}"])
+    forged = '"}\n{"request": 1, "route": "forged'
+    for path in [f"/v1/models/{quote(forged)}/logits", f"/v1/models/gpt2/{quote(forged)}",
+                 f"/v1/{quote(forged)}", f"/{quote(forged)}"]:
+        assert d.post(path, {"prompt": "Hi"})[0] in (404, 405)
+    for i in range(150):  # more distinct junk routes than there are label slots
+        d.post(f"/v1/models/gpt2/junk{i}", {})
+        d.get(f"/v1/junk{i}")
+    assert d.post("/v1/models/gpt2/logits", {"prompt": "Hi", "top_k": 1})[0] == 200
+    text = d.get("/metrics")[2].decode()
+    routes = set(re.findall(r'route="([^"]*)"', text))
+    assert 'POST /v1/models/{m}/logits' in routes, sorted(routes)
+    assert not any("junk" in r or "forged" in r for r in routes), sorted(routes)
+    assert {"POST /v1/models/{m}/(unknown)", "GET /v1/(unknown)"} <= routes, sorted(routes)
+    assert d.stop() == 0
+    for line in d.log_path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)  # every log line still one JSON object
+            assert "forged" not in entry["route"], line

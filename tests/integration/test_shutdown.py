@@ -5,7 +5,10 @@ new work, and exits 0. Each test starts its own daemon.
 from __future__ import annotations
 
 import http.client
+import json
+import os
 import threading
+import time
 
 import numpy as np
 
@@ -128,3 +131,68 @@ def test_sigterm_when_idle_exits_at_once(start_daemon, models):
         raise AssertionError("the daemon still answers after exiting")
     except ConnectionRefusedError:
         pass
+
+
+def model_with_blocking_config(models, tmp_path):
+    """gpt2-a's files, except that config.json is a FIFO: a load of this
+    directory blocks opening it until a test writes the real config."""
+    slow = tmp_path / "slow-model"
+    slow.mkdir()
+    for f in models["gpt2"].iterdir():
+        if f.name != "config.json":
+            (slow / f.name).symlink_to(f)
+    os.mkfifo(slow / "config.json")
+    return slow
+
+
+def config_with(tmp_path, limits: dict) -> str:
+    path = tmp_path / "lensd.json"
+    path.write_text(json.dumps({"limits": limits}))
+    return str(path)
+
+
+def test_sigterm_during_an_admin_load_answers_it_and_exits_0(start_daemon, models, tmp_path):
+    """An admin load in flight at SIGTERM finishes, is answered 503 (its model
+    not added), and the daemon exits 0 (it aborted with "MHD_stop_daemon()
+    called while we have suspended connections")."""
+    slow = model_with_blocking_config(models, tmp_path)
+    d = start_daemon(["--config", config_with(tmp_path, {"shutdown_timeout_s": 60}),
+                      "--model", f"gpt2={models['gpt2']}"])
+    load = InFlight(d, "/v1/admin/models", {"name": "late", "path": str(slow)})
+    load.start()
+    writer = None
+    deadline = time.monotonic() + 30
+    while writer is None:  # until lensd has the FIFO open for reading: the load is under way
+        try:
+            writer = os.open(slow / "config.json", os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            assert time.monotonic() < deadline, "the admin load never opened config.json"
+            time.sleep(0.05)
+    d.terminate()
+    d.wait_log(r"SIGTERM: finishing", 30)
+    time.sleep(1)  # the drain has run; the load still waits for its config
+    os.write(writer, (models["gpt2"] / "config.json").read_bytes())
+    os.close(writer)
+    load.join(60)
+    status, _, body = load.answer
+    assert status == 503 and "shutting down" in error_of(body)["message"], body[:300]
+    assert d.stop(timeout=60) == 0, d.describe()
+
+
+def test_shutdown_has_a_deadline(start_daemon, models, tmp_path):
+    """Work that outlasts limits.shutdown_timeout_s (here an admin load that
+    never gets its config) is cut off: the daemon exits 1 by then, saying why,
+    instead of waiting for ever or aborting."""
+    slow = model_with_blocking_config(models, tmp_path)
+    d = start_daemon(["--config", config_with(tmp_path, {"shutdown_timeout_s": 3}),
+                      "--model", f"gpt2={models['gpt2']}"])
+    load = InFlight(d, "/v1/admin/models", {"name": "never", "path": str(slow)})
+    load.start()
+    time.sleep(2)  # the load is blocked opening the FIFO (probing it would unblock it)
+    started = time.monotonic()
+    d.terminate()
+    rc = d.proc.wait(timeout=60)
+    took = time.monotonic() - started
+    assert rc == 1, d.describe()
+    assert 2.5 <= took < 20, took
+    assert "limits.shutdown_timeout_s" in d.log_text()

@@ -128,6 +128,7 @@ Test(config, defaults_without_flags) {
     cr_assert_eq(cfg.limits.kept_cache_ttl_s, 600.0);
     cr_assert_eq(cfg.limits.queue_length, 256);
     cr_assert_eq(cfg.limits.request_timeout_s, 300.0);
+    cr_assert_eq(cfg.limits.shutdown_timeout_s, 30.0);
     cr_assert_eq(cfg.limits.requests_per_minute, 0);
     cr_assert_eq(cfg.limits.max_patch_tokens, 20000000);
     srv_config_free(&cfg);
@@ -188,7 +189,7 @@ Test(config, file_sets_every_field) {
                   "\"limits\": {\"max_body_bytes\": 1000, \"max_prompts\": 3, "
                   "\"max_tokens\": 128, \"max_response_bytes\": \"2MiB\", "
                   "\"max_kept_cache_bytes\": 0, \"kept_cache_ttl_s\": 1.5, "
-                  "\"queue_length\": 1, \"request_timeout_s\": 30, "
+                  "\"queue_length\": 1, \"request_timeout_s\": 30, \"shutdown_timeout_s\": 4, "
                   "\"requests_per_minute\": 120, \"max_patch_tokens\": 5000}}");
     cr_assert_eq(rc, 0, "%s", err.msg);
     char path[1024];
@@ -223,6 +224,7 @@ Test(config, file_sets_every_field) {
     cr_assert_eq(cfg.limits.kept_cache_ttl_s, 1.5);
     cr_assert_eq(cfg.limits.queue_length, 1);
     cr_assert_eq(cfg.limits.request_timeout_s, 30.0);
+    cr_assert_eq(cfg.limits.shutdown_timeout_s, 4.0);
     cr_assert_eq(cfg.limits.requests_per_minute, 120);
     srv_config_free(&cfg);
 }
@@ -416,6 +418,8 @@ Test(config, out_of_range_numbers_are_named) {
     expect_json_error("{\"limits\": {\"queue_length\": 0}}", "limits.queue_length", "out of range",
                       NULL);
     expect_json_error("{\"limits\": {\"kept_cache_ttl_s\": 0}}", "limits.kept_cache_ttl_s",
+                      "out of range", NULL);
+    expect_json_error("{\"limits\": {\"shutdown_timeout_s\": 0}}", "limits.shutdown_timeout_s",
                       "out of range", NULL);
     expect_json_error("{\"limits\": {\"request_timeout_s\": -5}}", "limits.request_timeout_s",
                       "out of range", NULL);
@@ -721,6 +725,7 @@ Test(config, example_file_loads) {
     cr_assert_eq(a->kept_cache_ttl_s, b->kept_cache_ttl_s);
     cr_assert_eq(a->queue_length, b->queue_length);
     cr_assert_eq(a->request_timeout_s, b->request_timeout_s);
+    cr_assert_eq(a->shutdown_timeout_s, b->shutdown_timeout_s);
     cr_assert_eq(a->requests_per_minute, b->requests_per_minute);
     srv_config_free(&defaults);
     srv_config_free(&cfg);
