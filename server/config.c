@@ -461,12 +461,10 @@ typedef struct origins {
 static const char *const top_keys[] = {"host",     "port",         "web",    "tokens_file", "tls",
                                        "insecure", "http_threads", "models", "limits",      NULL};
 static const char *const tls_keys[] = {"cert", "key", NULL};
-static const char *const limit_keys[] = {"max_body_bytes",       "max_prompts",
-                                         "max_tokens",           "max_response_bytes",
-                                         "max_kept_cache_bytes", "kept_cache_ttl_s",
-                                         "queue_length",         "request_timeout_s",
-                                         "shutdown_timeout_s",   "requests_per_minute",
-                                         "max_patch_tokens",     NULL};
+static const char *const limit_keys[] = {
+    "max_body_bytes",       "max_prompts",         "max_tokens",       "max_response_bytes",
+    "max_kept_cache_bytes", "kept_cache_ttl_s",    "queue_length",     "request_timeout_s",
+    "shutdown_timeout_s",   "requests_per_minute", "max_patch_tokens", NULL};
 
 /* A path setting of the file: a non-empty string (resolved against
  * base_dir) or null (none). */

@@ -2153,12 +2153,15 @@ static const struct {
 /* The index in model_actions of the action action[0..len-1], or -1. */
 static int model_action(const char *action, size_t len) {
     for (size_t i = 0; i < N_MODEL_ACTIONS; i++)
-        if (strlen(model_actions[i].action) == len && memcmp(action, model_actions[i].action, len) == 0)
+        if (strlen(model_actions[i].action) == len &&
+            memcmp(action, model_actions[i].action, len) == 0)
             return (int)i;
     return -1;
 }
 
-bool srv_is_model_action(const char *action, size_t len) { return model_action(action, len) >= 0; }
+bool srv_is_model_action(const char *action, size_t len) {
+    return model_action(action, len) >= 0;
+}
 
 srv_job *srv_route(const char *method, const char *url, const char *accept, const char *body,
                    size_t body_len, srv_response *resp) {

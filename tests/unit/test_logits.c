@@ -55,8 +55,8 @@ static void check_every_k(const float *x, int n) {
     for (int k = 1; k <= n; k++) {
         lens_top_k(x, n, k, got);
         for (int i = 0; i < k; i++)
-            cr_assert_eq(got[i], want[i], "n %d k %d: place %d is id %d, want %d", n, k, i,
-                         got[i], want[i]);
+            cr_assert_eq(got[i], want[i], "n %d k %d: place %d is id %d, want %d", n, k, i, got[i],
+                         want[i]);
     }
     for (int i = 0; i < n; i++)
         cr_assert_eq(lens_rank(x, n, want[i]), i, "n %d: rank of id %d", n, want[i]);
@@ -93,8 +93,8 @@ Test(logits, log_softmax_is_the_definition) {
     for (int v = 0; v < N; v++) {
         const float want = (float)((long double)x[v] - log_sum);
         /* one float rounding of a double difference: within one ulp */
-        cr_assert(fabsf(out[v] - want) <= 2e-7f * fabsf(want) + 1e-30f, "v %d: %g vs %g", v,
-                  out[v], want);
+        cr_assert(fabsf(out[v] - want) <= 2e-7f * fabsf(want) + 1e-30f, "v %d: %g vs %g", v, out[v],
+                  want);
     }
     lens_log_softmax(x, x, N); /* in place */
     for (int v = 0; v < N; v++)
@@ -118,7 +118,8 @@ Test(logits, whole_vocabulary_top_k_is_fast) {
     clock_gettime(CLOCK_MONOTONIC, &t0);
     lens_top_k(x, V, V, ids);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    const double seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    const double seconds =
+        (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
     for (int i = 1; i < V; i++)
         cr_assert(x[ids[i - 1]] > x[ids[i]] || (x[ids[i - 1]] == x[ids[i]] && ids[i - 1] < ids[i]));
     /* about 10 ms here; the selection this replaced needed K^2 V steps (hours) */
