@@ -242,6 +242,12 @@ int srv_auth_count(const srv_auth *a) {
     return a->n;
 }
 
+const char *srv_token_owner(const srv_token *t) { return t ? t->name : ""; }
+
+bool srv_token_may_use(const srv_token *caller, const char *owner) {
+    return !caller || caller->admin || strcmp(caller->name, owner) == 0;
+}
+
 bool srv_rate_allow(srv_auth *a, const srv_token *t, int per_minute, double now_s,
                     double *retry_after_s) {
     if (retry_after_s) *retry_after_s = 0;

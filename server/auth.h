@@ -50,6 +50,15 @@ srv_auth *srv_auth_load(const char *path, lens_err *err);
  * compared whatever matches. Thread-safe; can't fail otherwise. */
 const srv_token *srv_auth_check(const srv_auth *a, const char *authorization_header);
 
+/* Who owns what a request leaves behind (a kept cache, a progress id): the
+ * token's name, or "" for a NULL token (no access control). */
+const char *srv_token_owner(const srv_token *t);
+
+/* Whether caller may read, cancel or delete what owner owns: always without
+ * access control (NULL caller) and for admin tokens; a read token only what
+ * it owns itself. */
+bool srv_token_may_use(const srv_token *caller, const char *owner);
+
 /* Number of entries in the table (at least 1). */
 int srv_auth_count(const srv_auth *a);
 

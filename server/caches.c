@@ -14,6 +14,7 @@
 typedef struct kept {
     char id[33];
     char model[128];
+    char owner[128]; /* srv_token_owner of the request that kept it */
     srv_answer *answer;
     size_t bytes;
     double last_used;
@@ -50,7 +51,8 @@ static void drop(kept *prev) {
     free(k);
 }
 
-int srv_caches_keep(const char *model, srv_answer *a, char *id, srv_response *resp) {
+int srv_caches_keep(const char *model, const char *owner, srv_answer *a, char *id,
+                    srv_response *resp) {
     size_t bytes = 0;
     for (int i = 0; i < a->n; i++)
         bytes += tensor_bytes(&a->outs[i]);
@@ -80,6 +82,7 @@ int srv_caches_keep(const char *model, srv_answer *a, char *id, srv_response *re
                            (unsigned long long)(now_s() * 1e9);
     snprintf(k->id, sizeof k->id, "c%llx%016llx", ++serial, r);
     snprintf(k->model, sizeof k->model, "%s", model);
+    snprintf(k->owner, sizeof k->owner, "%s", owner);
     k->answer = a;
     k->bytes = bytes;
     k->last_used = now_s();
@@ -188,12 +191,13 @@ out:
 }
 
 void srv_caches_route(const char *method, const char *rest, const char *accept, const char *batch,
-                      const char *positions, srv_response *resp) {
+                      const char *positions, const srv_token *caller, srv_response *resp) {
     const char *slash = strchr(rest, '/');
     const size_t id_len = slash ? (size_t)(slash - rest) : strlen(rest);
     pthread_mutex_lock(&lock);
     kept *prev = NULL, *k = head;
-    while (k && (strlen(k->id) != id_len || strncmp(k->id, rest, id_len) != 0))
+    while (k && (strlen(k->id) != id_len || strncmp(k->id, rest, id_len) != 0 ||
+                 !srv_token_may_use(caller, k->owner)))
         prev = k, k = k->next;
     if (!k) {
         srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", "cache_id",

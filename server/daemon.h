@@ -61,6 +61,7 @@ typedef struct srv_job {
     json_t *body;       /* the request's JSON (owned) */
     const char *accept; /* the chosen response type */
     struct MHD_Connection *connection;
+    const srv_token *token; /* the caller's (NULL without access control) */
     double submitted_s; /* CLOCK_MONOTONIC, when the scheduler took it */
     srv_response response;
     struct srv_job *next;
@@ -108,8 +109,8 @@ extern srv_daemon srv_d;
 srv_model *srv_find_model(const char *name, size_t len);
 
 /* Routes one request whose body is complete: answers it in *resp and
- * returns NULL, or returns a job to run (body ownership passes to it).
- * token: the caller's token (NULL without access control). */
+ * returns NULL, or returns a job to run (body ownership passes to it; the
+ * caller sets its connection and token). */
 srv_job *srv_route(const char *method, const char *url, const char *accept, const char *body,
                    size_t body_len, srv_response *resp);
 

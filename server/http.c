@@ -344,11 +344,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (strncmp(url, "/v1/caches/", 11) == 0) {
         srv_caches_route(method, url + 11, accept,
                          MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "batch"),
-                         MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "positions"), &resp);
+                         MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "positions"),
+                         r->token, &resp);
         return send_response(c, r, &resp);
     }
     if (strncmp(url, "/v1/progress/", 13) == 0) {
-        srv_progress_route(method, url + 13, &resp);
+        srv_progress_route(method, url + 13, r->token, &resp);
         return send_response(c, r, &resp);
     }
     const bool admin = strncmp(url, "/v1/admin/", 10) == 0;
@@ -356,6 +357,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                          : srv_route(method, url, accept, r->body, r->len, &resp);
     if (!job) return send_response(c, r, &resp);
     job->connection = c;
+    job->token = r->token;
     r->job = job;
     MHD_suspend_connection(c);
     if (admin)

@@ -19,6 +19,7 @@
 struct srv_progress {
     bool used;
     char id[MAX_ID + 1]; /* "" for a job nobody polls */
+    char owner[128];     /* srv_token_owner of its caller */
     long done, total;
     double started;
     bool cancelled; /* by DELETE */
@@ -44,16 +45,20 @@ static bool valid_id(const char *id) {
     return true;
 }
 
-static srv_progress *find_locked(const char *id, size_t len) {
+/* The running job called id (len bytes) whose owner is owner, or with
+ * owner NULL, whose owner caller may use. Locked. */
+static srv_progress *find_locked(const char *id, size_t len, const char *owner,
+                                 const srv_token *caller) {
     for (int i = 0; i < MAX_JOBS; i++)
         if (jobs[i].used && jobs[i].id[0] && strlen(jobs[i].id) == len &&
-            strncmp(jobs[i].id, id, len) == 0)
+            strncmp(jobs[i].id, id, len) == 0 &&
+            (owner ? strcmp(jobs[i].owner, owner) == 0 : srv_token_may_use(caller, jobs[i].owner)))
             return &jobs[i];
     return NULL;
 }
 
-srv_progress *srv_progress_begin(const char *id, struct MHD_Connection *connection,
-                                 srv_response *resp) {
+srv_progress *srv_progress_begin(const char *id, const char *owner,
+                                 struct MHD_Connection *connection, srv_response *resp) {
     if (id && !valid_id(id)) {
         srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "progress_id",
                   "progress_id must be 1 to %d letters, digits, '.', '_' or '-'", MAX_ID);
@@ -63,7 +68,7 @@ srv_progress *srv_progress_begin(const char *id, struct MHD_Connection *connecti
         connection ? MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD) : NULL;
     srv_progress *p = NULL;
     pthread_mutex_lock(&lock);
-    if (id && find_locked(id, strlen(id))) {
+    if (id && find_locked(id, strlen(id), owner, NULL)) {
         pthread_mutex_unlock(&lock);
         srv_error(resp, 409, "conflict", "progress_id", "progress_id \"%s\" is in use by a running job",
                   id);
@@ -74,6 +79,7 @@ srv_progress *srv_progress_begin(const char *id, struct MHD_Connection *connecti
     if (p) {
         *p = (srv_progress){.used = true, .started = now_s(), .fd = info ? info->connect_fd : -1};
         snprintf(p->id, sizeof p->id, "%s", id ? id : "");
+        snprintf(p->owner, sizeof p->owner, "%s", owner);
     }
     pthread_mutex_unlock(&lock);
     if (!p)
@@ -115,7 +121,8 @@ void srv_progress_end(srv_progress *p) {
     pthread_mutex_unlock(&lock);
 }
 
-void srv_progress_route(const char *method, const char *rest, srv_response *resp) {
+void srv_progress_route(const char *method, const char *rest, const srv_token *caller,
+                        srv_response *resp) {
     const bool get = strcmp(method, "GET") == 0, del = strcmp(method, "DELETE") == 0;
     if (!get && !del) {
         srv_error(resp, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", NULL,
@@ -123,7 +130,7 @@ void srv_progress_route(const char *method, const char *rest, srv_response *resp
         return;
     }
     pthread_mutex_lock(&lock);
-    srv_progress *p = find_locked(rest, strlen(rest));
+    srv_progress *p = find_locked(rest, strlen(rest), NULL, caller);
     if (p) {
         if (del) p->cancelled = true;
         srv_json(resp, MHD_HTTP_OK,

@@ -17,10 +17,12 @@ typedef struct srv_progress srv_progress;
 
 /* Registers a running job. id: the client's name for it ([A-Za-z0-9._-],
  * 1 to 64 characters), or NULL for a job nobody polls (still cancelled when
- * its client goes); connection: its client. Returns NULL with a message for
- * a malformed id, an id in use, or a full table (64 running jobs). */
-srv_progress *srv_progress_begin(const char *id, struct MHD_Connection *connection,
-                                 srv_response *resp);
+ * its client goes); owner: srv_token_owner of its caller (each owner has ids
+ * of its own); connection: its client. Returns NULL with a message for a
+ * malformed id, an id of the owner's in use, or a full table (64 running
+ * jobs). */
+srv_progress *srv_progress_begin(const char *id, const char *owner,
+                                 struct MHD_Connection *connection, srv_response *resp);
 
 /* Records done of total; returns true when the job should stop (cancelled,
  * or its client has closed the connection). */
@@ -38,7 +40,10 @@ srv_stop srv_progress_stopped(const srv_progress *p);
 /* Unregisters the job (accepts NULL). */
 void srv_progress_end(srv_progress *p);
 
-/* GET and DELETE /v1/progress/{id}: rest is the part after the prefix. */
-void srv_progress_route(const char *method, const char *rest, srv_response *resp);
+/* GET and DELETE /v1/progress/{id} of caller: rest is the part after the
+ * prefix. A read token finds only its own ids, an admin one (and any caller
+ * without access control) every owner's. */
+void srv_progress_route(const char *method, const char *rest, const srv_token *caller,
+                        srv_response *resp);
 
 #endif

@@ -509,7 +509,7 @@ static void run_with_cache(srv_job *job) {
     if (keep) { /* answered with a handle: GET /v1/caches/{id}[/{name}] */
         json_t *tensors = srv_answer_shapes(a);
         char id[33];
-        if (srv_caches_keep(sm->name, a, id, resp)) {
+        if (srv_caches_keep(sm->name, srv_token_owner(job->token), a, id, resp)) {
             json_decref(tensors);
             return;
         }
@@ -1992,7 +1992,8 @@ static void run_patch(srv_job *job) {
                   "progress_id must be a string (then GET /v1/progress/{id} follows the sweep)");
         goto out;
     }
-    if (!(progress = srv_progress_begin(json_string_value(progress_id), job->connection, resp)))
+    if (!(progress = srv_progress_begin(json_string_value(progress_id),
+                                          srv_token_owner(job->token), job->connection, resp)))
         goto out;
     const lens_patch_request req = {
         .sweep = sweep,

@@ -199,3 +199,67 @@ def test_tls_needs_both_files(lensd_bin, models, tls_pair):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "--tls-key" in proc.stderr
+
+
+# ---- what a token leaves behind is its own ------------------------------------------
+
+ALICE, BOB = "alice-token-0123456789", "bob-token-0123456789"
+
+
+@pytest.fixture
+def shared(start_daemon, models, tmp_path):
+    """Two read tokens and an admin one, on gpt2-a (a prompt and a patch sweep need it)."""
+    path = tmp_path / "lab-tokens.json"
+    path.write_text(json.dumps([
+        {"name": "alice", "role": "read", "token": ALICE},
+        {"name": "bob", "role": "read", "token": BOB},
+        {"name": "ops", "role": "admin", "token": ADMIN_TOKEN},
+    ]))
+    return start_daemon(["--tokens-file", str(path), "--model", f"gpt2={models['gpt2']}"])
+
+
+def test_kept_caches_are_their_token_s(shared):
+    """Another read token can neither read nor delete a kept cache: it is 404 to
+    it, as one that never existed; its owner and admin tokens can."""
+    status, _, body = shared.post("/v1/models/gpt2/run_with_cache",
+                                  {"prompt": "Hi there", "names_filter": "hook_embed", "keep": True},
+                                  headers=bearer(ALICE))
+    assert status == 200, body[:300]
+    cid = json_of(body)["cache_id"]
+    for method, path in [("GET", f"/v1/caches/{cid}"), ("GET", f"/v1/caches/{cid}/hook_embed"),
+                         ("DELETE", f"/v1/caches/{cid}")]:
+        status, _, body = shared.request(method, path, headers=bearer(BOB))
+        assert status == 404 and error_of(body)["field"] == "cache_id", (method, path, body[:300])
+    assert shared.get(f"/v1/caches/{cid}", headers=bearer(ALICE))[0] == 200
+    assert shared.get(f"/v1/caches/{cid}/hook_embed", headers=bearer(ADMIN_TOKEN))[0] == 200
+    assert shared.request("DELETE", f"/v1/caches/{cid}", headers=bearer(ALICE))[0] == 200
+    assert shared.get(f"/v1/caches/{cid}", headers=bearer(ALICE))[0] == 404
+
+
+def test_progress_ids_are_their_token_s(shared):
+    """A read token sees and cancels only its own sweeps (each token has progress ids
+    of its own); admin tokens see every sweep."""
+    import threading
+    import time
+
+    long_sweep = {"sweep": "attn_head_pattern_dest_src_pos",
+                  "clean": {"tokens": [[1 + (i * 7) % 500 for i in range(64)]] * 2},
+                  "corrupted": {"tokens": [[1 + (i * 11) % 500 for i in range(64)]] * 2},
+                  "metric": {"answers": [5, 6]}, "progress_id": "sweep-1"}
+    answer = {}
+    worker = threading.Thread(target=lambda: answer.update(status=shared.post(
+        "/v1/models/gpt2/patch", long_sweep, headers=bearer(ALICE), timeout=300)[0]))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while shared.get("/v1/progress/sweep-1", headers=bearer(ALICE))[0] != 200:
+        assert time.monotonic() < deadline, "alice's sweep never showed its progress"
+        time.sleep(0.02)
+    for method in ("GET", "DELETE"):
+        status, _, body = shared.request(method, "/v1/progress/sweep-1", headers=bearer(BOB))
+        assert status == 404 and error_of(body)["field"] == "progress_id", (method, body[:300])
+    status, _, body = shared.get("/v1/progress/sweep-1", headers=bearer(ADMIN_TOKEN))
+    assert status == 200 and not json_of(body)["cancelled"]  # bob's DELETE did not cancel it
+    status, _, body = shared.request("DELETE", "/v1/progress/sweep-1", headers=bearer(ALICE))
+    assert status == 200 and json_of(body)["cancelled"]
+    worker.join(120)
+    assert answer["status"] == 409  # cancelled by its owner
