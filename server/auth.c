@@ -242,7 +242,9 @@ int srv_auth_count(const srv_auth *a) {
     return a->n;
 }
 
-const char *srv_token_owner(const srv_token *t) { return t ? t->name : ""; }
+const char *srv_token_owner(const srv_token *t) {
+    return t ? t->name : "";
+}
 
 bool srv_token_may_use(const srv_token *caller, const char *owner) {
     return !caller || caller->admin || strcmp(caller->name, owner) == 0;

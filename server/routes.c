@@ -1992,8 +1992,8 @@ static void run_patch(srv_job *job) {
                   "progress_id must be a string (then GET /v1/progress/{id} follows the sweep)");
         goto out;
     }
-    if (!(progress = srv_progress_begin(json_string_value(progress_id),
-                                          srv_token_owner(job->token), job->connection, resp)))
+    if (!(progress = srv_progress_begin(json_string_value(progress_id), srv_token_owner(job->token),
+                                        job->connection, resp)))
         goto out;
     const lens_patch_request req = {
         .sweep = sweep,
