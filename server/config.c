@@ -774,8 +774,10 @@ static int by_name(const void *a, const void *b) {
 static int add_bundled_models(srv_config *cfg, const char *device, lens_err *err) {
     char root[PATH_MAX];
     if (srv_data_dir("models", root, sizeof root)) {
-        lens_err_set(err, "no models given and no bundled models found (%s): give --model "
-                          "NAME=PATH or a config file with \"models\"", root);
+        lens_err_set(err,
+                     "no models given and no bundled models found (%s): give --model "
+                     "NAME=PATH or a config file with \"models\"",
+                     root);
         return -1;
     }
     DIR *dir = opendir(root);
@@ -790,7 +792,8 @@ static int add_bundled_models(srv_config *cfg, const char *device, lens_err *err
         char probe[PATH_MAX];
         struct stat st;
         if (e->d_name[0] == '.' ||
-            snprintf(probe, sizeof probe, "%s/%s/tl_config.json", root, e->d_name) >= (int)sizeof probe ||
+            snprintf(probe, sizeof probe, "%s/%s/tl_config.json", root, e->d_name) >=
+                (int)sizeof probe ||
             stat(probe, &st) || !S_ISREG(st.st_mode))
             continue;
         if (!(names[n] = strdup(e->d_name))) break;
@@ -813,8 +816,10 @@ static int add_bundled_models(srv_config *cfg, const char *device, lens_err *err
         } else {
             snprintf(m.source, len, "%s/%s", root, names[i]);
             if (rc == 0) rc = check_model_name(m.name, m.source, err);
-            if (rc == 0) rc = add_model(cfg, &m, "bundled models", err);
-            else free_model_spec(&m);
+            if (rc == 0)
+                rc = add_model(cfg, &m, "bundled models", err);
+            else
+                free_model_spec(&m);
         }
     }
     return rc;
@@ -921,12 +926,14 @@ int srv_config_load(srv_config *cfg, int argc, char **argv, lens_err *err) {
         };
         rc = set_string(&cfg->host, SRV_DEFAULT_HOST, err);
         char web[PATH_MAX]; /* the dashboard; a default, so not checked again below */
-        if (rc == 0 && srv_data_dir("web", web, sizeof web) == 0) rc = set_string(&cfg->web_dir, web, err);
+        if (rc == 0 && srv_data_dir("web", web, sizeof web) == 0)
+            rc = set_string(&cfg->web_dir, web, err);
     }
     if (rc == 0 && f.config) rc = load_file(cfg, f.config, &org, err);
     if (rc == 0) rc = apply_flags(cfg, &f, &org, err);
     if (rc == 0) rc = check_merged(cfg, &org, f.config, err);
-    if (rc == 0 && cfg->n_models == 0) rc = add_bundled_models(cfg, f.device ? f.device : "cpu", err);
+    if (rc == 0 && cfg->n_models == 0)
+        rc = add_bundled_models(cfg, f.device ? f.device : "cpu", err);
     free(f.models);
     if (rc) srv_config_free(cfg);
     return rc;

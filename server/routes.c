@@ -82,8 +82,8 @@ static int optional_bool(json_t *body, const char *key, bool fallback, bool *out
     return 0;
 }
 
-static int optional_int(json_t *body, const char *key, long fallback, long min, long max,
-                        long *out, srv_response *resp) {
+static int optional_int(json_t *body, const char *key, long fallback, long min, long max, long *out,
+                        srv_response *resp) {
     json_t *v = json_object_get(body, key);
     *out = fallback;
     if (!v) return 0;
@@ -186,8 +186,8 @@ static int read_prompts(const srv_model *sm, json_t *body, lens_token_batch *bat
             }
         } else {
             if (!json_is_string(item)) {
-                srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
-                          "%s must be a string", field);
+                srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field, "%s must be a string",
+                          field);
                 goto out;
             }
             if (lens_prompt_tokens(m, json_string_value(item), prepend_bos, &rows[i], &lens[i],
@@ -195,7 +195,8 @@ static int read_prompts(const srv_model *sm, json_t *body, lens_token_batch *bat
                 engine_error(resp, &err, field);
                 goto out;
             }
-            if (lens[i] == m->cfg.n_ctx && untruncated_length(m, item, prepend_bos) > m->cfg.n_ctx) {
+            if (lens[i] == m->cfg.n_ctx &&
+                untruncated_length(m, item, prepend_bos) > m->cfg.n_ctx) {
                 srv_error(resp, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", field,
                           "%s is %d tokens, more than the model's context of %d (TransformerLens "
                           "would cut it there; send at most that many)",
@@ -399,8 +400,8 @@ static json_t *decode_ids(const lens_model *m, json_t *ids, const char *field, s
     json_t *s = json_stringn(text, len);
     free(text);
     if (!s) /* not valid UTF-8 on its own (a piece of a character) */
-        srv_error(resp, 422, "unprocessable", field,
-                  "%s decodes to bytes that are not UTF-8 text", field);
+        srv_error(resp, 422, "unprocessable", field, "%s decodes to bytes that are not UTF-8 text",
+                  field);
     return s;
 }
 
@@ -481,7 +482,8 @@ static void run_with_cache(srv_job *job) {
     }
     if (srv_answer_add_tokens(a)) goto oom;
     const int B = a->batch.B, T = a->batch.T, V = c->d_vocab_out;
-    if (with_logits) srv_answer_add(a, "logits", LENS_F32, 3, (int64_t[]){B, T, V}, a->cache.logits);
+    if (with_logits)
+        srv_answer_add(a, "logits", LENS_F32, 3, (int64_t[]){B, T, V}, a->cache.logits);
     for (int i = 0; i < a->cache.n; i++) {
         const lens_captured *t = &a->cache.tensors[i];
         srv_answer_add(a, t->name, t->dtype, t->ndim, t->shape, t->data);
@@ -518,8 +520,9 @@ static void run_with_cache(srv_job *job) {
                            tensors, "ttl_s", srv_d.cfg.limits.kept_cache_ttl_s));
         return;
     }
-    answer_tensors(job, a, json_pack("{s:s, s:o}", "model", sm->name, "str_tokens",
-                                     str_tokens_json(sm->model, &a->batch)));
+    answer_tensors(job, a,
+                   json_pack("{s:s, s:o}", "model", sm->name, "str_tokens",
+                             str_tokens_json(sm->model, &a->batch)));
     return;
 oom:
     srv_out_of_memory(resp);
@@ -639,7 +642,8 @@ static void logits_finish(logits_request *lr) {
         for (int b = 0; b < B; b++)
             for (int t = 0; t + 1 < T; t++) {
                 const float *row = a->cache.logits + ((size_t)b * T + t) * V;
-                const uint8_t *mask = a->batch.attn_mask ? a->batch.attn_mask + (size_t)b * T : NULL;
+                const uint8_t *mask =
+                    a->batch.attn_mask ? a->batch.attn_mask + (size_t)b * T : NULL;
                 const bool real = !mask || (mask[t] && mask[t + 1]);
                 const int32_t next = a->batch.tokens[(size_t)b * T + t + 1];
                 float l = real ? -(float)((double)row[next] - lens_log_sum_exp(row, V)) : 0.0f;
@@ -715,9 +719,8 @@ static void logits_together(srv_model *sm, logits_request *lrs, int n) {
             at[row] = lrs[i].one_position ? lrs[i].positions[0] : 0;
         }
     }
-    const lens_cache_request req = {.enabled = none,
-                                    .logits = true,
-                                    .logit_positions = one_position ? at : NULL};
+    const lens_cache_request req = {
+        .enabled = none, .logits = true, .logit_positions = one_position ? at : NULL};
     srv_metrics_batch(B);
     if (!failed) failed = lens_run_cache(sm->model, &sm->ws, &all, &req, &out, &err);
     for (int i = 0, row = 0; i < n; i++) {
@@ -726,10 +729,12 @@ static void logits_together(srv_model *sm, logits_request *lrs, int n) {
         if (!failed && (a->cache.logits = malloc((size_t)Bi * rows_per * V * sizeof(float)))) {
             for (int r = 0; r < Bi; r++, row++)
                 for (int t = 0; t < rows_per; t++) {
-                    const size_t from = one_position ? (size_t)row : (size_t)row * T +
-                                        (size_t)(lrs[i].one_position ? lrs[i].positions[0] : t);
-                    memcpy(a->cache.logits + ((size_t)r * rows_per + t) * V,
-                           out.logits + from * V, (size_t)V * sizeof(float));
+                    const size_t from =
+                        one_position ? (size_t)row
+                                     : (size_t)row * T +
+                                           (size_t)(lrs[i].one_position ? lrs[i].positions[0] : t);
+                    memcpy(a->cache.logits + ((size_t)r * rows_per + t) * V, out.logits + from * V,
+                           (size_t)V * sizeof(float));
                 }
             logits_finish(&lrs[i]);
         } else {
@@ -771,7 +776,9 @@ void srv_run_logits_jobs(srv_job **jobs, int n) {
     free(lrs);
 }
 
-static void run_logits(srv_job *job) { srv_run_logits_jobs(&job, 1); }
+static void run_logits(srv_job *job) {
+    srv_run_logits_jobs(&job, 1);
+}
 
 /* Reads an optional list of indices below limit into *out (all when
  * absent). */
@@ -796,9 +803,10 @@ static int read_indices(json_t *body, const char *key, int limit, int **out, int
             char field[32];
             snprintf(field, sizeof field, "%s[%d]", key, i);
             const bool typed = !v || json_is_integer(v);
-            srv_error(resp, typed ? 422 : MHD_HTTP_BAD_REQUEST, typed ? "unprocessable" : "bad_request",
-                      field, "%s must be an integer from %d to %d (negatives count from the end)",
-                      field, -limit, limit - 1);
+            srv_error(resp, typed ? 422 : MHD_HTTP_BAD_REQUEST,
+                      typed ? "unprocessable" : "bad_request", field,
+                      "%s must be an integer from %d to %d (negatives count from the end)", field,
+                      -limit, limit - 1);
             free(*out);
             *out = NULL;
             return -1;
@@ -824,7 +832,8 @@ static void run_attention(srv_job *job) {
     const json_t *tokens = json_object_get(job->body, "tokens");
     if (json_object_get(job->body, "prompts") || (prompt && !json_is_string(prompt)) ||
         (!prompt && !(json_is_array(tokens) && json_array_size(tokens) == 1))) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", tokens && !prompt ? "tokens" : "prompt",
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request",
+                  tokens && !prompt ? "tokens" : "prompt",
                   "attention takes one prompt: \"prompt\" (a string) or \"tokens\" with one row");
         goto fail;
     }
@@ -880,11 +889,13 @@ fail:
 static void run_test_prompt(srv_job *job) {
     srv_model *sm = job->model;
     srv_response *resp = &job->response;
-    json_t *prompt = json_object_get(job->body, "prompt"), *answer = json_object_get(job->body, "answer");
+    json_t *prompt = json_object_get(job->body, "prompt"),
+           *answer = json_object_get(job->body, "answer");
     bool prepend_space, prepend_bos;
     long top_k;
     if (!json_is_string(prompt) || !json_is_string(answer)) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", json_is_string(prompt) ? "answer" : "prompt",
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request",
+                  json_is_string(prompt) ? "answer" : "prompt",
                   "test_prompt needs prompt and answer, both strings");
         return;
     }
@@ -899,11 +910,10 @@ static void run_test_prompt(srv_job *job) {
     FILE *out = open_memstream(&text, &text_len);
     json_t *data = NULL;
     lens_err err = {0};
-    const srv_test_prompt_opts opts = {.prepend_bos = prepend_bos,
-                                       .prepend_space_to_answer = prepend_space,
-                                       .top_k = (int)top_k};
-    int rc = out ? srv_test_prompt(sm->model, &sm->ws, json_string_value(prompt), answers, 1,
-                                   &opts, out, &data, &err)
+    const srv_test_prompt_opts opts = {
+        .prepend_bos = prepend_bos, .prepend_space_to_answer = prepend_space, .top_k = (int)top_k};
+    int rc = out ? srv_test_prompt(sm->model, &sm->ws, json_string_value(prompt), answers, 1, &opts,
+                                   out, &data, &err)
                  : -1;
     if (out) fclose(out);
     if (rc) {
@@ -969,8 +979,8 @@ static int read_answer_pairs(const lens_model *m, json_t *body, int B, int32_t *
     }
     const bool one = !json_is_array(json_array_get(pairs, 0));
     if (!one && (int)json_array_size(pairs) != B) {
-        srv_error(resp, 422, "unprocessable", "answers",
-                  "answers has %zu pairs for %d prompts", json_array_size(pairs), B);
+        srv_error(resp, 422, "unprocessable", "answers", "answers has %zu pairs for %d prompts",
+                  json_array_size(pairs), B);
         return -1;
     }
     for (int b = 0; b < B; b++) {
@@ -1029,11 +1039,11 @@ static int read_attribution(json_t *body, unsigned *which, srv_response *resp) {
     }
     for (size_t i = 0; i < json_array_size(list); i++) {
         const char *s = json_string_value(json_array_get(list, i));
-        unsigned bit = !s                                     ? 0
+        unsigned bit = !s                                    ? 0
                        : strcmp(s, "accumulated_resid") == 0 ? ATTR_ACCUMULATED
                        : strcmp(s, "decompose_resid") == 0   ? ATTR_DECOMPOSE
                        : strcmp(s, "heads") == 0             ? ATTR_HEADS
-                                                              : 0;
+                                                             : 0;
         if (!bit) {
             char field[48];
             snprintf(field, sizeof field, "attribution[%zu]", i);
@@ -1085,16 +1095,20 @@ static void run_logit_diff(srv_job *job) {
     if (which) {
         const bool mlp = !c->attn_only;
         for (int l = 0; l < L; l++) {
-            enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_RESID_PRE, l})] |= which & ATTR_ACCUMULATED;
+            enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_RESID_PRE, l})] |=
+                which & ATTR_ACCUMULATED;
             if (mlp)
                 enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_RESID_MID, l})] |=
                     which & ATTR_ACCUMULATED;
-            enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_ATTN_OUT, l})] |= which & ATTR_DECOMPOSE;
+            enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_ATTN_OUT, l})] |=
+                which & ATTR_DECOMPOSE;
             if (mlp)
-                enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_MLP_OUT, l})] |= which & ATTR_DECOMPOSE;
+                enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_MLP_OUT, l})] |=
+                    which & ATTR_DECOMPOSE;
             enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_Z, l})] |= which & ATTR_HEADS;
         }
-        enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_RESID_POST, L - 1})] |= which & ATTR_ACCUMULATED;
+        enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_RESID_POST, L - 1})] |=
+            which & ATTR_ACCUMULATED;
         enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_EMBED, 0})] |= which & ATTR_DECOMPOSE;
         enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_POS_EMBED, 0})] |= which & ATTR_DECOMPOSE;
         if (c->normalization != LENS_NORM_NONE)
@@ -1116,9 +1130,9 @@ static void run_logit_diff(srv_job *job) {
         json_array_append_new(pairs, json_pack("[i, i]", answer[b], wrong[b]));
         json_array_append_new(positions, json_integer(pos[b]));
     }
-    json_t *result = json_pack("{s:s, s:o, s:o, s:o, s:o}", "model", sm->name, "answers", pairs,
-                               "positions", positions, "logit_diff", diffs, "mean",
-                               srv_json_float((float)(total / B)));
+    json_t *result =
+        json_pack("{s:s, s:o, s:o, s:o, s:o}", "model", sm->name, "answers", pairs, "positions",
+                  positions, "logit_diff", diffs, "mean", srv_json_float((float)(total / B)));
     const lens_captured *scale = lens_cache_find(&cache, LENS_HOOK_LN_FINAL_SCALE, 0);
     for (unsigned kind = ATTR_ACCUMULATED; kind <= ATTR_HEADS; kind <<= 1) {
         if (!(which & kind)) continue;
@@ -1141,10 +1155,12 @@ static void run_logit_diff(srv_job *job) {
                     snprintf(label, sizeof label, "%d_mid", l);
                     PUSH(row_at(lens_cache_find(&cache, LENS_HOOK_RESID_MID, l), b, pos[b]), label);
                 }
-                PUSH(row_at(lens_cache_find(&cache, LENS_HOOK_RESID_POST, L - 1), b, pos[b]), "final_post");
+                PUSH(row_at(lens_cache_find(&cache, LENS_HOOK_RESID_POST, L - 1), b, pos[b]),
+                     "final_post");
             } else if (kind == ATTR_DECOMPOSE) {
                 PUSH(row_at(lens_cache_find(&cache, LENS_HOOK_EMBED, 0), b, pos[b]), "embed");
-                PUSH(row_at(lens_cache_find(&cache, LENS_HOOK_POS_EMBED, 0), b, pos[b]), "pos_embed");
+                PUSH(row_at(lens_cache_find(&cache, LENS_HOOK_POS_EMBED, 0), b, pos[b]),
+                     "pos_embed");
                 for (int l = 0; l < L; l++) {
                     snprintf(label, sizeof label, "%d_attn_out", l);
                     PUSH(row_at(lens_cache_find(&cache, LENS_HOOK_ATTN_OUT, l), b, pos[b]), label);
@@ -1194,8 +1210,8 @@ static void run_logit_diff(srv_job *job) {
             for (int l = 0; l < L; l++) {
                 json_t *row = json_array();
                 for (int h = 0; h < H; h++)
-                    json_array_append(row, json_array_get(json_object_get(section, "mean"),
-                                                          (size_t)l * H + h));
+                    json_array_append(
+                        row, json_array_get(json_object_get(section, "mean"), (size_t)l * H + h));
                 json_array_append_new(grid, row);
             }
             json_object_set_new(section, "grid", grid);
@@ -1256,12 +1272,12 @@ static float *read_numbers(json_t *v, int *n) {
 typedef struct hooks_request {
     lens_intervention *items;
     int n;
-    float **values;        /* per item */
-    int32_t **positions;   /* per item */
-    int32_t **heads;       /* per item */
-    lens_captured *means;  /* per item: the batch mean of a clean run (mean ablation) */
+    float **values;       /* per item */
+    int32_t **positions;  /* per item */
+    int32_t **heads;      /* per item */
+    lens_captured *means; /* per item: the batch mean of a clean run (mean ablation) */
     lens_token_batch source_batch;
-    lens_cache source;     /* the patch_from run */
+    lens_cache source; /* the patch_from run */
 } hooks_request;
 
 static void hooks_request_free(hooks_request *h) {
@@ -1303,7 +1319,7 @@ static int read_hooks(const lens_config *c, json_t *body, int T, hooks_request *
     static const struct {
         const char *name;
         lens_op op;
-    } ops[] = {{"zero", LENS_OP_ZERO}, {"mean", LENS_OP_COPY}, {"set", LENS_OP_SET},
+    } ops[] = {{"zero", LENS_OP_ZERO}, {"mean", LENS_OP_COPY},   {"set", LENS_OP_SET},
                {"add", LENS_OP_ADD},   {"scale", LENS_OP_SCALE}, {"patch", LENS_OP_COPY}};
     for (int i = 0; i < h->n; i++) {
         json_t *item = json_array_get(list, (size_t)i);
@@ -1361,7 +1377,8 @@ static int read_hooks(const lens_config *c, json_t *body, int T, hooks_request *
             it->factor = (float)json_number_value(factor);
         }
         /* positions on the hook's position axis; heads where it has them */
-        json_t *positions = json_object_get(item, "positions"), *heads = json_object_get(item, "heads");
+        json_t *positions = json_object_get(item, "positions"),
+               *heads = json_object_get(item, "heads");
         int n_pos = 0, n_heads = 0;
         char prefix[32];
         snprintf(prefix, sizeof prefix, "hooks[%d].", i);
@@ -1429,7 +1446,8 @@ static int mean_sources(srv_model *sm, json_t *body, const lens_token_batch *bat
     for (int i = 0; rc == 0 && i < h->n; i++) {
         const char *op = json_string_value(json_object_get(json_array_get(list, (size_t)i), "op"));
         if (strcmp(op, "mean") != 0) continue;
-        const lens_captured *t = lens_cache_find(&clean, h->items[i].hook.kind, h->items[i].hook.layer);
+        const lens_captured *t =
+            lens_cache_find(&clean, h->items[i].hook.kind, h->items[i].hook.layer);
         lens_captured *mean = &h->means[i];
         *mean = *t;
         mean->shape[0] = 1;
@@ -1479,7 +1497,8 @@ static int patch_sources(srv_model *sm, json_t *body, const lens_token_batch *ba
         goto out;
     }
     json_t *merged = json_deep_copy(from);
-    json_t *bos = json_object_get(body, "prepend_bos"), *side = json_object_get(body, "padding_side");
+    json_t *bos = json_object_get(body, "prepend_bos"),
+           *side = json_object_get(body, "padding_side");
     if (bos && !json_object_get(merged, "prepend_bos")) json_object_set(merged, "prepend_bos", bos);
     if (side && !json_object_get(merged, "padding_side"))
         json_object_set(merged, "padding_side", side);
@@ -1506,7 +1525,8 @@ static int patch_sources(srv_model *sm, json_t *body, const lens_token_batch *ba
     for (int i = 0; i < h->n; i++) {
         const char *op = json_string_value(json_object_get(json_array_get(list, (size_t)i), "op"));
         if (strcmp(op, "patch") == 0)
-            h->items[i].source = lens_cache_find(&h->source, h->items[i].hook.kind, h->items[i].hook.layer);
+            h->items[i].source =
+                lens_cache_find(&h->source, h->items[i].hook.kind, h->items[i].hook.layer);
     }
     rc = 0;
 out:
@@ -1528,7 +1548,8 @@ static void run_hooks_job(srv_job *job) {
         srv_out_of_memory(resp);
         goto out;
     }
-    const bool want_cache = json_object_get(job->body, "names") || json_object_get(job->body, "names_filter");
+    const bool want_cache =
+        json_object_get(job->body, "names") || json_object_get(job->body, "names_filter");
     if (optional_bool(job->body, "logits", true, &with_logits, resp) ||
         (want_cache && read_names(c, job->body, capture, resp)) ||
         read_prompts(sm, job->body, &a->batch, resp) ||
@@ -1556,8 +1577,7 @@ static void run_hooks_job(srv_job *job) {
     if (metric) { /* logit difference at each prompt's last real token */
         answer = malloc((size_t)B * sizeof *answer);
         wrong = malloc((size_t)B * sizeof *wrong);
-        if (!answer || !wrong ||
-            read_answer_pairs(sm->model, job->body, B, answer, wrong, resp)) {
+        if (!answer || !wrong || read_answer_pairs(sm->model, job->body, B, answer, wrong, resp)) {
             json_decref(fields);
             if (!answer || !wrong) srv_out_of_memory(resp);
             goto out;
@@ -1578,7 +1598,8 @@ static void run_hooks_job(srv_job *job) {
         srv_out_of_memory(resp);
         goto out;
     }
-    if (with_logits) srv_answer_add(a, "logits", LENS_F32, 3, (int64_t[]){B, T, V}, a->cache.logits);
+    if (with_logits)
+        srv_answer_add(a, "logits", LENS_F32, 3, (int64_t[]){B, T, V}, a->cache.logits);
     for (int i = 0; i < a->cache.n; i++) {
         const lens_captured *t = &a->cache.tensors[i];
         srv_answer_add(a, t->name, t->dtype, t->ndim, t->shape, t->data);
@@ -1666,8 +1687,8 @@ static void run_generate(srv_job *job) {
         /* positions are those of the whole sequence, which grows */
         if (read_hooks(c, job->body, c->n_ctx, &h, resp)) goto out;
         for (int i = 0; i < h.n; i++) {
-            const char *op = json_string_value(
-                json_object_get(json_array_get(json_object_get(job->body, "hooks"), (size_t)i), "op"));
+            const char *op = json_string_value(json_object_get(
+                json_array_get(json_object_get(job->body, "hooks"), (size_t)i), "op"));
             if (h.items[i].op == LENS_OP_COPY) {
                 char field[32];
                 snprintf(field, sizeof field, "hooks[%d].op", i);
@@ -1697,7 +1718,8 @@ static void run_generate(srv_job *job) {
      * dropped; left padding keeps its mask by regenerating it below). */
     for (int b = 0; b < B; b++) {
         length[b] = start.lengths[b];
-        const int32_t *row = start.tokens + (size_t)b * start.T + (start.attn_mask ? start.T - start.lengths[b] : 0);
+        const int32_t *row =
+            start.tokens + (size_t)b * start.T + (start.attn_mask ? start.T - start.lengths[b] : 0);
         memcpy(tokens + (size_t)b * T_max, row, (size_t)length[b] * sizeof *tokens);
     }
     const lens_intervention_list list = {c, h.items, h.n};
@@ -1866,7 +1888,8 @@ static int read_receivers(const lens_config *c, json_t *body, int (**out)[2], in
         (*out)[i][1] = (int)json_integer_value(h);
     }
     const char *s = json_string_value(json_object_get(body, "receiver_input"));
-    if (json_object_get(body, "receiver_input") && (!s || (strcmp(s, "q") && strcmp(s, "k") && strcmp(s, "v")))) {
+    if (json_object_get(body, "receiver_input") &&
+        (!s || (strcmp(s, "q") && strcmp(s, "k") && strcmp(s, "v")))) {
         srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "receiver_input",
                   "receiver_input must be \"q\", \"k\" or \"v\"");
         return -1;
@@ -1899,7 +1922,7 @@ static void run_patch(srv_job *job) {
     int32_t *answer = NULL, *wrong = NULL, *pos = NULL;
     srv_answer *a = NULL;
     lens_sweep sweep = LENS_SWEEP_COUNT;
-    int (*receivers)[2] = NULL;
+    int(*receivers)[2] = NULL;
     int n_receivers = 0;
     lens_hook_kind receiver_input = LENS_HOOK_Q;
     lens_err err = {0};
@@ -1912,19 +1935,20 @@ static void run_patch(srv_job *job) {
             used += (size_t)snprintf(names + used, sizeof names - used, "%s, ",
                                      lens_sweep_name((lens_sweep)i));
         srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "sweep",
-                  "sweep must be one of: %s(TransformerLens's get_act_patch_* names) or %s",
-                  names, PATH_SWEEP);
+                  "sweep must be one of: %s(TransformerLens's get_act_patch_* names) or %s", names,
+                  PATH_SWEEP);
         return;
     }
     if (path && read_receivers(c, body, &receivers, &n_receivers, &receiver_input, resp)) {
         free(receivers);
         return;
     }
-    json_t *clean_json = json_object_get(body, "clean"), *bad_json = json_object_get(body, "corrupted");
+    json_t *clean_json = json_object_get(body, "clean"),
+           *bad_json = json_object_get(body, "corrupted");
     if (!json_is_object(clean_json) || !json_is_object(bad_json) || !json_is_object(metric)) {
         const char *field = !json_is_object(clean_json) ? "clean"
                             : !json_is_object(bad_json) ? "corrupted"
-                                                         : "metric";
+                                                        : "metric";
         srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
                   "%s must be an object (clean and corrupted: {\"prompts\": [...]} or "
                   "{\"tokens\": [[...]]}; metric: {\"type\": \"logit_diff\", \"answers\": [...]})",
@@ -1965,7 +1989,7 @@ static void run_patch(srv_job *job) {
     if (read_metric_answers(m, metric, kind, B, answer, wrong, resp)) goto out;
     const bool explicit_position = json_object_get(metric, "position") != NULL;
     for (int b = 0; b < B; b++)
-        pos[b] = explicit_position ? (int32_t)(position < 0 ? position + T : position)
+        pos[b] = explicit_position     ? (int32_t)(position < 0 ? position + T : position)
                  : corrupted.attn_mask ? T - 1
                                        : corrupted.lengths[b] - 1;
     int64_t shape[4];
@@ -1999,7 +2023,10 @@ static void run_patch(srv_job *job) {
         .sweep = sweep,
         .clean = &clean,
         .corrupted = &corrupted,
-        .metric = {.kind = kind, .answer = answer, .wrong = wrong, .positions = pos,
+        .metric = {.kind = kind,
+                   .answer = answer,
+                   .wrong = wrong,
+                   .positions = pos,
                    .normalize = normalize},
         .full_recompute = full_recompute,
         .progress = patch_progress,
@@ -2051,16 +2078,16 @@ static void run_patch(srv_job *job) {
         json_array_append_new(components, json_string(component_names[i]));
     json_t *axes = json_array();
     for (int i = 0; i < result.ndim; i++)
-        json_array_append_new(axes, axis_json(axis_names[i], c, json_array_get(str_tokens, 0),
-                                              components));
+        json_array_append_new(
+            axes, axis_json(axis_names[i], c, json_array_get(str_tokens, 0), components));
     json_t *fields = json_pack(
         "{s:s, s:s, s:o, s:O, s:o, s:o, s:b, s:i, s:i, s:i, s:i, s:b, s:f}", "model", sm->name,
         "sweep", sweep_name, "axes", axes, "components", components, "clean_metric",
         srv_json_float((float)result.clean_metric), "corrupted_metric",
         srv_json_float((float)result.corrupted_metric), "normalized", normalize, "runs",
         (json_int_t)result.runs, "unchanged_runs", (json_int_t)result.unchanged_runs, "passes",
-        (json_int_t)result.passes, "block_positions",
-        (json_int_t)result.block_positions, "full_recompute", full_recompute, "seconds", seconds);
+        (json_int_t)result.passes, "block_positions", (json_int_t)result.block_positions,
+        "full_recompute", full_recompute, "seconds", seconds);
     json_decref(components);
     json_decref(str_tokens);
     answer_tensors(job, a, fields);
@@ -2184,7 +2211,9 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
             bool ready = srv_d.ready && !srv_d.draining;
             srv_json(resp, ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE,
                      json_pack("{s:s, s:o}", "status",
-                               ready ? "ready" : srv_d.draining ? "draining" : "starting",
+                               ready            ? "ready"
+                               : srv_d.draining ? "draining"
+                                                : "starting",
                                "models", names));
         } else if (strcmp(url, "/metrics") == 0) {
             resp->status = MHD_HTTP_OK;
