@@ -461,10 +461,19 @@ typedef struct origins {
 static const char *const top_keys[] = {"host",     "port",         "web",    "tokens_file", "tls",
                                        "insecure", "http_threads", "models", "limits",      NULL};
 static const char *const tls_keys[] = {"cert", "key", NULL};
-static const char *const limit_keys[] = {
-    "max_body_bytes",       "max_prompts",         "max_tokens",       "max_response_bytes",
-    "max_kept_cache_bytes", "kept_cache_ttl_s",    "queue_length",     "request_timeout_s",
-    "shutdown_timeout_s",   "requests_per_minute", "max_patch_tokens", NULL};
+static const char *const limit_keys[] = {"max_body_bytes",
+                                         "max_prompts",
+                                         "max_tokens",
+                                         "max_response_bytes",
+                                         "max_kept_cache_bytes",
+                                         "kept_cache_ttl_s",
+                                         "queue_length",
+                                         "request_timeout_s",
+                                         "shutdown_timeout_s",
+                                         "requests_per_minute",
+                                         "max_patch_tokens",
+                                         "max_generate_tokens",
+                                         NULL};
 
 /* A path setting of the file: a non-empty string (resolved against
  * base_dir) or null (none). */
@@ -525,6 +534,9 @@ static int parse_limits(srv_limits *l, const json_t *o, lens_err *err) {
         return -1;
     if ((v = json_object_get(o, "requests_per_minute")) &&
         json_int_in(v, "limits.requests_per_minute", 0, 1000000, &l->requests_per_minute, err))
+        return -1;
+    if ((v = json_object_get(o, "max_generate_tokens")) &&
+        json_int_in(v, "limits.max_generate_tokens", 1, INT_MAX, &l->max_generate_tokens, err))
         return -1;
     if ((v = json_object_get(o, "max_patch_tokens")) &&
         json_int_in(v, "limits.max_patch_tokens", 1, INT_MAX, &l->max_patch_tokens, err))
@@ -923,6 +935,7 @@ int srv_config_load(srv_config *cfg, int argc, char **argv, lens_err *err) {
             .shutdown_timeout_s = SRV_DEFAULT_SHUTDOWN_TIMEOUT_S,
             .requests_per_minute = 0,
             .max_patch_tokens = SRV_DEFAULT_MAX_PATCH_TOKENS,
+            .max_generate_tokens = SRV_DEFAULT_MAX_GENERATE_TOKENS,
         };
         rc = set_string(&cfg->host, SRV_DEFAULT_HOST, err);
         char web[PATH_MAX]; /* the dashboard; a default, so not checked again below */

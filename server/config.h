@@ -41,6 +41,7 @@ typedef struct srv_limits {
     double shutdown_timeout_s;   /* SIGTERM to exit, at most; default 30; > 0 */
     int requests_per_minute;     /* per token; 0 = unlimited (default) */
     int max_patch_tokens;        /* patched runs x prompts x tokens in one sweep; default 20M */
+    int max_generate_tokens;     /* token positions one generate runs; default 1M */
 } srv_limits;
 
 typedef struct srv_config {
@@ -70,6 +71,7 @@ typedef struct srv_config {
 #define SRV_DEFAULT_REQUEST_TIMEOUT_S 300.0
 #define SRV_DEFAULT_SHUTDOWN_TIMEOUT_S 30.0
 #define SRV_DEFAULT_MAX_PATCH_TOKENS 20000000
+#define SRV_DEFAULT_MAX_GENERATE_TOKENS 1000000
 
 /* Finds lensd's data directory `name` ("models", "web"): first
  * <directory of the executable>/../share/lensd/<name> (an installed lensd:

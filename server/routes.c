@@ -1651,6 +1651,40 @@ static int32_t pick_token(const float *logits, int V, bool sample, float tempera
     return best;
 }
 
+/* Registers a long job under the request's optional "progress_id" (see
+ * progress.h). Returns it, or NULL with the refusal in resp. */
+static srv_progress *begin_progress(srv_job *job, srv_response *resp) {
+    json_t *progress_id = json_object_get(job->body, "progress_id");
+    if (progress_id && !json_is_string(progress_id)) {
+        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "progress_id",
+                  "progress_id must be a string (then GET /v1/progress/{id} follows the job)");
+        return NULL;
+    }
+    return srv_progress_begin(json_string_value(progress_id), srv_token_owner(job->token),
+                              job->connection, resp);
+}
+
+/* Answers a long job that progress said to stop: 409 cancelled (by DELETE
+ * /v1/progress/{id}) or 499 (its client closed the connection; nobody reads
+ * it, the log line shows it). what: how far it got. Returns false, answering
+ * nothing, when the job was not stopped. */
+static bool answer_if_stopped(srv_job *job, const srv_progress *progress, const char *what) {
+    const char *id = json_string_value(json_object_get(job->body, "progress_id"));
+    switch (srv_progress_stopped(progress)) {
+    case SRV_STOP_CANCELLED:
+        srv_error(&job->response, 409, "cancelled", "progress_id", "%s (DELETE /v1/progress/%s)",
+                  what, id ? id : "");
+        return true;
+    case SRV_STOP_CLIENT_GONE:
+        srv_error(&job->response, 499, "client_closed", NULL,
+                  "%s: the client closed the connection", what);
+        return true;
+    case SRV_STOP_NONE:
+        break;
+    }
+    return false;
+}
+
 static void run_generate(srv_job *job) {
     srv_model *sm = job->model;
     const lens_model *m = sm->model;
@@ -1661,6 +1695,7 @@ static void run_generate(srv_job *job) {
     uint8_t *none = calloc(lens_hook_slots(c), 1), *intervene = calloc(lens_hook_slots(c), 1);
     int32_t *tokens = NULL, *last = NULL, *scratch_ids = NULL;
     int32_t *top_ids = NULL;
+    srv_progress *progress = NULL;
     bool sample, stop_at_eos;
     long max_new, top_k, seed;
     json_t *temperature_json = json_object_get(job->body, "temperature");
@@ -1701,6 +1736,19 @@ static void run_generate(srv_job *job) {
     }
     const int B = start.B, V = c->d_vocab_out;
     const int T_max = start.T + (int)max_new > c->n_ctx ? c->n_ctx : start.T + (int)max_new;
+    double work = 0.0; /* token positions through the model: each step runs the whole rows */
+    for (int T = start.T; T < T_max; T++)
+        work += (double)B * T;
+    if (work > srv_d.cfg.limits.max_generate_tokens) {
+        srv_error(resp, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", "max_new_tokens",
+                  "%d prompt%s of up to %d tokens and %ld new tokens each run %.0f token "
+                  "positions through the model (every step runs the whole rows so far), more "
+                  "than limits.max_generate_tokens (%d): ask for fewer prompts or new tokens",
+                  B, B == 1 ? "" : "s", start.T, max_new, work,
+                  srv_d.cfg.limits.max_generate_tokens);
+        goto out;
+    }
+    if (!(progress = begin_progress(job, resp))) goto out;
     tokens = malloc((size_t)B * T_max * sizeof *tokens);
     last = malloc((size_t)B * sizeof *last);
     top_ids = malloc((size_t)V * sizeof *top_ids);
@@ -1725,6 +1773,12 @@ static void run_generate(srv_job *job) {
     const lens_intervention_list list = {c, h.items, h.n};
     const int32_t pad = m->rules.pad_id >= 0 ? m->rules.pad_id : 0;
     for (int step = 0; step < max_new; step++) {
+        if (srv_progress_update(progress, step, max_new)) {
+            char what[96];
+            snprintf(what, sizeof what, "generate stopped after %d of %ld steps", step, max_new);
+            answer_if_stopped(job, progress, what);
+            break;
+        }
         int T = 0;
         for (int b = 0; b < B; b++)
             T = length[b] > T ? length[b] : T;
@@ -1801,6 +1855,7 @@ out:
     free(last);
     free(top_ids);
     free(scratch_ids);
+    srv_progress_end(progress);
     hooks_request_free(&h);
     lens_token_batch_free(&start);
 }
@@ -2010,15 +2065,7 @@ static void run_patch(srv_job *job) {
                   srv_d.cfg.limits.max_patch_tokens);
         goto out;
     }
-    json_t *progress_id = json_object_get(body, "progress_id");
-    if (progress_id && !json_is_string(progress_id)) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "progress_id",
-                  "progress_id must be a string (then GET /v1/progress/{id} follows the sweep)");
-        goto out;
-    }
-    if (!(progress = srv_progress_begin(json_string_value(progress_id), srv_token_owner(job->token),
-                                        job->connection, resp)))
-        goto out;
+    if (!(progress = begin_progress(job, resp))) goto out;
     const lens_patch_request req = {
         .sweep = sweep,
         .clean = &clean,
@@ -2047,19 +2094,7 @@ static void run_patch(srv_job *job) {
     srv_metrics_batch(B);
     if (path ? lens_path_patch(m, &sm->ws, &path_req, &result, &err)
              : lens_patch(m, &sm->ws, &req, &result, &err)) {
-        switch (srv_progress_stopped(progress)) {
-        case SRV_STOP_CANCELLED:
-            srv_error(resp, 409, "cancelled", "progress_id", "%s (DELETE /v1/progress/%s)", err.msg,
-                      json_string_value(progress_id));
-            break;
-        case SRV_STOP_CLIENT_GONE: /* nobody reads it; the log line shows 499 */
-            srv_error(resp, 499, "client_closed", NULL, "%s: the client closed the connection",
-                      err.msg);
-            break;
-        case SRV_STOP_NONE:
-            engine_error(resp, &err, NULL);
-            break;
-        }
+        if (!answer_if_stopped(job, progress, err.msg)) engine_error(resp, &err, NULL);
         goto out;
     }
     const double seconds = monotonic_s() - t0;

@@ -63,3 +63,40 @@ def test_a_client_that_goes_away_stops_its_sweep(lensd):
 def test_unknown_progress_id(get):
     status, _, body = get("/v1/progress/nothing-here")
     assert status == 404 and error_of(body)["field"] == "progress_id"
+
+
+# 64 rows of BOS alone, 127 new tokens each: 64 x (1 + 2 + ... + 127) = 520,192 token
+# positions through the model, within limits.max_generate_tokens (1M), a few seconds here
+LONG_GENERATE = {"tokens": [[50256]] * 64, "max_new_tokens": 127, "stop_at_eos": False}
+
+
+def test_generate_reports_progress_and_is_cancelled(lensd, post):
+    answer = {}
+    worker = threading.Thread(target=lambda: answer.update(zip(
+        ("status", "headers", "body"),
+        post("/v1/models/gpt2/generate", {**LONG_GENERATE, "progress_id": "g-cancel"}))))
+    worker.start()
+    seen = wait_for_progress(lensd, "g-cancel")
+    assert seen["total"] == 127 and 0 < seen["done"] < 127, seen
+    status, _, body = lensd.request("DELETE", "/v1/progress/g-cancel")
+    assert status == 200 and json.loads(body)["cancelled"]
+    worker.join(timeout=120)
+    assert answer["status"] == 409, answer["body"][:300]
+    error = error_of(answer["body"])
+    assert error["code"] == "cancelled" and "generate stopped after" in error["message"]
+
+
+def test_generate_over_its_budget_is_refused_before_it_runs(start_daemon, models, tmp_path):
+    config = tmp_path / "lensd.json"
+    config.write_text(json.dumps({"limits": {"max_generate_tokens": 500_000}}))
+    d = start_daemon(["--config", str(config), "--model", f"gpt2={models['gpt2']}"])
+    started = time.monotonic()
+    status, _, data = d.post("/v1/models/gpt2/generate", LONG_GENERATE)
+    assert status == 413, data[:300]
+    error = error_of(data)
+    assert error["field"] == "max_new_tokens", error
+    assert "520192 token positions" in error["message"] and "max_generate_tokens" in error["message"]
+    assert time.monotonic() - started < 5
+    # within the budget: runs
+    status, _, data = d.post("/v1/models/gpt2/generate", {**LONG_GENERATE, "max_new_tokens": 3})
+    assert status == 200 and len(json.loads(data)["tokens"][0]) == 4, data[:300]

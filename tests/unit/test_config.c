@@ -131,6 +131,7 @@ Test(config, defaults_without_flags) {
     cr_assert_eq(cfg.limits.shutdown_timeout_s, 30.0);
     cr_assert_eq(cfg.limits.requests_per_minute, 0);
     cr_assert_eq(cfg.limits.max_patch_tokens, 20000000);
+    cr_assert_eq(cfg.limits.max_generate_tokens, 1000000);
     srv_config_free(&cfg);
     srv_config_free(&cfg); /* zeroed by the first call */
     srv_config_free(NULL);
@@ -727,6 +728,7 @@ Test(config, example_file_loads) {
     cr_assert_eq(a->request_timeout_s, b->request_timeout_s);
     cr_assert_eq(a->shutdown_timeout_s, b->shutdown_timeout_s);
     cr_assert_eq(a->requests_per_minute, b->requests_per_minute);
+    cr_assert_eq(a->max_generate_tokens, b->max_generate_tokens);
     srv_config_free(&defaults);
     srv_config_free(&cfg);
 }
