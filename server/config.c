@@ -473,6 +473,7 @@ static const char *const limit_keys[] = {"max_body_bytes",
                                          "requests_per_minute",
                                          "max_patch_tokens",
                                          "max_generate_tokens",
+                                         "max_connections_per_client",
                                          NULL};
 
 /* A path setting of the file: a non-empty string (resolved against
@@ -534,6 +535,10 @@ static int parse_limits(srv_limits *l, const json_t *o, lens_err *err) {
         return -1;
     if ((v = json_object_get(o, "requests_per_minute")) &&
         json_int_in(v, "limits.requests_per_minute", 0, 1000000, &l->requests_per_minute, err))
+        return -1;
+    if ((v = json_object_get(o, "max_connections_per_client")) &&
+        json_int_in(v, "limits.max_connections_per_client", 1, SRV_MAX_CONNECTIONS,
+                    &l->max_connections_per_client, err))
         return -1;
     if ((v = json_object_get(o, "max_generate_tokens")) &&
         json_int_in(v, "limits.max_generate_tokens", 1, INT_MAX, &l->max_generate_tokens, err))
@@ -936,6 +941,7 @@ int srv_config_load(srv_config *cfg, int argc, char **argv, lens_err *err) {
             .requests_per_minute = 0,
             .max_patch_tokens = SRV_DEFAULT_MAX_PATCH_TOKENS,
             .max_generate_tokens = SRV_DEFAULT_MAX_GENERATE_TOKENS,
+            .max_connections_per_client = SRV_DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
         };
         rc = set_string(&cfg->host, SRV_DEFAULT_HOST, err);
         char web[PATH_MAX]; /* the dashboard; a default, so not checked again below */

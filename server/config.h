@@ -42,6 +42,7 @@ typedef struct srv_limits {
     int requests_per_minute;     /* per token; 0 = unlimited (default) */
     int max_patch_tokens;        /* patched runs x prompts x tokens in one sweep; default 20M */
     int max_generate_tokens;     /* token positions one generate runs; default 1M */
+    int max_connections_per_client; /* open connections from one address; default 256 */
 } srv_limits;
 
 typedef struct srv_config {
@@ -72,6 +73,9 @@ typedef struct srv_config {
 #define SRV_DEFAULT_SHUTDOWN_TIMEOUT_S 30.0
 #define SRV_DEFAULT_MAX_PATCH_TOKENS 20000000
 #define SRV_DEFAULT_MAX_GENERATE_TOKENS 1000000
+#define SRV_DEFAULT_MAX_CONNECTIONS_PER_CLIENT 256
+/* Open connections the HTTP side takes in all. */
+#define SRV_MAX_CONNECTIONS 1024
 
 /* Finds lensd's data directory `name` ("models", "web"): first
  * <directory of the executable>/../share/lensd/<name> (an installed lensd:

@@ -436,10 +436,11 @@ int srv_http_start(lens_err *err) {
     srv_d.http = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)1024, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, tls_cert ? MHD_OPTION_HTTPS_MEM_CERT
-                                                                  : MHD_OPTION_END,
-        tls_cert, MHD_OPTION_HTTPS_MEM_KEY, tls_key, MHD_OPTION_END);
+        (unsigned)SRV_MAX_CONNECTIONS, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        (unsigned)cfg->limits.max_connections_per_client, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)30, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+        tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, tls_cert, MHD_OPTION_HTTPS_MEM_KEY,
+        tls_key, MHD_OPTION_END);
     if (!srv_d.http) {
         lens_err_set(err, "cannot listen on %s port %d (in use, or no permission)", cfg->host,
                      cfg->port);

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field as dc_field
 import numpy as np
 import pytest
 
-from lensd_http import JSON, NPY, SAFETENSORS, WEB_SECRET, error_of, json_of, safetensors_of
+from lensd_http import (JSON, NPY, SAFETENSORS, WEB_SECRET, error_of, json_of, safetensors_of,
+                        wait_until)
 
 GPT2 = "/v1/models/gpt2"
 PATCH = {"clean": {"prompt": "Hello world"}, "corrupted": {"prompt": "Hello there"},
@@ -432,3 +433,28 @@ def test_junk_urls_neither_forge_logs_nor_use_up_metrics(start_daemon, models):
         if line.startswith("{"):
             entry = json.loads(line)  # every log line still one JSON object
             assert "forged" not in entry["route"], line
+
+
+def test_one_client_cannot_take_every_connection(start_daemon, models, tmp_path):
+    """limits.max_connections_per_client: idle sockets from one address beyond
+    it are closed at once, and another address is still served (it was 1,024
+    for everyone: 1,100 idle sockets made /healthz time out)."""
+    config = tmp_path / "lensd.json"
+    config.write_text(json.dumps({"limits": {"max_connections_per_client": 8}}))
+    d = start_daemon(["--config", str(config), "--model", f"gpt2={models['gpt2']}"])
+    host, port = d.url.split("//")[1].split(":")
+    idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(8)]
+    try:
+        time.sleep(0.5)  # accepted and counted
+        extra = socket.create_connection((host, int(port)), timeout=10)
+        with extra:
+            assert extra.recv(1) == b"", "the connection over the limit was not closed"
+        other = socket.create_connection((host, int(port)), timeout=10,
+                                         source_address=("127.0.0.2", 0))
+        with other:
+            other.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert other.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in idle:
+            s.close()
+    wait_until(lambda: d.get("/healthz")[0] == 200, what="the first address to be served again")

@@ -132,6 +132,7 @@ Test(config, defaults_without_flags) {
     cr_assert_eq(cfg.limits.requests_per_minute, 0);
     cr_assert_eq(cfg.limits.max_patch_tokens, 20000000);
     cr_assert_eq(cfg.limits.max_generate_tokens, 1000000);
+    cr_assert_eq(cfg.limits.max_connections_per_client, 256);
     srv_config_free(&cfg);
     srv_config_free(&cfg); /* zeroed by the first call */
     srv_config_free(NULL);
@@ -422,6 +423,8 @@ Test(config, out_of_range_numbers_are_named) {
                       "out of range", NULL);
     expect_json_error("{\"limits\": {\"shutdown_timeout_s\": 0}}", "limits.shutdown_timeout_s",
                       "out of range", NULL);
+    expect_json_error("{\"limits\": {\"max_connections_per_client\": 1025}}",
+                      "limits.max_connections_per_client", "out of range", NULL);
     expect_json_error("{\"limits\": {\"request_timeout_s\": -5}}", "limits.request_timeout_s",
                       "out of range", NULL);
     expect_json_error("{\"limits\": {\"request_timeout_s\": 1e300}}", "limits.request_timeout_s",
@@ -729,6 +732,7 @@ Test(config, example_file_loads) {
     cr_assert_eq(a->shutdown_timeout_s, b->shutdown_timeout_s);
     cr_assert_eq(a->requests_per_minute, b->requests_per_minute);
     cr_assert_eq(a->max_generate_tokens, b->max_generate_tokens);
+    cr_assert_eq(a->max_connections_per_client, b->max_connections_per_client);
     srv_config_free(&defaults);
     srv_config_free(&cfg);
 }
