@@ -29,10 +29,21 @@ typedef struct auth_entry {
     bool bucket_used;   /* the bucket has been started */
 } auth_entry;
 
+/* Wrong tokens from one client address: a bucket of GUESSES_PER_MINUTE
+ * that each wrong token empties by one and time refills. */
+typedef struct guesser {
+    char address[64]; /* "" for a free slot */
+    double bucket, bucket_time;
+} guesser;
+
+#define GUESSES_PER_MINUTE 10
+#define GUESSERS 1024 /* addresses remembered; the one refilled longest ago goes first */
+
 struct srv_auth {
     auth_entry *entries; /* [n] */
     int n;
-    pthread_mutex_t lock; /* guards the bucket fields of entries */
+    guesser guessers[GUESSERS];
+    pthread_mutex_t lock; /* guards the bucket fields of entries, and guessers */
 };
 
 /* RFC 6750 b64token: 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=" */
@@ -279,6 +290,45 @@ bool srv_rate_allow(srv_auth *a, const srv_token *t, int per_minute, double now_
         *retry_after_s = (1.0 - e->bucket) / rate;
     pthread_mutex_unlock(&a->lock);
     return allowed;
+}
+
+/* The guesser slot of address, refilled to now_s; with add, a new one (full)
+ * when address has none. NULL when it has none and add is false. Locked. */
+static guesser *guesser_of(srv_auth *a, const char *address, double now_s, bool add) {
+    guesser *g = NULL, *oldest = &a->guessers[0];
+    for (int i = 0; i < GUESSERS && !g; i++) {
+        if (strcmp(a->guessers[i].address, address) == 0) g = &a->guessers[i];
+        if (a->guessers[i].bucket_time < oldest->bucket_time) oldest = &a->guessers[i];
+    }
+    if (!g && !add) return NULL;
+    if (!g) {
+        g = oldest;
+        snprintf(g->address, sizeof g->address, "%s", address);
+        g->bucket = GUESSES_PER_MINUTE;
+        g->bucket_time = now_s;
+    }
+    if (now_s > g->bucket_time) {
+        g->bucket += (now_s - g->bucket_time) * (GUESSES_PER_MINUTE / 60.0);
+        g->bucket_time = now_s;
+    }
+    if (g->bucket > GUESSES_PER_MINUTE) g->bucket = GUESSES_PER_MINUTE;
+    return g;
+}
+
+bool srv_auth_may_guess(srv_auth *a, const char *address, double now_s, double *retry_after_s) {
+    pthread_mutex_lock(&a->lock);
+    const guesser *g = guesser_of(a, address, now_s, false);
+    const bool allowed = !g || g->bucket >= 1.0;
+    *retry_after_s = allowed ? 0.0 : (1.0 - g->bucket) / (GUESSES_PER_MINUTE / 60.0);
+    pthread_mutex_unlock(&a->lock);
+    return allowed;
+}
+
+void srv_auth_guessed_wrong(srv_auth *a, const char *address, double now_s) {
+    pthread_mutex_lock(&a->lock);
+    guesser *g = guesser_of(a, address, now_s, true);
+    g->bucket = g->bucket >= 1.0 ? g->bucket - 1.0 : 0.0;
+    pthread_mutex_unlock(&a->lock);
 }
 
 void srv_auth_free(srv_auth *a) {

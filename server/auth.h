@@ -59,6 +59,19 @@ const char *srv_token_owner(const srv_token *t);
  * it owns itself. */
 bool srv_token_may_use(const srv_token *caller, const char *owner);
 
+/* Failed-token throttling per client address (a string: the numeric IPv4
+ * or IPv6 address, at most 63 bytes). Each address may present 10 wrong
+ * tokens a minute (a bucket of 10 that refills at 1 every 6 s, with the same
+ * clock as srv_rate_allow); srv_auth_may_guess says whether a request from
+ * address may have its token checked now, and if not sets *retry_after_s to
+ * the seconds until it may. While an address is refused, every request from
+ * it is, right token or wrong: a guesser learns nothing from the answers.
+ * The last 1,024 addresses to guess wrong are remembered. Thread-safe. */
+bool srv_auth_may_guess(srv_auth *a, const char *address, double now_s, double *retry_after_s);
+
+/* Records a wrong token (a 401) from address, taking one from its bucket. */
+void srv_auth_guessed_wrong(srv_auth *a, const char *address, double now_s);
+
 /* Number of entries in the table (at least 1). */
 int srv_auth_count(const srv_auth *a);
 

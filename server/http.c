@@ -158,11 +158,33 @@ static int check_framing(struct MHD_Connection *c, request *r, srv_response *res
     return -1;
 }
 
+/* The client's numeric address (IPv4 or IPv6) into out[n], "" when unknown. */
+static void client_address(struct MHD_Connection *c, char *out, size_t n) {
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr *sa = info ? info->client_addr : NULL;
+    out[0] = '\0';
+    if (sa && sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)n);
+    else if (sa && sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)n);
+}
+
 /* Checks the bearer token and the rate limit of a /v1/ request. Returns 0,
  * or -1 with the refusal in resp. */
 static int check_access(struct MHD_Connection *c, const char *url, request *r,
                         srv_response *resp) {
     if (!srv_d.auth || strncmp(url, "/v1/", 4) != 0) return 0;
+    char address[64];
+    client_address(c, address, sizeof address);
+    double wait_s = 0;
+    if (!srv_auth_may_guess(srv_d.auth, address, now_s(), &wait_s)) {
+        srv_error(resp, MHD_HTTP_TOO_MANY_REQUESTS, "rate_limited", NULL,
+                  "too many wrong access tokens from %s: try again in %.0f s", address,
+                  wait_s < 1 ? 1 : wait_s + 0.5);
+        resp->retry_after_s = wait_s;
+        return -1;
+    }
     const char *header = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
     if (!header) {
         srv_error(resp, MHD_HTTP_UNAUTHORIZED, "unauthorized", NULL,
@@ -170,6 +192,7 @@ static int check_access(struct MHD_Connection *c, const char *url, request *r,
         return -1;
     }
     if (!(r->token = srv_auth_check(srv_d.auth, header))) {
+        srv_auth_guessed_wrong(srv_d.auth, address, now_s());
         srv_error(resp, MHD_HTTP_UNAUTHORIZED, "unauthorized", NULL, "unknown access token");
         return -1;
     }

@@ -263,3 +263,24 @@ def test_progress_ids_are_their_token_s(shared):
     assert status == 200 and json_of(body)["cancelled"]
     worker.join(120)
     assert answer["status"] == 409  # cancelled by its owner
+
+
+def test_wrong_tokens_are_throttled_per_address(guarded):
+    """Ten wrong tokens a minute from one address; then every request from it,
+    the right token included, is 429 with Retry-After until its bucket refills,
+    while other addresses are served (it answered 3,175 guesses a second)."""
+    import socket
+
+    for i in range(10):
+        assert_unauthorized(guarded.get("/v1/models", headers=bearer(f"guess-{i}")))
+    for token in ("guess-10", READ_TOKEN):
+        status, headers, body = guarded.get("/v1/models", headers=bearer(token))
+        assert status == 429 and error_of(body)["code"] == "rate_limited", body[:300]
+        assert "wrong access tokens" in error_of(body)["message"]
+        assert 1 <= int(headers["Retry-After"]) <= 6
+    host, port = guarded.url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10,
+                                  source_address=("127.0.0.2", 0)) as other:
+        other.sendall(f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {READ_TOKEN}"
+                      "\r\nConnection: close\r\n\r\n".encode())
+        assert other.recv(65536).startswith(b"HTTP/1.1 200")

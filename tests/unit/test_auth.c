@@ -221,6 +221,49 @@ Test(auth, rate_bucket_exhausts_and_refills) {
     srv_auth_free(a);
 }
 
+/* ---- wrong-token throttling per address ------------------------------------------ */
+
+Test(auth, wrong_tokens_are_throttled_per_address) {
+    srv_auth *a = load_three();
+    double retry = -1;
+    /* 10 wrong tokens a minute: a bucket of 10 refilling one every 6 s */
+    for (int i = 0; i < 10; i++) {
+        cr_assert(srv_auth_may_guess(a, "10.0.0.1", 100.0, &retry), "guess %d", i);
+        cr_assert_eq(retry, 0.0);
+        srv_auth_guessed_wrong(a, "10.0.0.1", 100.0);
+    }
+    cr_assert_not(srv_auth_may_guess(a, "10.0.0.1", 100.0, &retry));
+    cr_assert_float_eq(retry, 6.0, 1e-9);
+    cr_assert_not(srv_auth_may_guess(a, "10.0.0.1", 103.0, &retry));
+    cr_assert_float_eq(retry, 3.0, 1e-9);
+    cr_assert(srv_auth_may_guess(a, "10.0.0.2", 100.0, &retry), "another address is not");
+    cr_assert(srv_auth_may_guess(a, "::1", 100.0, &retry));
+    cr_assert(srv_auth_may_guess(a, "10.0.0.1", 106.0, &retry), "one refilled after 6 s");
+    srv_auth_guessed_wrong(a, "10.0.0.1", 106.0);
+    cr_assert_not(srv_auth_may_guess(a, "10.0.0.1", 106.0, &retry));
+    /* a long quiet spell refills to 10, not beyond */
+    for (int i = 0; i < 10; i++)
+        srv_auth_guessed_wrong(a, "10.0.0.1", 10000.0);
+    cr_assert_not(srv_auth_may_guess(a, "10.0.0.1", 10000.0, &retry));
+    srv_auth_free(a);
+}
+
+Test(auth, wrong_token_table_forgets_the_oldest) {
+    srv_auth *a = load_three();
+    double retry;
+    for (int i = 0; i < 10; i++)
+        srv_auth_guessed_wrong(a, "10.9.9.9", 1.0);
+    cr_assert_not(srv_auth_may_guess(a, "10.9.9.9", 1.0, &retry));
+    char address[32];
+    for (int i = 0; i < 1024; i++) { /* 1,024 newer addresses push it out */
+        snprintf(address, sizeof address, "10.1.%d.%d", i / 256, i % 256);
+        srv_auth_guessed_wrong(a, address, 2.0 + i * 1e-3);
+    }
+    cr_assert(srv_auth_may_guess(a, "10.9.9.9", 3.0, &retry));
+    cr_assert(srv_auth_may_guess(a, "10.1.3.255", 3.0, &retry), "9 of 10 left");
+    srv_auth_free(a);
+}
+
 Test(auth, rate_buckets_are_per_token) {
     srv_auth *a = load_three();
     const srv_token *alice = srv_auth_check(a, "Bearer abc");
