@@ -94,21 +94,51 @@ typedef struct alloc_state {
     bool failed;
 } alloc_state;
 
+/* Sets t's dtype, ndim and shape for hook in a B x T batch, the position
+ * axis cut to req's positions; returns its bytes. */
+static size_t captured_shape(const lens_config *c, const lens_cache_request *req, lens_hook hook,
+                             int B, int T, lens_captured *t) {
+    t->dtype = hook.kind == LENS_HOOK_TOKENS ? LENS_I64 : LENS_F32;
+    t->ndim = lens_hook_shape(c, hook, B, T, t->shape);
+    if (req->positions) t->shape[lens_capture_pos_axis(c, hook.kind)] = req->n_positions;
+    size_t bytes = lens_dtype_size(t->dtype);
+    for (int i = 0; i < t->ndim; i++)
+        bytes *= (size_t)t->shape[i];
+    return bytes;
+}
+
 static void alloc_tensor(void *user, lens_hook hook) {
     alloc_state *st = user;
     if (st->failed || !st->req->enabled[lens_hook_slot(st->cfg, hook)]) return;
     lens_captured *t = &st->out->tensors[st->out->n];
     t->hook = hook;
     lens_hook_name(hook, t->name, sizeof t->name);
-    t->dtype = hook.kind == LENS_HOOK_TOKENS ? LENS_I64 : LENS_F32;
-    t->ndim = lens_hook_shape(st->cfg, hook, st->out->B, st->out->T, t->shape);
-    if (st->req->positions)
-        t->shape[lens_capture_pos_axis(st->cfg, hook.kind)] = st->req->n_positions;
-    size_t numel = 1;
-    for (int i = 0; i < t->ndim; i++)
-        numel *= (size_t)t->shape[i];
-    st->failed = !(t->data = lk_host_buffer(numel * lens_dtype_size(t->dtype) + 1));
+    const size_t bytes = captured_shape(st->cfg, st->req, hook, st->out->B, st->out->T, t);
+    st->failed = !(t->data = lk_host_buffer(bytes + 1));
     st->out->n += !st->failed;
+}
+
+typedef struct count_state {
+    const lens_config *cfg;
+    const lens_cache_request *req;
+    int B, T;
+    size_t bytes;
+} count_state;
+
+static void count_tensor(void *user, lens_hook hook) {
+    count_state *st = user;
+    lens_captured t;
+    if (st->req->enabled[lens_hook_slot(st->cfg, hook)])
+        st->bytes += captured_shape(st->cfg, st->req, hook, st->B, st->T, &t);
+}
+
+size_t lens_cache_bytes(const lens_config *c, int B, int T, const lens_cache_request *req) {
+    count_state st = {c, req, B, T, 0};
+    lens_hook_foreach(c, count_tensor, &st);
+    if (req->logits)
+        st.bytes += (req->logit_positions ? (size_t)B : (size_t)B * T) * (size_t)c->d_vocab_out *
+                    sizeof(float);
+    return st.bytes;
 }
 
 /* Allocates out's tensors and logits for the request. */

@@ -60,6 +60,11 @@ int lens_capture_pos_axis(const lens_config *cfg, lens_hook_kind kind);
 int lens_run_cache(const lens_model *m, lens_workspace *ws, const lens_token_batch *batch,
                    const lens_cache_request *req, lens_cache *out, lens_err *err);
 
+/* The bytes lens_run_cache allocates for req's tensors and logits on a
+ * B x T batch (the kept positions counted as listed, repeats included):
+ * what a caller checks against its memory limits before running. */
+size_t lens_cache_bytes(const lens_config *c, int B, int T, const lens_cache_request *req);
+
 /* The captured tensor of hook (kind, layer), or NULL. */
 const lens_captured *lens_cache_find(const lens_cache *cache, lens_hook_kind kind, int layer);
 

@@ -475,6 +475,19 @@ static void run_with_cache(srv_job *job) {
                                     .positions = positions,
                                     .n_positions = n_positions,
                                     .logits = with_logits};
+    /* the whole batch's cache is allocated, whatever part of it is answered */
+    const size_t bytes = lens_cache_bytes(c, a->batch.B, a->batch.T, &req);
+    const size_t limit =
+        keep ? srv_d.cfg.limits.max_kept_cache_bytes : srv_d.cfg.limits.max_response_bytes;
+    if (bytes > limit) {
+        srv_error(resp, keep ? 507 : MHD_HTTP_CONTENT_TOO_LARGE,
+                  keep ? "insufficient_storage" : "too_large", keep ? "keep" : NULL,
+                  "this cache is %zu MB of tensors for %d prompt%s x %d tokens, over the %zu MB "
+                  "of limits.%s; ask for fewer names, positions or prompts",
+                  bytes >> 20, a->batch.B, a->batch.B == 1 ? "" : "s", a->batch.T, limit >> 20,
+                  keep ? "max_kept_cache_bytes" : "max_response_bytes");
+        goto fail;
+    }
     srv_metrics_batch(a->batch.B);
     if (lens_run_cache(sm->model, &sm->ws, &a->batch, &req, &a->cache, &err)) {
         engine_error(resp, &err, NULL);

@@ -458,3 +458,23 @@ def test_one_client_cannot_take_every_connection(start_daemon, models, tmp_path)
         for s in idle:
             s.close()
     wait_until(lambda: d.get("/healthz")[0] == 200, what="the first address to be served again")
+
+
+def test_repeated_positions_are_counted_before_the_forward(lensd, post):
+    """A 2 MB request whose repeated positions make a cache over
+    limits.max_response_bytes (1 GiB) and max_kept_cache_bytes (2 GiB) is
+    refused before anything is allocated or run (it was computed first:
+    peaks of 2-3 GB, then the 413)."""
+    tokens = [[1 + (i * 13) % 500 for i in range(120)]]
+    # 2 layers x [1, 4 heads, P, 120] floats: 3,840 bytes a position; 600,000 of them: 2.3 GB
+    body = {"tokens": tokens, "names_filter": "blocks.*.attn.hook_pattern", "logits": False,
+            "positions": [0] * 600_000}
+    before = lensd.rss_bytes()
+    started = time.monotonic()
+    status, _, data = post(f"{GPT2}/run_with_cache", body)
+    assert status == 413, data[:300]
+    assert "limits.max_response_bytes" in error_of(data)["message"]
+    assert time.monotonic() - started < 10
+    assert lensd.rss_bytes() - before < 200 << 20
+    kept = post(f"{GPT2}/run_with_cache", {**body, "keep": True})
+    assert kept[0] == 507 and error_of(kept[2])["field"] == "keep", kept[2][:300]
