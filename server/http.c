@@ -158,16 +158,73 @@ static int check_framing(struct MHD_Connection *c, request *r, srv_response *res
     return -1;
 }
 
-/* The client's numeric address (IPv4 or IPv6) into out[n], "" when unknown. */
-static void client_address(struct MHD_Connection *c, char *out, size_t n) {
-    const union MHD_ConnectionInfo *info =
-        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-    const struct sockaddr *sa = info ? info->client_addr : NULL;
+/* The numeric address (IPv4 or IPv6) of sa into out[n], "" when unknown. */
+static void address_of(const struct sockaddr *sa, char *out, size_t n) {
     out[0] = '\0';
     if (sa && sa->sa_family == AF_INET)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)n);
     else if (sa && sa->sa_family == AF_INET6)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)n);
+}
+
+/* The client's numeric address into out[n], "" when unknown. */
+static void client_address(struct MHD_Connection *c, char *out, size_t n) {
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    address_of(info ? info->client_addr : NULL, out, n);
+}
+
+/* Open connections by client address, for limits.max_connections_per_client:
+ * counted from libmicrohttpd's connection notifications, checked by its
+ * accept policy (so a connection over the limit is closed on accept).
+ * Connections accepted at the same moment on different HTTP threads may
+ * pass the limit by a few. */
+typedef struct open_client {
+    char address[64];
+    int open; /* 0: a free slot */
+} open_client;
+
+static open_client open_clients[SRV_MAX_CONNECTIONS];
+static pthread_mutex_t open_clients_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static enum MHD_Result accept_client(void *cls, const struct sockaddr *addr, socklen_t len) {
+    (void)cls;
+    (void)len;
+    char address[64];
+    address_of(addr, address, sizeof address);
+    int open = 0;
+    pthread_mutex_lock(&open_clients_lock);
+    for (int i = 0; i < SRV_MAX_CONNECTIONS && !open; i++)
+        if (open_clients[i].open && strcmp(open_clients[i].address, address) == 0)
+            open = open_clients[i].open;
+    pthread_mutex_unlock(&open_clients_lock);
+    return open < srv_d.cfg.limits.max_connections_per_client ? MHD_YES : MHD_NO;
+}
+
+/* Counts a connection in when it starts (its slot kept in *socket_context)
+ * and out when it closes. */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code) {
+    (void)cls;
+    pthread_mutex_lock(&open_clients_lock);
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        char address[64];
+        client_address(c, address, sizeof address);
+        open_client *slot = NULL, *free_slot = NULL;
+        for (int i = 0; i < SRV_MAX_CONNECTIONS && !slot; i++) {
+            if (open_clients[i].open && strcmp(open_clients[i].address, address) == 0)
+                slot = &open_clients[i];
+            else if (!open_clients[i].open && !free_slot)
+                free_slot = &open_clients[i];
+        }
+        if (!slot && (slot = free_slot))
+            snprintf(slot->address, sizeof slot->address, "%s", address);
+        if (slot) slot->open++; /* there is a slot: no more connections than slots */
+        *socket_context = slot;
+    } else if (*socket_context) {
+        ((open_client *)*socket_context)->open--;
+    }
+    pthread_mutex_unlock(&open_clients_lock);
 }
 
 /* Checks the bearer token and the rate limit of a /v1/ request. Returns 0,
@@ -457,13 +514,12 @@ int srv_http_start(lens_err *err) {
         return -1;
     }
     srv_d.http = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, addr,
+        flags, 0, accept_client, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)SRV_MAX_CONNECTIONS, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-        (unsigned)cfg->limits.max_connections_per_client, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)30, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-        tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, tls_cert, MHD_OPTION_HTTPS_MEM_KEY,
-        tls_key, MHD_OPTION_END);
+        (unsigned)SRV_MAX_CONNECTIONS, MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+        NULL, tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, tls_cert,
+        MHD_OPTION_HTTPS_MEM_KEY, tls_key, MHD_OPTION_END);
     if (!srv_d.http) {
         lens_err_set(err, "cannot listen on %s port %d (in use, or no permission)", cfg->host,
                      cfg->port);
