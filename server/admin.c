@@ -188,8 +188,17 @@ static void admin_load(srv_job *job) {
     const bool draining = srv_d.draining;
     for (int i = 0; i < srv_d.n_models; i++)
         taken |= srv_d.models[i].present && strcmp(srv_d.models[i].name, spec.name) == 0;
-    if (!taken && !draining && srv_d.n_models < srv_d.cap_models)
+    for (int i = 0; i < srv_d.n_models && !taken && !draining && !slot; i++)
+        if (srv_d.models[i].reusable && atomic_load(&srv_d.models[i].jobs_out) == 0)
+            slot = &srv_d.models[i]; /* unloaded, and no job points at it any more */
+    const bool reused = slot != NULL;
+    if (reused) {
+        pthread_mutex_destroy(&slot->lock); /* srv_sched_add makes them anew */
+        pthread_cond_destroy(&slot->wake);
+        if (slot->owns_name) free(slot->name);
+    } else if (!taken && !draining && srv_d.n_models < srv_d.cap_models) {
         slot = &srv_d.models[srv_d.n_models];
+    }
     if (slot) {
         *slot = loaded;
         slot->name = strdup(spec.name);
@@ -197,10 +206,10 @@ static void admin_load(srv_job *job) {
         if (!slot->name || srv_sched_add(slot)) {
             free(slot->name);
             *slot = (srv_model){0};
-            slot = NULL;
+            slot = NULL; /* a reused slot stays an unloaded one */
         } else {
             slot->present = true;
-            srv_d.n_models++;
+            srv_d.n_models += !reused;
         }
     }
     pthread_rwlock_unlock(&srv_d.models_lock);
@@ -214,7 +223,7 @@ static void admin_load(srv_job *job) {
                       "a model called %s was loaded meanwhile", spec.name);
         else
             srv_error(&job->response, 507, "insufficient_storage", NULL,
-                      "this daemon has loaded all the %d models it has room for; restart it",
+                      "this daemon holds the %d models it has room for; unload one first",
                       srv_d.cap_models);
         return;
     }
@@ -240,6 +249,9 @@ static void admin_unload(srv_job *job) {
     }
     srv_sched_remove(m); /* its queued requests finish first */
     srv_unload_model(m);
+    pthread_rwlock_wrlock(&srv_d.models_lock);
+    m->reusable = true;
+    pthread_rwlock_unlock(&srv_d.models_lock);
     fprintf(stderr, "lensd: unloaded %s\n", name);
     srv_json(&job->response, MHD_HTTP_OK, json_pack("{s:s}", "unloaded", name));
 }

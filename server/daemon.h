@@ -16,6 +16,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -68,10 +69,13 @@ typedef struct srv_job {
 } srv_job;
 
 /* A loaded model and its executor: a slot of srv_daemon.models, in use
- * while present (slots are never reused, so a job's pointer stays valid). */
+ * while present. An unloaded slot is reused by a later admin load once no
+ * job points at it any more (jobs_out 0), so a job's pointer stays valid. */
 struct srv_model {
     char *name;
     bool present;   /* loaded and answering; false once unloaded */
+    atomic_int jobs_out; /* jobs routed to it and not yet answered */
+    bool reusable;       /* unloaded: its executor stopped, its model freed */
     bool owns_name; /* loaded at run time (name allocated) */
     lens_model *model;
     char *info_json;        /* GET /v1/models/{name}, made at load */

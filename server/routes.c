@@ -2345,6 +2345,18 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
         srv_error(resp, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL, "out of memory");
         return NULL;
     }
+    /* counted under the lock, so that an admin load cannot reuse the slot of an
+     * unloaded model that a job still points at */
+    pthread_rwlock_rdlock(&srv_d.models_lock);
+    if ((m = find_model_locked(name, name_len))) atomic_fetch_add(&m->jobs_out, 1);
+    pthread_rwlock_unlock(&srv_d.models_lock);
+    if (!m) {
+        free(job);
+        json_decref(parsed);
+        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", "model", "no model called \"%.*s\"",
+                  (int)name_len, name);
+        return NULL;
+    }
     job->kind = model_actions[found].kind;
     job->model = m;
     job->body = parsed;

@@ -32,7 +32,11 @@ pthread_mutex_t srv_cpu_lock = PTHREAD_MUTEX_INITIALIZER;
 /* Logits requests that one forward pass may serve together. */
 #define MAX_SHARED 16
 
-static void finish(srv_job *job) { MHD_resume_connection(job->connection); }
+/* Hands a job's answer to its connection; the job no longer uses its model. */
+static void finish(srv_job *job) {
+    atomic_fetch_sub(&job->model->jobs_out, 1);
+    MHD_resume_connection(job->connection);
+}
 
 /* Takes the job at the head of m's queue and, when it asks for logits, the
  * logits requests waiting right behind it, which share its forward pass.

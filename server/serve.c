@@ -21,7 +21,8 @@
 
 srv_daemon srv_d;
 
-/* Models that /v1/admin/models may add while the daemon runs. */
+/* Models that /v1/admin/models may hold at once besides the configured ones
+ * (an unloaded model's slot is reused). */
 #define ADDED_MODELS_MAX 32
 
 int srv_load_model(srv_model *sm, const srv_model_spec *spec, lens_err *err) {

@@ -46,3 +46,20 @@ def test_admin_loads_and_unloads_models(start_daemon, models, tmp_path):
     assert status == 404
     assert d.post_json("/v1/models/gpt2/logits", {"prompt": "Hello", "top_k": 1},
                        headers=reader)["top_k_ids"]["shape"] == [1, 2, 1]
+
+
+def test_unloaded_slots_are_reused(start_daemon, models):
+    """Loading and unloading more models than the daemon has slots for (32
+    besides the configured ones) goes on working: an unloaded model's slot is
+    taken again (it answered 507 "restart it" after the 32nd load), and the
+    configured model keeps answering throughout."""
+    d = start_daemon(["--model", f"gpt2={models['gpt2']}"])
+    for i in range(40):
+        name = f"brackets-{i % 3}"
+        status, _, body = d.post("/v1/admin/models", {"name": name, "path": str(models["brackets"])})
+        assert status == 201, (i, body[:300])
+        status, _, body = d.post(f"/v1/models/{name}/logits", {"prompt": "(())"})
+        assert status == 200, (i, body[:300])
+        assert d.request("DELETE", f"/v1/admin/models/{name}")[0] == 200
+    assert d.post("/v1/models/gpt2/tokenize", {"prompt": "Hi"})[0] == 200
+    assert d.stop() == 0, d.describe()
