@@ -134,7 +134,13 @@ void srv_run_logits_jobs(srv_job **jobs, int n);
 void srv_error(srv_response *resp, unsigned status, const char *code, const char *field,
                const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
-/* Fills resp with a JSON body (takes the reference). */
+/* body as compact JSON text (NUL-terminated, *len bytes), or NULL when
+ * memory runs out (never damaged text). */
+char *srv_json_text(const json_t *body, size_t *len);
+
+/* Fills resp with a JSON body (takes the reference; NULL, from a json_pack
+ * that ran out of memory, is accepted). When memory runs out encoding it,
+ * resp is a 507 instead, never the status with an empty body. */
 void srv_json(srv_response *resp, unsigned status, json_t *body);
 
 /* ---- sched.c ---- */

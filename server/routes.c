@@ -28,12 +28,56 @@
 
 /* ---- responses ---------------------------------------------------------- */
 
+/* The text json_text grows. */
+typedef struct text_buffer {
+    char *data;
+    size_t len, cap;
+} text_buffer;
+
+static int append_text(const char *chunk, size_t n, void *user) {
+    text_buffer *t = user;
+    if (t->len + n + 1 > t->cap) {
+        size_t cap = (t->len + n + 1) * 2;
+        char *grown = realloc(t->data, cap);
+        if (!grown) return -1;
+        t->data = grown;
+        t->cap = cap;
+    }
+    memcpy(t->data + t->len, chunk, n);
+    t->len += n;
+    return 0;
+}
+
+/* Through json_dump_callback into a buffer of our own: json_dumps grows one
+ * of its own and, when a growth fails, can return damaged text instead of
+ * NULL (tests/unit/test_tensors.c). */
+char *srv_json_text(const json_t *body, size_t *len) {
+    text_buffer t = {0};
+    if (!body || json_dump_callback(body, append_text, &t, JSON_COMPACT) || !t.data) {
+        free(t.data);
+        return NULL;
+    }
+    t.data[t.len] = '\0';
+    *len = t.len;
+    return t.data;
+}
+
 void srv_json(srv_response *resp, unsigned status, json_t *body) {
-    resp->status = status;
-    resp->content_type = "application/json";
-    resp->body = json_dumps(body, JSON_COMPACT);
-    resp->body_len = resp->body ? strlen(resp->body) : 0;
+    size_t len = 0;
+    char *text = srv_json_text(body, &len);
     json_decref(body);
+    resp->content_type = "application/json";
+    if (!text) { /* out of memory while encoding: never a 200 without its body */
+        static const char failed[] = "{\"error\": {\"code\": \"insufficient_storage\", "
+                                     "\"message\": \"out of memory encoding the answer\"}}";
+        resp->status = 507;
+        resp->body = strdup(failed);
+        resp->body_len = resp->body ? strlen(resp->body) : 0;
+        return;
+    }
+    resp->status = status;
+    resp->body = text;
+    resp->body_len = len;
 }
 
 void srv_error(srv_response *resp, unsigned status, const char *code, const char *field,
@@ -1256,12 +1300,13 @@ static void prefix_error_field(srv_response *resp, const char *prefix, const cha
     char path[192];
     snprintf(path, sizeof path, "%s%s", prefix, field ? field : fallback);
     json_object_set_new(error, "field", json_string(path));
-    char *body = json_dumps(root, JSON_COMPACT);
+    size_t len = 0;
+    char *body = srv_json_text(root, &len);
     json_decref(root);
     if (!body) return;
     free(resp->body);
     resp->body = body;
-    resp->body_len = strlen(body);
+    resp->body_len = len;
 }
 
 /* ---- run_with_hooks ------------------------------------------------------ */

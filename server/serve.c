@@ -43,9 +43,10 @@ int srv_load_model(srv_model *sm, const srv_model_spec *spec, lens_err *err) {
     }
     json_t *info = srv_model_info_json(m);
     json_object_set_new(info, "name", json_string(spec->name));
-    sm->info_json = json_dumps(info, JSON_COMPACT);
+    size_t len;
+    sm->info_json = srv_json_text(info, &len);
     json_object_del(info, "hook_points");
-    sm->summary_json = json_dumps(info, JSON_COMPACT);
+    sm->summary_json = srv_json_text(info, &len);
     json_decref(info);
     sm->model = m;
     if (m->n_nonfinite_weights)

@@ -16,18 +16,19 @@ json_t *srv_json_float(float v) {
     return json_real(v);
 }
 
+/* The nested lists of a tensor from data[*at]; NULL, not a shorter list,
+ * when memory runs out. */
 static json_t *nested(lens_dtype dtype, int ndim, const int64_t *shape, const void *data,
                       size_t *at) {
     json_t *list = json_array();
-    for (int64_t i = 0; i < shape[0]; i++) {
-        if (ndim > 1) {
-            json_array_append_new(list, nested(dtype, ndim - 1, shape + 1, data, at));
-        } else if (dtype == LENS_I64) {
-            json_array_append_new(list, json_integer(((const int64_t *)data)[(*at)++]));
-        } else if (dtype == LENS_I32) {
-            json_array_append_new(list, json_integer(((const int32_t *)data)[(*at)++]));
-        } else {
-            json_array_append_new(list, srv_json_float(((const float *)data)[(*at)++]));
+    for (int64_t i = 0; list && i < shape[0]; i++) {
+        json_t *item = ndim > 1            ? nested(dtype, ndim - 1, shape + 1, data, at)
+                       : dtype == LENS_I64 ? json_integer(((const int64_t *)data)[(*at)++])
+                       : dtype == LENS_I32 ? json_integer(((const int32_t *)data)[(*at)++])
+                                           : srv_json_float(((const float *)data)[(*at)++]);
+        if (json_array_append_new(list, item)) { /* item NULL, or no room: item is freed */
+            json_decref(list);
+            list = NULL;
         }
     }
     return list;
@@ -114,9 +115,15 @@ static void stream_free(void *cls) {
  * released (release(owner)) once the body is sent, or on failure here. */
 static void safetensors_response(srv_response *resp, const lens_st_out *tensors, int n,
                                  json_t *fields, void (*release)(void *), void *owner) {
-    char *meta_json = json_dumps(fields, JSON_COMPACT);
+    size_t meta_len = 0;
+    char *meta_json = srv_json_text(fields, &meta_len);
     json_decref(fields);
-    const lens_st_meta meta[] = {{"lensd", meta_json ? meta_json : "{}"}};
+    if (!meta_json) { /* the answer's other fields would be lost: refuse it whole */
+        release(owner);
+        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory encoding the answer");
+        return;
+    }
+    const lens_st_meta meta[] = {{"lensd", meta_json}};
     stream *s = calloc(1, sizeof *s);
     lens_err err = {0};
     size_t header_len = 0;
@@ -271,7 +278,16 @@ void srv_answer_send(const char *accept, srv_response *resp, srv_answer *a,
             srv_answer_free(a);
             return;
         }
-        json_object_set_new(fields, o->name, srv_tensor_json(o->dtype, o->ndim, o->shape, o->data));
+        if (json_object_set_new(fields, o->name,
+                                srv_tensor_json(o->dtype, o->ndim, o->shape, o->data))) {
+            srv_error(resp, 507, "insufficient_storage", NULL,
+                      "out of memory encoding %s as JSON (about 20 bytes a value); ask for "
+                      "application/vnd.safetensors (4 bytes a value)",
+                      o->name);
+            json_decref(fields);
+            srv_answer_free(a);
+            return;
+        }
     }
     srv_json(resp, MHD_HTTP_OK, fields);
     srv_answer_free(a);

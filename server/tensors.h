@@ -62,7 +62,8 @@ void srv_out_of_memory(srv_response *resp);
 /* One float as JSON: a number, or "-inf" / "inf" / "nan". */
 json_t *srv_json_float(float v);
 
-/* {"shape", "dtype", "data"} of a float32, int32 or int64 tensor. */
+/* {"shape", "dtype", "data"} of a float32, int32 or int64 tensor, or NULL
+ * when memory runs out (never a part of it). */
 json_t *srv_tensor_json(lens_dtype dtype, int ndim, const int64_t *shape, const void *data);
 
 #endif
