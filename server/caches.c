@@ -135,16 +135,18 @@ static void *slice(const lens_st_out *t, int pos_axis, const int64_t *rows, int 
     return out;
 }
 
-/* GET /v1/caches/{id}/{name}: the tensor, sliced, as Accept asks. */
-static void get_tensor(kept *k, const char *name, const char *accept, const char *batch,
-                       const char *positions, srv_response *resp) {
+/* GET /v1/caches/{id}/{name}: the tensor, sliced (a copy), in a new answer
+ * with its fields in *fields, for the caller to encode once it has let go
+ * of the lock. NULL with the refusal in resp. Locked. */
+static srv_answer *get_tensor(kept *k, const char *name, const char *batch, const char *positions,
+                              json_t **fields, srv_response *resp) {
     const lens_st_out *t = NULL;
     for (int i = 0; i < k->answer->n && !t; i++)
         if (strcmp(k->answer->outs[i].name, name) == 0) t = &k->answer->outs[i];
     if (!t) {
         srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", "name", "cache %s holds no %s", k->id,
                   name);
-        return;
+        return NULL;
     }
     const size_t n_name = strlen(name);
     const bool attn = (n_name > 12 && strcmp(name + n_name - 12, "hook_pattern") == 0) ||
@@ -179,21 +181,25 @@ static void get_tensor(kept *k, const char *name, const char *accept, const char
     }
     a->extra[0] = data;
     srv_answer_add(a, t->name, t->dtype, t->ndim, shape, data);
-    srv_answer_send(accept, resp, a, json_pack("{s:s, s:s}", "cache_id", k->id, "model", k->model));
-    a = NULL;
-    goto out;
+    *fields = json_pack("{s:s, s:s}", "cache_id", k->id, "model", k->model);
+    free(rows);
+    free(pos);
+    return a;
 oom:
     srv_out_of_memory(resp);
 out:
     srv_answer_free(a);
     free(rows);
     free(pos);
+    return NULL;
 }
 
 void srv_caches_route(const char *method, const char *rest, const char *accept, const char *batch,
                       const char *positions, const srv_token *caller, srv_response *resp) {
     const char *slash = strchr(rest, '/');
     const size_t id_len = slash ? (size_t)(slash - rest) : strlen(rest);
+    json_t *listing = NULL, *fields = NULL;
+    srv_answer *sliced = NULL;
     pthread_mutex_lock(&lock);
     kept *prev = NULL, *k = head;
     while (k && (strlen(k->id) != id_len || strncmp(k->id, rest, id_len) != 0 ||
@@ -210,14 +216,17 @@ void srv_caches_route(const char *method, const char *rest, const char *accept, 
                   "caches take GET, and DELETE on /v1/caches/{id}");
     } else if (!slash || !slash[1]) {
         k->last_used = now_s();
-        srv_json(resp, MHD_HTTP_OK,
-                 json_pack("{s:s, s:s, s:I, s:o}", "cache_id", k->id, "model", k->model, "bytes",
-                           (json_int_t)k->bytes, "tensors", srv_answer_shapes(k->answer)));
+        listing = json_pack("{s:s, s:s, s:I, s:o}", "cache_id", k->id, "model", k->model, "bytes",
+                            (json_int_t)k->bytes, "tensors", srv_answer_shapes(k->answer));
     } else {
         k->last_used = now_s();
-        get_tensor(k, slash + 1, accept, batch, positions, resp);
+        sliced = get_tensor(k, slash + 1, batch, positions, &fields, resp);
     }
     pthread_mutex_unlock(&lock);
+    /* encoded without the lock: a large JSON answer takes seconds, and every
+     * other cache request (and the expiry timer) would wait for it */
+    if (listing) srv_json(resp, MHD_HTTP_OK, listing);
+    if (sliced) srv_answer_send(accept, resp, sliced, fields);
 }
 
 void srv_caches_expire(double now) {
