@@ -8,7 +8,7 @@
 #include <string.h>
 
 int lens_prompt_tokens(const lens_model *m, const char *text, bool prepend_bos, int32_t **ids,
-                       int *n, lens_err *err) {
+                       int *n, bool *truncated, lens_err *err) {
     if (!m->tok) {
         lens_err_set(err, "model %s has no tokenizer: give token ids instead of text", m->name);
         return -1;
@@ -19,7 +19,10 @@ int lens_prompt_tokens(const lens_model *m, const char *text, bool prepend_bos, 
     }
     int32_t *body = NULL;
     size_t n_body = 0;
-    if (lens_tok_encode(m->tok, text, strlen(text), &body, &n_body, err)) return -1;
+    /* one id more than fits after BOS says that it does not fit */
+    const size_t room = (size_t)m->cfg.n_ctx - (prepend_bos ? 1 : 0) + 1;
+    if (lens_tok_encode_at_most(m->tok, text, strlen(text), room, &body, &n_body, err) < 0)
+        return -1;
     size_t total = n_body + (prepend_bos ? 1 : 0) + (m->rules.append_eos ? 1 : 0);
     int32_t *out = malloc((total ? total : 1) * sizeof *out);
     if (!out) {
@@ -34,6 +37,7 @@ int lens_prompt_tokens(const lens_model *m, const char *text, bool prepend_bos, 
     if (m->rules.append_eos) out[k++] = m->rules.eos_id;
     free(body);
     /* to_tokens truncates to n_ctx (truncation=True, max_length=n_ctx). */
+    if (truncated) *truncated = k > (size_t)m->cfg.n_ctx;
     *n = k > (size_t)m->cfg.n_ctx ? m->cfg.n_ctx : (int)k;
     *ids = out;
     return 0;

@@ -26,10 +26,13 @@ typedef struct lens_pad_opts {
 } lens_pad_opts;
 
 /* Tokenizes one prompt as to_tokens does for a single string, into a
- * malloc'd array of *n ids. Returns -1 naming the problem (no tokenizer,
- * invalid UTF-8, unknown piece, no BOS token when one is asked for). */
+ * malloc'd array of *n ids, truncated to n_ctx as to_tokens truncates; with
+ * truncated non-NULL, *truncated says whether it was (the text past n_ctx
+ * tokens is then not tokenized at all). Returns -1 naming the problem (no
+ * tokenizer, invalid UTF-8, unknown piece, no BOS token when one is asked
+ * for). */
 int lens_prompt_tokens(const lens_model *m, const char *text, bool prepend_bos, int32_t **ids,
-                       int *n, lens_err *err);
+                       int *n, bool *truncated, lens_err *err);
 
 /* Pads rows (token arrays of lengths lens[i], used as given) into a batch as
  * TL's tokenizer pads, and computes TL's attention mask for left padding.

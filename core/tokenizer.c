@@ -1488,9 +1488,16 @@ typedef struct encode_state {
     byte_buf norm_bufs[2];
     byte_buf step_bufs[MAX_STEPS]; /* the text a pre-tokenizer step passes on */
     byte_buf scratch;              /* a character with prefix/suffix; a mapped word */
+    size_t max_ids;                /* stop once this many ids are out */
+    bool stopped;                  /* stopped there: the text has more */
 } encode_state;
 
+/* Appends id; at max_ids, stops the encoding (-1 with stopped set). */
 static int push_id(encode_state *st, int32_t id, lens_err *err) {
+    if (st->n_ids == st->max_ids) {
+        st->stopped = true;
+        return -1;
+    }
     if (st->n_ids == st->cap_ids) {
         size_t cap = st->cap_ids ? st->cap_ids * 2 : 256;
         int32_t *ids = realloc(st->ids, cap * sizeof *ids);
@@ -2161,11 +2168,16 @@ static int encode_list(const lens_tokenizer *tok, const char *text, size_t len, 
 
 int lens_tok_encode(const lens_tokenizer *tok, const char *text, size_t len, int32_t **ids,
                     size_t *n, lens_err *err) {
+    return lens_tok_encode_at_most(tok, text, len, SIZE_MAX, ids, n, err) < 0 ? -1 : 0;
+}
+
+int lens_tok_encode_at_most(const lens_tokenizer *tok, const char *text, size_t len, size_t max_ids,
+                            int32_t **ids, size_t *n, lens_err *err) {
     *ids = NULL;
     *n = 0;
     if (utf8_validate(text, len, err) < 0) return -1;
     if (len == 0) return 0;
-    encode_state st = {0};
+    encode_state st = {.max_ids = max_ids};
     int rc;
     if (tok->kind == KIND_BPE) {
         st.match = pcre2_match_data_create(1, NULL);
@@ -2183,13 +2195,13 @@ int lens_tok_encode(const lens_tokenizer *tok, const char *text, size_t len, int
     for (size_t i = 0; i < MAX_STEPS; i++)
         free(st.step_bufs[i].bytes);
     free(st.scratch.bytes);
-    if (rc < 0) {
+    if (rc < 0 && !st.stopped) {
         free(st.ids);
         return -1;
     }
     *ids = st.ids;
     *n = st.n_ids;
-    return 0;
+    return st.stopped ? 1 : 0;
 }
 
 /* ---- decoding ----------------------------------------------------------- */

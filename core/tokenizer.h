@@ -87,6 +87,13 @@ size_t lens_tok_vocab_size(const lens_tokenizer *tok);
 int lens_tok_encode(const lens_tokenizer *tok, const char *text, size_t len, int32_t **ids,
                     size_t *n, lens_err *err);
 
+/* lens_tok_encode that stops once max_ids ids are out: returns 1 when the
+ * text has more (then *ids holds its first max_ids, exactly those of the
+ * whole encoding, and the rest of the text is not looked at), 0 when it had
+ * no more, -1 as lens_tok_encode. */
+int lens_tok_encode_at_most(const lens_tokenizer *tok, const char *text, size_t len, size_t max_ids,
+                            int32_t **ids, size_t *n, lens_err *err);
+
 /* Decodes ids into malloc'd, NUL-terminated UTF-8 text (*len bytes, not
  * counting the NUL), as HF's decode(ids, skip_special_tokens=False,
  * clean_up_tokenization_spaces=False) through the tokenizer's decoders:

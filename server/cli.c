@@ -310,7 +310,7 @@ static int build_batch(const lens_model *m, cli_opts *o, lens_token_batch *batch
     bool prepend_bos = m->cfg.default_prepend_bos && !o->no_bos;
     for (int i = 0; i < o->n_rows; i++) {
         prompt_row *r = &o->rows[i];
-        if (r->text && lens_prompt_tokens(m, r->text, prepend_bos, &r->ids, &r->n_ids, err)) {
+        if (r->text && lens_prompt_tokens(m, r->text, prepend_bos, &r->ids, &r->n_ids, NULL, err)) {
             lens_err_prefix(err, "prompt %d", i);
             return -1;
         }

@@ -141,16 +141,6 @@ static int optional_int(json_t *body, const char *key, long fallback, long min, 
     return 0;
 }
 
-/* The number of tokens of a text prompt before to_tokens cuts it to n_ctx. */
-static int untruncated_length(const lens_model *m, json_t *text, bool prepend_bos) {
-    int32_t *ids = NULL;
-    size_t n = 0;
-    if (lens_tok_encode(m->tok, json_string_value(text), json_string_length(text), &ids, &n, NULL))
-        return 0;
-    free(ids);
-    return (int)n + (prepend_bos ? 1 : 0) + (m->rules.append_eos ? 1 : 0);
-}
-
 /* The request's prompts as TL's to_tokens makes them: "prompt", "prompts" or
  * "tokens", with prepend_bos and padding_side. */
 static int read_prompts(const srv_model *sm, json_t *body, lens_token_batch *batch,
@@ -234,17 +224,17 @@ static int read_prompts(const srv_model *sm, json_t *body, lens_token_batch *bat
                           field);
                 goto out;
             }
+            bool truncated;
             if (lens_prompt_tokens(m, json_string_value(item), prepend_bos, &rows[i], &lens[i],
-                                   &err)) {
+                                   &truncated, &err)) {
                 engine_error(resp, &err, field);
                 goto out;
             }
-            if (lens[i] == m->cfg.n_ctx &&
-                untruncated_length(m, item, prepend_bos) > m->cfg.n_ctx) {
+            if (truncated) { /* found after n_ctx + 1 tokens: the rest is not tokenized */
                 srv_error(resp, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", field,
-                          "%s is %d tokens, more than the model's context of %d (TransformerLens "
+                          "%s is more than the model's context of %d tokens (TransformerLens "
                           "would cut it there; send at most that many)",
-                          field, untruncated_length(m, item, prepend_bos), m->cfg.n_ctx);
+                          field, m->cfg.n_ctx);
                 goto out;
             }
         }
@@ -1005,7 +995,7 @@ static int read_answer(const lens_model *m, json_t *v, const char *field, int32_
     int32_t *ids = NULL;
     int n = 0;
     lens_err err = {0};
-    if (lens_prompt_tokens(m, json_string_value(v), false, &ids, &n, &err)) {
+    if (lens_prompt_tokens(m, json_string_value(v), false, &ids, &n, NULL, &err)) {
         engine_error(resp, &err, field);
         return -1;
     }

@@ -84,13 +84,15 @@ int srv_test_prompt(const lens_model *m, lens_workspace *ws, const char *prompt_
     int *ranks = NULL;
     json_t *result = json_object(), *performance = json_array();
     if (!answer_ids || !answer_len || !probs) goto oom;
-    if (lens_prompt_tokens(m, prompt_text, opts->prepend_bos, &prompt, &n_prompt, err)) goto out;
+    if (lens_prompt_tokens(m, prompt_text, opts->prepend_bos, &prompt, &n_prompt, NULL, err))
+        goto out;
     for (int a = 0; a < n_ans; a++) {
         const char *ans = answers[a];
         free(spaced);
         if (!(spaced = malloc(strlen(ans) + 2))) goto oom;
         sprintf(spaced, "%s%s", opts->prepend_space_to_answer && ans[0] != ' ' ? " " : "", ans);
-        if (lens_prompt_tokens(m, spaced, false, &answer_ids[a], &answer_len[a], err)) goto out;
+        if (lens_prompt_tokens(m, spaced, false, &answer_ids[a], &answer_len[a], NULL, err))
+            goto out;
         if (answer_len[a] == 0) {
             lens_err_set(err, "answer \"%s\" has no tokens", ans);
             goto out;

@@ -484,3 +484,13 @@ def test_repeated_positions_are_counted_before_the_forward(lensd, post):
     assert lensd.rss_bytes() - before < 200 << 20
     kept = post(f"{GPT2}/run_with_cache", {**body, "keep": True})
     assert kept[0] == 507 and error_of(kept[2])["field"] == "keep", kept[2][:300]
+
+
+def test_a_huge_prompt_is_refused_without_tokenizing_it_all(post):
+    """A 7 MB text prompt is over n_ctx after its first 128 tokens: refused at
+    once, the rest never tokenized (it took 11-15 s of the model's thread)."""
+    started = time.monotonic()
+    status, _, data = post(f"{GPT2}/logits", {"prompt": "lorem ipsum dolor " * 400_000})
+    assert status == 413 and error_of(data)["field"] == "prompt", data[:300]
+    assert "more than the model's context of 128 tokens" in error_of(data)["message"]
+    assert time.monotonic() - started < 3

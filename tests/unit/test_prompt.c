@@ -83,6 +83,6 @@ Test(prompt, text_needs_a_tokenizer) {
     int32_t *ids;
     int n;
     lens_err err;
-    cr_assert_eq(lens_prompt_tokens(&m, "hello", true, &ids, &n, &err), -1);
+    cr_assert_eq(lens_prompt_tokens(&m, "hello", true, &ids, &n, NULL, &err), -1);
     cr_assert(strstr(err.msg, "tokenizer"), "%s", err.msg);
 }

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -258,6 +259,38 @@ Test(gpt2, long_runs) {
         free(ids);
     }
     free(text);
+}
+
+/* encode_at_most gives the first max_ids ids of the whole encoding, and says
+ * whether the text had more, for every cut of a text with words, spaces,
+ * digits, accents and a special token; a megabyte stops at once. */
+Test(gpt2, encode_at_most_is_a_prefix) {
+    static const char text[] = "The cat sat on the mat, 1234 times; caf\xc3\xa9 <|endoftext|> ok!";
+    int32_t *all, *part;
+    size_t n_all, n_part;
+    lens_err err = {0};
+    cr_assert_eq(lens_tok_encode(gpt2, text, strlen(text), &all, &n_all, &err), 0, "%s", err.msg);
+    for (size_t max = 0; max <= n_all + 1; max++) {
+        const int rc = lens_tok_encode_at_most(gpt2, text, strlen(text), max, &part, &n_part, &err);
+        cr_assert_eq(rc, max < n_all ? 1 : 0, "max %zu of %zu", max, n_all);
+        cr_assert_eq(n_part, max < n_all ? max : n_all, "max %zu", max);
+        cr_assert(n_part == 0 || memcmp(part, all, n_part * sizeof *part) == 0, "max %zu", max);
+        free(part);
+    }
+    free(all);
+    const size_t len = 8 << 20;
+    char *big = malloc(len);
+    for (size_t i = 0; i < len; i++)
+        big[i] = "lorem ipsum dolor sit amet "[i % 27];
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    cr_assert_eq(lens_tok_encode_at_most(gpt2, big, len, 1024, &part, &n_part, &err), 1);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    cr_assert_eq(n_part, 1024);
+    free(part);
+    free(big);
+    const double s = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    cr_assert_lt(s, 1.0, "1024 ids of an 8 MiB text took %.2f s", s);
 }
 
 typedef struct thread_job {
