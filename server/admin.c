@@ -139,6 +139,16 @@ srv_job *srv_admin_route(const char *method, const char *url, const char *body, 
             json_decref(parsed);
             return NULL;
         }
+        /* checked before anything is read: a path elsewhere is refused the same way
+         * whether it exists or not, and its contents are never quoted back */
+        if (json_object_get(parsed, "path") && !srv_config_in_model_root(&srv_d.cfg, spec.source)) {
+            srv_error(resp, MHD_HTTP_FORBIDDEN, "forbidden", "path",
+                      "path does not exist or is outside the model roots (the config's "
+                      "\"model_roots\"; by default the directories holding the configured "
+                      "models)");
+            json_decref(parsed);
+            return NULL;
+        }
         if (srv_find_model(spec.name, strlen(spec.name))) {
             srv_error(resp, MHD_HTTP_CONFLICT, "conflict", "name", "a model called %s is loaded",
                       spec.name);

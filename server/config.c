@@ -357,6 +357,67 @@ static const char *const model_keys[] = {"name",
                                          "use_attn_in",
                                          NULL};
 
+/* Appends root (malloc'd, taken; NULL: out of memory) to cfg's model roots. */
+static int add_model_root(srv_config *cfg, char *root, lens_err *err) {
+    char **grown =
+        root ? realloc(cfg->model_roots, (size_t)(cfg->n_model_roots + 1) * sizeof *grown) : NULL;
+    if (!grown) {
+        free(root);
+        lens_err_set(err, "out of memory");
+        return -1;
+    }
+    cfg->model_roots = grown;
+    cfg->model_roots[cfg->n_model_roots++] = root;
+    return 0;
+}
+
+/* Turns the model roots into real paths, refusing one that is not a
+ * directory; with none given, makes them the directories holding the
+ * configured models that are paths (not Hugging Face ids). */
+static int settle_model_roots(srv_config *cfg, lens_err *err) {
+    if (cfg->n_model_roots == 0) {
+        for (int i = 0; i < cfg->n_models; i++) {
+            char real[PATH_MAX];
+            if (!realpath(cfg->models[i].source, real)) continue; /* an id */
+            char *slash = strrchr(real, '/');
+            if (slash && slash != real) *slash = '\0';
+            bool known = false;
+            for (int r = 0; r < cfg->n_model_roots && !known; r++)
+                known = strcmp(cfg->model_roots[r], real) == 0;
+            if (!known && add_model_root(cfg, strdup(real), err)) return -1;
+        }
+        return 0;
+    }
+    for (int r = 0; r < cfg->n_model_roots; r++) {
+        char real[PATH_MAX];
+        struct stat st;
+        if (!realpath(cfg->model_roots[r], real) || stat(real, &st) || !S_ISDIR(st.st_mode)) {
+            lens_err_set(err, "model_roots[%d]: %s is not a directory", r, cfg->model_roots[r]);
+            return -1;
+        }
+        char *copy = strdup(real);
+        if (!copy) {
+            lens_err_set(err, "out of memory");
+            return -1;
+        }
+        free(cfg->model_roots[r]);
+        cfg->model_roots[r] = copy;
+    }
+    return 0;
+}
+
+bool srv_config_in_model_root(const srv_config *cfg, const char *path) {
+    char real[PATH_MAX];
+    if (!realpath(path, real)) return false;
+    for (int r = 0; r < cfg->n_model_roots; r++) {
+        const size_t n = strlen(cfg->model_roots[r]);
+        if (strncmp(real, cfg->model_roots[r], n) == 0 &&
+            (real[n] == '/' || real[n] == '\0' || (n == 1 && cfg->model_roots[r][0] == '/')))
+            return true;
+    }
+    return false;
+}
+
 /* Reads models[idx] of the file (base_dir: the file's directory). */
 static int parse_model(srv_config *cfg, const json_t *o, int idx, const char *base_dir,
                        lens_err *err) {
@@ -458,8 +519,9 @@ typedef struct origins {
     const char *web, *tokens_file, *tls_cert, *tls_key;
 } origins;
 
-static const char *const top_keys[] = {"host",     "port",         "web",    "tokens_file", "tls",
-                                       "insecure", "http_threads", "models", "limits",      NULL};
+static const char *const top_keys[] = {
+    "host",         "port",   "web",         "tokens_file", "tls", "insecure",
+    "http_threads", "models", "model_roots", "limits",      NULL};
 static const char *const tls_keys[] = {"cert", "key", NULL};
 static const char *const limit_keys[] = {"max_body_bytes",
                                          "max_prompts",
@@ -592,6 +654,19 @@ static int apply_file(srv_config *cfg, const json_t *root, const char *base_dir,
     if ((v = json_object_get(root, "http_threads")) &&
         json_int_in(v, "http_threads", 1, 1024, &cfg->http_threads, err))
         return -1;
+    if ((v = json_object_get(root, "model_roots"))) {
+        if (!json_is_array(v)) {
+            lens_err_set(err, "model_roots: must be a list of directories, not %s",
+                         srv_json_kind(v));
+            return -1;
+        }
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            char where[48];
+            snprintf(where, sizeof where, "model_roots[%zu]", i);
+            if (json_str(json_array_get(v, i), where, &s, err)) return -1;
+            if (add_model_root(cfg, resolve_path(base_dir, s), err)) return -1;
+        }
+    }
     if ((v = json_object_get(root, "models"))) {
         if (!json_is_array(v)) {
             lens_err_set(err, "models: must be a list, not %s", srv_json_kind(v));
@@ -953,6 +1028,7 @@ int srv_config_load(srv_config *cfg, int argc, char **argv, lens_err *err) {
     if (rc == 0) rc = check_merged(cfg, &org, f.config, err);
     if (rc == 0 && cfg->n_models == 0)
         rc = add_bundled_models(cfg, f.device ? f.device : "cpu", err);
+    if (rc == 0) rc = settle_model_roots(cfg, err);
     free(f.models);
     if (rc) srv_config_free(cfg);
     return rc;
@@ -986,5 +1062,8 @@ void srv_config_free(srv_config *cfg) {
     for (int i = 0; i < cfg->n_models; i++)
         free_model_spec(&cfg->models[i]);
     free(cfg->models);
+    for (int r = 0; r < cfg->n_model_roots; r++)
+        free(cfg->model_roots[r]);
+    free(cfg->model_roots);
     memset(cfg, 0, sizeof *cfg);
 }

@@ -56,6 +56,10 @@ typedef struct srv_config {
     int http_threads;         /* libmicrohttpd thread pool; default 4 */
     srv_model_spec *models;   /* [n_models], in file order, then flag order */
     int n_models;
+    char **model_roots; /* [n_model_roots]: directories (real paths) that admin loads
+                           may read models from; default: those holding the
+                           configured models given as paths */
+    int n_model_roots;
     srv_limits limits;
 } srv_config;
 
@@ -120,6 +124,11 @@ int srv_data_dir(const char *name, char *out, size_t cap);
  * (the caller decides with srv_config_loopback), whether a device exists,
  * whether a model loads. */
 int srv_config_load(srv_config *cfg, int argc, char **argv, lens_err *err);
+
+/* Whether path (any file or directory; symbolic links and ".." followed)
+ * lies inside one of cfg's model roots. False for a path that does not
+ * exist. */
+bool srv_config_in_model_root(const srv_config *cfg, const char *path);
 
 /* True when host is a loopback address: an IPv4 address in 127.0.0.0/8,
  * ::1 (also written [::1]), ::ffff:127.x.y.z, or the name "localhost"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from lensd_http import json_of
+from lensd_http import error_of, json_of
 
 
 def test_admin_loads_and_unloads_models(start_daemon, models, tmp_path):
@@ -63,3 +63,36 @@ def test_unloaded_slots_are_reused(start_daemon, models):
         assert d.request("DELETE", f"/v1/admin/models/{name}")[0] == 200
     assert d.post("/v1/models/gpt2/tokenize", {"prompt": "Hi"})[0] == 200
     assert d.stop() == 0, d.describe()
+
+
+def test_admin_loads_only_from_the_model_roots(start_daemon, models, tmp_path):
+    """A path outside the model roots (by default the directories holding the
+    configured models) is refused before it is read: 403, and nothing of the
+    file quoted back (it answered "near 'root'" for /etc/shadow)."""
+    import shutil
+
+    d = start_daemon(["--model", f"gpt2={models['gpt2']}"])
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(models["brackets"], elsewhere)
+    escape = models["gpt2"].parent / "lensd-test-escape"
+    for path in ["/etc/shadow", "/etc/passwd", str(elsewhere), str(tmp_path / "missing"),
+                 f"{models['gpt2'].parent}/../../../../etc/passwd"]:
+        status, _, body = d.post("/v1/admin/models", {"name": "x", "path": path})
+        assert status == 403 and error_of(body)["field"] == "path", (path, body[:300])
+        assert "near" not in error_of(body)["message"] and "root:" not in body.decode()
+    try:
+        escape.symlink_to(elsewhere)  # a link from inside a root to outside it
+        status, _, body = d.post("/v1/admin/models", {"name": "x", "path": str(escape)})
+        assert status == 403, body[:300]
+    finally:
+        escape.unlink(missing_ok=True)
+    # inside the default root: the configured model's own directory
+    status, _, body = d.post("/v1/admin/models", {"name": "b", "path": str(models["brackets"])})
+    assert status == 201, body[:300]
+    # a root of its own, from the config file
+    config = tmp_path / "lensd.json"
+    config.write_text(json.dumps({"model_roots": [str(tmp_path)]}))
+    d2 = start_daemon(["--config", str(config), "--model", f"gpt2={models['gpt2']}"])
+    assert d2.post("/v1/admin/models", {"name": "e", "path": str(elsewhere)})[0] == 201
+    status, _, body = d2.post("/v1/admin/models", {"name": "f", "path": str(models["brackets"])})
+    assert status == 403, "the configured roots replace the default ones"

@@ -146,8 +146,10 @@ def model_with_blocking_config(models, tmp_path):
 
 
 def config_with(tmp_path, limits: dict) -> str:
+    """A config file with these limits, whose model root is tmp_path (where the
+    FIFO model lies)."""
     path = tmp_path / "lensd.json"
-    path.write_text(json.dumps({"limits": limits}))
+    path.write_text(json.dumps({"limits": limits, "model_roots": [str(tmp_path)]}))
     return str(path)
 
 

@@ -762,3 +762,53 @@ Test(config, loopback_addresses) {
         cr_assert_not(srv_config_loopback(no[i]), "%s", no[i]);
     cr_assert_not(srv_config_loopback(NULL));
 }
+
+/* ---- model roots ------------------------------------------------------------------ */
+
+Test(config, model_roots_default_to_the_models_directories) {
+    make_subdir("models");
+    make_subdir("models/m1");
+    make_subdir("other");
+    srv_config cfg;
+    lens_err err = {0};
+    cr_assert_eq(load_json(&cfg, &err,
+                           "{\"models\": [{\"name\": \"a\", \"path\": \"models/m1\"},"
+                           "             {\"name\": \"b\", \"id\": \"EleutherAI/pythia-70m\"}]}"),
+                 0, "%s", err.msg);
+    char root[1024], real[PATH_MAX];
+    cr_assert_not_null(realpath(in_dir(root, sizeof root, "models"), real));
+    cr_assert_eq(cfg.n_model_roots, 1, "a Hugging Face id adds no root");
+    cr_assert_str_eq(cfg.model_roots[0], real);
+    char path[1024];
+    cr_assert(srv_config_in_model_root(&cfg, in_dir(path, sizeof path, "models/m1")));
+    cr_assert(srv_config_in_model_root(&cfg, in_dir(path, sizeof path, "models")));
+    cr_assert_not(srv_config_in_model_root(&cfg, in_dir(path, sizeof path, "other")));
+    cr_assert_not(srv_config_in_model_root(&cfg, in_dir(path, sizeof path, "models/../other")));
+    cr_assert_not(srv_config_in_model_root(&cfg, in_dir(path, sizeof path, "models/missing")));
+    cr_assert_not(srv_config_in_model_root(&cfg, "/etc/shadow"));
+    /* a link inside that points outside is outside */
+    char link[1024], target[1024];
+    cr_assert_eq(
+        symlink(in_dir(target, sizeof target, "other"), in_dir(link, sizeof link, "models/escape")),
+        0);
+    cr_assert_not(srv_config_in_model_root(&cfg, link));
+    /* a sibling whose name starts like the root is not inside it */
+    make_subdir("models-evil");
+    cr_assert_not(srv_config_in_model_root(&cfg, in_dir(path, sizeof path, "models-evil")));
+    srv_config_free(&cfg);
+}
+
+Test(config, model_roots_from_the_file) {
+    make_subdir("ckpts");
+    srv_config cfg;
+    lens_err err = {0};
+    cr_assert_eq(load_json(&cfg, &err, "{\"model_roots\": [\"ckpts\", \"/tmp\"]}"), 0, "%s",
+                 err.msg);
+    cr_assert_eq(cfg.n_model_roots, 2);
+    char path[1024];
+    cr_assert(srv_config_in_model_root(&cfg, in_dir(path, sizeof path, "ckpts")));
+    srv_config_free(&cfg);
+    expect_json_error("{\"model_roots\": [\"no-such-dir\"]}", "model_roots[0]",
+                      "is not a directory", NULL);
+    expect_json_error("{\"model_roots\": \"ckpts\"}", "model_roots", "must be a list", NULL);
+}
