@@ -31,6 +31,7 @@
 #ifndef LENS_MODEL_H
 #define LENS_MODEL_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -177,6 +178,9 @@ typedef struct lens_model {
 typedef struct lens_load_opts {
     int processing; /* LENS_PROC_* flags, or -1 for the model's own default */
     bool use_attn_result, use_split_qkv_input, use_hook_mlp_in, use_attn_in;
+    /* held around the weight processing (BLAS and LAPACK on the CPU), not
+     * the reading of the files before it; NULL for none */
+    pthread_mutex_t *processing_lock;
 } lens_load_opts;
 
 /* Loads a model named by spec: a Hugging Face model directory (config.json),

@@ -1474,7 +1474,11 @@ lens_model *lens_model_load(const char *spec, const lens_load_opts *opts, lens_e
                      spec, m->cfg.architecture);
         goto fail;
     }
-    if (lens_process_weights(m, processing, err)) goto fail;
+    pthread_mutex_t *lock = opts ? opts->processing_lock : NULL;
+    if (lock) pthread_mutex_lock(lock);
+    rc = lens_process_weights(m, processing, err);
+    if (lock) pthread_mutex_unlock(lock);
+    if (rc) goto fail;
     m->device = lk_cpu();
     m->dw = m->w;
     free(native_config);

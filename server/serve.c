@@ -32,9 +32,11 @@ int srv_load_model(srv_model *sm, const srv_model_spec *spec, lens_err *err) {
         lens_err_set(err, "model %s: device: %s", spec->name, why);
         return -1;
     }
-    pthread_mutex_lock(&srv_cpu_lock); /* weight processing runs BLAS and LAPACK */
-    lens_model *m = lens_model_load(spec->source, &spec->load, err);
-    pthread_mutex_unlock(&srv_cpu_lock);
+    /* the CPU models' turn is taken for the weight processing (BLAS and LAPACK)
+     * alone: reading the files, which may take minutes, does not hold them up */
+    lens_load_opts opts = spec->load;
+    opts.processing_lock = &srv_cpu_lock;
+    lens_model *m = lens_model_load(spec->source, &opts, err);
     if (!m || lens_model_place(m, dev, err)) {
         lens_err_prefix(err, "model %s", spec->name);
         lens_model_free(m);

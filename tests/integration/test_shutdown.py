@@ -198,3 +198,26 @@ def test_shutdown_has_a_deadline(start_daemon, models, tmp_path):
     assert rc == 1, d.describe()
     assert 2.5 <= took < 20, took
     assert "limits.shutdown_timeout_s" in d.log_text()
+
+
+def test_a_slow_admin_load_does_not_hold_up_other_models(start_daemon, models, tmp_path):
+    """An admin load reads its files without the CPU models' lock: while one
+    waits on its config (a FIFO nobody writes yet), gpt2 still answers (it
+    waited for the whole load, whatever it took)."""
+    slow = model_with_blocking_config(models, tmp_path)
+    d = start_daemon(["--config", config_with(tmp_path, {"shutdown_timeout_s": 60}),
+                      "--model", f"gpt2={models['gpt2']}"])
+    load = InFlight(d, "/v1/admin/models", {"name": "late", "path": str(slow)})
+    load.start()
+    time.sleep(1)  # the load is blocked opening the FIFO
+    assert load.answer is None, load.answer
+    started = time.monotonic()
+    status, _, body = d.post(f"{GPT2}/logits", {"prompt": "Hi", "top_k": 1}, timeout=30)
+    assert status == 200, body[:300]
+    assert time.monotonic() - started < 10
+    writer = os.open(slow / "config.json", os.O_WRONLY | os.O_NONBLOCK)
+    os.write(writer, (models["gpt2"] / "config.json").read_bytes())
+    os.close(writer)
+    load.join(60)
+    assert load.answer[0] == 201, load.answer
+    assert d.stop() == 0, d.describe()
