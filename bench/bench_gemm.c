@@ -52,15 +52,18 @@ typedef struct shape {
 } shape;
 
 static const shape shapes[] = {
-    {"gpt2-small", "q/k/v", 768, 2304},        {"gpt2-small", "attn out", 768, 768},
-    {"gpt2-small", "mlp in", 768, 3072},       {"gpt2-small", "mlp out", 3072, 768},
-    {"gpt2-small", "unembed", 768, 50257},     {"Pythia-160M", "unembed", 768, 50304},
-    {"SmolLM2-135M", "q, o", 576, 576},        {"SmolLM2-135M", "k, v (GQA)", 576, 192},
-    {"SmolLM2-135M", "gate, up", 576, 1536},   {"SmolLM2-135M", "down", 1536, 576},
+    {"gpt2-small", "q/k/v", 768, 2304},      {"gpt2-small", "attn out", 768, 768},
+    {"gpt2-small", "mlp in", 768, 3072},     {"gpt2-small", "mlp out", 3072, 768},
+    {"gpt2-small", "unembed", 768, 50257},   {"Pythia-160M", "unembed", 768, 50304},
+    {"SmolLM2-135M", "q, o", 576, 576},      {"SmolLM2-135M", "k, v (GQA)", 576, 192},
+    {"SmolLM2-135M", "gate, up", 576, 1536}, {"SmolLM2-135M", "down", 1536, 576},
     {"SmolLM2-135M", "unembed", 576, 49152},
 };
 static const int row_counts[] = {1, 16, 64, 128, 256, 512, 2048};
-enum { N_SHAPES = sizeof shapes / sizeof shapes[0], N_ROWS = sizeof row_counts / sizeof row_counts[0] };
+enum {
+    N_SHAPES = sizeof shapes / sizeof shapes[0],
+    N_ROWS = sizeof row_counts / sizeof row_counts[0]
+};
 
 int main(int argc, char **argv) {
     lk_cpu_info cpu;
@@ -89,9 +92,11 @@ int main(int argc, char **argv) {
            cpu.name, cpu.family, cpu.model, blas.version, blas.kernel, blas.threads,
            lk_gemm_name(kernel), omp_get_max_threads());
     printf("| model | product | K x N |");
-    for (int r = 0; r < N_ROWS; r++) printf(" %d rows |", row_counts[r]);
+    for (int r = 0; r < N_ROWS; r++)
+        printf(" %d rows |", row_counts[r]);
     printf("\n|---|---|---|");
-    for (int r = 0; r < N_ROWS; r++) printf("---:|");
+    for (int r = 0; r < N_ROWS; r++)
+        printf("---:|");
     printf("\n");
 
     int status = 0;
@@ -110,9 +115,12 @@ int main(int argc, char **argv) {
             fprintf(stderr, "bench_gemm: out of memory\n");
             return 2;
         }
-        for (size_t i = 0; i < weight_floats * copies; i++) w[i] = next_uniform(&state);
-        for (int j = 0; j < N; j++) bias[j] = next_uniform(&state);
-        for (size_t i = 0; i < (size_t)max_rows * K; i++) a[i] = next_uniform(&state);
+        for (size_t i = 0; i < weight_floats * copies; i++)
+            w[i] = next_uniform(&state);
+        for (int j = 0; j < N; j++)
+            bias[j] = next_uniform(&state);
+        for (size_t i = 0; i < (size_t)max_rows * K; i++)
+            a[i] = next_uniform(&state);
         printf("| %s | %s | %d x %d |", shapes[s].model, shapes[s].what, K, N);
         for (int r = 0; r < N_ROWS; r++) {
             const int M = row_counts[r];
@@ -131,8 +139,8 @@ int main(int argc, char **argv) {
                 }
                 double t1 = now_s();
                 for (int c = 0; c < used; c++)
-                    lk_gemm_matmul(kernel, ours, N, a, K, w + c * weight_floats, N, false, bias,
-                                   M, K, N, false);
+                    lk_gemm_matmul(kernel, ours, N, a, K, w + c * weight_floats, N, false, bias, M,
+                                   K, N, false);
                 double t2 = now_s();
                 best_theirs = fmin(best_theirs, t1 - t0);
                 best_ours = fmin(best_ours, t2 - t1);

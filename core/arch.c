@@ -21,8 +21,8 @@ static const struct {
     const char *name;
     lens_act act;
 } hf_activations[] = {
-    {"relu", LENS_ACT_RELU},          {"gelu", LENS_ACT_GELU},
-    {"gelu_new", LENS_ACT_GELU_NEW},  {"gelu_pytorch_tanh", LENS_ACT_GELU_NEW},
+    {"relu", LENS_ACT_RELU},           {"gelu", LENS_ACT_GELU},
+    {"gelu_new", LENS_ACT_GELU_NEW},   {"gelu_pytorch_tanh", LENS_ACT_GELU_NEW},
     {"gelu_fast", LENS_ACT_GELU_FAST}, {"silu", LENS_ACT_SILU},
     {"swish", LENS_ACT_SILU},
 };
@@ -36,8 +36,9 @@ static int read_activation(json_t *root, const char *key, const char *fallback, 
             return 0;
         }
     }
-    lens_err_set(err, "%s: %s \"%s\" is not supported (relu, gelu, gelu_new, gelu_pytorch_tanh, "
-                      "gelu_fast, silu)",
+    lens_err_set(err,
+                 "%s: %s \"%s\" is not supported (relu, gelu, gelu_new, gelu_pytorch_tanh, "
+                 "gelu_fast, silu)",
                  file, key, name);
     return -1;
 }
@@ -54,8 +55,8 @@ int lens_alloc_local_layers(lens_config *c, lens_err *err) {
 /* d_head = d_model / n_heads unless head_key gives it. */
 static int read_heads(lens_config *c, json_t *root, const char *head_key, const char *file,
                       lens_err *err) {
-    if (c->n_heads < 1 || (!json_is_integer(json_object_get(root, head_key)) &&
-                           c->d_model % c->n_heads)) {
+    if (c->n_heads < 1 ||
+        (!json_is_integer(json_object_get(root, head_key)) && c->d_model % c->n_heads)) {
         lens_err_set(err, "%s: the model width must be a multiple of the number of heads", file);
         return -1;
     }
@@ -86,8 +87,7 @@ static int read_rope_scaling(lens_rotary *r, json_t *params, const char *file, l
     if (strcmp(type, "llama3") == 0) {
         r->scaling = LENS_ROPE_LLAMA3;
         return lens_json_double(params, "low_freq_factor", 1.0, &r->low_freq_factor, file, err) ||
-               lens_json_double(params, "high_freq_factor", 4.0, &r->high_freq_factor, file,
-                                err) ||
+               lens_json_double(params, "high_freq_factor", 4.0, &r->high_freq_factor, file, err) ||
                lens_json_int(params, "original_max_position_embeddings", 8192, false,
                              &r->original_context, file, err);
     }
@@ -128,8 +128,8 @@ static int read_rotary(lens_config *c, json_t *root, const char *dim_fraction_ke
 
 /* Which layers are local (sliding-window): config.json's "layer_types", or
  * the family's pattern. Needs c->layer_is_local allocated. */
-static int read_local_layers(const lens_arch *arch, lens_config *c, json_t *root,
-                             const char *file, lens_err *err) {
+static int read_local_layers(const lens_arch *arch, lens_config *c, json_t *root, const char *file,
+                             lens_err *err) {
     json_t *types = json_object_get(root, "layer_types");
     json_t *window = json_object_get(root, "sliding_window");
     bool use_window = true;
@@ -170,8 +170,9 @@ static int read_local_layers(const lens_arch *arch, lens_config *c, json_t *root
         c->use_local_attn |= c->layer_is_local[l];
     return 0;
 bad_types:
-    lens_err_set(err, "%s: \"layer_types\" must give sliding_attention or full_attention for "
-                      "each of the %d layers",
+    lens_err_set(err,
+                 "%s: \"layer_types\" must give sliding_attention or full_attention for "
+                 "each of the %d layers",
                  file, c->n_layers);
     return -1;
 }
@@ -198,8 +199,7 @@ static int read_gpt2(lens_config *c, json_t *root, const char *file, lens_err *e
 
 /* Expands GPT-Neo's attention_types [[["global","local"], 6]] into
  * layer_is_local. */
-static int read_neo_attention_types(lens_config *c, json_t *root, const char *file,
-                                    lens_err *err) {
+static int read_neo_attention_types(lens_config *c, json_t *root, const char *file, lens_err *err) {
     json_t *types = json_object_get(root, "attention_types");
     int layer = 0;
     size_t i;
@@ -341,20 +341,22 @@ static int read_llama_like(lens_config *c, json_t *root, const char *file, lens_
 /* ---- the table ---------------------------------------------------------- */
 
 #define LLAMA_ATTENTION                                                                            \
-    .q = "layers.%d.self_attn.q_proj.weight", .k = "layers.%d.self_attn.k_proj.weight",             \
-    .v = "layers.%d.self_attn.v_proj.weight", .q_b = "layers.%d.self_attn.q_proj.bias",             \
-    .k_b = "layers.%d.self_attn.k_proj.bias", .v_b = "layers.%d.self_attn.v_proj.bias",             \
+    .q = "layers.%d.self_attn.q_proj.weight", .k = "layers.%d.self_attn.k_proj.weight",            \
+    .v = "layers.%d.self_attn.v_proj.weight", .q_b = "layers.%d.self_attn.q_proj.bias",            \
+    .k_b = "layers.%d.self_attn.k_proj.bias", .v_b = "layers.%d.self_attn.v_proj.bias",            \
     .o = "layers.%d.self_attn.o_proj.weight", .o_b = "layers.%d.self_attn.o_proj.bias"
 #define LLAMA_MLP                                                                                  \
-    .gate = "layers.%d.mlp.gate_proj.weight", .up = "layers.%d.mlp.up_proj.weight",                 \
+    .gate = "layers.%d.mlp.gate_proj.weight", .up = "layers.%d.mlp.up_proj.weight",                \
     .down = "layers.%d.mlp.down_proj.weight"
 #define LLAMA_ENDS                                                                                 \
     .prefix = "model.", .embed = "embed_tokens.weight", .final_w = "norm.weight",                  \
     .unembed = "lm_head.weight"
 /* Llama's norms: input_layernorm before attention, post_attention_layernorm before the MLP */
 #define LLAMA_NORMS                                                                                \
-    .ln1_w = "layers.%d.input_layernorm.weight", .ln2_w = "layers.%d.post_attention_layernorm.weight"
-#define LLAMA_TENSORS {LLAMA_ENDS, LLAMA_ATTENTION, LLAMA_MLP, LLAMA_NORMS}
+    .ln1_w = "layers.%d.input_layernorm.weight",                                                   \
+    .ln2_w = "layers.%d.post_attention_layernorm.weight"
+#define LLAMA_TENSORS                                                                              \
+    { LLAMA_ENDS, LLAMA_ATTENTION, LLAMA_MLP, LLAMA_NORMS }
 /* Gemma 2/3's: the same post_attention_layernorm name is the norm on attention's output */
 #define SANDWICH_NORMS                                                                             \
     .ln1_w = "layers.%d.input_layernorm.weight",                                                   \
@@ -367,7 +369,8 @@ static int read_llama_like(lens_config *c, json_t *root, const char *file, lens_
     .norm = LENS_NORM_RMS, .gated_mlp = true, .optional_biases = true,                             \
     .read_config = read_llama_like
 #define GEMMA_LIKE LLAMA_LIKE, .norm_offset = 1.0f, .scale_embed = true
-#define QK_NORMS .q_norm = "layers.%d.self_attn.q_norm.weight", .k_norm = "layers.%d.self_attn.k_norm.weight"
+#define QK_NORMS                                                                                   \
+    .q_norm = "layers.%d.self_attn.q_norm.weight", .k_norm = "layers.%d.self_attn.k_norm.weight"
 
 static const lens_arch archs[] = {
     {.name = "GPT2LMHeadModel",
@@ -491,58 +494,32 @@ static const lens_arch archs[] = {
                  .unembed = "lm_head.weight",
                  .unembed_b = "lm_head.bias"}},
     {LLAMA_LIKE, .name = "LlamaForCausalLM", .model_type = "llama", .tensors = LLAMA_TENSORS},
-    {LLAMA_LIKE,
-     .name = "MistralForCausalLM",
-     .model_type = "mistral",
-     .local_layers = LENS_LOCAL_ALL,
-     .tensors = LLAMA_TENSORS},
-    {LLAMA_LIKE,
-     .name = "Qwen2ForCausalLM",
-     .model_type = "qwen2",
-     .no_default_bos = true,
-     .local_layers = LENS_LOCAL_ALL,
-     .tensors = LLAMA_TENSORS},
-    {LLAMA_LIKE,
-     .name = "Qwen3ForCausalLM",
-     .model_type = "qwen3",
-     .no_default_bos = true,
-     .qk_norm = LENS_QK_NORM_PER_HEAD,
-     .local_layers = LENS_LOCAL_ALL,
+    {LLAMA_LIKE, .name = "MistralForCausalLM", .model_type = "mistral",
+     .local_layers = LENS_LOCAL_ALL, .tensors = LLAMA_TENSORS},
+    {LLAMA_LIKE, .name = "Qwen2ForCausalLM", .model_type = "qwen2", .no_default_bos = true,
+     .local_layers = LENS_LOCAL_ALL, .tensors = LLAMA_TENSORS},
+    {LLAMA_LIKE, .name = "Qwen3ForCausalLM", .model_type = "qwen3", .no_default_bos = true,
+     .qk_norm = LENS_QK_NORM_PER_HEAD, .local_layers = LENS_LOCAL_ALL,
      .tensors = {LLAMA_ENDS, LLAMA_ATTENTION, LLAMA_MLP, QK_NORMS, LLAMA_NORMS}},
     {GEMMA_LIKE, .name = "GemmaForCausalLM", .model_type = "gemma", .tensors = LLAMA_TENSORS},
-    {GEMMA_LIKE,
-     .name = "Gemma2ForCausalLM",
-     .model_type = "gemma2",
-     .placement = LENS_NORM_SANDWICH,
-     .local_layers = LENS_LOCAL_EVEN,
+    {GEMMA_LIKE, .name = "Gemma2ForCausalLM", .model_type = "gemma2",
+     .placement = LENS_NORM_SANDWICH, .local_layers = LENS_LOCAL_EVEN,
      .tensors = {LLAMA_ENDS, LLAMA_ATTENTION, LLAMA_MLP, SANDWICH_NORMS}},
-    {GEMMA_LIKE,
-     .name = "Gemma3ForCausalLM",
-     .model_type = "gemma3_text",
-     .placement = LENS_NORM_SANDWICH,
-     .qk_norm = LENS_QK_NORM_PER_HEAD,
+    {GEMMA_LIKE, .name = "Gemma3ForCausalLM", .model_type = "gemma3_text",
+     .placement = LENS_NORM_SANDWICH, .qk_norm = LENS_QK_NORM_PER_HEAD,
      .local_layers = LENS_LOCAL_BUT_EVERY_NTH,
      .tensors = {LLAMA_ENDS, LLAMA_ATTENTION, LLAMA_MLP, QK_NORMS, SANDWICH_NORMS}},
-    {LLAMA_LIKE,
-     .name = "Olmo2ForCausalLM",
-     .model_type = "olmo2",
-     .placement = LENS_NORM_AFTER,
+    {LLAMA_LIKE, .name = "Olmo2ForCausalLM", .model_type = "olmo2", .placement = LENS_NORM_AFTER,
      .qk_norm = LENS_QK_NORM_WHOLE,
      .tensors = {LLAMA_ENDS, LLAMA_ATTENTION, LLAMA_MLP, QK_NORMS,
                  .ln1_post_w = "layers.%d.post_attention_layernorm.weight",
                  .ln2_post_w = "layers.%d.post_feedforward_layernorm.weight"}},
-    {LLAMA_LIKE,
-     .name = "Phi3ForCausalLM",
-     .model_type = "phi3",
-     .local_layers = LENS_LOCAL_ALL,
-     .tensors = {LLAMA_ENDS,
-                 .ln1_w = "layers.%d.input_layernorm.weight",
-                 .qkv_layout = LENS_QKV_FUSED_ROWS,
-                 .q = "layers.%d.self_attn.qkv_proj.weight",
+    {LLAMA_LIKE, .name = "Phi3ForCausalLM", .model_type = "phi3", .local_layers = LENS_LOCAL_ALL,
+     .tensors = {LLAMA_ENDS, .ln1_w = "layers.%d.input_layernorm.weight",
+                 .qkv_layout = LENS_QKV_FUSED_ROWS, .q = "layers.%d.self_attn.qkv_proj.weight",
                  .o = "layers.%d.self_attn.o_proj.weight",
                  .ln2_w = "layers.%d.post_attention_layernorm.weight",
-                 .gate_layout = LENS_GATE_FUSED_ROWS,
-                 .gate = "layers.%d.mlp.gate_up_proj.weight",
+                 .gate_layout = LENS_GATE_FUSED_ROWS, .gate = "layers.%d.mlp.gate_up_proj.weight",
                  .down = "layers.%d.mlp.down_proj.weight"}},
 };
 

@@ -19,10 +19,10 @@
 
 /* How a checkpoint stores the attention's input projections. */
 typedef enum lens_qkv_layout {
-    LENS_QKV_SEPARATE,     /* q, k, v: nn.Linear [out, in] each */
-    LENS_QKV_CONV1D,       /* GPT-2's c_attn: Conv1D [d, 3 * d], columns q | k | v */
-    LENS_QKV_FUSED_ROWS,   /* Phi-3's qkv_proj: Linear [(h + 2 kv) * dh, d], rows q | k | v */
-    LENS_QKV_FUSED_HEADS,  /* GPT-NeoX's query_key_value: Linear rows (head, q|k|v, dh) */
+    LENS_QKV_SEPARATE,    /* q, k, v: nn.Linear [out, in] each */
+    LENS_QKV_CONV1D,      /* GPT-2's c_attn: Conv1D [d, 3 * d], columns q | k | v */
+    LENS_QKV_FUSED_ROWS,  /* Phi-3's qkv_proj: Linear [(h + 2 kv) * dh, d], rows q | k | v */
+    LENS_QKV_FUSED_HEADS, /* GPT-NeoX's query_key_value: Linear rows (head, q|k|v, dh) */
 } lens_qkv_layout;
 
 /* How a checkpoint stores a gated MLP's two input projections. */
@@ -36,7 +36,7 @@ typedef enum lens_gate_layout {
  * are the unembedding's. NULL: the family has no such tensor (its bias is
  * zeros, as TransformerLens's conversions make it). */
 typedef struct lens_arch_tensors {
-    const char *prefix;                  /* "model.", "transformer.", ... (optional in files) */
+    const char *prefix; /* "model.", "transformer.", ... (optional in files) */
     const char *embed, *pos_embed;
     const char *ln1_w, *ln1_b, *ln1_post_w; /* ln1_post: Gemma 2/3's post_attention_layernorm */
     lens_qkv_layout qkv_layout;
@@ -47,7 +47,7 @@ typedef struct lens_arch_tensors {
     lens_gate_layout gate_layout;
     const char *gate, *up, *up_b, *down, *down_b; /* up: GPT-2 c_fc, NeoX dense_h_to_4h, ... */
     const char *final_w, *final_b;
-    const char *unembed, *unembed_b;     /* absolute names; unembed absent: tied to embed */
+    const char *unembed, *unembed_b; /* absolute names; unembed absent: tied to embed */
 } lens_arch_tensors;
 
 /* Which layers use sliding-window attention when config.json has no
@@ -62,18 +62,18 @@ typedef enum lens_local_layers {
 typedef struct lens_arch {
     const char *name; /* "LlamaForCausalLM" */
     const char *model_type;
-    lens_norm norm;   /* LENS_NORM_LN or LENS_NORM_RMS */
+    lens_norm norm; /* LENS_NORM_LN or LENS_NORM_RMS */
     lens_norm_placement placement;
     lens_qk_norm qk_norm;
     lens_local_layers local_layers;
     bool gated_mlp;
-    bool parallel;    /* attention and MLP in parallel (GPT-J, Phi; NeoX reads its config) */
-    bool conv1d;      /* weights stored [in, out] (GPT-2's Conv1D), else nn.Linear [out, in] */
-    bool shared_ln;   /* one LayerNorm feeds attention and MLP (GPT-J, Phi): ln2 = ln1 */
-    float norm_offset; /* Gemma's RMSNorm multiplies by 1 + w: the stored w gets this added */
-    bool scale_embed; /* the embeddings are multiplied by sqrt(d_model) (Gemma) */
-    bool no_default_bos; /* text prompts get no BOS unless asked (TransformerBridge's
-                            default_prepend_bos False: Pythia, Qwen 2/3, Phi) */
+    bool parallel;        /* attention and MLP in parallel (GPT-J, Phi; NeoX reads its config) */
+    bool conv1d;          /* weights stored [in, out] (GPT-2's Conv1D), else nn.Linear [out, in] */
+    bool shared_ln;       /* one LayerNorm feeds attention and MLP (GPT-J, Phi): ln2 = ln1 */
+    float norm_offset;    /* Gemma's RMSNorm multiplies by 1 + w: the stored w gets this added */
+    bool scale_embed;     /* the embeddings are multiplied by sqrt(d_model) (Gemma) */
+    bool no_default_bos;  /* text prompts get no BOS unless asked (TransformerBridge's
+                             default_prepend_bos False: Pythia, Qwen 2/3, Phi) */
     bool optional_biases; /* the config can turn biases off (attention_bias): a bias the file
                              lacks is zeros; otherwise every bias the table names must be there */
     lens_arch_tensors tensors;

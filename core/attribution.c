@@ -25,5 +25,6 @@ void lens_logit_attrs(const lens_config *c, const float *stack, int n, float sca
 void lens_logit_direction(const lens_model *m, int answer, int wrong, float *direction) {
     const int d = m->cfg.d_model, V = m->cfg.d_vocab_out;
     for (int k = 0; k < d; k++)
-        direction[k] = m->w.W_U[(size_t)k * V + answer] - (wrong >= 0 ? m->w.W_U[(size_t)k * V + wrong] : 0.0f);
+        direction[k] = m->w.W_U[(size_t)k * V + answer] -
+                       (wrong >= 0 ? m->w.W_U[(size_t)k * V + wrong] : 0.0f);
 }

@@ -158,8 +158,8 @@ static int allocate(const lens_model *m, const lens_token_batch *batch,
         st.failed = !(out->logits = lk_host_buffer(rows * c->d_vocab_out * sizeof(float)));
     }
     if (st.failed) {
-        lens_err_set_code(err, LENS_ERR_NO_MEMORY, "out of host memory for the cache of a %dx%d batch",
-                          batch->B, batch->T);
+        lens_err_set_code(err, LENS_ERR_NO_MEMORY,
+                          "out of host memory for the cache of a %dx%d batch", batch->B, batch->T);
         return -1;
     }
     return 0;

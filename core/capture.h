@@ -25,8 +25,8 @@ typedef struct lens_captured {
 
 /* What to capture. */
 typedef struct lens_cache_request {
-    const uint8_t *enabled;         /* [lens_hook_slots(cfg)]: hook points to capture */
-    const int32_t *positions;       /* positions to keep, each in [0, T); NULL: all */
+    const uint8_t *enabled;   /* [lens_hook_slots(cfg)]: hook points to capture */
+    const int32_t *positions; /* positions to keep, each in [0, T); NULL: all */
     int n_positions;
     bool logits;                    /* compute the logits too */
     const int32_t *logit_positions; /* [B]: one logit row per prompt there; NULL: every position */
@@ -44,7 +44,8 @@ typedef struct lens_cache {
     int B, T;
     lens_captured *tensors;
     int n;
-    float *logits; /* [B, T, d_vocab_out], or [B, d_vocab_out] at logit_positions; NULL if not asked */
+    float *
+        logits; /* [B, T, d_vocab_out], or [B, d_vocab_out] at logit_positions; NULL if not asked */
 } lens_cache;
 
 /* The axis a position slice cuts: the query axis (2) of attention scores and

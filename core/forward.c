@@ -46,16 +46,16 @@ typedef struct forward_ctx {
     const lens_run *run;
     int B, T;
     size_t N;
-    const lens_suffix *suffix;     /* run->suffix */
-    const int32_t *first_row;      /* [B] host: each prompt's first row of the N */
-    lk_query_rows queries;         /* the suffix's first positions and rows on the device */
-    const int32_t *tokens;         /* [B, T] on the device */
-    const uint8_t *attn_mask;      /* [B, T] on the device, or NULL */
-    const int32_t *logit_rows;     /* [B] on the device: the row of the N each prompt's logits
-                                      come from; NULL for every row */
-    const int32_t *logit_ids;      /* [P, n] on the device (run->logit_ids), or NULL */
-    const int32_t *positions;      /* [N] on the device: each row's rotary position, or NULL */
-    float *logits;                 /* the unembedding's output on the device, or NULL */
+    const lens_suffix *suffix; /* run->suffix */
+    const int32_t *first_row;  /* [B] host: each prompt's first row of the N */
+    lk_query_rows queries;     /* the suffix's first positions and rows on the device */
+    const int32_t *tokens;     /* [B, T] on the device */
+    const uint8_t *attn_mask;  /* [B, T] on the device, or NULL */
+    const int32_t *logit_rows; /* [B] on the device: the row of the N each prompt's logits
+                                  come from; NULL for every row */
+    const int32_t *logit_ids;  /* [P, n] on the device (run->logit_ids), or NULL */
+    const int32_t *positions;  /* [N] on the device: each row's rotary position, or NULL */
+    float *logits;             /* the unembedding's output on the device, or NULL */
     lens_err *err;
 } forward_ctx;
 
@@ -64,7 +64,9 @@ static int first_position(const forward_ctx *x, int b) {
     return x->suffix ? x->suffix->first[b] : 0;
 }
 
-static size_t first_row(const forward_ctx *x, int b) { return (size_t)x->first_row[b]; }
+static size_t first_row(const forward_ctx *x, int b) {
+    return (size_t)x->first_row[b];
+}
 
 /* The shape the hook callback sees (forward.h: packed in a suffix run). */
 static int activation_shape(const forward_ctx *x, lens_hook hook, int64_t shape[LENS_MAX_DIMS]) {
@@ -163,15 +165,15 @@ typedef struct buffers {
     float *resid, *resid_mid, *normed, *scale;
     float *head_inputs[3]; /* q, k, v inputs [N, h, d] when heads split the attention input */
     float *q, *k, *v, *z, *scores, *pattern, *result, *attn_out;
-    float *k_all, *v_all;          /* a suffix run's keys and values at every position */
-    float *prefix_k, *prefix_v;    /* off the host only: the reference run's [P, T, kvd] */
+    float *k_all, *v_all;       /* a suffix run's keys and values at every position */
+    float *prefix_k, *prefix_v; /* off the host only: the reference run's [P, T, kvd] */
     float *mlp_in, *pre, *pre_linear, *post, *mlp_out, *final_rows;
-    int32_t *positions;            /* off the host only, rotary models: [N] */
-    float *logits;                 /* off the host only: [N or B, V], or [B, n] of chosen ids */
-    int32_t *tokens, *logit_rows;  /* off the host only: [B, T], [B] */
-    int32_t *logit_ids;            /* off the host only: [P, n] */
-    int32_t *first, *first_row;    /* off the host only, with a suffix: [B], [B] */
-    uint8_t *attn_mask;            /* off the host only: [B, T] */
+    int32_t *positions;           /* off the host only, rotary models: [N] */
+    float *logits;                /* off the host only: [N or B, V], or [B, n] of chosen ids */
+    int32_t *tokens, *logit_rows; /* off the host only: [B, T], [B] */
+    int32_t *logit_ids;           /* off the host only: [P, n] */
+    int32_t *first, *first_row;   /* off the host only, with a suffix: [B], [B] */
+    uint8_t *attn_mask;           /* off the host only: [B, T] */
 } buffers;
 
 static bool heads_split_input(const lens_config *c) {
@@ -280,8 +282,7 @@ static void place_inputs(forward_ctx *x, buffers *b, const int32_t *logit_rows,
     x->logit_rows = x->run->logit_positions ? logit_rows : NULL;
     x->logits = x->run->logits;
     x->logit_ids = x->run->logit_ids ? x->run->logit_ids->ids : NULL;
-    if (x->suffix)
-        x->queries = (lk_query_rows){x->suffix->first, x->first_row, (int)x->N};
+    if (x->suffix) x->queries = (lk_query_rows){x->suffix->first, x->first_row, (int)x->N};
     if (lk_host_memory(x->dev)) return;
     if (positions) {
         lk_upload(x->dev, b->positions, positions, x->N * sizeof(int32_t));
@@ -349,7 +350,6 @@ static int normalize(forward_ctx *x, lens_norm norm, const float *w, const float
     return 0;
 }
 
-
 /* Scores of one layer: q.k / attn_scale, then TL's masks and the pad-key
  * mask (-1e5). TL applies the causal, local-window and attention masks
  * (-inf) together, and only to causal attention: a bidirectional model
@@ -408,8 +408,8 @@ static void project_qkv(const forward_ctx *x, const buffers *b, const lens_layer
         }
         for (int hi = 0; hi < heads[i]; hi++)
             lk_matmul(x->dev, out[i] + (size_t)hi * dh, width, inputs[i] + (size_t)hi * d,
-                      heads[i] * d, W[i] + (size_t)hi * dh, width, bias[i] + (size_t)hi * dh, N,
-                      d, dh, false);
+                      heads[i] * d, W[i] + (size_t)hi * dh, width, bias[i] + (size_t)hi * dh, N, d,
+                      dh, false);
     }
 }
 
@@ -434,7 +434,8 @@ static int attention_input(forward_ctx *x, buffers *b, int layer, float *inputs[
     const lens_layer_weights *lw = &x->w->layers[layer];
     const int d = c->d_model, h = c->n_heads;
     const size_t N = x->N;
-    const bool pre_norm = c->normalization != LENS_NORM_NONE && c->norm_placement != LENS_NORM_AFTER;
+    const bool pre_norm =
+        c->normalization != LENS_NORM_NONE && c->norm_placement != LENS_NORM_AFTER;
     inputs[0] = inputs[1] = inputs[2] = b->normed;
     if (heads_split_input(c)) {
         /* TL repeats resid_pre per head ([B, T, h, d]) and normalises each copy. */
@@ -451,9 +452,8 @@ static int attention_input(forward_ctx *x, buffers *b, int layer, float *inputs[
             for (int i = 0; i < 3; i++)
                 if (fire(x, split_hooks[i], layer, inputs[i])) return -1;
         for (int i = 0; i < 3 && pre_norm; i++)
-            if (normalize(x, c->normalization, lw->ln1_w, lw->ln1_b, inputs[i], b->scale,
-                          inputs[i], N * h, d, LENS_HOOK_LN1_SCALE, LENS_HOOK_LN1_NORMALIZED,
-                          layer))
+            if (normalize(x, c->normalization, lw->ln1_w, lw->ln1_b, inputs[i], b->scale, inputs[i],
+                          N * h, d, LENS_HOOK_LN1_SCALE, LENS_HOOK_LN1_NORMALIZED, layer))
                 return -1;
         return 0;
     }
@@ -501,8 +501,8 @@ static int position_queries_keys(forward_ctx *x, buffers *b, int layer) {
 static int output_norm_in_place(forward_ctx *x, buffers *b, float *out, const float *w,
                                 lens_hook_kind scale_hook, lens_hook_kind normalized_hook,
                                 int layer) {
-    return normalize(x, LENS_NORM_RMS, w, NULL, out, b->scale, out, x->N, x->c->d_model,
-                     scale_hook, normalized_hook, layer);
+    return normalize(x, LENS_NORM_RMS, w, NULL, out, b->scale, out, x->N, x->c->d_model, scale_hook,
+                     normalized_hook, layer);
 }
 
 static int attention(forward_ctx *x, buffers *b, int layer) {
@@ -533,9 +533,9 @@ static int attention(forward_ctx *x, buffers *b, int layer) {
         const size_t row = first_row(x, bi);
         for (int g = 0; g < kv; g++)
             lk_matmul_batched(x->dev, b->z + row * hd + (size_t)g * group * dh, hd, (size_t)dh,
-                              b->pattern + (row * h + (size_t)g * group * Q) * T, T,
-                              (size_t)Q * T, values + (size_t)bi * T * kvd + (size_t)g * dh, kvd,
-                              0, false, Q, T, dh, group);
+                              b->pattern + (row * h + (size_t)g * group * Q) * T, T, (size_t)Q * T,
+                              values + (size_t)bi * T * kvd + (size_t)g * dh, kvd, 0, false, Q, T,
+                              dh, group);
     }
     if (fire(x, LENS_HOOK_Z, layer, b->z)) return -1;
     if (c->use_attn_result) {
@@ -669,11 +669,10 @@ static int unembed(forward_ctx *x, buffers *b) {
     } else {
         lk_gather_rows(x->dev, b->final_rows, final, x->logit_rows, x->B, d);
         if (ids)
-            lk_matmul_columns(x->dev, x->logits, b->final_rows, w->W_U, w->b_U, x->logit_ids,
-                              x->B, ids->P, ids->n, d, V);
+            lk_matmul_columns(x->dev, x->logits, b->final_rows, w->W_U, w->b_U, x->logit_ids, x->B,
+                              ids->P, ids->n, d, V);
         else
-            lk_matmul(x->dev, x->logits, V, b->final_rows, d, w->W_U, V, w->b_U, x->B, d, V,
-                      false);
+            lk_matmul(x->dev, x->logits, V, b->final_rows, d, w->W_U, V, w->b_U, x->B, d, V, false);
     }
     /* TL soft-caps the logits after the unembedding (and its hook) */
     if (c->logit_softcap > 0) lk_softcap(x->dev, x->logits, rows * cols, c->logit_softcap);
@@ -749,8 +748,8 @@ static int check_suffix(const lens_config *c, const lens_batch *batch, const len
     }
     for (int l = run->start_layer; l < c->n_layers; l++) {
         if (!s->k[l] || !s->v[l]) {
-            lens_err_set(err, "position reuse needs the reference run's keys and values of layer %d",
-                         l);
+            lens_err_set(err,
+                         "position reuse needs the reference run's keys and values of layer %d", l);
             return -1;
         }
     }
@@ -766,8 +765,9 @@ static int check_suffix(const lens_config *c, const lens_batch *batch, const len
             return -1;
         }
         if (run->logits && run->logit_positions[bi] < first) {
-            lens_err_set(err, "logit position %d of prompt %d comes before its first computed "
-                              "position %d",
+            lens_err_set(err,
+                         "logit position %d of prompt %d comes before its first computed "
+                         "position %d",
                          run->logit_positions[bi], bi, first);
             return -1;
         }
@@ -778,7 +778,8 @@ static int check_suffix(const lens_config *c, const lens_batch *batch, const len
 static int check_logit_ids(const lens_config *c, const lens_run *run, lens_err *err) {
     const lens_logit_ids *ids = run->logit_ids;
     if (!run->logit_positions || ids->P < 1 || ids->n < 1) {
-        lens_err_set(err, "logits of chosen ids need logit positions and at least one id per prompt");
+        lens_err_set(err,
+                     "logits of chosen ids need logit positions and at least one id per prompt");
         return -1;
     }
     for (int i = 0; i < ids->P * ids->n; i++) {
@@ -816,10 +817,11 @@ static int check_batch(const lens_config *c, const lens_batch *batch, const lens
                      c->n_layers - 1);
         return -1;
     }
-    if (run->end_layer && (run->end_layer <= run->start_layer || run->end_layer > c->n_layers ||
-                           run->logits)) {
-        lens_err_set(err, "end layer %d must follow start layer %d, within the model's %d layers, "
-                          "and a run that stops early has no logits",
+    if (run->end_layer &&
+        (run->end_layer <= run->start_layer || run->end_layer > c->n_layers || run->logits)) {
+        lens_err_set(err,
+                     "end layer %d must follow start layer %d, within the model's %d layers, "
+                     "and a run that stops early has no logits",
                      run->end_layer, run->start_layer, c->n_layers);
         return -1;
     }
@@ -929,8 +931,8 @@ int lens_forward(const lens_model *m, lens_workspace *ws, const lens_batch *batc
     }
     place_inputs(&x, &b, rows + batch->B, positions);
     /* recorded: the plain runs, the ones repeated with the same shape */
-    const bool plain = !any_hook_enabled(&x) && !run->resid_start && !run->logit_ids &&
-                       !run->end_layer;
+    const bool plain =
+        !any_hook_enabled(&x) && !run->resid_start && !run->logit_ids && !run->end_layer;
     lk_graph *graph = plain ? recorded_run(&x, &b) : NULL;
     int rc = graph ? (lk_graph_launch(x.dev, graph), 0) : run_layers(&x, &b);
     if (rc == 0 && run->logits && x.logits != run->logits) {

@@ -54,13 +54,13 @@ typedef struct lens_batch {
  * [N, H, d_head]), and hook_attn_scores and hook_pattern as [H * N, T]
  * where row b's [H, T - first[b], T] block follows row b-1's. */
 typedef struct lens_suffix {
-    const int32_t *first;   /* [B] host, each in [0, T) */
-    int prompts;            /* the reference run's P prompts: row b continues prompt b % P */
-    const float *const *k;  /* [n_layers] host [P, T, n_kv_heads, d_head]: the reference
-                               run's keys as attention reads them (lens_attention_keys:
-                               hook_k, or hook_rot_k in rotary models), for the layers the
-                               run computes */
-    const float *const *v;  /* the same for hook_v */
+    const int32_t *first;  /* [B] host, each in [0, T) */
+    int prompts;           /* the reference run's P prompts: row b continues prompt b % P */
+    const float *const *k; /* [n_layers] host [P, T, n_kv_heads, d_head]: the reference
+                              run's keys as attention reads them (lens_attention_keys:
+                              hook_k, or hook_rot_k in rotary models), for the layers the
+                              run computes */
+    const float *const *v; /* the same for hook_v */
 } lens_suffix;
 
 /* Logits of chosen output ids only (lens_run.logit_ids): row b gets the
@@ -76,19 +76,19 @@ typedef struct lens_run {
     lens_hook_fn on_hook;
     void *user;
     bool hooks_modify; /* on_hook may change activations (copied back to the device) */
-    float *logits; /* out: [B, T, d_vocab_out], or [B, d_vocab_out] at logit_positions;
-                      NULL to skip the unembedding */
-    const int32_t *logit_positions; /* [B] or NULL for every position */
+    float *logits;     /* out: [B, T, d_vocab_out], or [B, d_vocab_out] at logit_positions;
+                          NULL to skip the unembedding */
+    const int32_t *logit_positions;  /* [B] or NULL for every position */
     const lens_logit_ids *logit_ids; /* NULL: every output; else (with logit_positions)
                                         logits is [B, n], those ids' logits only */
-    int start_layer; /* the first block to run; 0 (the default): the whole pass */
-    int end_layer;   /* > 0: stop before this block (no unembedding; logits must be NULL);
-                        0 (the default): run to the end */
-    const float *resid_start; /* NULL: the pass embeds the tokens (start_layer must be 0).
-                                 Else host [B, T, d_model] (with a suffix: [N, d_model],
-                                 packed), the residual stream entering start_layer
-                                 (its hook_resid_pre fires on it); the embeddings and
-                                 the blocks before it are skipped */
+    int start_layer;                 /* the first block to run; 0 (the default): the whole pass */
+    int end_layer;             /* > 0: stop before this block (no unembedding; logits must be NULL);
+                                  0 (the default): run to the end */
+    const float *resid_start;  /* NULL: the pass embeds the tokens (start_layer must be 0).
+                                  Else host [B, T, d_model] (with a suffix: [N, d_model],
+                                  packed), the residual stream entering start_layer
+                                  (its hook_resid_pre fires on it); the embeddings and
+                                  the blocks before it are skipped */
     const lens_suffix *suffix; /* NULL: every position; else causal position reuse (needs
                                   resid_start, and logit_positions if logits) */
 } lens_run;

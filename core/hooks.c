@@ -284,7 +284,8 @@ int lens_hook_shape(const lens_config *cfg, lens_hook hook, int B, int T,
     case LENS_HOOK_K_NORM_NORMALIZED: {
         /* per head: [B, heads, T, 1 or dh]; over the whole projection: [B, T, 1 or heads*dh] */
         const bool is_q = hook.kind <= LENS_HOOK_Q_NORM_NORMALIZED;
-        const bool scale = hook.kind == LENS_HOOK_Q_NORM_SCALE || hook.kind == LENS_HOOK_K_NORM_SCALE;
+        const bool scale =
+            hook.kind == LENS_HOOK_Q_NORM_SCALE || hook.kind == LENS_HOOK_K_NORM_SCALE;
         const int64_t heads = is_q ? h : cfg->n_kv_heads;
         if (cfg->qk_norm == LENS_QK_NORM_WHOLE) {
             shape[2] = scale ? 1 : heads * dh;

@@ -58,8 +58,9 @@ static int apply(const lens_config *cfg, const lens_intervention *it, lens_tenso
         for (int i = 1; same && i < ndim; i++)
             same = s->shape[i] == act->shape[i];
         if (!same) {
-            lens_err_set(err, "the source run's %s has another shape (another number of "
-                              "positions?)",
+            lens_err_set(err,
+                         "the source run's %s has another shape (another number of "
+                         "positions?)",
                          s->name);
             return -1;
         }

@@ -5,7 +5,9 @@
 
 #include <limits.h>
 
-static bool absent(json_t *v) { return !v || json_is_null(v); }
+static bool absent(json_t *v) {
+    return !v || json_is_null(v);
+}
 
 int lens_json_int(json_t *obj, const char *key, int fallback, bool required, int *out,
                   const char *file, lens_err *err) {

@@ -17,9 +17,9 @@
 /* What kind of failure, for callers that answer differently (the daemon's
  * HTTP status). Most failures are the request's or the file's fault. */
 typedef enum lens_err_code {
-    LENS_ERR_INVALID,     /* bad input: a file, a field, a token (HTTP 4xx) */
-    LENS_ERR_NO_MEMORY,   /* the device (GPU or host) has not the memory (HTTP 507) */
-    LENS_ERR_DEVICE,      /* the device failed while running (HTTP 500) */
+    LENS_ERR_INVALID,   /* bad input: a file, a field, a token (HTTP 4xx) */
+    LENS_ERR_NO_MEMORY, /* the device (GPU or host) has not the memory (HTTP 507) */
+    LENS_ERR_DEVICE,    /* the device failed while running (HTTP 500) */
 } lens_err_code;
 
 typedef struct lens_err {

@@ -113,10 +113,10 @@ typedef struct lens_config {
     lens_positions positions;
     lens_rotary rotary;
     bool gated_mlp;
-    bool parallel_attn_mlp;  /* attention and MLP both read resid_pre (NeoX, GPT-J, Phi) */
-    bool shared_ln;          /* the MLP reads ln1's output: there is no ln2 (GPT-J, Phi) */
-    float attn_softcap;      /* > 0: scores become cap * tanh(scores / cap) (Gemma 2) */
-    float logit_softcap;     /* > 0: the same on the final logits */
+    bool parallel_attn_mlp; /* attention and MLP both read resid_pre (NeoX, GPT-J, Phi) */
+    bool shared_ln;         /* the MLP reads ln1's output: there is no ln2 (GPT-J, Phi) */
+    float attn_softcap;     /* > 0: scores become cap * tanh(scores / cap) (Gemma 2) */
+    float logit_softcap;    /* > 0: the same on the final logits */
     bool use_attn_scale;
     float attn_scale; /* scores are divided by this (sqrt(d_head) by default) */
     bool scale_attn_by_inverse_layer_idx;

@@ -203,7 +203,7 @@ typedef struct plan_fill {
     size_t dst_t;
     int64_t dst_t_column; /* the transpose's first column in dst_t */
     int64_t dst_t_width;  /* dst_t's row length (rows, unless rows fill a slice of it) */
-    bool count; /* count non-finite values */
+    bool count;           /* count non-finite values */
 } plan_fill;
 
 typedef struct weight_plan {
@@ -740,7 +740,7 @@ static int read_native_config(lens_config *c, json_t *root, const char *file, le
     if (lens_json_float(root, "eps", 1e-5f, &c->eps, file, err) ||
         lens_json_bool(root, "use_attn_scale", true, &c->use_attn_scale, file, err) ||
         lens_json_bool(root, "scale_attn_by_inverse_layer_idx", false,
-                      &c->scale_attn_by_inverse_layer_idx, file, err) ||
+                       &c->scale_attn_by_inverse_layer_idx, file, err) ||
         lens_json_bool(root, "use_local_attn", false, &c->use_local_attn, file, err) ||
         lens_json_int(root, "window_size", 0, false, &c->window_size, file, err) ||
         lens_json_bool(root, "use_attn_result", false, &c->use_attn_result, file, err) ||
@@ -841,7 +841,8 @@ static int plan_hf_qkv(lens_model *m, const lens_arch *arch, weight_plan *p, hf_
     char fused[256], fused_bias[256];
     snprintf(fused, sizeof fused, "%s", hf_name(n, t->q, l));
     snprintf(fused_bias, sizeof fused_bias, "%s", t->q_b ? hf_name(n, t->q_b, l) : "");
-    const bool has_bias = t->q_b && (!arch->optional_biases || source_find(p->src, fused_bias, NULL));
+    const bool has_bias =
+        t->q_b && (!arch->optional_biases || source_find(p->src, fused_bias, NULL));
     switch (t->qkv_layout) {
     case LENS_QKV_SEPARATE: {
         const char *weights[3] = {t->q, t->k, t->v}, *biases[3] = {t->q_b, t->k_b, t->v_b};
@@ -867,8 +868,8 @@ static int plan_hf_qkv(lens_model *m, const lens_arch *arch, weight_plan *p, hf_
             for (int i = 0, row0 = 0; i < 3; row0 += (int)width[i], i++)
                 if (plan_rows_transposed(p, dst[i], width[i], 0, fused, rows, d, row0, width[i],
                                          err) ||
-                    (has_bias && plan_slice(p, bias_dst[i], 0, fused_bias, rows, row0, width[i],
-                                            err)))
+                    (has_bias &&
+                     plan_slice(p, bias_dst[i], 0, fused_bias, rows, row0, width[i], err)))
                     return -1;
             return 0;
         }
@@ -930,8 +931,8 @@ static int plan_hf_weights(lens_model *m, const lens_arch *arch, weight_plan *p,
     char embed[256];
     snprintf(embed, sizeof embed, "%s", hf_name(&n, t->embed, 0));
     if (plan_tensor_2d(p, &w->W_E, embed, V, d, err) ||
-        (t->pos_embed && plan_tensor_2d(p, &w->W_pos, hf_name(&n, t->pos_embed, 0), c->n_ctx, d,
-                                        err)))
+        (t->pos_embed &&
+         plan_tensor_2d(p, &w->W_pos, hf_name(&n, t->pos_embed, 0), c->n_ctx, d, err)))
         return -1;
     const int64_t q_norm = c->qk_norm == LENS_QK_NORM_WHOLE ? (int64_t)c->n_heads * dh : dh;
     const int64_t k_norm = c->qk_norm == LENS_QK_NORM_WHOLE ? (int64_t)c->n_kv_heads * dh : dh;
@@ -939,12 +940,10 @@ static int plan_hf_weights(lens_model *m, const lens_arch *arch, weight_plan *p,
         lens_layer_weights *lw = &w->layers[l];
         if (plan_norm(p, &n, &lw->ln1_w, t->ln1_w, &lw->ln1_b, t->ln1_b, l, d, err) ||
             plan_hf_qkv(m, arch, p, &n, l, err) ||
-            (t->q_norm && (plan_tensor_1d(p, &lw->q_norm_w, hf_name(&n, t->q_norm, l), q_norm,
-                                          err) ||
-                           plan_tensor_1d(p, &lw->k_norm_w, hf_name(&n, t->k_norm, l), k_norm,
-                                          err))) ||
-            plan_matrix(p, arch->conv1d, &lw->W_O, hf_name(&n, t->o, l), c->n_heads * dh, d,
-                        err) ||
+            (t->q_norm &&
+             (plan_tensor_1d(p, &lw->q_norm_w, hf_name(&n, t->q_norm, l), q_norm, err) ||
+              plan_tensor_1d(p, &lw->k_norm_w, hf_name(&n, t->k_norm, l), k_norm, err))) ||
+            plan_matrix(p, arch->conv1d, &lw->W_O, hf_name(&n, t->o, l), c->n_heads * dh, d, err) ||
             plan_bias(p, &lw->b_O, hf_name(&n, t->o_b, l), arch->optional_biases, d, err) ||
             (t->ln1_post_w &&
              plan_tensor_1d(p, &lw->ln1_post_w, hf_name(&n, t->ln1_post_w, l), d, err)) ||
@@ -959,9 +958,8 @@ static int plan_hf_weights(lens_model *m, const lens_arch *arch, weight_plan *p,
     if (plan_norm(p, &n, &w->ln_final_w, t->final_w, &w->ln_final_b, t->final_b, 0, d, err))
         return -1;
     /* the unembedding: its own matrix transposed, or the embedding's when tied */
-    if (source_find(p->src, t->unembed, NULL)
-            ? plan_transposed(p, &w->W_U, t->unembed, V, d, err)
-            : plan_tied_transposed(p, &w->W_U, embed, err))
+    if (source_find(p->src, t->unembed, NULL) ? plan_transposed(p, &w->W_U, t->unembed, V, d, err)
+                                              : plan_tied_transposed(p, &w->W_U, embed, err))
         return -1;
     if (plan_bias(p, &w->b_U, t->unembed_b, arch->optional_biases, V, err)) return -1;
     if (c->positions != LENS_POS_ROTARY) return 0;
@@ -986,8 +984,8 @@ static void finish_hf_weights(lens_model *m, const lens_arch *arch) {
             w->ln_final_w[i] += arch->norm_offset;
         for (int l = 0; l < c->n_layers; l++) {
             lens_layer_weights *lw = &w->layers[l];
-            float *layer_norms[] = {lw->ln1_w, lw->ln1_post_w, lw->ln2_w, lw->ln2_post_w,
-                                    lw->q_norm_w, lw->k_norm_w};
+            float *layer_norms[] = {lw->ln1_w,      lw->ln1_post_w, lw->ln2_w,
+                                    lw->ln2_post_w, lw->q_norm_w,   lw->k_norm_w};
             const size_t widths[] = {d, d, d, d, (size_t)c->d_head, (size_t)c->d_head};
             for (size_t k = 0; k < sizeof layer_norms / sizeof layer_norms[0]; k++)
                 for (size_t i = 0; layer_norms[k] && i < widths[k]; i++)
@@ -1004,8 +1002,8 @@ static void finish_hf_weights(lens_model *m, const lens_arch *arch) {
                            w->rotary_sin[0]);
         /* local layers keep their own base and are never scaled (Gemma 3) */
         if (w->rotary_cos[1])
-            lens_rotary_tables(&c->rotary, c->rotary.base_local, false, c->n_ctx,
-                               w->rotary_cos[1], w->rotary_sin[1]);
+            lens_rotary_tables(&c->rotary, c->rotary.base_local, false, c->n_ctx, w->rotary_cos[1],
+                               w->rotary_sin[1]);
     }
 }
 
@@ -1469,8 +1467,9 @@ lens_model *lens_model_load(const char *spec, const lens_load_opts *opts, lens_e
         (m->cfg.n_kv_heads != m->cfg.n_heads || m->cfg.shared_ln)) {
         /* TL repeats the input per key/value head under GQA (lensd per query head), and a
          * shared LayerNorm's one output, which the MLP reads, does not exist per head */
-        lens_err_set(err, "%s: use_split_qkv_input and use_attn_in are not supported with "
-                          "grouped-query attention or an MLP that shares ln1 (%s)",
+        lens_err_set(err,
+                     "%s: use_split_qkv_input and use_attn_in are not supported with "
+                     "grouped-query attention or an MLP that shares ln1 (%s)",
                      spec, m->cfg.architecture);
         goto fail;
     }

@@ -76,8 +76,10 @@ static const sweep_def SWEEPS[LENS_SWEEP_COUNT] = {
     [LENS_SWEEP_ATTN_HEAD_K_BY_POS] = {"attn_head_k_by_pos", 1, {K_BY_POS}, false},
     [LENS_SWEEP_ATTN_HEAD_V_BY_POS] = {"attn_head_v_by_pos", 1, {V_BY_POS}, false},
     [LENS_SWEEP_ATTN_HEAD_PATTERN_BY_POS] = {"attn_head_pattern_by_pos", 1, {PATTERN_DEST}, false},
-    [LENS_SWEEP_ATTN_HEAD_PATTERN_DEST_SRC_POS] = {"attn_head_pattern_dest_src_pos", 1,
-                                                   {PATTERN_DEST_SRC}, false},
+    [LENS_SWEEP_ATTN_HEAD_PATTERN_DEST_SRC_POS] = {"attn_head_pattern_dest_src_pos",
+                                                   1,
+                                                   {PATTERN_DEST_SRC},
+                                                   false},
     [LENS_SWEEP_ATTN_HEAD_OUT_ALL_POS] = {"attn_head_out_all_pos", 1, {Z_ALL}, false},
     [LENS_SWEEP_ATTN_HEAD_Q_ALL_POS] = {"attn_head_q_all_pos", 1, {Q_ALL}, false},
     [LENS_SWEEP_ATTN_HEAD_K_ALL_POS] = {"attn_head_k_all_pos", 1, {K_ALL}, false},
@@ -112,12 +114,22 @@ int lens_sweep_parse(const char *name, lens_sweep *out) {
 static int component_shape(const component *c, const lens_config *cfg, int T, int64_t shape[4]) {
     const int64_t L = cfg->n_layers, H = cfg->n_heads;
     switch (c->set) {
-    case AT_POS: shape[0] = L, shape[1] = T; return 2;
-    case AT_POS_HEAD: shape[0] = L, shape[1] = T, shape[2] = H; return 3;
+    case AT_POS:
+        shape[0] = L, shape[1] = T;
+        return 2;
+    case AT_POS_HEAD:
+        shape[0] = L, shape[1] = T, shape[2] = H;
+        return 3;
     case AT_HEAD:
-    case PATTERN_HEAD: shape[0] = L, shape[1] = H; return 2;
-    case PATTERN_HEAD_DEST: shape[0] = L, shape[1] = H, shape[2] = T; return 3;
-    case PATTERN_HEAD_DEST_SRC: shape[0] = L, shape[1] = H, shape[2] = T, shape[3] = T; return 4;
+    case PATTERN_HEAD:
+        shape[0] = L, shape[1] = H;
+        return 2;
+    case PATTERN_HEAD_DEST:
+        shape[0] = L, shape[1] = H, shape[2] = T;
+        return 3;
+    case PATTERN_HEAD_DEST_SRC:
+        shape[0] = L, shape[1] = H, shape[2] = T, shape[3] = T;
+        return 4;
     }
     return 0;
 }
@@ -156,11 +168,19 @@ void lens_sweep_axes(lens_sweep sweep, const char *names[4]) {
     int i = 0;
     if (s->n_components > 1) names[i++] = "component";
     switch (s->components[0].set) {
-    case AT_POS: names[i++] = "layer", names[i++] = "pos"; break;
-    case AT_POS_HEAD: names[i++] = "layer", names[i++] = "pos", names[i++] = "head"; break;
+    case AT_POS:
+        names[i++] = "layer", names[i++] = "pos";
+        break;
+    case AT_POS_HEAD:
+        names[i++] = "layer", names[i++] = "pos", names[i++] = "head";
+        break;
     case AT_HEAD:
-    case PATTERN_HEAD: names[i++] = "layer", names[i++] = "head"; break;
-    case PATTERN_HEAD_DEST: names[i++] = "layer", names[i++] = "head", names[i++] = "dest_pos"; break;
+    case PATTERN_HEAD:
+        names[i++] = "layer", names[i++] = "head";
+        break;
+    case PATTERN_HEAD_DEST:
+        names[i++] = "layer", names[i++] = "head", names[i++] = "dest_pos";
+        break;
     case PATTERN_HEAD_DEST_SRC:
         names[i++] = "layer", names[i++] = "head", names[i++] = "dest_pos", names[i++] = "src_pos";
         break;
@@ -206,7 +226,8 @@ static patch_item *enumerate(const sweep_def *s, const lens_config *cfg, int T, 
                 break;
             case AT_POS_HEAD:
                 for (it.pos = 0; it.pos < T; it.pos++)
-                    for (it.head = 0; it.head < H; it.head += shares_heads(comp, cfg) ? group : 1, k++)
+                    for (it.head = 0; it.head < H;
+                         it.head += shares_heads(comp, cfg) ? group : 1, k++)
                         it.out = base + ((size_t)l * T + it.pos) * H + it.head, items[k] = it;
                 break;
             case AT_HEAD:
@@ -217,8 +238,9 @@ static patch_item *enumerate(const sweep_def *s, const lens_config *cfg, int T, 
             case PATTERN_HEAD_DEST:
                 for (it.head = 0; it.head < H; it.head++)
                     for (it.pos = 0; it.pos < T; it.pos++, k++) {
-                        it.out = s->dest_before_head ? base + ((size_t)l * T + it.pos) * H + it.head
-                                                     : base + ((size_t)l * H + it.head) * T + it.pos;
+                        it.out = s->dest_before_head
+                                     ? base + ((size_t)l * T + it.pos) * H + it.head
+                                     : base + ((size_t)l * H + it.head) * T + it.pos;
                         items[k] = it;
                     }
                 break;
@@ -241,7 +263,7 @@ static double metric_of(const lens_patch_metric *m, const float *rows, int P, in
     for (int p = 0; p < P; p++) {
         const float *row = rows + (size_t)p * V;
         sum += m->kind == LENS_METRIC_LOGIT_DIFF ? (double)(row[m->answer[p]] - row[m->wrong[p]])
-                                                  : (double)row[m->answer[p]];
+                                                 : (double)row[m->answer[p]];
     }
     return sum / P;
 }
@@ -298,7 +320,8 @@ static patch_span source_span(const component *c, const patch_item *it, size_t p
     case AT_HEAD: {
         const size_t dh = (size_t)shape[nd - 1], heads = (size_t)shape[nd - 2];
         const size_t head = (size_t)it->head / ((size_t)H / heads);
-        if (c->set == AT_POS_HEAD) return (patch_span){((p * t + pos) * heads + head) * dh, dh, 0, 1};
+        if (c->set == AT_POS_HEAD)
+            return (patch_span){((p * t + pos) * heads + head) * dh, dh, 0, 1};
         return (patch_span){(p * t * heads + head) * dh, dh, heads * dh, T};
     }
     case PATTERN_HEAD:
@@ -395,12 +418,14 @@ static int plain_run(const lens_model *m, lens_workspace *ws, const lens_token_b
 }
 
 /* Answer ids inside the output vocabulary, metric positions inside the prompts. */
-static int check_metric(const lens_config *c, const lens_patch_metric *m, int B, int T, lens_err *err) {
+static int check_metric(const lens_config *c, const lens_patch_metric *m, int B, int T,
+                        lens_err *err) {
     for (int p = 0; p < B; p++) {
         const int32_t ids[2] = {m->answer[p], m->kind == LENS_METRIC_LOGIT_DIFF ? m->wrong[p] : 0};
         for (int i = 0; i < 2; i++) {
             if (ids[i] < 0 || ids[i] >= c->d_vocab_out) {
-                lens_err_set(err, "answer id %d of prompt %d is outside the output vocabulary of %d",
+                lens_err_set(err,
+                             "answer id %d of prompt %d is outside the output vocabulary of %d",
                              ids[i], p, c->d_vocab_out);
                 return -1;
             }
@@ -528,8 +553,8 @@ static size_t value_count(const lens_patch_result *out) {
 
 /* Gives every query head of a group the value of the run made for the
  * group's first head, in the components that share key/value heads. */
-static void fill_shared_heads(const sweep_def *s, const lens_config *cfg,
-                              const patch_item *items, long n, lens_patch_result *out) {
+static void fill_shared_heads(const sweep_def *s, const lens_config *cfg, const patch_item *items,
+                              long n, lens_patch_result *out) {
     const int group = cfg->n_heads / cfg->n_kv_heads;
     for (long i = 0; i < n; i++)
         if (shares_heads(&s->components[items[i].component], cfg))
@@ -541,7 +566,8 @@ static void fill_shared_heads(const sweep_def *s, const lens_config *cfg,
 static int normalize(lens_patch_result *out, lens_err *err) {
     const double span = out->clean_metric - out->corrupted_metric;
     if (span == 0.0) {
-        lens_err_set(err, "cannot normalize: the clean and corrupted runs have the same metric (%g)",
+        lens_err_set(err,
+                     "cannot normalize: the clean and corrupted runs have the same metric (%g)",
                      out->clean_metric);
         return -1;
     }
@@ -604,7 +630,8 @@ static int run_passes(const lens_model *m, lens_workspace *ws, const lens_patch_
     const int P = bad->B, T = bad->T, L = c->n_layers;
     const size_t slots = lens_hook_slots(c);
     const bool reuse = reuses_positions(c, req);
-    const float **keys = calloc((size_t)L, sizeof *keys), **values = calloc((size_t)L, sizeof *values);
+    const float **keys = calloc((size_t)L, sizeof *keys),
+                **values = calloc((size_t)L, sizeof *values);
     pass_buffers b = {0};
     int rc = -1;
     if (!keys || !values) {
@@ -630,9 +657,10 @@ static int run_passes(const lens_model *m, lens_workspace *ws, const lens_patch_
         }
         const int start = req->full_recompute ? 0 : layer;
         if (!req->full_recompute) replicate_resid(corrupted, layer, &b, n * P, P, T, c->d_model);
-        pass_state st = {s, items + i0, P, T, c->n_heads, (size_t)n * P, b.first, b.first_row,
-                         clean_at};
-        const lens_batch batch = {.B = (int)(n * P), .T = T, .tokens = b.tokens, .attn_mask = b.mask};
+        pass_state st = {s,       items + i0,  P,       T, c->n_heads, (size_t)n * P,
+                         b.first, b.first_row, clean_at};
+        const lens_batch batch = {
+            .B = (int)(n * P), .T = T, .tokens = b.tokens, .attn_mask = b.mask};
         const lens_run run = {.hooks_enabled = b.enabled,
                               .on_hook = patch_rows,
                               .user = &st,
@@ -688,7 +716,8 @@ static long pass_budget(const lens_model *m, int T) {
  * values at every position). */
 static pass_limits limits_of(const lens_model *m, const lens_patch_request *req, long runs) {
     const long P = req->corrupted->B, per_run = P * req->corrupted->T;
-    const long budget = req->max_batch_tokens ? req->max_batch_tokens : pass_budget(m, req->corrupted->T);
+    const long budget =
+        req->max_batch_tokens ? req->max_batch_tokens : pass_budget(m, req->corrupted->T);
     long R = budget / per_run;
     if (R < 1) R = 1;
     if (reuses_positions(&m->cfg, req)) R *= 2;
@@ -720,7 +749,8 @@ int lens_patch(const lens_model *m, lens_workspace *ws, const lens_patch_request
      * reuse its keys and values */
     const bool reuse = reuses_positions(c, req);
     for (int l = 0; l < c->n_layers; l++) {
-        corrupted_hooks[lens_hook_slot(c, (lens_hook){LENS_HOOK_RESID_PRE, l})] = !req->full_recompute;
+        corrupted_hooks[lens_hook_slot(c, (lens_hook){LENS_HOOK_RESID_PRE, l})] =
+            !req->full_recompute;
         corrupted_hooks[lens_hook_slot(c, (lens_hook){lens_attention_keys(c), l})] = reuse;
         corrupted_hooks[lens_hook_slot(c, (lens_hook){LENS_HOOK_V, l})] = reuse;
         for (int k = 0; k < s->n_components; k++) {
@@ -737,9 +767,9 @@ int lens_patch(const lens_model *m, lens_workspace *ws, const lens_patch_request
      * every run (the reference path) */
     long n_computed = 0;
     for (long i = 0; i < out->runs; i++) {
-        if (!req->full_recompute && patch_changes_nothing(s, &items[i], &clean, &corrupted,
-                                                          req->corrupted->B, req->corrupted->T,
-                                                          c->n_heads)) {
+        if (!req->full_recompute &&
+            patch_changes_nothing(s, &items[i], &clean, &corrupted, req->corrupted->B,
+                                  req->corrupted->T, c->n_heads)) {
             out->values[items[i].out] = (float)out->corrupted_metric;
             out->unchanged_runs++;
         } else {
@@ -825,8 +855,9 @@ static int check_path_request(const lens_config *c, const lens_path_request *req
         return -1;
     }
     if (req->receiver_input != LENS_HOOK_Q && c->n_kv_heads != c->n_heads) {
-        lens_err_set(err, "path patching into k or v needs as many key/value heads as query heads "
-                          "(this model has %d of %d); patch the receivers' q",
+        lens_err_set(err,
+                     "path patching into k or v needs as many key/value heads as query heads "
+                     "(this model has %d of %d); patch the receivers' q",
                      c->n_kv_heads, c->n_heads);
         return -1;
     }
@@ -839,8 +870,9 @@ static int check_path_request(const lens_config *c, const lens_path_request *req
     for (int i = 0; i < req->n_receivers; i++) {
         const int l = req->receivers[i][0], h = req->receivers[i][1];
         if (l < 0 || l >= c->n_layers || h < 0 || h >= c->n_heads) {
-            lens_err_set(err, "receiver %d (layer %d, head %d) is outside the model's %d layers of %d heads",
-                         i, l, h, c->n_layers, c->n_heads);
+            lens_err_set(
+                err, "receiver %d (layer %d, head %d) is outside the model's %d layers of %d heads",
+                i, l, h, c->n_layers, c->n_heads);
             return -1;
         }
         *max_layer = l > *max_layer ? l : *max_layer;
@@ -866,15 +898,15 @@ int lens_path_patch(const lens_model *m, lens_workspace *ws, const lens_path_req
     out->shape[0] = max_layer;
     out->shape[1] = H;
     out->runs = (long)max_layer * H;
-    const long per_pass = (req->max_batch_tokens ? req->max_batch_tokens : pass_budget(m, T)) /
-                          ((long)P * T);
+    const long per_pass =
+        (req->max_batch_tokens ? req->max_batch_tokens : pass_budget(m, T)) / ((long)P * T);
     const int R = (int)(per_pass < 1 ? 1 : per_pass > H ? H : per_pass); /* senders of one layer */
     const size_t rows = (size_t)R * P;
     /* the plain runs capture hook_z everywhere (and, for the corrupted run's residual stream
      * to start from, hook_resid_pre); step 1 freezes z and records the receivers' input,
      * step 2 writes the receivers' input back */
     uint8_t *plain = calloc(slots, 1), *step1 = calloc(slots, 1), *step2 = calloc(slots, 1);
-    int (*senders)[2] = malloc((size_t)R * sizeof *senders);
+    int(*senders)[2] = malloc((size_t)R * sizeof *senders);
     float **inputs = calloc((size_t)L, sizeof *inputs);
     pass_buffers b = {0};
     out->values = malloc((size_t)out->runs * sizeof *out->values);
@@ -915,18 +947,27 @@ int lens_path_patch(const lens_model *m, lens_workspace *ws, const lens_path_req
         const int start1 = req->full_recompute ? 0 : layer < min_layer ? layer : min_layer;
         if (start1 > 0) replicate_resid(&corrupted, start1, &b, (long)n * P, P, T, c->d_model);
         st.record = true;
-        const lens_run run1 = {.hooks_enabled = step1, .on_hook = path_hook, .user = &st,
-                               .hooks_modify = true, .start_layer = start1,
+        const lens_run run1 = {.hooks_enabled = step1,
+                               .on_hook = path_hook,
+                               .user = &st,
+                               .hooks_modify = true,
+                               .start_layer = start1,
                                .end_layer = max_layer + 1,
                                .resid_start = start1 > 0 ? b.resid : NULL};
         rc = lens_forward(m, ws, &batch, &run1, err);
         /* step 2: from the first receiver layer */
         const int start2 = req->full_recompute ? 0 : min_layer;
-        if (rc == 0 && start2 > 0) replicate_resid(&corrupted, start2, &b, (long)n * P, P, T, c->d_model);
+        if (rc == 0 && start2 > 0)
+            replicate_resid(&corrupted, start2, &b, (long)n * P, P, T, c->d_model);
         st.record = false;
-        const lens_run run2 = {.hooks_enabled = step2, .on_hook = path_hook, .user = &st,
-                               .hooks_modify = true, .logits = b.logits,
-                               .logit_positions = b.positions, .logit_ids = &b.answers, .start_layer = start2,
+        const lens_run run2 = {.hooks_enabled = step2,
+                               .on_hook = path_hook,
+                               .user = &st,
+                               .hooks_modify = true,
+                               .logits = b.logits,
+                               .logit_positions = b.positions,
+                               .logit_ids = &b.answers,
+                               .start_layer = start2,
                                .resid_start = start2 > 0 ? b.resid : NULL};
         if (rc == 0) rc = lens_forward(m, ws, &batch, &run2, err);
         for (int k = 0; rc == 0 && k < n; k++)

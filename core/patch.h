@@ -24,25 +24,25 @@
 #include "core/prompt.h"
 
 typedef enum lens_sweep {
-    LENS_SWEEP_RESID_PRE,                     /* [layer, pos] */
-    LENS_SWEEP_RESID_MID,                     /* [layer, pos] */
-    LENS_SWEEP_ATTN_OUT,                      /* [layer, pos] */
-    LENS_SWEEP_MLP_OUT,                       /* [layer, pos] */
-    LENS_SWEEP_ATTN_HEAD_OUT_BY_POS,          /* [layer, pos, head] (hook_z) */
-    LENS_SWEEP_ATTN_HEAD_Q_BY_POS,            /* [layer, pos, head] */
-    LENS_SWEEP_ATTN_HEAD_K_BY_POS,            /* [layer, pos, head] */
-    LENS_SWEEP_ATTN_HEAD_V_BY_POS,            /* [layer, pos, head] */
-    LENS_SWEEP_ATTN_HEAD_PATTERN_BY_POS,      /* [layer, head, dest] */
+    LENS_SWEEP_RESID_PRE,                      /* [layer, pos] */
+    LENS_SWEEP_RESID_MID,                      /* [layer, pos] */
+    LENS_SWEEP_ATTN_OUT,                       /* [layer, pos] */
+    LENS_SWEEP_MLP_OUT,                        /* [layer, pos] */
+    LENS_SWEEP_ATTN_HEAD_OUT_BY_POS,           /* [layer, pos, head] (hook_z) */
+    LENS_SWEEP_ATTN_HEAD_Q_BY_POS,             /* [layer, pos, head] */
+    LENS_SWEEP_ATTN_HEAD_K_BY_POS,             /* [layer, pos, head] */
+    LENS_SWEEP_ATTN_HEAD_V_BY_POS,             /* [layer, pos, head] */
+    LENS_SWEEP_ATTN_HEAD_PATTERN_BY_POS,       /* [layer, head, dest] */
     LENS_SWEEP_ATTN_HEAD_PATTERN_DEST_SRC_POS, /* [layer, head, dest, src] */
-    LENS_SWEEP_ATTN_HEAD_OUT_ALL_POS,         /* [layer, head] */
-    LENS_SWEEP_ATTN_HEAD_Q_ALL_POS,           /* [layer, head] */
-    LENS_SWEEP_ATTN_HEAD_K_ALL_POS,           /* [layer, head] */
-    LENS_SWEEP_ATTN_HEAD_V_ALL_POS,           /* [layer, head] */
-    LENS_SWEEP_ATTN_HEAD_PATTERN_ALL_POS,     /* [layer, head] */
-    LENS_SWEEP_BLOCK_EVERY,                   /* [3, layer, pos]: resid_pre, attn_out, mlp_out */
-    LENS_SWEEP_ATTN_HEAD_ALL_POS_EVERY,       /* [5, layer, head]: out, q, k, v, pattern */
-    LENS_SWEEP_ATTN_HEAD_BY_POS_EVERY,        /* [5, layer, pos, head]: out, q, k, v, pattern
-                                                 (pattern by destination position) */
+    LENS_SWEEP_ATTN_HEAD_OUT_ALL_POS,          /* [layer, head] */
+    LENS_SWEEP_ATTN_HEAD_Q_ALL_POS,            /* [layer, head] */
+    LENS_SWEEP_ATTN_HEAD_K_ALL_POS,            /* [layer, head] */
+    LENS_SWEEP_ATTN_HEAD_V_ALL_POS,            /* [layer, head] */
+    LENS_SWEEP_ATTN_HEAD_PATTERN_ALL_POS,      /* [layer, head] */
+    LENS_SWEEP_BLOCK_EVERY,                    /* [3, layer, pos]: resid_pre, attn_out, mlp_out */
+    LENS_SWEEP_ATTN_HEAD_ALL_POS_EVERY,        /* [5, layer, head]: out, q, k, v, pattern */
+    LENS_SWEEP_ATTN_HEAD_BY_POS_EVERY,         /* [5, layer, pos, head]: out, q, k, v, pattern
+                                                  (pattern by destination position) */
     LENS_SWEEP_COUNT
 } lens_sweep;
 
@@ -55,8 +55,7 @@ int lens_sweep_parse(const char *name, lens_sweep *out);
 
 /* The output's axes for prompts of T positions: returns ndim (2 to 4) and
  * fills shape; *runs is the number of patched runs (TL's forward passes). */
-int lens_sweep_shape(const lens_config *cfg, lens_sweep sweep, int T, int64_t shape[4],
-                     long *runs);
+int lens_sweep_shape(const lens_config *cfg, lens_sweep sweep, int T, int64_t shape[4], long *runs);
 
 /* The axis names of the output, ndim of them ("component", "layer", "pos",
  * "head", "dest_pos", "src_pos"). */
@@ -77,16 +76,16 @@ typedef struct lens_patch_metric {
     const int32_t *answer;    /* [B] output ids, one per prompt */
     const int32_t *wrong;     /* [B] (logit difference only) */
     const int32_t *positions; /* [B] the position each prompt's metric reads */
-    bool normalize; /* (m - corrupted) / (clean - corrupted): corrupted 0, clean 1 */
+    bool normalize;           /* (m - corrupted) / (clean - corrupted): corrupted 0, clean 1 */
 } lens_patch_metric;
 
 typedef struct lens_patch_request {
     lens_sweep sweep;
     const lens_token_batch *clean, *corrupted; /* the same B and T */
     lens_patch_metric metric;
-    bool full_recompute; /* every patched run from the embeddings at every position (the
-                            reference path) instead of from its layer's corrupted residual
-                            stream at the positions it can change */
+    bool full_recompute;   /* every patched run from the embeddings at every position (the
+                              reference path) instead of from its layer's corrupted residual
+                              stream at the positions it can change */
     long max_batch_tokens; /* positions computed per pass; 0: LENS_PATCH_BATCH_TOKENS on the
                               CPU, as many as fit in a quarter of a GPU's free memory (up to
                               LENS_PATCH_MAX_BATCH_TOKENS) */
@@ -102,14 +101,14 @@ typedef struct lens_patch_request {
 typedef struct lens_patch_result {
     int ndim;
     int64_t shape[4];
-    float *values;   /* owned: the metric of each patched run, in TL's layout */
+    float *values; /* owned: the metric of each patched run, in TL's layout */
     double clean_metric, corrupted_metric; /* unpatched runs (before normalizing) */
-    long runs;       /* patched runs */
-    long unchanged_runs; /* of them, those whose patch is, for every prompt, what the
-                            corrupted run has there (bit for bit): each is the corrupted
-                            run, its value the corrupted metric, and it is not computed
-                            (lens_patch without full recomputation; else 0) */
-    long passes;     /* batched forward passes the others took */
+    long runs;                             /* patched runs */
+    long unchanged_runs;  /* of them, those whose patch is, for every prompt, what the
+                             corrupted run has there (bit for bit): each is the corrupted
+                             run, its value the corrupted metric, and it is not computed
+                             (lens_patch without full recomputation; else 0) */
+    long passes;          /* batched forward passes the others took */
     long block_positions; /* their work: positions computed x blocks they ran through,
                              summed over the passes (for lens_patch with full
                              recomputation, runs x prompts x T x n_layers) */
@@ -137,9 +136,9 @@ typedef struct lens_path_request {
     const int (*receivers)[2]; /* [n_receivers] {layer, head} */
     int n_receivers;
     lens_hook_kind receiver_input; /* LENS_HOOK_Q, LENS_HOOK_K or LENS_HOOK_V */
-    bool full_recompute;   /* both steps from the embeddings (else from the first layer
-                              each can change) */
-    long max_batch_tokens; /* as lens_patch_request's */
+    bool full_recompute;           /* both steps from the embeddings (else from the first layer
+                                      each can change) */
+    long max_batch_tokens;         /* as lens_patch_request's */
     int (*progress)(void *user, long done, long total);
     void *progress_user;
 } lens_path_request;

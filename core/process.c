@@ -125,8 +125,8 @@ static void center_rows(float *W, int N, int r0, int r1) {
 }
 
 /* b_O += sum over heads of b_V[h / group] @ W_O[h] (group query heads
- * share a value head); b_V = 0; b_O centred again when centring applies. Exact because every row of an attention pattern
- * sums to 1 (or the row is all zeros, where TL gives the same answer only up
+ * share a value head); b_V = 0; b_O centred again when centring applies. Exact because every row of
+ * an attention pattern sums to 1 (or the row is all zeros, where TL gives the same answer only up
  * to this bias; so does lensd). W_O is [hd, d]. */
 static void fold_value_bias(float *b_O, const float *W_O, float *b_V, int hd, int d, int dh,
                             int group, bool recenter) {
@@ -134,8 +134,7 @@ static void fold_value_bias(float *b_O, const float *W_O, float *b_V, int hd, in
         fold_bias(b_O, W_O, b_V, hd, d, 0, d);
     } else {
         for (int hi = 0; hi < hd / dh; hi++)
-            fold_bias(b_O, W_O + (size_t)hi * dh * d, b_V + (size_t)(hi / group) * dh, dh, d, 0,
-                      d);
+            fold_bias(b_O, W_O + (size_t)hi * dh * d, b_V + (size_t)(hi / group) * dh, dh, d, 0, d);
     }
     memset(b_V, 0, (size_t)(hd / group) * sizeof(float));
     if (recenter) center_rows(b_O, d, 0, 1);
@@ -276,7 +275,8 @@ static void drop_layer_norms(lens_model *m) {
         lw->ln1_w = lw->ln1_b = lw->ln2_w = lw->ln2_b = lw->mlp_ln_w = lw->mlp_ln_b = NULL;
     }
     m->w.ln_final_w = m->w.ln_final_b = NULL;
-    m->cfg.normalization = m->cfg.normalization == LENS_NORM_RMS ? LENS_NORM_RMSPRE : LENS_NORM_LNPRE;
+    m->cfg.normalization =
+        m->cfg.normalization == LENS_NORM_RMS ? LENS_NORM_RMSPRE : LENS_NORM_LNPRE;
 }
 
 static void center_writing_weights(lens_model *m, step *st) {

@@ -715,8 +715,8 @@ static size_t lens_st_out_nbytes(const lens_st_out *out) {
     return nbytes;
 }
 
-int lens_st_write(const char *path, const lens_st_out *tensors, size_t n,
-                  const lens_st_meta *meta, size_t n_meta, lens_err *err) {
+int lens_st_write(const char *path, const lens_st_out *tensors, size_t n, const lens_st_meta *meta,
+                  size_t n_meta, lens_err *err) {
     size_t hlen;
     char *header = lens_st_encode_header(tensors, n, meta, n_meta, &hlen, err);
     if (!header) {

@@ -62,7 +62,9 @@ void lk_close(lk_device *dev) {
     if (dev) dev->ops->close(dev);
 }
 
-lk_device *lk_cpu(void) { return lk_cpu_device(); }
+lk_device *lk_cpu(void) {
+    return lk_cpu_device();
+}
 
 void lk_device_describe(lk_device *dev, lk_device_info *info) {
     memset(info, 0, sizeof *info);
@@ -70,15 +72,21 @@ void lk_device_describe(lk_device *dev, lk_device_info *info) {
     info->host_memory = dev->host_memory;
 }
 
-bool lk_host_memory(const lk_device *dev) { return dev->host_memory; }
+bool lk_host_memory(const lk_device *dev) {
+    return dev->host_memory;
+}
 
-void *lk_alloc(lk_device *dev, size_t bytes) { return dev->ops->alloc(dev, bytes); }
+void *lk_alloc(lk_device *dev, size_t bytes) {
+    return dev->ops->alloc(dev, bytes);
+}
 
 void lk_free(lk_device *dev, void *ptr) {
     if (ptr) dev->ops->free(dev, ptr);
 }
 
-void *lk_host_alloc(lk_device *dev, size_t bytes) { return dev->ops->host_alloc(dev, bytes); }
+void *lk_host_alloc(lk_device *dev, size_t bytes) {
+    return dev->ops->host_alloc(dev, bytes);
+}
 
 void lk_host_free(lk_device *dev, void *ptr) {
     if (ptr) dev->ops->host_free(dev, ptr);
@@ -100,11 +108,17 @@ int lk_finish(lk_device *dev, char *why, size_t why_len) {
     return dev->ops->finish(dev, why, why_len);
 }
 
-bool lk_record_begin(lk_device *dev) { return dev->ops->record_begin(dev); }
+bool lk_record_begin(lk_device *dev) {
+    return dev->ops->record_begin(dev);
+}
 
-lk_graph *lk_record_end(lk_device *dev) { return dev->ops->record_end(dev); }
+lk_graph *lk_record_end(lk_device *dev) {
+    return dev->ops->record_end(dev);
+}
 
-void lk_graph_launch(lk_device *dev, lk_graph *graph) { dev->ops->graph_launch(dev, graph); }
+void lk_graph_launch(lk_device *dev, lk_graph *graph) {
+    dev->ops->graph_launch(dev, graph);
+}
 
 void lk_graph_free(lk_device *dev, lk_graph *graph) {
     if (graph) dev->ops->graph_free(dev, graph);
@@ -128,8 +142,8 @@ void lk_layernorm_pre(lk_device *dev, float *normalized, float *scale, const flo
     if (N > 0 && C > 0) dev->ops->layernorm_pre(dev, normalized, scale, inp, N, C, eps);
 }
 
-void lk_rmsnorm_pre(lk_device *dev, float *normalized, float *scale, const float *inp, int N,
-                    int C, float eps) {
+void lk_rmsnorm_pre(lk_device *dev, float *normalized, float *scale, const float *inp, int N, int C,
+                    float eps) {
     if (N > 0 && C > 0) dev->ops->rmsnorm_pre(dev, normalized, scale, inp, N, C, eps);
 }
 

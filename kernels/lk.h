@@ -87,8 +87,8 @@ enum {
 };
 
 typedef struct lk_cpu_info {
-    char name[64];   /* cpuid's brand string, "AMD EPYC 9B14"; "" where none */
-    char vendor[13]; /* "GenuineIntel", "AuthenticAMD" */
+    char name[64];               /* cpuid's brand string, "AMD EPYC 9B14"; "" where none */
+    char vendor[13];             /* "GenuineIntel", "AuthenticAMD" */
     int family, model, stepping; /* as /proc/cpuinfo numbers them */
     unsigned features;           /* LK_CPU_* */
 } lk_cpu_info;
@@ -278,8 +278,8 @@ void lk_layernorm_pre(lk_device *dev, float *normalized, float *scale, const flo
 /* The scaling half of RMSNorm, as TransformerLens splits it: for each row
  * of inp[N,C], normalized = x / scale with scale = sqrt(mean(x^2) + eps).
  * scale is [N]. normalized may alias inp. */
-void lk_rmsnorm_pre(lk_device *dev, float *normalized, float *scale, const float *inp, int N,
-                    int C, float eps);
+void lk_rmsnorm_pre(lk_device *dev, float *normalized, float *scale, const float *inp, int N, int C,
+                    float eps);
 
 /* out[N,C] = inp * w[C] + b[C] (b may be NULL). out may alias inp. */
 void lk_affine(lk_device *dev, float *out, const float *inp, const float *w, const float *b, int N,
@@ -353,14 +353,14 @@ typedef struct lk_query_rows {
 
 /* The masks TransformerLens applies to attention scores. */
 typedef struct lk_score_mask {
-    bool causal;        /* keys after the query are masked (-inf) */
-    int window;         /* causal only: keys at or before query - window are masked; 0 = none */
+    bool causal; /* keys after the query are masked (-inf) */
+    int window;  /* causal only: keys at or before query - window are masked; 0 = none */
     const uint8_t *attn_mask; /* [B, T] device, or NULL; causal only: pad keys are masked */
     const int32_t *tokens;    /* [B, T] device; read when pad_id >= 0 */
     int32_t pad_id;           /* keys holding this token get score pad_score; -1 = none */
     float pad_score;
-    float softcap;            /* > 0: unmasked scores become softcap * tanh(score / softcap) */
-    lk_query_rows queries;    /* NULL members: every position is a query */
+    float softcap;         /* > 0: unmasked scores become softcap * tanh(score / softcap) */
+    lk_query_rows queries; /* NULL members: every position is a query */
 } lk_score_mask;
 
 /* Scores (query rows, key columns) become scores / attn_scale (soft-capped

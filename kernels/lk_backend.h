@@ -41,9 +41,8 @@ typedef struct lk_ops {
                              const float *linear, size_t n);
     void (*scale)(lk_device *dev, float *x, size_t n, float factor);
     void (*softcap)(lk_device *dev, float *x, size_t n, float cap);
-    void (*rotary)(lk_device *dev, float *x, int N, int H, int dh, int rotary_dim,
-                   bool interleaved, const float *cos, const float *sin,
-                   const int32_t *positions);
+    void (*rotary)(lk_device *dev, float *x, int N, int H, int dh, int rotary_dim, bool interleaved,
+                   const float *cos, const float *sin, const int32_t *positions);
     void (*solu)(lk_device *dev, float *out, const float *inp, int N, int C);
     void (*softmax_rows)(lk_device *dev, float *out, const float *inp, int N, int C);
     void (*embed)(lk_device *dev, float *tok_out, float *pos_out, const float *W_E,
@@ -57,8 +56,8 @@ typedef struct lk_ops {
     void (*matmul_columns)(lk_device *dev, float *out, const float *x, const float *W,
                            const float *bias, const int32_t *ids, int B, int P, int n, int C,
                            int V);
-    void (*splice_prefix)(lk_device *dev, float *out, const float *prefix,
-                          const float *computed, lk_query_rows q, int B, int P, int T, int C);
+    void (*splice_prefix)(lk_device *dev, float *out, const float *prefix, const float *computed,
+                          lk_query_rows q, int B, int P, int T, int C);
     void (*gather_rows)(lk_device *dev, float *out, const float *inp, const int32_t *rows, int n,
                         int C);
 } lk_ops;

@@ -17,9 +17,16 @@
 /* A model entry of the request body as srv_model_spec (strings borrowed
  * from body). Returns -1 with the field at fault in resp. */
 static int read_spec(json_t *body, srv_model_spec *spec, srv_response *resp) {
-    static const char *const known[] = {"name", "path", "id", "device", "dtype", "processing",
-                                        "use_attn_result", "use_split_qkv_input",
-                                        "use_hook_mlp_in", "use_attn_in"};
+    static const char *const known[] = {"name",
+                                        "path",
+                                        "id",
+                                        "device",
+                                        "dtype",
+                                        "processing",
+                                        "use_attn_result",
+                                        "use_split_qkv_input",
+                                        "use_hook_mlp_in",
+                                        "use_attn_in"};
     const char *key;
     json_t *value;
     json_object_foreach(body, key, value) {
@@ -58,7 +65,8 @@ static int read_spec(json_t *body, srv_model_spec *spec, srv_response *resp) {
                   "not implemented yet)");
         return -1;
     }
-    json_t *device = json_object_get(body, "device"), *processing = json_object_get(body, "processing");
+    json_t *device = json_object_get(body, "device"),
+           *processing = json_object_get(body, "processing");
     if (device && !json_is_string(device)) {
         srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "device",
                   "device must be \"cpu\", \"cuda\" or \"cuda:N\"");
@@ -84,15 +92,15 @@ static int read_spec(json_t *body, srv_model_spec *spec, srv_response *resp) {
             spec->load.processing = (int)flags;
         }
     }
-    static const char *const flags[] = {"use_attn_result", "use_split_qkv_input",
-                                        "use_hook_mlp_in", "use_attn_in"};
+    static const char *const flags[] = {"use_attn_result", "use_split_qkv_input", "use_hook_mlp_in",
+                                        "use_attn_in"};
     bool *targets[] = {&spec->load.use_attn_result, &spec->load.use_split_qkv_input,
                        &spec->load.use_hook_mlp_in, &spec->load.use_attn_in};
     for (int i = 0; i < 4; i++) {
         json_t *v = json_object_get(body, flags[i]);
         if (v && !json_is_boolean(v)) {
-            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", flags[i], "%s must be true or false",
-                      flags[i]);
+            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", flags[i],
+                      "%s must be true or false", flags[i]);
             return -1;
         }
         *targets[i] = json_is_true(v);
@@ -186,8 +194,8 @@ static void admin_load(srv_job *job) {
     lens_err err = {0};
     if (srv_load_model(&loaded, &spec, &err)) {
         srv_error(&job->response, err.code == LENS_ERR_NO_MEMORY ? 507 : 422,
-                  err.code == LENS_ERR_NO_MEMORY ? "insufficient_storage" : "unprocessable",
-                  "path", "%s", err.msg);
+                  err.code == LENS_ERR_NO_MEMORY ? "insufficient_storage" : "unprocessable", "path",
+                  "%s", err.msg);
         return;
     }
     pthread_rwlock_wrlock(&srv_d.models_lock);
@@ -249,7 +257,8 @@ static void admin_unload(srv_job *job) {
     pthread_rwlock_wrlock(&srv_d.models_lock);
     srv_model *m = NULL;
     for (int i = 0; i < srv_d.n_models && !m; i++)
-        if (srv_d.models[i].present && strcmp(srv_d.models[i].name, name) == 0) m = &srv_d.models[i];
+        if (srv_d.models[i].present && strcmp(srv_d.models[i].name, name) == 0)
+            m = &srv_d.models[i];
     if (m) m->present = false; /* no new requests find it */
     pthread_rwlock_unlock(&srv_d.models_lock);
     if (!m) {

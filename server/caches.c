@@ -128,7 +128,8 @@ static void *slice(const lens_st_out *t, int pos_axis, const int64_t *rows, int 
     for (int r = 0; out && r < n_rows; r++)
         for (size_t o = 0; o < outer; o++)
             for (size_t p = 0; p < P; p++) {
-                size_t from = (((size_t)rows[r] * outer + o) * len + (pos ? (size_t)pos[p] : p)) * inner;
+                size_t from =
+                    (((size_t)rows[r] * outer + o) * len + (pos ? (size_t)pos[p] : p)) * inner;
                 memcpy(to, (const char *)t->data + from, inner);
                 to += inner;
             }
@@ -165,15 +166,15 @@ static srv_answer *get_tensor(kept *k, const char *name, const char *batch, cons
     }
     for (int i = 0; !batch && i < n_rows; i++)
         rows[i] = i;
-    if (positions && (pos_axis == 0 || parse_indices(positions, t->shape[pos_axis], pos, &n_pos,
-                                                     MAX_INDICES))) {
+    if (positions &&
+        (pos_axis == 0 || parse_indices(positions, t->shape[pos_axis], pos, &n_pos, MAX_INDICES))) {
         srv_error(resp, 422, "unprocessable", "positions",
                   "positions must be a comma list of positions of %s", name);
         goto out;
     }
     int64_t shape[LENS_MAX_DIMS];
-    void *data = slice(t, pos_axis ? pos_axis : 1, rows, n_rows, positions ? pos : NULL, n_pos,
-                       shape);
+    void *data =
+        slice(t, pos_axis ? pos_axis : 1, rows, n_rows, positions ? pos : NULL, n_pos, shape);
     a = calloc(1, sizeof *a);
     if (!data || !a || !(a->outs = calloc(1, sizeof *a->outs))) {
         free(data);

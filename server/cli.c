@@ -410,20 +410,18 @@ json_t *srv_model_info_json(const lens_model *m) {
     /* the newer families' settings, under HookedTransformerConfig's names */
     const bool rotary = c->positions == LENS_POS_ROTARY;
     json_object_update_new(
-        cfg, json_pack("{s:o, s:s, s:o, s:o, s:b, s:b, s:b, s:f, s:f, s:b, s:b}",
-                       "n_key_value_heads",
-                       c->n_kv_heads != c->n_heads ? json_integer(c->n_kv_heads) : json_null(),
-                       "positional_embedding_type", rotary ? "rotary" : "standard", "rotary_dim",
-                       rotary ? json_integer(c->rotary.dim) : json_null(), "rotary_base",
-                       rotary ? json_real(c->rotary.base) : json_null(), "rotary_adjacent_pairs",
-                       rotary && c->rotary.interleaved, "gated_mlp", c->gated_mlp,
-                       "parallel_attn_mlp", c->parallel_attn_mlp, "attn_scores_soft_cap",
-                       c->attn_softcap > 0 ? (double)c->attn_softcap : -1.0,
-                       "output_logits_soft_cap",
-                       c->logit_softcap > 0 ? (double)c->logit_softcap : -1.0,
-                       "use_normalization_before_and_after",
-                       c->norm_placement == LENS_NORM_SANDWICH, "use_qk_norm",
-                       c->qk_norm != LENS_QK_NORM_NONE));
+        cfg,
+        json_pack("{s:o, s:s, s:o, s:o, s:b, s:b, s:b, s:f, s:f, s:b, s:b}", "n_key_value_heads",
+                  c->n_kv_heads != c->n_heads ? json_integer(c->n_kv_heads) : json_null(),
+                  "positional_embedding_type", rotary ? "rotary" : "standard", "rotary_dim",
+                  rotary ? json_integer(c->rotary.dim) : json_null(), "rotary_base",
+                  rotary ? json_real(c->rotary.base) : json_null(), "rotary_adjacent_pairs",
+                  rotary && c->rotary.interleaved, "gated_mlp", c->gated_mlp, "parallel_attn_mlp",
+                  c->parallel_attn_mlp, "attn_scores_soft_cap",
+                  c->attn_softcap > 0 ? (double)c->attn_softcap : -1.0, "output_logits_soft_cap",
+                  c->logit_softcap > 0 ? (double)c->logit_softcap : -1.0,
+                  "use_normalization_before_and_after", c->norm_placement == LENS_NORM_SANDWICH,
+                  "use_qk_norm", c->qk_norm != LENS_QK_NORM_NONE));
     json_t *hooks = json_array();
     void *visit[2] = {hooks, (void *)c};
     lens_hook_foreach(c, add_hook_json, visit);
@@ -436,11 +434,11 @@ json_t *srv_model_info_json(const lens_model *m) {
     if (dev.host_memory && device) json_object_update_new(device, srv_host_json());
     return json_pack("{s:s, s:s, s:o, s:o, s:s, s:{s:i, s:i, s:i, s:b, s:b}, s:I, s:I, s:o}",
                      "name", m->name, "source", m->source, "device", device, "config", cfg,
-                     "processing", processing,
-                     "tokens", "bos_id", m->rules.bos_id, "eos_id", m->rules.eos_id, "pad_id",
-                     m->rules.pad_id, "append_eos", m->rules.append_eos, "mask_pad_keys",
-                     m->rules.mask_pad_keys, "n_params", (json_int_t)m->n_weight_floats,
-                     "nonfinite_weights", (json_int_t)m->n_nonfinite_weights, "hook_points", hooks);
+                     "processing", processing, "tokens", "bos_id", m->rules.bos_id, "eos_id",
+                     m->rules.eos_id, "pad_id", m->rules.pad_id, "append_eos", m->rules.append_eos,
+                     "mask_pad_keys", m->rules.mask_pad_keys, "n_params",
+                     (json_int_t)m->n_weight_floats, "nonfinite_weights",
+                     (json_int_t)m->n_nonfinite_weights, "hook_points", hooks);
 }
 
 static int cmd_info(cli_opts *o, lens_err *err) {
@@ -470,8 +468,8 @@ static int cmd_run(cli_opts *o, lens_err *err) {
     char processing[256];
     lens_processing_names(m->processing, processing, sizeof processing);
     fprintf(stderr, "lensd: model %s, weight processing: %s\n", m->name, processing);
-    int rc = srv_test_prompt(m, &ws, o->rows[0].text, o->answers, o->n_answers, &opts, stdout,
-                             NULL, err);
+    int rc = srv_test_prompt(m, &ws, o->rows[0].text, o->answers, o->n_answers, &opts, stdout, NULL,
+                             err);
     lens_workspace_free(&ws);
     free_model(m);
     return rc;

@@ -30,18 +30,18 @@ typedef struct srv_model_spec {
 } srv_model_spec;
 
 typedef struct srv_limits {
-    size_t max_body_bytes;       /* request body; default 8 MiB; >= 1 */
-    int max_prompts;             /* prompts per request; default 64; >= 1 */
-    int max_tokens;              /* tokens per prompt; 0 = the model's n_ctx (default) */
-    size_t max_response_bytes;   /* activations in one response; default 1 GiB; >= 1 */
-    size_t max_kept_cache_bytes; /* all kept caches together; default 2 GiB; 0 = keep none */
-    double kept_cache_ttl_s;     /* seconds a kept cache lives unused; default 600; > 0 */
-    int queue_length;            /* waiting jobs per model; default 256; >= 1 */
-    double request_timeout_s;    /* seconds; default 300; > 0 */
-    double shutdown_timeout_s;   /* SIGTERM to exit, at most; default 30; > 0 */
-    int requests_per_minute;     /* per token; 0 = unlimited (default) */
-    int max_patch_tokens;        /* patched runs x prompts x tokens in one sweep; default 20M */
-    int max_generate_tokens;     /* token positions one generate runs; default 1M */
+    size_t max_body_bytes;          /* request body; default 8 MiB; >= 1 */
+    int max_prompts;                /* prompts per request; default 64; >= 1 */
+    int max_tokens;                 /* tokens per prompt; 0 = the model's n_ctx (default) */
+    size_t max_response_bytes;      /* activations in one response; default 1 GiB; >= 1 */
+    size_t max_kept_cache_bytes;    /* all kept caches together; default 2 GiB; 0 = keep none */
+    double kept_cache_ttl_s;        /* seconds a kept cache lives unused; default 600; > 0 */
+    int queue_length;               /* waiting jobs per model; default 256; >= 1 */
+    double request_timeout_s;       /* seconds; default 300; > 0 */
+    double shutdown_timeout_s;      /* SIGTERM to exit, at most; default 30; > 0 */
+    int requests_per_minute;        /* per token; 0 = unlimited (default) */
+    int max_patch_tokens;           /* patched runs x prompts x tokens in one sweep; default 20M */
+    int max_generate_tokens;        /* token positions one generate runs; default 1M */
     int max_connections_per_client; /* open connections from one address; default 256 */
 } srv_limits;
 

@@ -48,7 +48,7 @@ typedef enum srv_job_kind {
     SRV_JOB_RUN_WITH_HOOKS,
     SRV_JOB_GENERATE,
     SRV_JOB_PATCH,
-    SRV_JOB_ADMIN_LOAD,   /* admin.c, not an executor */
+    SRV_JOB_ADMIN_LOAD, /* admin.c, not an executor */
     SRV_JOB_ADMIN_UNLOAD,
 } srv_job_kind;
 
@@ -63,7 +63,7 @@ typedef struct srv_job {
     const char *accept; /* the chosen response type */
     struct MHD_Connection *connection;
     const srv_token *token; /* the caller's (NULL without access control) */
-    double submitted_s; /* CLOCK_MONOTONIC, when the scheduler took it */
+    double submitted_s;     /* CLOCK_MONOTONIC, when the scheduler took it */
     srv_response response;
     struct srv_job *next;
 } srv_job;
@@ -73,18 +73,18 @@ typedef struct srv_job {
  * job points at it any more (jobs_out 0), so a job's pointer stays valid. */
 struct srv_model {
     char *name;
-    bool present;   /* loaded and answering; false once unloaded */
+    bool present;        /* loaded and answering; false once unloaded */
     atomic_int jobs_out; /* jobs routed to it and not yet answered */
     bool reusable;       /* unloaded: its executor stopped, its model freed */
-    bool owns_name; /* loaded at run time (name allocated) */
+    bool owns_name;      /* loaded at run time (name allocated) */
     lens_model *model;
-    char *info_json;        /* GET /v1/models/{name}, made at load */
-    char *summary_json;     /* its entry in GET /v1/models */
-    lens_workspace ws;      /* the executor's */
+    char *info_json;    /* GET /v1/models/{name}, made at load */
+    char *summary_json; /* its entry in GET /v1/models */
+    lens_workspace ws;  /* the executor's */
     pthread_t executor;
-    pthread_mutex_t lock;   /* guards the queue */
+    pthread_mutex_t lock; /* guards the queue */
     pthread_cond_t wake;
-    srv_job *head, *tail;   /* waiting jobs */
+    srv_job *head, *tail; /* waiting jobs */
     int queued;
     bool stopping;
     bool busy;
@@ -93,11 +93,11 @@ struct srv_model {
 /* The daemon. One per process. */
 typedef struct srv_daemon {
     srv_config cfg;
-    srv_auth *auth; /* NULL: no access control */
+    srv_auth *auth;    /* NULL: no access control */
     srv_model *models; /* [cap_models]; slots 0..n_models-1 used, present or unloaded */
     int n_models, cap_models;
     pthread_rwlock_t models_lock; /* held to read or change which models are present */
-    int ready; /* models loaded */
+    int ready;                    /* models loaded */
     struct MHD_Daemon *http;
     char web_root[4096]; /* realpath of cfg.web_dir, "" for none */
     volatile int draining;

@@ -229,8 +229,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
 
 /* Checks the bearer token and the rate limit of a /v1/ request. Returns 0,
  * or -1 with the refusal in resp. */
-static int check_access(struct MHD_Connection *c, const char *url, request *r,
-                        srv_response *resp) {
+static int check_access(struct MHD_Connection *c, const char *url, request *r, srv_response *resp) {
     if (!srv_d.auth || strncmp(url, "/v1/", 4) != 0) return 0;
     char address[64];
     client_address(c, address, sizeof address);
@@ -333,7 +332,8 @@ static const char *choose_accept(const char *accept) {
     static const char *const offered[] = {"application/json", "application/vnd.safetensors",
                                           "application/x-npy"};
     for (const char *p = accept; *p;) {
-        while (*p == ' ' || *p == ',') p++;
+        while (*p == ' ' || *p == ',')
+            p++;
         size_t n = strcspn(p, ",;");
         for (size_t i = 0; i < sizeof offered / sizeof offered[0]; i++)
             if (n == strlen(offered[i]) && strncmp(p, offered[i], n) == 0) return offered[i];
@@ -341,15 +341,15 @@ static const char *choose_accept(const char *accept) {
             (n == 13 && strncmp(p, "application/*", 13) == 0))
             return "application/json";
         p += n;
-        while (*p && *p != ',') p++;
+        while (*p && *p != ',')
+            p++;
     }
     return NULL;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls) {
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls) {
     (void)cls;
     (void)version;
     request *r = *con_cls;
@@ -375,7 +375,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         }
         if (r->len + n + 1 > r->cap) {
             size_t cap = (r->len + n + 1) * 2;
-            if (cap > srv_d.cfg.limits.max_body_bytes + 1) cap = srv_d.cfg.limits.max_body_bytes + 1;
+            if (cap > srv_d.cfg.limits.max_body_bytes + 1)
+                cap = srv_d.cfg.limits.max_body_bytes + 1;
             char *grown = realloc(r->body, cap);
             if (!grown) return MHD_NO;
             r->body = grown;
@@ -405,8 +406,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         static_file(method, url, &resp);
         return send_response(c, r, &resp);
     }
-    const char *accept =
-        choose_accept(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Accept"));
+    const char *accept = choose_accept(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Accept"));
     if (!accept) {
         srv_error(&resp, MHD_HTTP_NOT_ACCEPTABLE, "not_acceptable", NULL,
                   "lensd answers application/json, application/vnd.safetensors or "

@@ -96,10 +96,14 @@ static void print_host_info(FILE *f) {
     lk_cpu_feature_list(h->cpu.features, features, sizeof features);
     snprintf(threads, sizeof threads, "%d", h->blas.threads);
     const char *labels[][2] = {
-        {"cpu", h->cpu.name},          {"features", features},
-        {"blas", h->blas.library},     {"blas_version", h->blas.version},
-        {"blas_kernel", h->blas.kernel}, {"blas_kernel_choice", h->kernel_choice},
-        {"blas_threads", threads},     {"self_check", h->self_check},
+        {"cpu", h->cpu.name},
+        {"features", features},
+        {"blas", h->blas.library},
+        {"blas_version", h->blas.version},
+        {"blas_kernel", h->blas.kernel},
+        {"blas_kernel_choice", h->kernel_choice},
+        {"blas_threads", threads},
+        {"self_check", h->self_check},
         {"gemm_kernel", lk_gemm_name(h->gemm)},
     };
     fputs("# HELP lensd_cpu_info The CPU and the BLAS library, version, kernel and threads the "
@@ -125,8 +129,7 @@ static void print_histogram(FILE *f, const char *name, const char *route, const 
             fprintf(f, "%s_bucket{%s%s%sle=\"%g\"} %llu\n", name, open, label, close, buckets[i],
                     cumulative);
         else
-            fprintf(f, "%s_bucket{%s%s%sle=\"+Inf\"} %llu\n", name, open, label, close,
-                    cumulative);
+            fprintf(f, "%s_bucket{%s%s%sle=\"+Inf\"} %llu\n", name, open, label, close, cumulative);
     }
     if (route)
         fprintf(f, "%s_sum{route=\"%s\"} %g\n%s_count{route=\"%s\"} %llu\n", name, route, h->sum,
@@ -179,8 +182,9 @@ char *srv_metrics_text(size_t *len) {
                 dev.name, bytes);
     }
     pthread_rwlock_unlock(&srv_d.models_lock);
-    fprintf(f, "# HELP lensd_kept_cache_bytes Bytes of caches kept for later queries.\n"
-               "# TYPE lensd_kept_cache_bytes gauge\nlensd_kept_cache_bytes %zu\n",
+    fprintf(f,
+            "# HELP lensd_kept_cache_bytes Bytes of caches kept for later queries.\n"
+            "# TYPE lensd_kept_cache_bytes gauge\nlensd_kept_cache_bytes %zu\n",
             srv_caches_bytes());
     print_host_info(f);
     fclose(f);

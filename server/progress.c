@@ -70,8 +70,8 @@ srv_progress *srv_progress_begin(const char *id, const char *owner,
     pthread_mutex_lock(&lock);
     if (id && find_locked(id, strlen(id), owner, NULL)) {
         pthread_mutex_unlock(&lock);
-        srv_error(resp, 409, "conflict", "progress_id", "progress_id \"%s\" is in use by a running job",
-                  id);
+        srv_error(resp, 409, "conflict", "progress_id",
+                  "progress_id \"%s\" is in use by a running job", id);
         return NULL;
     }
     for (int i = 0; i < MAX_JOBS && !p; i++)
@@ -109,7 +109,9 @@ bool srv_progress_update(srv_progress *p, long done, long total) {
 
 srv_stop srv_progress_stopped(const srv_progress *p) {
     pthread_mutex_lock(&lock);
-    const srv_stop why = p->cancelled ? SRV_STOP_CANCELLED : p->gone ? SRV_STOP_CLIENT_GONE : SRV_STOP_NONE;
+    const srv_stop why = p->cancelled ? SRV_STOP_CANCELLED
+                         : p->gone    ? SRV_STOP_CLIENT_GONE
+                                      : SRV_STOP_NONE;
     pthread_mutex_unlock(&lock);
     return why;
 }

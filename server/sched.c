@@ -134,8 +134,8 @@ static void take_inbox(uv_async_t *handle) {
                           "the server is shutting down");
             else
                 srv_error(&job->response, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
-                          "model %s has %d requests waiting, its limit; try again shortly",
-                          m->name, limit);
+                          "model %s has %d requests waiting, its limit; try again shortly", m->name,
+                          limit);
             job->response.retry_after_s = 1;
             finish(job);
         }

@@ -87,8 +87,8 @@ static void choose_gemm_kernel(void) {
         if (strcasecmp(asked, lk_gemm_name(k)) != 0) continue;
         if (k <= best) {
             host.gemm = k;
-            snprintf(host.gemm_choice, sizeof host.gemm_choice,
-                     "set by LENSD_GEMM_KERNEL=%s", asked);
+            snprintf(host.gemm_choice, sizeof host.gemm_choice, "set by LENSD_GEMM_KERNEL=%s",
+                     asked);
         } else {
             snprintf(host.gemm_choice, sizeof host.gemm_choice,
                      "the best this CPU runs; it cannot run LENSD_GEMM_KERNEL=%s", asked);
@@ -196,14 +196,13 @@ json_t *srv_host_json(void) {
     for (unsigned bit = 1; features && lk_cpu_feature_name(bit); bit <<= 1)
         if (host.cpu.features & bit)
             json_array_append_new(features, json_string(lk_cpu_feature_name(bit)));
-    return json_pack("{s:{s:s, s:s, s:i, s:i, s:i, s:o*}, s:{s:s, s:s, s:s, s:s, s:s, s:i, s:s}, "
-                     "s:{s:s, s:s, s:i}}",
-                     "cpu", "name", host.cpu.name, "vendor", host.cpu.vendor, "family",
-                     host.cpu.family, "model", host.cpu.model, "stepping", host.cpu.stepping,
-                     "features", features, "blas", "library", host.blas.library, "version",
-                     host.blas.version, "kernel", host.blas.kernel, "kernel_choice",
-                     host.kernel_choice, "threading", host.blas.threading, "threads",
-                     host.blas.threads, "self_check", host.self_check, "gemm", "kernel",
-                     lk_gemm_name(host.gemm), "choice", host.gemm_choice,
-                     "max_rows", lk_gemm_max_rows(host.gemm));
+    return json_pack(
+        "{s:{s:s, s:s, s:i, s:i, s:i, s:o*}, s:{s:s, s:s, s:s, s:s, s:s, s:i, s:s}, "
+        "s:{s:s, s:s, s:i}}",
+        "cpu", "name", host.cpu.name, "vendor", host.cpu.vendor, "family", host.cpu.family, "model",
+        host.cpu.model, "stepping", host.cpu.stepping, "features", features, "blas", "library",
+        host.blas.library, "version", host.blas.version, "kernel", host.blas.kernel,
+        "kernel_choice", host.kernel_choice, "threading", host.blas.threading, "threads",
+        host.blas.threads, "self_check", host.self_check, "gemm", "kernel", lk_gemm_name(host.gemm),
+        "choice", host.gemm_choice, "max_rows", lk_gemm_max_rows(host.gemm));
 }

@@ -44,8 +44,10 @@ json_t *srv_tensor_json(lens_dtype dtype, int ndim, const int64_t *shape, const 
                           : (dtype == LENS_F32 ? srv_json_float(*(const float *)data)
                                                : json_integer(*(const int64_t *)data));
     return json_pack("{s:o, s:s, s:o}", "shape", dims, "dtype",
-                     dtype == LENS_F32 ? "float32" : dtype == LENS_I32 ? "int32" : "int64", "data",
-                     values);
+                     dtype == LENS_F32   ? "float32"
+                     : dtype == LENS_I32 ? "int32"
+                                         : "int64",
+                     "data", values);
 }
 
 /* IEEE half from float, rounding to nearest even. */
@@ -61,7 +63,8 @@ static uint16_t half_of(float f) {
     if (e <= 0) {
         if (e < -10) return (uint16_t)sign;
         mant |= 0x800000u;
-        uint32_t shift = (uint32_t)(14 - e), half = mant >> shift, rest = mant & ((1u << shift) - 1);
+        uint32_t shift = (uint32_t)(14 - e), half = mant >> shift,
+                 rest = mant & ((1u << shift) - 1);
         uint32_t halfway = 1u << (shift - 1);
         if (rest > halfway || (rest == halfway && (half & 1))) half++;
         return (uint16_t)(sign | half);
@@ -77,7 +80,7 @@ typedef struct stream {
     struct {
         const char *data;
         size_t len;
-    } *parts; /* the header, then each tensor */
+    } * parts; /* the header, then each tensor */
     int n_parts;
     size_t total;
     void (*release)(void *);
@@ -154,7 +157,8 @@ static void safetensors_response(srv_response *resp, const lens_st_out *tensors,
     }
     s->release = release;
     s->owner = owner;
-    resp->stream = MHD_create_response_from_callback(s->total, 1 << 20, stream_read, s, stream_free);
+    resp->stream =
+        MHD_create_response_from_callback(s->total, 1 << 20, stream_read, s, stream_free);
     if (!resp->stream) {
         stream_free(s);
         srv_error(resp, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", NULL, "out of memory");
@@ -169,8 +173,8 @@ static void safetensors_response(srv_response *resp, const lens_st_out *tensors,
 static void npy_response(srv_response *resp, const lens_st_out *t) {
     const char *descr = t->dtype == LENS_F32 ? "<f4" : t->dtype == LENS_F16 ? "<f2" : "<i8";
     char dict[256];
-    int len = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (",
-                       descr);
+    int len =
+        snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (", descr);
     for (int i = 0; i < t->ndim; i++)
         len += snprintf(dict + len, sizeof dict - (size_t)len, "%lld,%s", (long long)t->shape[i],
                         i + 1 < t->ndim ? " " : "");
@@ -196,7 +200,6 @@ static void npy_response(srv_response *resp, const lens_st_out *t) {
     resp->body = body;
     resp->body_len = padded + bytes;
 }
-
 
 /* A new answer with room for the model's hook points and 8 more tensors. */
 srv_answer *srv_answer_new(const lens_config *c) {
@@ -224,14 +227,13 @@ void srv_answer_free(void *p) {
 }
 
 void srv_answer_add(srv_answer *a, const char *name, lens_dtype dtype, int ndim,
-                       const int64_t *shape, const void *data) {
+                    const int64_t *shape, const void *data) {
     lens_st_out *o = &a->outs[a->n++];
     *o = (lens_st_out){name, dtype, ndim, {0}, data};
     memcpy(o->shape, shape, (size_t)ndim * sizeof *shape);
 }
 
-void srv_answer_send(const char *accept, srv_response *resp, srv_answer *a,
-                              json_t *fields) {
+void srv_answer_send(const char *accept, srv_response *resp, srv_answer *a, json_t *fields) {
     size_t bytes = 0;
     for (int i = 0; i < a->n; i++) {
         size_t b = lens_dtype_size(a->outs[i].dtype);
@@ -303,7 +305,6 @@ int srv_answer_add_tokens(srv_answer *a) {
     return 0;
 }
 
-
 void srv_answer_to_half(srv_answer *a) {
     for (int i = 0; i < a->n; i++) {
         lens_st_out *o = &a->outs[i];
@@ -312,7 +313,8 @@ void srv_answer_to_half(srv_answer *a) {
         for (int d = 0; d < o->ndim; d++)
             numel *= (size_t)o->shape[d];
         const float *src = o->data;
-        uint16_t *dst = (uint16_t *)(void *)src; /* in place: each half is written after its float is read */
+        uint16_t *dst =
+            (uint16_t *)(void *)src; /* in place: each half is written after its float is read */
         for (size_t k = 0; k < numel; k++)
             dst[k] = half_of(src[k]);
         o->dtype = LENS_F16;
@@ -344,8 +346,8 @@ int srv_answer_select_rows(srv_answer *a, const int64_t *rows, int n_rows) {
         char *kept = malloc((size_t)n_rows * row_bytes + 1);
         if (!kept) return -1;
         for (int r = 0; r < n_rows; r++)
-            memcpy(kept + (size_t)r * row_bytes, (const char *)t->data + (size_t)rows[r] * row_bytes,
-                   row_bytes);
+            memcpy(kept + (size_t)r * row_bytes,
+                   (const char *)t->data + (size_t)rows[r] * row_bytes, row_bytes);
         a->owned[a->n_owned++] = kept;
         t->data = kept;
         t->shape[0] = n_rows;

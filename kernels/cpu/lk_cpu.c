@@ -85,8 +85,8 @@ void lk_host_copy(void *dst, const void *src, size_t bytes) {
     }
 }
 
-static void cpu_matmul(lk_device *dev, float *out, int ldo, const float *a, int lda, const float *b, int ldb,
-               const float *bias, int M, int K, int N, bool accumulate) {
+static void cpu_matmul(lk_device *dev, float *out, int ldo, const float *a, int lda, const float *b,
+                       int ldb, const float *bias, int M, int K, int N, bool accumulate) {
     // out is (M,N), a is (M,K), b is (K,N), bias is (N)
     if (M == 0 || N == 0) return;
     const lk_gemm_kernel own = lk_gemm_chosen();
@@ -113,17 +113,17 @@ static void cpu_matmul(lk_device *dev, float *out, int ldo, const float *a, int 
     }
 }
 
-static void cpu_matmul_batched(lk_device *dev, float *out, int ldo, size_t out_step, const float *a, int lda, size_t a_step,
-                       const float *b, int ldb, size_t b_step, bool b_transposed, int M, int K,
-                       int N, int count) {
+static void cpu_matmul_batched(lk_device *dev, float *out, int ldo, size_t out_step, const float *a,
+                               int lda, size_t a_step, const float *b, int ldb, size_t b_step,
+                               bool b_transposed, int M, int K, int N, int count) {
     if (M == 0 || N == 0 || count == 0) return;
     const lk_gemm_kernel own = lk_gemm_chosen();
     if (K > 0 && M <= lk_gemm_max_rows(own)) {
         // across the products when there are enough of them to share out evenly; else one after
         // another, each threaded over its columns (a head of a prompt at a time, as the
         // forward of a model without grouped heads asks)
-        const bool across = count >= 4 * omp_get_max_threads() &&
-                            (size_t)M * N * K * count >= ((size_t)4 << 20);
+        const bool across =
+            count >= 4 * omp_get_max_threads() && (size_t)M * N * K * count >= ((size_t)4 << 20);
 #pragma omp parallel for schedule(dynamic) if (across)
         for (int i = 0; i < count; i++)
             lk_gemm_matmul(own, out + i * out_step, ldo, a + i * a_step, lda, b + i * b_step, ldb,
@@ -138,7 +138,8 @@ static void cpu_matmul_batched(lk_device *dev, float *out, int ldo, size_t out_s
     // (12 heads of 16 tokens, even 8 prompts of them) waking a second thread
     // costs more than it saves.
     const int blas_threads = openblas_get_num_threads();
-    const int loop_threads = (size_t)M * N * K * count >= ((size_t)4 << 20) ? omp_get_max_threads() : 1;
+    const int loop_threads =
+        (size_t)M * N * K * count >= ((size_t)4 << 20) ? omp_get_max_threads() : 1;
     openblas_set_num_threads(1);
 #pragma omp parallel for schedule(dynamic) num_threads(loop_threads)
     for (int i = 0; i < count; i++) {
@@ -148,7 +149,8 @@ static void cpu_matmul_batched(lk_device *dev, float *out, int ldo, size_t out_s
     openblas_set_num_threads(blas_threads);
 }
 
-static void cpu_layernorm_pre(lk_device *dev, float *normalized, float *scale, const float *inp, int N, int C, float eps) {
+static void cpu_layernorm_pre(lk_device *dev, float *normalized, float *scale, const float *inp,
+                              int N, int C, float eps) {
     // inp, normalized are (N,C); scale is (N)
 #pragma omp parallel for if ((size_t)N * C > 16384)
     for (int i = 0; i < N; i++) {
@@ -170,8 +172,8 @@ static void cpu_layernorm_pre(lk_device *dev, float *normalized, float *scale, c
     }
 }
 
-static void cpu_rmsnorm_pre(lk_device *dev, float *normalized, float *scale, const float *inp, int N,
-                            int C, float eps) {
+static void cpu_rmsnorm_pre(lk_device *dev, float *normalized, float *scale, const float *inp,
+                            int N, int C, float eps) {
     // inp, normalized are (N,C); scale is (N)
 #pragma omp parallel for if ((size_t)N * C > 16384)
     for (int i = 0; i < N; i++) {
@@ -187,7 +189,8 @@ static void cpu_rmsnorm_pre(lk_device *dev, float *normalized, float *scale, con
     }
 }
 
-static void cpu_affine(lk_device *dev, float *out, const float *inp, const float *w, const float *b, int N, int C) {
+static void cpu_affine(lk_device *dev, float *out, const float *inp, const float *w, const float *b,
+                       int N, int C) {
 #pragma omp parallel for if ((size_t)N * C > 16384)
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * C;
@@ -298,11 +301,16 @@ VECTOR_CLONES static void silu(float *out, const float *inp, size_t n) {
 
 static activation_block *activation_of(lk_act act) {
     switch (act) {
-    case LK_RELU: return relu;
-    case LK_GELU: return gelu;
-    case LK_GELU_NEW: return gelu_new;
-    case LK_GELU_FAST: return gelu_fast;
-    case LK_SILU: return silu;
+    case LK_RELU:
+        return relu;
+    case LK_GELU:
+        return gelu;
+    case LK_GELU_NEW:
+        return gelu_new;
+    case LK_GELU_FAST:
+        return gelu_fast;
+    case LK_SILU:
+        return silu;
     }
     return relu;
 }
@@ -461,8 +469,8 @@ static void cpu_mask_scores(lk_device *dev, float *scores, int B, int H, int T, 
             for (int qi = q0; qi < T; qi++) {
                 float *sq = s + (size_t)(qi - q0) * T;
                 // the keys [lo, hi) that the causal mask and the window leave
-                const int lo = mk.causal && mk.window > 0 && qi - mk.window + 1 > 0
-                                   ? qi - mk.window + 1 : 0;
+                const int lo =
+                    mk.causal && mk.window > 0 && qi - mk.window + 1 > 0 ? qi - mk.window + 1 : 0;
                 const int hi = mk.causal ? qi + 1 : T;
                 scale_scores(sq + lo, hi - lo, attn_scale, mk.softcap);
                 for (int ki = 0; ki < lo; ki++)
@@ -556,19 +564,29 @@ static void cpu_describe(lk_device *dev, lk_device_info *info) {
     snprintf(info->name, sizeof info->name, "cpu (%d cores)", omp_get_num_procs());
 }
 
-static void *cpu_alloc(lk_device *dev, size_t bytes) { return lk_host_buffer(bytes); }
+static void *cpu_alloc(lk_device *dev, size_t bytes) {
+    return lk_host_buffer(bytes);
+}
 
-static void cpu_free(lk_device *dev, void *ptr) { free(ptr); }
+static void cpu_free(lk_device *dev, void *ptr) {
+    free(ptr);
+}
 
 static void cpu_copy(lk_device *dev, void *dst, const void *src, size_t bytes) {
     memcpy(dst, src, bytes);
 }
 
-static int cpu_finish(lk_device *dev, char *why, size_t why_len) { return 0; }
+static int cpu_finish(lk_device *dev, char *why, size_t why_len) {
+    return 0;
+}
 
-static bool cpu_record_begin(lk_device *dev) { return false; }
+static bool cpu_record_begin(lk_device *dev) {
+    return false;
+}
 
-static lk_graph *cpu_record_end(lk_device *dev) { return NULL; }
+static lk_graph *cpu_record_end(lk_device *dev) {
+    return NULL;
+}
 
 static void cpu_no_graph(lk_device *dev, lk_graph *graph) {}
 

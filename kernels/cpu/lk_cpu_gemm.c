@@ -50,14 +50,26 @@ static inline const char *rows_ahead(const float *p, int rows, int ld) {
  * constant, so that the tile is compiled apart (its accumulators unrolled
  * into registers) for each row count. */
 #define ROWS_1_TO_4(CALL)                                                                          \
-    case 4: CALL(4); break;                                                                        \
-    case 3: CALL(3); break;                                                                        \
-    case 2: CALL(2); break;                                                                        \
-    default: CALL(1); break;
+    case 4:                                                                                        \
+        CALL(4);                                                                                   \
+        break;                                                                                     \
+    case 3:                                                                                        \
+        CALL(3);                                                                                   \
+        break;                                                                                     \
+    case 2:                                                                                        \
+        CALL(2);                                                                                   \
+        break;                                                                                     \
+    default:                                                                                       \
+        CALL(1);                                                                                   \
+        break;
 #define ROWS_1_TO_6(CALL)                                                                          \
-    case 6: CALL(6); break;                                                                        \
-    case 5: CALL(5); break;                                                                        \
-    ROWS_1_TO_4(CALL)
+    case 6:                                                                                        \
+        CALL(6);                                                                                   \
+        break;                                                                                     \
+    case 5:                                                                                        \
+        CALL(5);                                                                                   \
+        break;                                                                                     \
+        ROWS_1_TO_4(CALL)
 
 /* One panel's block of k, given to a tile kernel. */
 typedef struct tile_job {
@@ -242,8 +254,8 @@ __attribute__((target("avx2,fma"))) static void tile_rows_avx2(int R, const tile
  * panel, the first tile copies the rows it reads there: the tiles then read it from L1 in
  * order, instead of reading rows that lie a page or more apart (N >= 1024)
  * and miss the TLB on every k. */
-static void run_panel(lk_gemm_kernel kernel, const tile_job *base, bool transposed, int M,
-                      int K, int j0, int w, const float *bias, float *packed) {
+static void run_panel(lk_gemm_kernel kernel, const tile_job *base, bool transposed, int M, int K,
+                      int j0, int w, const float *bias, float *packed) {
     const int mr = kernel == LK_GEMM_AVX512 ? MR_512 : MR_256;
     const int nr = kernel == LK_GEMM_AVX512 ? NR_512 : NR_256;
     for (int k0 = 0; k0 < K; k0 += KC) {
@@ -290,25 +302,30 @@ lk_gemm_kernel lk_gemm_best(const lk_cpu_info *cpu) {
     return LK_GEMM_OPENBLAS;
 #endif
     const unsigned avx2 = LK_CPU_AVX2 | LK_CPU_FMA;
-    if ((cpu->features & (avx2 | LK_CPU_AVX512F)) == (avx2 | LK_CPU_AVX512F))
-        return LK_GEMM_AVX512;
+    if ((cpu->features & (avx2 | LK_CPU_AVX512F)) == (avx2 | LK_CPU_AVX512F)) return LK_GEMM_AVX512;
     if ((cpu->features & avx2) == avx2) return LK_GEMM_AVX2;
     return LK_GEMM_OPENBLAS;
 }
 
 int lk_gemm_max_rows(lk_gemm_kernel kernel) {
     switch (kernel) {
-    case LK_GEMM_AVX512: return 512;
-    case LK_GEMM_AVX2: return 8;
-    default: return 0;
+    case LK_GEMM_AVX512:
+        return 512;
+    case LK_GEMM_AVX2:
+        return 8;
+    default:
+        return 0;
     }
 }
 
 const char *lk_gemm_name(lk_gemm_kernel kernel) {
     switch (kernel) {
-    case LK_GEMM_AVX512: return "avx512";
-    case LK_GEMM_AVX2: return "avx2";
-    default: return "openblas";
+    case LK_GEMM_AVX512:
+        return "avx512";
+    case LK_GEMM_AVX2:
+        return "avx2";
+    default:
+        return "openblas";
     }
 }
 
@@ -338,10 +355,11 @@ void lk_gemm_matmul(lk_gemm_kernel kernel, float *out, int ldo, const float *a, 
 #if defined(__x86_64__)
     const int panel = kernel == LK_GEMM_AVX512 ? NR_512 : NR_256;
     const int units = (N + COLUMN_UNIT - 1) / COLUMN_UNIT;
-    int threads = (size_t)M * N * K >= THREADED_MIN && !omp_in_parallel() ? omp_get_max_threads() : 1;
+    int threads =
+        (size_t)M * N * K >= THREADED_MIN && !omp_in_parallel() ? omp_get_max_threads() : 1;
     if (threads > units) threads = units;
-    const tile_job base = {.a = a, .lda = lda, .b = b, .ldb = ldb, .c = out, .ldc = ldo,
-                           .load_c = accumulate};
+    const tile_job base = {
+        .a = a, .lda = lda, .b = b, .ldb = ldb, .c = out, .ldc = ldo, .load_c = accumulate};
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         const int t = omp_get_thread_num(), n = omp_get_num_threads();

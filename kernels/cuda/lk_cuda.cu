@@ -24,8 +24,8 @@ extern "C" {
 #include "kernels/lk_backend.h"
 }
 
-#define THREADS 256          /* threads per block, a multiple of 32 */
-#define MAX_BLOCKS 65535u    /* grid-stride kernels loop past this */
+#define THREADS 256       /* threads per block, a multiple of 32 */
+#define MAX_BLOCKS 65535u /* grid-stride kernels loop past this */
 #define WORKSPACE_BYTES ((size_t)32 << 20)
 
 struct lk_graph {
@@ -87,10 +87,14 @@ static void launch(cuda_device *d, const char *op, void (*kernel)(P...), unsigne
 /* ---- block reductions ------------------------------------------------- */
 
 struct Sum {
-    template <typename T> __device__ T operator()(T a, T b) const { return a + b; }
+    template <typename T> __device__ T operator()(T a, T b) const {
+        return a + b;
+    }
 };
 struct Max {
-    __device__ float operator()(float a, float b) const { return a > b ? a : b; }
+    __device__ float operator()(float a, float b) const {
+        return a > b ? a : b;
+    }
 };
 
 /* Reduces v over the block (warp shuffles, then across warps); every thread
@@ -311,8 +315,10 @@ __device__ int prompt_of_row(const int32_t *row, int B, size_t n) {
     int lo = 0, hi = B - 1;
     while (lo < hi) {
         const int mid = (lo + hi + 1) / 2;
-        if ((size_t)row[mid] <= n) lo = mid;
-        else hi = mid - 1;
+        if ((size_t)row[mid] <= n)
+            lo = mid;
+        else
+            hi = mid - 1;
     }
     return lo;
 }
@@ -345,9 +351,8 @@ __global__ void mask_scores_kernel(float *scores, int B, int H, int T, float att
 
 /* One block per output (b, j) of lk_matmul_columns: a dot product of x's row
  * with a (strided) column of W, summed in double. */
-__global__ void matmul_columns_kernel(float *out, const float *x, const float *W,
-                                      const float *bias, const int32_t *ids, int P, int n, int C,
-                                      int V) {
+__global__ void matmul_columns_kernel(float *out, const float *x, const float *W, const float *bias,
+                                      const int32_t *ids, int P, int n, int C, int V) {
     const size_t b = blockIdx.x / n, j = blockIdx.x % n;
     const size_t id = (size_t)ids[(b % P) * n + j];
     const float *xb = x + b * C;
@@ -455,8 +460,7 @@ static void cuda_upload(lk_device *dev, void *dst, const void *src, size_t bytes
 
 static void cuda_download(lk_device *dev, void *dst, const void *src, size_t bytes) {
     cuda_device *d = enter(dev);
-    check_cuda(d, "download",
-               cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, d->stream));
+    check_cuda(d, "download", cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, d->stream));
     check_cuda(d, "download", cudaStreamSynchronize(d->stream));
 }
 
@@ -531,8 +535,9 @@ static void cuda_matmul(lk_device *dev, float *out, int ldo, const float *a, int
     cuda_device *d = enter(dev);
     const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     if (K > 0)
-        check_blas(d, "matmul", cublasSgemm(d->blas, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &one, b,
-                                            ldb, a, lda, &beta, out, ldo));
+        check_blas(d, "matmul",
+                   cublasSgemm(d->blas, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &one, b, ldb, a, lda,
+                               &beta, out, ldo));
     else if (!accumulate)
         launch(d, "matmul", zero_kernel, blocks_for((size_t)M * N), out, ldo, (size_t)0, M, N,
                (size_t)M * N);
@@ -641,8 +646,7 @@ static void cuda_matmul_columns(lk_device *dev, float *out, const float *x, cons
 }
 
 static void cuda_splice_prefix(lk_device *dev, float *out, const float *prefix,
-                               const float *computed, lk_query_rows q, int B, int P, int T,
-                               int C) {
+                               const float *computed, lk_query_rows q, int B, int P, int T, int C) {
     const size_t total = (size_t)B * T * C;
     launch(enter(dev), "splice_prefix", splice_prefix_kernel, blocks_for(total), out, prefix,
            computed, q, P, T, C, total);
@@ -650,8 +654,7 @@ static void cuda_splice_prefix(lk_device *dev, float *out, const float *prefix,
 
 static void cuda_repeat_rows(lk_device *dev, float *out, const float *inp, int N, int R, int C) {
     const size_t total = (size_t)N * R * C;
-    launch(enter(dev), "repeat_rows", repeat_rows_kernel, blocks_for(total), out, inp, R, C,
-           total);
+    launch(enter(dev), "repeat_rows", repeat_rows_kernel, blocks_for(total), out, inp, R, C, total);
 }
 
 static void cuda_sum_groups(lk_device *dev, float *out, const float *inp, const float *bias, int N,

@@ -411,10 +411,9 @@ Test(gpu_kernels, matmul_thin) {
  * random products stay orders of magnitude under it. */
 Test(gpu_kernels, matmul_skinny) {
     NEED_GPU();
-    static const int shapes[][3] = {{1, 79, 771},    {2, 1000, 771},  {7, 3001, 771},
-                                    {16, 79, 5000},  {16, 1000, 5000}, {5, 700, 9001},
-                                    {16, 33, 33},    {128, 1000, 771}, {100, 79, 5000},
-                                    {128, 300, 9001}};
+    static const int shapes[][3] = {
+        {1, 79, 771},   {2, 1000, 771}, {7, 3001, 771},   {16, 79, 5000},  {16, 1000, 5000},
+        {5, 700, 9001}, {16, 33, 33},   {128, 1000, 771}, {100, 79, 5000}, {128, 300, 9001}};
     for (int i = 0; i < 10; i++) {
         const int M = shapes[i][0], K = shapes[i][1], N = shapes[i][2];
         for (int v = 0; v < 4; v++)
@@ -1056,12 +1055,12 @@ static void check_mask_scores(uint64_t seed, ms_case c) {
     pair pf = pair_new(SUFFIX_FIRST, sizeof SUFFIX_FIRST), pr = pair_new(row, sizeof row);
     EACH_SIDE(s) {
         lk_score_mask m = {.causal = c.causal,
-                                 .window = c.window,
-                                 .attn_mask = c.attn_mask ? U8(pm, s) : NULL,
-                                 .tokens = c.pad_id ? I32(pt, s) : NULL,
-                                 .pad_id = c.pad_id ? PAD_ID : -1,
-                                 .pad_score = -1e5f,
-                                 .softcap = c.softcap};
+                           .window = c.window,
+                           .attn_mask = c.attn_mask ? U8(pm, s) : NULL,
+                           .tokens = c.pad_id ? I32(pt, s) : NULL,
+                           .pad_id = c.pad_id ? PAD_ID : -1,
+                           .pad_score = -1e5f,
+                           .softcap = c.softcap};
         if (c.suffix) m.queries = (lk_query_rows){I32(pf, s), I32(pr, s), rows};
         lk_mask_scores(dev[s], F(po, s), PROMPTS, H, SEQ, sqrtf(D_HEAD), &m);
     }
@@ -1222,7 +1221,8 @@ Test(gpu_kernels, splice_prefix) {
     float *computed = randoms(&r, (size_t)rows * C, -1, 1), *img = out_image(n);
     poison(img, C, PROMPTS * SEQ, C);
 
-    pair pp = floats_pair(prefix, (size_t)P * SEQ * C), pc = floats_pair(computed, (size_t)rows * C);
+    pair pp = floats_pair(prefix, (size_t)P * SEQ * C),
+         pc = floats_pair(computed, (size_t)rows * C);
     pair pf = pair_new(SUFFIX_FIRST, sizeof SUFFIX_FIRST), pr = pair_new(row, sizeof row);
     pair po = out_pair(img, n);
     EACH_SIDE(s) {

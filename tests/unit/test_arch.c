@@ -23,16 +23,16 @@ static int read_config(const char *text, lens_config *c, lens_err *err) {
 }
 
 #define LLAMA_DIMS                                                                                 \
-    "\"hidden_size\": 64, \"num_hidden_layers\": 3, \"num_attention_heads\": 4, "                 \
-    "\"num_key_value_heads\": 2, \"intermediate_size\": 128, \"vocab_size\": 100, "             \
+    "\"hidden_size\": 64, \"num_hidden_layers\": 3, \"num_attention_heads\": 4, "                  \
+    "\"num_key_value_heads\": 2, \"intermediate_size\": 128, \"vocab_size\": 100, "                \
     "\"max_position_embeddings\": 32"
 
 Test(arch, every_family_is_found_by_name_or_model_type) {
-    const char *names[] = {"GPT2LMHeadModel",  "GPTNeoForCausalLM", "GPTJForCausalLM",
-                           "GPTNeoXForCausalLM", "PhiForCausalLM", "LlamaForCausalLM",
-                           "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-                           "GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM",
-                           "Olmo2ForCausalLM", "Phi3ForCausalLM"};
+    const char *names[] = {"GPT2LMHeadModel",    "GPTNeoForCausalLM", "GPTJForCausalLM",
+                           "GPTNeoXForCausalLM", "PhiForCausalLM",    "LlamaForCausalLM",
+                           "MistralForCausalLM", "Qwen2ForCausalLM",  "Qwen3ForCausalLM",
+                           "GemmaForCausalLM",   "Gemma2ForCausalLM", "Gemma3ForCausalLM",
+                           "Olmo2ForCausalLM",   "Phi3ForCausalLM"};
     lens_err err;
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         json_t *root = json_pack("{s:[s]}", "architectures", names[i]);
@@ -56,18 +56,20 @@ Test(arch, every_family_is_found_by_name_or_model_type) {
 Test(arch, llama3_rope_in_both_spellings) {
     lens_config flat, nested;
     lens_err err;
-    cr_assert_eq(read_config("{\"architectures\": [\"LlamaForCausalLM\"], " LLAMA_DIMS
-                             ", \"rope_theta\": 500000.0, \"rope_scaling\": {\"rope_type\": "
-                             "\"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, "
-                             "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 16}}",
-                             &flat, &err),
-                 0, "%s", err.msg);
-    cr_assert_eq(read_config("{\"architectures\": [\"LlamaForCausalLM\"], " LLAMA_DIMS
-                             ", \"rope_parameters\": {\"rope_type\": \"llama3\", \"rope_theta\": "
-                             "500000.0, \"factor\": 8.0, \"low_freq_factor\": 1.0, "
-                             "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 16}}",
-                             &nested, &err),
-                 0, "%s", err.msg);
+    cr_assert_eq(
+        read_config("{\"architectures\": [\"LlamaForCausalLM\"], " LLAMA_DIMS
+                    ", \"rope_theta\": 500000.0, \"rope_scaling\": {\"rope_type\": "
+                    "\"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, "
+                    "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 16}}",
+                    &flat, &err),
+        0, "%s", err.msg);
+    cr_assert_eq(
+        read_config("{\"architectures\": [\"LlamaForCausalLM\"], " LLAMA_DIMS
+                    ", \"rope_parameters\": {\"rope_type\": \"llama3\", \"rope_theta\": "
+                    "500000.0, \"factor\": 8.0, \"low_freq_factor\": 1.0, "
+                    "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 16}}",
+                    &nested, &err),
+        0, "%s", err.msg);
     const lens_config *cs[2] = {&flat, &nested};
     for (int i = 0; i < 2; i++) {
         const lens_config *c = cs[i];
@@ -169,14 +171,15 @@ Test(arch, unsupported_settings_are_named) {
 /* HF's inv_freq = 1 / base^(2i/dim), scaled as modeling_rope_utils does. */
 static double hf_inv_freq(const lens_rotary *r, int i) {
     double inv = 1.0 / pow(r->base, 2.0 * i / r->dim);
-    if (r->scaling != LENS_ROPE_LLAMA3) return r->scaling == LENS_ROPE_LINEAR ? inv / r->factor : inv;
+    if (r->scaling != LENS_ROPE_LLAMA3)
+        return r->scaling == LENS_ROPE_LINEAR ? inv / r->factor : inv;
     const double wavelen = 2 * M_PI / inv;
     const double low = r->original_context / r->low_freq_factor;
     const double high = r->original_context / r->high_freq_factor;
     if (wavelen < high) return inv;
     if (wavelen > low) return inv / r->factor;
-    const double smooth =
-        (r->original_context / wavelen - r->low_freq_factor) / (r->high_freq_factor - r->low_freq_factor);
+    const double smooth = (r->original_context / wavelen - r->low_freq_factor) /
+                          (r->high_freq_factor - r->low_freq_factor);
     return (1 - smooth) * inv / r->factor + smooth * inv;
 }
 

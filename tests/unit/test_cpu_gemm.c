@@ -42,13 +42,17 @@ static bool check_product(lk_gemm_kernel kernel, const product_case *p, char *wh
     float *c0 = malloc(sizeof(float) * (size_t)p->M * ldc);
     float *bias = malloc(sizeof(float) * (size_t)p->N);
     uint32_t state = (uint32_t)(p->M * 7919 + p->K * 131 + p->N);
-    for (size_t i = 0; i < (size_t)p->M * lda; i++) a[i] = next_uniform(&state);
-    for (size_t i = 0; i < (size_t)b_rows * ldb; i++) b[i] = next_uniform(&state);
-    for (int j = 0; j < p->N; j++) bias[j] = next_uniform(&state);
+    for (size_t i = 0; i < (size_t)p->M * lda; i++)
+        a[i] = next_uniform(&state);
+    for (size_t i = 0; i < (size_t)b_rows * ldb; i++)
+        b[i] = next_uniform(&state);
+    for (int j = 0; j < p->N; j++)
+        bias[j] = next_uniform(&state);
     for (int i = 0; i < p->M; i++)
         for (int j = 0; j < ldc; j++)
             c0[(size_t)i * ldc + j] = j < p->N ? next_uniform(&state) : PAD;
-    for (size_t i = 0; i < (size_t)p->M * ldc; i++) c[i] = c0[i];
+    for (size_t i = 0; i < (size_t)p->M * ldc; i++)
+        c[i] = c0[i];
 
     lk_gemm_matmul(kernel, c, ldc, a, lda, b, ldb, p->b_transposed, p->bias ? bias : NULL, p->M,
                    p->K, p->N, p->accumulate);
@@ -59,8 +63,8 @@ static bool check_product(lk_gemm_kernel kernel, const product_case *p, char *wh
             const float got = c[(size_t)i * ldc + j];
             if (j >= p->N) {
                 if (got != PAD)
-                    snprintf(why, len, "%dx%dx%d: c[%d][%d] past column %d was written", p->M,
-                             p->K, p->N, i, j, p->N);
+                    snprintf(why, len, "%dx%dx%d: c[%d][%d] past column %d was written", p->M, p->K,
+                             p->N, i, j, p->N);
                 ok = got == PAD;
                 continue;
             }
@@ -88,8 +92,8 @@ static bool check_product(lk_gemm_kernel kernel, const product_case *p, char *wh
 }
 
 /* Every row count up to two tiles and a remainder of both kernels' tiles (4
- * and 6 rows), and counts of many tiles (a packed block's reuse), columns around both panel widths (24, 64), vector widths (8,
- * 16) and the threads' 16-column units, k around its 128-row block. */
+ * and 6 rows), and counts of many tiles (a packed block's reuse), columns around both panel widths
+ * (24, 64), vector widths (8, 16) and the threads' 16-column units, k around its 128-row block. */
 static const int row_counts[] = {1, 2, 3, 4, 5, 6, 7, 11, 13, 16, 67, 130};
 static const int column_counts[] = {1, 7, 8, 15, 17, 24, 25, 48, 63, 64, 65, 129, 200};
 static const int k_counts[] = {1, 3, 127, 128, 129, 300};
@@ -105,11 +109,15 @@ static void check_kernel(lk_gemm_kernel kernel) {
         for (size_t ni = 0; ni < sizeof column_counts / sizeof column_counts[0]; ni++)
             for (size_t ki = 0; ki < sizeof k_counts / sizeof k_counts[0]; ki++) {
                 const int variant = (int)(mi + ni + ki) % 8;
-                const product_case p = {
-                    .M = row_counts[mi], .K = k_counts[ki], .N = column_counts[ni],
-                    .lda_pad = variant == 1 ? 5 : 0, .ldb_pad = variant % 4 >= 2 ? 3 : 0,
-                    .ldc_pad = 9, .bias = variant & 1, .accumulate = variant % 4 >= 2,
-                    .b_transposed = variant >= 4};
+                const product_case p = {.M = row_counts[mi],
+                                        .K = k_counts[ki],
+                                        .N = column_counts[ni],
+                                        .lda_pad = variant == 1 ? 5 : 0,
+                                        .ldb_pad = variant % 4 >= 2 ? 3 : 0,
+                                        .ldc_pad = 9,
+                                        .bias = variant & 1,
+                                        .accumulate = variant % 4 >= 2,
+                                        .b_transposed = variant >= 4};
                 cr_assert(check_product(kernel, &p, why, sizeof why), "%s: %s",
                           lk_gemm_name(kernel), why);
                 cases++;
@@ -131,7 +139,8 @@ Test(gemm, threaded_products_match) {
     lk_cpu_info cpu;
     lk_cpu_identify(&cpu);
     const lk_gemm_kernel best = lk_gemm_best(&cpu);
-    if (best == LK_GEMM_OPENBLAS) cr_skip_test("skipped: this CPU runs none of lensd's own product kernels");
+    if (best == LK_GEMM_OPENBLAS)
+        cr_skip_test("skipped: this CPU runs none of lensd's own product kernels");
     const int saved = omp_get_max_threads();
     char why[512] = "";
     for (int threads = 2; threads <= 3; threads++) {
@@ -169,9 +178,12 @@ Test(gemm, lk_matmul_agrees_with_every_choice) {
         float *a = malloc(sizeof(float) * M * K), *b = malloc(sizeof(float) * K * N);
         float *bias = malloc(sizeof(float) * N);
         float *want = malloc(sizeof(float) * M * N), *got = malloc(sizeof(float) * M * N);
-        for (int i = 0; i < M * K; i++) a[i] = next_uniform(&state);
-        for (int i = 0; i < K * N; i++) b[i] = next_uniform(&state);
-        for (int i = 0; i < N; i++) bias[i] = next_uniform(&state);
+        for (int i = 0; i < M * K; i++)
+            a[i] = next_uniform(&state);
+        for (int i = 0; i < K * N; i++)
+            b[i] = next_uniform(&state);
+        for (int i = 0; i < N; i++)
+            bias[i] = next_uniform(&state);
         lk_gemm_choose(LK_GEMM_OPENBLAS);
         lk_matmul(dev, want, N, a, K, b, N, bias, M, K, N, false);
         for (lk_gemm_kernel k = LK_GEMM_AVX2; k <= best; k++) {

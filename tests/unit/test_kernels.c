@@ -469,8 +469,8 @@ Test(matmul, heads_split_input) {
                        inp + (size_t)hi * d, h * d, W + (size_t)hi * dh, hd, false,
                        bias + (size_t)hi * dh, N, d, dh);
         for (int hi = 0; hi < h; hi++)
-            lk_matmul(lk_cpu(), e.out + (size_t)hi * dh, hd, inp + (size_t)hi * d, h * d, W + (size_t)hi * dh,
-                      hd, bias + (size_t)hi * dh, N, d, dh, false);
+            lk_matmul(lk_cpu(), e.out + (size_t)hi * dh, hd, inp + (size_t)hi * d, h * d,
+                      W + (size_t)hi * dh, hd, bias + (size_t)hi * dh, N, d, dh, false);
         char what[64];
         snprintf(what, sizeof what, "N=%d d=%d h=%d dh=%d", N, d, h, dh);
         assert_expected(what, &e);
@@ -577,8 +577,8 @@ static void check_batched(uint64_t seed, bm_case c, float **result) {
         ref_matmul(e.want + i * c.out_step, e.tol + i * c.out_step, c.ldo, NULL, a + i * c.a_step,
                    c.lda, b + i * c.b_step, c.ldb, c.trans, NULL, c.M, c.K, c.N);
     }
-    lk_matmul_batched(lk_cpu(), e.out, c.ldo, c.out_step, a, c.lda, c.a_step, b, c.ldb, c.b_step, c.trans,
-                      c.M, c.K, c.N, c.count);
+    lk_matmul_batched(lk_cpu(), e.out, c.ldo, c.out_step, a, c.lda, c.a_step, b, c.ldb, c.b_step,
+                      c.trans, c.M, c.K, c.N, c.count);
     assert_expected(what, &e);
     if (result) {
         *result = e.out;
@@ -683,8 +683,8 @@ Test(batched, empty_writes_nothing) {
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         const bm_case c = cases[ci];
         expected e = expect_new(64);
-        lk_matmul_batched(lk_cpu(), e.out, c.ldo, c.out_step, a, c.lda, c.a_step, b, c.ldb, c.b_step, c.trans,
-                          c.M, c.K, c.N, c.count);
+        lk_matmul_batched(lk_cpu(), e.out, c.ldo, c.out_step, a, c.lda, c.a_step, b, c.ldb,
+                          c.b_step, c.trans, c.M, c.K, c.N, c.count);
         assert_expected("M, N or count = 0", &e);
         expect_free(&e);
     }
@@ -1405,7 +1405,8 @@ static void check_mask_scores(bool causal, int window, bool padded, bool suffix,
                 for (int k = 0; k < MS_T; k++) {
                     const size_t at =
                         (((size_t)row[b] * MS_H + (size_t)h * (MS_T - first[b])) + (q - first[b])) *
-                            MS_T + k;
+                            MS_T +
+                        k;
                     const bool masked = causal && (k > q || (window > 0 && k <= q - window) ||
                                                    (padded && !mask[b * MS_T + k]));
                     const bool capped = softcap > 0 && !masked;
@@ -1481,12 +1482,12 @@ Test(splice_prefix, matches_definition) {
     for (int b = 0; b < MS_B; b++)
         for (int t = 0; t < MS_T; t++)
             for (int c = 0; c < C; c++) {
-                const float want =
-                    t < MS_FIRST[b] ? prefix[((size_t)(b % MS_P) * MS_T + t) * C + c]
-                                    : computed[((size_t)row[b] + t - MS_FIRST[b]) * C + c];
+                const float want = t < MS_FIRST[b]
+                                       ? prefix[((size_t)(b % MS_P) * MS_T + t) * C + c]
+                                       : computed[((size_t)row[b] + t - MS_FIRST[b]) * C + c];
                 const float g = got[((size_t)b * MS_T + t) * C + c];
-                cr_assert(memcmp(&g, &want, sizeof g) == 0, "splice b=%d t=%d c=%d: %g, want %g",
-                          b, t, c, (double)g, (double)want);
+                cr_assert(memcmp(&g, &want, sizeof g) == 0, "splice b=%d t=%d c=%d: %g, want %g", b,
+                          t, c, (double)g, (double)want);
             }
     for (int i = 0; i < TAIL; i++)
         cr_assert_eq(got[n + i], SENTINEL, "splice_prefix wrote past its output");
@@ -1524,11 +1525,12 @@ Test(matmul_columns, matches_definition) {
                     }
                     const double g = got[(size_t)b * n + j];
                     cr_assert(fabs(g - want) <= (C + 4) * U * mag,
-                              "matmul_columns C=%d bias=%d b=%d j=%d: %g, want %g", C, with_bias,
-                              b, j, g, want);
+                              "matmul_columns C=%d bias=%d b=%d j=%d: %g, want %g", C, with_bias, b,
+                              j, g, want);
                 }
             for (int i = 0; i < TAIL; i++)
-                cr_assert_eq(got[(size_t)B * n + i], SENTINEL, "matmul_columns wrote past its output");
+                cr_assert_eq(got[(size_t)B * n + i], SENTINEL,
+                             "matmul_columns wrote past its output");
             free(x);
             free(W);
             free(bias);
@@ -1654,8 +1656,16 @@ Test(threads, row_kernels_agree) {
  * (every one for the small sizes, every 13th for the large) and source
  * offsets 0, 29 and 58: every byte arrives, none outside is written. */
 Test(host_copy, every_size_and_alignment) {
-    const size_t sizes[] = {0, 1, 63, 64, 65, (64u << 10) - 1, (64u << 10) + 13,
-                            (1u << 20) - 5, (1u << 20) + 77, (3u << 20) + 1};
+    const size_t sizes[] = {0,
+                            1,
+                            63,
+                            64,
+                            65,
+                            (64u << 10) - 1,
+                            (64u << 10) + 13,
+                            (1u << 20) - 5,
+                            (1u << 20) + 77,
+                            (3u << 20) + 1};
     const size_t largest = (3u << 20) + 1, guard = 128;
     unsigned char *src = malloc(largest + 64), *dst = malloc(largest + 64 + guard);
     cr_assert(src && dst);

@@ -871,8 +871,8 @@ Test(model_load, forward_bytes_is_the_workspace_a_run_takes) {
 
     const float *keys[1] = {reference};
     const lens_suffix suffix = {first, B, keys, keys};
-    const lens_run suffix_run = {.logits = logits, .logit_positions = positions,
-                                 .resid_start = resid, .suffix = &suffix};
+    const lens_run suffix_run = {
+        .logits = logits, .logit_positions = positions, .resid_start = resid, .suffix = &suffix};
     lens_workspace ws_suffix = {0};
     cr_assert_eq(lens_forward(m, &ws_suffix, &batch, &suffix_run, &err), 0, "%s", err.msg);
     cr_assert_eq(ws_suffix.cap, lens_forward_bytes(m, &batch, &suffix_run));
