@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # lensd's whole test suite, from a fresh machine: installs what is missing
-# (tools/setup.sh), builds with warnings as errors, runs the Criterion unit
-# tests and the Python suites (tokenizer parity with Hugging Face, hook-point
-# parity with TransformerLens), and ends with one line of counts.
+# (tools/setup.sh), checks that every C and CUDA file is as clang-format
+# (.clang-format) writes it, builds with warnings as errors, runs the
+# Criterion unit tests and the Python suites (tokenizer parity with Hugging
+# Face, hook-point parity with TransformerLens), and ends with one line of
+# counts.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -20,6 +22,17 @@ fi
 ninja -C "$build" || exit 1
 
 status=0
+echo "== formatting: clang-format --dry-run on every C and CUDA file"
+unformatted=$(find bench clients core kernels server tests tools \( -name '*.c' -o -name '*.h' \
+  -o -name '*.cu' -o -name '*.cuh' \) -print0 | sort -z |
+  xargs -0 clang-format --dry-run --Werror 2>&1 | grep -o '^[^:]*:[0-9]*:[0-9]*: error' |
+  cut -d: -f1 | sort -u)
+if [ -n "$unformatted" ]; then
+  echo "    not as clang-format writes them (clang-format -i FILE):"
+  echo "$unformatted" | sed 's/^/    /'
+  status=1
+fi
+
 echo "== unit tests and GPU kernel tests (Criterion; the GPU ones skip without a GPU)"
 meson test -C "$build" --suite unit --suite gpu --print-errorlogs || status=1
 grep -ho "skipped: no GPU[^\"]*" "$build/meson-logs/testlog.json" | sort -u | sed 's/^/    /'
