@@ -17,22 +17,12 @@
 /* A model entry of the request body as srv_model_spec (strings borrowed
  * from body). Returns -1 with the field at fault in resp. */
 static int read_spec(json_t *body, srv_model_spec *spec, srv_response *resp) {
-    static const char *const known[] = {"name",
-                                        "path",
-                                        "id",
-                                        "device",
-                                        "dtype",
-                                        "processing",
-                                        "use_attn_result",
-                                        "use_split_qkv_input",
-                                        "use_hook_mlp_in",
-                                        "use_attn_in"};
     const char *key;
     json_t *value;
     json_object_foreach(body, key, value) {
         bool ok = false;
-        for (size_t i = 0; i < sizeof known / sizeof known[0] && !ok; i++)
-            ok = strcmp(key, known[i]) == 0;
+        for (size_t i = 0; srv_model_keys[i] && !ok; i++)
+            ok = strcmp(key, srv_model_keys[i]) == 0;
         if (!ok) {
             srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", key,
                       "unknown field %s (a model entry has name, path or id, device, processing "

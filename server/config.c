@@ -345,17 +345,17 @@ static int add_model(srv_config *cfg, srv_model_spec *m, const char *where, lens
     return 0;
 }
 
-static const char *const model_keys[] = {"name",
-                                         "path",
-                                         "id",
-                                         "device",
-                                         "dtype",
-                                         "processing",
-                                         "use_attn_result",
-                                         "use_split_qkv_input",
-                                         "use_hook_mlp_in",
-                                         "use_attn_in",
-                                         NULL};
+const char *const srv_model_keys[] = {"name",
+                                      "path",
+                                      "id",
+                                      "device",
+                                      "dtype",
+                                      "processing",
+                                      "use_attn_result",
+                                      "use_split_qkv_input",
+                                      "use_hook_mlp_in",
+                                      "use_attn_in",
+                                      NULL};
 
 /* Appends root (malloc'd, taken; NULL: out of memory) to cfg's model roots. */
 static int add_model_root(srv_config *cfg, char *root, lens_err *err) {
@@ -429,7 +429,7 @@ static int parse_model(srv_config *cfg, const json_t *o, int idx, const char *ba
     }
     char prefix[100];
     snprintf(prefix, sizeof prefix, "%s.", where);
-    if (check_keys(o, prefix, model_keys, err)) return -1;
+    if (check_keys(o, prefix, srv_model_keys, err)) return -1;
 
     srv_model_spec m = {.load = {.processing = -1}};
     const char *name, *device = "cpu", *s;

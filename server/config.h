@@ -125,6 +125,10 @@ int srv_data_dir(const char *name, char *out, size_t cap);
  * whether a model loads. */
 int srv_config_load(srv_config *cfg, int argc, char **argv, lens_err *err);
 
+/* The fields of a model entry (models[i] in the file, the body of POST
+ * /v1/admin/models), NULL-terminated. */
+extern const char *const srv_model_keys[];
+
 /* Whether path (any file or directory; symbolic links and ".." followed)
  * lies inside one of cfg's model roots. False for a path that does not
  * exist. */
