@@ -24,7 +24,7 @@ static int read_spec(json_t *body, srv_model_spec *spec, srv_response *resp) {
         for (size_t i = 0; srv_model_keys[i] && !ok; i++)
             ok = strcmp(key, srv_model_keys[i]) == 0;
         if (!ok) {
-            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", key,
+            srv_error(resp, SRV_ERR_BAD_REQUEST, key,
                       "unknown field %s (a model entry has name, path or id, device, processing "
                       "and the use_* flags)",
                       key);
@@ -37,20 +37,20 @@ static int read_spec(json_t *body, srv_model_spec *spec, srv_response *resp) {
         url_safe = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
                    (*p >= '0' && *p <= '9') || *p == '.' || *p == '_' || *p == '-';
     if (!url_safe) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "name",
+        srv_error(resp, SRV_ERR_BAD_REQUEST, "name",
                   "name must be 1 to 128 letters, digits, '.', '_' or '-'");
         return -1;
     }
     json_t *path = json_object_get(body, "path"), *id = json_object_get(body, "id");
     if ((path != NULL) == (id != NULL) || !json_is_string(path ? path : id)) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", path ? "path" : "id",
+        srv_error(resp, SRV_ERR_BAD_REQUEST, path ? "path" : "id",
                   "give exactly one of path (a directory or tl_config.json on the server) or id "
                   "(a Hugging Face id in its cache)");
         return -1;
     }
     json_t *dtype = json_object_get(body, "dtype");
     if (dtype && (!json_is_string(dtype) || strcmp(json_string_value(dtype), "float32") != 0)) {
-        srv_error(resp, 422, "unprocessable", "dtype",
+        srv_error(resp, SRV_ERR_UNPROCESSABLE, "dtype",
                   "lensd runs models in float32 only for now (float16 and bfloat16 weights are "
                   "not implemented yet)");
         return -1;
@@ -58,7 +58,7 @@ static int read_spec(json_t *body, srv_model_spec *spec, srv_response *resp) {
     json_t *device = json_object_get(body, "device"),
            *processing = json_object_get(body, "processing");
     if (device && !json_is_string(device)) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "device",
+        srv_error(resp, SRV_ERR_BAD_REQUEST, "device",
                   "device must be \"cpu\", \"cuda\" or \"cuda:N\"");
         return -1;
     }
@@ -70,13 +70,13 @@ static int read_spec(json_t *body, srv_model_spec *spec, srv_response *resp) {
         unsigned flags;
         lens_err err = {0};
         if (!json_is_string(processing)) {
-            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "processing",
+            srv_error(resp, SRV_ERR_BAD_REQUEST, "processing",
                       "processing must be \"default\", \"none\" or a comma list of flags");
             return -1;
         }
         if (strcmp(json_string_value(processing), "default") != 0) {
             if (lens_processing_parse(json_string_value(processing), &flags, &err)) {
-                srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "processing", "%s", err.msg);
+                srv_error(resp, SRV_ERR_BAD_REQUEST, "processing", "%s", err.msg);
                 return -1;
             }
             spec->load.processing = (int)flags;
@@ -89,8 +89,7 @@ static int read_spec(json_t *body, srv_model_spec *spec, srv_response *resp) {
     for (int i = 0; i < 4; i++) {
         json_t *v = json_object_get(body, flags[i]);
         if (v && !json_is_boolean(v)) {
-            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", flags[i],
-                      "%s must be true or false", flags[i]);
+            srv_error(resp, SRV_ERR_BAD_REQUEST, flags[i], "%s must be true or false", flags[i]);
             return -1;
         }
         *targets[i] = json_is_true(v);
@@ -103,7 +102,7 @@ srv_job *srv_admin_route(const char *method, const char *url, const char *body, 
     const char *prefix = "/v1/admin/models";
     const size_t n = strlen(prefix);
     if (strncmp(url, prefix, n) != 0 || (url[n] && url[n] != '/')) {
-        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", NULL,
+        srv_error(resp, SRV_ERR_NOT_FOUND, NULL,
                   "no such route: %s (admin routes: POST /v1/admin/models, DELETE "
                   "/v1/admin/models/{name})",
                   url);
@@ -113,13 +112,12 @@ srv_job *srv_admin_route(const char *method, const char *url, const char *body, 
     const bool load = strcmp(method, "POST") == 0 && !name;
     const bool unload = strcmp(method, "DELETE") == 0 && name && *name;
     if (!load && !unload) {
-        srv_error(resp, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", NULL,
+        srv_error(resp, SRV_ERR_METHOD_NOT_ALLOWED, NULL,
                   "/v1/admin/models takes POST, /v1/admin/models/{name} DELETE");
         return NULL;
     }
     if (srv_d.draining) {
-        srv_error(resp, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
-                  "the server is shutting down");
+        srv_error(resp, SRV_ERR_UNAVAILABLE, NULL, "the server is shutting down");
         return NULL;
     }
     json_t *parsed = NULL;
@@ -128,7 +126,7 @@ srv_job *srv_admin_route(const char *method, const char *url, const char *body, 
         json_error_t jerr;
         parsed = json_loadb(body ? body : "", body_len, 0, &jerr);
         if (!json_is_object(parsed)) {
-            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", NULL,
+            srv_error(resp, SRV_ERR_BAD_REQUEST, NULL,
                       "the body must be a JSON object: a model entry as in the config file");
             json_decref(parsed);
             return NULL;
@@ -140,7 +138,7 @@ srv_job *srv_admin_route(const char *method, const char *url, const char *body, 
         /* checked before anything is read: a path elsewhere is refused the same way
          * whether it exists or not, and its contents are never quoted back */
         if (json_object_get(parsed, "path") && !srv_config_in_model_root(&srv_d.cfg, spec.source)) {
-            srv_error(resp, MHD_HTTP_FORBIDDEN, "forbidden", "path",
+            srv_error(resp, SRV_ERR_FORBIDDEN, "path",
                       "path does not exist or is outside the model roots (the config's "
                       "\"model_roots\"; by default the directories holding the configured "
                       "models)");
@@ -148,15 +146,13 @@ srv_job *srv_admin_route(const char *method, const char *url, const char *body, 
             return NULL;
         }
         if (srv_find_model(spec.name, strlen(spec.name))) {
-            srv_error(resp, MHD_HTTP_CONFLICT, "conflict", "name", "a model called %s is loaded",
-                      spec.name);
+            srv_error(resp, SRV_ERR_CONFLICT, "name", "a model called %s is loaded", spec.name);
             json_decref(parsed);
             return NULL;
         }
     } else {
         if (!srv_find_model(name, strlen(name))) {
-            srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", "model", "no model called \"%s\"",
-                      name);
+            srv_error(resp, SRV_ERR_NOT_FOUND, "model", "no model called \"%s\"", name);
             return NULL;
         }
         parsed = json_pack("{s:s}", "name", name);
@@ -183,9 +179,10 @@ static void admin_load(srv_job *job) {
     srv_model loaded = {0};
     lens_err err = {0};
     if (srv_load_model(&loaded, &spec, &err)) {
-        srv_error(&job->response, err.code == LENS_ERR_NO_MEMORY ? 507 : 422,
-                  err.code == LENS_ERR_NO_MEMORY ? "insufficient_storage" : "unprocessable", "path",
-                  "%s", err.msg);
+        srv_error(&job->response,
+                  err.code == LENS_ERR_NO_MEMORY ? SRV_ERR_INSUFFICIENT_STORAGE
+                                                 : SRV_ERR_UNPROCESSABLE,
+                  "path", "%s", err.msg);
         return;
     }
     pthread_rwlock_wrlock(&srv_d.models_lock);
@@ -224,13 +221,13 @@ static void admin_load(srv_job *job) {
     if (!slot) {
         srv_unload_model(&loaded);
         if (draining)
-            srv_error(&job->response, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
+            srv_error(&job->response, SRV_ERR_UNAVAILABLE, NULL,
                       "the server is shutting down; %s was loaded but not added", spec.name);
         else if (taken)
-            srv_error(&job->response, MHD_HTTP_CONFLICT, "conflict", "name",
+            srv_error(&job->response, SRV_ERR_CONFLICT, "name",
                       "a model called %s was loaded meanwhile", spec.name);
         else
-            srv_error(&job->response, 507, "insufficient_storage", NULL,
+            srv_error(&job->response, SRV_ERR_INSUFFICIENT_STORAGE, NULL,
                       "this daemon holds the %d models it has room for; unload one first",
                       srv_d.cap_models);
         return;
@@ -252,8 +249,7 @@ static void admin_unload(srv_job *job) {
     if (m) m->present = false; /* no new requests find it */
     pthread_rwlock_unlock(&srv_d.models_lock);
     if (!m) {
-        srv_error(&job->response, MHD_HTTP_NOT_FOUND, "not_found", "model",
-                  "no model called \"%s\"", name);
+        srv_error(&job->response, SRV_ERR_NOT_FOUND, "model", "no model called \"%s\"", name);
         return;
     }
     srv_sched_remove(m); /* its queued requests finish first */
@@ -285,7 +281,7 @@ void srv_admin_start(srv_job *job) {
     pthread_mutex_unlock(&in_flight_lock);
     pthread_t thread;
     if (pthread_create(&thread, NULL, admin_thread, job)) {
-        srv_error(&job->response, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
+        srv_error(&job->response, SRV_ERR_UNAVAILABLE, NULL,
                   "cannot start a thread for this request");
         MHD_resume_connection(job->connection);
         pthread_mutex_lock(&in_flight_lock);

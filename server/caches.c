@@ -26,12 +26,6 @@ static kept *head;
 static size_t total_bytes;
 static unsigned long long serial;
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static size_t tensor_bytes(const lens_st_out *t) {
     size_t bytes = lens_dtype_size(t->dtype);
     for (int d = 0; d < t->ndim; d++)
@@ -59,7 +53,7 @@ int srv_caches_keep(const char *model, const char *owner, srv_answer *a, char *i
     const size_t budget = srv_d.cfg.limits.max_kept_cache_bytes;
     if (bytes > budget) {
         srv_answer_free(a);
-        srv_error(resp, 507, "insufficient_storage", "keep",
+        srv_error(resp, SRV_ERR_INSUFFICIENT_STORAGE, "keep",
                   "this cache is %zu MB, over the %zu MB kept caches may use", bytes >> 20,
                   budget >> 20);
         return -1;
@@ -79,13 +73,13 @@ int srv_caches_keep(const char *model, const char *owner, srv_answer *a, char *i
         drop(oldest_prev);
     }
     unsigned long long r = ((unsigned long long)rand() << 32) ^ (unsigned long long)rand() ^
-                           (unsigned long long)(now_s() * 1e9);
+                           (unsigned long long)(srv_now_s() * 1e9);
     snprintf(k->id, sizeof k->id, "c%llx%016llx", ++serial, r);
     snprintf(k->model, sizeof k->model, "%s", model);
     snprintf(k->owner, sizeof k->owner, "%s", owner);
     k->answer = a;
     k->bytes = bytes;
-    k->last_used = now_s();
+    k->last_used = srv_now_s();
     k->next = head;
     head = k;
     total_bytes += bytes;
@@ -145,8 +139,7 @@ static srv_answer *get_tensor(kept *k, const char *name, const char *batch, cons
     for (int i = 0; i < k->answer->n && !t; i++)
         if (strcmp(k->answer->outs[i].name, name) == 0) t = &k->answer->outs[i];
     if (!t) {
-        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", "name", "cache %s holds no %s", k->id,
-                  name);
+        srv_error(resp, SRV_ERR_NOT_FOUND, "name", "cache %s holds no %s", k->id, name);
         return NULL;
     }
     const size_t n_name = strlen(name);
@@ -159,7 +152,7 @@ static srv_answer *get_tensor(kept *k, const char *name, const char *batch, cons
     srv_answer *a = NULL;
     if (!rows || !pos) goto oom;
     if (batch && parse_indices(batch, t->shape[0], rows, &n_rows, MAX_INDICES)) {
-        srv_error(resp, 422, "unprocessable", "batch",
+        srv_error(resp, SRV_ERR_UNPROCESSABLE, "batch",
                   "batch must be a comma list of prompt indices in [-%lld, %lld)",
                   (long long)t->shape[0], (long long)t->shape[0]);
         goto out;
@@ -168,7 +161,7 @@ static srv_answer *get_tensor(kept *k, const char *name, const char *batch, cons
         rows[i] = i;
     if (positions &&
         (pos_axis == 0 || parse_indices(positions, t->shape[pos_axis], pos, &n_pos, MAX_INDICES))) {
-        srv_error(resp, 422, "unprocessable", "positions",
+        srv_error(resp, SRV_ERR_UNPROCESSABLE, "positions",
                   "positions must be a comma list of positions of %s", name);
         goto out;
     }
@@ -207,20 +200,20 @@ void srv_caches_route(const char *method, const char *rest, const char *accept, 
                  !srv_token_may_use(caller, k->owner)))
         prev = k, k = k->next;
     if (!k) {
-        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", "cache_id",
+        srv_error(resp, SRV_ERR_NOT_FOUND, "cache_id",
                   "no kept cache %.*s (deleted, expired or evicted)", (int)id_len, rest);
     } else if (strcmp(method, "DELETE") == 0 && !slash) {
         srv_json(resp, MHD_HTTP_OK, json_pack("{s:s}", "deleted", k->id));
         drop(prev);
     } else if (strcmp(method, "GET") != 0) {
-        srv_error(resp, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", NULL,
+        srv_error(resp, SRV_ERR_METHOD_NOT_ALLOWED, NULL,
                   "caches take GET, and DELETE on /v1/caches/{id}");
     } else if (!slash || !slash[1]) {
-        k->last_used = now_s();
+        k->last_used = srv_now_s();
         listing = json_pack("{s:s, s:s, s:I, s:o}", "cache_id", k->id, "model", k->model, "bytes",
                             (json_int_t)k->bytes, "tensors", srv_answer_shapes(k->answer));
     } else {
-        k->last_used = now_s();
+        k->last_used = srv_now_s();
         sliced = get_tensor(k, slash + 1, batch, positions, &fields, resp);
     }
     pthread_mutex_unlock(&lock);

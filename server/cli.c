@@ -19,6 +19,7 @@
 #include "core/hooks.h"
 #include "core/prompt.h"
 #include "core/safetensors.h"
+#include "server/reply.h"
 #include "server/startup.h"
 #include "server/test_prompt.h"
 
@@ -477,12 +478,6 @@ static int cmd_run(cli_opts *o, lens_err *err) {
 
 /* ---- cache: run_with_cache to safetensors ------------------------------- */
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
 static int compare_doubles(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -517,7 +512,7 @@ static int cmd_cache(cli_opts *o, lens_err *err) {
                           "--prompts-file");
         return -1;
     }
-    double t_start = now_ms();
+    double t_start = 1e3 * srv_now_s();
     lens_model *m = load_model(o, err);
     if (!m) return -1;
     const lens_config *c = &m->cfg;
@@ -566,14 +561,14 @@ static int cmd_cache(cli_opts *o, lens_err *err) {
                                     .n_positions = o->n_positions,
                                     .logits = true,
                                     .logit_positions = last_pos};
-    double t_loaded = now_ms();
+    double t_loaded = 1e3 * srv_now_s();
     if (!(forward_ms = malloc((size_t)o->repeat * sizeof *forward_ms))) goto oom;
     for (int r = 0; r < o->repeat; r++) {
-        double t0 = now_ms();
+        double t0 = 1e3 * srv_now_s();
         if (lens_run_cache(m, &ws, &batch, &req, &cache, err)) goto out;
-        forward_ms[r] = now_ms() - t0;
+        forward_ms[r] = 1e3 * srv_now_s() - t0;
     }
-    double t_written = now_ms();
+    double t_written = 1e3 * srv_now_s();
     if (!(tokens64 = malloc((size_t)B * T * sizeof *tokens64))) goto oom;
     for (size_t i = 0; i < (size_t)B * T; i++)
         tokens64[i] = batch.tokens[i];
@@ -600,8 +595,8 @@ static int cmd_cache(cli_opts *o, lens_err *err) {
     };
     rc = lens_st_write(o->out, outs, (size_t)cache.n + 2, meta, sizeof meta / sizeof meta[0], err);
     if (rc == 0 && o->timings) {
-        double total = now_ms() - t_start;
-        double write = now_ms() - t_written;
+        double total = 1e3 * srv_now_s() - t_start;
+        double write = 1e3 * srv_now_s() - t_written;
         print_timings(forward_ms, o->repeat, t_loaded - t_start, write, total);
     }
     goto out;

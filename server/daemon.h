@@ -24,17 +24,7 @@
 #include "core/model.h"
 #include "server/auth.h"
 #include "server/config.h"
-
-/* A finished response: status, headers that matter, and a body that is
- * either bytes in memory or a stream (a safetensors cache). */
-typedef struct srv_response {
-    unsigned status;
-    const char *content_type;
-    char *body; /* owned */
-    size_t body_len;
-    struct MHD_Response *stream; /* a ready response instead of body, when set */
-    double retry_after_s;        /* > 0: send Retry-After */
-} srv_response;
+#include "server/reply.h"
 
 /* The kinds of work a model's executor runs. */
 typedef enum srv_job_kind {
@@ -129,19 +119,6 @@ void srv_run_job(srv_job *job);
  * share it (causal attention, right padding), with the same numbers as
  * alone; each gets its own response. */
 void srv_run_logits_jobs(srv_job **jobs, int n);
-
-/* Fills resp with a JSON error body. field may be NULL. */
-void srv_error(srv_response *resp, unsigned status, const char *code, const char *field,
-               const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-
-/* body as compact JSON text (NUL-terminated, *len bytes), or NULL when
- * memory runs out (never damaged text). */
-char *srv_json_text(const json_t *body, size_t *len);
-
-/* Fills resp with a JSON body (takes the reference; NULL, from a json_pack
- * that ran out of memory, is accepted). When memory runs out encoding it,
- * resp is a 507 instead, never the status with an empty body. */
-void srv_json(srv_response *resp, unsigned status, json_t *body);
 
 /* ---- sched.c ---- */
 

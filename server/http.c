@@ -40,12 +40,6 @@ typedef struct request {
 
 static atomic_uint_fast64_t next_id = 1;
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /* The method as logs and metrics name it: GET, POST, DELETE or OTHER. */
 static const char *method_label(const char *method) {
     static const char *const known[] = {"GET", "POST", "DELETE"};
@@ -151,7 +145,7 @@ static int check_framing(struct MHD_Connection *c, request *r, srv_response *res
     MHD_get_connection_values(c, MHD_HEADER_KIND, count_framing, &f);
     if (f.content_lengths + f.transfer_encodings <= 1) return 0;
     r->close_connection = true;
-    srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", NULL,
+    srv_error(resp, SRV_ERR_BAD_REQUEST, NULL,
               "ambiguous body length: %d Content-Length and %d Transfer-Encoding headers; send "
               "one of them, once",
               f.content_lengths, f.transfer_encodings);
@@ -234,8 +228,8 @@ static int check_access(struct MHD_Connection *c, const char *url, request *r, s
     char address[64];
     client_address(c, address, sizeof address);
     double wait_s = 0;
-    if (!srv_auth_may_guess(srv_d.auth, address, now_s(), &wait_s)) {
-        srv_error(resp, MHD_HTTP_TOO_MANY_REQUESTS, "rate_limited", NULL,
+    if (!srv_auth_may_guess(srv_d.auth, address, srv_now_s(), &wait_s)) {
+        srv_error(resp, SRV_ERR_RATE_LIMITED, NULL,
                   "too many wrong access tokens from %s: try again in %.0f s", address,
                   wait_s < 1 ? 1 : wait_s + 0.5);
         resp->retry_after_s = wait_s;
@@ -243,24 +237,24 @@ static int check_access(struct MHD_Connection *c, const char *url, request *r, s
     }
     const char *header = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
     if (!header) {
-        srv_error(resp, MHD_HTTP_UNAUTHORIZED, "unauthorized", NULL,
+        srv_error(resp, SRV_ERR_UNAUTHORIZED, NULL,
                   "this server needs an access token: Authorization: Bearer TOKEN");
         return -1;
     }
     if (!(r->token = srv_auth_check(srv_d.auth, header))) {
-        srv_auth_guessed_wrong(srv_d.auth, address, now_s());
-        srv_error(resp, MHD_HTTP_UNAUTHORIZED, "unauthorized", NULL, "unknown access token");
+        srv_auth_guessed_wrong(srv_d.auth, address, srv_now_s());
+        srv_error(resp, SRV_ERR_UNAUTHORIZED, NULL, "unknown access token");
         return -1;
     }
     if (strncmp(url, "/v1/admin/", 10) == 0 && !r->token->admin) {
-        srv_error(resp, MHD_HTTP_FORBIDDEN, "forbidden", NULL,
+        srv_error(resp, SRV_ERR_FORBIDDEN, NULL,
                   "token \"%s\" has the read role; /v1/admin/ needs admin", r->token->name);
         return -1;
     }
     double retry = 0;
-    if (!srv_rate_allow(srv_d.auth, r->token, srv_d.cfg.limits.requests_per_minute, now_s(),
+    if (!srv_rate_allow(srv_d.auth, r->token, srv_d.cfg.limits.requests_per_minute, srv_now_s(),
                         &retry)) {
-        srv_error(resp, MHD_HTTP_TOO_MANY_REQUESTS, "rate_limited", NULL,
+        srv_error(resp, SRV_ERR_RATE_LIMITED, NULL,
                   "token \"%s\" is over its %d requests per minute", r->token->name,
                   srv_d.cfg.limits.requests_per_minute);
         resp->retry_after_s = retry;
@@ -291,18 +285,17 @@ static const char *content_type_of(const char *path) {
  * lie inside the real web root. */
 static void static_file(const char *method, const char *url, srv_response *resp) {
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
-        srv_error(resp, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", NULL,
-                  "%s is not allowed here", method);
+        srv_error(resp, SRV_ERR_METHOD_NOT_ALLOWED, NULL, "%s is not allowed here", method);
         return;
     }
     if (!srv_d.web_root[0]) {
-        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", NULL, "no such route: %s", url);
+        srv_error(resp, SRV_ERR_NOT_FOUND, NULL, "no such route: %s", url);
         return;
     }
     char path[PATH_MAX + 32], real[PATH_MAX];
     if (snprintf(path, sizeof path, "%s%s%s", srv_d.web_root, url,
                  url[strlen(url) - 1] == '/' ? "index.html" : "") >= (int)sizeof path) {
-        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", NULL, "no such file: %.200s", url);
+        srv_error(resp, SRV_ERR_NOT_FOUND, NULL, "no such file: %.200s", url);
         return;
     }
     size_t root_len = strlen(srv_d.web_root);
@@ -311,13 +304,13 @@ static void static_file(const char *method, const char *url, srv_response *resp)
     if (!realpath(path, real) || strncmp(real, srv_d.web_root, root_len) != 0 ||
         real[root_len] != '/' || stat(real, &st) != 0 || !S_ISREG(st.st_mode) ||
         (fd = open(real, O_RDONLY)) < 0) {
-        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", NULL, "no such file: %s", url);
+        srv_error(resp, SRV_ERR_NOT_FOUND, NULL, "no such file: %s", url);
         return;
     }
     resp->stream = MHD_create_response_from_fd((uint64_t)st.st_size, fd);
     if (!resp->stream) {
         close(fd);
-        srv_error(resp, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", NULL, "cannot send %s", url);
+        srv_error(resp, SRV_ERR_INTERNAL, NULL, "cannot send %s", url);
         return;
     }
     resp->status = MHD_HTTP_OK;
@@ -357,7 +350,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (!r) {
         if (!(r = calloc(1, sizeof *r))) return MHD_NO;
         r->id = atomic_fetch_add(&next_id, 1);
-        r->started = now_s();
+        r->started = srv_now_s();
         route_label(r, method, url);
         *con_cls = r;
         if (check_framing(c, r, &resp) || check_access(c, url, r, &resp))
@@ -395,8 +388,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return send_response(c, r, &resp);
     }
     if (r->too_large) {
-        srv_error(&resp, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", NULL,
-                  "the request body is over the limit of %zu bytes",
+        srv_error(&resp, SRV_ERR_TOO_LARGE, NULL, "the request body is over the limit of %zu bytes",
                   srv_d.cfg.limits.max_body_bytes);
         return send_response(c, r, &resp);
     }
@@ -408,7 +400,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     const char *accept = choose_accept(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Accept"));
     if (!accept) {
-        srv_error(&resp, MHD_HTTP_NOT_ACCEPTABLE, "not_acceptable", NULL,
+        srv_error(&resp, SRV_ERR_NOT_ACCEPTABLE, NULL,
                   "lensd answers application/json, application/vnd.safetensors or "
                   "application/x-npy");
         return send_response(c, r, &resp);
@@ -417,7 +409,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     const char *type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
     if (r->len && type && strncmp(type, "application/json", 16) != 0 &&
         strncmp(type, "application/x-www-form-urlencoded", 33) != 0) {
-        srv_error(&resp, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", NULL,
+        srv_error(&resp, SRV_ERR_UNSUPPORTED_MEDIA_TYPE, NULL,
                   "request bodies are JSON (Content-Type: application/json), not %s", type);
         return send_response(c, r, &resp);
     }
@@ -453,7 +445,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     (void)c;
     request *r = *con_cls;
     if (!r) return;
-    double seconds = now_s() - r->started;
+    double seconds = srv_now_s() - r->started;
     if (why != MHD_REQUEST_TERMINATED_COMPLETED_OK && !r->status) r->status = 499;
     fprintf(stderr,
             "{\"request\": %llu, \"route\": \"%s\", \"model\": \"%s\", \"status\": %u, "

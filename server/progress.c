@@ -30,12 +30,6 @@ struct srv_progress {
 static srv_progress jobs[MAX_JOBS];
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static bool valid_id(const char *id) {
     size_t n = strlen(id);
     if (n == 0 || n > MAX_ID) return false;
@@ -60,7 +54,7 @@ static srv_progress *find_locked(const char *id, size_t len, const char *owner,
 srv_progress *srv_progress_begin(const char *id, const char *owner,
                                  struct MHD_Connection *connection, srv_response *resp) {
     if (id && !valid_id(id)) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "progress_id",
+        srv_error(resp, SRV_ERR_BAD_REQUEST, "progress_id",
                   "progress_id must be 1 to %d letters, digits, '.', '_' or '-'", MAX_ID);
         return NULL;
     }
@@ -70,20 +64,21 @@ srv_progress *srv_progress_begin(const char *id, const char *owner,
     pthread_mutex_lock(&lock);
     if (id && find_locked(id, strlen(id), owner, NULL)) {
         pthread_mutex_unlock(&lock);
-        srv_error(resp, 409, "conflict", "progress_id",
+        srv_error(resp, SRV_ERR_CONFLICT, "progress_id",
                   "progress_id \"%s\" is in use by a running job", id);
         return NULL;
     }
     for (int i = 0; i < MAX_JOBS && !p; i++)
         if (!jobs[i].used) p = &jobs[i];
     if (p) {
-        *p = (srv_progress){.used = true, .started = now_s(), .fd = info ? info->connect_fd : -1};
+        *p = (srv_progress){
+            .used = true, .started = srv_now_s(), .fd = info ? info->connect_fd : -1};
         snprintf(p->id, sizeof p->id, "%s", id ? id : "");
         snprintf(p->owner, sizeof p->owner, "%s", owner);
     }
     pthread_mutex_unlock(&lock);
     if (!p)
-        srv_error(resp, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
+        srv_error(resp, SRV_ERR_UNAVAILABLE, NULL,
                   "%d long jobs are running already; try again later", MAX_JOBS);
     return p;
 }
@@ -127,8 +122,8 @@ void srv_progress_route(const char *method, const char *rest, const srv_token *c
                         srv_response *resp) {
     const bool get = strcmp(method, "GET") == 0, del = strcmp(method, "DELETE") == 0;
     if (!get && !del) {
-        srv_error(resp, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", NULL,
-                  "progress takes GET and DELETE, not %s", method);
+        srv_error(resp, SRV_ERR_METHOD_NOT_ALLOWED, NULL, "progress takes GET and DELETE, not %s",
+                  method);
         return;
     }
     pthread_mutex_lock(&lock);
@@ -137,11 +132,11 @@ void srv_progress_route(const char *method, const char *rest, const srv_token *c
         if (del) p->cancelled = true;
         srv_json(resp, MHD_HTTP_OK,
                  json_pack("{s:s, s:I, s:I, s:f, s:b}", "id", p->id, "done", (json_int_t)p->done,
-                           "total", (json_int_t)p->total, "seconds", now_s() - p->started,
+                           "total", (json_int_t)p->total, "seconds", srv_now_s() - p->started,
                            "cancelled", p->cancelled));
     }
     pthread_mutex_unlock(&lock);
     if (!p)
-        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", "progress_id",
+        srv_error(resp, SRV_ERR_NOT_FOUND, "progress_id",
                   "no running job \"%.64s\" (finished, or never started)", rest);
 }

@@ -26,90 +26,6 @@
 #include "server/tensors.h"
 #include "server/test_prompt.h"
 
-/* ---- responses ---------------------------------------------------------- */
-
-/* The text json_text grows. */
-typedef struct text_buffer {
-    char *data;
-    size_t len, cap;
-} text_buffer;
-
-static int append_text(const char *chunk, size_t n, void *user) {
-    text_buffer *t = user;
-    if (t->len + n + 1 > t->cap) {
-        size_t cap = (t->len + n + 1) * 2;
-        char *grown = realloc(t->data, cap);
-        if (!grown) return -1;
-        t->data = grown;
-        t->cap = cap;
-    }
-    memcpy(t->data + t->len, chunk, n);
-    t->len += n;
-    return 0;
-}
-
-/* Through json_dump_callback into a buffer of our own: json_dumps grows one
- * of its own and, when a growth fails, can return damaged text instead of
- * NULL (tests/unit/test_tensors.c). */
-char *srv_json_text(const json_t *body, size_t *len) {
-    text_buffer t = {0};
-    if (!body || json_dump_callback(body, append_text, &t, JSON_COMPACT) || !t.data) {
-        free(t.data);
-        return NULL;
-    }
-    t.data[t.len] = '\0';
-    *len = t.len;
-    return t.data;
-}
-
-void srv_json(srv_response *resp, unsigned status, json_t *body) {
-    size_t len = 0;
-    char *text = srv_json_text(body, &len);
-    json_decref(body);
-    resp->content_type = "application/json";
-    if (!text) { /* out of memory while encoding: never a 200 without its body */
-        static const char failed[] = "{\"error\": {\"code\": \"insufficient_storage\", "
-                                     "\"message\": \"out of memory encoding the answer\"}}";
-        resp->status = 507;
-        resp->body = strdup(failed);
-        resp->body_len = resp->body ? strlen(resp->body) : 0;
-        return;
-    }
-    resp->status = status;
-    resp->body = text;
-    resp->body_len = len;
-}
-
-void srv_error(srv_response *resp, unsigned status, const char *code, const char *field,
-               const char *fmt, ...) {
-    char message[LENS_ERR_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(message, sizeof message, fmt, ap);
-    va_end(ap);
-    json_t *error = json_pack("{s:s, s:s}", "code", code, "message", message);
-    if (field) json_object_set_new(error, "field", json_string(field));
-    free(resp->body);
-    *resp = (srv_response){0};
-    srv_json(resp, status, json_pack("{s:o}", "error", error));
-}
-
-/* A lens_err from the engine as an HTTP error: 507 for memory, 500 for a
- * device failure, else 400. */
-static void engine_error(srv_response *resp, const lens_err *err, const char *field) {
-    switch (err->code) {
-    case LENS_ERR_NO_MEMORY:
-        srv_error(resp, 507, "insufficient_storage", field, "%s", err->msg);
-        break;
-    case LENS_ERR_DEVICE:
-        srv_error(resp, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", field, "%s", err->msg);
-        break;
-    case LENS_ERR_INVALID:
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field, "%s", err->msg);
-        break;
-    }
-}
-
 /* ---- request fields ----------------------------------------------------- */
 
 /* Fails resp unless body's optional field has the JSON type (0: absent). */
@@ -119,7 +35,7 @@ static int optional_bool(json_t *body, const char *key, bool fallback, bool *out
     *out = fallback;
     if (!v) return 0;
     if (!json_is_boolean(v)) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", key, "%s must be true or false", key);
+        srv_error(resp, SRV_ERR_BAD_REQUEST, key, "%s must be true or false", key);
         return -1;
     }
     *out = json_is_true(v);
@@ -132,8 +48,7 @@ static int optional_int(json_t *body, const char *key, long fallback, long min, 
     *out = fallback;
     if (!v) return 0;
     if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
-        srv_error(resp, json_is_integer(v) ? 422 : MHD_HTTP_BAD_REQUEST,
-                  json_is_integer(v) ? "unprocessable" : "bad_request", key,
+        srv_error(resp, json_is_integer(v) ? SRV_ERR_UNPROCESSABLE : SRV_ERR_BAD_REQUEST, key,
                   "%s must be an integer from %ld to %ld", key, min, max);
         return -1;
     }
@@ -150,7 +65,7 @@ static int read_prompts(const srv_model *sm, json_t *body, lens_token_batch *bat
     json_t *prompt = json_object_get(body, "prompt"), *prompts = json_object_get(body, "prompts"),
            *tokens = json_object_get(body, "tokens");
     if ((prompt != NULL) + (prompts != NULL) + (tokens != NULL) != 1) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "prompt",
+        srv_error(resp, SRV_ERR_BAD_REQUEST, "prompt",
                   "give exactly one of prompt (a string), prompts (a list of strings) or tokens "
                   "(a list of lists of token ids)");
         return -1;
@@ -161,7 +76,7 @@ static int read_prompts(const srv_model *sm, json_t *body, lens_token_batch *bat
     json_t *side = json_object_get(body, "padding_side");
     if (side && (!json_is_string(side) || (strcmp(json_string_value(side), "left") &&
                                            strcmp(json_string_value(side), "right")))) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "padding_side",
+        srv_error(resp, SRV_ERR_BAD_REQUEST, "padding_side",
                   "padding_side must be \"left\" or \"right\"");
         return -1;
     }
@@ -171,13 +86,12 @@ static int read_prompts(const srv_model *sm, json_t *body, lens_token_batch *bat
     json_t *list = prompt ? NULL : prompts ? prompts : tokens;
     const char *what = prompts ? "prompts" : "tokens";
     if (list && (!json_is_array(list) || json_array_size(list) == 0)) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", what, "%s must be a non-empty list",
-                  what);
+        srv_error(resp, SRV_ERR_BAD_REQUEST, what, "%s must be a non-empty list", what);
         return -1;
     }
     const int n = list ? (int)json_array_size(list) : 1;
     if (n > lim->max_prompts) {
-        srv_error(resp, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", what,
+        srv_error(resp, SRV_ERR_TOO_LARGE, what,
                   "%d prompts is more than the limit of %d per request", n, lim->max_prompts);
         return -1;
     }
@@ -200,7 +114,7 @@ static int read_prompts(const srv_model *sm, json_t *body, lens_token_batch *bat
             snprintf(field, sizeof field, "prompt");
         if (tokens) {
             if (!json_is_array(item) || json_array_size(item) == 0) {
-                srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
+                srv_error(resp, SRV_ERR_BAD_REQUEST, field,
                           "%s must be a non-empty list of token ids", field);
                 goto out;
             }
@@ -210,28 +124,27 @@ static int read_prompts(const srv_model *sm, json_t *body, lens_token_batch *bat
                 json_t *id = json_array_get(item, (size_t)j);
                 if (!json_is_integer(id) || json_integer_value(id) < 0 ||
                     json_integer_value(id) >= m->cfg.d_vocab) {
-                    srv_error(resp, json_is_integer(id) ? 422 : MHD_HTTP_BAD_REQUEST,
-                              json_is_integer(id) ? "unprocessable" : "bad_request", field,
-                              "%s[%d] must be a token id from 0 to %d (d_vocab - 1)", field, j,
-                              m->cfg.d_vocab - 1);
+                    srv_error(resp,
+                              json_is_integer(id) ? SRV_ERR_UNPROCESSABLE : SRV_ERR_BAD_REQUEST,
+                              field, "%s[%d] must be a token id from 0 to %d (d_vocab - 1)", field,
+                              j, m->cfg.d_vocab - 1);
                     goto out;
                 }
                 rows[i][j] = (int32_t)json_integer_value(id);
             }
         } else {
             if (!json_is_string(item)) {
-                srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field, "%s must be a string",
-                          field);
+                srv_error(resp, SRV_ERR_BAD_REQUEST, field, "%s must be a string", field);
                 goto out;
             }
             bool truncated;
             if (lens_prompt_tokens(m, json_string_value(item), prepend_bos, &rows[i], &lens[i],
                                    &truncated, &err)) {
-                engine_error(resp, &err, field);
+                srv_engine_error(resp, &err, field);
                 goto out;
             }
             if (truncated) { /* found after n_ctx + 1 tokens: the rest is not tokenized */
-                srv_error(resp, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", field,
+                srv_error(resp, SRV_ERR_TOO_LARGE, field,
                           "%s is more than the model's context of %d tokens (TransformerLens "
                           "would cut it there; send at most that many)",
                           field, m->cfg.n_ctx);
@@ -239,18 +152,18 @@ static int read_prompts(const srv_model *sm, json_t *body, lens_token_batch *bat
             }
         }
         if (lens[i] == 0) {
-            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
+            srv_error(resp, SRV_ERR_BAD_REQUEST, field,
                       "%s has no tokens (an empty prompt without BOS)", field);
             goto out;
         }
         if (lens[i] > max_tokens) {
-            srv_error(resp, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", field,
-                      "%s is %d tokens, more than the limit of %d", field, lens[i], max_tokens);
+            srv_error(resp, SRV_ERR_TOO_LARGE, field, "%s is %d tokens, more than the limit of %d",
+                      field, lens[i], max_tokens);
             goto out;
         }
     }
     if (lens_pad_rows(m, rows, lens, n, &pad, batch, &err)) {
-        engine_error(resp, &err, what);
+        srv_engine_error(resp, &err, what);
         goto out;
     }
     rc = 0;
@@ -273,7 +186,7 @@ static int read_positions(json_t *body, int T, int32_t **out, int *n, srv_respon
     *n = 0;
     if (!list) return 0;
     if (!json_is_array(list) || json_array_size(list) == 0) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "positions",
+        srv_error(resp, SRV_ERR_BAD_REQUEST, "positions",
                   "positions must be a non-empty list of integers");
         return -1;
     }
@@ -289,8 +202,7 @@ static int read_positions(json_t *body, int T, int32_t **out, int *n, srv_respon
         if (!json_is_integer(v) || p < 0 || p >= T) {
             char field[32];
             snprintf(field, sizeof field, "positions[%d]", i);
-            srv_error(resp, json_is_integer(v) ? 422 : MHD_HTTP_BAD_REQUEST,
-                      json_is_integer(v) ? "unprocessable" : "bad_request", field,
+            srv_error(resp, json_is_integer(v) ? SRV_ERR_UNPROCESSABLE : SRV_ERR_BAD_REQUEST, field,
                       "%s must be a position in [-%d, %d)", field, T, T);
             free(*out);
             *out = NULL;
@@ -310,8 +222,7 @@ static int read_names(const lens_config *c, json_t *body, uint8_t *enabled, srv_
         return 0;
     }
     if (names && !json_is_array(names)) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "names",
-                  "names must be a list of hook names");
+        srv_error(resp, SRV_ERR_BAD_REQUEST, "names", "names must be a list of hook names");
         return -1;
     }
     char field[48];
@@ -321,12 +232,11 @@ static int read_names(const lens_config *c, json_t *body, uint8_t *enabled, srv_
         lens_hook hook;
         lens_err err = {0};
         if (!json_is_string(v)) {
-            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field, "%s must be a string",
-                      field);
+            srv_error(resp, SRV_ERR_BAD_REQUEST, field, "%s must be a string", field);
             return -1;
         }
         if (lens_hook_parse(c, json_string_value(v), &hook, &err)) {
-            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field, "%s", err.msg);
+            srv_error(resp, SRV_ERR_BAD_REQUEST, field, "%s", err.msg);
             return -1;
         }
         enabled[lens_hook_slot(c, hook)] = 1;
@@ -334,7 +244,7 @@ static int read_names(const lens_config *c, json_t *body, uint8_t *enabled, srv_
     if (!filter) return 0;
     const bool one = json_is_string(filter);
     if (!one && !json_is_array(filter)) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "names_filter",
+        srv_error(resp, SRV_ERR_BAD_REQUEST, "names_filter",
                   "names_filter must be a glob or a list of globs");
         return -1;
     }
@@ -342,7 +252,7 @@ static int read_names(const lens_config *c, json_t *body, uint8_t *enabled, srv_
         json_t *v = one ? filter : json_array_get(filter, i);
         snprintf(field, sizeof field, one ? "names_filter" : "names_filter[%zu]", i);
         if (!json_is_string(v) || lens_hook_select_glob(c, json_string_value(v), enabled) == 0) {
-            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
+            srv_error(resp, SRV_ERR_BAD_REQUEST, field,
                       json_is_string(v) ? "%s matches no hook point of this model"
                                         : "%s must be a string",
                       field);
@@ -414,9 +324,9 @@ static json_t *decode_ids(const lens_model *m, json_t *ids, const char *field, s
         json_t *id = json_array_get(ids, j);
         if (!json_is_integer(id) || json_integer_value(id) < 0 ||
             json_integer_value(id) >= m->cfg.d_vocab) {
-            srv_error(resp, json_is_integer(id) ? 422 : MHD_HTTP_BAD_REQUEST,
-                      json_is_integer(id) ? "unprocessable" : "bad_request", field,
-                      "%s[%zu] must be a token id from 0 to %d", field, j, m->cfg.d_vocab - 1);
+            srv_error(resp, json_is_integer(id) ? SRV_ERR_UNPROCESSABLE : SRV_ERR_BAD_REQUEST,
+                      field, "%s[%zu] must be a token id from 0 to %d", field, j,
+                      m->cfg.d_vocab - 1);
             free(buf);
             return NULL;
         }
@@ -427,14 +337,14 @@ static json_t *decode_ids(const lens_model *m, json_t *ids, const char *field, s
     char *text = m->tok ? lens_tok_decode(m->tok, buf, n, &len, &err) : NULL;
     free(buf);
     if (!text) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field, "%s",
+        srv_error(resp, SRV_ERR_BAD_REQUEST, field, "%s",
                   m->tok ? err.msg : "this model has no tokenizer");
         return NULL;
     }
     json_t *s = json_stringn(text, len);
     free(text);
     if (!s) /* not valid UTF-8 on its own (a piece of a character) */
-        srv_error(resp, 422, "unprocessable", field, "%s decodes to bytes that are not UTF-8 text",
+        srv_error(resp, SRV_ERR_UNPROCESSABLE, field, "%s decodes to bytes that are not UTF-8 text",
                   field);
     return s;
 }
@@ -443,7 +353,7 @@ static void run_detokenize(srv_job *job) {
     const lens_model *m = job->model->model;
     json_t *tokens = json_object_get(job->body, "tokens");
     if (!json_is_array(tokens)) {
-        srv_error(&job->response, MHD_HTTP_BAD_REQUEST, "bad_request", "tokens",
+        srv_error(&job->response, SRV_ERR_BAD_REQUEST, "tokens",
                   "tokens must be a list of ids or a list of lists of ids");
         return;
     }
@@ -459,8 +369,8 @@ static void run_detokenize(srv_job *job) {
         snprintf(field, sizeof field, "tokens[%zu]", i);
         json_t *row = json_array_get(tokens, i), *text;
         if (!json_is_array(row)) {
-            srv_error(&job->response, MHD_HTTP_BAD_REQUEST, "bad_request", field,
-                      "%s must be a list of ids", field);
+            srv_error(&job->response, SRV_ERR_BAD_REQUEST, field, "%s must be a list of ids",
+                      field);
             json_decref(texts);
             return;
         }
@@ -495,8 +405,7 @@ static void run_with_cache(srv_job *job) {
     }
     if (dtype && (!json_is_string(dtype) || (strcmp(json_string_value(dtype), "float32") &&
                                              strcmp(json_string_value(dtype), "float16")))) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "dtype",
-                  "dtype must be \"float32\" or \"float16\"");
+        srv_error(resp, SRV_ERR_BAD_REQUEST, "dtype", "dtype must be \"float32\" or \"float16\"");
         goto fail;
     }
     const bool half = dtype && strcmp(json_string_value(dtype), "float16") == 0;
@@ -514,8 +423,8 @@ static void run_with_cache(srv_job *job) {
     const size_t limit =
         keep ? srv_d.cfg.limits.max_kept_cache_bytes : srv_d.cfg.limits.max_response_bytes;
     if (bytes > limit) {
-        srv_error(resp, keep ? 507 : MHD_HTTP_CONTENT_TOO_LARGE,
-                  keep ? "insufficient_storage" : "too_large", keep ? "keep" : NULL,
+        srv_error(resp, keep ? SRV_ERR_INSUFFICIENT_STORAGE : SRV_ERR_TOO_LARGE,
+                  keep ? "keep" : NULL,
                   "this cache is %zu MB of tensors for %d prompt%s x %d tokens, over the %zu MB "
                   "of limits.%s; ask for fewer names, positions or prompts",
                   bytes >> 20, a->batch.B, a->batch.B == 1 ? "" : "s", a->batch.T, limit >> 20,
@@ -524,7 +433,7 @@ static void run_with_cache(srv_job *job) {
     }
     srv_metrics_batch(a->batch.B);
     if (lens_run_cache(sm->model, &sm->ws, &a->batch, &req, &a->cache, &err)) {
-        engine_error(resp, &err, NULL);
+        srv_engine_error(resp, &err, NULL);
         goto fail;
     }
     if (srv_answer_add_tokens(a)) goto oom;
@@ -736,7 +645,7 @@ static void logits_together(srv_model *sm, logits_request *lrs, int n) {
         free(none);
         free(at);
         if (rc) {
-            engine_error(&lrs->job->response, &err, NULL);
+            srv_engine_error(&lrs->job->response, &err, NULL);
             logits_request_free(lrs);
         } else {
             logits_finish(lrs);
@@ -786,7 +695,7 @@ static void logits_together(srv_model *sm, logits_request *lrs, int n) {
             logits_finish(&lrs[i]);
         } else {
             if (failed)
-                engine_error(&lrs[i].job->response, &err, NULL);
+                srv_engine_error(&lrs[i].job->response, &err, NULL);
             else
                 srv_out_of_memory(&lrs[i].job->response);
             logits_request_free(&lrs[i]);
@@ -834,8 +743,7 @@ static int read_indices(json_t *body, const char *key, int limit, int **out, int
     json_t *list = json_object_get(body, key);
     *n = list ? (int)json_array_size(list) : limit;
     if (list && (!json_is_array(list) || *n == 0)) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", key,
-                  "%s must be a non-empty list of integers", key);
+        srv_error(resp, SRV_ERR_BAD_REQUEST, key, "%s must be a non-empty list of integers", key);
         return -1;
     }
     if (!(*out = malloc((size_t)*n * sizeof **out))) {
@@ -850,8 +758,7 @@ static int read_indices(json_t *body, const char *key, int limit, int **out, int
             char field[32];
             snprintf(field, sizeof field, "%s[%d]", key, i);
             const bool typed = !v || json_is_integer(v);
-            srv_error(resp, typed ? 422 : MHD_HTTP_BAD_REQUEST,
-                      typed ? "unprocessable" : "bad_request", field,
+            srv_error(resp, typed ? SRV_ERR_UNPROCESSABLE : SRV_ERR_BAD_REQUEST, field,
                       "%s must be an integer from %d to %d (negatives count from the end)", field,
                       -limit, limit - 1);
             free(*out);
@@ -879,8 +786,7 @@ static void run_attention(srv_job *job) {
     const json_t *tokens = json_object_get(job->body, "tokens");
     if (json_object_get(job->body, "prompts") || (prompt && !json_is_string(prompt)) ||
         (!prompt && !(json_is_array(tokens) && json_array_size(tokens) == 1))) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request",
-                  tokens && !prompt ? "tokens" : "prompt",
+        srv_error(resp, SRV_ERR_BAD_REQUEST, tokens && !prompt ? "tokens" : "prompt",
                   "attention takes one prompt: \"prompt\" (a string) or \"tokens\" with one row");
         goto fail;
     }
@@ -893,7 +799,7 @@ static void run_attention(srv_job *job) {
     const lens_cache_request req = {.enabled = enabled};
     srv_metrics_batch(1);
     if (lens_run_cache(sm->model, &sm->ws, &a->batch, &req, &a->cache, &err)) {
-        engine_error(resp, &err, NULL);
+        srv_engine_error(resp, &err, NULL);
         goto fail;
     }
     const int T = a->batch.T;
@@ -941,8 +847,7 @@ static void run_test_prompt(srv_job *job) {
     bool prepend_space, prepend_bos;
     long top_k;
     if (!json_is_string(prompt) || !json_is_string(answer)) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request",
-                  json_is_string(prompt) ? "answer" : "prompt",
+        srv_error(resp, SRV_ERR_BAD_REQUEST, json_is_string(prompt) ? "answer" : "prompt",
                   "test_prompt needs prompt and answer, both strings");
         return;
     }
@@ -964,7 +869,7 @@ static void run_test_prompt(srv_job *job) {
                  : -1;
     if (out) fclose(out);
     if (rc) {
-        engine_error(resp, &err, NULL);
+        srv_engine_error(resp, &err, NULL);
     } else {
         json_object_set_new(data, "text", json_stringn(text, text_len));
         json_object_set_new(data, "model", json_string(sm->name));
@@ -980,7 +885,7 @@ static int read_answer(const lens_model *m, json_t *v, const char *field, int32_
                        srv_response *resp) {
     if (json_is_integer(v)) {
         if (json_integer_value(v) < 0 || json_integer_value(v) >= m->cfg.d_vocab_out) {
-            srv_error(resp, 422, "unprocessable", field, "%s must be a token id from 0 to %d",
+            srv_error(resp, SRV_ERR_UNPROCESSABLE, field, "%s must be a token id from 0 to %d",
                       field, m->cfg.d_vocab_out - 1);
             return -1;
         }
@@ -988,19 +893,19 @@ static int read_answer(const lens_model *m, json_t *v, const char *field, int32_
         return 0;
     }
     if (!json_is_string(v)) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
-                  "%s must be a string (one token) or a token id", field);
+        srv_error(resp, SRV_ERR_BAD_REQUEST, field, "%s must be a string (one token) or a token id",
+                  field);
         return -1;
     }
     int32_t *ids = NULL;
     int n = 0;
     lens_err err = {0};
     if (lens_prompt_tokens(m, json_string_value(v), false, &ids, &n, NULL, &err)) {
-        engine_error(resp, &err, field);
+        srv_engine_error(resp, &err, field);
         return -1;
     }
     if (n != 1) {
-        srv_error(resp, 422, "unprocessable", field,
+        srv_error(resp, SRV_ERR_UNPROCESSABLE, field,
                   "%s is %d tokens; answers must be single tokens (to_single_token)", field, n);
         free(ids);
         return -1;
@@ -1008,7 +913,7 @@ static int read_answer(const lens_model *m, json_t *v, const char *field, int32_
     *id = ids[0] < m->cfg.d_vocab_out ? ids[0] : -1;
     free(ids);
     if (*id < 0) {
-        srv_error(resp, 422, "unprocessable", field, "%s is not an output token", field);
+        srv_error(resp, SRV_ERR_UNPROCESSABLE, field, "%s is not an output token", field);
         return -1;
     }
     return 0;
@@ -1019,14 +924,14 @@ static int read_answer_pairs(const lens_model *m, json_t *body, int B, int32_t *
                              int32_t *wrong, srv_response *resp) {
     json_t *pairs = json_object_get(body, "answers");
     if (!json_is_array(pairs) || json_array_size(pairs) == 0) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "answers",
+        srv_error(resp, SRV_ERR_BAD_REQUEST, "answers",
                   "answers must be a pair [answer, wrong answer] or a list of one pair per "
                   "prompt");
         return -1;
     }
     const bool one = !json_is_array(json_array_get(pairs, 0));
     if (!one && (int)json_array_size(pairs) != B) {
-        srv_error(resp, 422, "unprocessable", "answers", "answers has %zu pairs for %d prompts",
+        srv_error(resp, SRV_ERR_UNPROCESSABLE, "answers", "answers has %zu pairs for %d prompts",
                   json_array_size(pairs), B);
         return -1;
     }
@@ -1035,8 +940,8 @@ static int read_answer_pairs(const lens_model *m, json_t *body, int B, int32_t *
         char field[48];
         snprintf(field, sizeof field, one ? "answers" : "answers[%d]", b);
         if (!json_is_array(pair) || json_array_size(pair) != 2) {
-            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
-                      "%s must be a pair [answer, wrong answer]", field);
+            srv_error(resp, SRV_ERR_BAD_REQUEST, field, "%s must be a pair [answer, wrong answer]",
+                      field);
             return -1;
         }
         char f0[sizeof field + 4], f1[sizeof field + 4];
@@ -1079,7 +984,7 @@ static int read_attribution(json_t *body, unsigned *which, srv_response *resp) {
     *which = 0;
     if (!list) return 0;
     if (!json_is_array(list)) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "attribution",
+        srv_error(resp, SRV_ERR_BAD_REQUEST, "attribution",
                   "attribution must be a list of \"accumulated_resid\", \"decompose_resid\", "
                   "\"heads\"");
         return -1;
@@ -1094,7 +999,7 @@ static int read_attribution(json_t *body, unsigned *which, srv_response *resp) {
         if (!bit) {
             char field[48];
             snprintf(field, sizeof field, "attribution[%zu]", i);
-            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
+            srv_error(resp, SRV_ERR_BAD_REQUEST, field,
                       "%s must be \"accumulated_resid\", \"decompose_resid\" or \"heads\"", field);
             return -1;
         }
@@ -1164,7 +1069,7 @@ static void run_logit_diff(srv_job *job) {
     const lens_cache_request req = {.enabled = enabled, .logits = true, .logit_positions = pos};
     srv_metrics_batch(B);
     if (lens_run_cache(m, &sm->ws, &batch, &req, &cache, &err)) {
-        engine_error(resp, &err, NULL);
+        srv_engine_error(resp, &err, NULL);
         goto out;
     }
     json_t *diffs = json_array(), *pairs = json_array(), *positions = json_array();
@@ -1350,7 +1255,7 @@ static int read_hooks(const lens_config *c, json_t *body, int T, hooks_request *
                       srv_response *resp) {
     json_t *list = json_object_get(body, "hooks");
     if (!json_is_array(list) || json_array_size(list) == 0) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "hooks",
+        srv_error(resp, SRV_ERR_BAD_REQUEST, "hooks",
                   "hooks must be a non-empty list of {\"name\", \"op\", ...}");
         return -1;
     }
@@ -1375,8 +1280,7 @@ static int read_hooks(const lens_config *c, json_t *body, int T, hooks_request *
         char field[64];
         snprintf(field, sizeof field, "hooks[%d]", i);
         if (!json_is_object(item)) {
-            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field, "%s must be an object",
-                      field);
+            srv_error(resp, SRV_ERR_BAD_REQUEST, field, "%s must be an object", field);
             return -1;
         }
         const char *name = json_string_value(json_object_get(item, "name"));
@@ -1384,12 +1288,12 @@ static int read_hooks(const lens_config *c, json_t *body, int T, hooks_request *
         lens_err err = {0};
         snprintf(field, sizeof field, "hooks[%d].name", i);
         if (!name || lens_hook_parse(c, name, &it->hook, &err)) {
-            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field, "%s",
+            srv_error(resp, SRV_ERR_BAD_REQUEST, field, "%s",
                       name ? err.msg : "name must be a hook name");
             return -1;
         }
         if (it->hook.kind == LENS_HOOK_TOKENS) {
-            srv_error(resp, 422, "unprocessable", field,
+            srv_error(resp, SRV_ERR_UNPROCESSABLE, field,
                       "hook_tokens holds token ids; intervene on hook_embed instead");
             return -1;
         }
@@ -1398,7 +1302,7 @@ static int read_hooks(const lens_config *c, json_t *body, int T, hooks_request *
         for (int k = 0; k < (int)(sizeof ops / sizeof ops[0]) && op && found < 0; k++)
             if (strcmp(op, ops[k].name) == 0) found = k;
         if (found < 0) {
-            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
+            srv_error(resp, SRV_ERR_BAD_REQUEST, field,
                       "op must be zero, mean, set, add, scale or patch");
             return -1;
         }
@@ -1406,7 +1310,7 @@ static int read_hooks(const lens_config *c, json_t *body, int T, hooks_request *
         if (strcmp(op, "set") == 0 || strcmp(op, "add") == 0) {
             snprintf(field, sizeof field, "hooks[%d].value", i);
             if (!(h->values[i] = read_numbers(json_object_get(item, "value"), &it->value_len))) {
-                srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
+                srv_error(resp, SRV_ERR_BAD_REQUEST, field,
                           "%s must be a number or a list of numbers (one per entry of the last "
                           "axis)",
                           field);
@@ -1418,8 +1322,7 @@ static int read_hooks(const lens_config *c, json_t *body, int T, hooks_request *
             json_t *factor = json_object_get(item, "factor");
             snprintf(field, sizeof field, "hooks[%d].factor", i);
             if (!json_is_number(factor)) {
-                srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
-                          "scale needs a number, factor");
+                srv_error(resp, SRV_ERR_BAD_REQUEST, field, "scale needs a number, factor");
                 return -1;
             }
             it->factor = (float)json_number_value(factor);
@@ -1444,7 +1347,7 @@ static int read_hooks(const lens_config *c, json_t *body, int T, hooks_request *
         snprintf(field, sizeof field, "hooks[%d].heads", i);
         if (heads) {
             if (lens_hook_head_axis(c, it->hook.kind) < 0) {
-                srv_error(resp, 422, "unprocessable", field, "%s has no head axis", name);
+                srv_error(resp, SRV_ERR_UNPROCESSABLE, field, "%s has no head axis", name);
                 return -1;
             }
             int *idx = NULL;
@@ -1490,7 +1393,7 @@ static int mean_sources(srv_model *sm, json_t *body, const lens_token_batch *bat
     const lens_cache_request req = {.enabled = enabled};
     lens_err err = {0};
     int rc = lens_run_cache(sm->model, &sm->ws, batch, &req, &clean, &err);
-    if (rc) engine_error(resp, &err, "hooks");
+    if (rc) srv_engine_error(resp, &err, "hooks");
     for (int i = 0; rc == 0 && i < h->n; i++) {
         const char *op = json_string_value(json_object_get(json_array_get(list, (size_t)i), "op"));
         if (strcmp(op, "mean") != 0) continue;
@@ -1539,7 +1442,7 @@ static int patch_sources(srv_model *sm, json_t *body, const lens_token_batch *ba
         return enabled ? 0 : -1;
     }
     if (!json_is_object(from)) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "patch_from",
+        srv_error(resp, SRV_ERR_BAD_REQUEST, "patch_from",
                   "patch needs patch_from: {\"prompt\" | \"prompts\" | \"tokens\"} to take "
                   "activations from");
         goto out;
@@ -1559,7 +1462,7 @@ static int patch_sources(srv_model *sm, json_t *body, const lens_token_batch *ba
     rc = -1;
     if (h->source_batch.T != batch->T ||
         (h->source_batch.B != 1 && h->source_batch.B != batch->B)) {
-        srv_error(resp, 422, "unprocessable", "patch_from",
+        srv_error(resp, SRV_ERR_UNPROCESSABLE, "patch_from",
                   "patch_from is %d prompts of %d positions; patching needs %d positions and 1 "
                   "or %d prompts",
                   h->source_batch.B, h->source_batch.T, batch->T, batch->B);
@@ -1567,7 +1470,7 @@ static int patch_sources(srv_model *sm, json_t *body, const lens_token_batch *ba
     }
     const lens_cache_request req = {.enabled = enabled};
     if (lens_run_cache(sm->model, &sm->ws, &h->source_batch, &req, &h->source, &err)) {
-        engine_error(resp, &err, "patch_from");
+        srv_engine_error(resp, &err, "patch_from");
         goto out;
     }
     for (int i = 0; i < h->n; i++) {
@@ -1619,7 +1522,7 @@ static void run_hooks_job(srv_job *job) {
     srv_metrics_batch(B);
     if (lens_run_cache(sm->model, &sm->ws, &a->batch, &req, &a->cache, &err)) {
         json_decref(fields);
-        engine_error(resp, &err, "hooks");
+        srv_engine_error(resp, &err, "hooks");
         goto out;
     }
     if (metric) { /* logit difference at each prompt's last real token */
@@ -1704,7 +1607,7 @@ static int32_t pick_token(const float *logits, int V, bool sample, float tempera
 static srv_progress *begin_progress(srv_job *job, srv_response *resp) {
     json_t *progress_id = json_object_get(job->body, "progress_id");
     if (progress_id && !json_is_string(progress_id)) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "progress_id",
+        srv_error(resp, SRV_ERR_BAD_REQUEST, "progress_id",
                   "progress_id must be a string (then GET /v1/progress/{id} follows the job)");
         return NULL;
     }
@@ -1720,11 +1623,11 @@ static bool answer_if_stopped(srv_job *job, const srv_progress *progress, const 
     const char *id = json_string_value(json_object_get(job->body, "progress_id"));
     switch (srv_progress_stopped(progress)) {
     case SRV_STOP_CANCELLED:
-        srv_error(&job->response, 409, "cancelled", "progress_id", "%s (DELETE /v1/progress/%s)",
+        srv_error(&job->response, SRV_ERR_CANCELLED, "progress_id", "%s (DELETE /v1/progress/%s)",
                   what, id ? id : "");
         return true;
     case SRV_STOP_CLIENT_GONE:
-        srv_error(&job->response, 499, "client_closed", NULL,
+        srv_error(&job->response, SRV_ERR_CLIENT_CLOSED, NULL,
                   "%s: the client closed the connection", what);
         return true;
     case SRV_STOP_NONE:
@@ -1760,9 +1663,9 @@ static void run_generate(srv_job *job) {
         optional_int(job->body, "seed", 0, 0, INT64_MAX, &seed, resp))
         goto out;
     if (temperature_json && (!json_is_number(temperature_json) || temperature <= 0)) {
-        srv_error(resp, json_is_number(temperature_json) ? 422 : MHD_HTTP_BAD_REQUEST,
-                  json_is_number(temperature_json) ? "unprocessable" : "bad_request", "temperature",
-                  "temperature must be a number above 0");
+        srv_error(resp,
+                  json_is_number(temperature_json) ? SRV_ERR_UNPROCESSABLE : SRV_ERR_BAD_REQUEST,
+                  "temperature", "temperature must be a number above 0");
         goto out;
     }
     if (read_prompts(sm, job->body, &start, resp)) goto out;
@@ -1775,7 +1678,7 @@ static void run_generate(srv_job *job) {
             if (h.items[i].op == LENS_OP_COPY) {
                 char field[32];
                 snprintf(field, sizeof field, "hooks[%d].op", i);
-                srv_error(resp, 422, "unprocessable", field,
+                srv_error(resp, SRV_ERR_UNPROCESSABLE, field,
                           "generate takes zero, set, add and scale; %s needs a fixed length", op);
                 goto out;
             }
@@ -1788,7 +1691,7 @@ static void run_generate(srv_job *job) {
     for (int T = start.T; T < T_max; T++)
         work += (double)B * T;
     if (work > srv_d.cfg.limits.max_generate_tokens) {
-        srv_error(resp, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", "max_new_tokens",
+        srv_error(resp, SRV_ERR_TOO_LARGE, "max_new_tokens",
                   "%d prompt%s of up to %d tokens and %ld new tokens each run %.0f token "
                   "positions through the model (every step runs the whole rows so far), more "
                   "than limits.max_generate_tokens (%d): ask for fewer prompts or new tokens",
@@ -1858,7 +1761,7 @@ static void run_generate(srv_job *job) {
         lens_token_batch_free(&cur);
         if (rc) {
             lens_cache_free(&out);
-            engine_error(resp, &err, NULL);
+            srv_engine_error(resp, &err, NULL);
             break;
         }
         bool all_done = true;
@@ -1918,7 +1821,7 @@ static int read_metric_answers(const lens_model *m, json_t *metric, lens_metric_
     json_t *v = json_object_get(metric, "answer");
     const bool each = json_is_array(v);
     if (each && (int)json_array_size(v) != B) {
-        srv_error(resp, 422, "unprocessable", "metric.answer",
+        srv_error(resp, SRV_ERR_UNPROCESSABLE, "metric.answer",
                   "metric.answer has %zu answers for %d prompts", json_array_size(v), B);
         return -1;
     }
@@ -1929,12 +1832,6 @@ static int read_metric_answers(const lens_model *m, json_t *metric, lens_metric_
             return -1;
     }
     return 0;
-}
-
-static double monotonic_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 /* One labelled axis of a sweep's output. */
@@ -1965,7 +1862,7 @@ static int read_receivers(const lens_config *c, json_t *body, int (**out)[2], in
                           lens_hook_kind *input, srv_response *resp) {
     json_t *list = json_object_get(body, "receivers");
     if (!json_is_array(list) || json_array_size(list) == 0) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "receivers",
+        srv_error(resp, SRV_ERR_BAD_REQUEST, "receivers",
                   "%s needs receivers: a list of [layer, head] pairs", PATH_SWEEP);
         return -1;
     }
@@ -1982,7 +1879,7 @@ static int read_receivers(const lens_config *c, json_t *body, int (**out)[2], in
             json_integer_value(h) < 0 || json_integer_value(h) >= c->n_heads) {
             char field[32];
             snprintf(field, sizeof field, "receivers[%d]", i);
-            srv_error(resp, 422, "unprocessable", field,
+            srv_error(resp, SRV_ERR_UNPROCESSABLE, field,
                       "%s must be [layer, head] with a layer from 0 to %d and a head from 0 to %d",
                       field, c->n_layers - 1, c->n_heads - 1);
             return -1;
@@ -1993,13 +1890,13 @@ static int read_receivers(const lens_config *c, json_t *body, int (**out)[2], in
     const char *s = json_string_value(json_object_get(body, "receiver_input"));
     if (json_object_get(body, "receiver_input") &&
         (!s || (strcmp(s, "q") && strcmp(s, "k") && strcmp(s, "v")))) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "receiver_input",
+        srv_error(resp, SRV_ERR_BAD_REQUEST, "receiver_input",
                   "receiver_input must be \"q\", \"k\" or \"v\"");
         return -1;
     }
     *input = !s || s[0] == 'q' ? LENS_HOOK_Q : s[0] == 'k' ? LENS_HOOK_K : LENS_HOOK_V;
     if (*input != LENS_HOOK_Q && c->n_kv_heads != c->n_heads) {
-        srv_error(resp, 422, "unprocessable", "receiver_input",
+        srv_error(resp, SRV_ERR_UNPROCESSABLE, "receiver_input",
                   "path patching into k or v needs as many key/value heads as query heads (this "
                   "model has %d of %d); patch the receivers' q",
                   c->n_kv_heads, c->n_heads);
@@ -2037,7 +1934,7 @@ static void run_patch(srv_job *job) {
         for (int i = 0; i < LENS_SWEEP_COUNT && used < sizeof names; i++)
             used += (size_t)snprintf(names + used, sizeof names - used, "%s, ",
                                      lens_sweep_name((lens_sweep)i));
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "sweep",
+        srv_error(resp, SRV_ERR_BAD_REQUEST, "sweep",
                   "sweep must be one of: %s(TransformerLens's get_act_patch_* names) or %s", names,
                   PATH_SWEEP);
         return;
@@ -2052,7 +1949,7 @@ static void run_patch(srv_job *job) {
         const char *field = !json_is_object(clean_json) ? "clean"
                             : !json_is_object(bad_json) ? "corrupted"
                                                         : "metric";
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", field,
+        srv_error(resp, SRV_ERR_BAD_REQUEST, field,
                   "%s must be an object (clean and corrupted: {\"prompts\": [...]} or "
                   "{\"tokens\": [[...]]}; metric: {\"type\": \"logit_diff\", \"answers\": [...]})",
                   field);
@@ -2063,7 +1960,7 @@ static void run_patch(srv_job *job) {
     if (type && strcmp(type, "logit") == 0) {
         kind = LENS_METRIC_LOGIT;
     } else if (json_object_get(metric, "type") && (!type || strcmp(type, "logit_diff") != 0)) {
-        srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", "metric.type",
+        srv_error(resp, SRV_ERR_BAD_REQUEST, "metric.type",
                   "metric.type must be \"logit_diff\" (the default) or \"logit\"");
         return;
     }
@@ -2075,7 +1972,7 @@ static void run_patch(srv_job *job) {
         goto out;
     const int B = corrupted.B, T = corrupted.T;
     if (clean.B != B || clean.T != T) {
-        srv_error(resp, 422, "unprocessable", "corrupted",
+        srv_error(resp, SRV_ERR_UNPROCESSABLE, "corrupted",
                   "clean and corrupted must have the same shape: %d prompts of %d tokens against "
                   "%d of %d",
                   clean.B, clean.T, B, T);
@@ -2106,7 +2003,7 @@ static void run_patch(srv_job *job) {
     }
     const double work = (double)runs * B * T;
     if (work > srv_d.cfg.limits.max_patch_tokens) {
-        srv_error(resp, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", "sweep",
+        srv_error(resp, SRV_ERR_TOO_LARGE, "sweep",
                   "sweep %s is %ld patched runs of %d prompt%s x %d tokens (%.0f tokens), more "
                   "than limits.max_patch_tokens (%d): patch fewer positions or prompts",
                   sweep_name, runs, B, B == 1 ? "" : "s", T, work,
@@ -2138,14 +2035,14 @@ static void run_patch(srv_job *job) {
         .progress = patch_progress,
         .progress_user = progress,
     };
-    const double t0 = monotonic_s();
+    const double t0 = srv_now_s();
     srv_metrics_batch(B);
     if (path ? lens_path_patch(m, &sm->ws, &path_req, &result, &err)
              : lens_patch(m, &sm->ws, &req, &result, &err)) {
-        if (!answer_if_stopped(job, progress, err.msg)) engine_error(resp, &err, NULL);
+        if (!answer_if_stopped(job, progress, err.msg)) srv_engine_error(resp, &err, NULL);
         goto out;
     }
-    const double seconds = monotonic_s() - t0;
+    const double seconds = srv_now_s() - t0;
     if (!(a = srv_answer_new(c))) {
         srv_out_of_memory(resp);
         goto out;
@@ -2243,13 +2140,6 @@ srv_model *srv_find_model(const char *name, size_t len) {
     return m;
 }
 
-static void raw_json(srv_response *resp, const char *json) {
-    resp->status = MHD_HTTP_OK;
-    resp->content_type = "application/json";
-    resp->body = strdup(json);
-    resp->body_len = strlen(json);
-}
-
 /* The routes under /v1/models/{m}/: each a POST, run as a job of its kind. */
 static const struct {
     const char *action;
@@ -2280,8 +2170,7 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
     if (strcmp(url, "/healthz") == 0 || strcmp(url, "/readyz") == 0 ||
         strcmp(url, "/metrics") == 0 || strcmp(url, "/v1/models") == 0) {
         if (!get) {
-            srv_error(resp, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", NULL,
-                      "%s takes GET, not %s", url, method);
+            srv_error(resp, SRV_ERR_METHOD_NOT_ALLOWED, NULL, "%s takes GET, not %s", url, method);
         } else if (strcmp(url, "/healthz") == 0) {
             srv_json(resp, MHD_HTTP_OK, json_pack("{s:s}", "status", "ok"));
         } else if (strcmp(url, "/readyz") == 0) {
@@ -2315,12 +2204,11 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
     }
     const char *prefix = "/v1/models/";
     if (strncmp(url, prefix, strlen(prefix)) != 0) {
-        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", NULL, "no such route: %s", url);
+        srv_error(resp, SRV_ERR_NOT_FOUND, NULL, "no such route: %s", url);
         return NULL;
     }
     if (!srv_d.ready) {
-        srv_error(resp, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
-                  "the models are still loading");
+        srv_error(resp, SRV_ERR_UNAVAILABLE, NULL, "the models are still loading");
         resp->retry_after_s = 2;
         return NULL;
     }
@@ -2330,20 +2218,19 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
         pthread_rwlock_rdlock(&srv_d.models_lock);
         srv_model *m = find_model_locked(name, name_len);
         if (!m)
-            srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", "model", "no model called \"%.*s\"",
-                      (int)name_len, name);
+            srv_error(resp, SRV_ERR_NOT_FOUND, "model", "no model called \"%.*s\"", (int)name_len,
+                      name);
         else if (get)
-            raw_json(resp, m->info_json);
+            srv_json_raw(resp, m->info_json);
         else
-            srv_error(resp, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", NULL,
-                      "%s takes GET, not %s", url, method);
+            srv_error(resp, SRV_ERR_METHOD_NOT_ALLOWED, NULL, "%s takes GET, not %s", url, method);
         pthread_rwlock_unlock(&srv_d.models_lock);
         return NULL;
     }
     srv_model *m = srv_find_model(name, name_len);
     if (!m) {
-        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", "model", "no model called \"%.*s\"",
-                  (int)name_len, name);
+        srv_error(resp, SRV_ERR_NOT_FOUND, "model", "no model called \"%.*s\"", (int)name_len,
+                  name);
         return NULL;
     }
     const int found = model_action(slash + 1, strlen(slash + 1));
@@ -2352,32 +2239,29 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
         for (size_t i = 0; i < N_MODEL_ACTIONS; i++)
             snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "",
                      model_actions[i].action);
-        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", NULL,
-                  "no such route: %s (model routes: %s)", url, list);
+        srv_error(resp, SRV_ERR_NOT_FOUND, NULL, "no such route: %s (model routes: %s)", url, list);
         return NULL;
     }
     if (!post) {
-        srv_error(resp, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", NULL,
-                  "%s takes POST, not %s", url, method);
+        srv_error(resp, SRV_ERR_METHOD_NOT_ALLOWED, NULL, "%s takes POST, not %s", url, method);
         return NULL;
     }
     json_error_t jerr;
     json_t *parsed = body_len ? json_loadb(body, body_len, 0, &jerr) : NULL;
     if (!json_is_object(parsed)) {
         if (body_len && !parsed)
-            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", NULL,
+            srv_error(resp, SRV_ERR_BAD_REQUEST, NULL,
                       "the body is not JSON: %s at line %d column %d", jerr.text, jerr.line,
                       jerr.column);
         else
-            srv_error(resp, MHD_HTTP_BAD_REQUEST, "bad_request", NULL,
-                      "the body must be a JSON object");
+            srv_error(resp, SRV_ERR_BAD_REQUEST, NULL, "the body must be a JSON object");
         json_decref(parsed);
         return NULL;
     }
     srv_job *job = calloc(1, sizeof *job);
     if (!job) {
         json_decref(parsed);
-        srv_error(resp, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL, "out of memory");
+        srv_error(resp, SRV_ERR_UNAVAILABLE, NULL, "out of memory");
         return NULL;
     }
     /* counted under the lock, so that an admin load cannot reuse the slot of an
@@ -2388,8 +2272,8 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
     if (!m) {
         free(job);
         json_decref(parsed);
-        srv_error(resp, MHD_HTTP_NOT_FOUND, "not_found", "model", "no model called \"%.*s\"",
-                  (int)name_len, name);
+        srv_error(resp, SRV_ERR_NOT_FOUND, "model", "no model called \"%.*s\"", (int)name_len,
+                  name);
         return NULL;
     }
     job->kind = model_actions[found].kind;

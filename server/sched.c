@@ -57,14 +57,14 @@ static int take_jobs(srv_model *m, srv_job **jobs) {
 static void run_jobs(srv_model *m, srv_job **jobs, int n) {
     srv_job *ready[MAX_SHARED];
     int n_ready = 0;
-    const double now = (double)uv_hrtime() / 1e9;
+    const double now = srv_now_s();
     for (int i = 0; i < n; i++) {
         const double waited = now - jobs[i]->submitted_s;
         if (waited <= srv_d.cfg.limits.request_timeout_s) {
             ready[n_ready++] = jobs[i];
             continue;
         }
-        srv_error(&jobs[i]->response, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
+        srv_error(&jobs[i]->response, SRV_ERR_UNAVAILABLE, NULL,
                   "this request waited %.0f s for model %s, over the %.0f s request timeout",
                   waited, m->name, srv_d.cfg.limits.request_timeout_s);
         jobs[i]->response.retry_after_s = 1;
@@ -130,10 +130,9 @@ static void take_inbox(uv_async_t *handle) {
         pthread_mutex_unlock(&m->lock);
         if (refuse) {
             if (srv_d.draining)
-                srv_error(&job->response, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
-                          "the server is shutting down");
+                srv_error(&job->response, SRV_ERR_UNAVAILABLE, NULL, "the server is shutting down");
             else
-                srv_error(&job->response, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
+                srv_error(&job->response, SRV_ERR_UNAVAILABLE, NULL,
                           "model %s has %d requests waiting, its limit; try again shortly", m->name,
                           limit);
             job->response.retry_after_s = 1;
@@ -144,12 +143,11 @@ static void take_inbox(uv_async_t *handle) {
 }
 
 void srv_sched_submit(srv_job *job) {
-    job->submitted_s = (double)uv_hrtime() / 1e9;
+    job->submitted_s = srv_now_s();
     pthread_mutex_lock(&inbox_lock);
     if (inbox_closed) {
         pthread_mutex_unlock(&inbox_lock);
-        srv_error(&job->response, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
-                  "the server is shutting down");
+        srv_error(&job->response, SRV_ERR_UNAVAILABLE, NULL, "the server is shutting down");
         job->response.retry_after_s = 1;
         finish(job);
         return;
@@ -219,7 +217,7 @@ static void drain(uv_signal_t *handle, int signum) {
 
 static void expire_caches(uv_timer_t *handle) {
     (void)handle;
-    srv_caches_expire((double)uv_hrtime() / 1e9); /* CLOCK_MONOTONIC, as caches.c */
+    srv_caches_expire(srv_now_s()); /* CLOCK_MONOTONIC, as caches.c */
 }
 
 int srv_sched_start(lens_err *err) {

@@ -123,7 +123,7 @@ static void safetensors_response(srv_response *resp, const lens_st_out *tensors,
     json_decref(fields);
     if (!meta_json) { /* the answer's other fields would be lost: refuse it whole */
         release(owner);
-        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory encoding the answer");
+        srv_error(resp, SRV_ERR_INSUFFICIENT_STORAGE, NULL, "out of memory encoding the answer");
         return;
     }
     const lens_st_meta meta[] = {{"lensd", meta_json}};
@@ -139,8 +139,7 @@ static void safetensors_response(srv_response *resp, const lens_st_out *tensors,
         }
         free(s);
         release(owner);
-        srv_error(resp, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", NULL, "%s",
-                  err.msg[0] ? err.msg : "out of memory");
+        srv_error(resp, SRV_ERR_INTERNAL, NULL, "%s", err.msg[0] ? err.msg : "out of memory");
         return;
     }
     free(meta_json);
@@ -161,7 +160,7 @@ static void safetensors_response(srv_response *resp, const lens_st_out *tensors,
         MHD_create_response_from_callback(s->total, 1 << 20, stream_read, s, stream_free);
     if (!resp->stream) {
         stream_free(s);
-        srv_error(resp, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", NULL, "out of memory");
+        srv_error(resp, SRV_ERR_INTERNAL, NULL, "out of memory");
         return;
     }
     resp->status = MHD_HTTP_OK;
@@ -185,7 +184,7 @@ static void npy_response(srv_response *resp, const lens_st_out *t) {
         bytes *= (size_t)t->shape[i];
     char *body = malloc(padded + bytes);
     if (!body) {
-        srv_error(resp, 507, "insufficient_storage", NULL, "out of memory for the response");
+        srv_error(resp, SRV_ERR_INSUFFICIENT_STORAGE, NULL, "out of memory for the response");
         return;
     }
     memcpy(body, "\x93NUMPY\x01\x00", 8);
@@ -242,7 +241,7 @@ void srv_answer_send(const char *accept, srv_response *resp, srv_answer *a, json
         bytes += b;
     }
     if (bytes > srv_d.cfg.limits.max_response_bytes) {
-        srv_error(resp, MHD_HTTP_CONTENT_TOO_LARGE, "too_large", NULL,
+        srv_error(resp, SRV_ERR_TOO_LARGE, NULL,
                   "the answer is %zu MB of tensors, over the limit of %zu MB; ask for fewer "
                   "names, positions or prompts",
                   bytes >> 20, srv_d.cfg.limits.max_response_bytes >> 20);
@@ -263,7 +262,7 @@ void srv_answer_send(const char *accept, srv_response *resp, srv_answer *a, json
         if (others == 1)
             npy_response(resp, only);
         else
-            srv_error(resp, MHD_HTTP_NOT_ACCEPTABLE, "not_acceptable", NULL,
+            srv_error(resp, SRV_ERR_NOT_ACCEPTABLE, NULL,
                       "application/x-npy holds one tensor and this answer has %d besides the "
                       "tokens; ask for one, or use application/vnd.safetensors",
                       others);
@@ -274,7 +273,7 @@ void srv_answer_send(const char *accept, srv_response *resp, srv_answer *a, json
     for (int i = 0; i < a->n; i++) {
         const lens_st_out *o = &a->outs[i];
         if (o->dtype == LENS_F16) {
-            srv_error(resp, MHD_HTTP_NOT_ACCEPTABLE, "not_acceptable", "dtype",
+            srv_error(resp, SRV_ERR_NOT_ACCEPTABLE, "dtype",
                       "float16 tensors come as application/vnd.safetensors or application/x-npy");
             json_decref(fields);
             srv_answer_free(a);
@@ -282,7 +281,7 @@ void srv_answer_send(const char *accept, srv_response *resp, srv_answer *a, json
         }
         if (json_object_set_new(fields, o->name,
                                 srv_tensor_json(o->dtype, o->ndim, o->shape, o->data))) {
-            srv_error(resp, 507, "insufficient_storage", NULL,
+            srv_error(resp, SRV_ERR_INSUFFICIENT_STORAGE, NULL,
                       "out of memory encoding %s as JSON (about 20 bytes a value); ask for "
                       "application/vnd.safetensors (4 bytes a value)",
                       o->name);
@@ -330,10 +329,6 @@ json_t *srv_answer_shapes(const srv_answer *a) {
         json_object_set_new(tensors, a->outs[i].name, shape);
     }
     return tensors;
-}
-
-void srv_out_of_memory(srv_response *resp) {
-    srv_error(resp, 507, "insufficient_storage", NULL, "out of memory");
 }
 
 int srv_answer_select_rows(srv_answer *a, const int64_t *rows, int n_rows) {

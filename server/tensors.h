@@ -56,9 +56,6 @@ void srv_answer_send(const char *accept, srv_response *resp, srv_answer *a, json
 /* {name: shape} of the answer's tensors (a new reference). */
 json_t *srv_answer_shapes(const srv_answer *a);
 
-/* Fills resp with the 507 of a failed allocation. */
-void srv_out_of_memory(srv_response *resp);
-
 /* One float as JSON: a number, or "-inf" / "inf" / "nan". */
 json_t *srv_json_float(float v);
 
