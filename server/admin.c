@@ -11,7 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server/daemon.h"
+#include "server/admin.h"
+
+#include "server/models.h"
+#include "server/scheduler.h"
 #include "server/tensors.h"
 
 /* A model entry of the request body as srv_model_spec (strings borrowed
@@ -97,6 +100,18 @@ static int read_spec(json_t *body, srv_model_spec *spec, srv_response *resp) {
     return 0;
 }
 
+/* An admin job's params. */
+typedef struct admin_params {
+    bool unload;
+    json_t *body; /* a load's model entry, or an unload's {"name"} */
+} admin_params;
+
+static void free_params(void *params) {
+    admin_params *p = params;
+    if (p) json_decref(p->body);
+    free(p);
+}
+
 srv_job *srv_admin_route(const char *method, const char *url, const char *body, size_t body_len,
                          srv_response *resp) {
     const char *prefix = "/v1/admin/models";
@@ -158,13 +173,17 @@ srv_job *srv_admin_route(const char *method, const char *url, const char *body, 
         parsed = json_pack("{s:s}", "name", name);
     }
     srv_job *job = calloc(1, sizeof *job);
-    if (!job) {
+    admin_params *p = calloc(1, sizeof *p);
+    if (!job || !p) {
+        free(job);
+        free(p);
         json_decref(parsed);
         srv_out_of_memory(resp);
         return NULL;
     }
-    job->kind = load ? SRV_JOB_ADMIN_LOAD : SRV_JOB_ADMIN_UNLOAD;
-    job->body = parsed;
+    *p = (admin_params){.unload = !load, .body = parsed};
+    job->params = p;
+    job->free_params = free_params;
     return job;
 }
 
@@ -175,7 +194,8 @@ static int in_flight;
 
 static void admin_load(srv_job *job) {
     srv_model_spec spec;
-    read_spec(job->body, &spec, &job->response); /* checked by srv_admin_route */
+    read_spec(((admin_params *)job->params)->body, &spec,
+              &job->response); /* checked by srv_admin_route */
     srv_model loaded = {0};
     lens_err err = {0};
     if (srv_load_model(&loaded, &spec, &err)) {
@@ -240,7 +260,8 @@ static void admin_load(srv_job *job) {
 }
 
 static void admin_unload(srv_job *job) {
-    const char *name = json_string_value(json_object_get(job->body, "name"));
+    const char *name =
+        json_string_value(json_object_get(((admin_params *)job->params)->body, "name"));
     pthread_rwlock_wrlock(&srv_d.models_lock);
     srv_model *m = NULL;
     for (int i = 0; i < srv_d.n_models && !m; i++)
@@ -253,6 +274,10 @@ static void admin_unload(srv_job *job) {
         return;
     }
     srv_sched_remove(m); /* its queued requests finish first */
+    /* requests routed to it before it went are parsed on the HTTP threads,
+     * reading the model, until they are refused: they are waited for */
+    while (atomic_load(&m->jobs_out) > 0)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
     srv_unload_model(m);
     pthread_rwlock_wrlock(&srv_d.models_lock);
     m->reusable = true;
@@ -263,7 +288,7 @@ static void admin_unload(srv_job *job) {
 
 static void *admin_thread(void *arg) {
     srv_job *job = arg;
-    if (job->kind == SRV_JOB_ADMIN_LOAD)
+    if (!((admin_params *)job->params)->unload)
         admin_load(job);
     else
         admin_unload(job);

@@ -18,9 +18,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "server/http.h"
+
+#include "server/admin.h"
 #include "server/caches.h"
-#include "server/daemon.h"
+#include "server/metrics.h"
 #include "server/progress.h"
+#include "server/routes.h"
+#include "server/scheduler.h"
 
 /* One request from its first header to its log line. */
 typedef struct request {
@@ -29,6 +34,8 @@ typedef struct request {
     char *body;
     size_t len, cap;
     bool too_large;
+    srv_response refusal; /* access refused: sent once the body is read and dropped */
+    bool refused;
     srv_job *job; /* submitted; the connection is suspended until it is done */
     const srv_token *token;
     char route[96];
@@ -81,8 +88,7 @@ static void route_label(request *r, const char *method_name, const char *url) {
         snprintf(r->route, sizeof r->route, "%s /v1/admin/models", method);
     } else if (strncmp(url, "/v1/admin/models/", 17) == 0) {
         snprintf(r->route, sizeof r->route, "%s /v1/admin/models/{name}", method);
-    } else if (strcmp(url, "/healthz") == 0 || strcmp(url, "/readyz") == 0 ||
-               strcmp(url, "/metrics") == 0 || strcmp(url, "/v1/models") == 0) {
+    } else if (srv_is_plain_route(url)) {
         snprintf(r->route, sizeof r->route, "%s %s", method, url);
     } else if (strncmp(url, "/v1/", 4) == 0) {
         snprintf(r->route, sizeof r->route, "%s /v1/(unknown)", method);
@@ -353,15 +359,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         r->started = srv_now_s();
         route_label(r, method, url);
         *con_cls = r;
-        if (check_framing(c, r, &resp) || check_access(c, url, r, &resp))
-            return send_response(c, r, &resp);
-        /* an over-long body is read and dropped, then refused: a client that writes its
-         * whole body before reading would otherwise see a broken pipe, not the 413 */
+        if (check_framing(c, r, &resp)) return send_response(c, r, &resp);
+        /* a refused request's body, and an over-long one, is read and dropped, then
+         * answered: a client that writes its whole body before reading would otherwise
+         * see a broken pipe or a reset, not the 401, 403, 429 or 413 */
+        r->refused = check_access(c, url, r, &r->refusal) != 0;
         return MHD_YES;
     }
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
+        if (r->refused) return MHD_YES;
         if (r->too_large || r->len + n > srv_d.cfg.limits.max_body_bytes) {
             r->too_large = true;
             return MHD_YES;
@@ -382,9 +390,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (r->job) { /* resumed: the job is done */
         resp = r->job->response;
         r->job->response.body = NULL;
-        json_decref(r->job->body);
+        if (r->job->free_params) r->job->free_params(r->job->params);
         free(r->job);
         r->job = NULL;
+        return send_response(c, r, &resp);
+    }
+    if (r->refused) {
+        resp = r->refusal;
+        r->refusal = (srv_response){0};
         return send_response(c, r, &resp);
     }
     if (r->too_large) {
@@ -392,8 +405,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                   srv_d.cfg.limits.max_body_bytes);
         return send_response(c, r, &resp);
     }
-    const bool api = strncmp(url, "/v1/", 4) == 0 || strcmp(url, "/healthz") == 0 ||
-                     strcmp(url, "/readyz") == 0 || strcmp(url, "/metrics") == 0;
+    const bool api = strncmp(url, "/v1/", 4) == 0 || srv_is_plain_route(url);
     if (!api) {
         static_file(method, url, &resp);
         return send_response(c, r, &resp);
@@ -455,6 +467,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     srv_metrics_request(r->route, r->status, seconds);
     /* r->job is NULL here: a suspended connection is not closed, so every job
      * is resumed and answered first */
+    free(r->refusal.body);
     free(r->body);
     free(r);
     *con_cls = NULL;

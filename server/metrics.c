@@ -10,7 +10,9 @@
 #include <string.h>
 
 #include "server/caches.h"
+#include "server/metrics.h"
 #include "server/daemon.h"
+#include "server/scheduler.h"
 #include "server/startup.h"
 
 /* Room for every route label http.c makes: 4 method labels x 23 routes

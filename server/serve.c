@@ -14,9 +14,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/admin.h"
 #include "server/caches.h"
 #include "server/cli.h"
 #include "server/daemon.h"
+#include "server/http.h"
+#include "server/models.h"
+#include "server/scheduler.h"
 #include "server/startup.h"
 
 srv_daemon srv_d;
@@ -24,53 +28,6 @@ srv_daemon srv_d;
 /* Models that /v1/admin/models may hold at once besides the configured ones
  * (an unloaded model's slot is reused). */
 #define ADDED_MODELS_MAX 32
-
-int srv_load_model(srv_model *sm, const srv_model_spec *spec, lens_err *err) {
-    char why[512];
-    lk_device *dev = lk_open(spec->device ? spec->device : "cpu", why, sizeof why);
-    if (!dev) {
-        lens_err_set(err, "model %s: device: %s", spec->name, why);
-        return -1;
-    }
-    /* the CPU models' turn is taken for the weight processing (BLAS and LAPACK)
-     * alone: reading the files, which may take minutes, does not hold them up */
-    lens_load_opts opts = spec->load;
-    opts.processing_lock = &srv_cpu_lock;
-    lens_model *m = lens_model_load(spec->source, &opts, err);
-    if (!m || lens_model_place(m, dev, err)) {
-        lens_err_prefix(err, "model %s", spec->name);
-        lens_model_free(m);
-        lk_close(dev);
-        return -1;
-    }
-    json_t *info = srv_model_info_json(m);
-    json_object_set_new(info, "name", json_string(spec->name));
-    size_t len;
-    sm->info_json = srv_json_text(info, &len);
-    json_object_del(info, "hook_points");
-    sm->summary_json = srv_json_text(info, &len);
-    json_decref(info);
-    sm->model = m;
-    if (m->n_nonfinite_weights)
-        fprintf(stderr, "lensd: warning: %s has %zu NaN or infinite weights\n", spec->name,
-                m->n_nonfinite_weights);
-    fprintf(stderr, "lensd: loaded %s from %s on %s\n", spec->name, m->source,
-            spec->device ? spec->device : "cpu");
-    return sm->info_json && sm->summary_json ? 0 : -1;
-}
-
-void srv_unload_model(srv_model *sm) {
-    lens_workspace_free(&sm->ws);
-    if (sm->model) {
-        lk_device *dev = sm->model->device;
-        lens_model_free(sm->model);
-        lk_close(dev);
-    }
-    free(sm->info_json);
-    free(sm->summary_json);
-    sm->model = NULL;
-    sm->info_json = sm->summary_json = NULL;
-}
 
 static void free_models(void) {
     for (int i = 0; i < srv_d.n_models; i++) {

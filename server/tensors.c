@@ -214,7 +214,12 @@ void srv_answer_free(void *p) {
     srv_answer *a = p;
     if (!a) return;
     lens_token_batch_free(&a->batch);
-    lens_cache_free(&a->cache);
+    for (int i = 0; i < a->cache.n; i++) { /* their names stay: the tensors' names */
+        free(a->cache.tensors[i].data);
+        a->cache.tensors[i].data = NULL;
+    }
+    free(a->cache.logits);
+    a->cache.logits = NULL;
     free(a->tokens64);
     for (size_t i = 0; i < sizeof a->extra / sizeof a->extra[0]; i++)
         free(a->extra[i]);
@@ -346,6 +351,20 @@ int srv_answer_select_rows(srv_answer *a, const int64_t *rows, int n_rows) {
         a->owned[a->n_owned++] = kept;
         t->data = kept;
         t->shape[0] = n_rows;
+    }
+    /* every tensor now points into its copy: the whole batch's buffers go, so
+     * that a kept cache holds (and is counted as) the rows it answers */
+    for (int i = 0; i < a->cache.n; i++) { /* their names stay: the tensors' names */
+        free(a->cache.tensors[i].data);
+        a->cache.tensors[i].data = NULL;
+    }
+    free(a->cache.logits);
+    a->cache.logits = NULL;
+    free(a->tokens64);
+    a->tokens64 = NULL;
+    for (size_t i = 0; i < sizeof a->extra / sizeof a->extra[0]; i++) {
+        free(a->extra[i]);
+        a->extra[i] = NULL;
     }
     return 0;
 }

@@ -40,8 +40,9 @@ void srv_answer_add(srv_answer *a, const char *name, lens_dtype dtype, int ndim,
  * out of memory. */
 int srv_answer_add_tokens(srv_answer *a);
 
-/* Keeps only the rows (axis 0: prompts) of every tensor, in that order.
- * Returns -1 when out of memory. */
+/* Keeps only the rows (axis 0: prompts) of every tensor, in that order, in
+ * copies of their own, and frees the buffers they pointed into (the cache's
+ * data, the tokens, extra). Returns -1 when out of memory. */
 int srv_answer_select_rows(srv_answer *a, const int64_t *rows, int n_rows);
 
 /* Turns every float32 tensor into float16 in place (round to nearest even). */

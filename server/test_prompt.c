@@ -86,6 +86,10 @@ int srv_test_prompt(const lens_model *m, lens_workspace *ws, const char *prompt_
     if (!answer_ids || !answer_len || !probs) goto oom;
     if (lens_prompt_tokens(m, prompt_text, opts->prepend_bos, &prompt, &n_prompt, NULL, err))
         goto out;
+    if (n_prompt == 0) { /* the first answer token is predicted at the prompt's last */
+        lens_err_set(err, "the prompt has no tokens (an empty prompt without BOS)");
+        goto out;
+    }
     for (int a = 0; a < n_ans; a++) {
         const char *ans = answers[a];
         free(spaced);

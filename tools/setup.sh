@@ -13,9 +13,11 @@ build_only=false
 
 debian_packages=(build-essential pkg-config meson ninja-build libopenblas-dev libopenblas-openmp-dev liblapacke-dev libjansson-dev
   libpcre2-dev libutf8proc-dev libmicrohttpd-dev libuv1-dev libgnutls28-dev libcriterion-dev)
-# the test suites' own: the Python tooling, TLS certificates, curl, the browser tests' Chromium
-# and the formatting check's clang-format
-$build_only || debian_packages+=(python3-venv openssl curl chromium clang-format)
+# the test suites' own: the Python tooling, TLS certificates, curl, the browser tests' Chromium,
+# the formatting check's clang-format and nginx (tests/integration/test_deploy_nginx.py runs its
+# own, unprivileged; on a host with systemd the package also starts the system's nginx on port 80:
+# `systemctl disable --now nginx` stops that one)
+$build_only || debian_packages+=(python3-venv openssl curl chromium clang-format nginx)
 missing=()
 for p in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -33,6 +33,10 @@ if [ -n "$unformatted" ]; then
   status=1
 fi
 
+echo "== server modules: no include cycle, each header its own source's (tools/check_includes.py)"
+"$venv/bin/python" tools/check_includes.py | sed 's/^/    /'
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
 echo "== unit tests and GPU kernel tests (Criterion; the GPU ones skip without a GPU)"
 meson test -C "$build" --suite unit --suite gpu --print-errorlogs || status=1
 grep -ho "skipped: no GPU[^\"]*" "$build/meson-logs/testlog.json" | sort -u | sed 's/^/    /'

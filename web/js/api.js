@@ -2,14 +2,53 @@
 // JSON out, a server error turned into an Error carrying its message, and a
 // count of requests in flight for the progress indicator.
 
-/** An error answer of the daemon: HTTP status, its code, message and field. */
+// Every error the daemon answers, [HTTP status, error.code]: the rows of
+// SRV_ERRORS in server/reply.h, in its order (tests/integration/test_error_table.py
+// checks them). A body that is not the daemon's JSON gets its status's first code.
+export const ERRORS = Object.freeze([
+  [400, "bad_request"],
+  [401, "unauthorized"],
+  [403, "forbidden"],
+  [404, "not_found"],
+  [405, "method_not_allowed"],
+  [406, "not_acceptable"],
+  [409, "conflict"],
+  [409, "cancelled"],
+  [413, "too_large"],
+  [415, "unsupported_media_type"],
+  [422, "unprocessable"],
+  [429, "rate_limited"],
+  [499, "client_closed"],
+  [500, "internal"],
+  [503, "unavailable"],
+  [507, "insufficient_storage"],
+].map((row) => Object.freeze(row)));
+
+// The codes whose request may simply be sent again, after Retry-After.
+const RETRY_CODES = new Set(["rate_limited", "unavailable"]);
+
+/** The code of a status when the body does not say (the first row's), or undefined. */
+export const codeOfStatus = (status) => ERRORS.find(([s]) => s === status)?.[1];
+
+/** An error answer of the daemon: HTTP status, its code, message and field;
+ *  retryAfter (seconds of Retry-After, or null) when the code is one to retry,
+ *  which the message then ends with a hint about. */
 export class ApiError extends Error {
-  constructor(status, code, message, field) {
-    super(field ? `${message} (field: ${field})` : message);
+  constructor(status, code, message, field, retryAfter = null) {
+    const retry = RETRY_CODES.has(code);
+    const hint = !retry ? "" : retryAfter === null ? " (try again shortly)" : ` (try again in ${retryAfter} s)`;
+    super((field ? `${message} (field: ${field})` : message) + hint);
     this.status = status;
     this.code = code;
     this.field = field;
+    this.retryAfter = retry ? retryAfter : null;
   }
+}
+
+/** Retry-After in seconds, or null when absent or not a number of seconds. */
+function retryAfterOf(response) {
+  const value = Number.parseFloat(response.headers.get("Retry-After") ?? "");
+  return Number.isFinite(value) && value >= 0 ? value : null;
 }
 
 const listeners = new Set();
@@ -51,11 +90,16 @@ export async function request(method, path, body) {
     try {
       parsed = JSON.parse(text);
     } catch {
-      throw new ApiError(response.status, "bad_response", `${response.status}: ${text.slice(0, 300)}`);
+      // not the daemon's JSON (a proxy's page): the status says what it was
+      const code = response.ok ? "bad_response" : codeOfStatus(response.status) || "bad_response";
+      throw new ApiError(response.status, code, `${response.status} ${code}: ${text.slice(0, 300)}`,
+        undefined, retryAfterOf(response));
     }
     if (!response.ok) {
       const e = parsed.error || {};
-      throw new ApiError(response.status, e.code, `${response.status} ${e.code || ""}: ${e.message || text}`, e.field);
+      const code = e.code || codeOfStatus(response.status);
+      throw new ApiError(response.status, code, `${response.status} ${code || ""}: ${e.message || text}`, e.field,
+        retryAfterOf(response));
     }
     return parsed;
   } catch (e) {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from types import SimpleNamespace
@@ -12,9 +13,10 @@ from urllib.parse import quote
 import numpy as np
 import numpy.typing as npt
 import requests
+import urllib3
 
 from .cache import ActivationCache
-from .errors import LensdError
+from .errors import LensdConnectionError, LensdError, LensdTimeout, Unavailable
 from .tensors import JSON_TYPE, SAFETENSORS_TYPE, decode_body
 
 # Prompts: one text, a list of texts (a padded batch), or token ids ([pos] or
@@ -27,6 +29,10 @@ NamesFilter: TypeAlias = str | Sequence[str] | Callable[[str], bool] | None
 PosSlice: TypeAlias = int | tuple[int, ...] | slice | Sequence[int] | npt.ArrayLike | None
 
 _GLOB_CHARS = frozenset("*?[")
+
+# The statuses that the client retries (honouring Retry-After): lensd answers
+# them before the work runs (docs/API.md, "Errors").
+_RETRY_STATUSES = frozenset({429, 503})
 
 
 class Output(NamedTuple):
@@ -89,14 +95,58 @@ class Client:
     Args:
         url: the daemon's base URL.
         token: a bearer token, for a daemon with access control.
-        timeout: seconds to wait for each answer (requests' timeout).
+        timeout: seconds to wait for each answer (requests' timeout), per attempt.
+        retries: how many times a request answered 429 ``rate_limited`` or 503
+            ``unavailable`` is sent again before its error is raised; 0 never
+            retries. Each retry waits the answer's ``Retry-After`` seconds, or
+            without one ``retry_backoff`` seconds doubled on every retry (with
+            jitter). Other statuses are never retried.
+        max_retry_wait: the longest wait before one retry, in seconds: an answer
+            whose ``Retry-After`` is longer is raised at once (its
+            ``retry_after`` says how long to wait); backoff is capped at it.
+        retry_backoff: the first wait of the backoff, in seconds.
+        retry_connection_errors: also retry, in the same way, a request that
+            could not connect or whose connection broke (``LensdConnectionError``;
+            default: no). A connection that broke after the request was sent
+            may have run it. A read timeout (``LensdTimeout``) is never retried.
+
+    Retrying is safe for every request, POSTs included: lensd answers 429 (too
+    many wrong tokens, or a token over its requests per minute) and 503 (a
+    model's queue full, a request that waited past the request timeout
+    without starting, the models still loading, the daemon shutting down)
+    before the work runs, or, for an admin load during shutdown, without
+    keeping what it did. (A proxy in front of lensd may answer 503 itself:
+    docs/DEPLOY.md's nginx does for a daemon it cannot reach, its 502, which
+    also covers a daemon that closed the connection mid-request; sent again,
+    an analysis request just runs again.)
+
+    Raises, from every call: a :class:`LensdError` subclass for an error
+    answer (``NotFound``, ``RateLimited``, ...), :class:`LensdConnectionError`
+    or :class:`LensdTimeout` when no answer came; all are
+    :class:`LensdException`.
     """
 
     def __init__(
-        self, url: str = "http://127.0.0.1:8080", token: str | None = None, timeout: float = 300
+        self,
+        url: str = "http://127.0.0.1:8080",
+        token: str | None = None,
+        timeout: float = 300,
+        *,
+        retries: int = 3,
+        max_retry_wait: float = 30.0,
+        retry_backoff: float = 0.5,
+        retry_connection_errors: bool = False,
     ) -> None:
+        if retries < 0:
+            raise ValueError(f"retries must be 0 or more, not {retries}")
+        if max_retry_wait < 0 or retry_backoff < 0:
+            raise ValueError("max_retry_wait and retry_backoff must be 0 or more seconds")
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.retries = retries
+        self.max_retry_wait = max_retry_wait
+        self.retry_backoff = retry_backoff
+        self.retry_connection_errors = retry_connection_errors
         self._session = requests.Session()
         if token is not None:
             self._session.headers["Authorization"] = f"Bearer {token}"
@@ -136,17 +186,11 @@ class Client:
         """
         deadline = time.monotonic() + timeout
         while True:
-            response = self._session.get(
-                f"{self.url}/readyz", headers={"Accept": JSON_TYPE}, timeout=self.timeout
-            )
-            if response.status_code == 200:
-                return response.json()
-            if response.status_code != 503:
-                raise LensdError.from_response(response)
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"lensd at {self.url} not ready after {timeout} s: {response.text.strip()}"
-                )
+            try:
+                return self._request("GET", "/readyz", retry=False)
+            except Unavailable as e:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"lensd at {self.url} not ready after {timeout} s: {e.message}") from e
             time.sleep(interval)
 
     def models(self) -> list[dict[str, Any]]:
@@ -162,28 +206,83 @@ class Client:
         return Model(self, name, self._request("GET", _model_path(name)))
 
     def _request(
-        self, method: str, path: str, body: dict[str, Any] | None = None, *, tensors: bool = False
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        tensors: bool = False,
+        retry: bool = True,
     ) -> dict[str, Any]:
-        """Sends one request and decodes its 2xx answer (tensors as numpy arrays).
+        """Sends one request, retrying as the client's settings say, and decodes
+        its 2xx answer (tensors as numpy arrays).
 
         tensors: ask for a safetensors body instead of JSON.
+        retry: retry 429 and 503 answers (and connection errors, when the client
+            says so); False raises them at once.
         """
-        response = self._session.request(
-            method,
-            self.url + path,
-            json=body,
-            headers={"Accept": SAFETENSORS_TYPE if tensors else JSON_TYPE},
-            timeout=self.timeout,
-            stream=True,
-        )
-        if not 200 <= response.status_code < 300:
-            raise LensdError.from_response(response)
-        # read in 4 MiB pieces (requests' own 10 KiB reads cost more than the transfer) into
-        # one writable buffer, which the arrays then share
-        content = bytearray()
-        for chunk in response.iter_content(chunk_size=1 << 22):
-            content += chunk
+        attempt = 0
+        while True:
+            try:
+                return self._send(method, path, body, tensors)
+            except LensdError as e:
+                wait = None
+                if retry and e.status in _RETRY_STATUSES:
+                    wait = self._retry_wait(attempt, e.retry_after)
+                if wait is None:
+                    raise
+            except (LensdConnectionError, LensdTimeout) as e:
+                # a connect timeout sent nothing; a read timeout's request may be running still
+                retryable = isinstance(e, LensdConnectionError) or isinstance(e.__cause__, requests.ConnectTimeout)
+                wait = None
+                if retry and self.retry_connection_errors and retryable:
+                    wait = self._retry_wait(attempt, None)
+                if wait is None:
+                    raise
+            time.sleep(wait)
+            attempt += 1
+
+    def _send(self, method: str, path: str, body: dict[str, Any] | None, tensors: bool) -> dict[str, Any]:
+        """One HTTP exchange, the one place where the client talks HTTP: the 2xx
+        answer decoded, or the LensdError, LensdConnectionError or LensdTimeout."""
+        url = self.url + path
+        try:
+            response = self._session.request(
+                method,
+                url,
+                json=body,
+                headers={"Accept": SAFETENSORS_TYPE if tensors else JSON_TYPE},
+                timeout=self.timeout,
+                stream=True,
+            )
+            with response:
+                if not 200 <= response.status_code < 300:
+                    raise LensdError.from_response(response)  # reads the (small) body
+                # read in 4 MiB pieces (requests' own 10 KiB reads cost more than the transfer)
+                # into one writable buffer, which the arrays then share
+                content = bytearray()
+                for chunk in response.iter_content(chunk_size=1 << 22):
+                    content += chunk
+        except requests.ConnectTimeout as e:
+            raise LensdTimeout(f"no connection to lensd at {url} within {self.timeout} s", url) from e
+        except requests.Timeout as e:
+            raise LensdTimeout(f"no answer from lensd at {url} within {self.timeout} s", url) from e
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
+            if e.args and isinstance(e.args[0], urllib3.exceptions.ReadTimeoutError):
+                # a read of the body that timed out, which requests reports as a ConnectionError
+                raise LensdTimeout(f"no answer from lensd at {url} within {self.timeout} s", url) from e
+            what = "cannot reach" if isinstance(e, requests.ConnectionError) else "an answer cut short from"
+            raise LensdConnectionError(f"{what} lensd at {url}: {e}", url) from e
         return decode_body(response.headers.get("Content-Type", ""), content)
+
+    def _retry_wait(self, attempt: int, retry_after: float | None) -> float | None:
+        """Seconds to wait before retry number attempt + 1, or None: do not retry."""
+        if attempt >= self.retries:
+            return None
+        if retry_after is not None:
+            return retry_after if retry_after <= self.max_retry_wait else None
+        backoff = self.retry_backoff * 2**attempt * random.uniform(0.5, 1.0)
+        return min(backoff, self.max_retry_wait)
 
 
 class Model:

@@ -1,5 +1,6 @@
 """Offline tests of the lensd client: name resolution, body decoding, errors, and
-the requests it builds (against a fake transport, no daemon)."""
+the requests it builds (against a fake transport, no daemon). The error
+classes and retries, against a real local HTTP server: test_client_errors.py."""
 
 from __future__ import annotations
 
@@ -343,14 +344,14 @@ def test_error_from_response() -> None:
     body = {"error": {"code": "rate_limited", "message": "slow down", "field": None}}
     headers = {"Content-Type": "application/json", "Retry-After": "2", "X-Request-Id": "r-7"}
     error = lensd.LensdError.from_response(_response(429, json.dumps(body).encode(), headers))
-    assert str(error) == "429 rate_limited: slow down"
+    assert type(error) is lensd.RateLimited and str(error) == "429 rate_limited: slow down"
     assert (error.retry_after, error.request_id) == (2.0, "r-7")
 
 
 def test_error_from_response_that_is_not_lensd_json() -> None:
     response = _response(413, b"<html>Request too large</html>", {"Content-Type": "text/html"})
     error = lensd.LensdError.from_response(response)
-    assert str(error) == "413 too_large: <html>Request too large</html>"
+    assert type(error) is lensd.TooLarge and str(error) == "413 too_large: <html>Request too large</html>"
     assert error.retry_after is None and error.request_id is None
 
 
@@ -416,6 +417,7 @@ def test_models_and_model(fake: FakeDaemon, model: lensd.Model) -> None:
     with pytest.raises(lensd.LensdError) as caught:
         model.client.model("a/b")
     assert caught.value.status == 404 and fake.requests[-1].path_url == "/v1/models/a%2Fb"
+    assert type(caught.value) is lensd.NotFound
 
 
 TOKENIZED = {
@@ -553,7 +555,7 @@ def test_error_answer_raises(fake: FakeDaemon, model: lensd.Model) -> None:
     fake.reply("POST", "/v1/models/test/run_with_cache", {"error": {
         "code": "bad_request", "message": "unknown hook point; did you mean blocks.0.attn.hook_pattern?",
         "field": "names[0]"}}, status=400)
-    with pytest.raises(lensd.LensdError) as caught:
+    with pytest.raises(lensd.BadRequest) as caught:
         model.run_with_cache(" a", names_filter="blocks.0.attn.hook_patern")
     assert str(caught.value) == ("400 bad_request: unknown hook point; did you mean "
                                  "blocks.0.attn.hook_pattern? (field: names[0])")

@@ -1,5 +1,5 @@
 /*
- * sched.c: the scheduler. A libuv loop, on the thread that calls
+ * scheduler.c: the scheduler. A libuv loop, on the thread that calls
  * srv_sched_run_until_signal, takes jobs from libmicrohttpd's threads
  * through an inbox and queues each on its model, bounded (503 with
  * Retry-After when full, and while draining); it also owns SIGINT and
@@ -17,7 +17,8 @@
 
 #include "kernels/lk.h"
 #include "server/caches.h"
-#include "server/daemon.h"
+#include "server/endpoint.h"
+#include "server/scheduler.h"
 
 static uv_loop_t loop;
 static uv_async_t inbox_ready;
@@ -29,25 +30,22 @@ static bool inbox_closed; /* draining: submissions are refused where they are ma
 
 pthread_mutex_t srv_cpu_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* Logits requests that one forward pass may serve together. */
-#define MAX_SHARED 16
-
 /* Hands a job's answer to its connection; the job no longer uses its model. */
 static void finish(srv_job *job) {
     atomic_fetch_sub(&job->model->jobs_out, 1);
     MHD_resume_connection(job->connection);
 }
 
-/* Takes the job at the head of m's queue and, when it asks for logits, the
- * logits requests waiting right behind it, which share its forward pass.
+/* Takes the job at the head of m's queue and, when its endpoint can batch,
+ * the jobs of that endpoint waiting right behind it, which share its run.
  * Returns how many; m->lock is held. */
 static int take_jobs(srv_model *m, srv_job **jobs) {
     int n = 0;
     do {
         jobs[n++] = m->head;
         m->head = m->head->next;
-    } while (n < MAX_SHARED && jobs[0]->kind == SRV_JOB_LOGITS && m->head &&
-             m->head->kind == SRV_JOB_LOGITS);
+    } while (n < SRV_MAX_BATCHED_JOBS && jobs[0]->endpoint->can_batch && m->head &&
+             m->head->endpoint == jobs[0]->endpoint);
     if (!m->head) m->tail = NULL;
     return n;
 }
@@ -55,7 +53,7 @@ static int take_jobs(srv_model *m, srv_job **jobs) {
 /* Runs taken jobs, answering those that waited past the request timeout
  * with a 503 instead. CPU models take turns (srv_cpu_lock). */
 static void run_jobs(srv_model *m, srv_job **jobs, int n) {
-    srv_job *ready[MAX_SHARED];
+    srv_job *ready[SRV_MAX_BATCHED_JOBS];
     int n_ready = 0;
     const double now = srv_now_s();
     for (int i = 0; i < n; i++) {
@@ -71,17 +69,14 @@ static void run_jobs(srv_model *m, srv_job **jobs, int n) {
     }
     const bool cpu = lk_host_memory(m->model->device);
     if (cpu) pthread_mutex_lock(&srv_cpu_lock);
-    if (n_ready && ready[0]->kind == SRV_JOB_LOGITS)
-        srv_run_logits_jobs(ready, n_ready);
-    else if (n_ready)
-        srv_run_job(ready[0]);
+    if (n_ready) ready[0]->endpoint->run(ready, n_ready);
     if (cpu) pthread_mutex_unlock(&srv_cpu_lock);
 }
 
 static void *executor(void *arg) {
     srv_model *m = arg;
     lk_set_threads(0); /* OpenMP's thread count is per thread */
-    srv_job *jobs[MAX_SHARED];
+    srv_job *jobs[SRV_MAX_BATCHED_JOBS];
     pthread_mutex_lock(&m->lock);
     for (;;) {
         while (!m->head && !m->stopping)

@@ -1,0 +1,56 @@
+/*
+ * endpoint.h: the table of a model's endpoints, POST /v1/models/{model}/{name}.
+ *
+ * Each endpoint is one file in server/endpoints/ and one row here. The
+ * router (routes.c), the 404 message, the metrics labels and /openapi.json
+ * read the table; the scheduler calls a job's own run. A new endpoint is a
+ * file, a row in srv_endpoints (endpoint.c), docs/API.md and a test.
+ *
+ * A request's path through its endpoint: parse, on libmicrohttpd's thread,
+ * checks the JSON body against the model (tokenizing its prompts) and every
+ * limit, and makes typed params, so a bad request is answered at once and
+ * never queues; run, on the model's executor, computes and encodes the
+ * answer into each job's response.
+ */
+#ifndef SRV_ENDPOINT_H
+#define SRV_ENDPOINT_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "server/daemon.h"
+
+/* The most jobs one run takes (can_batch). */
+#define SRV_MAX_BATCHED_JOBS 16
+
+typedef struct srv_endpoint {
+    const char *name;    /* the last part of the path: "logits" */
+    const char *summary; /* one sentence, for /openapi.json */
+    /* The request body's JSON Schema (a JSON object as text), for
+     * /openapi.json: the fields parse reads. */
+    const char *request_schema;
+    /* Reads body for sm's model into *params (freed with free_params), or
+     * fills resp with the error and returns -1. Reads only the model, which
+     * cannot be unloaded meanwhile, and the configuration. */
+    int (*parse)(const srv_model *sm, json_t *body, void **params, srv_response *resp);
+    /* Runs n jobs of this endpoint for one model (n > 1 only when
+     * can_batch), leaving each one's answer in its response. */
+    void (*run)(srv_job **jobs, int n);
+    void (*free_params)(void *params);
+    /* Jobs queued one behind another may run as one forward pass. */
+    bool can_batch;
+} srv_endpoint;
+
+extern const srv_endpoint srv_endpoint_tokenize, srv_endpoint_detokenize, srv_endpoint_logits,
+    srv_endpoint_run_with_cache, srv_endpoint_attention, srv_endpoint_test_prompt,
+    srv_endpoint_logit_diff, srv_endpoint_run_with_hooks, srv_endpoint_generate, srv_endpoint_patch;
+
+/* Every endpoint, in docs/API.md's order; srv_n_endpoints of them. */
+extern const srv_endpoint *const srv_endpoints[];
+extern const int srv_n_endpoints;
+
+/* The endpoint called name[0..len-1], or NULL. */
+const srv_endpoint *srv_endpoint_find(const char *name, size_t len);
+
+#endif
