@@ -227,8 +227,11 @@ static void cpu_add(lk_device *dev, float *out, const float *a, const float *b, 
  * below -104 (and at -inf) the result is 0, as a masked score's weight must
  * be. */
 static inline __attribute__((always_inline)) float exp_poly(float x) {
-    const bool underflow = x < -104.0f;
-    x = underflow ? -104.0f : (x > 89.0f ? 89.0f : x);
+    /* NaN (an intervention's inf - inf, say) gives NaN, as torch's exp, and
+     * takes the underflow path meanwhile: converting it to an integer and
+     * shifting that would be undefined behaviour */
+    const bool not_a_number = x != x, underflow = x < -104.0f;
+    x = underflow || not_a_number ? -104.0f : (x > 89.0f ? 89.0f : x);
     /* round x / ln2 to the nearest integer by the 1.5 * 2^23 trick */
     float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;
     float r = x - n * 0.693145752f - n * 1.42860677e-06f;
@@ -244,7 +247,7 @@ static inline __attribute__((always_inline)) float exp_poly(float x) {
         int32_t i;
         float f;
     } scale1 = {.i = (n1 + 127) << 23}, scale2 = {.i = (n2 + 127) << 23};
-    return underflow ? 0.0f : p * scale1.f * scale2.f;
+    return not_a_number ? NAN : underflow ? 0.0f : p * scale1.f * scale2.f;
 }
 
 /* erf(x) by Abramowitz and Stegun 7.1.26 (absolute error < 1.5e-7), through
@@ -265,7 +268,7 @@ typedef void activation_block(float *out, const float *inp, size_t n);
 
 VECTOR_CLONES static void relu(float *out, const float *inp, size_t n) {
     for (size_t i = 0; i < n; i++)
-        out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
+        out[i] = inp[i] < 0.0f ? 0.0f : inp[i]; /* NaN stays NaN, as torch.relu */
 }
 
 VECTOR_CLONES static void gelu(float *out, const float *inp, size_t n) {

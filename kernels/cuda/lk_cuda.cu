@@ -183,7 +183,7 @@ __global__ void add_kernel(float *out, const float *a, const float *b, size_t n)
 __device__ float activate(lk_act act, float x) {
     switch (act) {
     case LK_RELU:
-        return x > 0.0f ? x : 0.0f;
+        return x < 0.0f ? 0.0f : x; /* NaN stays NaN, as torch.relu */
     case LK_GELU:
         return 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
     case LK_GELU_NEW: {

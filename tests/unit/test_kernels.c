@@ -1056,6 +1056,24 @@ Test(activation, silu) {
     check_activation(&ACTS[LK_SILU]);
 }
 
+/* NaN in, NaN out, as torch's activations and softmax, and no undefined
+ * behaviour on the way for any non-finite input (tools/test.sh runs this
+ * under UBSan: converting NaN to an integer in the vectorised exp was one,
+ * reached by an intervention setting hook_embed to 1e308). */
+Test(activation, non_finite_inputs) {
+    const float in[4] = {NAN, INFINITY, -INFINITY, 1e30f};
+    for (int a = LK_RELU; a <= LK_SILU; a++) {
+        float out[4];
+        lk_activation(lk_cpu(), (lk_act)a, out, in, 4);
+        cr_expect(isnan(out[0]), "%s(NaN) = %g, not NaN", ACTS[a].name, out[0]);
+        cr_expect(out[3] == 1e30f, "%s(1e30) = %g", ACTS[a].name, out[3]);
+    }
+    float row[3] = {NAN, 0.0f, 1.0f}, probs[3];
+    lk_softmax_rows(lk_cpu(), probs, row, 1, 3);
+    cr_expect(isnan(probs[0]) && isnan(probs[1]) && isnan(probs[2]),
+              "softmax of a row with NaN: %g %g %g, not NaN", probs[0], probs[1], probs[2]);
+}
+
 /* ---- lk_gated_activation ----------------------------------------------- */
 
 /* act(gate) * linear for every lk_act and length, with out separate, over
