@@ -6,6 +6,7 @@
 #include "server/tensors.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -51,6 +52,143 @@ json_t *srv_tensor_json(lens_dtype dtype, int ndim, const int64_t *shape, const 
 }
 
 /* IEEE half from float, rounding to nearest even. */
+/* ---- JSON answers, written as text ---------------------------------------
+ * A tensor's values go straight into the answer's text, never into a tree of
+ * JSON values (about 60 bytes of memory a value more), and the text is
+ * counted before it is made: at most JSON_VALUE_BYTES a value. */
+
+/* The most text one value takes with its comma: "-1.17549435e-38," */
+#define JSON_VALUE_BYTES 16
+
+/* Text of the bounded size it was made for. */
+typedef struct json_text {
+    char *data;
+    size_t len, cap;
+} json_text;
+
+static void put(json_text *t, const char *s, size_t n) {
+    if (t->len + n <= t->cap) memcpy(t->data + t->len, s, n);
+    t->len += n;
+}
+
+static void put_value(json_text *t, lens_dtype dtype, const void *data, size_t at) {
+    char v[32];
+    int n;
+    if (dtype == LENS_I64) {
+        n = snprintf(v, sizeof v, "%lld", (long long)((const int64_t *)data)[at]);
+    } else if (dtype == LENS_I32) {
+        n = snprintf(v, sizeof v, "%d", ((const int32_t *)data)[at]);
+    } else {
+        const float f = ((const float *)data)[at];
+        /* 9 significant digits read back as the same float32 */
+        n = isnan(f)   ? snprintf(v, sizeof v, "\"nan\"")
+            : isinf(f) ? snprintf(v, sizeof v, f < 0 ? "\"-inf\"" : "\"inf\"")
+                       : snprintf(v, sizeof v, "%.9g", (double)f);
+        if (!strpbrk(v, ".e\"")) n += snprintf(v + n, sizeof v - (size_t)n, ".0"); /* a real */
+    }
+    put(t, v, (size_t)n);
+}
+
+/* The nested lists of values data[*at ..] of shape[0 .. ndim - 1]. */
+static void put_nested(json_text *t, lens_dtype dtype, int ndim, const int64_t *shape,
+                       const void *data, size_t *at) {
+    put(t, "[", 1);
+    for (int64_t i = 0; i < shape[0]; i++) {
+        if (i) put(t, ",", 1);
+        if (ndim > 1)
+            put_nested(t, dtype, ndim - 1, shape + 1, data, at);
+        else
+            put_value(t, dtype, data, (*at)++);
+    }
+    put(t, "]", 1);
+}
+
+/* The most text tensor o takes as "name":{"shape":..,"dtype":..,"data":..}. */
+static size_t tensor_text_bound(const lens_st_out *o) {
+    size_t values = 1, lists = 1;
+    for (int d = 0; d < o->ndim; d++) {
+        values *= (size_t)o->shape[d];
+        lists = lists * (size_t)o->shape[d] + 1;
+    }
+    return values * JSON_VALUE_BYTES + lists * 2 + 2 * strlen(o->name) + 64 + 24 * LENS_MAX_DIMS;
+}
+
+/* Appends ,"name":{"shape", "dtype", "data"} (name escaped by jansson). */
+static void put_tensor(json_text *t, const lens_st_out *o, bool first) {
+    json_t *name = json_string(o->name);
+    size_t n = 0;
+    char *quoted = name ? json_dumps(name, JSON_ENCODE_ANY) : NULL;
+    json_decref(name);
+    if (!quoted) { /* no memory: made too long to be sent */
+        t->len = t->cap + 1;
+        return;
+    }
+    if (!first) put(t, ",", 1);
+    put(t, quoted, strlen(quoted));
+    free(quoted);
+    char head[64 + 24 * LENS_MAX_DIMS];
+    n = (size_t)snprintf(head, sizeof head, ":{\"shape\":[");
+    for (int d = 0; d < o->ndim; d++)
+        n += (size_t)snprintf(head + n, sizeof head - n, "%s%lld", d ? "," : "",
+                              (long long)o->shape[d]);
+    n += (size_t)snprintf(head + n, sizeof head - n, "],\"dtype\":\"%s\",\"data\":",
+                          o->dtype == LENS_F32   ? "float32"
+                          : o->dtype == LENS_I32 ? "int32"
+                                                 : "int64");
+    put(t, head, n);
+    size_t at = 0;
+    if (o->ndim)
+        put_nested(t, o->dtype, o->ndim, o->shape, o->data, &at);
+    else
+        put_value(t, o->dtype, o->data, 0);
+    put(t, "}", 1);
+}
+
+/* fields and the answer's tensors as one JSON object into resp: 413 when it
+ * would be over the response limit, 507 when memory runs out, never a 200
+ * that lacks any of it. Takes fields. */
+static void json_response(srv_response *resp, const srv_answer *a, json_t *fields) {
+    size_t fields_len = 0;
+    char *head = srv_json_text(fields, &fields_len); /* "{...}" */
+    json_decref(fields);
+    size_t bound = fields_len;
+    for (int i = 0; i < a->n; i++)
+        bound += tensor_text_bound(&a->outs[i]);
+    if (head && bound > srv_d.cfg.limits.max_response_bytes) {
+        free(head);
+        srv_error(resp, SRV_ERR_TOO_LARGE, NULL,
+                  "as JSON this answer is up to %zu MB of text, over the limit of %zu MB; ask "
+                  "for application/vnd.safetensors (4 bytes a value), or for fewer names, "
+                  "positions or prompts",
+                  bound >> 20, srv_d.cfg.limits.max_response_bytes >> 20);
+        return;
+    }
+    json_text t = {.data = head ? malloc(bound + 1) : NULL, .cap = bound};
+    if (!t.data) {
+        free(head);
+        srv_error(resp, SRV_ERR_INSUFFICIENT_STORAGE, NULL,
+                  "out of memory encoding the answer as JSON (up to %zu MB); ask for "
+                  "application/vnd.safetensors (4 bytes a value)",
+                  bound >> 20);
+        return;
+    }
+    put(&t, head, fields_len - 1); /* without its closing brace */
+    free(head);
+    for (int i = 0; i < a->n; i++)
+        put_tensor(&t, &a->outs[i], fields_len == 2 && i == 0);
+    put(&t, "}", 1);
+    if (t.len > t.cap) { /* a name could not be encoded */
+        free(t.data);
+        srv_out_of_memory(resp);
+        return;
+    }
+    t.data[t.len] = '\0';
+    resp->status = 200;
+    resp->content_type = "application/json";
+    resp->body = t.data;
+    resp->body_len = t.len;
+}
+
 static uint16_t half_of(float f) {
     union {
         float f;
@@ -276,30 +414,18 @@ void srv_answer_send(const char *accept, srv_response *resp, srv_answer *a, json
         return;
     }
     for (int i = 0; i < a->n; i++) {
-        const lens_st_out *o = &a->outs[i];
-        if (o->dtype == LENS_F16) {
+        if (a->outs[i].dtype == LENS_F16) {
             srv_error(resp, SRV_ERR_NOT_ACCEPTABLE, "dtype",
                       "float16 tensors come as application/vnd.safetensors or application/x-npy");
             json_decref(fields);
             srv_answer_free(a);
             return;
         }
-        if (json_object_set_new(fields, o->name,
-                                srv_tensor_json(o->dtype, o->ndim, o->shape, o->data))) {
-            srv_error(resp, SRV_ERR_INSUFFICIENT_STORAGE, NULL,
-                      "out of memory encoding %s as JSON (about 20 bytes a value); ask for "
-                      "application/vnd.safetensors (4 bytes a value)",
-                      o->name);
-            json_decref(fields);
-            srv_answer_free(a);
-            return;
-        }
     }
-    srv_json(resp, MHD_HTTP_OK, fields);
+    json_response(resp, a, fields);
     srv_answer_free(a);
 }
 
-/* Puts the batch's tokens (int64, as TL) first in a. */
 int srv_answer_add_tokens(srv_answer *a) {
     const lens_token_batch *b = &a->batch;
     if (!(a->tokens64 = malloc((size_t)b->B * b->T * sizeof *a->tokens64))) return -1;

@@ -87,3 +87,37 @@ def test_a_kept_cache_holds_only_the_rows_it_answers(start_daemon, models):
     # what 8 more kept caches really hold (measured: 1.16x what is counted; 2.1x before,
     # with each one's 16-prompt buffers)
     assert grown < 8 * one * 1.5, (grown, one)
+
+
+def peak_rss_bytes(d) -> int:
+    """VmHWM: the most memory the daemon has held."""
+    for line in open(f"/proc/{d.pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_json_answers_are_counted_as_text_and_written_as_text(start_daemon, models, tmp_path):
+    """A JSON answer was a tree of values (about 20x its tensors' bytes: a 78 MB
+    cache peaked 1.57 GB) and was counted as its binary bytes against
+    limits.max_response_bytes."""
+    config = tmp_path / "limits.json"
+    config.write_text(json.dumps({"limits": {"max_response_bytes": "96MiB"}}))
+    d = start_daemon(["--config", str(config), "--model", f"gpt2={models['gpt2']}"])
+    rows = [[1 + (i * k) % 500 for i in range(128)] for k in range(1, 3)]
+    # 2 prompts x 128 positions x 50,257 logits: 51 MB of float32, up to 206 MB as text
+    status, _, data = d.post(f"{GPT2}/logits", {"tokens": rows})
+    assert status == 413, data[:300]
+    assert "application/vnd.safetensors" in error_of(data)["message"]
+    status, _, data = d.post(f"{GPT2}/logits", {"tokens": rows}, accept="application/vnd.safetensors")
+    assert status == 200
+    # 12 MB of float32 as JSON: the text, not a tree 20x the tensor
+    before = peak_rss_bytes(d)
+    status, _, data = d.post(f"{GPT2}/logits", {"tokens": rows, "positions": list(range(32))})
+    assert status == 200, data[:300]
+    logits = json.loads(data)["logits"]
+    assert logits["shape"] == [2, 32, 50257] and isinstance(logits["data"][0][0][0], float)
+    grown = peak_rss_bytes(d) - before
+    # measured: 103 MB (the forward's 51 MB of logits at every position, and the
+    # text); 251 MB as a tree of values
+    assert grown < 150 << 20, f"peak grew {grown >> 20} MB"
