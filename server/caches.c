@@ -168,12 +168,11 @@ static srv_answer *get_tensor(kept *k, const char *name, const char *batch, cons
     int64_t shape[LENS_MAX_DIMS];
     void *data =
         slice(t, pos_axis ? pos_axis : 1, rows, n_rows, positions ? pos : NULL, n_pos, shape);
-    a = calloc(1, sizeof *a);
-    if (!data || !a || !(a->outs = calloc(1, sizeof *a->outs))) {
-        free(data);
+    a = data ? srv_answer_with_room(1) : NULL;
+    if (!a || srv_answer_own(a, data)) {
+        if (!a) free(data);
         goto oom;
     }
-    a->extra[0] = data;
     srv_answer_add(a, t->name, t->dtype, t->ndim, shape, data);
     *fields = json_pack("{s:s, s:s}", "cache_id", k->id, "model", k->model);
     free(rows);

@@ -339,30 +339,59 @@ static void npy_response(srv_response *resp, const lens_st_out *t) {
 }
 
 /* A new answer with room for the model's hook points and 8 more tensors. */
-srv_answer *srv_answer_new(const lens_config *c) {
+srv_answer *srv_answer_with_room(int n_tensors) {
     srv_answer *a = calloc(1, sizeof *a);
-    if (a && !(a->outs = calloc(lens_hook_slots(c) + 8, sizeof *a->outs))) {
+    if (a && !(a->outs = calloc((size_t)n_tensors, sizeof *a->outs))) {
         free(a);
-        a = NULL;
+        return NULL;
     }
+    if (a) a->cap = n_tensors;
     return a;
 }
 
-void srv_answer_free(void *p) {
-    srv_answer *a = p;
-    if (!a) return;
-    lens_token_batch_free(&a->batch);
-    for (int i = 0; i < a->cache.n; i++) { /* their names stay: the tensors' names */
+srv_answer *srv_answer_new(const lens_config *c) {
+    return srv_answer_with_room((int)lens_hook_slots(c) + 8);
+}
+
+int srv_answer_own(srv_answer *a, void *buffer) {
+    if (a->n_owned == a->cap_owned) {
+        const int cap = a->cap_owned ? 2 * a->cap_owned : 8;
+        void **grown = realloc(a->owned, (size_t)cap * sizeof *grown);
+        if (!grown) {
+            free(buffer);
+            return -1;
+        }
+        a->owned = grown;
+        a->cap_owned = cap;
+    }
+    a->owned[a->n_owned++] = buffer;
+    return 0;
+}
+
+void *srv_answer_alloc(srv_answer *a, size_t bytes) {
+    void *buffer = malloc(bytes ? bytes : 1);
+    return buffer && srv_answer_own(a, buffer) == 0 ? buffer : NULL;
+}
+
+/* Frees the answer's buffers (not its tensors' names, which are the cache's). */
+static void free_buffers(srv_answer *a) {
+    for (int i = 0; i < a->cache.n; i++) {
         free(a->cache.tensors[i].data);
         a->cache.tensors[i].data = NULL;
     }
     free(a->cache.logits);
     a->cache.logits = NULL;
-    free(a->tokens64);
-    for (size_t i = 0; i < sizeof a->extra / sizeof a->extra[0]; i++)
-        free(a->extra[i]);
     for (int i = 0; i < a->n_owned; i++)
         free(a->owned[i]);
+    a->n_owned = 0;
+}
+
+void srv_answer_free(void *p) {
+    srv_answer *a = p;
+    if (!a) return;
+    free_buffers(a);
+    lens_token_batch_free(&a->batch);
+    lens_cache_free(&a->cache);
     free(a->owned);
     free(a->outs);
     free(a);
@@ -370,12 +399,22 @@ void srv_answer_free(void *p) {
 
 void srv_answer_add(srv_answer *a, const char *name, lens_dtype dtype, int ndim,
                     const int64_t *shape, const void *data) {
+    if (a->n == a->cap) {
+        a->overflowed = true;
+        return;
+    }
     lens_st_out *o = &a->outs[a->n++];
     *o = (lens_st_out){name, dtype, ndim, {0}, data};
     memcpy(o->shape, shape, (size_t)ndim * sizeof *shape);
 }
 
 void srv_answer_send(const char *accept, srv_response *resp, srv_answer *a, json_t *fields) {
+    if (a->overflowed) {
+        srv_error(resp, SRV_ERR_INTERNAL, NULL, "the answer had no room for all its tensors");
+        json_decref(fields);
+        srv_answer_free(a);
+        return;
+    }
     size_t bytes = 0;
     for (int i = 0; i < a->n; i++) {
         size_t b = lens_dtype_size(a->outs[i].dtype);
@@ -428,10 +467,11 @@ void srv_answer_send(const char *accept, srv_response *resp, srv_answer *a, json
 
 int srv_answer_add_tokens(srv_answer *a) {
     const lens_token_batch *b = &a->batch;
-    if (!(a->tokens64 = malloc((size_t)b->B * b->T * sizeof *a->tokens64))) return -1;
+    int64_t *tokens = srv_answer_alloc(a, (size_t)b->B * b->T * sizeof *tokens);
+    if (!tokens) return -1;
     for (size_t i = 0; i < (size_t)b->B * b->T; i++)
-        a->tokens64[i] = b->tokens[i];
-    srv_answer_add(a, "tokens", LENS_I64, 2, (int64_t[]){b->B, b->T}, a->tokens64);
+        tokens[i] = b->tokens[i];
+    srv_answer_add(a, "tokens", LENS_I64, 2, (int64_t[]){b->B, b->T}, tokens);
     return 0;
 }
 
@@ -463,34 +503,32 @@ json_t *srv_answer_shapes(const srv_answer *a) {
 }
 
 int srv_answer_select_rows(srv_answer *a, const int64_t *rows, int n_rows) {
-    if (!(a->owned = calloc((size_t)a->n, sizeof *a->owned))) return -1;
-    for (int i = 0; i < a->n; i++) {
-        lens_st_out *t = &a->outs[i];
+    void **kept = calloc((size_t)a->n + 1, sizeof *kept); /* [i]: tensor i's rows */
+    for (int i = 0; kept && i < a->n; i++) {
+        const lens_st_out *t = &a->outs[i];
         size_t row_bytes = lens_dtype_size(t->dtype);
         for (int d = 1; d < t->ndim; d++)
             row_bytes *= (size_t)t->shape[d];
-        char *kept = malloc((size_t)n_rows * row_bytes + 1);
-        if (!kept) return -1;
+        if (!(kept[i] = malloc((size_t)n_rows * row_bytes + 1))) {
+            for (int k = 0; k < i; k++)
+                free(kept[k]);
+            free(kept);
+            return -1;
+        }
         for (int r = 0; r < n_rows; r++)
-            memcpy(kept + (size_t)r * row_bytes,
+            memcpy((char *)kept[i] + (size_t)r * row_bytes,
                    (const char *)t->data + (size_t)rows[r] * row_bytes, row_bytes);
-        a->owned[a->n_owned++] = kept;
-        t->data = kept;
-        t->shape[0] = n_rows;
     }
-    /* every tensor now points into its copy: the whole batch's buffers go, so
-     * that a kept cache holds (and is counted as) the rows it answers */
-    for (int i = 0; i < a->cache.n; i++) { /* their names stay: the tensors' names */
-        free(a->cache.tensors[i].data);
-        a->cache.tensors[i].data = NULL;
-    }
-    free(a->cache.logits);
-    a->cache.logits = NULL;
-    free(a->tokens64);
-    a->tokens64 = NULL;
-    for (size_t i = 0; i < sizeof a->extra / sizeof a->extra[0]; i++) {
-        free(a->extra[i]);
-        a->extra[i] = NULL;
+    if (!kept) return -1;
+    /* the whole batch's buffers go, so that a kept cache holds (and is
+     * counted as) the rows it answers */
+    free_buffers(a);
+    free(a->owned);
+    a->owned = kept;
+    a->n_owned = a->cap_owned = a->n;
+    for (int i = 0; i < a->n; i++) {
+        a->outs[i].data = kept[i];
+        a->outs[i].shape[0] = n_rows;
     }
     return 0;
 }

@@ -16,23 +16,34 @@
 typedef struct srv_answer {
     lens_token_batch batch;
     lens_cache cache;
-    int64_t *tokens64;
-    float *extra[6]; /* buffers the tensors point into */
-    void **owned;    /* more of them (srv_answer_select_rows), n_owned */
-    int n_owned;
-    lens_st_out *outs; /* room for every hook point and a few more */
-    int n;
+    lens_st_out *outs; /* the tensors answered: n of room for cap */
+    int n, cap;
+    void **owned; /* buffers they point into besides the cache: n_owned of cap_owned */
+    int n_owned, cap_owned;
+    bool overflowed; /* a tensor was added past cap: answered as an internal error */
 } srv_answer;
+
+/* A new answer with room for n_tensors tensors, or NULL when out of memory. */
+srv_answer *srv_answer_with_room(int n_tensors);
 
 /* A new answer with room for the model's hook points and 8 more tensors, or
  * NULL when out of memory. */
 srv_answer *srv_answer_new(const lens_config *c);
 
+/* bytes of memory that the answer owns (freed with it), or NULL when out of
+ * memory. */
+void *srv_answer_alloc(srv_answer *a, size_t bytes);
+
+/* Makes buffer (malloc'd) the answer's, freed with it. Returns -1, freeing
+ * buffer, when out of memory. */
+int srv_answer_own(srv_answer *a, void *buffer);
+
 /* Frees an answer and everything it holds (void * for stream callbacks).
  * Accepts NULL. */
 void srv_answer_free(void *answer);
 
-/* Appends a tensor (not copied: data must live as long as the answer). */
+/* Appends a tensor (not copied: data must live as long as the answer). Past
+ * the answer's room it is dropped and the answer marked overflowed. */
 void srv_answer_add(srv_answer *a, const char *name, lens_dtype dtype, int ndim,
                     const int64_t *shape, const void *data);
 
@@ -42,7 +53,7 @@ int srv_answer_add_tokens(srv_answer *a);
 
 /* Keeps only the rows (axis 0: prompts) of every tensor, in that order, in
  * copies of their own, and frees the buffers they pointed into (the cache's
- * data, the tokens, extra). Returns -1 when out of memory. */
+ * data and every buffer it owned). Returns -1 when out of memory. */
 int srv_answer_select_rows(srv_answer *a, const int64_t *rows, int n_rows);
 
 /* Turns every float32 tensor into float16 in place (round to nearest even). */

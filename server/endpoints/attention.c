@@ -85,7 +85,7 @@ static void run(srv_job **jobs, int n) {
         return;
     }
     const int T = a->batch.T, L = p->n_layers, H = p->n_heads;
-    float *patterns = a->extra[0] = malloc((size_t)L * H * T * T * sizeof *patterns);
+    float *patterns = srv_answer_alloc(a, (size_t)L * H * T * T * sizeof *patterns);
     if (!patterns || srv_answer_add_tokens(a)) {
         srv_out_of_memory(resp);
         return;

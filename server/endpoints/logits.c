@@ -79,7 +79,7 @@ static void logits_finish(logits_request *lr) {
     /* the kept positions' rows, and their log-probs */
     float *rows = a->cache.logits, *logp = NULL;
     if (lr->n_positions && !lr->one_position) {
-        if (!(rows = a->extra[0] = malloc((size_t)B * P * V * sizeof *rows))) goto oom;
+        if (!(rows = srv_answer_alloc(a, (size_t)B * P * V * sizeof *rows))) goto oom;
         for (int b = 0; b < B; b++)
             for (int p = 0; p < P; p++)
                 memcpy(rows + ((size_t)b * P + p) * V,
@@ -87,17 +87,16 @@ static void logits_finish(logits_request *lr) {
                        (size_t)V * sizeof *rows);
     }
     if (lr->want_log_probs) {
-        if (!(logp = a->extra[1] = malloc((size_t)B * P * V * sizeof *logp))) goto oom;
+        if (!(logp = srv_answer_alloc(a, (size_t)B * P * V * sizeof *logp))) goto oom;
         for (size_t r = 0; r < (size_t)B * P; r++)
             lens_log_softmax(rows + r * V, logp + r * V, V);
     }
     json_t *fields = json_pack("{s:s}", "model", job->model->name);
     if (top_k) {
-        int64_t *ids = malloc((size_t)B * P * top_k * sizeof *ids);
-        float *vals = a->extra[2] = malloc((size_t)B * P * top_k * sizeof *vals);
-        float *probs = a->extra[4] = malloc((size_t)B * P * top_k * sizeof *probs);
+        int64_t *ids = srv_answer_alloc(a, (size_t)B * P * top_k * sizeof *ids);
+        float *vals = srv_answer_alloc(a, (size_t)B * P * top_k * sizeof *vals);
+        float *probs = srv_answer_alloc(a, (size_t)B * P * top_k * sizeof *probs);
         int32_t *picked = malloc((size_t)top_k * sizeof *picked); /* one row's ids */
-        a->extra[3] = (float *)ids;
         if (!ids || !vals || !probs || !picked) {
             free(picked);
             json_decref(fields);

@@ -304,9 +304,13 @@ static void run(srv_job **jobs, int n) {
         srv_out_of_memory(resp);
         goto out;
     }
-    a->extra[0] = result.values;
+    float *values = result.values;
     result.values = NULL;
-    srv_answer_add(a, "values", LENS_F32, result.ndim, result.shape, a->extra[0]);
+    if (srv_answer_own(a, values)) {
+        srv_out_of_memory(resp);
+        goto out;
+    }
+    srv_answer_add(a, "values", LENS_F32, result.ndim, result.shape, values);
     const char *axis_names[4] = {"layer", "head"}, *component_names[5] = {PATH_SWEEP};
     if (!path) lens_sweep_axes(sweep, axis_names);
     const int n_components = path ? 1 : lens_sweep_components(sweep, component_names);
