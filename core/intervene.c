@@ -120,3 +120,27 @@ int lens_intervene(void *user, lens_hook hook, lens_tensor *act, int row0, lens_
     }
     return 0;
 }
+
+int lens_batch_mean(const lens_captured *t, lens_captured *mean) {
+    size_t per_row = 1;
+    for (int a = 1; a < t->ndim; a++)
+        per_row *= (size_t)t->shape[a];
+    double *sum = calloc(per_row ? per_row : 1, sizeof *sum);
+    *mean = *t;
+    mean->shape[0] = 1;
+    mean->data = malloc((per_row ? per_row : 1) * sizeof(float));
+    if (!sum || !mean->data) {
+        free(sum);
+        free(mean->data);
+        mean->data = NULL;
+        return -1;
+    }
+    const float *x = t->data;
+    for (int64_t b = 0; b < t->shape[0]; b++)
+        for (size_t k = 0; k < per_row; k++)
+            sum[k] += x[(size_t)b * per_row + k];
+    for (size_t k = 0; k < per_row; k++)
+        ((float *)mean->data)[k] = (float)(sum[k] / (double)t->shape[0]);
+    free(sum);
+    return 0;
+}

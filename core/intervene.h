@@ -48,4 +48,9 @@ int lens_hook_head_axis(const lens_config *cfg, lens_hook_kind kind);
  * Returns -1 for an activation whose shape the item does not fit. */
 int lens_intervene(void *user, lens_hook hook, lens_tensor *act, int row0, lens_err *err);
 
+/* Mean ablation's source: *mean is t's mean over its first axis (prompts),
+ * of shape [1, ...], its data malloc'd (the caller frees it). Sums in double.
+ * Returns -1 when out of memory. */
+int lens_batch_mean(const lens_captured *t, lens_captured *mean);
+
 #endif

@@ -71,3 +71,35 @@ int lens_rank(const float *x, int n, int i) {
         rank += comes_before(x, v, i);
     return rank;
 }
+
+/* splitmix64: the sampler's random numbers, reproducible from the seed. */
+static uint64_t next_random(uint64_t *state) {
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+int32_t lens_pick_token(const float *logits, int V, const lens_sampling *s, uint64_t *rng,
+                        int32_t *top_ids) {
+    int best = 0;
+    for (int v = 1; v < V; v++)
+        if (logits[v] > logits[best]) best = v;
+    if (!s->sample) return best;
+    float cutoff = -INFINITY;
+    if (s->top_k > 0 && s->top_k < V) { /* the k-th largest logit */
+        lens_top_k(logits, V, s->top_k, top_ids);
+        cutoff = logits[top_ids[s->top_k - 1]];
+    }
+    const double t = s->temperature;
+    double total = 0.0;
+    for (int v = 0; v < V; v++)
+        total += logits[v] >= cutoff ? exp(((double)logits[v] - logits[best]) / t) : 0.0;
+    double u = (double)(next_random(rng) >> 11) / 9007199254740992.0 * total, acc = 0.0;
+    for (int v = 0; v < V; v++) {
+        if (logits[v] < cutoff) continue;
+        acc += exp(((double)logits[v] - logits[best]) / t);
+        if (acc >= u) return v;
+    }
+    return best;
+}

@@ -732,7 +732,7 @@ static int buf_reserve(byte_buf *b, size_t n) {
 
 static int buf_append(byte_buf *b, const char *s, size_t n) {
     if (buf_reserve(b, b->len + n + 1) < 0) return -1;
-    memcpy(b->bytes + b->len, s, n);
+    if (n) memcpy(b->bytes + b->len, s, n); /* s may be NULL when n is 0 */
     b->len += n;
     return 0;
 }

@@ -273,7 +273,7 @@ static int parse_spm(const uint8_t *data, size_t len, spm_piece **pieces, size_t
                 spm_piece *grown = realloc(*pieces, cap * sizeof *grown);
                 if (!grown) {
                     lens_err_set(err, "out of memory");
-                    return -1;
+                    goto fail;
                 }
                 *pieces = grown;
             }
@@ -292,6 +292,10 @@ static int parse_spm(const uint8_t *data, size_t len, spm_piece **pieces, size_t
 bad:
     lens_err_set(err, "not a SentencePiece model (malformed protobuf at byte %zu)",
                  (size_t)(r.p - data));
+fail:
+    free(*pieces);
+    *pieces = NULL;
+    *n = 0;
     return -1;
 }
 
@@ -305,7 +309,10 @@ static lens_tokenizer *load_spm(const char *path, const uint8_t *data, size_t le
     spm_piece *pieces;
     size_t n;
     int model_type;
-    if (parse_spm(data, len, &pieces, &n, &model_type, err) < 0) return NULL;
+    if (parse_spm(data, len, &pieces, &n, &model_type, err) < 0) {
+        lens_err_prefix(err, "%s", path);
+        return NULL;
+    }
     lens_tokenizer *tok = NULL;
     if (model_type != 2) {
         lens_err_set(err, "SentencePiece model type %d is not supported (only BPE, 2)", model_type);

@@ -21,7 +21,7 @@
 #include "core/safetensors.h"
 #include "server/reply.h"
 #include "server/startup.h"
-#include "server/test_prompt.h"
+#include "core/test_prompt.h"
 
 /* ---- options shared by the commands ------------------------------------- */
 
@@ -463,14 +463,14 @@ static int cmd_run(cli_opts *o, lens_err *err) {
     lens_model *m = load_model(o, err);
     if (!m) return -1;
     lens_workspace ws = {0};
-    const srv_test_prompt_opts opts = {.prepend_bos = m->cfg.default_prepend_bos && !o->no_bos,
-                                       .prepend_space_to_answer = true,
-                                       .top_k = o->top_k};
+    const lens_test_prompt_opts opts = {.prepend_bos = m->cfg.default_prepend_bos && !o->no_bos,
+                                        .prepend_space_to_answer = true,
+                                        .top_k = o->top_k};
     char processing[256];
     lens_processing_names(m->processing, processing, sizeof processing);
     fprintf(stderr, "lensd: model %s, weight processing: %s\n", m->name, processing);
-    int rc = srv_test_prompt(m, &ws, o->rows[0].text, o->answers, o->n_answers, &opts, stdout, NULL,
-                             err);
+    int rc = lens_test_prompt(m, &ws, o->rows[0].text, o->answers, o->n_answers, &opts, stdout,
+                              NULL, err);
     lens_workspace_free(&ws);
     free_model(m);
     return rc;

@@ -91,40 +91,6 @@ static int parse(const srv_model *sm, json_t *body, void **params, srv_response 
     return 0;
 }
 
-/* splitmix64: the sampler's random numbers, reproducible from the seed. */
-static uint64_t next_random(uint64_t *state) {
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-/* The next token from one row of logits: the argmax, or a sample from
- * softmax(logits / temperature) over the top_k largest (0: all); top_ids
- * is scratch for top_k ids. */
-static int32_t pick_token(const float *logits, int V, bool sample, float temperature, int top_k,
-                          uint64_t *rng, int32_t *top_ids) {
-    int best = 0;
-    for (int v = 1; v < V; v++)
-        if (logits[v] > logits[best]) best = v;
-    if (!sample) return best;
-    float cutoff = -INFINITY;
-    if (top_k > 0 && top_k < V) { /* the k-th largest logit */
-        lens_top_k(logits, V, top_k, top_ids);
-        cutoff = logits[top_ids[top_k - 1]];
-    }
-    double total = 0.0;
-    for (int v = 0; v < V; v++)
-        total += logits[v] >= cutoff ? exp(((double)logits[v] - logits[best]) / temperature) : 0.0;
-    double u = (double)(next_random(rng) >> 11) / 9007199254740992.0 * total, acc = 0.0;
-    for (int v = 0; v < V; v++) {
-        if (logits[v] < cutoff) continue;
-        acc += exp(((double)logits[v] - logits[best]) / temperature);
-        if (acc >= u) return v;
-    }
-    return best;
-}
-
 static void run(srv_job **jobs, int n) {
     (void)n;
     srv_job *job = jobs[0];
@@ -135,9 +101,10 @@ static void run(srv_job **jobs, int n) {
     srv_response *resp = &job->response;
     const lens_token_batch start = p->start;
     const srv_hooks h = p->h;
-    const bool sample = p->sample, stop_at_eos = p->stop_at_eos;
-    const long max_new = p->max_new, top_k = p->top_k;
-    const double temperature = p->temperature;
+    const bool stop_at_eos = p->stop_at_eos;
+    const long max_new = p->max_new;
+    const lens_sampling sampling = {
+        .sample = p->sample, .temperature = (float)p->temperature, .top_k = (int)p->top_k};
     uint8_t *none = calloc(lens_hook_slots(c), 1), *intervene = p->intervene;
     int32_t *tokens = NULL, *last = NULL, *scratch_ids = NULL, *top_ids = NULL;
     srv_progress *progress = srv_begin_progress(job, p->progress_id, resp);
@@ -216,8 +183,7 @@ static void run(srv_job **jobs, int n) {
         bool all_done = true;
         for (int b = 0; b < B; b++) {
             if (done[b] || length[b] >= T_max) continue;
-            int32_t next = pick_token(out.logits + (size_t)b * V, V, sample, (float)temperature,
-                                      (int)top_k, &rng, top_ids);
+            int32_t next = lens_pick_token(out.logits + (size_t)b * V, V, &sampling, &rng, top_ids);
             tokens[(size_t)b * T_max + length[b]++] = next;
             done[b] = stop_at_eos && next == m->rules.eos_id;
             all_done &= done[b] || length[b] >= T_max;

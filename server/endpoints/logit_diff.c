@@ -14,12 +14,6 @@
 #include "server/request.h"
 #include "server/tensors.h"
 
-/* Row (b, t) of a [B, T, d] activation. */
-static const float *row_at(const lens_captured *t, int b, int pos) {
-    const size_t T = (size_t)t->shape[1], d = (size_t)t->shape[2];
-    return (const float *)t->data + ((size_t)b * T + (size_t)pos) * d;
-}
-
 /* One attribution's labels and values [components, B] as JSON, with the
  * batch mean. */
 static json_t *attribution_json(json_t *labels, const float *attrs, int n, int B) {
@@ -37,7 +31,9 @@ static json_t *attribution_json(json_t *labels, const float *attrs, int n, int B
     return json_pack("{s:o, s:o, s:o}", "labels", labels, "per_prompt", per_prompt, "mean", mean);
 }
 
-enum { ATTR_ACCUMULATED = 1, ATTR_DECOMPOSE = 2, ATTR_HEADS = 4 };
+/* The "attribution" names, by lens_stack_kind: bit 1 << kind of which. */
+static const char *const stack_names[] = {"accumulated_resid", "decompose_resid", "heads"};
+#define N_STACKS 3
 
 static int read_attribution(json_t *body, unsigned *which, srv_response *resp) {
     json_t *list = json_object_get(body, "attribution");
@@ -51,11 +47,9 @@ static int read_attribution(json_t *body, unsigned *which, srv_response *resp) {
     }
     for (size_t i = 0; i < json_array_size(list); i++) {
         const char *s = json_string_value(json_array_get(list, i));
-        unsigned bit = !s                                    ? 0
-                       : strcmp(s, "accumulated_resid") == 0 ? ATTR_ACCUMULATED
-                       : strcmp(s, "decompose_resid") == 0   ? ATTR_DECOMPOSE
-                       : strcmp(s, "heads") == 0             ? ATTR_HEADS
-                                                             : 0;
+        unsigned bit = 0;
+        for (int k = 0; k < N_STACKS && s && !bit; k++)
+            bit = strcmp(s, stack_names[k]) == 0 ? 1u << k : 0;
         if (!bit) {
             char field[48];
             snprintf(field, sizeof field, "attribution[%zu]", i);
@@ -70,7 +64,7 @@ static int read_attribution(json_t *body, unsigned *which, srv_response *resp) {
 
 typedef struct logit_diff_params {
     lens_token_batch batch;
-    unsigned which;                /* ATTR_* */
+    unsigned which;                /* bit 1 << lens_stack_kind: the stacks asked for */
     int32_t *answer, *wrong, *pos; /* [B] */
 } logit_diff_params;
 
@@ -124,7 +118,7 @@ static void run(srv_job **jobs, int n) {
     const lens_token_batch batch = p->batch;
     const unsigned which = p->which;
     const int32_t *answer = p->answer, *wrong = p->wrong, *pos = p->pos;
-    const int L = c->n_layers, H = c->n_heads, d = c->d_model, dh = c->d_head, V = c->d_vocab_out;
+    const int L = c->n_layers, H = c->n_heads, d = c->d_model, V = c->d_vocab_out;
     const int B = batch.B, T = batch.T;
     lens_cache cache = {0};
     uint8_t *enabled = calloc(lens_hook_slots(c), 1);
@@ -137,28 +131,8 @@ static void run(srv_job **jobs, int n) {
     if (!enabled || !dirs || !stack || !attrs) goto oom;
     for (int b = 0; b < B; b++)
         lens_logit_direction(m, answer[b], wrong[b], dirs + (size_t)b * d);
-    if (which) {
-        const bool mlp = !c->attn_only;
-        for (int l = 0; l < L; l++) {
-            enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_RESID_PRE, l})] |=
-                which & ATTR_ACCUMULATED;
-            if (mlp)
-                enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_RESID_MID, l})] |=
-                    which & ATTR_ACCUMULATED;
-            enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_ATTN_OUT, l})] |=
-                which & ATTR_DECOMPOSE;
-            if (mlp)
-                enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_MLP_OUT, l})] |=
-                    which & ATTR_DECOMPOSE;
-            enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_Z, l})] |= which & ATTR_HEADS;
-        }
-        enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_RESID_POST, L - 1})] |=
-            which & ATTR_ACCUMULATED;
-        enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_EMBED, 0})] |= which & ATTR_DECOMPOSE;
-        enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_POS_EMBED, 0})] |= which & ATTR_DECOMPOSE;
-        if (c->normalization != LENS_NORM_NONE)
-            enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_LN_FINAL_SCALE, 0})] = 1;
-    }
+    for (int k = 0; k < N_STACKS; k++)
+        if (which & (1u << k)) lens_stack_hooks(c, (lens_stack_kind)k, enabled);
     const lens_cache_request req = {.enabled = enabled, .logits = true, .logit_positions = pos};
     srv_metrics_batch(B);
     if (lens_run_cache(m, &sm->ws, &batch, &req, &cache, &err)) {
@@ -179,78 +153,33 @@ static void run(srv_job **jobs, int n) {
         json_pack("{s:s, s:o, s:o, s:o, s:o}", "model", sm->name, "answers", pairs, "positions",
                   positions, "logit_diff", diffs, "mean", srv_json_float((float)(total / B)));
     const lens_captured *scale = lens_cache_find(&cache, LENS_HOOK_LN_FINAL_SCALE, 0);
-    for (unsigned kind = ATTR_ACCUMULATED; kind <= ATTR_HEADS; kind <<= 1) {
-        if (!(which & kind)) continue;
+    for (int k = 0; k < N_STACKS; k++) {
+        if (!(which & (1u << k))) continue;
+        const lens_stack_kind kind = (lens_stack_kind)k;
+        const int n = lens_stack_size(c, kind);
         json_t *labels = json_array();
-        int n = 0;
-        for (int b = 0; b < B; b++) {
-            n = 0;
+        for (int i = 0; i < n; i++) {
             char label[32];
-#define PUSH(src, text)                                                                            \
-    do {                                                                                           \
-        memcpy(stack + (size_t)n * d, (src), (size_t)d * sizeof *stack);                           \
-        if (b == 0) json_array_append_new(labels, json_string(text));                              \
-        n++;                                                                                       \
-    } while (0)
-            if (kind == ATTR_ACCUMULATED) {
-                for (int l = 0; l < L; l++) {
-                    snprintf(label, sizeof label, "%d_pre", l);
-                    PUSH(row_at(lens_cache_find(&cache, LENS_HOOK_RESID_PRE, l), b, pos[b]), label);
-                    if (c->attn_only) continue;
-                    snprintf(label, sizeof label, "%d_mid", l);
-                    PUSH(row_at(lens_cache_find(&cache, LENS_HOOK_RESID_MID, l), b, pos[b]), label);
-                }
-                PUSH(row_at(lens_cache_find(&cache, LENS_HOOK_RESID_POST, L - 1), b, pos[b]),
-                     "final_post");
-            } else if (kind == ATTR_DECOMPOSE) {
-                PUSH(row_at(lens_cache_find(&cache, LENS_HOOK_EMBED, 0), b, pos[b]), "embed");
-                PUSH(row_at(lens_cache_find(&cache, LENS_HOOK_POS_EMBED, 0), b, pos[b]),
-                     "pos_embed");
-                for (int l = 0; l < L; l++) {
-                    snprintf(label, sizeof label, "%d_attn_out", l);
-                    PUSH(row_at(lens_cache_find(&cache, LENS_HOOK_ATTN_OUT, l), b, pos[b]), label);
-                    if (c->attn_only) continue;
-                    snprintf(label, sizeof label, "%d_mlp_out", l);
-                    PUSH(row_at(lens_cache_find(&cache, LENS_HOOK_MLP_OUT, l), b, pos[b]), label);
-                }
-            } else {
-                /* stack_head_results: z[b, pos, h] @ W_O[h], no b_O */
-                for (int l = 0; l < L; l++) {
-                    const lens_captured *z = lens_cache_find(&cache, LENS_HOOK_Z, l);
-                    const float *zrow = (const float *)z->data + ((size_t)b * T + pos[b]) * H * dh;
-                    for (int h = 0; h < H; h++) {
-                        float *out = stack + (size_t)n * d;
-                        const float *W_O = m->w.layers[l].W_O + (size_t)h * dh * d;
-                        for (int k = 0; k < d; k++) {
-                            double sum = 0.0;
-                            for (int j = 0; j < dh; j++)
-                                sum += (double)zrow[h * dh + j] * W_O[(size_t)j * d + k];
-                            out[k] = (float)sum;
-                        }
-                        snprintf(label, sizeof label, "L%dH%d", l, h);
-                        if (b == 0) json_array_append_new(labels, json_string(label));
-                        n++;
-                    }
-                }
-            }
-#undef PUSH
-            float one_scale = scale ? ((const float *)scale->data)[(size_t)b * T + pos[b]] : 1.0f;
-            float *col = malloc((size_t)n * sizeof *col);
-            if (!col) {
-                json_decref(labels);
-                json_decref(result);
-                goto oom;
-            }
+            lens_stack_label(c, kind, i, label, sizeof label);
+            json_array_append_new(labels, json_string(label));
+        }
+        float *col = malloc((size_t)n * sizeof *col);
+        if (!col) {
+            json_decref(labels);
+            json_decref(result);
+            goto oom;
+        }
+        for (int b = 0; b < B; b++) {
+            lens_stack(m, &cache, kind, b, pos[b], stack);
+            const float one_scale =
+                scale ? ((const float *)scale->data)[(size_t)b * T + pos[b]] : 1.0f;
             lens_logit_attrs(c, stack, n, one_scale, dirs + (size_t)b * d, col);
             for (int i = 0; i < n; i++)
                 attrs[(size_t)i * B + b] = col[i];
-            free(col);
         }
-        const char *key = kind == ATTR_ACCUMULATED ? "accumulated_resid"
-                          : kind == ATTR_DECOMPOSE ? "decompose_resid"
-                                                   : "heads";
+        free(col);
         json_t *section = attribution_json(labels, attrs, n, B);
-        if (kind == ATTR_HEADS) { /* the mean as [layer][head], for heatmaps */
+        if (kind == LENS_STACK_HEADS) { /* the mean as [layer][head], for heatmaps */
             json_t *grid = json_array();
             for (int l = 0; l < L; l++) {
                 json_t *row = json_array();
@@ -261,7 +190,7 @@ static void run(srv_job **jobs, int n) {
             }
             json_object_set_new(section, "grid", grid);
         }
-        json_object_set_new(result, key, section);
+        json_object_set_new(result, stack_names[k], section);
     }
     srv_json(resp, MHD_HTTP_OK, result);
     goto done;

@@ -137,23 +137,11 @@ static int mean_sources(srv_model *sm, const lens_token_batch *batch, srv_hooks 
         if (!h->is_mean[i]) continue;
         const lens_captured *t =
             lens_cache_find(&clean, h->items[i].hook.kind, h->items[i].hook.layer);
-        lens_captured *mean = &h->means[i];
-        *mean = *t;
-        mean->shape[0] = 1;
-        size_t per_row = 1;
-        for (int a = 1; a < t->ndim; a++)
-            per_row *= (size_t)t->shape[a];
-        if (!(mean->data = calloc(per_row, sizeof(float)))) {
-            rc = -1;
+        if ((rc = lens_batch_mean(t, &h->means[i]))) {
             srv_out_of_memory(resp);
             break;
         }
-        for (int64_t b = 0; b < t->shape[0]; b++)
-            for (size_t k = 0; k < per_row; k++)
-                ((float *)mean->data)[k] += ((const float *)t->data)[(size_t)b * per_row + k];
-        for (size_t k = 0; k < per_row; k++)
-            ((float *)mean->data)[k] /= (float)t->shape[0];
-        h->items[i].source = mean;
+        h->items[i].source = &h->means[i];
     }
     lens_cache_free(&clean);
     free(enabled);

@@ -10,11 +10,11 @@
 #include "core/prompt.h"
 #include "server/endpoint.h"
 #include "server/request.h"
-#include "server/test_prompt.h"
+#include "core/test_prompt.h"
 
 typedef struct test_prompt_params {
     char *prompt, *answer;
-    srv_test_prompt_opts opts;
+    lens_test_prompt_opts opts;
 } test_prompt_params;
 
 static void free_params(void *params) {
@@ -65,9 +65,9 @@ static int parse(const srv_model *sm, json_t *body, void **params, srv_response 
     if (p) {
         p->prompt = strdup(json_string_value(prompt));
         p->answer = strdup(json_string_value(answer));
-        p->opts = (srv_test_prompt_opts){.prepend_bos = prepend_bos,
-                                         .prepend_space_to_answer = prepend_space,
-                                         .top_k = (int)top_k};
+        p->opts = (lens_test_prompt_opts){.prepend_bos = prepend_bos,
+                                          .prepend_space_to_answer = prepend_space,
+                                          .top_k = (int)top_k};
     }
     *params = p;
     if (!p || !p->prompt || !p->answer) {
@@ -89,9 +89,9 @@ static void run(srv_job **jobs, int n) {
     FILE *out = open_memstream(&text, &text_len);
     json_t *data = NULL;
     lens_err err = {0};
-    int rc =
-        out ? srv_test_prompt(sm->model, &sm->ws, p->prompt, answers, 1, &p->opts, out, &data, &err)
-            : -1;
+    int rc = out ? lens_test_prompt(sm->model, &sm->ws, p->prompt, answers, 1, &p->opts, out, &data,
+                                    &err)
+                 : -1;
     if (out) fclose(out);
     if (rc) {
         if (out)

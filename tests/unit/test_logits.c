@@ -127,3 +127,51 @@ Test(logits, whole_vocabulary_top_k_is_fast) {
     free(ids);
     free(x);
 }
+
+Test(logits, greedy_is_the_first_argmax) {
+    const float x[5] = {0.5f, 2.0f, -1.0f, 2.0f, 1.0f};
+    const lens_sampling greedy = {.sample = false};
+    uint64_t rng = 7;
+    int32_t scratch[5];
+    cr_assert_eq(lens_pick_token(x, 5, &greedy, &rng, scratch), 1);
+    cr_assert_eq(rng, 7, "greedy draws no random number");
+}
+
+/* Samples follow softmax(x / T) among the top k: counted over many draws,
+ * each token's share is its probability; none outside the top k. */
+Test(logits, samples_follow_the_tempered_softmax_of_the_top_k) {
+    const float x[4] = {1.0f, 0.0f, 2.0f, -3.0f};
+    int32_t scratch[4];
+    for (int k = 0; k <= 3; k++) {
+        const lens_sampling s = {.sample = true, .temperature = 2.0f, .top_k = k};
+        const int kept = k ? k : 4;
+        double weight[4], total = 0.0;
+        for (int v = 0; v < 4; v++) {
+            const int rank = lens_rank(x, 4, v);
+            weight[v] = rank < kept ? exp(x[v] / 2.0) : 0.0;
+            total += weight[v];
+        }
+        int count[4] = {0};
+        uint64_t rng = 12345;
+        const int draws = 200000;
+        for (int i = 0; i < draws; i++)
+            count[lens_pick_token(x, 4, &s, &rng, scratch)]++;
+        for (int v = 0; v < 4; v++) {
+            const double p = weight[v] / total, share = (double)count[v] / draws;
+            cr_expect(fabs(share - p) < 0.005, "top_k %d token %d: share %.4f, p %.4f", k, v, share,
+                      p);
+        }
+    }
+}
+
+Test(logits, a_seed_gives_one_sequence) {
+    float x[50];
+    for (int v = 0; v < 50; v++)
+        x[v] = (float)((v * 37) % 11) / 3.0f;
+    const lens_sampling s = {.sample = true, .temperature = 1.0f};
+    int32_t scratch[50];
+    uint64_t a = 42, b = 42;
+    for (int i = 0; i < 100; i++)
+        cr_assert_eq(lens_pick_token(x, 50, &s, &a, scratch),
+                     lens_pick_token(x, 50, &s, &b, scratch));
+}

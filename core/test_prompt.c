@@ -3,7 +3,7 @@
  * byte (tests/parity/test_test_prompt.py): Python reprs of the token lists,
  * "Rank: ... Logit: ... Prob: ...%" lines, and the top-k by probability.
  */
-#include "server/test_prompt.h"
+#include "core/test_prompt.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -11,7 +11,7 @@
 
 #include "core/logits.h"
 #include "core/prompt.h"
-#include "server/pyrepr.h"
+#include "core/pyrepr.h"
 
 /* probs = softmax(logits) in double. */
 static void softmax_double(const float *logits, double *probs, int V) {
@@ -69,9 +69,9 @@ static void free_strs(char **strs, int n) {
     free(strs);
 }
 
-int srv_test_prompt(const lens_model *m, lens_workspace *ws, const char *prompt_text,
-                    const char *const *answers, int n_ans, const srv_test_prompt_opts *opts,
-                    FILE *text, json_t **data, lens_err *err) {
+int lens_test_prompt(const lens_model *m, lens_workspace *ws, const char *prompt_text,
+                     const char *const *answers, int n_ans, const lens_test_prompt_opts *opts,
+                     FILE *text, json_t **data, lens_err *err) {
     const int V = m->cfg.d_vocab_out;
     int32_t *prompt = NULL;
     int n_prompt = 0, rc = -1;
@@ -126,7 +126,7 @@ int srv_test_prompt(const lens_model *m, lens_workspace *ws, const char *prompt_
 
     prompt_strs = str_tokens(m, prompt, n_prompt);
     fprintf(text, "Tokenized prompt: ");
-    srv_py_repr_list(text, prompt_strs, (size_t)n_prompt);
+    lens_py_repr_list(text, prompt_strs, (size_t)n_prompt);
     fprintf(text, "\n");
     json_object_set_new(result, "prompt_str_tokens", strs_json(prompt_strs, n_prompt));
     for (int a = 0; a < n_ans; a++)
@@ -139,13 +139,13 @@ int srv_test_prompt(const lens_model *m, lens_workspace *ws, const char *prompt_
     if (n_ans == 1) json_decref(answers_json);
     if (n_ans == 1) {
         fprintf(text, "Tokenized answer: ");
-        srv_py_repr_list(text, answer_strs[0], (size_t)answer_len[0]);
+        lens_py_repr_list(text, answer_strs[0], (size_t)answer_len[0]);
         fprintf(text, "\n");
     } else if (n_ans > 1) {
         fprintf(text, "Tokenized answers: [");
         for (int a = 0; a < n_ans; a++) {
             if (a) fprintf(text, ", ");
-            srv_py_repr_list(text, answer_strs[a], (size_t)answer_len[a]);
+            lens_py_repr_list(text, answer_strs[a], (size_t)answer_len[a]);
         }
         fprintf(text, "]\n");
     }
@@ -188,7 +188,7 @@ int srv_test_prompt(const lens_model *m, lens_workspace *ws, const char *prompt_
             for (int a = 0; a < B; a++) {
                 if (a) fprintf(text, ", ");
                 fprintf(text, "(");
-                srv_py_repr_str(text, answer_strs[a][i], strlen(answer_strs[a][i]));
+                lens_py_repr_str(text, answer_strs[a][i], strlen(answer_strs[a][i]));
                 fprintf(text, ", %d)", ranks[i * B + a]);
             }
             if (n_ans > 1) fprintf(text, "]");

@@ -1,5 +1,5 @@
 /* pyrepr.c: Python's repr() of strings, with utf8proc for character classes. */
-#include "server/pyrepr.h"
+#include "core/pyrepr.h"
 
 #include <stdbool.h>
 #include <string.h>
@@ -22,7 +22,7 @@ static bool py_printable(utf8proc_int32_t cp) {
     }
 }
 
-void srv_py_repr_str(FILE *out, const char *s, size_t len) {
+void lens_py_repr_str(FILE *out, const char *s, size_t len) {
     bool has_single = memchr(s, '\'', len) != NULL;
     bool has_double = memchr(s, '"', len) != NULL;
     char quote = has_single && !has_double ? '"' : '\'';
@@ -62,11 +62,11 @@ void srv_py_repr_str(FILE *out, const char *s, size_t len) {
     fputc(quote, out);
 }
 
-void srv_py_repr_list(FILE *out, char *const *items, size_t n) {
+void lens_py_repr_list(FILE *out, char *const *items, size_t n) {
     fputc('[', out);
     for (size_t i = 0; i < n; i++) {
         if (i) fputs(", ", out);
-        srv_py_repr_str(out, items[i], strlen(items[i]));
+        lens_py_repr_str(out, items[i], strlen(items[i]));
     }
     fputc(']', out);
 }

@@ -2,8 +2,8 @@
  * pyrepr.h: Python's repr() of strings and lists of strings, for printing
  * what TransformerLens prints (test_prompt's "Tokenized prompt: [...]").
  */
-#ifndef SRV_PYREPR_H
-#define SRV_PYREPR_H
+#ifndef LENS_PYREPR_H
+#define LENS_PYREPR_H
 
 #include <stddef.h>
 #include <stdio.h>
@@ -12,9 +12,9 @@
  * unless s holds a ' and no ", escapes for backslash, the quote, \n \r \t,
  * and \xhh / \uhhhh / \Uhhhhhhhh for characters Python does not print
  * (str.isprintable: categories C*, Z* other than the space). */
-void srv_py_repr_str(FILE *out, const char *s, size_t len);
+void lens_py_repr_str(FILE *out, const char *s, size_t len);
 
 /* Writes repr of a list of n strings: ['a', 'b']. */
-void srv_py_repr_list(FILE *out, char *const *items, size_t n);
+void lens_py_repr_list(FILE *out, char *const *items, size_t n);
 
 #endif
