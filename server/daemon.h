@@ -32,6 +32,7 @@
 
 typedef struct srv_model srv_model;
 typedef struct srv_endpoint srv_endpoint;
+typedef struct srv_progress srv_progress;
 
 /* One request's work for a model: its parsed body and, once run, its
  * response. */
@@ -43,6 +44,7 @@ typedef struct srv_job {
     const char *accept;                /* the chosen response type */
     struct MHD_Connection *connection;
     const srv_token *token; /* the caller's (NULL without access control) */
+    srv_progress *progress; /* a long job's, from queued to answered (progress.h), or NULL */
     double submitted_s;     /* CLOCK_MONOTONIC, when the scheduler took it */
     srv_response response;
     struct srv_job *next;

@@ -38,6 +38,9 @@ typedef struct srv_endpoint {
      * can_batch), leaving each one's answer in its response. */
     void (*run)(srv_job **jobs, int n);
     void (*free_params)(void *params);
+    /* A long job's "progress_id" in its params (NULL: none given), for
+     * endpoints whose jobs report progress (progress.h); NULL for others. */
+    const char *(*progress_id)(const void *params);
     /* Jobs queued one behind another may run as one forward pass. */
     bool can_batch;
 } srv_endpoint;

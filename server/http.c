@@ -438,7 +438,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     const bool admin = strncmp(url, "/v1/admin/", 10) == 0;
     srv_job *job = admin ? srv_admin_route(method, url, r->body, r->len, &resp)
-                         : srv_route(method, url, accept, r->body, r->len, &resp);
+                         : srv_route(method, url, accept, r->body, r->len, c, r->token, &resp);
     if (!job) return send_response(c, r, &resp);
     job->connection = c;
     job->token = r->token;

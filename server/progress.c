@@ -18,6 +18,9 @@
 
 struct srv_progress {
     bool used;
+    const srv_job *job; /* compared, never read: its place in its model's queue */
+    const srv_model *model;
+    bool running;        /* its first update came */
     char id[MAX_ID + 1]; /* "" for a job nobody polls */
     char owner[128];     /* srv_token_owner of its caller */
     long done, total;
@@ -51,8 +54,9 @@ static srv_progress *find_locked(const char *id, size_t len, const char *owner,
     return NULL;
 }
 
-srv_progress *srv_progress_begin(const char *id, const char *owner,
-                                 struct MHD_Connection *connection, srv_response *resp) {
+srv_progress *srv_progress_begin(const char *id, const srv_job *job, srv_response *resp) {
+    const char *owner = srv_token_owner(job->token);
+    struct MHD_Connection *connection = job->connection;
     if (id && !valid_id(id)) {
         srv_error(resp, SRV_ERR_BAD_REQUEST, "progress_id",
                   "progress_id must be 1 to %d letters, digits, '.', '_' or '-'", MAX_ID);
@@ -71,15 +75,18 @@ srv_progress *srv_progress_begin(const char *id, const char *owner,
     for (int i = 0; i < MAX_JOBS && !p; i++)
         if (!jobs[i].used) p = &jobs[i];
     if (p) {
-        *p = (srv_progress){
-            .used = true, .started = srv_now_s(), .fd = info ? info->connect_fd : -1};
+        *p = (srv_progress){.used = true,
+                            .job = job,
+                            .model = job->model,
+                            .started = srv_now_s(),
+                            .fd = info ? info->connect_fd : -1};
         snprintf(p->id, sizeof p->id, "%s", id ? id : "");
         snprintf(p->owner, sizeof p->owner, "%s", owner);
     }
     pthread_mutex_unlock(&lock);
     if (!p)
         srv_error(resp, SRV_ERR_UNAVAILABLE, NULL,
-                  "%d long jobs are running already; try again later", MAX_JOBS);
+                  "%d long jobs are queued or running already; try again later", MAX_JOBS);
     return p;
 }
 
@@ -96,6 +103,7 @@ bool srv_progress_update(srv_progress *p, long done, long total) {
     pthread_mutex_lock(&lock);
     p->done = done;
     p->total = total;
+    p->running = true;
     p->gone = gone;
     const bool stop = p->cancelled || gone;
     pthread_mutex_unlock(&lock);
@@ -118,6 +126,19 @@ void srv_progress_end(srv_progress *p) {
     pthread_mutex_unlock(&lock);
 }
 
+/* How many jobs of its model are ahead of a queued job: those queued before
+ * it, and the one running (still in the scheduler's inbox: all of them). */
+static int position(const srv_progress *p) {
+    srv_model *m = (srv_model *)p->model;
+    pthread_mutex_lock(&m->lock);
+    int ahead = m->busy ? 1 : 0, found = -1;
+    for (const srv_job *j = m->head; j && found < 0; j = j->next, ahead++)
+        if (j == p->job) found = ahead;
+    if (found < 0) found = m->queued;
+    pthread_mutex_unlock(&m->lock);
+    return found;
+}
+
 void srv_progress_route(const char *method, const char *rest, const srv_token *caller,
                         srv_response *resp) {
     const bool get = strcmp(method, "GET") == 0, del = strcmp(method, "DELETE") == 0;
@@ -130,10 +151,12 @@ void srv_progress_route(const char *method, const char *rest, const srv_token *c
     srv_progress *p = find_locked(rest, strlen(rest), NULL, caller);
     if (p) {
         if (del) p->cancelled = true;
-        srv_json(resp, MHD_HTTP_OK,
-                 json_pack("{s:s, s:I, s:I, s:f, s:b}", "id", p->id, "done", (json_int_t)p->done,
-                           "total", (json_int_t)p->total, "seconds", srv_now_s() - p->started,
-                           "cancelled", p->cancelled));
+        json_t *answer = json_pack("{s:s, s:s, s:I, s:I, s:f, s:b}", "id", p->id, "state",
+                                   p->running ? "running" : "queued", "done", (json_int_t)p->done,
+                                   "total", (json_int_t)p->total, "seconds",
+                                   srv_now_s() - p->started, "cancelled", p->cancelled);
+        if (!p->running) json_object_set_new(answer, "queue_position", json_integer(position(p)));
+        srv_json(resp, 200, answer);
     }
     pthread_mutex_unlock(&lock);
     if (!p)

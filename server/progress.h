@@ -1,8 +1,11 @@
 /*
  * progress.h: long jobs (patching sweeps) that report how far they are and
  * can be stopped. A request names its job with a client-chosen
- * "progress_id"; GET /v1/progress/{id} answers {"id", "done", "total",
- * "seconds", "cancelled"} while it runs, DELETE /v1/progress/{id} cancels it.
+ * "progress_id"; GET /v1/progress/{id} answers {"id", "state", "done",
+ * "total", "seconds", "cancelled"} from when it is queued ("queued", with
+ * "queue_position": how many jobs of its model are ahead of it) until it is
+ * answered ("running"); DELETE /v1/progress/{id} cancels it, queued or
+ * running.
  * A job is also cancelled when its client disconnects (checked between
  * passes). Thread-safe: executors update, HTTP threads read and cancel.
  */
@@ -15,14 +18,14 @@
 
 typedef struct srv_progress srv_progress;
 
-/* Registers a running job. id: the client's name for it ([A-Za-z0-9._-],
- * 1 to 64 characters), or NULL for a job nobody polls (still cancelled when
- * its client goes); owner: srv_token_owner of its caller (each owner has ids
- * of its own); connection: its client. Returns NULL with a message for a
- * malformed id, an id of the owner's in use, or a full table (64 running
+/* Registers a job as it is queued. id: the client's name for it
+ * ([A-Za-z0-9._-], 1 to 64 characters), or NULL for a job nobody polls
+ * (still cancelled when its client goes); job: the job, whose place in its
+ * model's queue GET shows until it runs; its caller's token (each owner has
+ * ids of its own) and connection are the job's. Returns NULL with a message
+ * for a malformed id, an id of the owner's in use, or a full table (64
  * jobs). */
-srv_progress *srv_progress_begin(const char *id, const char *owner,
-                                 struct MHD_Connection *connection, srv_response *resp);
+srv_progress *srv_progress_begin(const char *id, const srv_job *job, srv_response *resp);
 
 /* Records done of total; returns true when the job should stop (cancelled,
  * or its client has closed the connection). */

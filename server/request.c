@@ -548,10 +548,6 @@ int srv_read_hooks(const lens_config *c, json_t *body, int T, srv_hooks *h, srv_
     return 0;
 }
 
-srv_progress *srv_begin_progress(const srv_job *job, const char *progress_id, srv_response *resp) {
-    return srv_progress_begin(progress_id, srv_token_owner(job->token), job->connection, resp);
-}
-
 bool srv_answer_if_stopped(srv_job *job, const srv_progress *progress, const char *progress_id,
                            const char *what) {
     switch (srv_progress_stopped(progress)) {

@@ -100,11 +100,6 @@ json_t *srv_str_tokens_json(const lens_model *m, const lens_token_batch *b);
 /* The batch's token ids as a JSON list of lists (a new reference). */
 json_t *srv_tokens_json(const lens_token_batch *b);
 
-/* Registers a long job under progress_id (NULL: none; see progress.h) for
- * its caller's token and connection. Returns it, or NULL with the refusal in
- * resp. */
-srv_progress *srv_begin_progress(const srv_job *job, const char *progress_id, srv_response *resp);
-
 /* Answers a long job that progress said to stop: cancelled (by DELETE
  * /v1/progress/{id}) or client_closed (its client closed the connection).
  * what: how far it got. Returns false, answering nothing, when the job was

@@ -15,6 +15,7 @@
 #include "server/metrics.h"
 #include "server/models.h"
 #include "server/openapi.h"
+#include "server/progress.h"
 #include "server/scheduler.h"
 
 bool srv_is_model_action(const char *action, size_t len) {
@@ -137,7 +138,8 @@ static void answer_info(const srv_model *m, void *resp) {
 }
 
 srv_job *srv_route(const char *method, const char *url, const char *accept, const char *body,
-                   size_t body_len, srv_response *resp) {
+                   size_t body_len, struct MHD_Connection *connection, const srv_token *token,
+                   srv_response *resp) {
     const bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
     srv_response probe = {0};
     if (answer_plain_get(url, &probe)) {
@@ -220,10 +222,19 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
         if (m) atomic_fetch_sub(&m->jobs_out, 1);
         return NULL;
     }
-    job->endpoint = endpoint;
-    job->model = m;
-    job->params = params;
-    job->free_params = endpoint->free_params;
-    job->accept = accept;
+    *job = (srv_job){.endpoint = endpoint,
+                     .model = m,
+                     .params = params,
+                     .free_params = endpoint->free_params,
+                     .accept = accept,
+                     .connection = connection,
+                     .token = token};
+    if (endpoint->progress_id &&
+        !(job->progress = srv_progress_begin(endpoint->progress_id(params), job, resp))) {
+        endpoint->free_params(params);
+        free(job);
+        atomic_fetch_sub(&m->jobs_out, 1);
+        return NULL;
+    }
     return job;
 }

@@ -10,10 +10,12 @@
 #include "server/daemon.h"
 
 /* Routes one request whose body is complete: answers it in *resp and
- * returns NULL, or returns a job to run, its body parsed by its endpoint
- * (the caller sets its connection and token). */
+ * returns NULL, or returns a job to run for the caller's connection and
+ * token, its body parsed by its endpoint and, for a long job, its progress
+ * registered. */
 srv_job *srv_route(const char *method, const char *url, const char *accept, const char *body,
-                   size_t body_len, srv_response *resp);
+                   size_t body_len, struct MHD_Connection *connection, const srv_token *token,
+                   srv_response *resp);
 
 /* Whether url is a GET route that needs no model (/healthz, /readyz,
  * /metrics, /v1/models, /v1/capabilities, /openapi.json). */

@@ -18,6 +18,7 @@
 #include "kernels/lk.h"
 #include "server/caches.h"
 #include "server/endpoint.h"
+#include "server/progress.h"
 #include "server/scheduler.h"
 
 static uv_loop_t loop;
@@ -32,6 +33,8 @@ pthread_mutex_t srv_cpu_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* Hands a job's answer to its connection; the job no longer uses its model. */
 static void finish(srv_job *job) {
+    srv_progress_end(job->progress);
+    job->progress = NULL;
     atomic_fetch_sub(&job->model->jobs_out, 1);
     MHD_resume_connection(job->connection);
 }

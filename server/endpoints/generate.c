@@ -33,6 +33,10 @@ static void free_params(void *params) {
     free(p);
 }
 
+static const char *progress_id(const void *params) {
+    return ((const generate_params *)params)->progress_id;
+}
+
 static int parse(const srv_model *sm, json_t *body, void **params, srv_response *resp) {
     const lens_config *c = &sm->model->cfg;
     generate_params *p = calloc(1, sizeof *p);
@@ -107,11 +111,10 @@ static void run(srv_job **jobs, int n) {
         .sample = p->sample, .temperature = (float)p->temperature, .top_k = (int)p->top_k};
     uint8_t *none = calloc(lens_hook_slots(c), 1), *intervene = p->intervene;
     int32_t *tokens = NULL, *last = NULL, *scratch_ids = NULL, *top_ids = NULL;
-    srv_progress *progress = srv_begin_progress(job, p->progress_id, resp);
+    srv_progress *progress = job->progress;
     lens_err err = {0};
     const int B = start.B, V = c->d_vocab_out;
     const int T_max = start.T + (int)max_new > c->n_ctx ? c->n_ctx : start.T + (int)max_new;
-    if (!progress) goto out;
     if (!none) {
         srv_out_of_memory(resp);
         goto out;
@@ -220,7 +223,6 @@ out:
     free(last);
     free(top_ids);
     free(scratch_ids);
-    srv_progress_end(progress);
 }
 
 const srv_endpoint srv_endpoint_generate = {
@@ -237,4 +239,5 @@ const srv_endpoint srv_endpoint_generate = {
     .parse = parse,
     .run = run,
     .free_params = free_params,
+    .progress_id = progress_id,
 };

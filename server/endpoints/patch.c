@@ -162,6 +162,10 @@ static int read_sweep(const lens_config *c, json_t *body, patch_params *p, srv_r
                : 0;
 }
 
+static const char *progress_id(const void *params) {
+    return ((const patch_params *)params)->progress_id;
+}
+
 static int parse(const srv_model *sm, json_t *body, void **params, srv_response *resp) {
     const lens_model *m = sm->model;
     const lens_config *c = &m->cfg;
@@ -265,8 +269,7 @@ static void run(srv_job **jobs, int n) {
     lens_patch_result result = {0};
     srv_answer *a = NULL;
     lens_err err = {0};
-    srv_progress *progress = srv_begin_progress(job, p->progress_id, resp);
-    if (!progress) return;
+    srv_progress *progress = job->progress;
     const lens_patch_request req = {
         .sweep = sweep,
         .clean = &clean,
@@ -291,6 +294,10 @@ static void run(srv_job **jobs, int n) {
         .progress = patch_progress,
         .progress_user = progress,
     };
+    /* cancelled while it was queued, or its client gone meanwhile */
+    if (srv_progress_update(progress, 0, 0) &&
+        srv_answer_if_stopped(job, progress, p->progress_id, "stopped before it started"))
+        goto out;
     const double t0 = srv_now_s();
     srv_metrics_batch(B);
     if (path ? lens_path_patch(m, &sm->ws, &path_req, &result, &err)
@@ -334,7 +341,6 @@ static void run(srv_job **jobs, int n) {
     srv_answer_send(job->accept, resp, a, fields);
     a = NULL;
 out:
-    srv_progress_end(progress);
     srv_answer_free(a);
     lens_patch_result_free(&result);
 }
@@ -356,4 +362,5 @@ const srv_endpoint srv_endpoint_patch = {
     .parse = parse,
     .run = run,
     .free_params = free_params,
+    .progress_id = progress_id,
 };

@@ -100,3 +100,37 @@ def test_generate_over_its_budget_is_refused_before_it_runs(start_daemon, models
     # within the budget: runs
     status, _, data = d.post("/v1/models/gpt2/generate", {**LONG_GENERATE, "max_new_tokens": 3})
     assert status == 200 and len(json.loads(data)["tokens"][0]) == 4, data[:300]
+
+
+def test_a_queued_sweep_shows_its_place_and_can_be_cancelled(lensd, post):
+    """Progress is registered when a job is queued, not when it starts: a
+    router or a notebook sees where it waits."""
+    answers: dict[str, dict] = {"first": {}, "second": {}}
+
+    def run(name):
+        answers[name].update(zip(("status", "headers", "body"),
+                                 post("/v1/models/gpt2/patch", {**LONG, "progress_id": f"p-{name}"})))
+
+    first = threading.Thread(target=run, args=("first",))
+    first.start()
+    wait_for_progress(lensd, "p-first")
+    second = threading.Thread(target=run, args=("second",))
+    second.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status, _, body = lensd.get("/v1/progress/p-second")
+        if status == 200 and json.loads(body).get("queue_position") == 1:
+            break
+        time.sleep(0.02)
+    seen = json.loads(body)
+    assert seen["state"] == "queued" and seen["queue_position"] == 1 and seen["done"] == 0, seen
+    running = json.loads(lensd.get("/v1/progress/p-first")[2])
+    assert running["state"] == "running" and "queue_position" not in running
+    assert lensd.request("DELETE", "/v1/progress/p-second")[0] == 200  # cancelled while queued
+    assert lensd.request("DELETE", "/v1/progress/p-first")[0] == 200
+    first.join(timeout=120)
+    second.join(timeout=120)
+    for name in answers:
+        assert answers[name]["status"] == 409, answers[name]["body"][:300]
+    assert "stopped before it started" in error_of(answers["second"]["body"])["message"]
+    assert lensd.get("/v1/progress/p-second")[0] == 404
