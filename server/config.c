@@ -532,6 +532,7 @@ static const char *const limit_keys[] = {"max_body_bytes",
                                          "queue_length",
                                          "request_timeout_s",
                                          "shutdown_timeout_s",
+                                         "read_timeout_s",
                                          "requests_per_minute",
                                          "max_patch_tokens",
                                          "max_generate_tokens",
@@ -591,6 +592,9 @@ static int parse_limits(srv_limits *l, const json_t *o, lens_err *err) {
         return -1;
     if ((v = json_object_get(o, "shutdown_timeout_s")) &&
         json_seconds(v, "limits.shutdown_timeout_s", &l->shutdown_timeout_s, err))
+        return -1;
+    if ((v = json_object_get(o, "read_timeout_s")) &&
+        json_seconds(v, "limits.read_timeout_s", &l->read_timeout_s, err))
         return -1;
     if ((v = json_object_get(o, "request_timeout_s")) &&
         json_seconds(v, "limits.request_timeout_s", &l->request_timeout_s, err))
@@ -1013,6 +1017,7 @@ int srv_config_load(srv_config *cfg, int argc, char **argv, lens_err *err) {
             .queue_length = SRV_DEFAULT_QUEUE_LENGTH,
             .request_timeout_s = SRV_DEFAULT_REQUEST_TIMEOUT_S,
             .shutdown_timeout_s = SRV_DEFAULT_SHUTDOWN_TIMEOUT_S,
+            .read_timeout_s = SRV_DEFAULT_READ_TIMEOUT_S,
             .requests_per_minute = 0,
             .max_patch_tokens = SRV_DEFAULT_MAX_PATCH_TOKENS,
             .max_generate_tokens = SRV_DEFAULT_MAX_GENERATE_TOKENS,

@@ -39,6 +39,7 @@ typedef struct srv_limits {
     int queue_length;               /* waiting jobs per model; default 256; >= 1 */
     double request_timeout_s;       /* seconds; default 300; > 0 */
     double shutdown_timeout_s;      /* SIGTERM to exit, at most; default 30; > 0 */
+    double read_timeout_s;          /* to send a whole request, headers and body; default 60 */
     int requests_per_minute;        /* per token; 0 = unlimited (default) */
     int max_patch_tokens;           /* patched runs x prompts x tokens in one sweep; default 20M */
     int max_generate_tokens;        /* token positions one generate runs; default 1M */
@@ -75,6 +76,7 @@ typedef struct srv_config {
 #define SRV_DEFAULT_QUEUE_LENGTH 256
 #define SRV_DEFAULT_REQUEST_TIMEOUT_S 300.0
 #define SRV_DEFAULT_SHUTDOWN_TIMEOUT_S 30.0
+#define SRV_DEFAULT_READ_TIMEOUT_S 60.0
 #define SRV_DEFAULT_MAX_PATCH_TOKENS 20000000
 #define SRV_DEFAULT_MAX_GENERATE_TOKENS 1000000
 #define SRV_DEFAULT_MAX_CONNECTIONS_PER_CLIENT 256

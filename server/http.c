@@ -184,8 +184,22 @@ typedef struct open_client {
     int open; /* 0: a free slot */
 } open_client;
 
+/* An open connection, for limits.read_timeout_s: the time its request began
+ * (its connection, or its previous answer), and whether it is still being
+ * read. A thread of its own (read_deadlines) shuts down the socket of one
+ * read for longer: libmicrohttpd then closes it, on its own thread. */
+typedef struct open_connection {
+    open_client *client; /* NULL: a free slot */
+    int fd;
+    double since;
+    bool reading;
+} open_connection;
+
 static open_client open_clients[SRV_MAX_CONNECTIONS];
-static pthread_mutex_t open_clients_lock = PTHREAD_MUTEX_INITIALIZER;
+static open_connection open_connections[SRV_MAX_CONNECTIONS];
+static pthread_mutex_t open_clients_lock = PTHREAD_MUTEX_INITIALIZER; /* guards both */
+static pthread_t deadline_thread;
+static atomic_bool deadlines_stop;
 
 static enum MHD_Result accept_client(void *cls, const struct sockaddr *addr, socklen_t len) {
     (void)cls;
@@ -201,8 +215,10 @@ static enum MHD_Result accept_client(void *cls, const struct sockaddr *addr, soc
     return open < srv_d.cfg.limits.max_connections_per_client ? MHD_YES : MHD_NO;
 }
 
-/* Counts a connection in when it starts (its slot kept in *socket_context)
- * and out when it closes. */
+/* Counts a connection in when it starts (its open_connection kept in
+ * *socket_context) and out when it closes: libmicrohttpd notifies the close
+ * before it closes the socket, so the deadline thread, which holds the lock,
+ * never shuts down a socket number that another connection took meanwhile. */
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
                           enum MHD_ConnectionNotificationCode code) {
     (void)cls;
@@ -219,12 +235,59 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         }
         if (!slot && (slot = free_slot))
             snprintf(slot->address, sizeof slot->address, "%s", address);
-        if (slot) slot->open++; /* there is a slot: no more connections than slots */
-        *socket_context = slot;
+        open_connection *oc = NULL;
+        for (int i = 0; i < SRV_MAX_CONNECTIONS && slot && !oc; i++)
+            if (!open_connections[i].client) oc = &open_connections[i];
+        if (oc) { /* there are slots: no more connections than slots */
+            const union MHD_ConnectionInfo *info =
+                MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+            slot->open++;
+            *oc = (open_connection){.client = slot,
+                                    .fd = info ? info->connect_fd : -1,
+                                    .since = srv_now_s(),
+                                    .reading = true};
+        }
+        *socket_context = oc;
     } else if (*socket_context) {
-        ((open_client *)*socket_context)->open--;
+        open_connection *oc = *socket_context;
+        oc->client->open--;
+        oc->client = NULL;
     }
     pthread_mutex_unlock(&open_clients_lock);
+}
+
+/* Marks c's request as read in whole (reading false), or a new one begun. */
+static void set_reading(struct MHD_Connection *c, bool reading) {
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    open_connection *oc = info ? info->socket_context : NULL;
+    if (!oc) return;
+    pthread_mutex_lock(&open_clients_lock);
+    oc->reading = reading;
+    if (reading) oc->since = srv_now_s();
+    pthread_mutex_unlock(&open_clients_lock);
+}
+
+/* Four times a second, shuts down the sockets of requests read for longer than
+ * limits.read_timeout_s (a client sending a byte now and then would keep
+ * libmicrohttpd's idle timeout from ever ending it). */
+static void *read_deadlines(void *arg) {
+    (void)arg;
+    while (!atomic_load(&deadlines_stop)) {
+        usleep(250 * 1000);
+        const double now = srv_now_s();
+        pthread_mutex_lock(&open_clients_lock);
+        for (int i = 0; i < SRV_MAX_CONNECTIONS; i++) {
+            open_connection *oc = &open_connections[i];
+            if (oc->client && oc->reading && oc->fd >= 0 &&
+                now - oc->since > srv_d.cfg.limits.read_timeout_s) {
+                shutdown(oc->fd, SHUT_RDWR);
+                oc->reading = false; /* once */
+            }
+        }
+        pthread_mutex_unlock(&open_clients_lock);
+    }
+    return NULL;
 }
 
 /* Checks the bearer token and the rate limit of a /v1/ request. Returns 0,
@@ -387,6 +450,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         r->len += n;
         return MHD_YES;
     }
+    set_reading(c, false); /* the whole request is in: its deadline no longer runs */
     if (r->job) { /* resumed: the job is done */
         resp = r->job->response;
         r->job->response.body = NULL;
@@ -454,7 +518,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode why) {
     (void)cls;
-    (void)c;
+    set_reading(c, true); /* a kept-alive connection's next request starts now */
     request *r = *con_cls;
     if (!r) return;
     double seconds = srv_now_s() - r->started;
@@ -530,12 +594,20 @@ int srv_http_start(lens_err *err) {
                      cfg->port);
         return -1;
     }
+    if (pthread_create(&deadline_thread, NULL, read_deadlines, NULL)) {
+        MHD_stop_daemon(srv_d.http);
+        srv_d.http = NULL;
+        lens_err_set(err, "cannot start the thread of request deadlines");
+        return -1;
+    }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv_d.http, MHD_DAEMON_INFO_BIND_PORT);
     return info ? info->port : cfg->port;
 }
 
 void srv_http_stop(void) {
     if (!srv_d.http) return;
+    atomic_store(&deadlines_stop, true);
+    pthread_join(deadline_thread, NULL);
     /* let resumed connections send what their jobs left, for a few seconds */
     for (int i = 0; i < 100; i++) {
         const union MHD_DaemonInfo *info =

@@ -494,3 +494,40 @@ def test_a_huge_prompt_is_refused_without_tokenizing_it_all(post):
     assert status == 413 and error_of(data)["field"] == "prompt", data[:300]
     assert "more than the model's context of 128 tokens" in error_of(data)["message"]
     assert time.monotonic() - started < 3
+
+
+def test_a_request_must_arrive_within_its_deadline(start_daemon, models, tmp_path):
+    """A client that sends a byte every second, of its headers or of its body,
+    kept its connection forever (each byte restarts libmicrohttpd's 30 s idle
+    timeout); limits.read_timeout_s bounds the whole request."""
+    config = tmp_path / "limits.json"
+    config.write_text(json.dumps({"limits": {"read_timeout_s": 3}}))
+    d = start_daemon(["--config", str(config), "--model", f"gpt2={models['gpt2']}"])
+    host, port = d.url.split("//")[1].split(":")
+    heads = socket.create_connection((host, int(port)), timeout=10)
+    body = socket.create_connection((host, int(port)), timeout=10)
+    heads.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    body.sendall(b"POST /v1/models/gpt2/tokenize HTTP/1.1\r\nHost: x\r\n"
+                 b"Content-Length: 200\r\n\r\n{\"prompt\": \"")
+    started, closed = time.monotonic(), {}
+    for s in (heads, body):
+        s.setblocking(False)
+    while len(closed) < 2 and time.monotonic() - started < 15:
+        time.sleep(1)
+        for name, s in (("headers", heads), ("body", body)):
+            if name in closed:
+                continue
+            try:
+                s.sendall(b"X-Slow: 1\r\n" if s is heads else b"a")
+                if s.recv(1) == b"":
+                    closed[name] = time.monotonic() - started
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed[name] = time.monotonic() - started
+    heads.close()
+    body.close()
+    assert set(closed) == {"headers", "body"}, f"still open after 15 s: {closed}"
+    assert all(2.5 < t < 6 for t in closed.values()), closed
+    # a request sent in time is served as ever
+    assert d.post(f"{GPT2}/tokenize", {"prompt": "Hi"})[0] == 200
