@@ -2286,7 +2286,7 @@ static int flush_fallback_bytes(token_list *out, byte_buf *bytes) {
 /* Runs one decoder step from `in` into `out`. */
 static int decode_step(const dec_step *d, const token_list *in, token_list *out, byte_buf *tmp) {
     if (list_begin(out, in->n) < 0) return -1;
-    const char *base = in->text.bytes;
+    const char *base = in->text.bytes ? in->text.bytes : ""; /* NULL while every token is empty */
     switch (d->kind) {
     case DEC_BYTE_LEVEL: {
         tmp->len = 0;
@@ -2381,7 +2381,7 @@ static char *decode_steps(const lens_tokenizer *tok, const int32_t *ids, size_t 
     for (size_t i = 0; i < done->n; i++) {
         if (i > 0 && !tok->has_decoder) out[pos++] = ' ';
         size_t piece = done->off[i + 1] - done->off[i];
-        memcpy(out + pos, done->text.bytes + done->off[i], piece);
+        if (piece) memcpy(out + pos, done->text.bytes + done->off[i], piece);
         pos += piece;
     }
     out[pos] = '\0';

@@ -17,7 +17,7 @@ debian_packages=(build-essential pkg-config meson ninja-build libopenblas-dev li
 # the formatting check's clang-format and nginx (tests/integration/test_deploy_nginx.py runs its
 # own, unprivileged; on a host with systemd the package also starts the system's nginx on port 80:
 # `systemctl disable --now nginx` stops that one)
-$build_only || debian_packages+=(python3-venv openssl curl chromium clang-format nginx)
+$build_only || debian_packages+=(python3-venv openssl curl chromium clang-format nginx clang libclang-rt-dev libomp-dev)
 missing=()
 for p in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -51,6 +51,12 @@ ninja -C "$asan" >/dev/null || exit 1
 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   meson test -C "$asan" --suite unit --print-errorlogs || status=1
 
+fuzz_seconds=${LENSD_FUZZ_SECONDS:-20}
+echo "== fuzzing: each parser for $fuzz_seconds s (tools/fuzz.sh)"
+LENSD_FUZZ_SECONDS=$fuzz_seconds LENSD_FUZZ_BUILD="$build-fuzz" LENSD_SHARED="$shared" \
+  tools/fuzz.sh 2>&1 | sed 's/^/    /'
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
 echo "== Python suites (pytest)"
 export LENSD_BIN="$build/server/lensd"
 export LENSD_TOK_DRIVER="$build/tests/tokenizer/tok_driver"
