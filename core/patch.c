@@ -44,19 +44,37 @@ typedef struct component {
     setter set;
 } component;
 
-static const component RESID_PRE = {"resid_pre", LENS_HOOK_RESID_PRE, AT_POS},
-                       RESID_MID = {"resid_mid", LENS_HOOK_RESID_MID, AT_POS},
-                       ATTN_OUT = {"attn_out", LENS_HOOK_ATTN_OUT, AT_POS},
-                       MLP_OUT = {"mlp_out", LENS_HOOK_MLP_OUT, AT_POS},
-                       Z_BY_POS = {"z", LENS_HOOK_Z, AT_POS_HEAD},
-                       Q_BY_POS = {"q", LENS_HOOK_Q, AT_POS_HEAD},
-                       K_BY_POS = {"k", LENS_HOOK_K, AT_POS_HEAD},
-                       V_BY_POS = {"v", LENS_HOOK_V, AT_POS_HEAD},
-                       Z_ALL = {"z", LENS_HOOK_Z, AT_HEAD}, Q_ALL = {"q", LENS_HOOK_Q, AT_HEAD},
-                       K_ALL = {"k", LENS_HOOK_K, AT_HEAD}, V_ALL = {"v", LENS_HOOK_V, AT_HEAD},
-                       PATTERN_ALL = {"pattern", LENS_HOOK_PATTERN, PATTERN_HEAD},
-                       PATTERN_DEST = {"pattern", LENS_HOOK_PATTERN, PATTERN_HEAD_DEST},
-                       PATTERN_DEST_SRC = {"pattern", LENS_HOOK_PATTERN, PATTERN_HEAD_DEST_SRC};
+/* The components a sweep patches (macros: each is an initializer of SWEEPS). */
+#define RESID_PRE                                                                                  \
+    { "resid_pre", LENS_HOOK_RESID_PRE, AT_POS }
+#define RESID_MID                                                                                  \
+    { "resid_mid", LENS_HOOK_RESID_MID, AT_POS }
+#define ATTN_OUT                                                                                   \
+    { "attn_out", LENS_HOOK_ATTN_OUT, AT_POS }
+#define MLP_OUT                                                                                    \
+    { "mlp_out", LENS_HOOK_MLP_OUT, AT_POS }
+#define Z_BY_POS                                                                                   \
+    { "z", LENS_HOOK_Z, AT_POS_HEAD }
+#define Q_BY_POS                                                                                   \
+    { "q", LENS_HOOK_Q, AT_POS_HEAD }
+#define K_BY_POS                                                                                   \
+    { "k", LENS_HOOK_K, AT_POS_HEAD }
+#define V_BY_POS                                                                                   \
+    { "v", LENS_HOOK_V, AT_POS_HEAD }
+#define Z_ALL                                                                                      \
+    { "z", LENS_HOOK_Z, AT_HEAD }
+#define Q_ALL                                                                                      \
+    { "q", LENS_HOOK_Q, AT_HEAD }
+#define K_ALL                                                                                      \
+    { "k", LENS_HOOK_K, AT_HEAD }
+#define V_ALL                                                                                      \
+    { "v", LENS_HOOK_V, AT_HEAD }
+#define PATTERN_ALL                                                                                \
+    { "pattern", LENS_HOOK_PATTERN, PATTERN_HEAD }
+#define PATTERN_DEST                                                                               \
+    { "pattern", LENS_HOOK_PATTERN, PATTERN_HEAD_DEST }
+#define PATTERN_DEST_SRC                                                                           \
+    { "pattern", LENS_HOOK_PATTERN, PATTERN_HEAD_DEST_SRC }
 
 typedef struct sweep_def {
     const char *name;

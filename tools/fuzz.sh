@@ -22,7 +22,7 @@ seconds=${LENSD_FUZZ_SECONDS:-30}
 build=${LENSD_FUZZ_BUILD:-$repo/build-fuzz}
 jobs=${LENSD_FUZZ_JOBS:-$(nproc)}
 shared=${LENSD_SHARED:-$repo/../shared}
-all=(tokenizer_json tokenizer_model tokenizer_text safetensors config auth)
+all=(tokenizer_json tokenizer_model tokenizer_text safetensors config auth requests)
 
 merge=false
 names=()
