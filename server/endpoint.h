@@ -21,7 +21,7 @@
 
 #include "server/daemon.h"
 
-/* The most jobs one run takes (can_batch). */
+/* The most jobs one run_batch takes. */
 #define SRV_MAX_BATCHED_JOBS 16
 
 typedef struct srv_endpoint {
@@ -34,15 +34,17 @@ typedef struct srv_endpoint {
      * fills resp with the error and returns -1. Reads only the model, which
      * cannot be unloaded meanwhile, and the configuration. */
     int (*parse)(const srv_model *sm, json_t *body, void **params, srv_response *resp);
-    /* Runs n jobs of this endpoint for one model (n > 1 only when
-     * can_batch), leaving each one's answer in its response. */
-    void (*run)(srv_job **jobs, int n);
+    /* Runs a job on its model's executor, leaving its answer in its
+     * response. */
+    void (*run)(srv_job *job);
+    /* Instead of run, for jobs that queued one behind another may share a
+     * forward pass: runs n of them (1 to SRV_MAX_BATCHED_JOBS) for one
+     * model, each answered on its own. */
+    void (*run_batch)(srv_job **jobs, int n);
     void (*free_params)(void *params);
     /* A long job's "progress_id" in its params (NULL: none given), for
      * endpoints whose jobs report progress (progress.h); NULL for others. */
     const char *(*progress_id)(const void *params);
-    /* Jobs queued one behind another may run as one forward pass. */
-    bool can_batch;
 } srv_endpoint;
 
 extern const srv_endpoint srv_endpoint_tokenize, srv_endpoint_detokenize, srv_endpoint_logits,

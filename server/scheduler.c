@@ -47,7 +47,7 @@ static int take_jobs(srv_model *m, srv_job **jobs) {
     do {
         jobs[n++] = m->head;
         m->head = m->head->next;
-    } while (n < SRV_MAX_BATCHED_JOBS && jobs[0]->endpoint->can_batch && m->head &&
+    } while (n < SRV_MAX_BATCHED_JOBS && jobs[0]->endpoint->run_batch && m->head &&
              m->head->endpoint == jobs[0]->endpoint);
     if (!m->head) m->tail = NULL;
     return n;
@@ -72,7 +72,10 @@ static void run_jobs(srv_model *m, srv_job **jobs, int n) {
     }
     const bool cpu = lk_host_memory(m->model->device);
     if (cpu) pthread_mutex_lock(&srv_cpu_lock);
-    if (n_ready) ready[0]->endpoint->run(ready, n_ready);
+    if (n_ready && ready[0]->endpoint->run_batch)
+        ready[0]->endpoint->run_batch(ready, n_ready);
+    else if (n_ready)
+        ready[0]->endpoint->run(ready[0]);
     if (cpu) pthread_mutex_unlock(&srv_cpu_lock);
 }
 

@@ -94,9 +94,7 @@ static int parse(const srv_model *sm, json_t *body, void **params, srv_response 
     return 0;
 }
 
-static void run(srv_job **jobs, int n) {
-    (void)n;
-    srv_job *job = jobs[0];
+static void run(srv_job *job) {
     const detokenize_params *p = job->params;
     const lens_model *m = job->model->model;
     json_t *texts = json_array();

@@ -95,9 +95,7 @@ static int parse(const srv_model *sm, json_t *body, void **params, srv_response 
     return 0;
 }
 
-static void run(srv_job **jobs, int n) {
-    (void)n;
-    srv_job *job = jobs[0];
+static void run(srv_job *job) {
     const generate_params *p = job->params;
     srv_model *sm = job->model;
     const lens_model *m = sm->model;

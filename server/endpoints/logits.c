@@ -277,7 +277,6 @@ const srv_endpoint srv_endpoint_logits = {
         "\"boolean\"}, \"loss\": {\"type\": \"boolean\"}, \"per_token_loss\": {\"type\": "
         "\"boolean\"}"),
     .parse = parse,
-    .run = run,
+    .run_batch = run,
     .free_params = free_params,
-    .can_batch = true,
 };

@@ -175,9 +175,7 @@ static int patch_sources(srv_model *sm, srv_hooks *h, srv_response *resp) {
     return 0;
 }
 
-static void run(srv_job **jobs, int n) {
-    (void)n;
-    srv_job *job = jobs[0];
+static void run(srv_job *job) {
     hooks_params *p = job->params;
     srv_model *sm = job->model;
     const lens_config *c = &sm->model->cfg;

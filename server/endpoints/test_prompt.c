@@ -77,9 +77,7 @@ static int parse(const srv_model *sm, json_t *body, void **params, srv_response 
     return 0;
 }
 
-static void run(srv_job **jobs, int n) {
-    (void)n;
-    srv_job *job = jobs[0];
+static void run(srv_job *job) {
     const test_prompt_params *p = job->params;
     srv_model *sm = job->model;
     srv_response *resp = &job->response;

@@ -27,9 +27,7 @@ static void free_params(void *params) {
     free(params);
 }
 
-static void run(srv_job **jobs, int n) {
-    (void)n;
-    srv_job *job = jobs[0];
+static void run(srv_job *job) {
     const lens_token_batch *b = job->params;
     json_t *mask = json_array();
     for (int i = 0; i < b->B; i++) {
