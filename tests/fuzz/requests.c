@@ -4,6 +4,12 @@
  * and each endpoint's parse of the JSON body (server/endpoint.h), on the
  * bundled model induction-2l loaded once, served as "m".
  *
+ * Also the kept caches' routes (srv_caches_route, server/caches.h) with
+ * their query strings: a path under /v1/caches/ that starts with "*" is one
+ * kept cache's, its id put for the "*" (two tensors, [2, 3, 4] and a
+ * [2, 2, 3, 3] pattern), and "?batch=..&positions=.." are its comma lists,
+ * as libmicrohttpd hands them over.
+ *
  * Input: "METHOD PATH\n" then the body (the first line may be anything: the
  * harness splits at the first newline, and without one the whole input is
  * the path of a GET).
@@ -20,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/caches.h"
 #include "server/endpoint.h"
 #include "server/progress.h"
 #include "server/routes.h"
@@ -43,6 +50,60 @@ static void serve_once(void) {
     srv_d.models = &slot;
     srv_d.n_models = srv_d.cap_models = 1;
     srv_d.ready = 1;
+}
+
+/* A cache kept for the /v1/caches/ routes, kept again once deleted; its id. */
+static const char *kept_cache(void) {
+    static char id[33];
+    if (srv_caches_bytes() > 0) return id;
+    srv_answer *a = srv_answer_with_room(2);
+    float *resid = a ? srv_answer_alloc(a, 24 * sizeof *resid) : NULL;
+    float *pattern = a ? srv_answer_alloc(a, 36 * sizeof *pattern) : NULL;
+    if (!resid || !pattern) fuzz_fail("out of memory");
+    for (int i = 0; i < 24; i++)
+        resid[i] = (float)i - 3.5f;
+    for (int i = 0; i < 36; i++)
+        pattern[i] = (float)i / 36;
+    srv_answer_add(a, "blocks.0.hook_resid_pre", LENS_F32, 3, (int64_t[]){2, 3, 4}, resid);
+    srv_answer_add(a, "blocks.0.attn.hook_pattern", LENS_F32, 4, (int64_t[]){2, 2, 3, 3}, pattern);
+    srv_response resp = {0};
+    if (srv_caches_keep("m", srv_token_owner(NULL), a, id, &resp)) fuzz_fail("cannot keep a cache");
+    return id;
+}
+
+/* The value of key in the query string query ("a=1&b=2"), into buf[cap], or
+ * NULL when absent. */
+static const char *query_value(const char *query, const char *key, char *buf, size_t cap) {
+    for (const char *p = query; p && *p; p = strchr(p, '&') ? strchr(p, '&') + 1 : NULL) {
+        const size_t n = strlen(key);
+        if (strncmp(p, key, n) == 0 && p[n] == '=') {
+            const char *end = strchr(p + n + 1, '&');
+            const size_t len = end ? (size_t)(end - p - n - 1) : strlen(p + n + 1);
+            if (len >= cap) return NULL;
+            memcpy(buf, p + n + 1, len);
+            buf[len] = '\0';
+            return buf;
+        }
+    }
+    return NULL;
+}
+
+/* The route of a kept cache: path after "/v1/caches/", "*" its id. */
+static void cache_route(const char *method, const char *path) {
+    char rest[1200], batch[1024], positions[1024];
+    const char *query = strchr(path, '?');
+    const size_t len = query ? (size_t)(query - path) : strlen(path);
+    snprintf(rest, sizeof rest, "%s%.*s", path[0] == '*' ? kept_cache() : "",
+             (int)(len - (path[0] == '*')), path + (path[0] == '*'));
+    srv_response resp = {0};
+    srv_caches_route(method, rest, "application/json",
+                     query ? query_value(query + 1, "batch", batch, sizeof batch) : NULL,
+                     query ? query_value(query + 1, "positions", positions, sizeof positions)
+                           : NULL,
+                     NULL, &resp);
+    if (resp.status < 200 || resp.status > 599 || (!resp.body && !resp.stream))
+        fuzz_fail("/v1/caches/%s: status %u without a body", rest, resp.status);
+    free(resp.body);
 }
 
 /* A refusal or a plain answer: a status and, but for /metrics, JSON. */
@@ -75,6 +136,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char *space = newline ? strchr(line, ' ') : NULL;
     const char *method = space ? line : "GET", *path = space ? space + 1 : line;
     if (space) *space = '\0';
+    if (strncmp(path, "/v1/caches/", 11) == 0) {
+        cache_route(method, path + 11);
+        return 0;
+    }
     const char *body = newline ? (const char *)newline + 1 : "";
     const size_t body_len = newline ? size - head - 1 : 0;
     srv_response resp = {0};
