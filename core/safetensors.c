@@ -71,6 +71,13 @@ static int lens_st_valid_dtype(lens_dtype dtype) {
     return (unsigned)dtype < LENS_ST_NDTYPES;
 }
 
+size_t lens_st_out_bytes(const lens_st_out *t) {
+    size_t bytes = lens_dtype_size(t->dtype);
+    for (int d = 0; d < t->ndim; d++)
+        bytes *= (size_t)t->shape[d];
+    return bytes;
+}
+
 size_t lens_dtype_size(lens_dtype dtype) {
     return lens_st_valid_dtype(dtype) ? lens_st_dtypes[dtype].size : 0;
 }

@@ -101,6 +101,9 @@ typedef struct lens_st_out {
     const void *data;
 } lens_st_out;
 
+/* The bytes of t's data: its elements times its dtype's size. */
+size_t lens_st_out_bytes(const lens_st_out *t);
+
 /* One "__metadata__" entry to write. */
 typedef struct lens_st_meta {
     const char *key, *value;

@@ -26,13 +26,6 @@ static kept *head;
 static size_t total_bytes;
 static unsigned long long serial;
 
-static size_t tensor_bytes(const lens_st_out *t) {
-    size_t bytes = lens_dtype_size(t->dtype);
-    for (int d = 0; d < t->ndim; d++)
-        bytes *= (size_t)t->shape[d];
-    return bytes;
-}
-
 /* Unlinks and frees the entry after prev (prev NULL: the head). Locked. */
 static void drop(kept *prev) {
     kept *k = prev ? prev->next : head;
@@ -49,7 +42,7 @@ int srv_caches_keep(const char *model, const char *owner, srv_answer *a, char *i
                     srv_response *resp) {
     size_t bytes = 0;
     for (int i = 0; i < a->n; i++)
-        bytes += tensor_bytes(&a->outs[i]);
+        bytes += lens_st_out_bytes(&a->outs[i]);
     const size_t budget = srv_d.cfg.limits.max_kept_cache_bytes;
     if (bytes > budget) {
         srv_answer_free(a);

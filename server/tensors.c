@@ -285,9 +285,7 @@ static void safetensors_response(srv_response *resp, const lens_st_out *tensors,
     s->parts[s->n_parts++].len = header_len;
     s->total = header_len;
     for (int i = 0; i < n; i++) {
-        size_t bytes = lens_dtype_size(tensors[i].dtype);
-        for (int d = 0; d < tensors[i].ndim; d++)
-            bytes *= (size_t)tensors[i].shape[d];
+        const size_t bytes = lens_st_out_bytes(&tensors[i]);
         s->parts[s->n_parts].data = tensors[i].data;
         s->parts[s->n_parts++].len = bytes;
         s->total += bytes;
@@ -317,9 +315,7 @@ static void npy_response(srv_response *resp, const lens_st_out *t) {
                         i + 1 < t->ndim ? " " : "");
     len += snprintf(dict + len, sizeof dict - (size_t)len, "), }");
     size_t header = 10 + (size_t)len + 1, padded = (header + 63) & ~(size_t)63;
-    size_t bytes = lens_dtype_size(t->dtype);
-    for (int i = 0; i < t->ndim; i++)
-        bytes *= (size_t)t->shape[i];
+    const size_t bytes = lens_st_out_bytes(t);
     char *body = malloc(padded + bytes);
     if (!body) {
         srv_error(resp, SRV_ERR_INSUFFICIENT_STORAGE, NULL, "out of memory for the response");
@@ -416,12 +412,8 @@ void srv_answer_send(const char *accept, srv_response *resp, srv_answer *a, json
         return;
     }
     size_t bytes = 0;
-    for (int i = 0; i < a->n; i++) {
-        size_t b = lens_dtype_size(a->outs[i].dtype);
-        for (int d = 0; d < a->outs[i].ndim; d++)
-            b *= (size_t)a->outs[i].shape[d];
-        bytes += b;
-    }
+    for (int i = 0; i < a->n; i++)
+        bytes += lens_st_out_bytes(&a->outs[i]);
     if (bytes > srv_d.cfg.limits.max_response_bytes) {
         srv_error(resp, SRV_ERR_TOO_LARGE, NULL,
                   "the answer is %zu MB of tensors, over the limit of %zu MB; ask for fewer "
