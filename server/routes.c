@@ -102,9 +102,8 @@ static json_t *model_list(void) {
     return json_pack("{s:o}", "models", list);
 }
 
-/* The GET routes that need no model: answered into resp, or false when url
- * is none of them. */
-static bool answer_plain_get(const char *url, srv_response *resp) {
+/* Answers one of plain_routes into resp. */
+static void answer_plain_get(const char *url, srv_response *resp) {
     if (strcmp(url, "/healthz") == 0) {
         srv_json(resp, 200, json_pack("{s:s}", "status", "ok"));
     } else if (strcmp(url, "/readyz") == 0) {
@@ -124,12 +123,9 @@ static bool answer_plain_get(const char *url, srv_response *resp) {
         srv_json(resp, 200, model_list());
     } else if (strcmp(url, "/v1/capabilities") == 0) {
         srv_json(resp, 200, capabilities_json());
-    } else if (strcmp(url, "/openapi.json") == 0) {
-        srv_json(resp, 200, srv_openapi_json(model_names()));
     } else {
-        return false;
+        srv_json(resp, 200, srv_openapi_json(model_names()));
     }
-    return true;
 }
 
 /* Copies a model's detail into the response (srv_with_model). */
@@ -141,14 +137,11 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
                    size_t body_len, struct MHD_Connection *connection, const srv_token *token,
                    srv_response *resp) {
     const bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
-    srv_response probe = {0};
-    if (answer_plain_get(url, &probe)) {
-        if (get) {
-            *resp = probe;
-        } else {
-            free(probe.body);
+    if (srv_is_plain_route(url)) {
+        if (get)
+            answer_plain_get(url, resp);
+        else
             srv_error(resp, SRV_ERR_METHOD_NOT_ALLOWED, NULL, "%s takes GET, not %s", url, method);
-        }
         return NULL;
     }
     const char *prefix = "/v1/models/";
