@@ -450,7 +450,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         r->len += n;
         return MHD_YES;
     }
-    set_reading(c, false); /* the whole request is in: its deadline no longer runs */
+    /* The whole request is in: its deadline no longer runs. */
+    set_reading(c, false);
     if (r->job) { /* resumed: the job is done */
         resp = r->job->response;
         r->job->response.body = NULL;
