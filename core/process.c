@@ -444,51 +444,69 @@ static int refactor_factored_attn_matrices(lens_model *m, lens_err *err) {
     return 0;
 }
 
+/* The steps of flags that a checkpoint whose blocks have normalisation
+ * `norm` (before any folding) takes: TL folds LayerNorm and RMSNorm, but not
+ * the norms of post-norm models (OLMo 2); it centres writing weights of
+ * LayerNorm models only; soft-capped logits do not shift with W_U's mean, so
+ * TL leaves W_U alone there (Gemma 2). */
+static unsigned applicable_steps(lens_norm norm, const lens_config *c, unsigned flags) {
+    unsigned steps = flags & (LENS_PROC_CENTER_UNEMBED | LENS_PROC_FOLD_VALUE_BIASES |
+                              LENS_PROC_REFACTOR_FACTORED_ATTN_MATRICES);
+    if ((norm == LENS_NORM_LN || norm == LENS_NORM_RMS) && c->norm_placement != LENS_NORM_AFTER)
+        steps |= flags & LENS_PROC_FOLD_LN;
+    if (norm == LENS_NORM_LN || norm == LENS_NORM_LNPRE)
+        steps |= flags & LENS_PROC_CENTER_WRITING_WEIGHTS;
+    if (c->logit_softcap > 0) steps &= ~(unsigned)LENS_PROC_CENTER_UNEMBED;
+    return steps;
+}
+
+unsigned lens_processing_applied(const lens_model *m, unsigned flags) {
+    lens_norm norm = m->cfg.normalization;
+    if (m->processing & LENS_PROC_FOLD_LN)
+        norm = norm == LENS_NORM_LNPRE ? LENS_NORM_LN : LENS_NORM_RMS;
+    return applicable_steps(norm, &m->cfg, flags);
+}
+
 int lens_process_weights(lens_model *m, unsigned flags, lens_err *err) {
     lens_config *c = &m->cfg;
-    unsigned applied = 0;
+    const unsigned steps = applicable_steps(c->normalization, c, flags);
+    const bool ln_like = c->normalization == LENS_NORM_LN || c->normalization == LENS_NORM_LNPRE;
     step st = {0};
     int rc = 0;
-    /* TL folds LayerNorm and RMSNorm, but not the norms of post-norm models (OLMo 2) */
-    const bool foldable = (c->normalization == LENS_NORM_LN || c->normalization == LENS_NORM_RMS) &&
-                          c->norm_placement != LENS_NORM_AFTER;
-    if ((flags & LENS_PROC_FOLD_LN) && foldable) {
-        fold_layer_norm(m, &st);
-        if ((rc = step_run(&st, err))) goto out;
-        drop_layer_norms(m);
-        applied |= LENS_PROC_FOLD_LN;
-    }
-    bool ln_like = c->normalization == LENS_NORM_LN || c->normalization == LENS_NORM_LNPRE;
-    if ((flags & LENS_PROC_CENTER_WRITING_WEIGHTS) && ln_like) {
-        center_writing_weights(m, &st);
-        if ((rc = step_run(&st, err))) goto out;
-        applied |= LENS_PROC_CENTER_WRITING_WEIGHTS;
-    }
-    /* soft-capped logits do not shift with W_U's mean: TL leaves W_U alone (Gemma 2) */
-    if ((flags & LENS_PROC_CENTER_UNEMBED) && c->logit_softcap <= 0) {
-        center_unembed(m, &st);
-        if ((rc = step_run(&st, err))) goto out;
-        applied |= LENS_PROC_CENTER_UNEMBED;
-    }
-    if (flags & LENS_PROC_FOLD_VALUE_BIASES) {
-        fold_value_biases(m, (flags & LENS_PROC_CENTER_WRITING_WEIGHTS) && ln_like, &st);
-        if ((rc = step_run(&st, err))) goto out;
-        applied |= LENS_PROC_FOLD_VALUE_BIASES;
-    }
-    if ((flags & LENS_PROC_REFACTOR_FACTORED_ATTN_MATRICES) &&
+    m->processing = 0;
+    if ((steps & LENS_PROC_REFACTOR_FACTORED_ATTN_MATRICES) &&
         (c->positions == LENS_POS_ROTARY || c->n_kv_heads != c->n_heads)) {
         lens_err_set(err, "refactor_factored_attn_matrices needs learned positions and as many "
                           "key/value heads as query heads");
-        rc = -1;
-        goto out;
+        return -1;
     }
-    if (flags & LENS_PROC_REFACTOR_FACTORED_ATTN_MATRICES) {
+    if (steps & LENS_PROC_FOLD_LN) {
+        fold_layer_norm(m, &st);
+        if ((rc = step_run(&st, err))) goto out;
+        drop_layer_norms(m);
+        m->processing |= LENS_PROC_FOLD_LN;
+    }
+    if (steps & LENS_PROC_CENTER_WRITING_WEIGHTS) {
+        center_writing_weights(m, &st);
+        if ((rc = step_run(&st, err))) goto out;
+        m->processing |= LENS_PROC_CENTER_WRITING_WEIGHTS;
+    }
+    if (steps & LENS_PROC_CENTER_UNEMBED) {
+        center_unembed(m, &st);
+        if ((rc = step_run(&st, err))) goto out;
+        m->processing |= LENS_PROC_CENTER_UNEMBED;
+    }
+    if (steps & LENS_PROC_FOLD_VALUE_BIASES) {
+        fold_value_biases(m, (steps & LENS_PROC_CENTER_WRITING_WEIGHTS) && ln_like, &st);
+        if ((rc = step_run(&st, err))) goto out;
+        m->processing |= LENS_PROC_FOLD_VALUE_BIASES;
+    }
+    if (steps & LENS_PROC_REFACTOR_FACTORED_ATTN_MATRICES) {
         rc = refactor_factored_attn_matrices(m, err);
-        applied |= LENS_PROC_REFACTOR_FACTORED_ATTN_MATRICES;
+        m->processing |= LENS_PROC_REFACTOR_FACTORED_ATTN_MATRICES;
     }
 out:
     free(st.pieces);
-    m->processing = applied;
     return rc;
 }
 

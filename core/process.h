@@ -15,4 +15,9 @@
  * left partly processed; free the model) only when a step cannot run. */
 int lens_process_weights(lens_model *m, unsigned flags, lens_err *err);
 
+/* The steps that lens_process_weights, asked for `flags`, applies to the
+ * checkpoint m was loaded from (whatever m's own processing): what
+ * m->processing would be after loading it so. */
+unsigned lens_processing_applied(const lens_model *m, unsigned flags);
+
 #endif

@@ -177,7 +177,7 @@ static int parse_size_string(const char *s, size_t *out) {
 }
 
 /* ---- JSON field readers ---------------------------------------------------
- * Each takes the value and its JSON path ("limits.max_prompts") and fills
+ * Each takes the value and its JSON path ("limits.max_batch_tokens") and fills
  * *out, or fails with a message that starts with that path. */
 
 const char *srv_json_kind(const json_t *v) {
@@ -523,21 +523,14 @@ static const char *const top_keys[] = {
     "host",         "port",   "web",         "tokens_file", "tls", "insecure",
     "http_threads", "models", "model_roots", "limits",      NULL};
 static const char *const tls_keys[] = {"cert", "key", NULL};
-static const char *const limit_keys[] = {"max_body_bytes",
-                                         "max_prompts",
-                                         "max_tokens",
-                                         "max_response_bytes",
-                                         "max_kept_cache_bytes",
-                                         "kept_cache_ttl_s",
-                                         "queue_length",
-                                         "request_timeout_s",
-                                         "shutdown_timeout_s",
-                                         "read_timeout_s",
-                                         "requests_per_minute",
-                                         "max_patch_tokens",
-                                         "max_generate_tokens",
-                                         "max_connections_per_client",
-                                         NULL};
+static const char *const limit_keys[] = {"max_body_bytes",       "max_batch_tokens",
+                                         "max_tokens",           "max_response_bytes",
+                                         "max_kept_cache_bytes", "kept_cache_ttl_s",
+                                         "queue_length",         "request_timeout_s",
+                                         "shutdown_timeout_s",   "read_timeout_s",
+                                         "requests_per_minute",  "max_patch_tokens",
+                                         "max_generate_tokens",  "max_connections_per_client",
+                                         "max_weight_variants",  NULL};
 
 /* A path setting of the file: a non-empty string (resolved against
  * base_dir) or null (none). */
@@ -572,8 +565,8 @@ static int parse_limits(srv_limits *l, const json_t *o, lens_err *err) {
     if ((v = json_object_get(o, "max_body_bytes")) &&
         json_size(v, "limits.max_body_bytes", 1, &l->max_body_bytes, err))
         return -1;
-    if ((v = json_object_get(o, "max_prompts")) &&
-        json_int_in(v, "limits.max_prompts", 1, 1000000, &l->max_prompts, err))
+    if ((v = json_object_get(o, "max_batch_tokens")) &&
+        json_int_in(v, "limits.max_batch_tokens", 1, INT_MAX, &l->max_batch_tokens, err))
         return -1;
     if ((v = json_object_get(o, "max_tokens")) &&
         json_int_in(v, "limits.max_tokens", 0, 1 << 24, &l->max_tokens, err))
@@ -608,6 +601,10 @@ static int parse_limits(srv_limits *l, const json_t *o, lens_err *err) {
         return -1;
     if ((v = json_object_get(o, "max_generate_tokens")) &&
         json_int_in(v, "limits.max_generate_tokens", 1, INT_MAX, &l->max_generate_tokens, err))
+        return -1;
+    if ((v = json_object_get(o, "max_weight_variants")) &&
+        json_int_in(v, "limits.max_weight_variants", 0, SRV_MAX_WEIGHT_VARIANTS,
+                    &l->max_weight_variants, err))
         return -1;
     if ((v = json_object_get(o, "max_patch_tokens")) &&
         json_int_in(v, "limits.max_patch_tokens", 1, INT_MAX, &l->max_patch_tokens, err))
@@ -1009,7 +1006,7 @@ int srv_config_load(srv_config *cfg, int argc, char **argv, lens_err *err) {
         cfg->http_threads = SRV_DEFAULT_HTTP_THREADS;
         cfg->limits = (srv_limits){
             .max_body_bytes = SRV_DEFAULT_MAX_BODY_BYTES,
-            .max_prompts = SRV_DEFAULT_MAX_PROMPTS,
+            .max_batch_tokens = SRV_DEFAULT_MAX_BATCH_TOKENS,
             .max_tokens = 0,
             .max_response_bytes = SRV_DEFAULT_MAX_RESPONSE_BYTES,
             .max_kept_cache_bytes = SRV_DEFAULT_MAX_KEPT_CACHE_BYTES,
@@ -1022,6 +1019,7 @@ int srv_config_load(srv_config *cfg, int argc, char **argv, lens_err *err) {
             .max_patch_tokens = SRV_DEFAULT_MAX_PATCH_TOKENS,
             .max_generate_tokens = SRV_DEFAULT_MAX_GENERATE_TOKENS,
             .max_connections_per_client = SRV_DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            .max_weight_variants = SRV_DEFAULT_MAX_WEIGHT_VARIANTS,
         };
         rc = set_string(&cfg->host, SRV_DEFAULT_HOST, err);
         char web[PATH_MAX]; /* the dashboard; a default, so not checked again below */

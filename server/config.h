@@ -31,7 +31,7 @@ typedef struct srv_model_spec {
 
 typedef struct srv_limits {
     size_t max_body_bytes;          /* request body; default 8 MiB; >= 1 */
-    int max_prompts;                /* prompts per request; default 64; >= 1 */
+    int max_batch_tokens;           /* prompts x padded length per request; default 1048576 */
     int max_tokens;                 /* tokens per prompt; 0 = the model's n_ctx (default) */
     size_t max_response_bytes;      /* activations in one response; default 1 GiB; >= 1 */
     size_t max_kept_cache_bytes;    /* all kept caches together; default 2 GiB; 0 = keep none */
@@ -44,7 +44,11 @@ typedef struct srv_limits {
     int max_patch_tokens;           /* patched runs x prompts x tokens in one sweep; default 20M */
     int max_generate_tokens;        /* token positions one generate runs; default 1M */
     int max_connections_per_client; /* open connections from one address; default 256 */
+    int max_weight_variants;        /* other weight processings kept per model; default 2; 0 to 8 */
 } srv_limits;
+
+/* The most weight variants a model keeps besides its own. */
+#define SRV_MAX_WEIGHT_VARIANTS 8
 
 typedef struct srv_config {
     char *host;               /* default "127.0.0.1" */
@@ -69,7 +73,8 @@ typedef struct srv_config {
 #define SRV_DEFAULT_PORT 8080
 #define SRV_DEFAULT_HTTP_THREADS 4
 #define SRV_DEFAULT_MAX_BODY_BYTES ((size_t)8 << 20)
-#define SRV_DEFAULT_MAX_PROMPTS 64
+#define SRV_DEFAULT_MAX_BATCH_TOKENS 1048576
+#define SRV_DEFAULT_MAX_WEIGHT_VARIANTS 2
 #define SRV_DEFAULT_MAX_RESPONSE_BYTES ((size_t)1 << 30)
 #define SRV_DEFAULT_MAX_KEPT_CACHE_BYTES ((size_t)2 << 30)
 #define SRV_DEFAULT_KEPT_CACHE_TTL_S 600.0
@@ -113,7 +118,7 @@ int srv_data_dir(const char *name, char *out, size_t cap);
  * Returns 0 with cfg filled (every string owned by cfg; free it with
  * srv_config_free). Returns -1 with cfg empty (nothing to free, though
  * srv_config_free accepts it) and a message naming the field at fault — a
- * JSON path ("models[1].device", "limits.max_prompts") prefixed by the
+ * JSON path ("models[1].device", "limits.max_batch_tokens") prefixed by the
  * file's name, or the flag ("--port") — for: a missing or unparsable
  * config file, unknown keys, wrong types, out-of-range numbers, a bad size
  * string, duplicate model names, a model name unfit for a URL, a model with

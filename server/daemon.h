@@ -39,6 +39,12 @@ typedef struct srv_progress srv_progress;
 typedef struct srv_job {
     const srv_endpoint *endpoint; /* NULL for an admin job (admin.c) */
     srv_model *model;
+    /* The requested weight processing (LENS_PROC_* flags: the request's
+     * "processing", else how the model was loaded), and the weights of the
+     * model processed so, which the executor sets before run (models.h,
+     * srv_model_weights): run reads the model through lm, never model->model. */
+    unsigned processing;
+    const lens_model *lm;
     void *params;                      /* the parsed request (owned) */
     void (*free_params)(void *params); /* frees params */
     const char *accept;                /* the chosen response type */
@@ -50,6 +56,12 @@ typedef struct srv_job {
     struct srv_job *next;
 } srv_job;
 
+/* A model's checkpoint loaded with another processing. */
+typedef struct srv_weight_variant {
+    lens_model *model; /* NULL: the slot is free */
+    double used_s;     /* when a job last ran on it (CLOCK_MONOTONIC) */
+} srv_weight_variant;
+
 /* A loaded model and its executor: a slot of srv_daemon.models, in use
  * while present. An unloaded slot is reused by a later admin load once no
  * job points at it any more (jobs_out 0), so a job's pointer stays valid. */
@@ -59,7 +71,11 @@ struct srv_model {
     atomic_int jobs_out; /* jobs routed to it and not yet answered */
     bool reusable;       /* unloaded: its executor stopped, its model freed */
     bool owns_name;      /* loaded at run time (name allocated) */
-    lens_model *model;
+    lens_model *model;   /* loaded as its spec says */
+    /* The same checkpoint under other weight processings, loaded when a
+     * request first asks for one (srv_model_weights); only the executor
+     * touches them. */
+    srv_weight_variant variants[SRV_MAX_WEIGHT_VARIANTS];
     char *info_json;    /* GET /v1/models/{name}, made at load */
     char *summary_json; /* its entry in GET /v1/models */
     lens_workspace ws;  /* the executor's */

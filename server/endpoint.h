@@ -45,6 +45,9 @@ typedef struct srv_endpoint {
     /* A long job's "progress_id" in its params (NULL: none given), for
      * endpoints whose jobs report progress (progress.h); NULL for others. */
     const char *(*progress_id)(const void *params);
+    /* Reads only the tokenizer: its jobs run on the model's own weights
+     * whatever the body's "processing" says. */
+    bool tokenizer_only;
 } srv_endpoint;
 
 extern const srv_endpoint srv_endpoint_tokenize, srv_endpoint_detokenize, srv_endpoint_logits,

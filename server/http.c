@@ -116,6 +116,7 @@ static enum MHD_Result send_response(struct MHD_Connection *c, request *r, srv_r
         snprintf(secs, sizeof secs, "%.0f", resp->retry_after_s < 1 ? 1 : resp->retry_after_s);
         MHD_add_response_header(m, "Retry-After", secs);
     }
+    if (resp->processing[0]) MHD_add_response_header(m, "X-Lensd-Processing", resp->processing);
     if (resp->status == MHD_HTTP_UNAUTHORIZED)
         MHD_add_response_header(m, "WWW-Authenticate", "Bearer");
     if (r->close_connection) MHD_add_response_header(m, "Connection", "close");

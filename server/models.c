@@ -7,8 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/process.h"
 #include "server/cli.h"
-#include "server/scheduler.h"
+
+pthread_mutex_t srv_cpu_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* srv_find_model with models_lock held. */
 static srv_model *find_model_locked(const char *name, size_t len) {
@@ -77,8 +79,60 @@ int srv_load_model(srv_model *sm, const srv_model_spec *spec, lens_err *err) {
     return sm->info_json && sm->summary_json ? 0 : -1;
 }
 
+lens_model *srv_model_weights(srv_model *sm, unsigned processing, lens_err *err) {
+    const unsigned steps = lens_processing_applied(sm->model, processing);
+    if (steps == sm->model->processing) return sm->model;
+    const int cap = srv_d.cfg.limits.max_weight_variants;
+    srv_weight_variant *slot = NULL;
+    for (int i = 0; i < cap; i++) {
+        srv_weight_variant *v = &sm->variants[i];
+        if (v->model && v->model->processing == steps) {
+            v->used_s = srv_now_s();
+            return v->model;
+        }
+        if (!slot || (slot->model && (!v->model || v->used_s < slot->used_s))) slot = v;
+    }
+    char names[160];
+    lens_processing_names(steps, names, sizeof names);
+    if (!slot) {
+        lens_err_set(err,
+                     "model %s is served with its own weight processing only "
+                     "(limits.max_weight_variants is 0): \"processing\": \"%s\" is not available",
+                     sm->name, names);
+        return NULL;
+    }
+    if (slot->model) { /* the least recently used makes room */
+        char dropped[160];
+        lens_processing_names(slot->model->processing, dropped, sizeof dropped);
+        fprintf(stderr, "lensd: %s: dropped its weights processed %s\n", sm->name, dropped);
+        lens_workspace_free(&sm->ws); /* its recorded runs point at those weights */
+        lens_model_free(slot->model);
+        slot->model = NULL;
+    }
+    const lens_config *c = &sm->model->cfg;
+    const lens_load_opts opts = {.processing = (int)steps,
+                                 .use_attn_result = c->use_attn_result,
+                                 .use_split_qkv_input = c->use_split_qkv_input,
+                                 .use_hook_mlp_in = c->use_hook_mlp_in,
+                                 .use_attn_in = c->use_attn_in,
+                                 .processing_lock = &srv_cpu_lock};
+    lens_model *m = lens_model_load(sm->model->source, &opts, err);
+    if (!m || lens_model_place(m, sm->model->device, err)) {
+        lens_err_prefix(err, "model %s, weights processed %s", sm->name, names);
+        lens_model_free(m);
+        return NULL;
+    }
+    fprintf(stderr, "lensd: %s: loaded its weights processed %s\n", sm->name, names);
+    *slot = (srv_weight_variant){.model = m, .used_s = srv_now_s()};
+    return m;
+}
+
 void srv_unload_model(srv_model *sm) {
     lens_workspace_free(&sm->ws);
+    for (int i = 0; i < SRV_MAX_WEIGHT_VARIANTS; i++) {
+        lens_model_free(sm->variants[i].model);
+        sm->variants[i].model = NULL;
+    }
     if (sm->model) {
         lk_device *dev = sm->model->device;
         lens_model_free(sm->model);

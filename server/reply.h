@@ -20,6 +20,7 @@ typedef struct srv_response {
     size_t body_len;
     struct MHD_Response *stream; /* a ready response instead of body, when set */
     double retry_after_s;        /* > 0: send Retry-After */
+    char processing[128]; /* the weights' processing ("fold_ln,..."): X-Lensd-Processing; "" none */
 } srv_response;
 
 /* Every error lensd answers, as X(enum suffix, HTTP status, code): the code

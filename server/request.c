@@ -67,16 +67,18 @@ int srv_read_prompts(const lens_model *m, json_t *body, lens_token_batch *batch,
         return -1;
     }
     const int n = list ? (int)json_array_size(list) : 1;
-    if (n > lim->max_prompts) {
+    if (n > lim->max_batch_tokens) { /* each prompt has a token at least */
         srv_error(resp, SRV_ERR_TOO_LARGE, what,
-                  "%d prompts is more than the limit of %d per request", n, lim->max_prompts);
+                  "%d prompts is more than the limit of %d tokens per request "
+                  "(limits.max_batch_tokens)",
+                  n, lim->max_batch_tokens);
         return -1;
     }
     const int max_tokens =
         lim->max_tokens > 0 && lim->max_tokens < m->cfg.n_ctx ? lim->max_tokens : m->cfg.n_ctx;
     int32_t **rows = calloc((size_t)n, sizeof *rows);
     int *lens = calloc((size_t)n, sizeof *lens);
-    int rc = -1;
+    int rc = -1, longest = 0;
     char field[64];
     lens_err err = {0};
     if (!rows || !lens) {
@@ -138,6 +140,14 @@ int srv_read_prompts(const lens_model *m, json_t *body, lens_token_batch *batch,
                       field, lens[i], max_tokens);
             goto out;
         }
+        if (lens[i] > longest) longest = lens[i];
+        if ((int64_t)(i + 1) * longest > lim->max_batch_tokens) {
+            srv_error(resp, SRV_ERR_TOO_LARGE, what,
+                      "%d prompts padded to %d tokens are more than the limit of %d tokens per "
+                      "request (limits.max_batch_tokens)",
+                      i + 1, longest, lim->max_batch_tokens);
+            goto out;
+        }
     }
     if (lens_pad_rows(m, rows, lens, n, &pad, batch, &err)) {
         srv_engine_error(resp, &err, what);
@@ -153,6 +163,12 @@ out:
     free(rows);
     free(lens);
     return rc;
+}
+
+void srv_add_processing(const srv_job *job, json_t *fields) {
+    char names[128];
+    lens_processing_names(job->lm->processing, names, sizeof names);
+    json_object_set_new(fields, "processing", json_string(names));
 }
 
 /* "positions": a list of positions (negative from the end) resolved against

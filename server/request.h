@@ -38,10 +38,16 @@ int srv_optional_int(json_t *body, const char *key, long fallback, long min, lon
 
 /* The request's prompts as TL's to_tokens makes them: exactly one of
  * "prompt", "prompts" or "tokens", with "prepend_bos" and "padding_side",
- * within limits.max_prompts, limits.max_tokens and the model's context (a
+ * within limits.max_batch_tokens (prompts x padded length), limits.max_tokens
+ * and the model's context (a
  * prompt is tokenized no further than that). */
 int srv_read_prompts(const lens_model *m, json_t *body, lens_token_batch *batch,
                      srv_response *resp);
+
+/* Sets fields' "processing" to the job's weights' processing (the comma
+ * list of applied steps, "none" for none): every model endpoint's answer
+ * says which weights computed it. */
+void srv_add_processing(const srv_job *job, json_t *fields);
 
 /* "positions": a non-empty list of positions (negative from the end)
  * resolved against T into *out[*n] (NULL, 0 when absent). */

@@ -128,6 +128,34 @@ static void answer_plain_get(const char *url, srv_response *resp) {
     }
 }
 
+/* Takes the body's "processing" (TransformerLens's weight processing for
+ * this request: "default", "none" or a comma list of steps) out of it into
+ * *flags, which stay the model's own when it is absent or the endpoint
+ * reads only the tokenizer. Returns -1 with the error in resp. */
+static int take_processing(json_t *body, const srv_model *m, const srv_endpoint *endpoint,
+                           unsigned *flags, srv_response *resp) {
+    json_t *v = json_object_get(body, "processing");
+    *flags = m->model->processing;
+    if (!v) return 0;
+    if (endpoint->tokenizer_only) {
+        json_object_del(body, "processing");
+        return 0;
+    }
+    lens_err err = {0};
+    if (!json_is_string(v)) {
+        srv_error(resp, SRV_ERR_BAD_REQUEST, "processing",
+                  "processing must be a string: \"default\", \"none\" or a comma list of "
+                  "steps (\"fold_ln,center_writing_weights\")");
+        return -1;
+    }
+    if (lens_processing_parse(json_string_value(v), flags, &err)) {
+        srv_error(resp, SRV_ERR_BAD_REQUEST, "processing", "%s", err.msg);
+        return -1;
+    }
+    json_object_del(body, "processing");
+    return 0;
+}
+
 /* Copies a model's detail into the response (srv_with_model). */
 static void answer_info(const srv_model *m, void *resp) {
     srv_json_raw(resp, m->info_json);
@@ -200,11 +228,15 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
     srv_model *m = srv_hold_model(name, name_len);
     srv_job *job = m ? calloc(1, sizeof *job) : NULL;
     void *params = NULL;
+    unsigned processing = 0;
     if (!m) {
         srv_error(resp, SRV_ERR_NOT_FOUND, "model", "no model called \"%.*s\"", (int)name_len,
                   name);
     } else if (!job) {
         srv_out_of_memory(resp);
+    } else if (take_processing(parsed, m, endpoint, &processing, resp)) {
+        free(job);
+        job = NULL;
     } else if (endpoint->parse(m, parsed, &params, resp)) {
         endpoint->free_params(params);
         free(job);
@@ -217,6 +249,7 @@ srv_job *srv_route(const char *method, const char *url, const char *accept, cons
     }
     *job = (srv_job){.endpoint = endpoint,
                      .model = m,
+                     .processing = processing,
                      .params = params,
                      .free_params = endpoint->free_params,
                      .accept = accept,

@@ -18,6 +18,7 @@
 #include "kernels/lk.h"
 #include "server/caches.h"
 #include "server/endpoint.h"
+#include "server/models.h"
 #include "server/progress.h"
 #include "server/scheduler.h"
 
@@ -29,8 +30,6 @@ static pthread_mutex_t inbox_lock = PTHREAD_MUTEX_INITIALIZER;
 static srv_job *inbox_head, *inbox_tail;
 static bool inbox_closed; /* draining: submissions are refused where they are made */
 
-pthread_mutex_t srv_cpu_lock = PTHREAD_MUTEX_INITIALIZER;
-
 /* Hands a job's answer to its connection; the job no longer uses its model. */
 static void finish(srv_job *job) {
     srv_progress_end(job->progress);
@@ -40,21 +39,23 @@ static void finish(srv_job *job) {
 }
 
 /* Takes the job at the head of m's queue and, when its endpoint can batch,
- * the jobs of that endpoint waiting right behind it, which share its run.
- * Returns how many; m->lock is held. */
+ * the jobs of that endpoint and weight processing waiting right behind it,
+ * which share its run. Returns how many; m->lock is held. */
 static int take_jobs(srv_model *m, srv_job **jobs) {
     int n = 0;
     do {
         jobs[n++] = m->head;
         m->head = m->head->next;
     } while (n < SRV_MAX_BATCHED_JOBS && jobs[0]->endpoint->run_batch && m->head &&
-             m->head->endpoint == jobs[0]->endpoint);
+             m->head->endpoint == jobs[0]->endpoint && m->head->processing == jobs[0]->processing);
     if (!m->head) m->tail = NULL;
     return n;
 }
 
 /* Runs taken jobs, answering those that waited past the request timeout
- * with a 503 instead. CPU models take turns (srv_cpu_lock). */
+ * with a 503 instead, on the weights their processing asks for (loaded if
+ * need be: those that fail are answered with why). CPU models take turns
+ * (srv_cpu_lock). */
 static void run_jobs(srv_model *m, srv_job **jobs, int n) {
     srv_job *ready[SRV_MAX_BATCHED_JOBS];
     int n_ready = 0;
@@ -62,7 +63,13 @@ static void run_jobs(srv_model *m, srv_job **jobs, int n) {
     for (int i = 0; i < n; i++) {
         const double waited = now - jobs[i]->submitted_s;
         if (waited <= srv_d.cfg.limits.request_timeout_s) {
-            ready[n_ready++] = jobs[i];
+            lens_err err = {0};
+            if ((jobs[i]->lm = srv_model_weights(m, jobs[i]->processing, &err))) {
+                ready[n_ready++] = jobs[i];
+                lens_processing_names(jobs[i]->lm->processing, jobs[i]->response.processing,
+                                      sizeof jobs[i]->response.processing);
+            } else
+                srv_engine_error(&jobs[i]->response, &err, "processing");
             continue;
         }
         srv_error(&jobs[i]->response, SRV_ERR_UNAVAILABLE, NULL,

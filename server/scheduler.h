@@ -9,11 +9,6 @@
 
 #include "server/daemon.h"
 
-/* Held while the CPU computes for a model (forward passes, weight
- * processing): OpenBLAS built on OpenMP must not be entered by two threads
- * at once, and the cores are shared anyway. GPU models don't take it. */
-extern pthread_mutex_t srv_cpu_lock;
-
 /* Starts the scheduler's loop thread and one executor per model. */
 int srv_sched_start(lens_err *err);
 

@@ -63,7 +63,7 @@ static int parse(const srv_model *sm, json_t *body, void **params, srv_response 
 static void run(srv_job *job) {
     attention_params *p = job->params;
     srv_model *sm = job->model;
-    const lens_config *c = &sm->model->cfg;
+    const lens_config *c = &job->lm->cfg;
     srv_response *resp = &job->response;
     srv_answer *a = p->a;
     uint8_t *enabled = calloc(lens_hook_slots(c), 1);
@@ -76,7 +76,7 @@ static void run(srv_job *job) {
         enabled[lens_hook_slot(c, (lens_hook){LENS_HOOK_PATTERN, p->layers[i]})] = 1;
     const lens_cache_request req = {.enabled = enabled};
     srv_metrics_batch(1);
-    const int rc = lens_run_cache(sm->model, &sm->ws, &a->batch, &req, &a->cache, &err);
+    const int rc = lens_run_cache(job->lm, &sm->ws, &a->batch, &req, &a->cache, &err);
     free(enabled);
     if (rc) {
         srv_engine_error(resp, &err, NULL);
@@ -101,10 +101,11 @@ static void run(srv_job *job) {
         json_array_append_new(jl, json_integer(p->layers[i]));
     for (int i = 0; i < H; i++)
         json_array_append_new(jh, json_integer(p->heads[i]));
-    json_t *str_tokens = srv_str_tokens_json(sm->model, &a->batch);
+    json_t *str_tokens = srv_str_tokens_json(job->lm, &a->batch);
     json_t *fields = json_pack("{s:s, s:O, s:o, s:o}", "model", sm->name, "str_tokens",
                                json_array_get(str_tokens, 0), "layers", jl, "heads", jh);
     json_decref(str_tokens);
+    srv_add_processing(job, fields);
     p->a = NULL;
     srv_answer_send(job->accept, resp, a, fields);
 }

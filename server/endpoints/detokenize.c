@@ -69,10 +69,11 @@ static int parse(const srv_model *sm, json_t *body, void **params, srv_response 
     *params = p;
     p->batched = json_array_size(tokens) && json_is_array(json_array_get(tokens, 0));
     p->n = p->batched ? (int)json_array_size(tokens) : 1;
-    if (p->n > srv_d.cfg.limits.max_prompts) {
+    if (p->n > srv_d.cfg.limits.max_batch_tokens) {
         srv_error(resp, SRV_ERR_TOO_LARGE, "tokens",
-                  "%d lists of ids is more than the limit of %d per request", p->n,
-                  srv_d.cfg.limits.max_prompts);
+                  "%d lists of ids is more than the limit of %d tokens per request "
+                  "(limits.max_batch_tokens)",
+                  p->n, srv_d.cfg.limits.max_batch_tokens);
         return -1;
     }
     p->rows = calloc((size_t)p->n, sizeof *p->rows);
@@ -96,7 +97,7 @@ static int parse(const srv_model *sm, json_t *body, void **params, srv_response 
 
 static void run(srv_job *job) {
     const detokenize_params *p = job->params;
-    const lens_model *m = job->model->model;
+    const lens_model *m = job->lm;
     json_t *texts = json_array();
     for (int i = 0; i < p->n; i++) {
         char field[32];
@@ -134,4 +135,5 @@ const srv_endpoint srv_endpoint_detokenize = {
     .parse = parse,
     .run = run,
     .free_params = free_params,
+    .tokenizer_only = true,
 };

@@ -98,7 +98,7 @@ static int parse(const srv_model *sm, json_t *body, void **params, srv_response 
 static void run(srv_job *job) {
     const generate_params *p = job->params;
     srv_model *sm = job->model;
-    const lens_model *m = sm->model;
+    const lens_model *m = job->lm;
     const lens_config *c = &m->cfg;
     srv_response *resp = &job->response;
     const lens_token_batch start = p->start;
@@ -210,8 +210,10 @@ static void run(srv_job *job) {
             free(text);
             json_array_append_new(rows, row);
         }
-        srv_json(resp, 200,
-                 json_pack("{s:s, s:o, s:o}", "model", sm->name, "tokens", rows, "text", texts));
+        json_t *answer =
+            json_pack("{s:s, s:o, s:o}", "model", sm->name, "tokens", rows, "text", texts);
+        srv_add_processing(job, answer);
+        srv_json(resp, 200, answer);
     }
     free(length);
     free(done);

@@ -110,7 +110,7 @@ static int parse(const srv_model *sm, json_t *body, void **params, srv_response 
 static void run(srv_job *job) {
     const logit_diff_params *p = job->params;
     srv_model *sm = job->model;
-    const lens_model *m = sm->model;
+    const lens_model *m = job->lm;
     const lens_config *c = &m->cfg;
     srv_response *resp = &job->response;
     const lens_token_batch batch = p->batch;
@@ -190,8 +190,8 @@ static void run(srv_job *job) {
         }
         json_object_set_new(result, stack_names[k], section);
     }
+    srv_add_processing(job, result);
     srv_json(resp, MHD_HTTP_OK, result);
-    goto done;
     goto done;
 oom:
     srv_out_of_memory(resp);

@@ -71,7 +71,7 @@ static void logits_finish(logits_request *lr) {
     srv_job *job = lr->job;
     srv_answer *a = lr->a;
     srv_response *resp = &job->response;
-    const lens_config *c = &job->model->model->cfg;
+    const lens_config *c = &job->lm->cfg;
     const int B = a->batch.B, T = a->batch.T, V = c->d_vocab_out;
     const int P = lr->n_positions ? lr->n_positions : T;
     const long top_k = lr->top_k;
@@ -92,6 +92,7 @@ static void logits_finish(logits_request *lr) {
             lens_log_softmax(rows + r * V, logp + r * V, V);
     }
     json_t *fields = json_pack("{s:s}", "model", job->model->name);
+    srv_add_processing(job, fields);
     if (top_k) {
         int64_t *ids = srv_answer_alloc(a, (size_t)B * P * top_k * sizeof *ids);
         float *vals = srv_answer_alloc(a, (size_t)B * P * top_k * sizeof *vals);
@@ -163,9 +164,11 @@ oom:
 
 /* One forward for several requests' prompts (rows stacked, right-padded to
  * the longest), each then given its own rows. Causal attention and right
- * padding make every real position's numbers those of running it alone. */
+ * padding make every real position's numbers those of running it alone.
+ * The jobs share their weights (the scheduler batches one processing). */
 static void logits_together(srv_model *sm, logits_request **lrs, int n) {
-    const lens_config *c = &sm->model->cfg;
+    const lens_model *m = lrs[0]->job->lm;
+    const lens_config *c = &m->cfg;
     const int V = c->d_vocab_out;
     if (n == 1) { /* alone: its own batch, attention mask included */
         srv_answer *a = lrs[0]->a;
@@ -178,7 +181,7 @@ static void logits_together(srv_model *sm, logits_request **lrs, int n) {
         srv_metrics_batch(a->batch.B);
         int rc = !none || (lrs[0]->one_position && !at)
                      ? (lens_err_set_code(&err, LENS_ERR_NO_MEMORY, "out of memory"), -1)
-                     : lens_run_cache(sm->model, &sm->ws, &a->batch, &req, &a->cache, &err);
+                     : lens_run_cache(m, &sm->ws, &a->batch, &req, &a->cache, &err);
         free(none);
         free(at);
         if (rc) {
@@ -196,7 +199,7 @@ static void logits_together(srv_model *sm, logits_request **lrs, int n) {
         T = lrs[i]->a->batch.T > T ? lrs[i]->a->batch.T : T;
         one_position &= lrs[i]->one_position;
     }
-    const int32_t pad = sm->model->rules.pad_id >= 0 ? sm->model->rules.pad_id : 0;
+    const int32_t pad = m->rules.pad_id >= 0 ? m->rules.pad_id : 0;
     lens_token_batch all = {.B = B, .T = T};
     lens_cache out = {0};
     uint8_t *none = calloc(lens_hook_slots(c), 1);
@@ -215,7 +218,7 @@ static void logits_together(srv_model *sm, logits_request **lrs, int n) {
     const lens_cache_request req = {
         .enabled = none, .logits = true, .logit_positions = one_position ? at : NULL};
     srv_metrics_batch(B);
-    if (!failed) failed = lens_run_cache(sm->model, &sm->ws, &all, &req, &out, &err);
+    if (!failed) failed = lens_run_cache(m, &sm->ws, &all, &req, &out, &err);
     for (int i = 0, row = 0; i < n; i++) {
         srv_answer *a = lrs[i]->a;
         const int Bi = a->batch.B, Ti = a->batch.T, rows_per = lrs[i]->one_position ? 1 : Ti;
@@ -254,7 +257,7 @@ static void run(srv_job **jobs, int n) {
         logits_request *lr = jobs[i]->params;
         lr->job = jobs[i];
         /* left padding (a mask) shifts positions: such a request runs alone */
-        if (lr->a->batch.attn_mask || !sm->model->cfg.causal)
+        if (lr->a->batch.attn_mask || !jobs[i]->lm->cfg.causal)
             logits_together(sm, &lr, 1);
         else
             lrs[together++] = lr;

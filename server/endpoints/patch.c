@@ -251,7 +251,7 @@ static int parse(const srv_model *sm, json_t *body, void **params, srv_response 
 static void run(srv_job *job) {
     patch_params *p = job->params;
     srv_model *sm = job->model;
-    const lens_model *m = sm->model;
+    const lens_model *m = job->lm;
     const lens_config *c = &m->cfg;
     srv_response *resp = &job->response;
     const lens_token_batch clean = p->clean, corrupted = p->corrupted;
@@ -336,6 +336,7 @@ static void run(srv_job *job) {
         "full_recompute", full_recompute, "seconds", seconds);
     json_decref(components);
     json_decref(str_tokens);
+    srv_add_processing(job, fields);
     srv_answer_send(job->accept, resp, a, fields);
     a = NULL;
 out:

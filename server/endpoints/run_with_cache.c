@@ -97,7 +97,7 @@ static int parse(const srv_model *sm, json_t *body, void **params, srv_response 
 static void run(srv_job *job) {
     cache_params *p = job->params;
     srv_model *sm = job->model;
-    const lens_config *c = &sm->model->cfg;
+    const lens_config *c = &job->lm->cfg;
     srv_response *resp = &job->response;
     srv_answer *a = p->a;
     lens_err err = {0};
@@ -106,7 +106,7 @@ static void run(srv_job *job) {
                                     .n_positions = p->n_positions,
                                     .logits = p->with_logits};
     srv_metrics_batch(a->batch.B);
-    if (lens_run_cache(sm->model, &sm->ws, &a->batch, &req, &a->cache, &err)) {
+    if (lens_run_cache(job->lm, &sm->ws, &a->batch, &req, &a->cache, &err)) {
         srv_engine_error(resp, &err, NULL);
         return;
     }
@@ -134,14 +134,16 @@ static void run(srv_job *job) {
             json_decref(tensors);
             return;
         }
-        srv_json(resp, 200,
-                 json_pack("{s:s, s:s, s:o, s:f}", "cache_id", id, "model", sm->name, "tensors",
-                           tensors, "ttl_s", srv_d.cfg.limits.kept_cache_ttl_s));
+        json_t *handle = json_pack("{s:s, s:s, s:o, s:f}", "cache_id", id, "model", sm->name,
+                                   "tensors", tensors, "ttl_s", srv_d.cfg.limits.kept_cache_ttl_s);
+        srv_add_processing(job, handle);
+        srv_json(resp, 200, handle);
         return;
     }
-    srv_answer_send(job->accept, resp, a,
-                    json_pack("{s:s, s:o}", "model", sm->name, "str_tokens",
-                              srv_str_tokens_json(sm->model, &a->batch)));
+    json_t *fields = json_pack("{s:s, s:o}", "model", sm->name, "str_tokens",
+                               srv_str_tokens_json(job->lm, &a->batch));
+    srv_add_processing(job, fields);
+    srv_answer_send(job->accept, resp, a, fields);
 }
 
 const srv_endpoint srv_endpoint_run_with_cache = {

@@ -117,9 +117,9 @@ static int parse(const srv_model *sm, json_t *body, void **params, srv_response 
 
 /* Sets each "mean" item's source: the batch mean (over prompts) of its hook
  * in a clean run of batch, as a one-row tensor. */
-static int mean_sources(srv_model *sm, const lens_token_batch *batch, srv_hooks *h,
-                        srv_response *resp) {
-    const lens_config *c = &sm->model->cfg;
+static int mean_sources(const lens_model *m, lens_workspace *ws, const lens_token_batch *batch,
+                        srv_hooks *h, srv_response *resp) {
+    const lens_config *c = &m->cfg;
     if (!any_copy(h, true)) return 0;
     uint8_t *enabled = calloc(lens_hook_slots(c), 1);
     if (!enabled) {
@@ -131,7 +131,7 @@ static int mean_sources(srv_model *sm, const lens_token_batch *batch, srv_hooks 
     lens_cache clean = {0};
     const lens_cache_request req = {.enabled = enabled};
     lens_err err = {0};
-    int rc = lens_run_cache(sm->model, &sm->ws, batch, &req, &clean, &err);
+    int rc = lens_run_cache(m, ws, batch, &req, &clean, &err);
     if (rc) srv_engine_error(resp, &err, "hooks");
     for (int i = 0; rc == 0 && i < h->n; i++) {
         if (!h->is_mean[i]) continue;
@@ -149,8 +149,9 @@ static int mean_sources(srv_model *sm, const lens_token_batch *batch, srv_hooks 
 }
 
 /* Sets each "patch" item's source: its hook in the run of patch_from. */
-static int patch_sources(srv_model *sm, srv_hooks *h, srv_response *resp) {
-    const lens_config *c = &sm->model->cfg;
+static int patch_sources(const lens_model *m, lens_workspace *ws, srv_hooks *h,
+                         srv_response *resp) {
+    const lens_config *c = &m->cfg;
     if (!any_copy(h, false)) return 0;
     uint8_t *enabled = calloc(lens_hook_slots(c), 1);
     if (!enabled) {
@@ -162,7 +163,7 @@ static int patch_sources(srv_model *sm, srv_hooks *h, srv_response *resp) {
             enabled[lens_hook_slot(c, h->items[i].hook)] = 1;
     const lens_cache_request req = {.enabled = enabled};
     lens_err err = {0};
-    const int rc = lens_run_cache(sm->model, &sm->ws, &h->source_batch, &req, &h->source, &err);
+    const int rc = lens_run_cache(m, ws, &h->source_batch, &req, &h->source, &err);
     free(enabled);
     if (rc) {
         srv_engine_error(resp, &err, "patch_from");
@@ -178,7 +179,7 @@ static int patch_sources(srv_model *sm, srv_hooks *h, srv_response *resp) {
 static void run(srv_job *job) {
     hooks_params *p = job->params;
     srv_model *sm = job->model;
-    const lens_config *c = &sm->model->cfg;
+    const lens_config *c = &job->lm->cfg;
     srv_response *resp = &job->response;
     srv_answer *a = p->a;
     srv_hooks *h = &p->h;
@@ -188,7 +189,8 @@ static void run(srv_job *job) {
         srv_out_of_memory(resp);
         return;
     }
-    if (mean_sources(sm, &a->batch, h, resp) || patch_sources(sm, h, resp)) {
+    if (mean_sources(job->lm, &sm->ws, &a->batch, h, resp) ||
+        patch_sources(job->lm, &sm->ws, h, resp)) {
         free(intervene);
         return;
     }
@@ -203,13 +205,14 @@ static void run(srv_job *job) {
                                     .intervention = lens_intervene,
                                     .intervention_user = (void *)&list};
     srv_metrics_batch(B);
-    const int rc = lens_run_cache(sm->model, &sm->ws, &a->batch, &req, &a->cache, &err);
+    const int rc = lens_run_cache(job->lm, &sm->ws, &a->batch, &req, &a->cache, &err);
     free(intervene);
     if (rc) {
         srv_engine_error(resp, &err, "hooks");
         return;
     }
     json_t *fields = json_pack("{s:s}", "model", sm->name);
+    srv_add_processing(job, fields);
     if (metric) { /* logit difference at each prompt's last real token */
         json_t *diffs = json_array();
         double total = 0.0;

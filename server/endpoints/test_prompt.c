@@ -87,9 +87,9 @@ static void run(srv_job *job) {
     FILE *out = open_memstream(&text, &text_len);
     json_t *data = NULL;
     lens_err err = {0};
-    int rc = out ? lens_test_prompt(sm->model, &sm->ws, p->prompt, answers, 1, &p->opts, out, &data,
-                                    &err)
-                 : -1;
+    int rc =
+        out ? lens_test_prompt(job->lm, &sm->ws, p->prompt, answers, 1, &p->opts, out, &data, &err)
+            : -1;
     if (out) fclose(out);
     if (rc) {
         if (out)
@@ -99,6 +99,7 @@ static void run(srv_job *job) {
     } else {
         json_object_set_new(data, "text", json_stringn(text, text_len));
         json_object_set_new(data, "model", json_string(sm->name));
+        srv_add_processing(job, data);
         srv_json(resp, 200, data);
     }
     free(text);

@@ -40,7 +40,7 @@ static void run(srv_job *job) {
     }
     srv_json(&job->response, 200,
              json_pack("{s:o, s:o, s:o}", "tokens", srv_tokens_json(b), "str_tokens",
-                       srv_str_tokens_json(job->model->model, b), "attention_mask", mask));
+                       srv_str_tokens_json(job->lm, b), "attention_mask", mask));
 }
 
 const srv_endpoint srv_endpoint_tokenize = {
@@ -50,4 +50,5 @@ const srv_endpoint srv_endpoint_tokenize = {
     .parse = parse,
     .run = run,
     .free_params = free_params,
+    .tokenizer_only = true,
 };

@@ -81,11 +81,12 @@ static void check_loaded(const srv_config *cfg) {
         if (!cfg->model_roots[r] || cfg->model_roots[r][0] != '/')
             fuzz_fail("model root %d is not an absolute path", r);
     const srv_limits *l = &cfg->limits;
-    if (l->max_body_bytes < 1 || l->max_prompts < 1 || l->max_tokens < 0 ||
+    if (l->max_body_bytes < 1 || l->max_batch_tokens < 1 || l->max_tokens < 0 ||
         l->max_response_bytes < 1 || !(l->kept_cache_ttl_s > 0) || l->queue_length < 1 ||
         !(l->request_timeout_s > 0) || !(l->shutdown_timeout_s > 0) || l->requests_per_minute < 0 ||
         l->max_patch_tokens < 1 || l->max_generate_tokens < 1 ||
-        l->max_connections_per_client < 1 || l->max_connections_per_client > SRV_MAX_CONNECTIONS)
+        l->max_connections_per_client < 1 || l->max_connections_per_client > SRV_MAX_CONNECTIONS ||
+        l->max_weight_variants < 0 || l->max_weight_variants > SRV_MAX_WEIGHT_VARIANTS)
         fuzz_fail("a limit out of its range");
     srv_config_loopback(cfg->host);
     for (int i = 0; i < cfg->n_models; i++)

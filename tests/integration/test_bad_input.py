@@ -81,7 +81,8 @@ CASES = [
         body={"prompts": ["", "x"], "prepend_bos": False}),
     Bad("brackets-char-not-in-vocab", 400, "bad_request", "prompt", path=f"{BRACKETS}/logits",
         body={"prompt": "(x)"}),
-    Bad("too-many-prompts", 413, "too_large", "prompts", body={"prompts": ["x"] * 65}),
+    # BOS + "x" is two tokens: one prompt more than limits.max_batch_tokens (1,048,576) allows
+    Bad("too-many-batch-tokens", 413, "too_large", "prompts", body={"prompts": ["x"] * 524289}),
     Bad("prompt-over-n_ctx", 413, "too_large", "prompt", body={"prompt": LONG_TEXT}),
     Bad("tokens-over-n_ctx", 413, "too_large", "tokens[0]", body={"tokens": [[257] * 129]}),
     Bad("brackets-tokens-over-n_ctx", 413, "too_large", "tokens[0]", path=f"{BRACKETS}/logits",
@@ -329,16 +330,20 @@ def test_a_slow_client_does_not_hold_up_others(lensd, post, get):
 
 
 def test_limits_from_a_config_file(start_daemon, models, tmp_path):
-    """max_prompts, max_tokens and max_body_bytes come from --config."""
+    """max_batch_tokens, max_tokens and max_body_bytes come from --config.
+
+    gpt2 prepends BOS, so "a", "b" and "c" are two tokens each: two of them
+    fill 4 of the 5 batch tokens allowed, three would take 6."""
     config = tmp_path / "limits.json"
-    config.write_text(json.dumps({"limits": {"max_prompts": 2, "max_tokens": 8,
+    config.write_text(json.dumps({"limits": {"max_batch_tokens": 5, "max_tokens": 8,
                                              "max_body_bytes": "2KiB"}}))
     d = start_daemon(["--config", str(config), "--model", f"gpt2={models['gpt2']}"])
     assert d.post(f"{GPT2}/tokenize", {"prompts": ["a", "b"]})[0] == 200
     for body, status, code, fld in [
         ({"prompts": ["a", "b", "c"]}, 413, "too_large", "prompts"),
         ({"prompt": "one two three four five six seven eight"}, 413, "too_large", "prompt"),
-        ({"tokens": [[1] * 8, [1] * 9]}, 413, "too_large", "tokens[1]"),
+        ({"tokens": [[1] * 9]}, 413, "too_large", "tokens[0]"),
+        ({"tokens": [[1] * 2, [1] * 3]}, 413, "too_large", "tokens"),
         ({"prompt": "x" * 3000}, 413, "too_large", None),
     ]:
         got, headers, data = d.post(f"{GPT2}/logits", body)
@@ -351,11 +356,11 @@ def test_a_bad_config_file_is_refused_at_start(lensd_bin, models, tmp_path):
     import subprocess
 
     config = tmp_path / "bad.json"
-    config.write_text(json.dumps({"limits": {"max_prompts": 0}}))
+    config.write_text(json.dumps({"limits": {"max_batch_tokens": 0}}))
     proc = subprocess.run([lensd_bin, "serve", "--config", str(config), "--port", "0",
                            "--model", f"gpt2={models['gpt2']}"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
-    assert "limits.max_prompts" in proc.stderr
+    assert "limits.max_batch_tokens" in proc.stderr
     assert "listening" not in proc.stdout
 
 

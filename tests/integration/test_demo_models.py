@@ -46,7 +46,6 @@ from lensd_http import Daemon, request, tensor  # noqa: E402
 
 MODELS = REPO / "models"
 SHARED = Path(os.environ.get("LENSD_SHARED", REPO.parent / "shared"))
-BATCH = 64  # the daemon's default limits.max_prompts
 
 
 @pytest.fixture(scope="module")
@@ -110,13 +109,9 @@ def test_induction_loss_drops_on_the_second_repeat(demo):
     length = train_induction.REPEAT_LEN
     tokens = train_induction.repeated_rows(np.random.default_rng(train_induction.EVAL_SEED),
                                            train_induction.EVAL_ROWS, length).numpy()
-    losses = []
-    for i in range(0, len(tokens), BATCH):
-        answer = ok_json(demo.post("/v1/models/induction-2l/logits",
-                                   {"tokens": tokens[i:i + BATCH].tolist(), "per_token_loss": True,
-                                    "top_k": 1}))
-        losses.append(tensor(answer["per_token_loss"]).astype(np.float64))
-    loss = np.concatenate(losses)  # [rows, pos-1]: entry p predicts token p+1
+    answer = ok_json(demo.post("/v1/models/induction-2l/logits",
+                               {"tokens": tokens.tolist(), "per_token_loss": True, "top_k": 1}))
+    loss = tensor(answer["per_token_loss"]).astype(np.float64)  # [rows, pos-1]: p predicts p+1
     first, second = loss[:, 1:length].mean(), loss[:, length + 1:].mean()
     assert second < first / 4, (first, second)
     assert abs(first - float(card_value("induction-2l", "per-token loss, first repeat").split()[0])) < 1e-3
@@ -124,13 +119,9 @@ def test_induction_loss_drops_on_the_second_repeat(demo):
 
 
 def bracket_accuracy(demo, strings: list[str], labels: np.ndarray) -> float:
-    correct = 0
-    for i in range(0, len(strings), BATCH):
-        answer = ok_json(demo.post("/v1/models/brackets/logits",
-                                   {"prompts": strings[i:i + BATCH], "positions": [0]}))
-        logits = tensor(answer["logits"])[:, 0]  # [batch, 2]
-        correct += int((logits.argmax(-1) == labels[i:i + BATCH]).sum())
-    return correct / len(strings)
+    answer = ok_json(demo.post("/v1/models/brackets/logits", {"prompts": strings, "positions": [0]}))
+    logits = tensor(answer["logits"])[:, 0]  # [batch, 2]
+    return int((logits.argmax(-1) == labels).sum()) / len(strings)
 
 
 def card_percent(label: str) -> float:

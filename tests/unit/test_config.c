@@ -121,7 +121,7 @@ Test(config, defaults_without_flags) {
         cr_assert_eq(cfg.models[i].load.processing, -1);
     }
     cr_assert_eq(cfg.limits.max_body_bytes, (size_t)8 << 20);
-    cr_assert_eq(cfg.limits.max_prompts, 64);
+    cr_assert_eq(cfg.limits.max_batch_tokens, 1048576);
     cr_assert_eq(cfg.limits.max_tokens, 0);
     cr_assert_eq(cfg.limits.max_response_bytes, (size_t)1 << 30);
     cr_assert_eq(cfg.limits.max_kept_cache_bytes, (size_t)2 << 30);
@@ -188,7 +188,7 @@ Test(config, file_sets_every_field) {
                   "   \"use_attn_in\": true},"
                   "  {\"name\": \"b.v2_x-1\", \"path\": \"ckpt\", \"device\": \"cuda:12\","
                   "   \"processing\": \"fold_ln,center_unembed\"}],"
-                  "\"limits\": {\"max_body_bytes\": 1000, \"max_prompts\": 3, "
+                  "\"limits\": {\"max_body_bytes\": 1000, \"max_batch_tokens\": 3, "
                   "\"max_tokens\": 128, \"max_response_bytes\": \"2MiB\", "
                   "\"max_kept_cache_bytes\": 0, \"kept_cache_ttl_s\": 1.5, "
                   "\"queue_length\": 1, \"request_timeout_s\": 30, \"shutdown_timeout_s\": 4, "
@@ -218,7 +218,7 @@ Test(config, file_sets_every_field) {
     cr_assert_eq(cfg.models[1].load.processing, LENS_PROC_FOLD_LN | LENS_PROC_CENTER_UNEMBED);
     cr_assert_not(cfg.models[1].load.use_attn_result);
     cr_assert_eq(cfg.limits.max_body_bytes, 1000);
-    cr_assert_eq(cfg.limits.max_prompts, 3);
+    cr_assert_eq(cfg.limits.max_batch_tokens, 3);
     cr_assert_eq(cfg.limits.max_patch_tokens, 5000);
     cr_assert_eq(cfg.limits.max_tokens, 128);
     cr_assert_eq(cfg.limits.max_response_bytes, (size_t)2 << 20);
@@ -363,7 +363,7 @@ Test(config, unknown_keys_are_named) {
     expect_json_error("{\"hots\": \"x\"}", "lensd.json", "hots: unknown key", "host", NULL);
     expect_json_error("{\"tls\": {\"crt\": \"a\"}}", "tls.crt: unknown key", NULL);
     expect_json_error("{\"limits\": {\"max_prompt\": 3}}", "limits.max_prompt: unknown key",
-                      "max_prompts", NULL);
+                      "max_batch_tokens", NULL);
     expect_json_error("{\"models\": [{\"name\": \"a\", \"id\": \"x\"}, "
                       "{\"name\": \"b\", \"id\": \"x\", \"devcie\": \"cpu\"}]}",
                       "models[1].devcie: unknown key", NULL);
@@ -398,8 +398,8 @@ Test(config, wrong_types_are_named) {
     expect_json_error("{\"models\": [{\"name\": \"a\", \"id\": \"x\", \"use_attn_in\": 1}]}",
                       "models[0].use_attn_in: must be true or false", NULL);
     expect_json_error("{\"limits\": []}", "limits: must be an object", NULL);
-    expect_json_error("{\"limits\": {\"max_prompts\": 1.5}}",
-                      "limits.max_prompts: must be an "
+    expect_json_error("{\"limits\": {\"max_batch_tokens\": 1.5}}",
+                      "limits.max_batch_tokens: must be an "
                       "integer",
                       NULL);
     expect_json_error("{\"limits\": {\"kept_cache_ttl_s\": \"600\"}}",
@@ -413,8 +413,8 @@ Test(config, out_of_range_numbers_are_named) {
     expect_json_error("{\"port\": -1}", "port: -1 is out of range", NULL);
     expect_json_error("{\"http_threads\": 0}", "http_threads: 0 is out of range", NULL);
     expect_json_error("{\"http_threads\": 100000}", "http_threads", "out of range", NULL);
-    expect_json_error("{\"limits\": {\"max_prompts\": 0}}", "limits.max_prompts", "out of range",
-                      NULL);
+    expect_json_error("{\"limits\": {\"max_batch_tokens\": 0}}", "limits.max_batch_tokens",
+                      "out of range", NULL);
     expect_json_error("{\"limits\": {\"max_tokens\": -1}}", "limits.max_tokens", "out of range",
                       NULL);
     expect_json_error("{\"limits\": {\"queue_length\": 0}}", "limits.queue_length", "out of range",
@@ -431,7 +431,7 @@ Test(config, out_of_range_numbers_are_named) {
                       "out of range", NULL);
     expect_json_error("{\"limits\": {\"requests_per_minute\": -1}}", "limits.requests_per_minute",
                       "out of range", NULL);
-    expect_json_error("{\"limits\": {\"max_prompts\": 4294967297}}", "limits.max_prompts",
+    expect_json_error("{\"limits\": {\"max_batch_tokens\": 4294967297}}", "limits.max_batch_tokens",
                       "out of range", NULL);
 }
 
@@ -566,7 +566,7 @@ Test(config, flags_override_the_file) {
                              "\"web\": \"web_file\", \"tokens_file\": \"missing.json\", "
                              "\"models\": [{\"name\": \"filemodel\", \"id\": \"gpt2\", "
                              "\"device\": \"cuda\"}], "
-                             "\"limits\": {\"max_prompts\": 5}}");
+                             "\"limits\": {\"max_batch_tokens\": 5}}");
     write_text("tokens.json", "[]");
     srv_config cfg;
     lens_err err = {0};
@@ -582,7 +582,7 @@ Test(config, flags_override_the_file) {
     cr_assert_eq(cfg.http_threads, 8);
     cr_assert_str_eq(cfg.web_dir, web_flag);
     cr_assert_str_eq(cfg.tokens_file, want);
-    cr_assert_eq(cfg.limits.max_prompts, 5);
+    cr_assert_eq(cfg.limits.max_batch_tokens, 5);
     cr_assert_eq(cfg.n_models, 2, "--model adds to the file's models");
     cr_assert_str_eq(cfg.models[0].name, "filemodel");
     cr_assert_str_eq(cfg.models[0].device, "cuda", "--device does not touch file models");
@@ -722,7 +722,8 @@ Test(config, example_file_loads) {
     cr_assert_eq(load_args(&defaults, &err, NULL), 0, "%s", err.msg);
     const srv_limits *a = &cfg.limits, *b = &defaults.limits;
     cr_assert_eq(a->max_body_bytes, b->max_body_bytes);
-    cr_assert_eq(a->max_prompts, b->max_prompts);
+    cr_assert_eq(a->max_batch_tokens, b->max_batch_tokens);
+    cr_assert_eq(a->max_weight_variants, b->max_weight_variants);
     cr_assert_eq(a->max_tokens, b->max_tokens);
     cr_assert_eq(a->max_response_bytes, b->max_response_bytes);
     cr_assert_eq(a->max_kept_cache_bytes, b->max_kept_cache_bytes);
