@@ -12,6 +12,20 @@
 
 pthread_mutex_t srv_cpu_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* Renames a loaded model to the name it is served under, so that core's
+ * messages ("model NAME has no BOS token") name it as clients do, not by its
+ * path. Returns -1 with err set when out of memory. */
+static int serve_as(lens_model *m, const char *name, lens_err *err) {
+    char *copy = strdup(name);
+    if (!copy) {
+        lens_err_set_code(err, LENS_ERR_NO_MEMORY, "out of memory naming model %s", name);
+        return -1;
+    }
+    free(m->name);
+    m->name = copy;
+    return 0;
+}
+
 /* srv_find_model with models_lock held. */
 static srv_model *find_model_locked(const char *name, size_t len) {
     for (int i = 0; i < srv_d.n_models; i++)
@@ -57,7 +71,7 @@ int srv_load_model(srv_model *sm, const srv_model_spec *spec, lens_err *err) {
     lens_load_opts opts = spec->load;
     opts.processing_lock = &srv_cpu_lock;
     lens_model *m = lens_model_load(spec->source, &opts, err);
-    if (!m || lens_model_place(m, dev, err)) {
+    if (!m || lens_model_place(m, dev, err) || serve_as(m, spec->name, err)) {
         lens_err_prefix(err, "model %s", spec->name);
         lens_model_free(m);
         lk_close(dev);
@@ -117,7 +131,7 @@ lens_model *srv_model_weights(srv_model *sm, unsigned processing, lens_err *err)
                                  .use_attn_in = c->use_attn_in,
                                  .processing_lock = &srv_cpu_lock};
     lens_model *m = lens_model_load(sm->model->source, &opts, err);
-    if (!m || lens_model_place(m, sm->model->device, err)) {
+    if (!m || lens_model_place(m, sm->model->device, err) || serve_as(m, sm->name, err)) {
         lens_err_prefix(err, "model %s, weights processed %s", sm->name, names);
         lens_model_free(m);
         return NULL;

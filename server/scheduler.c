@@ -66,8 +66,9 @@ static void run_jobs(srv_model *m, srv_job **jobs, int n) {
             lens_err err = {0};
             if ((jobs[i]->lm = srv_model_weights(m, jobs[i]->processing, &err))) {
                 ready[n_ready++] = jobs[i];
-                lens_processing_names(jobs[i]->lm->processing, jobs[i]->response.processing,
-                                      sizeof jobs[i]->response.processing);
+                if (!jobs[i]->endpoint->tokenizer_only)
+                    lens_processing_names(jobs[i]->lm->processing, jobs[i]->response.processing,
+                                          sizeof jobs[i]->response.processing);
             } else
                 srv_engine_error(&jobs[i]->response, &err, "processing");
             continue;

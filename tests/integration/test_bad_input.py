@@ -14,8 +14,8 @@ from dataclasses import dataclass, field as dc_field
 import numpy as np
 import pytest
 
-from lensd_http import (JSON, NPY, SAFETENSORS, WEB_SECRET, error_of, json_of, safetensors_of,
-                        wait_until)
+from lensd_http import (JSON, NPY, SAFETENSORS, WEB_SECRET, error_of, json_of, model_path,
+                        safetensors_of, wait_until)
 
 GPT2 = "/v1/models/gpt2"
 PATCH = {"clean": {"prompt": "Hello world"}, "corrupted": {"prompt": "Hello there"},
@@ -536,3 +536,20 @@ def test_a_request_must_arrive_within_its_deadline(start_daemon, models, tmp_pat
     assert all(2.5 < t < 6 for t in closed.values()), closed
     # a request sent in time is served as ever
     assert d.post(f"{GPT2}/tokenize", {"prompt": "Hi"})[0] == 200
+
+
+def test_errors_name_a_model_by_its_served_name(start_daemon, tmp_path):
+    """core's messages about a model ("has no BOS token") name it as the
+    client does, not by the directory it was loaded from."""
+    import shutil
+
+    model = tmp_path / "dir-without-bos"
+    shutil.copytree(model_path("native-attnonly"), model)
+    config = json.loads((model / "tl_config.json").read_text())
+    del config["lensd"]["bos_token"]
+    (model / "tl_config.json").write_text(json.dumps(config))
+    d = start_daemon(["--model", f"tiny={model}"])
+    status, _, data = d.post("/v1/models/tiny/logits", {"prompt": "a"})
+    assert status == 400, data[:300]
+    message = error_of(data)["message"]
+    assert "model tiny has no BOS token" in message and str(model) not in message, message
