@@ -352,8 +352,10 @@ static int normalize(forward_ctx *x, lens_norm norm, const float *w, const float
 
 /* Scores of one layer: q.k / attn_scale, then TL's masks and the pad-key
  * mask (-1e5). TL applies the causal, local-window and attention masks
- * (-inf) together, and only to causal attention: a bidirectional model
- * attends to left-padding pads unless the model masks pad keys itself.
+ * together, writing its IGNORE value at masked keys (-inf, or the -1e5 an
+ * older checkpoint's IGNORE buffer holds: cfg.masked_score), and only to
+ * causal attention: a bidirectional model attends to left-padding pads
+ * unless the model masks pad keys itself.
  * keys: [B, T, hd]. */
 static void attention_scores(const forward_ctx *x, const buffers *b, const float *keys, int layer) {
     const lens_config *c = x->c;
@@ -381,6 +383,7 @@ static void attention_scores(const forward_ctx *x, const buffers *b, const float
         .tokens = x->tokens,
         .pad_id = x->m->rules.mask_pad_keys ? x->m->rules.pad_id : -1,
         .pad_score = PAD_KEY_SCORE,
+        .masked_score = c->masked_score,
         .softcap = c->attn_softcap,
         .queries = x->queries,
     };

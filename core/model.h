@@ -127,6 +127,10 @@ typedef struct lens_config {
     bool *layer_is_local; /* [n_layers], all false without local attention */
     bool use_attn_result, use_split_qkv_input, use_hook_mlp_in, use_attn_in, use_hook_tokens;
     bool default_prepend_bos;
+    /* the score the causal, window and attention masks give a masked key:
+     * -INFINITY (TL's IGNORE buffer today), or the IGNORE value an older
+     * TL checkpoint carries (-1e5); 0 in a hand-built config means -INFINITY */
+    float masked_score;
 } lens_config;
 
 typedef struct lens_layer_weights {

@@ -1213,6 +1213,9 @@ static int load_native_tokenizer(lens_model *m, json_t *lensd, const char *dir, 
             return -1;
         }
     }
+    /* TL's set_tokenizer: a missing pad is the EOS, a missing BOS too */
+    if (m->rules.pad_id < 0) m->rules.pad_id = m->rules.eos_id;
+    if (m->rules.bos_id < 0) m->rules.bos_id = m->rules.eos_id;
     if (lens_json_bool(lensd, "append_eos", false, &m->rules.append_eos, file, err) ||
         lens_json_bool(lensd, "mask_pad_keys", false, &m->rules.mask_pad_keys, file, err))
         return -1;
@@ -1330,7 +1333,36 @@ static char *find_in_hf_cache(const char *id) {
     return only;
 }
 
+/* What a torch.save'd file is, from its first bytes: "zip" (torch >= 1.6
+ * writes a zip archive, "PK\3\4"), "pickle" (the legacy format opens with
+ * a pickle protocol marker, 0x80 and the protocol 2..5), or NULL for anything
+ * else (and for a file that cannot be read). */
+static const char *torch_checkpoint_kind(const char *path) {
+    unsigned char magic[4] = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t n = fread(magic, 1, sizeof magic, f);
+    fclose(f);
+    if (n == 4 && memcmp(magic, "PK\3\4", 4) == 0) return "zip";
+    if (n >= 2 && magic[0] == 0x80 && magic[1] >= 2 && magic[1] <= 5) return "pickle";
+    return NULL;
+}
+
+/* -1 with a message saying how to convert path when it is a torch
+ * checkpoint (what stands for a model's config or weights), else 0. */
+static int refuse_torch_checkpoint(const char *path, lens_err *err) {
+    const char *kind = torch_checkpoint_kind(path);
+    if (!kind) return 0;
+    lens_err_set(err,
+                 "%s: this is a torch checkpoint (a %s), not a model lensd reads: convert it "
+                 "with tools/convert_tl_checkpoint.py %s CONFIG.json OUT_DIR (or --mapping "
+                 "tools/mappings/NAME.json for other layouts) and load OUT_DIR",
+                 path, strcmp(kind, "zip") == 0 ? "zip archive" : "legacy pickle", path);
+    return -1;
+}
+
 static json_t *load_json(const char *path, lens_err *err) {
+    if (refuse_torch_checkpoint(path, err)) return NULL;
     json_error_t jerr;
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
@@ -1373,6 +1405,21 @@ static int load_hf_dir(lens_model *m, const char *dir, lens_err *err) {
     return rc;
 }
 
+/* lensd.masked_score: the IGNORE value of the checkpoint's attention
+ * layers (older TransformerLens versions saved -1e5), -INFINITY when absent. */
+static int read_masked_score(lens_config *c, json_t *lensd, const char *file, lens_err *err) {
+    json_t *v = json_object_get(lensd, "masked_score");
+    c->masked_score = -INFINITY;
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_number(v) || !(json_number_value(v) < 0)) {
+        lens_err_set(err, "%s: lensd.masked_score must be a negative number (older TL's -1e5)",
+                     file);
+        return -1;
+    }
+    c->masked_score = (float)json_number_value(v);
+    return 0;
+}
+
 static int load_native(lens_model *m, const char *config_path, unsigned *processing,
                        lens_err *err) {
     json_t *root = load_json(config_path, err);
@@ -1387,9 +1434,11 @@ static int load_native(lens_model *m, const char *config_path, unsigned *process
                (m->w.layers = calloc((size_t)m->cfg.n_layers, sizeof *m->w.layers))) {
         char *weights = path_join(dir, lens_json_str(lensd, "weights", "model.safetensors"));
         json_t *proc = json_object_get(lensd, "processing");
-        rc = weights ? source_add(&src, weights, err) : -1;
+        rc = weights ? refuse_torch_checkpoint(weights, err) : -1;
+        if (rc == 0) rc = source_add(&src, weights, err);
         if (rc == 0) rc = load_weights(m, &src, NULL, err);
         if (rc == 0) rc = load_native_tokenizer(m, lensd, dir, config_path, err);
+        if (rc == 0) rc = read_masked_score(&m->cfg, lensd, config_path, err);
         if (rc == 0 && json_is_string(proc))
             rc = lens_processing_parse(json_string_value(proc), processing, err);
         else if (rc == 0 && json_is_array(proc)) {
@@ -1456,6 +1505,7 @@ lens_model *lens_model_load(const char *spec, const lens_load_opts *opts, lens_e
     int rc = native_config ? load_native(m, native_config, &processing, err)
                            : load_hf_dir(m, hf_dir, err);
     if (rc) goto fail;
+    if (m->cfg.masked_score == 0) m->cfg.masked_score = -INFINITY;
     if (opts) {
         if (opts->processing >= 0) processing = (unsigned)opts->processing;
         m->cfg.use_attn_result |= opts->use_attn_result;

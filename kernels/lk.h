@@ -359,13 +359,18 @@ typedef struct lk_score_mask {
     const int32_t *tokens;    /* [B, T] device; read when pad_id >= 0 */
     int32_t pad_id;           /* keys holding this token get score pad_score; -1 = none */
     float pad_score;
+    /* the score of a key the causal, window or attention mask masks:
+     * -INFINITY when 0 (TL's own), else this value (older TL checkpoints'
+     * IGNORE buffer, -1e5) */
+    float masked_score;
     float softcap;         /* > 0: unmasked scores become softcap * tanh(score / softcap) */
     lk_query_rows queries; /* NULL members: every position is a query */
 } lk_score_mask;
 
 /* Scores (query rows, key columns) become scores / attn_scale (soft-capped
- * after the division when mask->softcap > 0) where unmasked and -INFINITY
- * where the causal, window or attention mask masks them; then keys at pad
+ * after the division when mask->softcap > 0) where unmasked and
+ * mask->masked_score (-INFINITY when 0) where the causal, window or
+ * attention mask masks them; then keys at pad
  * tokens get pad_score whatever they were. The
  * scores are [B, H, T, T], or with mask->queries prompt b's
  * [H, T - start[b], T] block at element row[b] * H * T (key positions

@@ -52,7 +52,67 @@ typedef struct cli_opts {
     bool last_logits; /* cache: logits at each prompt's last real token only */
     int repeat;       /* cache: forward passes to time */
     bool timings;     /* cache: print load/forward/write times as JSON on stderr */
+    bool help;        /* --help: print the command's usage and do nothing else */
 } cli_opts;
+
+/* Each command's usage, printed by `lensd COMMAND --help`. */
+static const char model_options_usage[] =
+    "model options:\n"
+    "  --model M                a model directory, a TransformerLens-native tl_config.json,\n"
+    "                           or a Hugging Face id in the local cache (gpt2, gpt2-small)\n"
+    "  --processing SPEC        default | none | comma list of fold_ln,\n"
+    "                           center_writing_weights, center_unembed, fold_value_biases\n"
+    "  --no-processing          as from_pretrained_no_processing\n"
+    "  --device D               cpu (default), cuda or cuda:N\n"
+    "  --use-attn-result, --use-split-qkv-input, --use-hook-mlp-in, --use-attn-in\n";
+
+static const struct {
+    const char *command, *usage;
+} command_usage[] = {
+    {"info", "usage: lensd info --model M [model options]\n"
+             "\n"
+             "Prints the model's config, weight processing, token rules and every hook\n"
+             "point as JSON.\n"},
+    {"run", "usage: lensd run --model M --prompt TEXT [--answer TEXT]... [--top-k K]\n"
+            "                 [--no-bos] [model options]\n"
+            "\n"
+            "Prints what TransformerLens's utils.test_prompt prints.\n"},
+    {"cache",
+     "usage: lensd cache --model M (--prompt TEXT | --tokens ID,ID,... | --prompts-file "
+     "F.json)...\n"
+     "                   [--names GLOB]... [--positions P,P,...] [--logits-only | --last-logits]\n"
+     "                   [--no-bos] [--padding-side left|right] [--repeat N] [--timings]\n"
+     "                   [model options] --out FILE.safetensors\n"
+     "\n"
+     "run_with_cache: writes the tokens, the logits and the activations to FILE.\n"
+     "\n"
+     "  --prompt TEXT            one prompt row, tokenized as to_tokens does (repeatable)\n"
+     "  --tokens ID,ID,...       one row of token ids (repeatable)\n"
+     "  --prompts-file F.json    a JSON list of prompt strings, one row each\n"
+     "                           rows of different lengths are padded with the pad token\n"
+     "  --names GLOB             hook names to keep (blocks.*.attn.hook_pattern; repeatable;\n"
+     "                           default every hook point)\n"
+     "  --positions P,P,...      positions to keep, as TL's pos_slice (negative from the end)\n"
+     "  --logits-only            no activations\n"
+     "  --last-logits            logits at each row's last real token only\n"
+     "  --no-bos                 no BOS before text prompts (prepend_bos=False)\n"
+     "  --padding-side S         left or right (default right)\n"
+     "  --repeat N               run the forward N times (with --timings)\n"
+     "  --timings                print load, forward and write times as JSON on stderr\n"
+     "  --out FILE.safetensors   where the tensors go\n"},
+};
+
+/* Prints command's usage and the model options on stdout. */
+static void print_command_usage(const char *command) {
+    for (size_t i = 0; i < sizeof command_usage / sizeof command_usage[0]; i++) {
+        if (strcmp(command_usage[i].command, command) == 0) {
+            fputs(command_usage[i].usage, stdout);
+            fputs("\n", stdout);
+            fputs(model_options_usage, stdout);
+            return;
+        }
+    }
+}
 
 enum {
     OPT_PROCESSING = 1000,
@@ -72,6 +132,7 @@ enum {
     OPT_POSITIONS,
     OPT_LAST_LOGITS,
     OPT_DEVICE,
+    OPT_HELP,
 };
 
 static const struct option long_options[] = {
@@ -97,6 +158,7 @@ static const struct option long_options[] = {
     {"last-logits", no_argument, NULL, OPT_LAST_LOGITS},
     {"timings", no_argument, NULL, OPT_TIMINGS},
     {"device", required_argument, NULL, OPT_DEVICE},
+    {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
 
@@ -205,12 +267,16 @@ static int parse_opts(int argc, char **argv, cli_opts *o, lens_err *err) {
     o->repeat = 1;
     optind = 1;
     int c;
-    while ((c = getopt_long(argc, argv, "m:p:n:a:o:", long_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:p:n:a:o:h", long_options, NULL)) != -1) {
         int32_t *ids;
         int n_ids;
         unsigned flags;
         int rc = 0;
         switch (c) {
+        case 'h':
+        case OPT_HELP:
+            o->help = true;
+            return 0;
         case 'm':
             o->model = optarg;
             break;
@@ -619,7 +685,9 @@ int srv_cli_main(const char *command, int argc, char **argv) {
     cli_opts o;
     lens_err err = {0};
     int rc = parse_opts(argc, argv, &o, &err);
-    if (rc == 0) {
+    if (rc == 0 && o.help) {
+        print_command_usage(command);
+    } else if (rc == 0) {
         if (strcmp(command, "info") == 0)
             rc = cmd_info(&o, &err);
         else if (strcmp(command, "run") == 0)

@@ -36,6 +36,10 @@ TL-native model directory (the C reader implements exactly this):
       "processing"     "none" (HookedTransformer(cfg) + load_state_dict) or a
                        list of from_pretrained flag names (PROCESSING_FLAGS)
                        applied with load_and_process_state_dict.
+      "masked_score"   absent (-inf) or a negative number: the value of every
+                       attention layer's IGNORE buffer, which TL writes at the
+                       keys the causal/local/attention mask masks (older TL
+                       versions saved -1e5 in their state dicts).
   model.safetensors  The TL state dict in TL names and shapes, F32,
                    parameters only (no attn.mask / attn.IGNORE buffers).
 
@@ -438,6 +442,10 @@ def build_native_tl(native: NativeModel, processing: Sequence[str] | None = None
         if result.unexpected_keys or set(result.missing_keys) - buffers:
             raise FormatError(f"{native.root}: weights do not fit the config: {result}")
     model.eval()
+    if native.meta.get("masked_score") is not None:
+        # an older TL checkpoint's IGNORE buffer: TL uses it as the masked score
+        for block in model.blocks:
+            block.attn.IGNORE.fill_(float(native.meta["masked_score"]))
     if native.meta.get("mask_pad_keys"):
         pad = native.special_id("pad_token")
         if pad is None:

@@ -461,6 +461,7 @@ static void cpu_mask_scores(lk_device *dev, float *scores, int B, int H, int T, 
                             const lk_score_mask *mask) {
     // prompt bi's block is (H, Q query, T key) for its Q queries from position q0
     const lk_score_mask mk = *mask;
+    const float masked = mk.masked_score != 0.0f ? mk.masked_score : -INFINITY;
 #pragma omp parallel for collapse(2) if ((size_t)B * H * T * T > 16384)
     for (int bi = 0; bi < B; bi++) {
         for (int hi = 0; hi < H; hi++) {
@@ -477,11 +478,11 @@ static void cpu_mask_scores(lk_device *dev, float *scores, int B, int H, int T, 
                 const int hi = mk.causal ? qi + 1 : T;
                 scale_scores(sq + lo, hi - lo, attn_scale, mk.softcap);
                 for (int ki = 0; ki < lo; ki++)
-                    sq[ki] = -INFINITY;
+                    sq[ki] = masked;
                 for (int ki = hi; ki < T; ki++)
-                    sq[ki] = -INFINITY;
+                    sq[ki] = masked;
                 for (int ki = lo; mk.causal && row_mask && ki < hi; ki++)
-                    if (!row_mask[ki]) sq[ki] = -INFINITY;
+                    if (!row_mask[ki]) sq[ki] = masked;
                 for (int ki = 0; row_tokens && ki < T; ki++)
                     if (row_tokens[ki] == mk.pad_id) sq[ki] = mk.pad_score;
             }

@@ -343,7 +343,7 @@ __global__ void mask_scores_kernel(float *scores, int B, int H, int T, float att
                                    (m.attn_mask && !m.attn_mask[key]));
         float s = scores[idx] / attn_scale;
         if (m.softcap > 0.0f) s = soft_cap(s, m.softcap);
-        if (masked) s = -INFINITY;
+        if (masked) s = m.masked_score != 0.0f ? m.masked_score : -INFINITY;
         if (m.pad_id >= 0 && m.tokens[key] == m.pad_id) s = m.pad_score;
         scores[idx] = s;
     }
