@@ -9,7 +9,7 @@ const srv_endpoint *const srv_endpoints[] = {
     &srv_endpoint_tokenize,       &srv_endpoint_detokenize,     &srv_endpoint_logits,
     &srv_endpoint_run_with_cache, &srv_endpoint_attention,      &srv_endpoint_test_prompt,
     &srv_endpoint_logit_diff,     &srv_endpoint_run_with_hooks, &srv_endpoint_generate,
-    &srv_endpoint_patch,
+    &srv_endpoint_patch,          &srv_endpoint_weights,
 };
 const int srv_n_endpoints = (int)(sizeof srv_endpoints / sizeof srv_endpoints[0]);
 

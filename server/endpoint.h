@@ -52,7 +52,8 @@ typedef struct srv_endpoint {
 
 extern const srv_endpoint srv_endpoint_tokenize, srv_endpoint_detokenize, srv_endpoint_logits,
     srv_endpoint_run_with_cache, srv_endpoint_attention, srv_endpoint_test_prompt,
-    srv_endpoint_logit_diff, srv_endpoint_run_with_hooks, srv_endpoint_generate, srv_endpoint_patch;
+    srv_endpoint_logit_diff, srv_endpoint_run_with_hooks, srv_endpoint_generate, srv_endpoint_patch,
+    srv_endpoint_weights;
 
 /* Every endpoint, in docs/API.md's order; srv_n_endpoints of them. */
 extern const srv_endpoint *const srv_endpoints[];
