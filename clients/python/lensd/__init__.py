@@ -10,7 +10,7 @@ The HTTP contract is docs/API.md in the lensd repository.
 """
 
 from .cache import ActivationCache, get_act_name
-from .client import Client, Model, Output, Patched
+from .client import PROCESSING_FLAGS, Client, Config, KeptCache, Model, Output, Patched, TopK, processing_spec
 from .errors import (
     ERRORS,
     BadRequest,
@@ -36,20 +36,26 @@ from .errors import (
     UnsupportedMediaType,
     error_class,
 )
+from .factored import FactoredMatrix
 from .tensors import decode_json_tensor, decode_safetensors
+from .weights import WeightsMixin
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ERRORS",
+    "PROCESSING_FLAGS",
     "ActivationCache",
     "BadRequest",
     "Cancelled",
     "Client",
     "ClientClosed",
+    "Config",
     "Conflict",
+    "FactoredMatrix",
     "Forbidden",
     "InsufficientStorage",
+    "KeptCache",
     "Internal",
     "LensdConnectionError",
     "LensdError",
@@ -63,14 +69,17 @@ __all__ = [
     "Output",
     "Patched",
     "RateLimited",
+    "TopK",
     "TooLarge",
     "Unauthorized",
     "Unavailable",
     "Unprocessable",
     "UnsupportedMediaType",
+    "WeightsMixin",
     "__version__",
     "decode_json_tensor",
     "decode_safetensors",
     "error_class",
     "get_act_name",
+    "processing_spec",
 ]

@@ -5,6 +5,12 @@ docs/API.md, "Tensors": a JSON body holds each tensor as ``{"shape",
 ``"-inf"``, ``"inf"`` and ``"nan"``); a safetensors body holds every tensor
 of the response, and the response's other fields as JSON in the
 ``__metadata__`` entry ``"lensd"``.
+
+Also the encoding of request bodies: :func:`encode_json` writes numpy
+scalars and arrays, and torch tensors, as the plain numbers and nested lists
+of the JSON they stand for, so that what the client answered can be given
+back as input. torch is never imported here: a tensor is recognised by its
+type's module.
 """
 
 from __future__ import annotations
@@ -127,6 +133,40 @@ def decode_safetensors(body: bytes | bytearray) -> dict[str, Any]:
         fields[name] = np.frombuffer(body, dtype=dtype, count=count,
                                      offset=data_start + begin).reshape(info["shape"])
     return fields
+
+
+def as_numpy(value: Any) -> Any:
+    """A torch tensor as a numpy array (detached, on the CPU; bfloat16 as float32), anything
+    else as it is. Imports nothing: a tensor is recognised by its type's module, so torch
+    stays optional."""
+    if type(value).__module__.split(".", 1)[0] == "torch" and hasattr(value, "detach"):
+        tensor = value.detach().cpu()
+        if str(tensor.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+            tensor = tensor.float()
+        return tensor.numpy()
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    """json.dumps's fallback: numpy arrays and torch tensors as nested lists, numpy scalars
+    (and 0-d tensors) as Python numbers.
+
+    Raises:
+        TypeError: for any other object, as json.dumps does.
+    """
+    value = as_numpy(value)
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def encode_json(body: Any) -> bytes:
+    """A request body as compact UTF-8 JSON, numpy and torch values included (:func:`_json_default`).
+
+    Non-finite floats are written as Python's ``NaN``/``Infinity``, which are not JSON:
+    lensd answers such a body with a 400.
+    """
+    return json.dumps(body, default=_json_default, separators=(",", ":")).encode()
 
 
 def decode_body(content_type: str, body: bytes | bytearray) -> dict[str, Any]:

@@ -254,7 +254,7 @@ def test_logit_diff_run_with_hooks_and_generate(model):
     assert logits.shape[:2] == (1, len(model.to_str_tokens(prompt)))
     assert metric["mean"] != pytest.approx(float(diff["mean"]))
     texts = model.generate("The quick brown fox", max_new_tokens=3)
-    assert len(texts) == 1 and texts[0].startswith("The quick brown fox")
+    assert isinstance(texts, str) and texts.startswith("The quick brown fox")  # as TL returns one text
 
 
 def test_patch(model):

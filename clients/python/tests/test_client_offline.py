@@ -18,6 +18,7 @@ from requests.adapters import HTTPAdapter
 from safetensors.numpy import save as save_safetensors
 
 import lensd
+import lensd.progress
 from lensd.tensors import decode_body
 
 # ---------------------------------------------------------------- get_act_name
@@ -559,3 +560,229 @@ def test_error_answer_raises(fake: FakeDaemon, model: lensd.Model) -> None:
         model.run_with_cache(" a", names_filter="blocks.0.attn.hook_patern")
     assert str(caught.value) == ("400 bad_request: unknown hook point; did you mean "
                                  "blocks.0.attn.hook_pattern? (field: names[0])")
+
+
+# ---------------------------------------------------------------- options: argument mapping
+
+FOLDED_INFO = {**INFO, "source": "models/test", "processing": "fold_ln,center_writing_weights",
+               "n_params": 123, "device": {"name": "cpu (2 cores)"},
+               "config": {**INFO["config"], "normalization_type": "LNPre", "d_vocab_out": 6}}
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "spec"),
+    [
+        ((), {}, None),
+        (("none",), {}, "none"),
+        (("default",), {}, "default"),
+        (("fold_ln,center_unembed",), {}, "fold_ln,center_unembed"),
+        ((["fold_ln", "center_unembed"],), {}, "fold_ln,center_unembed"),
+        (([],), {}, "none"),
+        # TL's from_pretrained flags: the ones not given take from_pretrained's defaults
+        ((), {"fold_ln": False}, "center_writing_weights,center_unembed,fold_value_biases"),
+        ((), {"refactor_factored_attn_matrices": True},
+         "fold_ln,center_writing_weights,center_unembed,fold_value_biases,refactor_factored_attn_matrices"),
+        ((), {"fold_ln": False, "center_writing_weights": False, "center_unembed": False,
+              "fold_value_biases": False}, "none"),
+        ((), {"fold_ln": None}, None),
+        (({"center_unembed": False},), {}, "fold_ln,center_writing_weights,fold_value_biases"),
+    ],
+)
+def test_processing_spec(args: tuple, kwargs: dict, spec: str | None) -> None:
+    assert lensd.processing_spec(*args, **kwargs) == spec
+
+
+def test_processing_spec_refuses() -> None:
+    with pytest.raises(TypeError, match="fold_lm"):
+        lensd.processing_spec(fold_lm=False)
+    with pytest.raises(ValueError, match="not both"):
+        lensd.processing_spec("none", fold_ln=False)
+
+
+def test_processing_goes_in_every_model_request_but_tokenizing(fake: FakeDaemon, model: lensd.Model) -> None:
+    logits = _safetensors_body({"logits": np.zeros((1, 3, 6), dtype=np.float32)}, {})
+    fake.reply("POST", "/v1/models/test/logits", logits)
+    fake.reply("POST", "/v1/models/test/tokenize", {k: v[:1] for k, v in TOKENIZED.items()})
+    model(" a", fold_ln=False)
+    assert fake.body()["processing"] == "center_writing_weights,center_unembed,fold_value_biases"
+    model(" a")
+    assert "processing" not in fake.body()
+    unprocessed = model.with_processing("none")
+    assert unprocessed.processing == "none" and model.processing is None
+    unprocessed(" a")
+    assert fake.body()["processing"] == "none"
+    unprocessed(" a", processing="fold_ln")  # the request's own wins
+    assert fake.body()["processing"] == "fold_ln"
+    unprocessed.to_tokens(" a")
+    assert "processing" not in fake.body()
+    with pytest.raises(TypeError, match="fold_lm"):
+        model(" a", fold_lm=False)
+    bound = model.client.model("test", fold_ln=False, center_unembed=False)
+    assert bound.processing == "center_writing_weights,fold_value_biases"
+    fake.reply("POST", "/v1/models/test/attention", _safetensors_body(
+        {"patterns": np.zeros((1, 1, 1, 1), dtype=np.float32)}, {}))
+    bound.attention(" a")
+    assert fake.body()["processing"] == "center_writing_weights,fold_value_biases"
+
+
+def test_config_has_transformer_lens_fields(fake: FakeDaemon, model: lensd.Model) -> None:
+    fake.reply("GET", "/v1/models/test", FOLDED_INFO)
+    folded = model.client.model("test")
+    cfg = folded.cfg
+    assert (cfg.model_name, cfg.tokenizer_name, cfg.n_params, cfg.device, cfg.dtype) == (
+        "test", "models/test", 123, "cpu (2 cores)", "float32")
+    assert cfg["n_layers"] == 2 and cfg.to_dict()["d_model"] == 4
+    assert cfg.normalization_type == "LNPre"
+    # as TL's cfg after from_pretrained(fold_ln=False) / with fold_ln
+    assert folded.with_processing(fold_ln=False).cfg.normalization_type == "LN"
+    assert folded.with_processing("none").cfg.normalization_type == "LN"
+    assert folded.with_processing("default").cfg.normalization_type == "LNPre"
+    assert model.cfg.d_vocab_out == 6 and model.cfg.model_name == "test"
+
+
+def test_json_encoding_of_numpy_and_torch_values() -> None:
+    import torch
+
+    from lensd.tensors import encode_json
+
+    body = {
+        "tokens": np.array([[1, 2]], dtype=np.int32),
+        "id": np.int64(7),
+        "flag": np.bool_(True),
+        "value": np.float32(0.5),
+        "torch": torch.tensor([[3, 4]]),
+        "torch_float": torch.tensor([0.25, 1.5], dtype=torch.bfloat16),
+        "scalar": torch.tensor(2.0),
+    }
+    assert json.loads(encode_json(body)) == {
+        "tokens": [[1, 2]], "id": 7, "flag": True, "value": 0.5, "torch": [[3, 4]],
+        "torch_float": [0.25, 1.5], "scalar": 2.0}
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        encode_json({"x": object()})
+
+
+def test_numpy_and_torch_inputs_become_json(fake: FakeDaemon, model: lensd.Model) -> None:
+    import torch
+
+    fake.reply("POST", "/v1/models/test/logits", _safetensors_body(
+        {"logits": np.zeros((1, 3, 6), dtype=np.float32)}, {}))
+    for tokens in (np.array([[0, 3, 4]]), torch.tensor([[0, 3, 4]]), torch.tensor([0, 3, 4], dtype=torch.int32),
+                   [np.int64(0), np.int64(3), np.int64(4)]):
+        model(tokens)
+        assert fake.body() == {"tokens": [[0, 3, 4]]}
+        assert fake.requests[-1].headers["Content-Type"] == "application/json"
+    with pytest.raises(TypeError, match="integers"):
+        model(torch.tensor([[0.5, 1.0]]))
+    fake.reply("POST", "/v1/models/test/run_with_hooks", _safetensors_body(
+        {"logits": np.zeros((1, 3, 6), dtype=np.float32)}, {}))
+    model.run_with_hooks(" a", [{"name": "hook_embed", "op": "set", "value": torch.ones(2),
+                                 "positions": np.array([0, -1])}])
+    assert fake.body()["hooks"] == [{"name": "hook_embed", "op": "set", "value": [1.0, 1.0], "positions": [0, -1]}]
+
+
+def test_forward_extras(fake: FakeDaemon, model: lensd.Model) -> None:
+    ids = np.array([[[5, 1]]])
+    fake.reply("POST", "/v1/models/test/logits", _safetensors_body({
+        "logits": np.ones((1, 1, 6), dtype=np.float32), "log_probs": np.full((1, 1, 6), -2.0, dtype=np.float32),
+        "top_k_ids": ids, "top_k_logits": np.array([[[2.0, 1.0]]], dtype=np.float32),
+        "top_k_probs": np.array([[[0.5, 0.2]]], dtype=np.float32)}, {"loss": 1.25}))
+    top = model(" a", positions=-1, top_k=2)
+    assert isinstance(top, lensd.TopK) and top.ids.tolist() == [[[5, 1]]] and top.probs[0, 0, 0] == 0.5
+    assert fake.body() == {"prompt": " a", "positions": [-1], "top_k": 2}
+    assert model(" a", log_probs=True)[0, 0, 0] == -2.0
+    assert fake.body() == {"prompt": " a", "log_probs": True}
+    both = model(" a", return_type="both", top_k=2)
+    assert isinstance(both.logits, lensd.TopK) and float(both.loss) == 1.25
+    assert fake.body() == {"prompt": " a", "top_k": 2, "loss": True}
+    with pytest.raises(ValueError, match="not both"):
+        model(" a", top_k=2, log_probs=True)
+
+
+def test_run_with_cache_return_type_none_and_batch(fake: FakeDaemon, model: lensd.Model) -> None:
+    fake.reply("POST", "/v1/models/test/run_with_cache", _safetensors_body(
+        {"tokens": np.array([[0, 3]]), "hook_embed": np.ones((1, 2, 4), dtype=np.float32)}, {}))
+    logits, cache = model.run_with_cache(" a", names_filter="hook_embed", return_type=None, batch=[0])
+    assert logits is None and list(cache) == ["hook_embed"]
+    assert fake.body() == {"prompt": " a", "names": ["hook_embed"], "logits": False, "batch": [0]}
+    _, cache = model.run_with_cache(" a", names_filter="hook_embed", return_type=None, remove_batch_dim=True)
+    assert cache["hook_embed"].shape == (2, 4)
+    with pytest.raises(ValueError, match="return_type"):
+        model.run_with_cache(" a", return_type="both")  # type: ignore[arg-type]
+
+
+def test_kept_cache(fake: FakeDaemon, model: lensd.Model) -> None:
+    handle = {"cache_id": "c1", "model": "test", "ttl_s": 600.0, "processing": "fold_ln",
+              "tensors": {"tokens": [1, 3], "logits": [1, 3, 6], "blocks.1.attn.hook_pattern": [1, 2, 3, 3],
+                          "blocks.0.hook_resid_post": [1, 3, 4]}}
+    fake.reply("POST", "/v1/models/test/run_with_cache", handle)
+    pattern = np.arange(18, dtype=np.float32).reshape(1, 2, 3, 3)
+    fake.reply("GET", "/v1/caches/c1/blocks.1.attn.hook_pattern",
+               _safetensors_body({"blocks.1.attn.hook_pattern": pattern}, {"cache_id": "c1"}))
+    fake.reply("GET", "/v1/caches/c1/blocks.0.hook_resid_post?batch=0&positions=-1",
+               _safetensors_body({"blocks.0.hook_resid_post": np.ones((1, 1, 4), dtype=np.float32)}, {}))
+    fake.reply("DELETE", "/v1/caches/c1", {"deleted": "c1"})
+    logits, kept = model.run_with_cache(" a", keep=True, return_type=None)
+    assert logits is None and fake.body() == {"prompt": " a", "keep": True, "logits": False}
+    assert fake.requests[-1].headers["Accept"] == "application/json"
+    assert list(kept) == ["blocks.1.attn.hook_pattern", "blocks.0.hook_resid_post"] and len(kept) == 2
+    assert kept.shapes["logits"] == (1, 3, 6) and kept.processing == "fold_ln"
+    n_requests = len(fake.requests)
+    with kept:
+        np.testing.assert_array_equal(kept["pattern", -1], pattern)
+        assert kept["attn", 1] is kept["blocks.1.attn.hook_pattern"]  # read once
+        assert len(fake.requests) == n_requests + 1
+        assert kept.fetch(("resid_post", 0), batch=0, positions=[-1]).shape == (1, 1, 4)
+        assert ("resid_post", 0) in kept and ("resid_post", 1) not in kept
+        with pytest.raises(KeyError):
+            kept["resid_post", 1]
+    assert fake.requests[-1].method == "DELETE" and fake.requests[-1].path_url == "/v1/caches/c1"
+    with pytest.raises(ValueError, match="kept"):
+        model.run_with_cache(" a", keep=True, remove_batch_dim=True)
+
+
+def test_generate_options(fake: FakeDaemon, model: lensd.Model) -> None:
+    # prompts [0, 3] and [0, 3, 4]; continuations [5] (then EOS 0) and [1, 2]
+    fake.reply("POST", "/v1/models/test/generate",
+               {"tokens": [[0, 3, 5, 0], [0, 3, 4, 1, 2]], "text": [" a c", " a b d e"]})
+    fake.reply("POST", "/v1/models/test/tokenize", {
+        "tokens": [[0, 3, 0], [0, 3, 4]], "str_tokens": [["", "", ""], ["", "", ""]],
+        "attention_mask": [[1, 1, 0], [1, 1, 1]]})
+    assert model.generate([" a", " a b"], max_new_tokens=2, verbose=False) == [" a c", " a b d e"]
+    assert fake.body() == {"prompts": [" a", " a b"], "max_new_tokens": 2, "do_sample": False,
+                           "temperature": 1.0, "seed": 0, "stop_at_eos": True}
+    tokens = model.generate([" a", " a b"], max_new_tokens=2, return_type="tokens", verbose=False)
+    # as TL's: left-padded prompts (pad 0), a finished row filled with EOS (0)
+    assert tokens.tolist() == [[0, 0, 3, 5, 0], [0, 3, 4, 1, 2]]
+    # token input: tokens back; an eos_token_id other than the model's is applied here
+    fake.reply("POST", "/v1/models/test/generate", {"tokens": [[3, 4, 5, 1, 2]], "text": [None]})
+    got = model.generate(np.array([[3, 4]]), max_new_tokens=3, eos_token_id=1, top_k=5, verbose=False)
+    assert got.tolist() == [[3, 4, 5, 1]]
+    assert fake.body()["stop_at_eos"] is False and fake.body()["top_k"] == 5
+    assert fake.body()["tokens"] == [[3, 4]]
+    fake.reply("POST", "/v1/models/test/detokenize", {"text": ["x"]})
+    assert model.generate(np.array([[3, 4]]), eos_token_id=[1, 2], return_type="str", verbose=False) == "x"
+    assert fake.body() == {"tokens": [[3, 4, 5, 1]]}  # EOS fills (0) skipped as special
+    for bad, match in (({"top_p": 0.5}, "top_p"), ({"freq_penalty": 0.1}, "freq_penalty"),
+                       ({"return_type": "embeds"}, "return_type")):
+        with pytest.raises(ValueError, match=match):
+            model.generate(" a", **bad)
+
+
+def test_attention_of_token_ids(fake: FakeDaemon, model: lensd.Model) -> None:
+    import torch
+
+    fake.reply("POST", "/v1/models/test/attention", _safetensors_body(
+        {"patterns": np.zeros((1, 1, 2, 2), dtype=np.float32)}, {}))
+    for ids in ([0, 3], np.array([[0, 3]]), torch.tensor([0, 3])):
+        model.attention(ids, layers=1, heads=np.array([0]))
+        assert fake.body() == {"tokens": [[0, 3]], "layers": [1], "heads": [0]}
+    model.attention(" a", prepend_bos=False)
+    assert fake.body() == {"prompt": " a", "prepend_bos": False}
+    with pytest.raises(ValueError, match="one prompt"):
+        model.attention([" a", " b"])
+
+
+def test_progress_is_off_when_not_interactive() -> None:
+    # pytest captures stderr: not a terminal, and no Jupyter kernel
+    assert lensd.progress.interactive() is False
+    assert len(lensd.progress.new_progress_id()) <= 64
