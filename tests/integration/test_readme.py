@@ -31,7 +31,8 @@ CURLS = [line for line in readme_block("sh").splitlines() if line.startswith("cu
 
 def test_the_readme_has_an_example_per_endpoint():
     endpoints = {"/v1/models", "tokenize", "detokenize", "logits", "test_prompt", "run_with_cache",
-                 "attention", "logit_diff", "run_with_hooks", "generate", "patch", "/healthz", "/metrics"}
+                 "attention", "logit_diff", "run_with_hooks", "generate", "patch", "weights", "/healthz",
+                 "/metrics"}
     missing = {e for e in endpoints if not any(e in line for line in CURLS)}
     assert not missing
 
