@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,8 @@ import pytest
 
 import lensd
 import lensd.progress
-from test_client_live import MODEL, START_TIMEOUT_S, Daemon, _fail, _start
+# the live suite's daemon, client and model fixtures (one daemon for this module)
+from test_client_live import client, daemon, model  # noqa: F401
 
 pytestmark = pytest.mark.live
 
@@ -43,29 +43,6 @@ def _close(got: np.ndarray, want: np.ndarray, rtol: float = RTOL) -> None:
     scale = max(1.0, float(np.abs(want).max()))
     err = float(np.abs(got - want).max())
     assert err <= rtol * scale, f"max error {err:.3g} over {rtol:g} x scale {scale:.3g}"
-
-
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[Daemon]:
-    daemon = _start()
-    try:
-        yield daemon
-    finally:
-        status = daemon.stop()
-        if status != 0:
-            _fail(f"lensd exited {status} after SIGTERM\n{daemon.logs()}")
-
-
-@pytest.fixture(scope="module")
-def client(daemon: Daemon) -> Iterator[lensd.Client]:
-    with lensd.Client(daemon.url, timeout=120) as client:
-        client.wait_ready(timeout=START_TIMEOUT_S)
-        yield client
-
-
-@pytest.fixture(scope="module")
-def model(client: lensd.Client) -> lensd.Model:
-    return client.model(MODEL)
 
 
 _TL_MODELS: dict[tuple[str, ...], object] = {}
