@@ -16,6 +16,7 @@
 #include "core/model.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
@@ -1333,25 +1334,22 @@ static char *find_in_hf_cache(const char *id) {
     return only;
 }
 
-/* What a torch.save'd file is, from its first bytes: "zip" (torch >= 1.6
- * writes a zip archive, "PK\3\4"), "pickle" (the legacy format opens with
- * a pickle protocol marker, 0x80 and the protocol 2..5), or NULL for anything
- * else (and for a file that cannot be read). */
-static const char *torch_checkpoint_kind(const char *path) {
-    unsigned char magic[4] = {0};
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t n = fread(magic, 1, sizeof magic, f);
-    fclose(f);
+/* What a torch.save'd file is, from its first n (up to 4) bytes: "zip"
+ * (torch >= 1.6 writes a zip archive, "PK\3\4"), "pickle" (the legacy
+ * format opens with a pickle protocol marker, 0x80 and the protocol 2..5),
+ * or NULL for anything else. */
+static const char *torch_checkpoint_kind(const unsigned char *magic, size_t n) {
     if (n == 4 && memcmp(magic, "PK\3\4", 4) == 0) return "zip";
     if (n >= 2 && magic[0] == 0x80 && magic[1] >= 2 && magic[1] <= 5) return "pickle";
     return NULL;
 }
 
-/* -1 with a message saying how to convert path when it is a torch
- * checkpoint (what stands for a model's config or weights), else 0. */
-static int refuse_torch_checkpoint(const char *path, lens_err *err) {
-    const char *kind = torch_checkpoint_kind(path);
+/* -1 with a message saying how to convert path when its first bytes
+ * magic[n] are a torch checkpoint's (what stands for a model's config or
+ * weights), else 0. */
+static int refuse_torch_checkpoint(const char *path, const unsigned char *magic, size_t n,
+                                   lens_err *err) {
+    const char *kind = torch_checkpoint_kind(magic, n);
     if (!kind) return 0;
     lens_err_set(err,
                  "%s: this is a torch checkpoint (a %s), not a model lensd reads: convert it "
@@ -1361,17 +1359,58 @@ static int refuse_torch_checkpoint(const char *path, lens_err *err) {
     return -1;
 }
 
-static json_t *load_json(const char *path, lens_err *err) {
-    if (refuse_torch_checkpoint(path, err)) return NULL;
-    json_error_t jerr;
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root)
-        lens_err_set(err, "%s: line %d: %s", path, jerr.line, jerr.text);
-    else if (!json_is_object(root)) {
-        lens_err_set(err, "%s: not a JSON object", path);
-        json_decref(root);
-        root = NULL;
+/* refuse_torch_checkpoint on the first bytes of the file at path (0 when
+ * it cannot be read: its loader says why). */
+static int refuse_torch_file(const char *path, lens_err *err) {
+    unsigned char magic[4];
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    const size_t n = fread(magic, 1, sizeof magic, f);
+    fclose(f);
+    return refuse_torch_checkpoint(path, magic, n, err);
+}
+
+/* A JSON file read once, through: its first bytes (already read, to tell
+ * a torch checkpoint), then the rest of the stream. The file is opened
+ * once, so a FIFO or a file being replaced reads as one file. */
+typedef struct json_reader {
+    unsigned char head[4];
+    size_t n_head, head_used;
+    FILE *f;
+} json_reader;
+
+static size_t read_json_bytes(void *buf, size_t len, void *data) {
+    json_reader *r = data;
+    if (r->head_used < r->n_head) {
+        size_t n = r->n_head - r->head_used < len ? r->n_head - r->head_used : len;
+        memcpy(buf, r->head + r->head_used, n);
+        r->head_used += n;
+        return n;
     }
+    const size_t n = fread(buf, 1, len, r->f);
+    return n == 0 && ferror(r->f) ? (size_t)-1 : n;
+}
+
+static json_t *load_json(const char *path, lens_err *err) {
+    json_reader r = {.f = fopen(path, "rb")};
+    if (!r.f) {
+        lens_err_set(err, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    r.n_head = fread(r.head, 1, sizeof r.head, r.f);
+    json_t *root = NULL;
+    if (!refuse_torch_checkpoint(path, r.head, r.n_head, err)) {
+        json_error_t jerr;
+        root = json_load_callback(read_json_bytes, &r, JSON_REJECT_DUPLICATES, &jerr);
+        if (!root)
+            lens_err_set(err, "%s: line %d: %s", path, jerr.line, jerr.text);
+        else if (!json_is_object(root)) {
+            lens_err_set(err, "%s: not a JSON object", path);
+            json_decref(root);
+            root = NULL;
+        }
+    }
+    fclose(r.f);
     return root;
 }
 
@@ -1434,7 +1473,7 @@ static int load_native(lens_model *m, const char *config_path, unsigned *process
                (m->w.layers = calloc((size_t)m->cfg.n_layers, sizeof *m->w.layers))) {
         char *weights = path_join(dir, lens_json_str(lensd, "weights", "model.safetensors"));
         json_t *proc = json_object_get(lensd, "processing");
-        rc = weights ? refuse_torch_checkpoint(weights, err) : -1;
+        rc = weights ? refuse_torch_file(weights, err) : -1;
         if (rc == 0) rc = source_add(&src, weights, err);
         if (rc == 0) rc = load_weights(m, &src, NULL, err);
         if (rc == 0) rc = load_native_tokenizer(m, lensd, dir, config_path, err);
