@@ -26,7 +26,7 @@ import pytest
 import lensd
 import lensd.progress
 # the live suite's daemon, client and model fixtures (one daemon for this module)
-from test_client_live import client, daemon, model  # noqa: F401
+from test_client_live import MODEL, client, daemon, model  # noqa: F401
 
 pytestmark = pytest.mark.live
 
