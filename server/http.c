@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -26,6 +27,10 @@
 #include "server/progress.h"
 #include "server/routes.h"
 #include "server/scheduler.h"
+
+/* Request bodies above this size have their memory given back to the
+ * system when they complete (on_completed). */
+#define TRIM_AFTER_BODY_BYTES ((size_t)1 << 20)
 
 /* One request from its first header to its log line. */
 typedef struct request {
@@ -535,6 +540,11 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
      * is resumed and answered first */
     free(r->refusal.body);
     free(r->body);
+    /* a large body's parse (a JSON tree, a whole batch's token rows) raised
+     * this thread's malloc arena, which glibc keeps: give it back, or every
+     * HTTP thread holds its own high-water mark (about 70 MB each after a
+     * request of half a million prompts) */
+    if (r->len > TRIM_AFTER_BODY_BYTES) malloc_trim(0);
     free(r);
     *con_cls = NULL;
 }
